@@ -1,0 +1,94 @@
+"""Command line: ``sysext-pipeline COMMAND …`` (also ``python -m pipeline``).
+
+Exit codes: 0 success, 1 build failure (a tool, the network), 2 bad input (recipe, archive,
+hash, usage). Errors print one line, ``error: <where>: <what> (<hint>)``; ``--debug`` adds the
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import PipelineError
+
+EPILOG = "exit codes: 0 ok, 1 build failure, 2 bad input (recipe, archive, hash, usage)"
+
+
+def _human(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def cmd_build(args) -> int:
+    from . import recipe as recipe_mod
+    from .build import Log, build
+    from .fetch import Cache, default_cache_dir, describe_progress
+
+    recipe = recipe_mod.load(args.recipe)
+    cache = Cache(Path(args.cache_dir) if args.cache_dir else default_cache_dir())
+    result = build(recipe, Path(args.output_dir), cache, offline=args.offline,
+                   log=Log(None if args.quiet else _human), progress=describe_progress())
+    for warning in result.warnings:
+        _human(f"warning: {warning}")
+    if args.json:
+        summary = {
+            "image": str(result.image), "manifest": str(result.manifest_path),
+            "sha256": result.manifest["image"]["sha256"],
+            "tree_sha256": result.manifest["image"]["tree_sha256"],
+            "size": result.manifest["image"]["size"], "name": recipe.name, "kind": recipe.kind,
+            "format": recipe.format, "warnings": result.warnings, "timings": result.timings,
+            "extension_release": result.manifest["extension_release"]["fields"],
+            "dropped": len(result.manifest["dropped"]),
+        }
+        print(json.dumps(summary, indent=2, sort_keys=True))
+    elif not args.quiet:
+        _human(f"built {result.image}")
+    return 0
+
+
+def cmd_recipe_reference(args) -> int:
+    from .recipe import reference_markdown
+
+    sys.stdout.write(reference_markdown() + "\n")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="sysext-pipeline", epilog=EPILOG,
+        description="Build reproducible systemd-sysext/confext images from RPM and DEB packages.")
+    top.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    top.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("build", help="build the image a recipe describes", epilog=EPILOG)
+    p.add_argument("recipe", help="recipe file (TOML), see docs/recipes.md")
+    p.add_argument("-o", "--output-dir", default="out", help="where the image and manifest go "
+                   "(default: ./out)")
+    p.add_argument("--json", action="store_true", help="print a machine-readable result on stdout")
+    p.add_argument("--cache-dir", help="package cache (default: $SYSEXT_PIPELINE_CACHE or "
+                   "$XDG_CACHE_HOME/sysext-pipeline)")
+    p.add_argument("--offline", action="store_true", help="use only the cache, never the network")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
+    p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("recipe-reference", help="print the recipe reference (docs/recipes.md)")
+    p.set_defaults(func=cmd_recipe_reference)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except PipelineError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc.line()}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,1 @@
+"""Package archive readers. Every format yields the same :class:`Entry` stream (see entry.py)."""

@@ -1,0 +1,58 @@
+"""The one record every archive reader yields and the one staging writer consumes.
+
+Keeping a single shape is what lets path safety live in exactly one place (StagingTree): readers
+report what the archive *says*, unfiltered, and never touch the file system themselves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+FILE = "file"
+DIR = "dir"
+SYMLINK = "symlink"
+HARDLINK = "hardlink"  # target = archive path of an earlier regular file in the same package
+CHARDEV = "chardev"
+BLOCKDEV = "blockdev"
+FIFO = "fifo"
+SOCKET = "socket"
+KINDS = (FILE, DIR, SYMLINK, HARDLINK, CHARDEV, BLOCKDEV, FIFO, SOCKET)
+
+
+@dataclass
+class Entry:
+    """One archive member, as the archive describes it.
+
+    ``path`` is the member name as stored (``./usr/bin/x``, ``usr/bin/x`` or even ``/usr/bin/x``
+    or ``../x`` for hostile input): the writer normalizes and judges it. ``mode`` holds only the
+    permission bits (including setuid/setgid/sticky, i.e. ``mode & 0o7777``). ``data`` is a
+    stream of exactly ``size`` bytes for regular files, valid only until the reader is advanced.
+    ``member`` names the entry for error messages, e.g. ``jq_1.6.deb:data.tar.xz:./usr/bin/jq``.
+    """
+
+    path: str
+    kind: str
+    mode: int
+    uid: int = 0
+    gid: int = 0
+    uname: str | None = None
+    gname: str | None = None
+    mtime: int = 0
+    size: int = 0
+    target: str | None = None
+    xattrs: dict[str, bytes] = field(default_factory=dict)
+    data: BinaryIO | None = None
+    member: str = ""
+    rdev: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True)
+class PackageInfo:
+    """What a package says about itself; ``config_files`` are absolute paths it marks as config."""
+
+    name: str
+    version: str
+    architecture: str
+    format: str  # "deb" | "rpm"
+    config_files: tuple[str, ...] = ()

@@ -1,0 +1,106 @@
+"""Package stage: staging tree → image file (or directory), written atomically into the output dir.
+
+Every flag here exists for reproducibility on the installed tool versions (recorded in the
+manifest): the image must depend only on the staging records, not on who ran the build, where,
+or when. Owners and modes come from the records (a pseudo file for mksquashfs), never from disk,
+so a root and a non-root build give the same bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import tools
+from .errors import BuildError
+from .recipe import Recipe
+from .staging import StagingTree
+
+
+@dataclass(frozen=True)
+class Packed:
+    path: Path  # temporary output next to the final one; the build renames it
+    tools: dict[str, str | None]
+
+
+def pack(recipe: Recipe, tree: StagingTree, tmp_output: Path, epoch: int, seed: bytes) -> Packed:
+    """Write the image for ``recipe.format`` to ``tmp_output`` (same directory as the final)."""
+    if recipe.format == "squashfs":
+        return _squashfs(recipe, tree, tmp_output, epoch)
+    if recipe.format == "erofs":
+        return _erofs(recipe, tree, tmp_output, epoch, seed)
+    tree.close()
+    os.rename(tree.root, tmp_output)  # the staging tree *is* the image
+    return Packed(tmp_output, {})
+
+
+def _squashfs(recipe: Recipe, tree: StagingTree, out: Path, epoch: int) -> Packed:
+    pseudo = tree.root.parent / (tree.root.name + ".pseudo")
+    with open(pseudo, "w", encoding="utf-8") as fh:
+        for path in sorted(tree.records):
+            record = tree.records[path]
+            fh.write(f"{_pseudo_quote(path)} m {record.mode:04o} {record.uid} {record.gid}\n")
+    args = [tree.root, out, "-noappend", "-no-progress", "-quiet", "-mkfs-time", str(epoch),
+            "-root-mode", "0755", "-root-uid", "0", "-root-gid", "0", "-pf", pseudo, "-xattrs"]
+    args += _squashfs_compression(recipe)
+    try:
+        tools.run("mksquashfs", args, what=f"packing {out.name}")
+    finally:
+        pseudo.unlink(missing_ok=True)
+    return Packed(out, {"mksquashfs": tools.version("mksquashfs")})
+
+
+def _squashfs_compression(recipe: Recipe) -> list[str]:
+    if recipe.compression == "none":
+        return ["-noI", "-noId", "-noD", "-noF", "-noX"]
+    args = ["-comp", recipe.compression]
+    if recipe.compression_level is not None:
+        flag = {"zstd": "-Xcompression-level", "gzip": "-Xcompression-level",
+                "lz4": "-Xhc", "xz": "-Xdict-size"}.get(recipe.compression)
+        if recipe.compression in ("zstd", "gzip"):
+            args += [flag, str(recipe.compression_level)]
+        else:
+            raise BuildError("image.compression_level",
+                             f"not supported for squashfs {recipe.compression}",
+                             "only zstd and gzip take a level")
+    return args
+
+
+def _pseudo_quote(path: str) -> str:
+    if any(c in path for c in ' "\\\t\n'):
+        return '"' + path.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return path
+
+
+def _erofs(recipe: Recipe, tree: StagingTree, out: Path, epoch: int, seed: bytes) -> Packed:
+    if recipe.mtime == "clamp":
+        raise BuildError("image.mtime", "clamp is not reproducible with mkfs.erofs 1.5 "
+                         "(-T sets every inode's time)", 'use mtime = "set" for erofs')
+    fs_uuid = uuid.UUID(bytes=hashlib.sha256(b"erofs-uuid" + seed).digest()[:16], version=4)
+    args = ["--quiet", "-T", str(epoch), "-U", str(fs_uuid)]
+    if recipe.compression != "none":
+        level = "" if recipe.compression_level is None else f",{recipe.compression_level}"
+        args.append(f"-z{recipe.compression}{level}")
+    owners = {(r.uid, r.gid) for r in tree.records.values()}
+    if not tree.owner_ids:
+        if owners - {(0, 0)}:
+            raise BuildError("owners", "an erofs image with non-root owners needs a root build",
+                             "build as root, or use squashfs")
+        args.append("--all-root")
+    tools.run("mkfs.erofs", [*args, out, tree.root], what=f"packing {out.name}")
+    return Packed(out, {"mkfs.erofs": tools.version("mkfs.erofs")})
+
+
+def replace_atomically(tmp: Path, final: Path) -> None:
+    """Put ``tmp`` at ``final``; a previous directory image is moved aside and then deleted."""
+    if final.is_dir() and not final.is_symlink():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.rename(final, old)
+        os.rename(tmp, final)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, final)

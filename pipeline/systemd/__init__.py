@@ -1,0 +1,1 @@
+"""One model of systemd: release files, matching rules, search paths, partition types."""
