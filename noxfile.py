@@ -91,10 +91,23 @@ def ensure_tools(session: nox.Session, tools: dict[str, list[str]]) -> None:
                   f"`sudo apt-get install {' '.join(first)}` and try again")
 
 
+def ensure_apt_lists(session: nox.Session) -> None:
+    """`apt` sources need package lists; a fresh machine has none until `apt-get update`."""
+    lists = Path("/var/lib/apt/lists")
+    if any(lists.glob("*_Packages*")):
+        return
+    if os.geteuid() == 0:
+        session.log("no apt package lists yet: running apt-get update")
+        subprocess.run(["apt-get", "update", "-q"], check=True, stdout=subprocess.DEVNULL)
+    else:
+        session.warn("no apt package lists: apt sources will fail until `sudo apt-get update`")
+
+
 @nox.session
 def build(session: nox.Session) -> None:
     """Build a recipe (default: the example) into ./out: nox -s build [-- RECIPE [ARGS]]."""
     ensure_tools(session, BUILD_TOOLS)
+    ensure_apt_lists(session)
     session.install("-e", ".")
     args = session.posargs or [DEFAULT_RECIPE]
     session.run("sysext-pipeline", "build", *args)

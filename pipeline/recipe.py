@@ -243,7 +243,7 @@ def _build(path: Path, digest: str, data: dict) -> Recipe:
                 continue
             value = body[name]
             if not isinstance(value, key.type) or (key.type is int and isinstance(value, bool)):
-                fail(key.path, f"must be a {_type_name(key.type)}, not {_type_name(type(value))}",
+                fail(key.path, f"must be {_a(_type_name(key.type))}, not {_type_name(type(value))}",
                      f"example: {name} = {key.example}")
             problem = key.check(value) if key.check else None
             if problem:
@@ -299,6 +299,10 @@ def _type_name(t) -> str:
     if isinstance(t, tuple):
         return " or ".join(names.get(x, x.__name__) for x in t)
     return names.get(t, t.__name__)
+
+
+def _a(noun: str) -> str:
+    return f"an {noun}" if noun[0] in "aeiou" else f"a {noun}"
 
 
 def _id_table(table, key, fail) -> dict[str, int]:

@@ -1,0 +1,226 @@
+"""End-to-end builds from real packages: image contents vs manifest, reproducibility, merging."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import HELLO, run_cli, write_recipe
+from merge import make_root, merge_root
+from prereq import require_root, require_tool
+
+FORMATS = ("squashfs", "erofs", "directory")
+
+
+def recipe_text(packages, fmt: str, *, name: str = "hello", target_id: str = "debian",
+                extra: str = "") -> str:
+    return f"""
+[extension]
+name = "{name}"
+kind = "sysext"
+version = "1.0"
+
+[target]
+id = "{target_id}"
+version_id = "12"
+architecture = "x86-64"
+
+[[source]]
+deb = "{packages['deb']}"
+
+[[source]]
+rpm = "{packages['rpm']}"
+
+[filter]
+exclude = ["usr/share/doc/**"]
+
+[owners]
+users = {{ daemon = 1 }}
+groups = {{ daemon = 1 }}
+
+[image]
+format = "{fmt}"
+source_date_epoch = 1700000000
+{extra}
+"""
+
+
+def build(tmp_path: Path, packages, cache_dir, fmt: str, **kw) -> tuple[Path, dict]:
+    recipe = write_recipe(tmp_path / "recipe", recipe_text(packages, fmt, **kw))
+    out = tmp_path / "out"
+    proc = run_cli("build", str(recipe), "-o", str(out), "--cache-dir", str(cache_dir), "--json")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    manifest = json.loads(Path(result["manifest"]).read_text())
+    return Path(result["image"]), manifest
+
+
+def walk(root: Path) -> dict[str, dict]:
+    """The tree as the manifest describes it, read back from a real directory."""
+    found = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            full = Path(dirpath) / name
+            st = full.lstat()
+            rel = str(full.relative_to(root))
+            item = {"path": rel, "mode": f"{stat.S_IMODE(st.st_mode):04o}", "uid": st.st_uid,
+                    "gid": st.st_gid, "mtime": int(st.st_mtime)}
+            if stat.S_ISLNK(st.st_mode):
+                item.update(type="symlink", target=os.readlink(full), mode="0777")
+            elif stat.S_ISDIR(st.st_mode):
+                item["type"] = "dir"
+            else:
+                item.update(type="file", size=st.st_size,
+                            sha256=hashlib.sha256(full.read_bytes()).hexdigest())
+            try:
+                cap = os.getxattr(full, "security.capability", follow_symlinks=False)
+                item["xattrs"] = {"security.capability": cap.hex()}
+            except OSError:
+                pass
+            found[rel] = item
+    return found
+
+
+def image_tree(image: Path, fmt: str, tmp_path: Path) -> dict[str, dict]:
+    """Read an image back with the real tools: unsquashfs, the kernel's erofs, or the dir."""
+    if fmt == "directory":
+        return walk(image)
+    require_root()
+    dest = tmp_path / "readback"
+    if fmt == "squashfs":
+        require_tool("unsquashfs", "squashfs-tools")
+        subprocess.run(["unsquashfs", "-q", "-n", "-d", str(dest), str(image)], check=True,
+                       capture_output=True)
+        return walk(dest)
+    dest.mkdir()
+    subprocess.run(["mount", "-o", "loop,ro", "-t", "erofs", str(image), str(dest)], check=True)
+    try:
+        return walk(dest)
+    finally:
+        subprocess.run(["umount", str(dest)], check=True)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_image_matches_manifest(tmp_path, packages, cache_dir, fmt):
+    image, manifest = build(tmp_path, packages, cache_dir, fmt)
+    listed = {f["path"]: f for f in manifest["files"]}
+    assert image_tree(image, fmt, tmp_path) == listed
+    if fmt != "directory":
+        assert manifest["image"]["sha256"] == hashlib.sha256(image.read_bytes()).hexdigest()
+
+
+def test_unsquashfs_listing_matches_manifest(tmp_path, packages, cache_dir):
+    require_tool("unsquashfs", "squashfs-tools")
+    image, manifest = build(tmp_path, packages, cache_dir, "squashfs")
+    out = subprocess.run(["unsquashfs", "-lln", "-d", "", str(image)], capture_output=True,
+                         text=True, check=True, env={**os.environ, "TZ": "UTC"}).stdout
+    listed = {}
+    for line in out.splitlines():
+        perms, owner, size, _date, _time, path, *rest = line.split(None, 6) + [""]
+        path = path.split(" -> ")[0].lstrip("/")
+        if path:
+            listed[path] = (perms, owner, int(size) if perms[0] == "-" else None)
+    expected = {}
+    for f in manifest["files"]:
+        kind = {"dir": "d", "file": "-", "symlink": "l"}[f["type"]]
+        perms = kind + stat.filemode(int(f["mode"], 8))[1:]
+        expected[f["path"]] = (perms, f"{f['uid']}/{f['gid']}", f.get("size"))
+    assert listed == expected
+
+
+def test_payload_rules(tmp_path, packages, cache_dir):
+    """Merged-/usr canonicalization, drops, excludes, owners, setuid, capabilities, hardlinks."""
+    _, manifest = build(tmp_path, packages, cache_dir, "directory")
+    files = {f["path"]: f for f in manifest["files"]}
+    assert "usr/lib/x86_64-linux-gnu/libhello.so.1" in files  # shipped under /lib
+    assert not any(p.startswith(("lib/", "etc", "var")) for p in files)
+    assert "etc/hello.conf" in manifest["dropped"] and "hello-tools" in \
+        manifest["dropped"]["etc/hello.conf"]
+    assert not any(p.startswith("usr/share/doc") for p in files)
+    assert manifest["excluded_count"] >= 1
+    assert "var/log/rtools.log" not in files and "var/log/rtools.log" not in manifest["dropped"]
+    assert files["usr/bin/suid-tool"]["mode"] == "4755"
+    assert files["usr/share/rtools/owned"]["uid"] == 1 and files["usr/share/rtools/owned"][
+        "mode"] == "0640"
+    assert files["usr/bin/rping"]["xattrs"]["security.capability"].startswith("01000002")
+    assert files["usr/bin/hello-hard"]["sha256"] == files["usr/bin/hello"]["sha256"] == \
+        hashlib.sha256(HELLO).hexdigest()
+    assert files["usr/bin/hello-link"]["target"] == "hello"
+    assert {f["mtime"] for f in files.values()} == {1700000000}
+    assert manifest["extension_release"]["fields"] == {
+        "ID": "debian", "VERSION_ID": "12", "ARCHITECTURE": "x86-64", "SYSEXT_ID": "hello",
+        "SYSEXT_VERSION_ID": "1.0"}
+    names = {p["name"]: p for p in manifest["inputs"]}
+    assert names["hello-tools"]["version"] == "1.0-1" and names["rtools"]["format"] == "rpm"
+    release = files["usr/lib/extension-release.d/extension-release.hello"]
+    assert release["mode"] == "0644" and release["uid"] == 0
+
+
+def test_hardlinks_stay_hardlinks(tmp_path, packages, cache_dir):
+    image, _ = build(tmp_path, packages, cache_dir, "directory")
+    a, b = (image / "usr/bin/hello").stat(), (image / "usr/bin/hello-hard").stat()
+    assert (a.st_ino, a.st_nlink) == (b.st_ino, 2)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_rebuild_in_other_environment_is_identical(tmp_path, packages, cache_dir, fmt):
+    """Other build and output dirs, umask, TZ, LANG, cwd, no recipe epoch → same bytes."""
+    text = recipe_text(packages, fmt).replace("source_date_epoch = 1700000000", "")
+    results = []
+    for n, (umask, tz, lang) in enumerate(((0o022, "UTC", "C.UTF-8"),
+                                           (0o002, "Pacific/Chatham", "et_EE.UTF-8"))):
+        recipe = write_recipe(tmp_path / f"r{n}" / "deep" / "dir", text)
+        proc = run_cli("build", str(recipe), "-o", str(tmp_path / f"o{n}"), "--cache-dir",
+                       str(cache_dir / f"c{n}"), "--json", cwd=tmp_path / f"r{n}", umask=umask,
+                       env={"TZ": tz, "LANG": lang, "LC_ALL": lang})
+        assert proc.returncode == 0, proc.stderr
+        results.append(json.loads(proc.stdout))
+    manifests = [Path(r["manifest"]).read_bytes() for r in results]
+    assert manifests[0] == manifests[1]
+    assert results[0]["sha256"] == results[1]["sha256"]
+    assert results[0]["tree_sha256"] == results[1]["tree_sha256"]
+    epoch = json.loads(manifests[0])["source_date_epoch"]
+    assert epoch == 1700000000  # derived from the packages' newest mtime, not the clock
+
+
+def test_environment_epoch_is_used(tmp_path, packages, cache_dir):
+    text = recipe_text(packages, "directory").replace("source_date_epoch = 1700000000", "")
+    recipe = write_recipe(tmp_path, text)
+    proc = run_cli("build", str(recipe), "-o", str(tmp_path / "o"), "--cache-dir",
+                   str(cache_dir), "--json", env={"SOURCE_DATE_EPOCH": "1600000000"})
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads(Path(json.loads(proc.stdout)["manifest"]).read_text())
+    assert manifest["source_date_epoch"] == 1600000000
+    assert manifest["source_date_epoch_origin"] == "environment"
+
+
+def test_sysext_merges_and_mismatch_does_not(tmp_path, packages, cache_dir):
+    good, _ = build(tmp_path / "good", packages, cache_dir, "squashfs")
+    bad, _ = build(tmp_path / "bad", packages, cache_dir, "squashfs", name="other",
+                   target_id="fedora")
+    root = make_root(tmp_path / "root", "ID=debian\nVERSION_ID=12\n")
+    for image in (good, bad):
+        (root / "var/lib/extensions" / image.name).write_bytes(image.read_bytes())
+    proc = merge_root(root, then=f"sh {root}/usr/bin/hello && ls {root}/usr/bin "
+                                 f"{root}/usr/lib/extension-release.d")
+    assert proc.returncode == 0, proc.stderr
+    assert "hello from the extension" in proc.stdout
+    assert "rping" in proc.stdout
+    assert "extension-release.hello" in proc.stdout
+    assert "extension-release.other" not in proc.stdout  # ID=fedora: skipped
+    assert "Using extensions 'hello'." in proc.stderr
+
+
+def test_json_and_human_output(tmp_path, packages, cache_dir):
+    recipe = write_recipe(tmp_path, recipe_text(packages, "squashfs"))
+    proc = run_cli("build", str(recipe), "-o", str(tmp_path / "o"), "--cache-dir",
+                   str(cache_dir))
+    assert proc.returncode == 0
+    stages = [line.split()[0] for line in proc.stderr.splitlines() if line[:1] != " "]
+    assert stages[:4] == ["fetch", "extract", "normalize", "package"]
+    assert proc.stdout == ""

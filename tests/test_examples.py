@@ -1,0 +1,58 @@
+"""The shipped example recipes, built for real (the default one through the host's apt)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import REPO, run_cli
+from merge import in_namespace
+from prereq import missing, require_tool
+
+
+@pytest.fixture(scope="session")
+def apt_cache(request) -> Path:
+    """Package cache kept across test runs (pytest's cache dir), so reruns need no network."""
+    return Path(request.config.cache.mkdir("sysext-pipeline-packages"))
+
+
+@pytest.mark.network
+def test_default_recipe_builds_reproducibly_and_runs(tmp_path, apt_cache):
+    require_tool("mksquashfs", "squashfs-tools")
+    results = []
+    for n in range(2):
+        proc = run_cli("build", str(REPO / "recipes/debug-tools.toml"), "-o",
+                       str(tmp_path / f"out{n}"), "--cache-dir", str(apt_cache), "--json",
+                       umask=0o002 if n else 0o022, env={"TZ": "Asia/Kolkata" if n else "UTC"})
+        if proc.returncode != 0 and "apt-get download failed" in proc.stderr:
+            missing(f"package archive unreachable: {proc.stderr.strip()}")
+        assert proc.returncode == 0, proc.stderr
+        results.append(json.loads(proc.stdout))
+    assert results[0]["sha256"] == results[1]["sha256"]
+    image = Path(results[0]["image"])
+    # Merge over the real /usr in a private namespace: the tools must run from the overlay.
+    proc = in_namespace(f"mkdir -p /run/extensions && cp {image} /run/extensions/ && "
+                        "systemd-sysext merge && tcpdump --version && strace -V && "
+                        "echo '{\"a\": 42}' | jq .a && ls /usr/lib/extension-release.d")
+    assert proc.returncode == 0, proc.stderr
+    assert "tcpdump version 4.99" in proc.stdout and "strace -- version 6.1" in proc.stdout
+    assert "\n42\n" in proc.stdout and "extension-release.debug-tools" in proc.stdout
+
+
+def test_confext_example(tmp_path, cache_dir):
+    require_tool("unsquashfs", "squashfs-tools")
+    proc = run_cli("build", str(REPO / "recipes/debug-config.toml"), "-o", str(tmp_path),
+                   "--cache-dir", str(cache_dir), "--json")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    listing = subprocess.run(["unsquashfs", "-lln", "-d", "", result["image"]],
+                             capture_output=True, text=True, check=True).stdout
+    paths = {line.split()[-1] for line in listing.splitlines()}
+    assert "/etc/extension-release.d/extension-release.debug-config" in paths
+    assert "/etc/systemd/journald.conf.d/90-debug.conf" in paths
+    assert not any(p.startswith("/usr") for p in paths)
+    assert result["extension_release"] == {"ID": "debian", "VERSION_ID": "12",
+                                           "CONFEXT_LEVEL": "1", "CONFEXT_ID": "debug-config",
+                                           "CONFEXT_VERSION_ID": "1.0.0"}
