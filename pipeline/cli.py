@@ -56,6 +56,11 @@ def cmd_recipe_reference(args) -> int:
     return 0
 
 
+#: Modules that add their own subcommands: each has ``register(subparsers)`` which adds parsers
+#: whose ``func(args) -> int`` does the work. Keeps each command's code beside its logic.
+COMMAND_MODULES: tuple[str, ...] = ()
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="sysext-pipeline", epilog=EPILOG,
@@ -77,6 +82,11 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("recipe-reference", help="print the recipe reference (docs/recipes.md)")
     p.set_defaults(func=cmd_recipe_reference)
+
+    import importlib
+
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"pipeline.{name}").register(sub)
     return top
 
 

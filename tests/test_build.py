@@ -224,3 +224,21 @@ def test_json_and_human_output(tmp_path, packages, cache_dir):
     stages = [line.split()[0] for line in proc.stderr.splitlines() if line[:1] != " "]
     assert stages[:4] == ["fetch", "extract", "normalize", "package"]
     assert proc.stdout == ""
+
+
+@pytest.mark.parametrize("fmt", ("squashfs", "directory"))
+def test_non_root_build_gives_same_bytes(tmp_path, packages, cache_dir, monkeypatch, fmt):
+    """Owners come from the records, not from disk: a build that cannot chown agrees."""
+    from pipeline import build as build_mod
+    from pipeline import recipe as recipe_mod
+    from pipeline.fetch import Cache
+
+    path = write_recipe(tmp_path, recipe_text(packages, fmt))
+    recipe = recipe_mod.load(path)
+    as_root = build_mod.build(recipe, tmp_path / "root-out", Cache(cache_dir))
+    monkeypatch.setattr(build_mod.os, "geteuid", lambda: 1000)
+    as_user = build_mod.build(recipe, tmp_path / "user-out", Cache(cache_dir))
+    assert as_user.manifest == as_root.manifest
+    if fmt == "squashfs":
+        assert as_user.manifest["image"]["sha256"] == \
+            hashlib.sha256(as_user.image.read_bytes()).hexdigest()
