@@ -1,0 +1,462 @@
+"""Write a DDI (GPT: root + root-verity + root-verity-sig), byte-for-byte reproducibly; sign it later.
+
+Layout is systemd's ``--make-ddi=sysext`` convention. systemd-repart writes the GPT (it owns those
+details), but is given nothing to decide: every partition is ``CopyBlocks=`` of a file we made, with
+fixed size, label, flags and UUID, and ``--seed`` fixes the disk UUID. The verity tree comes from
+veritysetup with seed-derived salt and superblock UUID (see verity.py), because repart ≤254 would
+randomize both. The data/verity partition UUIDs are the two halves of the root hash, copied as raw
+bytes (no version bits), as repart 255+ does and systemd 258+ relies on. The signature partition
+UUID is the one repart itself would derive from the seed. repart 252 and 254 then write the same
+bytes; ``assemble_ddi`` re-reads the table and fails if repart placed anything differently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import tools
+from ..errors import BuildError, InputError
+from ..keys import Signer, key_algorithm, load_certificate
+from ..systemd import partitions
+from . import signature as sig
+from . import verity
+from .gpt import GptPartition, GptTable, read_gpt
+
+_CHUNK = 1 << 20
+_FS_MAGIC = {"squashfs": (0, b"hsqs"), "erofs": (1024, b"\xe2\xe1\xf5\xe0")}
+
+
+@dataclass(frozen=True)
+class Repart:
+    """Which systemd-repart to run (the host's by default; tests also use 254 from backports)."""
+
+    path: str = "systemd-repart"
+    env: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PartitionInfo:
+    designator: str | None
+    type_uuid: str
+    uuid: str
+    label: str
+    offset: int
+    size: int
+    flags: tuple[str, ...]
+    sha256: str
+
+    def to_manifest(self) -> dict:
+        return {"designator": self.designator, "typeUuid": self.type_uuid, "uuid": self.uuid,
+                "label": self.label, "offset": self.offset, "size": self.size,
+                "flags": list(self.flags), "sha256": self.sha256}
+
+
+@dataclass(frozen=True)
+class DdiInfo:
+    disk_uuid: str
+    partitions: tuple[PartitionInfo, ...]
+    verity: verity.VerityParams
+    root_hash: str
+    certificate_fingerprint: str | None
+    signature_algorithm: str | None
+    unsigned_sha256: str  # the image with the signature partition zeroed: stable across signings
+    sha256: str
+    size: int
+    warnings: tuple[str, ...] = ()
+
+    def to_manifest(self) -> dict:
+        return {
+            "diskUuid": self.disk_uuid,
+            "partitions": [p.to_manifest() for p in self.partitions],
+            "verity": self.verity.to_manifest(),
+            "rootHash": self.root_hash,
+            "certificateFingerprint": self.certificate_fingerprint,
+            "signatureAlgorithm": self.signature_algorithm,
+            "unsignedSha256": self.unsigned_sha256,
+            "sha256": self.sha256,
+            "size": self.size,
+        }
+
+
+@dataclass(frozen=True)
+class VeritySet:
+    """The data, hash and (optional) signature partitions of one verity-protected file system."""
+
+    family: str  # "root" or "usr"
+    arch: str
+    data: GptPartition
+    hash: GptPartition
+    signature: GptPartition | None
+
+    def root_hash_from_uuids(self) -> str:
+        """The root hash as the partition UUIDs spell it (DPS: data = first, verity = last half)."""
+        return uuid.UUID(self.data.uuid).hex + uuid.UUID(self.hash.uuid).hex
+
+
+def find_verity_set(table: GptTable) -> VeritySet | None:
+    """The first root (else usr) data partition that has a verity partition of the same arch."""
+    found: dict[tuple[str, str], GptPartition] = {}
+    for part in table.partitions:
+        known = partitions.lookup(part.type_uuid)
+        if known and known[1] is not None:
+            found.setdefault(known, part)
+    for family in ("root", "usr"):
+        for (designator, arch), data in found.items():
+            if designator == family and (f"{family}-verity", arch) in found:
+                return VeritySet(family, arch, data, found[(f"{family}-verity", arch)],
+                                 found.get((f"{family}-verity-sig", arch)))
+    return None
+
+
+def assemble_ddi(fs_image: Path, output: Path, *, arch: str, fs_type: str, seed: bytes,
+                 signer: Signer | None, workdir: Path, repart: Repart = Repart()) -> DdiInfo:
+    """Wrap ``fs_image`` into a DDI at ``output`` (atomically); unsigned if ``signer`` is None."""
+    fs_image, output = Path(fs_image), Path(output)
+    types = {d: partitions.type_uuid(d, arch) for d in ("root", "root-verity", "root-verity-sig")}
+    check_fs_type(fs_image, fs_type)
+    params = verity.params_from_seed(seed)
+    disk_seed = verity.repart_seed(seed)
+    tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
+    with tempfile.TemporaryDirectory(prefix="ddi-", dir=workdir) as work_name:
+        work = Path(work_name)
+        data = _block_aligned(fs_image, work / "data.img")
+        hash_file = work / "verity.img"
+        root_hash = verity.format_hash(data, hash_file, params)
+        _pad_to_block(hash_file)
+        sig_file = work / "signature.img"
+        warnings: list[str] = []
+        if signer is None:
+            sig_file.write_bytes(bytes(sig.PARTITION_SIZE))
+        else:
+            der, warnings = sig.sign_root_hash(root_hash, signer)
+            sig_file.write_bytes(sig.partition_content(root_hash, signer.fingerprint, der))
+        rh = bytes.fromhex(root_hash)
+        layout = [
+            ("root", types["root"], str(uuid.UUID(bytes=rh[:16])), data, True),
+            ("root-verity", types["root-verity"], str(uuid.UUID(bytes=rh[-16:])), hash_file, True),
+            ("root-verity-sig", types["root-verity-sig"],
+             _seeded_uuid(disk_seed, types["root-verity-sig"]), sig_file, False),
+        ]
+        definitions = _write_definitions(work / "repart.d", layout)
+        tmp.unlink(missing_ok=True)
+        try:
+            tools.run(repart.path, [
+                "--dry-run=no", "--empty=create", "--size=auto", "--discard=no", "--no-pager",
+                f"--seed={disk_seed}", f"--definitions={definitions}", tmp,
+            ], env=repart.env, what=f"writing the partition table of {output.name}")
+            info = describe(tmp, warnings=tuple(warnings))
+            _check_layout(tmp, info, layout, _seeded_uuid(disk_seed, "disk-uuid"))
+            os.replace(tmp, output)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return info
+
+
+def sign_ddi(image: Path, *, signer: Signer | None = None, p7s: Path | None = None,
+             cert: Path | None = None) -> DdiInfo:
+    """Fill the signature partition of ``image`` in place (atomically); no other byte changes.
+
+    The root hash is taken from the partition UUIDs and checked against the verity tree first, so
+    a tampered image is never signed. A ``p7s`` made elsewhere must verify against ``cert`` and
+    that root hash before it is written.
+    """
+    image = Path(image)
+    if (signer is None) == (p7s is None) or (p7s is not None and cert is None):
+        raise InputError("sign", "give either a key + certificate or a .p7s + its certificate")
+    found = find_verity_set(read_gpt(image))
+    if found is None or found.signature is None:
+        raise InputError(str(image), "no verity signature partition", "build it as a DDI")
+    root_hash = found.root_hash_from_uuids()
+    ok, reason = verify_partitions(image, found, root_hash)
+    if not ok:
+        raise InputError(str(image), f"verity data does not match root hash {root_hash}: "
+                         f"{reason}", "refusing to sign a damaged or foreign image")
+    warnings: list[str] = []
+    if signer is not None:
+        der, warnings = sig.sign_root_hash(root_hash, signer)
+        fingerprint = signer.fingerprint
+    else:
+        certificate = load_certificate(cert)
+        der = sig.read_p7s(p7s)
+        ok, reason = sig.verify(der, root_hash, certificate)
+        if not ok:
+            raise InputError(str(p7s), f"not a signature by {cert} over root hash {root_hash}: "
+                             f"{reason}", "sign the image's .roothash with that certificate's key")
+        fingerprint = sig.fingerprint(certificate)
+    content = sig.partition_content(root_hash, fingerprint, der, found.signature.size)
+    tmp = image.with_name(f".{image.name}.tmp-{os.getpid()}")
+    try:
+        shutil.copyfile(image, tmp)
+        shutil.copymode(image, tmp)
+        with open(tmp, "r+b") as fh:
+            fh.seek(found.signature.offset)
+            fh.write(content)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, image)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return describe(image, warnings=tuple(warnings))
+
+
+@dataclass(frozen=True)
+class DetachedVerity:
+    """``NAME.verity``/``NAME.roothash``/``NAME.roothash.p7s``, found by systemd next to ``NAME.raw``."""
+
+    verity_path: Path
+    roothash_path: Path
+    signature_path: Path | None
+    root_hash: str
+    verity: verity.VerityParams
+    verity_sha256: str
+    certificate_fingerprint: str | None
+    signature_algorithm: str | None
+    warnings: tuple[str, ...] = ()
+
+    def to_manifest(self) -> dict:
+        return {
+            "rootHash": self.root_hash,
+            "verity": self.verity.to_manifest(),
+            "verityFile": self.verity_path.name,
+            "veritySha256": self.verity_sha256,
+            "roothashFile": self.roothash_path.name,
+            "signatureFile": self.signature_path.name if self.signature_path else None,
+            "certificateFingerprint": self.certificate_fingerprint,
+            "signatureAlgorithm": self.signature_algorithm,
+        }
+
+
+def detached_verity(fs_image: Path, *, seed: bytes, signer: Signer | None, workdir: Path,
+                    image_name: str | None = None) -> DetachedVerity:
+    """Write detached verity files next to a plain squashfs/erofs image (named for ``image_name``,
+    default the image's own name, which must end in ``.raw``: systemd derives the names from it)."""
+    fs_image = Path(fs_image)
+    name = image_name or fs_image.name
+    if not name.endswith(".raw"):
+        raise InputError(name, "detached verity needs an image named NAME.raw",
+                         "systemd looks for NAME.verity/NAME.roothash only next to NAME.raw")
+    if sniff_fs_type(fs_image) is None:
+        raise InputError(str(fs_image), "not a squashfs or erofs image")
+    base = fs_image.parent / name[:-len(".raw")]
+    params = verity.params_from_seed(seed)
+    with tempfile.TemporaryDirectory(prefix="verity-", dir=workdir) as work:
+        hash_file = Path(work, "verity")
+        root_hash = verity.format_hash(fs_image, hash_file, params)
+        verity_path = _install(hash_file, Path(f"{base}.verity"))
+    roothash_path = Path(f"{base}.roothash")
+    _install((root_hash + "\n").encode(), roothash_path)
+    signature_path = Path(f"{base}.roothash.p7s")
+    warnings: list[str] = []
+    if signer is None:
+        signature_path.unlink(missing_ok=True)  # a stale one would not match the new root hash
+    else:
+        der, warnings = sig.sign_root_hash(root_hash, signer)
+        _install(der, signature_path)
+    return DetachedVerity(
+        verity_path=verity_path,
+        roothash_path=roothash_path,
+        signature_path=signature_path if signer else None,
+        root_hash=root_hash,
+        verity=params,
+        verity_sha256=sha256_file(verity_path),
+        certificate_fingerprint=signer.fingerprint if signer else None,
+        signature_algorithm=signer.algorithm if signer else None,
+        warnings=tuple(warnings),
+    )
+
+
+def describe(image: Path, *, warnings: tuple[str, ...] = ()) -> DdiInfo:
+    """Read back a verity DDI: partitions with hashes, verity parameters, signature identity."""
+    table = read_gpt(image)
+    found = find_verity_set(table)
+    if found is None:
+        raise InputError(str(image), "no verity-protected root or usr partition")
+    digests, image_sha, unsigned_sha = hash_image(image, table, found.signature)
+    superblock = verity.parse_superblock(read_range(image, found.hash.offset, verity.SUPERBLOCK_SIZE))
+    if superblock is None:
+        raise InputError(str(image), "verity partition has no superblock")
+    fingerprint = algorithm = None
+    if found.signature is not None:
+        blob = sig.parse_partition(read_range(image, found.signature.offset, found.signature.size),
+                                   str(image))
+        if blob is not None:
+            fingerprint = blob.fingerprint
+            certs = blob.embedded_certificates()
+            algorithm = key_algorithm(certs[0].public_key()) if certs else None
+    return DdiInfo(
+        disk_uuid=table.disk_uuid,
+        partitions=tuple(
+            PartitionInfo((partitions.lookup(p.type_uuid) or (None,))[0], p.type_uuid, p.uuid,
+                          p.name, p.offset, p.size, tuple(partitions.flag_names(p.attributes)),
+                          digests[p.index])
+            for p in table.partitions),
+        verity=superblock.params(),
+        root_hash=found.root_hash_from_uuids(),
+        certificate_fingerprint=fingerprint,
+        signature_algorithm=algorithm,
+        unsigned_sha256=unsigned_sha,
+        sha256=image_sha,
+        size=image.stat().st_size,
+        warnings=warnings,
+    )
+
+
+def hash_image(image: Path, table: GptTable, zeroed: GptPartition | None
+               ) -> tuple[dict[int, str], str, str]:
+    """One pass: (sha256 per partition index, image sha256, sha256 with ``zeroed`` as NULs)."""
+    size = image.stat().st_size
+    cuts = sorted({0, size, *(x for p in table.partitions for x in (p.offset, p.offset + p.size)
+                              if x <= size)})
+    per_part = {p.index: hashlib.sha256() for p in table.partitions}
+    whole, unsigned = hashlib.sha256(), hashlib.sha256()
+    with open(image, "rb") as fh:
+        for start, end in zip(cuts, cuts[1:]):
+            owners = [per_part[p.index] for p in table.partitions
+                      if p.offset <= start and end <= p.offset + p.size]
+            blank = zeroed is not None and zeroed.offset <= start and end <= zeroed.offset + zeroed.size
+            fh.seek(start)
+            left = end - start
+            while left:
+                chunk = fh.read(min(_CHUNK, left))
+                if not chunk:
+                    raise InputError(str(image), "truncated: a partition extends past the end")
+                left -= len(chunk)
+                whole.update(chunk)
+                unsigned.update(bytes(len(chunk)) if blank else chunk)
+                for h in owners:
+                    h.update(chunk)
+    return ({i: h.hexdigest() for i, h in per_part.items()}, whole.hexdigest(),
+            unsigned.hexdigest())
+
+
+def read_range(path: Path, offset: int, size: int) -> bytes:
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        return fh.read(size)
+
+
+def extract(image: Path, part: GptPartition, dest: Path) -> Path:
+    """Copy one partition out of ``image`` into ``dest`` (for veritysetup, unsquashfs, ...)."""
+    with open(image, "rb") as src, open(dest, "wb") as out:
+        src.seek(part.offset)
+        left = part.size
+        while left:
+            chunk = src.read(min(_CHUNK, left))
+            if not chunk:
+                raise InputError(str(image), f"partition {part.index} extends past the end")
+            out.write(chunk)
+            left -= len(chunk)
+    return dest
+
+
+def verify_partitions(image: Path, found: VeritySet, root_hash: str) -> tuple[bool, str]:
+    """``veritysetup verify`` of the data partition against the hash partition and root hash."""
+    with tempfile.TemporaryDirectory(prefix="ddi-verify-") as tmp:
+        data = extract(image, found.data, Path(tmp, "data"))
+        hash_file = extract(image, found.hash, Path(tmp, "hash"))
+        return verity.verify(data, hash_file, root_hash)
+
+
+def check_fs_type(fs_image: Path, fs_type: str) -> None:
+    """Refuse an image whose magic is not the file system the caller says it is."""
+    if fs_type not in _FS_MAGIC:
+        raise InputError(fs_type, "unsupported file system for a DDI",
+                         f"one of: {', '.join(_FS_MAGIC)}")
+    offset, magic = _FS_MAGIC[fs_type]
+    if read_range(fs_image, offset, len(magic)) != magic:
+        raise InputError(str(fs_image), f"not a {fs_type} image (no magic at offset {offset})")
+
+
+def sniff_fs_type(path: Path, offset: int = 0) -> str | None:
+    """``squashfs``/``erofs`` by magic (at ``offset`` into ``path``), else None."""
+    for name, (at, magic) in _FS_MAGIC.items():
+        if read_range(path, offset + at, len(magic)) == magic:
+            return name
+    return None
+
+
+def _install(content: bytes | Path, dest: Path) -> Path:
+    """Put ``content`` (bytes or a file to copy) at ``dest`` via a temporary name + rename."""
+    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+    try:
+        if isinstance(content, Path):
+            shutil.copyfile(content, tmp)
+        else:
+            tmp.write_bytes(content)
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dest
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _seeded_uuid(seed_uuid: str, token: str) -> str:
+    """repart's derivations from ``--seed``: ``disk-uuid``, or a partition's type UUID (bytes)."""
+    key = uuid.UUID(seed_uuid).bytes
+    try:
+        message = uuid.UUID(token).bytes
+    except ValueError:
+        message = token.encode()
+    return verity.make_v4_uuid(hmac.new(key, message, hashlib.sha256).digest())
+
+
+def _block_aligned(fs_image: Path, padded: Path) -> Path:
+    """``fs_image`` itself when its size is a multiple of 4 KiB, else a zero-padded copy."""
+    size = fs_image.stat().st_size
+    if size == 0:
+        raise InputError(str(fs_image), "empty file system image")
+    if size % verity.BLOCK_SIZE == 0:
+        return fs_image.resolve()
+    shutil.copyfile(fs_image, padded)
+    _pad_to_block(padded)
+    return padded
+
+
+def _pad_to_block(path: Path) -> None:
+    size = path.stat().st_size
+    os.truncate(path, -(-size // verity.BLOCK_SIZE) * verity.BLOCK_SIZE)
+
+
+def _write_definitions(directory: Path, layout) -> Path:
+    """One repart.d file per partition: everything fixed, nothing left for repart to choose."""
+    directory.mkdir()
+    for n, (designator, type_id, part_uuid, source, read_only) in enumerate(layout, 1):
+        size = source.stat().st_size
+        lines = [
+            "[Partition]",
+            f"Type={type_id}",
+            f"Label={partitions.type_name(type_id)}",
+            f"UUID={part_uuid}",
+            f"CopyBlocks={str(source.resolve()).replace('%', '%%')}",
+            f"SizeMinBytes={size}",
+            f"SizeMaxBytes={size}",
+        ]
+        if read_only:
+            lines += ["ReadOnly=yes", "GrowFileSystem=no"]
+        (directory / f"{n}0-{designator}.conf").write_text("\n".join(lines) + "\n")
+    return directory
+
+
+def _check_layout(image: Path, info: DdiInfo, layout, disk_uuid: str) -> None:
+    """Fail loudly if repart chose anything itself (a new version's default would break identity)."""
+    got = [(p.type_uuid, p.uuid, p.size, p.flags) for p in info.partitions]
+    want = [(t, u, src.stat().st_size, ("read-only",) if ro else ())
+            for _d, t, u, src, ro in layout]
+    if got != want or info.disk_uuid != disk_uuid:
+        raise BuildError("systemd-repart", f"wrote an unexpected partition table in {image.name}",
+                         f"expected {want} on disk {disk_uuid}, got {got} on {info.disk_uuid}")
