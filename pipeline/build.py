@@ -2,7 +2,8 @@
 
 Everything happens in a work directory *inside* the output directory (so the final renames are
 atomic on one file system) and is deleted on success or failure: the output directory only ever
-gains complete images and manifests.
+gains complete images and manifests. :func:`stage` is shared with ``plan``, which runs it
+against recording-only trees.
 """
 
 from __future__ import annotations
@@ -12,14 +13,15 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import extract as extract_stage
+from . import layout, pitfalls
 from . import manifest as mf
 from .errors import InputError
-from .fetch import Cache, fetch_all, hash_file
-from .formats import entry as E
+from .fetch import Cache, Fetched, fetch_all, hash_file
 from .normalize import apply_times, choose_epoch
 from .package import pack, replace_atomically
 from .recipe import Recipe
@@ -31,11 +33,42 @@ FORBIDDEN = {"sysext": ("usr/lib/os-release",), "confext": ()}
 
 
 @dataclass
-class BuildResult:
+class StagedImage:
+    kind: str
+    name: str
+    tree: StagingTree
+    fields: dict[str, str]
+    release_path: str
+    release_bytes: bytes
+    findings: list[pitfalls.Finding] = field(default_factory=list)
+
+
+@dataclass
+class Staged:
+    """The staged payload: one tree per image, decided and released, not yet packed."""
+
+    report: extract_stage.ExtractReport
+    images: list[StagedImage]
+    decision: str
+    epoch: int
+    epoch_origin: str
+
+
+@dataclass
+class ImageResult:
+    kind: str
+    name: str
     image: Path
     manifest_path: Path
     manifest: dict
+
+
+@dataclass
+class BuildResult:
+    images: list[ImageResult]
+    decision: str
     warnings: list[str] = field(default_factory=list)
+    findings: list[pitfalls.Finding] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -49,14 +82,61 @@ class Log:
 
     def stage(self, name: str, text: str) -> None:
         now = time.monotonic()
-        self.timings[name] = round(now - self._start, 3)
+        took = now - self._start
         self._start = now
+        self.timings[name] = round(self.timings.get(name, 0) + took, 3)
         if self.write:
-            self.write(f"{name:<10}{text} ({self.timings[name]:.1f}s)")
+            self.write(f"{name:<10}{text} ({took:.1f}s)")
 
 
-def image_filename(recipe: Recipe) -> str:
-    return recipe.name if recipe.format == "directory" else f"{recipe.name}.raw"
+def image_filename(recipe_format: str, name: str) -> str:
+    return name if recipe_format == "directory" else f"{name}.raw"
+
+
+def stage(recipe: Recipe, fetched: list[Fetched], new_tree: Callable[[str], StagingTree],
+          environ: dict) -> Staged:
+    """Extract, decide the images, write tmpfiles.d and release files: everything but time
+    stamps and packing. ``new_tree(kind)`` makes the (real or recording) tree of one kind."""
+    router = layout.Router(recipe.kind, recipe.etc_policy, recipe.var_policy)
+    trees: dict[str, StagingTree] = {}
+
+    def tree_for(kind: str) -> StagingTree:
+        if kind not in trees:
+            trees[kind] = new_tree(kind)
+        return trees[kind]
+
+    report = extract_stage.extract(recipe, fetched, tree_for, router)
+    kinds, decision = layout.decide(recipe.kind, router.layout)
+    names = layout.image_names(recipe.kind, recipe.name, kinds)
+    target = dict(recipe.target)
+    if target["architecture"] == "auto":
+        target["architecture"] = _derive_architecture(report.packages)
+    for kind, tree in trees.items():  # content routed to an image that is not made
+        if kind not in kinds:
+            for path in tree.records:
+                report.dropped.setdefault(path, f"no {kind} is made")
+
+    images = []
+    for kind in sorted(kinds, key=("sysext", "confext").index):
+        name = names[kind]
+        tree = tree_for(kind)
+        for path in FORBIDDEN[kind]:
+            if path in tree.records:
+                raise InputError(path, f"a {kind} must not carry {path}",
+                                 f"it comes from {tree.records[path].origin}; exclude it")
+        lines = router.layout.tmpfiles[kind]
+        if lines:
+            tree.add_bytes(layout.tmpfiles_path(kind, recipe.name),
+                           layout.tmpfiles_content(lines), 0o644, "tmpfiles.d")
+        fields = sdrelease.release_fields(kind, name, recipe.version, target)
+        release_bytes = sdrelease.format_release(fields)
+        release_path = sdrelease.release_path(kind, name)
+        tree.add_bytes(release_path, release_bytes, 0o644, "extension-release")
+        findings = pitfalls.find(kind, tree.records, fields, target)
+        images.append(StagedImage(kind, name, tree, fields, release_path, release_bytes,
+                                  findings))
+    epoch, epoch_origin = choose_epoch(recipe.source_date_epoch, environ, report.newest_mtime)
+    return Staged(report, images, decision, epoch, epoch_origin)
 
 
 def build(recipe: Recipe, output_dir: Path, cache: Cache, *, environ: dict | None = None,
@@ -73,77 +153,93 @@ def build(recipe: Recipe, output_dir: Path, cache: Cache, *, environ: dict | Non
               f"{origins.count('cache')} cached, {origins.count('local')} local)")
 
     workdir = Path(tempfile.mkdtemp(prefix=f".{recipe.name}.build-", dir=output_dir))
+    trees: list[StagingTree] = []
+
+    def new_tree(kind: str) -> StagingTree:
+        trees.append(StagingTree(workdir / kind, owner_ids=os.geteuid() == 0))
+        return trees[-1]
+
     try:
-        return _build_in(recipe, output_dir, workdir, fetched, environ, log)
+        staged = stage(recipe, fetched, new_tree, environ)
+        return _package_all(recipe, staged, fetched, output_dir, workdir, log)
     finally:
+        for tree in trees:
+            tree.close()
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _build_in(recipe, output_dir, workdir, fetched, environ, log) -> BuildResult:
-    with StagingTree(workdir / "root", owner_ids=os.geteuid() == 0) as tree:
-        report = extract_stage.extract(recipe, fetched, tree)
-        files, size = extract_stage.stats(tree)
-        log.stage("extract", f"{files} files, {_size(size)}; {len(report.dropped)} dropped, "
-                  f"{report.excluded} excluded")
-        for path in FORBIDDEN[recipe.kind]:
-            if path in tree.records:
-                raise InputError(path, f"a {recipe.kind} must not carry {path}",
-                                 f"it comes from {tree.records[path].origin}; exclude it")
+def _package_all(recipe, staged: Staged, fetched, output_dir, workdir, log) -> BuildResult:
+    report = staged.report
+    summary = "; ".join(f"{img.kind} {img.name}: {extract_stage.stats(img.tree)[0]} files, "
+                        f"{_size(extract_stage.stats(img.tree)[1])}" for img in staged.images)
+    log.stage("extract", f"{summary}; {len(report.dropped)} dropped, {report.excluded} excluded")
+    log.stage("layout", staged.decision)
+    for img in staged.images:
+        apply_times(img.tree, staged.epoch, recipe.mtime)
+    log.stage("normalize", f"epoch {staged.epoch} ({staged.epoch_origin}), mtime policy "
+              f"{recipe.mtime}; " + ", ".join(img.release_path for img in staged.images))
 
-        target = dict(recipe.target)
-        if target["architecture"] == "auto":
-            target["architecture"] = _derive_architecture(report.packages)
-        fields = sdrelease.release_fields(recipe.kind, recipe.name, recipe.version, target)
-        release_bytes = sdrelease.format_release(fields)
-        release_path = sdrelease.release_path(recipe.kind, recipe.name)
-        tree.add_bytes(release_path, release_bytes, 0o644, "extension-release")
+    seed = _seed(recipe, fetched, staged.epoch)
+    packed = []
+    for img in staged.images:
+        file_list = mf.file_entries(img.tree.records)
+        final = output_dir / image_filename(recipe.format, img.name)
+        result = pack(recipe, img.tree, workdir / final.name, staged.epoch,
+                      hashlib.sha256(seed + img.kind.encode()).digest())
+        image_sha, image_size = (None, None) if recipe.format == "directory" else \
+            hash_file(result.path)
+        companions = [o.name for o in staged.images if o is not img]
+        manifest = {
+            "schema": mf.SCHEMA,
+            "name": img.name,
+            "kind": img.kind,
+            "version": recipe.version,
+            "companions": companions,
+            "decision": staged.decision,
+            "recipe": {"file": recipe.path.name, "sha256": recipe.sha256},
+            "inputs": report.packages,
+            "source_date_epoch": staged.epoch,
+            "source_date_epoch_origin": staged.epoch_origin,
+            "mtime_policy": recipe.mtime,
+            "policy": {"etc": recipe.etc_policy, "var": recipe.var_policy},
+            "tools": mf.tool_versions(result.tools),
+            "extension_release": {"path": img.release_path, "fields": img.fields,
+                                  "sha256": hashlib.sha256(img.release_bytes).hexdigest()},
+            "dropped": dict(sorted(report.dropped.items())),
+            "excluded_count": report.excluded,
+            "warnings": [f.to_json() for f in img.findings],
+            "image": {"file": final.name, "format": recipe.format,
+                      "compression": recipe.compression,
+                      "compression_level": recipe.compression_level,
+                      "size": image_size, "sha256": image_sha,
+                      "tree_sha256": mf.tree_digest(file_list)},
+            "files": file_list,
+        }
+        manifest_tmp = workdir / f"{img.name}.manifest.json"
+        manifest_tmp.write_bytes(mf.dumps(manifest))
+        packed.append((img, result.path, final, manifest_tmp, manifest))
 
-        epoch, epoch_origin = choose_epoch(recipe.source_date_epoch, environ, report.newest_mtime)
-        apply_times(tree, epoch, recipe.mtime)
-        warnings = _warnings(recipe, tree, report)
-        log.stage("normalize", f"epoch {epoch} ({epoch_origin}), mtime policy {recipe.mtime}; "
-                  f"{release_path}")
-
-        file_list = mf.file_entries(tree.records)
-        seed = _seed(recipe, fetched, epoch)
-        final = output_dir / image_filename(recipe)
-        packed = pack(recipe, tree, workdir / final.name, epoch, seed)
-
-    if recipe.format == "directory":
-        image_sha, image_size = None, None
-    else:
-        image_sha, image_size = hash_file(packed.path)
-    manifest = {
-        "schema": mf.SCHEMA,
-        "name": recipe.name,
-        "kind": recipe.kind,
-        "version": recipe.version,
-        "recipe": {"file": recipe.path.name, "sha256": recipe.sha256},
-        "inputs": report.packages,
-        "source_date_epoch": epoch,
-        "source_date_epoch_origin": epoch_origin,
-        "mtime_policy": recipe.mtime,
-        "tools": mf.tool_versions(packed.tools),
-        "extension_release": {"path": release_path, "fields": fields,
-                              "sha256": hashlib.sha256(release_bytes).hexdigest()},
-        "dropped": dict(sorted(report.dropped.items())),
-        "excluded_count": report.excluded,
-        "image": {"file": final.name, "format": recipe.format,
-                  "compression": recipe.compression,
-                  "compression_level": recipe.compression_level,
-                  "size": image_size, "sha256": image_sha,
-                  "tree_sha256": mf.tree_digest(file_list)},
-        "files": file_list,
-    }
-    manifest_tmp = workdir / "manifest.json"
-    manifest_tmp.write_bytes(mf.dumps(manifest))
-    manifest_final = output_dir / f"{recipe.name}.manifest.json"
-    replace_atomically(packed.path, final)
-    os.replace(manifest_tmp, manifest_final)
-    shown = f"sha256 {image_sha[:16]}…, {_size(image_size)}" if image_sha else \
-        f"tree {manifest['image']['tree_sha256'][:16]}…"
-    log.stage("package", f"{final} ({recipe.format}, {recipe.compression}; {shown})")
-    return BuildResult(final, manifest_final, manifest, warnings, log.timings)
+    images = []
+    for img, tmp, final, manifest_tmp, manifest in packed:  # all packed: now publish
+        manifest_final = output_dir / f"{img.name}.manifest.json"
+        replace_atomically(tmp, final)
+        os.replace(manifest_tmp, manifest_final)
+        images.append(ImageResult(img.kind, img.name, final, manifest_final, manifest))
+        sha = manifest["image"]["sha256"]
+        shown = f"sha256 {sha[:16]}…, {_size(manifest['image']['size'])}" if sha else \
+            f"tree {manifest['image']['tree_sha256'][:16]}…"
+        log.stage("package", f"{final} ({img.kind}, {recipe.format}, {recipe.compression}; "
+                  f"{shown})")
+    warnings = []
+    if report.unmapped_owners:
+        warnings.append("owners kept by number (add them to [owners]): "
+                        + ", ".join(sorted(report.unmapped_owners)))
+    replaced = [p for img in staged.images for p in img.tree.replaced]
+    if replaced:
+        warnings.append(f"{len(replaced)} paths written by more than one source, the later "
+                        f"won: {', '.join(replaced[:5])}")
+    findings = [f for img in staged.images for f in img.findings]
+    return BuildResult(images, staged.decision, warnings, findings, log.timings)
 
 
 def _derive_architecture(packages: list[dict]) -> str | None:
@@ -166,27 +262,11 @@ def _seed(recipe: Recipe, fetched, epoch: int) -> bytes:
     return digest.digest()
 
 
-def _warnings(recipe: Recipe, tree: StagingTree, report) -> list[str]:
-    warnings = []
-    if report.unmapped_owners:
-        warnings.append("owners kept by number (add them to [owners]): "
-                        + ", ".join(sorted(report.unmapped_owners)))
-    if recipe.kind == "sysext":
-        for path, record in sorted(tree.records.items()):
-            if record.kind == E.SYMLINK and record.target.startswith(("/etc/", "/var/")):
-                warnings.append(f"{path} → {record.target}: points outside the merged "
-                                "hierarchies; it dangles unless the host has the target")
-    if tree.replaced:
-        warnings.append(f"{len(tree.replaced)} paths written by more than one source, the later "
-                        f"won: {', '.join(tree.replaced[:5])}")
-    return warnings
-
-
 def _size(n: int | None) -> str:
     if n is None:
         return "-"
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
+            return f"{n} B" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n} B"

@@ -31,22 +31,35 @@ def cmd_build(args) -> int:
     cache = Cache(Path(args.cache_dir) if args.cache_dir else default_cache_dir())
     result = build(recipe, Path(args.output_dir), cache, offline=args.offline,
                    log=Log(None if args.quiet else _human), progress=describe_progress())
+    for finding in result.findings:
+        _human(f"{finding.severity}: {finding.line()}")
     for warning in result.warnings:
         _human(f"warning: {warning}")
     if args.json:
-        summary = {
-            "image": str(result.image), "manifest": str(result.manifest_path),
-            "sha256": result.manifest["image"]["sha256"],
-            "tree_sha256": result.manifest["image"]["tree_sha256"],
-            "size": result.manifest["image"]["size"], "name": recipe.name, "kind": recipe.kind,
-            "format": recipe.format, "warnings": result.warnings, "timings": result.timings,
-            "extension_release": result.manifest["extension_release"]["fields"],
-            "dropped": len(result.manifest["dropped"]),
-        }
-        print(json.dumps(summary, indent=2, sort_keys=True))
+        print(json.dumps(build_summary(result), indent=2, sort_keys=True))
     elif not args.quiet:
-        _human(f"built {result.image}")
+        for image in result.images:
+            _human(f"built {image.image} ({image.kind})")
     return 0
+
+
+def build_summary(result) -> dict:
+    """The --json result of a build: one entry per image, plus what applies to all."""
+    images = []
+    for image in result.images:
+        m = image.manifest
+        images.append({
+            "kind": image.kind, "name": image.name, "image": str(image.image),
+            "manifest": str(image.manifest_path), "format": m["image"]["format"],
+            "sha256": m["image"]["sha256"], "size": m["image"]["size"],
+            "tree_sha256": m["image"]["tree_sha256"],
+            "extension_release": m["extension_release"]["fields"],
+            "extension_release_path": m["extension_release"]["path"],
+            "warnings": m["warnings"],
+        })
+    return {"decision": result.decision, "images": images, "warnings": result.warnings,
+            "dropped": len(result.images[0].manifest["dropped"]) if result.images else 0,
+            "timings": result.timings}
 
 
 def cmd_recipe_reference(args) -> int:

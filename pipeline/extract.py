@@ -1,39 +1,38 @@
-"""Extract stage: package payloads and recipe files → the staging tree.
+"""Extract stage: package payloads and recipe files → one staging tree per image kind.
 
-Decides, per entry, *whether* it belongs in the image (kind's hierarchies, exclude globs) and
-*as whom* (owner mapping); :class:`StagingTree` decides whether it is safe to write.
+Decides, per entry, *whether* and *where* it belongs (exclude globs, then the layout router),
+and *as whom* (owner mapping); the staging tree decides whether it is safe to write. ``plan``
+runs this same code against recording-only trees, so plan and build cannot disagree.
 """
 
 from __future__ import annotations
 
+import io
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from .fetch import Fetched
 from .formats import entry as E
 from .formats.deb import deb_info, read_deb
 from .formats.rpm import read_rpm, rpm_info
+from .layout import Router
 from .recipe import Recipe
 from .staging import MERGED_USR, StagingTree, canonical_path
-
-#: The hierarchies systemd merges for each kind; everything else in an image is ignored by it.
-HIERARCHIES = {"sysext": ("usr", "opt"), "confext": ("etc",)}
 
 
 @dataclass
 class ExtractReport:
     packages: list[dict] = field(default_factory=list)
-    dropped: dict[str, str] = field(default_factory=dict)  # path → reason
+    dropped: dict[str, str] = field(default_factory=dict)  # path → reason (package)
     excluded: int = 0
     unmapped_owners: set[str] = field(default_factory=set)
     newest_mtime: int | None = None
-    files: int = 0
-    bytes: int = 0
 
 
 def glob_regex(patterns: Iterable[str]) -> re.Pattern | None:
-    """One regex for the exclude globs: ``*`` stays in a name, ``**`` crosses directories."""
+    """One regex for the exclude globs: ``*`` stays in a name, ``**`` crosses directories,
+    and ``dir/**`` also matches ``dir`` itself."""
     parts = []
     for pattern in patterns:
         pattern = pattern.strip("/")
@@ -66,44 +65,60 @@ def package_reader(fetched: Fetched):
     return rpm_info(fetched.path), read_rpm(fetched.path)
 
 
-def extract(recipe: Recipe, fetched: list[Fetched], tree: StagingTree) -> ExtractReport:
+def package_record(item: Fetched, info) -> dict:
+    return {
+        "name": info.name, "version": info.version, "architecture": info.architecture,
+        "format": info.format, "file": _package_filename(item, info), "sha256": item.sha256,
+        "size": item.size, "source": item.source.ref if item.source.type != "apt"
+        else f"apt:{item.source.ref}={item.source.version}",
+    }
+
+
+def extract(recipe: Recipe, fetched: list[Fetched], tree_for: Callable[[str], StagingTree],
+            router: Router) -> ExtractReport:
+    """Write every package entry and recipe file to ``tree_for(kind)`` as ``router`` says."""
     report = ExtractReport()
-    keep = HIERARCHIES[recipe.kind]
     exclude = glob_regex(recipe.exclude)
 
     for item in fetched:
         info, entries = package_reader(item)
         origin = f"{info.name}_{info.version}_{info.architecture}"
-        report.packages.append({
-            "name": info.name, "version": info.version, "architecture": info.architecture,
-            "format": info.format, "file": _package_filename(item, info), "sha256": item.sha256,
-            "size": item.size, "source": item.source.ref if item.source.type != "apt"
-            else f"apt:{item.source.ref}={item.source.version}",
-        })
+        report.packages.append(package_record(item, info))
+        config = {canonical_path(p.lstrip("/"), origin) for p in info.config_files}
         for entry in entries:
             path = canonical_path(entry.path, entry.member)
             if not path:
                 continue
             if entry.mtime and (report.newest_mtime is None or entry.mtime > report.newest_mtime):
                 report.newest_mtime = entry.mtime
-            reason = _drop_reason(path, entry, keep, exclude)
-            if reason:
-                if reason == "excluded":
-                    report.excluded += 1
-                else:
-                    report.dropped[path] = f"{reason} ({origin})"
+            if exclude is not None and exclude.match(path):
+                report.excluded += 1
                 continue
-            uid = _map_id(entry.uname, entry.uid, recipe.users, report)
-            gid = _map_id(entry.gname, entry.gid, recipe.groups, report)
-            tree.add(entry, path, uid, gid, origin)
+            if entry.kind == E.SYMLINK and path.count("/") == 1 and \
+                    path.split("/")[1] in MERGED_USR:
+                report.dropped[path] = f"merged-/usr compatibility link ({origin})"
+                continue
+            entry.uid = _map_id(entry.uname, entry.uid, recipe.users, report)
+            entry.gid = _map_id(entry.gname, entry.gid, recipe.groups, report)
+            route = router.route(path, entry, entry.member)
+            if route.dropped:
+                report.dropped[path] = f"{route.dropped} ({origin})"
+            if route.image is None:
+                continue
+            tree = tree_for(route.image)
+            tree.add(entry, route.path, entry.uid, entry.gid, origin)
+            if path in config:
+                tree.records[route.path].config = True
 
     for extra in recipe.files:
         content = extra.content if extra.content is not None else extra.source.read_bytes()
-        top = extra.path.split("/", 1)[0]
-        if top not in keep:
-            report.dropped[extra.path] = f"outside {', '.join('/' + k for k in keep)} (recipe)"
-            continue
-        tree.add_bytes(extra.path, content, extra.mode, f"recipe:{extra.source or 'content'}")
+        entry = E.Entry(path=extra.path, kind=E.FILE, mode=extra.mode, size=len(content),
+                        data=io.BytesIO(content), member=f"files.{extra.path!r}")
+        route = router.route(extra.path, entry, entry.member)
+        if route.dropped:
+            report.dropped[extra.path] = f"{route.dropped} (recipe)"
+        if route.image is not None:
+            tree_for(route.image).add(entry, route.path, 0, 0, "recipe")
     return report
 
 
@@ -114,17 +129,6 @@ def _package_filename(item: Fetched, info) -> str:
         version = info.version.split(":", 1)[-1]
         return f"{info.name}_{version}_{info.architecture}.deb"
     return item.filename
-
-
-def _drop_reason(path: str, entry: E.Entry, keep: tuple[str, ...], exclude) -> str | None:
-    top = path.split("/", 1)[0]
-    if top not in keep:
-        return f"outside {', '.join('/' + k for k in keep)}"
-    if entry.kind == E.SYMLINK and path.count("/") == 1 and path.split("/")[1] in MERGED_USR:
-        return "merged-/usr compatibility link"
-    if exclude is not None and exclude.match(path):
-        return "excluded"
-    return None
 
 
 def _map_id(name: str | None, number: int, table: dict[str, int], report: ExtractReport) -> int:
@@ -139,5 +143,6 @@ def _map_id(name: str | None, number: int, table: dict[str, int], report: Extrac
 
 
 def stats(tree: StagingTree) -> tuple[int, int]:
-    files = [r for r in tree.records.values() if r.kind == E.FILE]
-    return len(files), sum(r.size for r in {id(r): r for r in files}.values())
+    """(files, bytes) with hardlinked files counted once."""
+    files = {id(r): r for r in tree.records.values() if r.kind == E.FILE}
+    return len(files), sum(r.size for r in files.values())

@@ -23,7 +23,9 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised only on Python 3.10
     import tomli as tomllib
 
-KINDS = ("sysext", "confext")
+KINDS = ("auto", "sysext", "confext")
+ETC_POLICIES = ("confext", "factory", "drop", "error")
+VAR_POLICIES = ("tmpfiles", "drop", "error")
 FORMATS = ("squashfs", "erofs", "directory")
 COMPRESSIONS = {
     "squashfs": ("zstd", "xz", "gzip", "lz4", "lzo", "none"),
@@ -96,8 +98,10 @@ SCHEMA: tuple[Key, ...] = (
     Key("extension", "name", str, "Image name; the image is NAME.raw (or directory NAME) and the "
         "release file extension-release.NAME. Letters, digits and `._+-`, not ending in `.raw`.",
         '"debug-tools"', required=True, check=_name_check),
-    Key("extension", "kind", str, "`sysext` merges /usr and /opt; `confext` merges /etc.",
-        '"sysext"', default="sysext", check=_one_of(KINDS)),
+    Key("extension", "kind", str, "`auto`: the payload decides — /usr and /opt only → a sysext, "
+        "/etc only → a confext, both → a sysext NAME and a confext NAME-config built together. "
+        "`sysext` (merges /usr, /opt) or `confext` (merges /etc) pins the kind; what does not fit "
+        "is handled by [policy] and reported.", '"sysext"', default="auto", check=_one_of(KINDS)),
     Key("extension", "version", str, "The extension's own version: SYSEXT_VERSION_ID= / "
         "CONFEXT_VERSION_ID= and the manifest.", '"1.0.0"', check=_field_value_check),
     Key("target", "id", str, "Host ID= the image merges on, or `_any` (skips every version "
@@ -117,6 +121,14 @@ SCHEMA: tuple[Key, ...] = (
     Key("target", "reload_manager", bool, "Write EXTENSION_RELOAD_MANAGER=1 (systemd 255+ reloads "
         "the service manager after merging, so units in the image are seen).", "true",
         default=False),
+    Key("policy", "etc", str, "/etc content when the image is a sysext: `confext` (a companion "
+        "confext NAME-config), `factory` (moved to usr/share/factory/etc plus tmpfiles.d `C` lines "
+        "that copy it into /etc at boot when missing), `drop` (reported), `error`. Default: "
+        "`confext` for kind auto, `drop` when the kind is pinned.", '"factory"',
+        check=_one_of(ETC_POLICIES)),
+    Key("policy", "var", str, "/var and /srv content (never merged): `tmpfiles` (directories "
+        "become tmpfiles.d `d` lines, files go to usr/share/factory with `C` lines), `drop`, "
+        "`error`.", '"tmpfiles"', default="tmpfiles", check=_one_of(VAR_POLICIES)),
     Key("filter", "exclude", list, "Glob patterns (`*` within a name, `**` across directories) of "
         "image paths not to include; matched after /lib→/usr/lib canonicalization.",
         '["usr/share/doc/**", "usr/share/man/**"]', default=(), check=_globs_check),
@@ -190,6 +202,8 @@ class Recipe:
     exclude: tuple[str, ...]
     users: dict[str, int] = field(default_factory=dict)
     groups: dict[str, int] = field(default_factory=dict)
+    etc_policy: str = "drop"
+    var_policy: str = "tmpfiles"
     format: str = "squashfs"
     compression: str = "zstd"
     compression_level: int | None = None
@@ -251,10 +265,16 @@ def _build(path: Path, digest: str, data: dict) -> Recipe:
             values[key.path] = value
 
     kind = values["extension.kind"]
-    level_key = "target.confext_level" if kind == "sysext" else "target.sysext_level"
-    if values[level_key] is not None:
-        fail(level_key, f"does not apply to a {kind}",
-             f"use target.{kind}_level (systemd never reads the other kind's level)")
+    etc_policy = values["policy.etc"] or ("confext" if kind == "auto" else "drop")
+    if kind == "confext" and values["policy.etc"] is not None:
+        fail("policy.etc", "applies to sysext and auto recipes only (a confext is all /etc)")
+    can_make = {"sysext": kind != "confext",
+                "confext": kind == "confext" or etc_policy == "confext"}
+    for other in ("sysext", "confext"):
+        level_key = f"target.{other}_level"
+        if values[level_key] is not None and not can_make[other]:
+            fail(level_key, f"this recipe never makes a {other}",
+                 "systemd never reads the other kind's level")
     if values["target.scope"] is not None:
         values["target.scope"] = tuple(values["target.scope"])
 
@@ -285,6 +305,8 @@ def _build(path: Path, digest: str, data: dict) -> Recipe:
         exclude=tuple(values["filter.exclude"]),
         users=users,
         groups=groups,
+        etc_policy=etc_policy,
+        var_policy=values["policy.var"],
         format=fmt,
         compression=compression,
         compression_level=values["image.compression_level"],

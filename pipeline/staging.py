@@ -40,6 +40,7 @@ class Record:
     xattrs: dict[str, bytes] = field(default_factory=dict)
     origin: str = ""  # package or recipe file that put it there
     mtime: int = 0  # as the archive said; normalize decides the final one
+    config: bool = False  # the package marks it as a configuration file
 
 
 def canonical_path(raw: str, member: str) -> str:
@@ -59,6 +60,16 @@ def canonical_path(raw: str, member: str) -> str:
     if parts and parts[0] in MERGED_USR:
         parts.insert(0, "usr")
     return "/".join(parts)
+
+
+def new_record(entry: E.Entry, uid: int, gid: int, origin: str) -> Record:
+    """The record of an entry before its data is written (size and hash come from writing)."""
+    record = Record(entry.kind, entry.mode & 0o7777, uid, gid, origin=origin, mtime=entry.mtime,
+                    xattrs=dict(entry.xattrs))
+    if entry.kind == E.SYMLINK:
+        record.mode, record.target = 0o777, entry.target
+        record.size = len((entry.target or "").encode())
+    return record
 
 
 class StagingTree:
@@ -147,9 +158,7 @@ class StagingTree:
         dfd, name = self._open_parent(path, member)
         try:
             self._clear(dfd, name, path, entry.kind, member)
-            mode = entry.mode & 0o7777
-            record = Record(entry.kind, mode, uid, gid, origin=origin, mtime=entry.mtime,
-                            xattrs=dict(entry.xattrs))
+            record = new_record(entry, uid, gid, origin)
             if entry.kind == E.DIR:
                 try:
                     os.mkdir(name, 0o755, dir_fd=dfd)
@@ -159,8 +168,6 @@ class StagingTree:
                 if not entry.target:
                     raise InputError(member, "symlink without a target")
                 os.symlink(entry.target, name, dir_fd=dfd)
-                record.mode, record.target, record.size = 0o777, entry.target, len(
-                    entry.target.encode())
             elif entry.kind == E.HARDLINK:
                 record = self._hardlink(dfd, name, path, entry, member)
             else:
@@ -251,3 +258,50 @@ def _write_all(fd: int, data: bytes) -> None:
     while view:
         n = os.write(fd, view)
         view = view[n:]
+
+
+class RecordingTree:
+    """What a StagingTree would record, without writing anything: ``plan`` uses it to run the
+    build's own extract code. Sizes come from the archive headers; no hashes."""
+
+    root = None
+    owner_ids = False
+
+    def __init__(self):
+        self.records: dict[str, Record] = {}
+        self.replaced: list[str] = []
+
+    def add(self, entry: E.Entry, path: str, uid: int, gid: int, origin: str) -> None:
+        if not path:
+            return
+        parts = path.split("/")
+        for i in range(1, len(parts)):
+            self.records.setdefault("/".join(parts[:i]), Record(E.DIR, 0o755, origin="(implied)"))
+        if entry.kind == E.HARDLINK:
+            target = self.records.get(canonical_path(entry.target or "", entry.member))
+            if target is not None:
+                self.records[path] = target
+            return
+        if path in self.records and entry.kind != E.DIR:
+            self.replaced.append(path)
+        record = new_record(entry, uid, gid, origin)
+        if entry.kind == E.FILE:
+            record.size = entry.size
+        self.records[path] = record
+
+    def add_bytes(self, path: str, content: bytes, mode: int, origin: str) -> None:
+        entry = E.Entry(path=path, kind=E.FILE, mode=mode, size=len(content), member=origin)
+        self.add(entry, path, 0, 0, origin)
+        self.records[path].sha256 = hashlib.sha256(content).hexdigest()
+
+    def set_mtime(self, path: str, mtime: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass

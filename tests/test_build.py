@@ -55,7 +55,7 @@ def build(tmp_path: Path, packages, cache_dir, fmt: str, **kw) -> tuple[Path, di
     out = tmp_path / "out"
     proc = run_cli("build", str(recipe), "-o", str(out), "--cache-dir", str(cache_dir), "--json")
     assert proc.returncode == 0, proc.stderr
-    result = json.loads(proc.stdout)
+    [result] = json.loads(proc.stdout)["images"]
     manifest = json.loads(Path(result["manifest"]).read_text())
     return Path(result["image"]), manifest
 
@@ -179,7 +179,8 @@ def test_rebuild_in_other_environment_is_identical(tmp_path, packages, cache_dir
                        str(cache_dir / f"c{n}"), "--json", cwd=tmp_path / f"r{n}", umask=umask,
                        env={"TZ": tz, "LANG": lang, "LC_ALL": lang})
         assert proc.returncode == 0, proc.stderr
-        results.append(json.loads(proc.stdout))
+        [image] = json.loads(proc.stdout)["images"]
+        results.append(image)
     manifests = [Path(r["manifest"]).read_bytes() for r in results]
     assert manifests[0] == manifests[1]
     assert results[0]["sha256"] == results[1]["sha256"]
@@ -194,7 +195,7 @@ def test_environment_epoch_is_used(tmp_path, packages, cache_dir):
     proc = run_cli("build", str(recipe), "-o", str(tmp_path / "o"), "--cache-dir",
                    str(cache_dir), "--json", env={"SOURCE_DATE_EPOCH": "1600000000"})
     assert proc.returncode == 0, proc.stderr
-    manifest = json.loads(Path(json.loads(proc.stdout)["manifest"]).read_text())
+    manifest = json.loads(Path(json.loads(proc.stdout)["images"][0]["manifest"]).read_text())
     assert manifest["source_date_epoch"] == 1600000000
     assert manifest["source_date_epoch_origin"] == "environment"
 
@@ -222,7 +223,7 @@ def test_json_and_human_output(tmp_path, packages, cache_dir):
                    str(cache_dir))
     assert proc.returncode == 0
     stages = [line.split()[0] for line in proc.stderr.splitlines() if line[:1] != " "]
-    assert stages[:4] == ["fetch", "extract", "normalize", "package"]
+    assert stages[:5] == ["fetch", "extract", "layout", "normalize", "package"]
     assert proc.stdout == ""
 
 
@@ -238,7 +239,8 @@ def test_non_root_build_gives_same_bytes(tmp_path, packages, cache_dir, monkeypa
     as_root = build_mod.build(recipe, tmp_path / "root-out", Cache(cache_dir))
     monkeypatch.setattr(build_mod.os, "geteuid", lambda: 1000)
     as_user = build_mod.build(recipe, tmp_path / "user-out", Cache(cache_dir))
-    assert as_user.manifest == as_root.manifest
+    [root_image], [user_image] = as_root.images, as_user.images
+    assert user_image.manifest == root_image.manifest
     if fmt == "squashfs":
-        assert as_user.manifest["image"]["sha256"] == \
-            hashlib.sha256(as_user.image.read_bytes()).hexdigest()
+        assert user_image.manifest["image"]["sha256"] == \
+            hashlib.sha256(user_image.image.read_bytes()).hexdigest()

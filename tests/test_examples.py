@@ -29,7 +29,8 @@ def test_default_recipe_builds_reproducibly_and_runs(tmp_path, apt_cache):
         if proc.returncode != 0 and "apt-get download failed" in proc.stderr:
             missing(f"package archive unreachable: {proc.stderr.strip()}")
         assert proc.returncode == 0, proc.stderr
-        results.append(json.loads(proc.stdout))
+        [image] = json.loads(proc.stdout)["images"]
+        results.append(image)
     assert results[0]["sha256"] == results[1]["sha256"]
     image = Path(results[0]["image"])
     # Merge over the real /usr in a private namespace: the tools must run from the overlay.
@@ -46,7 +47,7 @@ def test_confext_example(tmp_path, cache_dir):
     proc = run_cli("build", str(REPO / "recipes/debug-config.toml"), "-o", str(tmp_path),
                    "--cache-dir", str(cache_dir), "--json")
     assert proc.returncode == 0, proc.stderr
-    result = json.loads(proc.stdout)
+    [result] = json.loads(proc.stdout)["images"]
     listing = subprocess.run(["unsquashfs", "-lln", "-d", "", result["image"]],
                              capture_output=True, text=True, check=True).stdout
     paths = {line.split()[-1] for line in listing.splitlines()}

@@ -31,7 +31,11 @@ def error_of(tmp_path: Path, text: str) -> str:
     (BASE.replace('"x"', '"../x"'), "must start with a letter or digit"),
     (BASE + 'architecture = "x86_64"\n', "use 'x86-64'"),
     (BASE + 'architecture = "aarch64"\n', "use 'arm64'"),
-    (BASE + 'confext_level = "1"\n', "target.confext_level: does not apply to a sysext"),
+    (BASE.replace('"x"\n', '"x"\nkind = "sysext"\n') + 'confext_level = "1"\n',
+     "target.confext_level: this recipe never makes a confext"),
+    (BASE.replace('"x"\n', '"x"\nkind = "confext"\n') + '[policy]\netc = "drop"\n',
+     "policy.etc: applies to sysext and auto recipes only"),
+    (BASE + '[policy]\nvar = "keep"\n', "policy.var: 'keep' must be one of"),
     (BASE + 'scope = ["system", "everywhere"]\n', "target.scope"),
     (BASE + 'version_id = "12 beta"\n', "target.version_id"),
     (BASE + '[image]\nformat = "ext4"\n', "image.format: 'ext4' must be one of"),
@@ -57,7 +61,8 @@ def test_bad_recipe(tmp_path, text, expected):
 def test_defaults(tmp_path):
     recipe = recipe_mod.load(write_recipe(tmp_path, BASE))
     assert (recipe.kind, recipe.format, recipe.compression, recipe.mtime) == \
-        ("sysext", "squashfs", "zstd", "set")
+        ("auto", "squashfs", "zstd", "set")
+    assert (recipe.etc_policy, recipe.var_policy) == ("confext", "tmpfiles")
     assert recipe.target["architecture"] == "auto" and recipe.target["scope"] is None
 
 
