@@ -28,6 +28,9 @@ from .recipe import Recipe
 from .staging import StagingTree
 from .systemd import release as sdrelease
 
+#: Files that may sit next to NAME.raw, written by detached verity or an unsigned DDI build.
+COMPANION_SUFFIXES = (".verity", ".roothash", ".roothash.p7s")
+
 #: Paths that no extension may carry (systemd refuses or misbehaves), per kind.
 FORBIDDEN = {"sysext": ("usr/lib/os-release",), "confext": ()}
 
@@ -52,6 +55,7 @@ class Staged:
     decision: str
     epoch: int
     epoch_origin: str
+    architecture: str | None
 
 
 @dataclass
@@ -111,6 +115,13 @@ def stage(recipe: Recipe, fetched: list[Fetched], new_tree: Callable[[str], Stag
     target = dict(recipe.target)
     if target["architecture"] == "auto":
         target["architecture"] = _derive_architecture(report.packages)
+    elif target["architecture"] != "_any":
+        for package in report.packages:
+            arch = sdrelease.systemd_architecture(package["architecture"])
+            if arch not in (None, target["architecture"]):
+                raise InputError(f"{package['file']}", f"built for {arch}, but "
+                                 f"target.architecture is {target['architecture']}",
+                                 "use packages of the target architecture")
     for kind, tree in trees.items():  # content routed to an image that is not made
         if kind not in kinds:
             for path in tree.records:
@@ -136,12 +147,16 @@ def stage(recipe: Recipe, fetched: list[Fetched], new_tree: Callable[[str], Stag
         images.append(StagedImage(kind, name, tree, fields, release_path, release_bytes,
                                   findings))
     epoch, epoch_origin = choose_epoch(recipe.source_date_epoch, environ, report.newest_mtime)
-    return Staged(report, images, decision, epoch, epoch_origin)
+    return Staged(report, images, decision, epoch, epoch_origin, target["architecture"])
 
 
 def build(recipe: Recipe, output_dir: Path, cache: Cache, *, environ: dict | None = None,
-          offline: bool = False, log: Log | None = None, progress=None) -> BuildResult:
+          offline: bool = False, unsigned: bool = False, log: Log | None = None,
+          progress=None) -> BuildResult:
+    """Build every image of ``recipe`` into ``output_dir``. ``unsigned`` skips [sign] (for
+    offline signing with ``sysext-pipeline sign``)."""
     environ = dict(os.environ if environ is None else environ)
+    signer = None if unsigned else load_recipe_signer(recipe)
     log = log or Log()
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -161,14 +176,26 @@ def build(recipe: Recipe, output_dir: Path, cache: Cache, *, environ: dict | Non
 
     try:
         staged = stage(recipe, fetched, new_tree, environ)
-        return _package_all(recipe, staged, fetched, output_dir, workdir, log)
+        return _package_all(recipe, staged, fetched, output_dir, workdir, log, signer)
     finally:
         for tree in trees:
             tree.close()
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _package_all(recipe, staged: Staged, fetched, output_dir, workdir, log) -> BuildResult:
+def load_recipe_signer(recipe: Recipe):
+    """The recipe's [sign] key, loaded (and checked) before any work is done."""
+    if not recipe.signing:
+        return None
+    from .keys import load_signer, read_passphrase
+
+    passphrase = read_passphrase(recipe.signing.get("passphrase_env"),
+                                 recipe.signing.get("passphrase_file"))
+    return load_signer(recipe.signing["key"], recipe.signing["cert"], passphrase)
+
+
+def _package_all(recipe, staged: Staged, fetched, output_dir, workdir, log,
+                 signer) -> BuildResult:
     report = staged.report
     summary = "; ".join(f"{img.kind} {img.name}: {extract_stage.stats(img.tree)[0]} files, "
                         f"{_size(extract_stage.stats(img.tree)[1])}" for img in staged.images)
@@ -185,7 +212,8 @@ def _package_all(recipe, staged: Staged, fetched, output_dir, workdir, log) -> B
         file_list = mf.file_entries(img.tree.records)
         final = output_dir / image_filename(recipe.format, img.name)
         result = pack(recipe, img.tree, workdir / final.name, staged.epoch,
-                      hashlib.sha256(seed + img.kind.encode()).digest())
+                      hashlib.sha256(seed + img.kind.encode()).digest(),
+                      arch=staged.architecture, signer=signer)
         image_sha, image_size = (None, None) if recipe.format == "directory" else \
             hash_file(result.path)
         companions = [o.name for o in staged.images if o is not img]
@@ -214,15 +242,22 @@ def _package_all(recipe, staged: Staged, fetched, output_dir, workdir, log) -> B
                       "size": image_size, "sha256": image_sha,
                       "tree_sha256": mf.tree_digest(file_list)},
             "files": file_list,
+            **result.manifest,
         }
         manifest_tmp = workdir / f"{img.name}.manifest.json"
         manifest_tmp.write_bytes(mf.dumps(manifest))
-        packed.append((img, result.path, final, manifest_tmp, manifest))
+        packed.append((img, result, final, manifest_tmp, manifest))
 
     images = []
-    for img, tmp, final, manifest_tmp, manifest in packed:  # all packed: now publish
+    for img, result, final, manifest_tmp, manifest in packed:  # all packed: now publish
         manifest_final = output_dir / f"{img.name}.manifest.json"
-        replace_atomically(tmp, final)
+        for extra in result.extras:
+            os.replace(extra, output_dir / extra.name)
+        for suffix in COMPANION_SUFFIXES:  # left from an earlier build of another kind
+            stale = output_dir / f"{img.name}{suffix}"
+            if stale.exists() and stale.name not in {e.name for e in result.extras}:
+                stale.unlink()
+        replace_atomically(result.path, final)
         os.replace(manifest_tmp, manifest_final)
         images.append(ImageResult(img.kind, img.name, final, manifest_final, manifest))
         sha = manifest["image"]["sha256"]
@@ -239,6 +274,7 @@ def _package_all(recipe, staged: Staged, fetched, output_dir, workdir, log) -> B
         warnings.append(f"{len(replaced)} paths written by more than one source, the later "
                         f"won: {', '.join(replaced[:5])}")
     findings = [f for img in staged.images for f in img.findings]
+    warnings += [w for _, result, *_ in packed for w in result.warnings]
     return BuildResult(images, staged.decision, warnings, findings, log.timings)
 
 

@@ -30,7 +30,8 @@ def cmd_build(args) -> int:
     recipe = recipe_mod.load(args.recipe)
     cache = Cache(Path(args.cache_dir) if args.cache_dir else default_cache_dir())
     result = build(recipe, Path(args.output_dir), cache, offline=args.offline,
-                   log=Log(None if args.quiet else _human), progress=describe_progress())
+                   unsigned=args.unsigned, log=Log(None if args.quiet else _human),
+                   progress=describe_progress())
     for finding in result.findings:
         _human(f"{finding.severity}: {finding.line()}")
     for warning in result.warnings:
@@ -71,7 +72,7 @@ def cmd_recipe_reference(args) -> int:
 
 #: Modules that add their own subcommands: each has ``register(subparsers)`` which adds parsers
 #: whose ``func(args) -> int`` does the work. Keeps each command's code beside its logic.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("ddi_cmd", "check_cmd", "install_cmd", "doctor_cmd")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -90,6 +91,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", help="package cache (default: $SYSEXT_PIPELINE_CACHE or "
                    "$XDG_CACHE_HOME/sysext-pipeline)")
     p.add_argument("--offline", action="store_true", help="use only the cache, never the network")
+    p.add_argument("--unsigned", action="store_true", help="ignore [sign]: a DDI gets an empty "
+                   "signature partition and NAME.roothash for `sysext-pipeline sign` elsewhere")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     p.set_defaults(func=cmd_build)
 

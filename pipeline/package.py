@@ -12,11 +12,11 @@ import hashlib
 import os
 import shutil
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import tools
-from .errors import BuildError
+from .errors import BuildError, InputError
 from .recipe import Recipe
 from .staging import StagingTree
 
@@ -25,20 +25,62 @@ from .staging import StagingTree
 class Packed:
     path: Path  # temporary output next to the final one; the build renames it
     tools: dict[str, str | None]
+    extras: tuple[Path, ...] = ()  # files published next to the image (NAME.verity, …)
+    manifest: dict = field(default_factory=dict)  # format-specific manifest sections
+    warnings: tuple[str, ...] = ()
 
 
-def pack(recipe: Recipe, tree: StagingTree, tmp_output: Path, epoch: int, seed: bytes) -> Packed:
-    """Write the image for ``recipe.format`` to ``tmp_output`` (same directory as the final)."""
-    if recipe.format == "squashfs":
-        return _squashfs(recipe, tree, tmp_output, epoch)
-    if recipe.format == "erofs":
-        return _erofs(recipe, tree, tmp_output, epoch, seed)
-    tree.close()
-    os.rename(tree.root, tmp_output)  # the staging tree *is* the image
-    return Packed(tmp_output, {})
+def pack(recipe: Recipe, tree: StagingTree, tmp_output: Path, epoch: int, seed: bytes, *,
+         arch: str | None = None, signer=None) -> Packed:
+    """Write the image for ``recipe.format`` to ``tmp_output`` (same directory as the final).
+
+    ``signer`` (pipeline.keys.Signer) signs a DDI or detached verity; None leaves a DDI's
+    signature partition reserved and empty, for offline signing.
+    """
+    if recipe.format == "directory":
+        tree.close()
+        os.rename(tree.root, tmp_output)  # the staging tree *is* the image
+        return Packed(tmp_output, {})
+    fs_out = tmp_output.with_name(tmp_output.name + ".fs") if recipe.format == "ddi" \
+        else tmp_output
+    if recipe.filesystem == "squashfs":
+        fs_tools = _squashfs(recipe, tree, fs_out, epoch)
+    else:
+        fs_tools = _erofs(recipe, tree, fs_out, epoch, seed)
+    if recipe.format == "ddi":
+        return _ddi(recipe, fs_out, tmp_output, fs_tools, seed, arch, signer)
+    if recipe.verity == "detached":
+        from .ddi import detached_verity
+
+        found = detached_verity(tmp_output, seed=seed, signer=signer, workdir=tmp_output.parent,
+                                image_name=tmp_output.name)
+        extras = tuple(p for p in (found.verity_path, found.roothash_path,
+                                   found.signature_path) if p is not None)
+        return Packed(tmp_output, {**fs_tools, "veritysetup": tools.version("veritysetup")},
+                      extras, {"verity": found.to_manifest()}, found.warnings)
+    return Packed(tmp_output, fs_tools)
 
 
-def _squashfs(recipe: Recipe, tree: StagingTree, out: Path, epoch: int) -> Packed:
+def _ddi(recipe, fs_image: Path, out: Path, fs_tools, seed, arch, signer) -> Packed:
+    from .ddi import assemble_ddi
+
+    if arch in (None, "_any"):
+        raise InputError("target.architecture", "a DDI needs one architecture: its partition "
+                         "types are per architecture", 'set target.architecture, e.g. "x86-64"')
+    info = assemble_ddi(fs_image, out, arch=arch, fs_type=recipe.filesystem, seed=seed,
+                        signer=signer, workdir=out.parent)
+    fs_image.unlink()
+    extras = ()
+    if signer is None:  # offline signing: what the signing host needs, next to the image
+        roothash = out.with_name(out.name.removesuffix(".raw") + ".roothash")
+        roothash.write_text(info.root_hash + "\n")
+        extras = (roothash,)
+    versions = {**fs_tools, "systemd-repart": tools.version("systemd-repart"),
+                "veritysetup": tools.version("veritysetup")}
+    return Packed(out, versions, extras, {"ddi": info.to_manifest()}, info.warnings)
+
+
+def _squashfs(recipe: Recipe, tree: StagingTree, out: Path, epoch: int) -> dict:
     pseudo = tree.root.parent / (tree.root.name + ".pseudo")
     with open(pseudo, "w", encoding="utf-8") as fh:
         for path in sorted(tree.records):
@@ -51,7 +93,7 @@ def _squashfs(recipe: Recipe, tree: StagingTree, out: Path, epoch: int) -> Packe
         tools.run("mksquashfs", args, what=f"packing {out.name}")
     finally:
         pseudo.unlink(missing_ok=True)
-    return Packed(out, {"mksquashfs": tools.version("mksquashfs")})
+    return {"mksquashfs": tools.version("mksquashfs")}
 
 
 def _squashfs_compression(recipe: Recipe) -> list[str]:
@@ -76,7 +118,7 @@ def _pseudo_quote(path: str) -> str:
     return path
 
 
-def _erofs(recipe: Recipe, tree: StagingTree, out: Path, epoch: int, seed: bytes) -> Packed:
+def _erofs(recipe: Recipe, tree: StagingTree, out: Path, epoch: int, seed: bytes) -> dict:
     if recipe.mtime == "clamp":
         raise BuildError("image.mtime", "clamp is not reproducible with mkfs.erofs 1.5 "
                          "(-T sets every inode's time)", 'use mtime = "set" for erofs')
@@ -92,7 +134,7 @@ def _erofs(recipe: Recipe, tree: StagingTree, out: Path, epoch: int, seed: bytes
                              "build as root, or use squashfs")
         args.append("--all-root")
     tools.run("mkfs.erofs", [*args, out, tree.root], what=f"packing {out.name}")
-    return Packed(out, {"mkfs.erofs": tools.version("mkfs.erofs")})
+    return {"mkfs.erofs": tools.version("mkfs.erofs")}
 
 
 def replace_atomically(tmp: Path, final: Path) -> None:

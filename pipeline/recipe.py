@@ -26,7 +26,9 @@ else:  # pragma: no cover - exercised only on Python 3.10
 KINDS = ("auto", "sysext", "confext")
 ETC_POLICIES = ("confext", "factory", "drop", "error")
 VAR_POLICIES = ("tmpfiles", "drop", "error")
-FORMATS = ("squashfs", "erofs", "directory")
+FORMATS = ("squashfs", "erofs", "directory", "ddi")
+FILESYSTEMS = ("erofs", "squashfs")  # what a DDI's root partition may hold
+VERITY_MODES = ("none", "detached")
 COMPRESSIONS = {
     "squashfs": ("zstd", "xz", "gzip", "lz4", "lzo", "none"),
     "erofs": ("lz4hc", "lz4", "none"),
@@ -118,6 +120,10 @@ SCHEMA: tuple[Key, ...] = (
     Key("target", "scope", list, "SYSEXT_SCOPE= / CONFEXT_SCOPE=: any of `system`, `initrd`, "
         "`portable`. Absent: systemd's default (system portable).", '["system", "portable"]',
         check=_scope_check),
+    Key("target", "base", str, "Packages the host already has, which resolution never adds: a "
+        "list file (one `name` or `name version` a line, `#` comments) or an OS tree whose "
+        "`var/lib/dpkg/status` is read; relative to the recipe. Only for `packages` sources.",
+        '"base/debian-12-minimal.txt"'),
     Key("target", "reload_manager", bool, "Write EXTENSION_RELOAD_MANAGER=1 (systemd 255+ reloads "
         "the service manager after merging, so units in the image are seen).", "true",
         default=False),
@@ -129,13 +135,29 @@ SCHEMA: tuple[Key, ...] = (
     Key("policy", "var", str, "/var and /srv content (never merged): `tmpfiles` (directories "
         "become tmpfiles.d `d` lines, files go to usr/share/factory with `C` lines), `drop`, "
         "`error`.", '"tmpfiles"', default="tmpfiles", check=_one_of(VAR_POLICIES)),
+    Key("sign", "key", str, "PEM private key (relative to the recipe), not readable by group or "
+        "others; `sysext-pipeline keys generate` makes one. Signs the DDI's signature partition "
+        "or the detached NAME.roothash.p7s.", '"../keys/release.key"'),
+    Key("sign", "cert", str, "PEM certificate of that key (relative to the recipe).",
+        '"../keys/release.crt"'),
+    Key("sign", "passphrase_env", str, "Environment variable holding the key's passphrase.",
+        '"RELEASE_KEY_PASSPHRASE"'),
+    Key("sign", "passphrase_file", str, "File holding the key's passphrase (relative to the "
+        "recipe).", '"/run/secrets/release-key-pass"'),
     Key("filter", "exclude", list, "Glob patterns (`*` within a name, `**` across directories) of "
         "image paths not to include; matched after /lib→/usr/lib canonicalization.",
         '["usr/share/doc/**", "usr/share/man/**"]', default=(), check=_globs_check),
-    Key("image", "format", str, "`squashfs`, `erofs`, or `directory` (a plain tree).",
-        '"squashfs"', default="squashfs", check=_one_of(FORMATS)),
+    Key("image", "format", str, "`squashfs`, `erofs`, `directory` (a plain tree), or `ddi` (a "
+        "GPT disk image with the file system in a root partition, a dm-verity hash partition "
+        "and a signature partition, as systemd-repart --make-ddi makes them).", '"squashfs"',
+        default="squashfs", check=_one_of(FORMATS)),
+    Key("image", "filesystem", str, "ddi only: the root partition's file system, `erofs` or "
+        "`squashfs`.", '"erofs"', default="erofs", check=_one_of(FILESYSTEMS)),
+    Key("image", "verity", str, "squashfs/erofs only: `detached` also writes NAME.verity, "
+        "NAME.roothash (and NAME.roothash.p7s when signed) next to NAME.raw, which systemd "
+        "uses for non-GPT images.", '"detached"', default="none", check=_one_of(VERITY_MODES)),
     Key("image", "compression", str, "squashfs: zstd (default), xz, gzip, lz4, lzo, none; erofs: "
-        "lz4hc (default), lz4, none; directory: none.", '"zstd"'),
+        "lz4hc (default), lz4, none; ddi: that of its filesystem; directory: none.", '"zstd"'),
     Key("image", "compression_level", int, "Compressor level (squashfs zstd 1-22, xz/gzip 1-9 "
         "where the tool allows; erofs lz4hc 0-12). Default: the tool's own.", "3",
         check=_level_check),
@@ -151,6 +173,11 @@ SOURCE_KEYS = {
     "rpm": "An .rpm: a path relative to the recipe, or an http(s) URL (then `sha256` is required).",
     "apt": "A Debian package name fetched through the build host's apt configuration "
            "(`apt-get download NAME=VERSION`); needs `version` and `sha256`.",
+    "packages": "Package names resolved with their dependencies from the `[[repository]]` "
+                "tables into the lock file (`sysext-pipeline lock`); build uses exactly the "
+                "locked files. Debian names may carry `:arch`; rpm names may be file paths.",
+    "recommends": "With `packages`: also follow Recommends (rpm: weak dependencies). Default "
+                  "false.",
     "version": "Exact package version (apt sources).",
     "sha256": "Expected sha256 of the package file; checked before anything is extracted.",
 }
@@ -158,6 +185,22 @@ FILES_KEYS = {
     "from": "File in the recipe directory to copy (exactly one of `from` or `content`).",
     "content": "Literal file content (UTF-8).",
     "mode": 'Octal permission string, default "0644".',
+}
+REPOSITORY_KEYS = {
+    "name": "Name the lock refers to (default: the suite for deb, `rpm-md` for rpm-md); unique.",
+    "type": "`deb` (a Debian/Ubuntu archive) or `rpm-md` (repomd.xml: Fedora, CentOS, openSUSE).",
+    "mirror": "deb: the archive root: `host` (the build host's apt sources, matched by suite), "
+              "an http(s) URL, or `$ENV_VAR` (expanded at lock/build time, never stored).",
+    "suite": "deb: the suite or codename (`bookworm`, `bookworm-updates`).",
+    "components": 'deb: components, default `["main"]`.',
+    "architectures": 'deb: default `["amd64"]` (the first is native; `all` is implied); rpm-md: '
+                     'default `["x86_64"]` (`noarch` is implied).',
+    "keyring": "deb: OpenPGP keyring (binary or armored) InRelease/Release.gpg must verify "
+               "against (gpgv). Default with `mirror = \"host\"`: the apt source's Signed-By.",
+    "baseurl": "rpm-md: the directory holding repodata/; `$ENV_VAR` parts are expanded.",
+    "gpgkey": "rpm-md: OpenPGP key; when given, repodata/repomd.xml.asc must verify against it.",
+    "allow_unsigned": "deb: accept a Release without a signature check when no keyring is "
+                      "known (the Packages hashes are still checked). Default false.",
 }
 OWNERS_KEYS = {
     "users": "Table user name → numeric uid for files a package owns by a non-root name.",
@@ -167,10 +210,13 @@ OWNERS_KEYS = {
 
 @dataclass(frozen=True)
 class Source:
-    type: str  # "deb" | "rpm" | "apt"
-    ref: str  # URL, absolute path, or apt package name
+    type: str  # "deb" | "rpm" | "apt" | "packages" (resolved through the lock)
+    ref: str  # URL, absolute path, or apt package name ("" for packages)
     sha256: str | None
     version: str | None = None
+    names: tuple[str, ...] = ()  # packages: the names to resolve
+    recommends: bool = False  # packages: follow weak dependencies too
+    label: str | None = None  # how the manifest names a locked file (repository:path)
 
     @property
     def is_url(self) -> bool:
@@ -179,6 +225,20 @@ class Source:
     @property
     def format(self) -> str:
         return "deb" if self.type in ("deb", "apt") else "rpm"
+
+
+@dataclass(frozen=True)
+class Repository:
+    """A ``[[repository]]`` table as written (URLs and paths unexpanded: the lock hashes these)."""
+
+    name: str
+    type: str  # "deb" | "rpm-md"
+    url: str  # deb mirror ("host", URL, "$VAR") or rpm-md baseurl
+    suite: str | None = None
+    components: tuple[str, ...] = ()
+    architectures: tuple[str, ...] = ()
+    keyring: str | None = None  # deb keyring / rpm-md gpgkey, relative to the recipe
+    allow_unsigned: bool = False
 
 
 @dataclass(frozen=True)
@@ -202,6 +262,9 @@ class Recipe:
     exclude: tuple[str, ...]
     users: dict[str, int] = field(default_factory=dict)
     groups: dict[str, int] = field(default_factory=dict)
+    filesystem: str = "squashfs"  # the file system inside (= format, except for ddi)
+    verity: str = "none"
+    signing: dict[str, Any] = field(default_factory=dict)  # key, cert, passphrase_env/_file
     etc_policy: str = "drop"
     var_policy: str = "tmpfiles"
     format: str = "squashfs"
@@ -209,6 +272,7 @@ class Recipe:
     compression_level: int | None = None
     source_date_epoch: int | None = None
     mtime: str = "set"
+    repositories: tuple[Repository, ...] = ()
 
     @property
     def directory(self) -> Path:
@@ -235,11 +299,11 @@ def _build(path: Path, digest: str, data: dict) -> Recipe:
     def fail(key: str, what: str, hint: str | None = None):
         raise InputError(f"{where}: {key}", what, hint)
 
-    known_sections = {k.section for k in SCHEMA} | {"source", "files", "owners"}
+    known_sections = {k.section for k in SCHEMA} | {"source", "files", "owners", "repository"}
     for section, body in data.items():
         if section not in known_sections:
             fail(section, "unknown section", f"allowed: {', '.join(sorted(known_sections))}")
-        if section != "source" and not isinstance(body, dict):
+        if section not in ("source", "repository") and not isinstance(body, dict):
             fail(section, "must be a table")
 
     values: dict[str, Any] = {}
@@ -279,10 +343,26 @@ def _build(path: Path, digest: str, data: dict) -> Recipe:
         values["target.scope"] = tuple(values["target.scope"])
 
     fmt = values["image.format"]
-    compression = values["image.compression"] or DEFAULT_COMPRESSION[fmt]
-    if compression not in COMPRESSIONS[fmt]:
-        fail("image.compression", f"{compression!r} is not available for {fmt}",
-             f"allowed: {', '.join(COMPRESSIONS[fmt])}")
+    fs = values["image.filesystem"] if fmt == "ddi" else fmt
+    if "filesystem" in data.get("image", {}) and fmt != "ddi":
+        fail("image.filesystem", "applies to format = \"ddi\" only")
+    compression = values["image.compression"] or DEFAULT_COMPRESSION[fs]
+    if compression not in COMPRESSIONS[fs]:
+        fail("image.compression", f"{compression!r} is not available for {fs}",
+             f"allowed: {', '.join(COMPRESSIONS[fs])}")
+    if values["image.verity"] != "none" and fmt not in ("squashfs", "erofs"):
+        fail("image.verity", f"detached verity applies to squashfs and erofs, not {fmt}",
+             "a ddi carries its verity in a partition")
+    signing = {k: values[f"sign.{k}"] for k in ("key", "cert", "passphrase_env",
+                                                  "passphrase_file")}
+    if (signing["key"] is None) != (signing["cert"] is None):
+        fail("sign", "needs both key and cert")
+    if signing["key"] and fmt not in ("ddi",) and values["image.verity"] != "detached":
+        fail("sign", f"nothing to sign in a {fmt} image without verity",
+             'use format = "ddi", or verity = "detached"')
+    for k in ("key", "cert", "passphrase_file"):
+        if signing[k]:
+            signing[k] = (path.parent / signing[k]).resolve()
     if values["image.compression_level"] is not None and compression == "none":
         fail("image.compression_level", "has no meaning without compression")
 
@@ -292,6 +372,12 @@ def _build(path: Path, digest: str, data: dict) -> Recipe:
             fail(f"owners.{name}", "unknown key", f"allowed: {', '.join(OWNERS_KEYS)}")
     users = _id_table(owners.get("users", {}), "owners.users", fail)
     groups = _id_table(owners.get("groups", {}), "owners.groups", fail)
+    sources = tuple(_sources(data.get("source", []), path.parent, fail))
+    repositories = tuple(_repositories(data.get("repository", []), fail))
+    if any(s.type == "packages" for s in sources) and not repositories:
+        fail("source", "packages sources need at least one [[repository]]")
+    if values["target.base"] is not None and not any(s.type == "packages" for s in sources):
+        fail("target.base", "only applies to packages sources")
 
     return Recipe(
         path=path,
@@ -300,7 +386,8 @@ def _build(path: Path, digest: str, data: dict) -> Recipe:
         kind=kind,
         version=values["extension.version"],
         target={k.split(".", 1)[1]: v for k, v in values.items() if k.startswith("target.")},
-        sources=tuple(_sources(data.get("source", []), path.parent, fail)),
+        sources=sources,
+        repositories=repositories,
         files=tuple(_files(data.get("files", {}), path.parent, fail)),
         exclude=tuple(values["filter.exclude"]),
         users=users,
@@ -308,6 +395,9 @@ def _build(path: Path, digest: str, data: dict) -> Recipe:
         etc_policy=etc_policy,
         var_policy=values["policy.var"],
         format=fmt,
+        filesystem=fs,
+        verity=values["image.verity"],
+        signing=signing if signing["key"] else {},
         compression=compression,
         compression_level=values["image.compression_level"],
         source_date_epoch=values["image.source_date_epoch"],
@@ -347,10 +437,15 @@ def _sources(items, base: Path, fail) -> list[Source]:
         for name in item:
             if name not in SOURCE_KEYS:
                 fail(f"{key}.{name}", "unknown key", f"allowed: {', '.join(SOURCE_KEYS)}")
-        types = [t for t in ("deb", "rpm", "apt") if t in item]
+        types = [t for t in ("deb", "rpm", "apt", "packages") if t in item]
         if len(types) != 1:
-            fail(key, "needs exactly one of deb, rpm, apt")
+            fail(key, "needs exactly one of deb, rpm, apt, packages")
         stype = types[0]
+        if stype == "packages":
+            result.append(_packages_source(item, key, fail))
+            continue
+        if "recommends" in item:
+            fail(f"{key}.recommends", "only applies to packages sources")
         ref = item[stype]
         for name in (stype, "sha256", "version"):
             if name in item and not isinstance(item[name], str):
@@ -376,6 +471,75 @@ def _sources(items, base: Path, fail) -> list[Source]:
             else:
                 ref = str((base / ref).resolve())
         result.append(Source(type=stype, ref=ref, sha256=sha, version=version))
+    return result
+
+
+def _packages_source(item: dict, key: str, fail) -> Source:
+    names = item["packages"]
+    if not isinstance(names, list) or not names or not all(
+            isinstance(n, str) and re.fullmatch(r"[A-Za-z0-9_/][A-Za-z0-9_+.:/()-]*", n)
+            for n in names):
+        fail(f"{key}.packages", "must be a non-empty list of package names",
+             'e.g. packages = ["strace", "jq"]')
+    for name in ("sha256", "version"):
+        if name in item:
+            fail(f"{key}.{name}", "does not apply to packages sources (the lock pins them)")
+    recommends = item.get("recommends", False)
+    if not isinstance(recommends, bool):
+        fail(f"{key}.recommends", "must be a boolean")
+    return Source(type="packages", ref="", sha256=None, names=tuple(names),
+                  recommends=recommends)
+
+
+def _repositories(items, fail) -> list[Repository]:
+    if not isinstance(items, list):
+        fail("repository", "must be an array of tables", "write [[repository]] for each one")
+    result: list[Repository] = []
+    for index, item in enumerate(items):
+        key = f"repository[{index}]"
+        if not isinstance(item, dict):
+            fail(key, "must be a table")
+        for name, value in item.items():
+            if name not in REPOSITORY_KEYS:
+                fail(f"{key}.{name}", "unknown key", f"allowed: {', '.join(REPOSITORY_KEYS)}")
+            want = list if name in ("components", "architectures") else \
+                bool if name == "allow_unsigned" else str
+            if not isinstance(value, want) or (want is list and not (
+                    value and all(isinstance(v, str) and v for v in value))):
+                fail(f"{key}.{name}", f"must be {_a(_type_name(want))}"
+                     + (" of strings" if want is list else ""))
+        rtype = item.get("type")
+        if rtype not in ("deb", "rpm-md"):
+            fail(f"{key}.type", f"{rtype!r} must be one of 'deb', 'rpm-md'")
+        allowed = {"deb": {"mirror", "suite", "components", "architectures", "keyring",
+                           "allow_unsigned"},
+                   "rpm-md": {"baseurl", "gpgkey", "architectures"}}[rtype] | {"name", "type"}
+        for name in item:
+            if name not in allowed:
+                fail(f"{key}.{name}", f"does not apply to {rtype} repositories")
+        url_key = "mirror" if rtype == "deb" else "baseurl"
+        url = item.get(url_key)
+        if not url:
+            fail(f"{key}.{url_key}", "missing", 'e.g. mirror = "host"' if rtype == "deb" else
+                 'e.g. baseurl = "$FEDORA_MIRROR/releases/40/Everything/x86_64/os"')
+        if not (url == "host" and rtype == "deb" or url.startswith("$") or
+                re.match(r"^https?://[^/\s]+", url)):
+            fail(f"{key}.{url_key}", f"{url!r} is not "
+                 + ("host, " if rtype == "deb" else "") + "an http(s) URL or $ENV_VAR")
+        if rtype == "deb" and not item.get("suite"):
+            fail(f"{key}.suite", "missing", 'e.g. suite = "bookworm"')
+        name = item.get("name") or (item["suite"] if rtype == "deb" else "rpm-md")
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", name):
+            fail(f"{key}.name", f"{name!r}: letters, digits and ._+- only")
+        if any(r.name == name for r in result):
+            fail(f"{key}.name", f"{name!r} is used twice", "give each repository its own name")
+        default_arch = ["amd64"] if rtype == "deb" else ["x86_64"]
+        result.append(Repository(
+            name=name, type=rtype, url=url, suite=item.get("suite"),
+            components=tuple(item.get("components", ["main"] if rtype == "deb" else [])),
+            architectures=tuple(item.get("architectures", default_arch)),
+            keyring=item.get("keyring") or item.get("gpgkey"),
+            allow_unsigned=item.get("allow_unsigned", False)))
     return result
 
 
@@ -433,6 +597,8 @@ def reference_markdown() -> str:
                          f"{k.doc} |")
         lines.append("")
     for title, keys in (("[[source]] (any number, applied in order)", SOURCE_KEYS),
+                        ("[[repository]] (where packages sources are resolved)",
+                         REPOSITORY_KEYS),
                         ('[files] ("path/in/image" = { ... })', FILES_KEYS),
                         ("[owners]", OWNERS_KEYS)):
         lines += [f"## {title}", "", "| key | meaning |", "|---|---|"]
