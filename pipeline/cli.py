@@ -72,7 +72,8 @@ def cmd_recipe_reference(args) -> int:
 
 #: Modules that add their own subcommands: each has ``register(subparsers)`` which adds parsers
 #: whose ``func(args) -> int`` does the work. Keeps each command's code beside its logic.
-COMMAND_MODULES: tuple[str, ...] = ("ddi_cmd", "check_cmd", "install_cmd", "doctor_cmd")
+COMMAND_MODULES: tuple[str, ...] = ("ddi_cmd", "plan", "check_cmd", "install_cmd", "doctor_cmd",
+                                    "lock_cmd")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -88,9 +89,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output-dir", default="out", help="where the image and manifest go "
                    "(default: ./out)")
     p.add_argument("--json", action="store_true", help="print a machine-readable result on stdout")
-    p.add_argument("--cache-dir", help="package cache (default: $SYSEXT_PIPELINE_CACHE or "
-                   "$XDG_CACHE_HOME/sysext-pipeline)")
-    p.add_argument("--offline", action="store_true", help="use only the cache, never the network")
+    p.add_argument("--cache-dir", "--store", dest="cache_dir", help="package cache or offline "
+                   "store (default: $SYSEXT_PIPELINE_CACHE or $XDG_CACHE_HOME/sysext-pipeline)")
+    p.add_argument("--offline", action="store_true", help="use only the cache/store, never the "
+                   "network (a missing file is an error naming the package)")
     p.add_argument("--unsigned", action="store_true", help="ignore [sign]: a DDI gets an empty "
                    "signature partition and NAME.roothash for `sysext-pipeline sign` elsewhere")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")

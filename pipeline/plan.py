@@ -1,0 +1,217 @@
+"""``plan``: what a build will make and what will happen on hosts, before anything is built.
+
+It runs the build's own :func:`pipeline.build.stage` against recording-only trees, from the
+recipe and the package cache (never the network), so the decision, layout, release files and
+warnings it prints are the ones the build then produces. Host consequences come from the same
+systemd rule model that ``check`` uses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+from . import layout
+from .build import image_filename, stage
+from .errors import BuildError
+from .fetch import Cache, default_cache_dir, fetch_one
+from .formats import entry as E
+from .staging import RecordingTree
+from .systemd import rules
+
+MERGE_TARGETS = {"sysext": ["/usr", "/opt"], "confext": ["/etc"]}
+CAUTION = ("An extension is a read-only overlay: everything in it vanishes on unmerge or when "
+           "the image is removed. Keep state in /var and host configuration in /etc, never in "
+           "the image.")
+
+
+def make_plan(recipe, cache: Cache) -> dict:
+    available, missing = [], []
+    for source in recipe.sources:
+        try:
+            available.append(fetch_one(source, cache, offline=True))
+        except BuildError:  # not cached: the plan says what it would fetch
+            missing.append(source)
+    staged = stage(recipe, available, lambda kind: RecordingTree(), dict(os.environ))
+    images = [_image(recipe, img) for img in staged.images]
+    return {
+        "recipe": str(recipe.path),
+        "decision": staged.decision,
+        "complete": not missing,
+        "would_fetch": [_source_text(s) for s in missing],
+        "packages": staged.report.packages,
+        "dropped": dict(sorted(staged.report.dropped.items())),
+        "excluded_count": staged.report.excluded,
+        "source_date_epoch": staged.epoch,
+        "images": images,
+        "matching": {img["name"]: _matching(img) for img in images},
+        "commands": _commands(recipe, images),
+        "cautions": [CAUTION],
+    }
+
+
+def _source_text(source) -> str:
+    if source.type == "apt":
+        return f"apt {source.ref}={source.version} (sha256 {source.sha256})"
+    return f"{source.type} {source.ref}"
+
+
+def _image(recipe, img) -> dict:
+    tops: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    seen = set()
+    for path, record in img.tree.records.items():
+        if record.kind != E.FILE or id(record) in seen:
+            continue
+        seen.add(id(record))
+        top = "/".join(path.split("/")[:-1][:3])
+        tops[top][0] += 1
+        tops[top][1] += record.size
+    tmpfiles = layout.tmpfiles_path(img.kind, recipe.name)
+    return {
+        "kind": img.kind,
+        "name": img.name,
+        "file": image_filename(recipe.format, img.name),
+        "format": recipe.format,
+        "merge_targets": MERGE_TARGETS[img.kind],
+        "layout": [{"dir": d, "files": n, "bytes": b} for d, (n, b) in sorted(tops.items())],
+        "extension_release": {"path": img.release_path, "content": img.release_bytes.decode(),
+                              "fields": img.fields},
+        "tmpfiles": tmpfiles if tmpfiles in img.tree.records else None,
+        "units": sorted(p for p in img.tree.records if p.startswith(
+            ("usr/lib/systemd/system/", "etc/systemd/system/")) and "." in p.rsplit("/", 1)[-1]),
+        "warnings": [f.to_json() for f in img.findings],
+    }
+
+
+def _hosts(fields: dict, kind: str) -> list[tuple[str, dict, str, rules.Version, bool]]:
+    """Hosts worth showing: the intended one and the near misses people actually hit."""
+    ident = fields.get("ID", "debian")
+    ident = "debian" if ident == "_any" else ident
+    vid = fields.get("VERSION_ID")
+    arch = fields.get("ARCHITECTURE") or "x86-64"
+    arch = "x86-64" if arch == "_any" else arch
+    level_key = f"{kind.upper()}_LEVEL"
+    base = {"ID": ident, **({"VERSION_ID": vid} if vid else {})}
+    other_arch = "arm64" if arch != "arm64" else "x86-64"
+    hosts = [(f"{ident} {vid or ''} {arch}".replace("  ", " "), base, arch, (252, 999), False)]
+    if vid:
+        hosts.append((f"{ident} {vid}.x point release whose os-release keeps VERSION_ID={vid} "
+                       "(as Debian's does)", base, arch, (254, 999), False))
+        hosts.append((f"{ident} with VERSION_ID={vid}.1 (minor versions in VERSION_ID)",
+                      {**base, "VERSION_ID": f"{vid}.1"}, arch, (254, 999), False))
+        try:
+            nxt = str(int(vid.split(".")[0]) + 1)
+            hosts.append((f"{ident} {nxt} (next release)", {**base, "VERSION_ID": nxt}, arch,
+                          (257, 999), False))
+        except ValueError:
+            pass
+    if fields.get(level_key):
+        hosts.append((f"{ident} with {level_key}={fields[level_key]}",
+                      {**base, "VERSION_ID": "999", level_key: fields[level_key]}, arch,
+                      (257, 999), False))
+    hosts.append((f"{ident} {vid or ''} {other_arch}".replace("  ", " "), base, other_arch,
+                  (257, 999), False))
+    derived = {"ID": f"{ident}-derivative", "ID_LIKE": ident, **({"VERSION_ID": vid} if vid
+                                                                 else {})}
+    hosts.append((f"a derivative with ID_LIKE={ident}, systemd 257", derived, arch, (257, 0),
+                  False))
+    hosts.append((f"a derivative with ID_LIKE={ident}, systemd 258", derived, arch, (258, 999),
+                  False))
+    hosts.append((f"{ident} {vid or ''} initrd".replace("  ", " "), base, arch, (257, 999), True))
+    return hosts
+
+
+def _matching(img: dict) -> list[dict]:
+    kind, name, fields = img["kind"], img["name"], img["extension_release"]["fields"]
+    facts = rules.ImageFacts(file_name=img["file"] if img["format"] != "directory" else name,
+                             is_dir=img["format"] == "directory",
+                             release={kind: {name: rules.ReleaseFile(name, fields)}}, kind=kind)
+    result = []
+    for label, os_release, arch, version, initrd in _hosts(fields, kind):
+        if kind == "confext" and version[0] < 254:
+            version = (254, 999)  # no systemd-confext before 254
+        host = rules.HostFacts(os_release=os_release, architecture=arch, version=version,
+                               initrd=initrd)
+        verdict = rules.evaluate(facts, host, kind)
+        result.append({"host": label, "systemd": rules.format_version(version),
+                       "verdict": verdict.verdict, "rule": verdict.rule.id,
+                       "why": "" if verdict.verdict == "merges" else
+                       f"{verdict.field}: image {verdict.image_value!r}, host "
+                       f"{verdict.host_value!r} ({verdict.rule.summary})",
+                       "fix": verdict.fix if verdict.verdict != "merges" else ""})
+    return result
+
+
+def _commands(recipe, images: list[dict]) -> list[str]:
+    out = recipe.path.parent.parent / "out" if recipe.path.parent.name == "recipes" else \
+        Path("out")
+    commands = [f"sysext-pipeline build {recipe.path}"]
+    for img in images:
+        tool = f"systemd-{img['kind']}"
+        directory = rules.install_dir(img["kind"])
+        commands.append(f"sysext-pipeline install {out / img['file']} --enable   # or: cp "
+                        f"{out / img['file']} {directory}/ && {tool} refresh && "
+                        f"systemctl enable {tool}.service")
+        if img["tmpfiles"]:
+            commands.append(f"systemd-tmpfiles --create /{img['tmpfiles']}   # at boot this "
+                            "runs by itself")
+        if img["units"]:
+            commands.append("systemctl daemon-reload   # units in the image")
+        commands.append(f"{tool} status && cat /{img['extension_release']['path']}   # confirm")
+    return commands
+
+
+def render(plan: dict) -> str:
+    lines = [f"plan for {plan['recipe']}", "", f"decision: {plan['decision']}"]
+    if plan["would_fetch"]:
+        lines.append("not in the cache (layout below is incomplete; build would fetch):")
+        lines += [f"  {s}" for s in plan["would_fetch"]]
+    for img in plan["images"]:
+        lines += ["", f"{img['kind']} {img['name']} → {img['file']} ({img['format']}), merges "
+                  f"into {' and '.join(img['merge_targets'])}"]
+        for row in img["layout"]:
+            lines.append(f"  {row['dir'] + '/':<44}{row['files']:>6} files {row['bytes']:>12} B")
+        lines.append(f"  /{img['extension_release']['path']}:")
+        lines += [f"    {line}" for line in img["extension_release"]["content"].splitlines()]
+        if img["tmpfiles"]:
+            lines.append(f"  /{img['tmpfiles']}: state and factory files for the host")
+        lines.append("  on hosts:")
+        for row in plan["matching"][img["name"]]:
+            why = f" — {row['why']}" if row["why"] else ""
+            lines.append(f"    {row['host']} (systemd {row['systemd']}): {row['verdict']}{why}")
+        for warning in img["warnings"]:
+            lines.append(f"  {warning['severity']}: {warning['code']}: {warning['message']} — "
+                         f"fix: {warning['fix']}")
+    if plan["dropped"]:
+        lines += ["", f"not in any image ({len(plan['dropped'])} paths):"]
+        lines += [f"  /{p}: {why}" for p, why in list(plan["dropped"].items())[:15]]
+        if len(plan["dropped"]) > 15:
+            lines.append(f"  … and {len(plan['dropped']) - 15} more (--json lists all)")
+    lines += ["", "commands:"] + [f"  {c}" for c in plan["commands"]]
+    lines += ["", f"caution: {plan['cautions'][0]}"]
+    return "\n".join(lines)
+
+
+def cmd_plan(args) -> int:
+    from . import recipe as recipe_mod
+
+    recipe = recipe_mod.load(args.recipe)
+    cache = Cache(Path(args.cache_dir) if args.cache_dir else default_cache_dir())
+    plan = make_plan(recipe, cache)
+    if args.json:
+        print(json.dumps(plan, indent=2, sort_keys=True))
+    else:
+        print(render(plan), file=sys.stdout)
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("plan", help="what build will make and where it will merge, from the "
+                       "recipe and the package cache (no network, nothing written)")
+    p.add_argument("recipe")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--cache-dir", help="package cache (default as for build)")
+    p.set_defaults(func=cmd_plan)

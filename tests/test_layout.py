@@ -1,0 +1,193 @@
+"""kind = auto, the /etc and /var policies, tmpfiles.d lines, and plan == build.
+
+The images are merged by the real systemd-sysext 252 (host) and systemd-confext 254 (from
+bookworm-backports, unpacked), and the tmpfiles.d lines are applied by the real
+systemd-tmpfiles to a temporary root.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import systemd_versions
+from conftest import run_cli, write_recipe
+from merge import in_namespace, make_root
+from pkgfactory import build_deb, config, directory, file
+from prereq import missing, require_tool
+
+MIXED = [
+    file("/usr/bin/mixed-tool", b"#!/bin/sh\necho mixed\n", 0o755),
+    config("/etc/mixed/mixed.conf", b"answer=42\n"),
+    directory("/etc/mixed/conf.d"),
+    directory("/var/lib/mixed", 0o750),
+    file("/var/lib/mixed/seed.db", b"seed data\n"),
+    file("/usr/lib/systemd/system/mixed.service", b"[Service]\nExecStart=/usr/bin/mixed-tool\n"),
+]
+
+
+@pytest.fixture(scope="session")
+def mixed_deb(tmp_path_factory) -> Path:
+    require_tool("dpkg-deb", "dpkg")
+    return build_deb(tmp_path_factory.mktemp("mixed"), "mixed", "1.0", MIXED)
+
+
+@pytest.fixture(scope="session")
+def systemd254() -> Path:
+    try:
+        return systemd_versions.systemd_254()
+    except systemd_versions.Unavailable as exc:
+        missing(f"systemd 254 from bookworm-backports: {exc}")
+
+
+def recipe(deb: Path, kind: str | None = None, policy: str = "") -> str:
+    kind_line = f'kind = "{kind}"\n' if kind else ""
+    return (f'[extension]\nname = "mixed"\n{kind_line}version = "1.0"\n'
+            f'[target]\nid = "debian"\nversion_id = "12"\n'
+            f'[[source]]\ndeb = "{deb}"\n{policy}'
+            f'[image]\nsource_date_epoch = 1700000000\n')
+
+
+def build(tmp_path: Path, text: str, cache_dir) -> dict:
+    path = write_recipe(tmp_path / "recipe", text)
+    proc = run_cli("build", str(path), "-o", str(tmp_path / "out"), "--cache-dir",
+                   str(cache_dir), "--json")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    for image in result["images"]:
+        image["manifest_data"] = json.loads(Path(image["manifest"]).read_text())
+        image["paths"] = {f["path"] for f in image["manifest_data"]["files"]}
+    return result
+
+
+def test_auto_splits_and_both_merge(tmp_path, mixed_deb, cache_dir, systemd254):
+    result = build(tmp_path, recipe(mixed_deb), cache_dir)
+    images = {i["kind"]: i for i in result["images"]}
+    assert set(images) == {"sysext", "confext"}
+    sysext, confext = images["sysext"], images["confext"]
+    assert (sysext["name"], confext["name"]) == ("mixed", "mixed-config")
+    assert "usr/bin/mixed-tool" in sysext["paths"] and "etc/mixed/mixed.conf" in confext["paths"]
+    assert not any(p.startswith("etc") for p in sysext["paths"])
+    assert not any(p.startswith("usr") for p in confext["paths"])
+    assert confext["extension_release"]["CONFEXT_ID"] == "mixed-config"
+    assert "both" in result["decision"]
+    assert sysext["manifest_data"]["companions"] == ["mixed-config"]
+    lines = _tmpfiles_lines(sysext, "usr/lib/tmpfiles.d/mixed.conf", tmp_path)
+    assert "d /var/lib/mixed 0750 0 0 -" in lines
+    assert "C /var/lib/mixed/seed.db - - - - /usr/share/factory/var/lib/mixed/seed.db" in lines
+    assert "usr/share/factory/var/lib/mixed/seed.db" in sysext["paths"]
+
+    root = make_root(tmp_path / "root", "ID=debian\nVERSION_ID=12\n")
+    (root / "var/lib/extensions/mixed.raw").write_bytes(Path(sysext["image"]).read_bytes())
+    (root / "var/lib/confexts/mixed-config.raw").write_bytes(Path(confext["image"]).read_bytes())
+    confext_bin, env = systemd_versions.command(systemd254, "systemd-confext")
+    tmpfiles_bin = require_tool("systemd-tmpfiles", "systemd")
+    proc = in_namespace(
+        f"systemd-sysext merge --root={root} && "
+        f"LD_LIBRARY_PATH={env['LD_LIBRARY_PATH']} {confext_bin} merge --root={root} && "
+        f"sh {root}/usr/bin/mixed-tool && cat {root}/etc/mixed/mixed.conf && "
+        f"{tmpfiles_bin} --root={root} --create && cat {root}/var/lib/mixed/seed.db && "
+        f"stat -c %a {root}/var/lib/mixed")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["mixed", "answer=42", "seed", "data", "750"]
+
+
+def _tmpfiles_lines(image: dict, path: str, tmp_path: Path) -> list[str]:
+    """Read a file out of a built image with the real unsquashfs."""
+    import subprocess
+
+    require_tool("unsquashfs", "squashfs-tools")
+    out = subprocess.run(["unsquashfs", "-cat", image["image"], path], capture_output=True,
+                         text=True, check=True).stdout
+    return out.splitlines()
+
+
+def test_factory_policy_copies_etc_at_boot(tmp_path, mixed_deb, cache_dir):
+    result = build(tmp_path, recipe(mixed_deb, "sysext", '[policy]\netc = "factory"\n'),
+                   cache_dir)
+    [image] = result["images"]
+    assert "usr/share/factory/etc/mixed/mixed.conf" in image["paths"]
+    lines = _tmpfiles_lines(image, "usr/lib/tmpfiles.d/mixed.conf", tmp_path)
+    assert "d /etc/mixed 0755 0 0 -" in lines and "d /etc/mixed/conf.d 0755 0 0 -" in lines
+    assert lines.index("d /etc/mixed 0755 0 0 -") < lines.index(
+        "C /etc/mixed/mixed.conf - - - - /usr/share/factory/etc/mixed/mixed.conf")
+    root = make_root(tmp_path / "root", "ID=debian\nVERSION_ID=12\n")
+    (root / "var/lib/extensions/mixed.raw").write_bytes(Path(image["image"]).read_bytes())
+    (root / "etc/keep.conf").write_text("host\n")
+    tmpfiles_bin = require_tool("systemd-tmpfiles", "systemd")
+    proc = in_namespace(f"systemd-sysext merge --root={root} && {tmpfiles_bin} --root={root} "
+                        f"--create && cat {root}/etc/mixed/mixed.conf && "
+                        f"test -d {root}/etc/mixed/conf.d && cat {root}/etc/keep.conf")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["answer=42", "host"]
+
+
+def test_pinned_sysext_drops_etc_and_says_so(tmp_path, mixed_deb, cache_dir):
+    result = build(tmp_path, recipe(mixed_deb, "sysext"), cache_dir)
+    [image] = result["images"]
+    dropped = image["manifest_data"]["dropped"]
+    assert 'policy.etc = "drop"' in dropped["etc/mixed/mixed.conf"]
+    assert image["kind"] == "sysext"
+
+
+def test_pinned_confext_drops_usr(tmp_path, mixed_deb, cache_dir):
+    result = build(tmp_path, recipe(mixed_deb, "confext"), cache_dir)
+    [image] = result["images"]
+    assert image["kind"] == "confext" and image["name"] == "mixed"
+    assert "pins kind = confext" in image["manifest_data"]["dropped"]["usr/bin/mixed-tool"]
+    assert "etc/extension-release.d/extension-release.mixed" in image["paths"]
+
+
+@pytest.mark.parametrize("policy, message", [
+    ('[policy]\netc = "error"\n', "/etc content in a sysext (policy.etc = error)"),
+    ('[policy]\nvar = "error"\n', "/var content (policy.var = error)"),
+])
+def test_error_policies(tmp_path, mixed_deb, cache_dir, policy, message):
+    path = write_recipe(tmp_path, recipe(mixed_deb, "sysext", policy))
+    proc = run_cli("build", str(path), "-o", str(tmp_path / "out"), "--cache-dir", str(cache_dir))
+    assert proc.returncode == 2 and message in proc.stderr and "mixed_1.0_amd64.deb" in proc.stderr
+
+
+def test_var_drop_policy(tmp_path, mixed_deb, cache_dir):
+    result = build(tmp_path, recipe(mixed_deb, "sysext", '[policy]\nvar = "drop"\n'), cache_dir)
+    [image] = result["images"]
+    assert "usr/lib/tmpfiles.d/mixed.conf" not in image["paths"]
+    assert "var/lib/mixed/seed.db" in image["manifest_data"]["dropped"]
+
+
+def test_plan_matches_build(tmp_path, mixed_deb, cache_dir):
+    path = write_recipe(tmp_path / "recipe", recipe(mixed_deb))
+    proc = run_cli("plan", str(path), "--json", "--cache-dir", str(cache_dir))
+    assert proc.returncode == 0, proc.stderr
+    plan = json.loads(proc.stdout)
+    assert plan["complete"] and not (tmp_path / "out").exists()
+    result = build(tmp_path, recipe(mixed_deb), cache_dir)
+    assert [(i["kind"], i["name"]) for i in plan["images"]] == \
+        [(i["kind"], i["name"]) for i in result["images"]]
+    assert plan["decision"] == result["decision"]
+    for planned, built in zip(plan["images"], result["images"]):
+        release = Path(built["image"])
+        import subprocess
+
+        content = subprocess.run(["unsquashfs", "-cat", str(release),
+                                  built["extension_release_path"]], capture_output=True,
+                                 check=True).stdout.decode()
+        assert planned["extension_release"]["content"] == content
+        assert [w["code"] for w in planned["warnings"]] == [w["code"] for w in built["warnings"]]
+        files = sum(row["files"] for row in planned["layout"])
+        assert files == sum(1 for f in built["manifest_data"]["files"] if f["type"] == "file")
+    assert plan["dropped"] == result["images"][0]["manifest_data"]["dropped"]
+    verdicts = {row["host"]: row["verdict"] for row in plan["matching"]["mixed"]}
+    assert verdicts["debian 12 x86-64"] == "merges"
+    assert verdicts["debian 13 (next release)"] == "ignored"
+
+
+def test_plan_without_cache_says_what_it_would_fetch(tmp_path):
+    text = ('[extension]\nname = "x"\n[target]\nid = "debian"\n[[source]]\n'
+            f'apt = "jq"\nversion = "1.0"\nsha256 = "{"a" * 64}"\n')
+    path = write_recipe(tmp_path, text)
+    proc = run_cli("plan", str(path), "--json", "--cache-dir", str(tmp_path / "empty"))
+    assert proc.returncode == 0, proc.stderr
+    plan = json.loads(proc.stdout)
+    assert not plan["complete"] and plan["would_fetch"] == [f"apt jq=1.0 (sha256 {'a' * 64})"]
