@@ -282,6 +282,19 @@ class Recipe:
 def load(path: str | Path) -> Recipe:
     """Read and validate a recipe file; every problem is an InputError naming file and key."""
     path = Path(path)
+    data, digests = _read(path, ())
+    digest = digests[0] if len(digests) == 1 else \
+        hashlib.sha256("\n".join(digests).encode()).hexdigest()
+    return _build(path.resolve(), digest, data)
+
+
+def _read(path: Path, including: tuple[Path, ...]) -> tuple[dict, list[str]]:
+    """TOML of ``path`` with its ``include`` merged in, and the sha256 of every file read.
+
+    ``include = "base.toml"`` (a recipe in the same directory, so relative paths mean the same
+    in both) supplies defaults: this file's tables override it key by key, and its [[source]]
+    list, when present, replaces the included one.
+    """
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -290,7 +303,23 @@ def load(path: str | Path) -> Recipe:
         data = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise InputError(str(path), f"not valid TOML: {exc}") from None
-    return _build(path.resolve(), hashlib.sha256(raw).hexdigest(), data)
+    own = [hashlib.sha256(raw).hexdigest()]
+    include = data.pop("include", None)
+    if include is None:
+        return data, own
+    if not isinstance(include, str) or "/" in include or not include.endswith(".toml"):
+        raise InputError(f"{path}: include", "must name a .toml recipe in the same directory",
+                         'e.g. include = "debug-tools.toml"')
+    base_path = path.parent / include
+    if base_path.resolve() in including or base_path.resolve() == path.resolve():
+        raise InputError(f"{path}: include", f"{include} includes itself (a cycle)")
+    base, digests = _read(base_path, (*including, path.resolve()))
+    for key, value in data.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            base[key] = {**base[key], **value}
+        else:
+            base[key] = value
+    return base, digests + own
 
 
 def _build(path: Path, digest: str, data: dict) -> Recipe:
@@ -583,6 +612,11 @@ def reference_markdown() -> str:
         "",
         "A recipe is a TOML file. Unknown sections or keys, wrong types and bad values are "
         "errors that name the file and the key.",
+        "",
+        "A top-level `include = \"base.toml\"` (a recipe in the same directory) supplies "
+        "defaults: the including file's tables override it key by key, and its `[[source]]` "
+        "list, when present, replaces the included one. The recipe hash (manifest, lock) covers "
+        "both files.",
         "",
     ]
     for section in dict.fromkeys(k.section for k in SCHEMA):

@@ -83,3 +83,28 @@ def test_reference_doc_is_current():
 def test_shipped_recipes_are_valid(name):
     recipe = recipe_mod.load(REPO / "recipes" / name)
     assert recipe.name
+
+
+def test_include_merges_tables_and_hashes_both_files(tmp_path):
+    base = write_recipe(tmp_path, BASE + 'version_id = "12"\n[image]\nformat = "erofs"\n'
+                        'compression = "lz4"\n', "base.toml")
+    variant = write_recipe(tmp_path, 'include = "base.toml"\n[image]\ncompression = "none"\n',
+                           "variant.toml")
+    recipe = recipe_mod.load(variant)
+    assert (recipe.name, recipe.target["version_id"], recipe.format, recipe.compression) == \
+        ("x", "12", "erofs", "none")
+    first = recipe.sha256
+    base.write_text(base.read_text().replace('"12"', '"13"'))
+    assert recipe_mod.load(variant).sha256 != first  # a lock must see the base change
+
+
+@pytest.mark.parametrize("text, expected", [
+    ('include = "self.toml"\n', "includes itself"),
+    ('include = "../elsewhere.toml"\n', "must name a .toml recipe in the same directory"),
+    ('include = "missing.toml"\n', "cannot read recipe"),
+])
+def test_bad_include(tmp_path, text, expected):
+    path = write_recipe(tmp_path, text, "self.toml")
+    with pytest.raises(InputError) as info:
+        recipe_mod.load(path)
+    assert expected in info.value.line()
