@@ -1,0 +1,417 @@
+"""``doctor``: inspect a host (or --root tree) for everything that keeps extensions from working.
+
+Findings, each with a severity (error, warning, info), a code and a fix: systemd version; every
+image in every search directory of that version (and the directories other versions search) with
+its verdict from pipeline/systemd/rules.py; shadowing and masking; merged-now vs on-disk (stale
+merges); whether the merge services are enabled; read-only or immutable hierarchies; signed images
+and installed verity certificates; files two extensions both provide (and which wins by systemd's
+layer order) and host files an extension covers; shared libraries that ELF binaries in an
+extension need and that neither the extensions nor the host provide.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import struct
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .check_cmd import add_host_arguments, host_from_args
+from .errors import PipelineError
+from .systemd import host as hostmod
+from .systemd import images, rules
+
+ERROR, WARNING, INFO = "error", "warning", "info"
+VERITY_DIRS = ("etc/verity.d", "run/verity.d", "usr/local/lib/verity.d", "usr/lib/verity.d")
+_FS_IOC_GETFLAGS = 0x80086601
+_FS_IMMUTABLE_FL = 0x10
+
+
+@dataclass
+class Finding:
+    severity: str
+    code: str
+    message: str
+    fix: str = ""
+    subject: str = ""
+
+
+# ---- ELF: DT_NEEDED / DT_SONAME / DT_RUNPATH, pure Python -----------------------------------
+
+def elf_dynamic(path: Path) -> dict | None:
+    """{'needed': [...], 'soname': str|None, 'runpath': [...], 'class': 32|64, 'machine': int}
+    for a dynamically linked ELF file; None when ``path`` is not one."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(64)
+            if len(head) < 52 or head[:4] != b"\x7fELF":
+                return None
+            is64 = head[4] == 2
+            end = "<" if head[5] == 1 else ">"
+            if is64:
+                (_, machine, _, _, phoff, _, _, _, phentsize, phnum) = struct.unpack(
+                    end + "HHIQQQIHHH", head[16:58])
+            else:
+                (_, machine, _, _, phoff, _, _, _, phentsize, phnum) = struct.unpack(
+                    end + "HHIIIIIHHH", head[16:46])
+            fh.seek(phoff)
+            table = fh.read(phentsize * phnum)
+            loads, dynamic = [], None
+            for i in range(phnum):
+                raw = table[i * phentsize:(i + 1) * phentsize]
+                if is64:
+                    ptype, _, off, vaddr, _, filesz, _, _ = struct.unpack(end + "IIQQQQQQ", raw[:56])
+                else:
+                    ptype, off, vaddr, _, filesz, _, _, _ = struct.unpack(end + "IIIIIIII", raw[:32])
+                if ptype == 1:
+                    loads.append((vaddr, off, filesz))
+                elif ptype == 2:
+                    dynamic = (off, filesz)
+            if dynamic is None:
+                return None
+            fh.seek(dynamic[0])
+            data = fh.read(dynamic[1])
+            size = 16 if is64 else 8
+            fmt = end + ("qQ" if is64 else "iI")
+            entries = [struct.unpack(fmt, data[i:i + size]) for i in range(0, len(data) - size + 1,
+                                                                          size)]
+            strtab = next((v for t, v in entries if t == 5), None)
+            if strtab is None:
+                return None
+            stroff = next((off + strtab - vaddr for vaddr, off, sz in loads
+                           if vaddr <= strtab < vaddr + sz), strtab)
+
+            def string(offset: int) -> str:
+                fh.seek(stroff + offset)
+                buf = fh.read(4096)
+                return buf.split(b"\0", 1)[0].decode(errors="replace")
+
+            result = {"needed": [], "soname": None, "runpath": [], "class": 64 if is64 else 32,
+                      "machine": machine}
+            for tag, value in entries:
+                if tag == 0:
+                    break
+                if tag == 1:
+                    result["needed"].append(string(value))
+                elif tag == 14:
+                    result["soname"] = string(value)
+                elif tag in (15, 29):
+                    result["runpath"] += string(value).split(":")
+            return result
+    except (OSError, struct.error):
+        return None
+
+
+def library_dirs(base: Path) -> list[Path]:
+    """Where the dynamic loader of the tree looks: ld.so.conf(.d) plus the defaults."""
+    dirs = ["usr/lib/x86_64-linux-gnu", "lib/x86_64-linux-gnu", "usr/lib64", "lib64", "usr/lib",
+            "lib", "usr/lib/aarch64-linux-gnu", "usr/local/lib"]
+    confs = [base / "etc/ld.so.conf"] + sorted((base / "etc/ld.so.conf.d").glob("*.conf")) \
+        if (base / "etc/ld.so.conf.d").is_dir() else [base / "etc/ld.so.conf"]
+    for conf in confs:
+        if conf.is_file():
+            for line in conf.read_text(errors="replace").splitlines():
+                line = line.split("#", 1)[0].strip()
+                if line.startswith("/"):
+                    dirs.append(line.lstrip("/"))
+    out = []
+    for d in dirs:
+        resolved = images.chase(base, d)
+        if resolved is not None and resolved.is_dir() and resolved not in out:
+            out.append(resolved)
+    return out
+
+
+# ---- the inspection ----------------------------------------------------------------------
+
+def _rel(host: hostmod.Host, path: Path) -> str:
+    return "/" + str(path.relative_to(host.base)) if host.root else str(path)
+
+
+def _immutable(path: Path) -> bool:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        buf = fcntl.ioctl(fd, _FS_IOC_GETFLAGS, b"\0" * 8)
+        return bool(struct.unpack("<i", buf[:4])[0] & _FS_IMMUTABLE_FL)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def diagnose(host: hostmod.Host) -> tuple[list[Finding], list[dict]]:
+    findings: list[Finding] = []
+    inventory: list[dict] = []
+    version = host.version
+    findings.append(Finding(INFO, "host.systemd", f"systemd {rules.format_version(version)} "
+                            f"({host.version_source}); os-release "
+                            f"{host.os_release.path or 'missing'}: ID="
+                            f"{host.os_release.fields.get('ID', '')} VERSION_ID="
+                            f"{host.os_release.fields.get('VERSION_ID', '')}; architecture "
+                            f"{host.architecture}{'; initrd' if host.initrd else ''}"))
+    if not host.os_release.fields.get("ID"):
+        r = rules.rule("host.no-id")
+        findings.append(Finding(ERROR, r.id, r.summary, r.fix))
+    kinds = ["sysext"] + (["confext"] if version[0] >= 254 else [])
+    merging: dict[str, list[tuple[str, images.Image]]] = {k: [] for k in kinds}
+    for kind in kinds:
+        entries = hostmod.installed(host, kind)
+        searched = rules.search_dirs(kind, version, host.initrd)
+        for entry in entries:
+            subject = _rel(host, entry.path)
+            if entry.name is None and not entry.path.is_dir():  # never discovered: say why
+                verdict = rules.evaluate(rules.ImageFacts(entry.path.name, False, {}),
+                                         host.facts(), kind, rules.Place(entry.directory))
+                inventory.append({"path": subject, "kind": kind, "format": None,
+                                  **verdict.as_dict()})
+                findings.append(Finding(WARNING, verdict.rule.id, f"{entry.path.name}: "
+                                        f"{verdict.verdict} — {verdict.rule.summary}",
+                                        verdict.fix, subject))
+                continue
+            try:
+                image = images.read(entry.path, with_entries=True,
+                                    architecture=host.architecture)
+            except PipelineError as exc:
+                if entry.directory in searched and entry.name is not None:
+                    findings.append(Finding(WARNING, "image.unreadable", exc.line(),
+                                            "remove or replace it", subject))
+                continue
+            facts = image.facts
+            if image.picked_from is not None:
+                facts = rules.ImageFacts(**{**facts.__dict__, "name_override": entry.name})
+            shadow = _rel(host, entry.shadowed_by) if entry.shadowed_by else None
+            verdict = rules.evaluate(facts, host.facts(), kind,
+                                     rules.Place(entry.directory, shadow))
+            inventory.append({"path": subject, "kind": kind, "format": image.format,
+                              **verdict.as_dict()})
+            severity = {rules.MERGES: INFO, rules.IGNORED: WARNING, rules.BREAKS: ERROR}[
+                verdict.verdict]
+            detail = f" ({verdict.field}: image {verdict.image_value!r}, host " \
+                     f"{verdict.host_value!r})" if verdict.verdict != rules.MERGES else ""
+            findings.append(Finding(severity, verdict.rule.id,
+                                    f"{kind} {verdict.name or entry.path.name}: "
+                                    f"{verdict.verdict} — {verdict.rule.summary}{detail}",
+                                    verdict.fix if verdict.verdict != rules.MERGES else "",
+                                    subject))
+            if verdict.verdict == rules.MERGES:
+                merging[kind].append((verdict.name, image))
+            _signature_findings(host, entry.path, image, findings, subject)
+        _merge_findings(host, kind, merging[kind], entries, findings)
+        _conflict_findings(host, kind, merging[kind], findings)
+    _library_findings(host, merging.get("sysext", []), findings)
+    return findings, inventory
+
+
+def _merge_findings(host, kind, merging, entries, findings) -> None:
+    states = hostmod.merge_state(host, kind)
+    merged_names = {n for s in states if s.merged for n in s.extensions}
+    want = {name for name, _ in merging}
+    since = max((s.since for s in states if s.merged and s.since), default=None)
+    tool = f"systemd-{kind}"
+    if merged_names or want:
+        if not merged_names:
+            findings.append(Finding(WARNING, "merge.not-merged",
+                                    f"{', '.join(sorted(want))} would merge but nothing is "
+                                    f"merged now", f"{tool} refresh"))
+        elif merged_names != want:
+            findings.append(Finding(WARNING, "merge.stale",
+                                    f"merged now: {', '.join(sorted(merged_names))}; on disk "
+                                    f"and matching: {', '.join(sorted(want)) or 'none'}",
+                                    f"{tool} refresh"))
+        elif since is not None:
+            newer = [_rel(host, e.path) for e in entries if e.name in want and
+                     e.path.exists() and e.path.stat().st_mtime > since + 1]
+            if newer:
+                findings.append(Finding(WARNING, "merge.stale",
+                                        f"changed since the last merge: {', '.join(newer)}",
+                                        f"{tool} refresh"))
+    for state in states:
+        if state.merged:
+            findings.append(Finding(INFO, "merge.read-only",
+                                    f"{state.hierarchy} is a read-only overlay of "
+                                    f"{', '.join(state.extensions)}: writes there fail until "
+                                    f"`{tool} unmerge`", "keep state in /var"))
+    enabled = hostmod.unit_enabled(host, kind)
+    persistent = [e for e in entries if not e.directory.startswith("/run") and e.name in want]
+    if persistent and enabled is False:
+        findings.append(Finding(WARNING, "service.disabled",
+                                f"{hostmod.UNITS[kind]} is not enabled: "
+                                f"{', '.join(sorted({e.name for e in persistent}))} will not "
+                                "be merged after a reboot",
+                                f"systemctl enable {hostmod.UNITS[kind]}"))
+    elif enabled:
+        findings.append(Finding(INFO, "service.enabled", f"{hostmod.UNITS[kind]} is enabled"))
+    for hierarchy in hostmod.HIERARCHIES[kind]:
+        real = images.chase(host.base, hierarchy.lstrip("/"))
+        if real is not None and _immutable(real):
+            findings.append(Finding(ERROR, "hierarchy.immutable",
+                                    f"{hierarchy} has the immutable attribute: the overlay "
+                                    "mount point cannot be prepared",
+                                    f"chattr -i {hierarchy}"))
+    for directory in rules.search_dirs(kind, host.version, host.initrd):
+        real = images.chase(host.base, directory.lstrip("/"))
+        if real is not None and real.is_dir() and _immutable(real):
+            findings.append(Finding(WARNING, "directory.immutable",
+                                    f"{directory} is immutable: install cannot place images",
+                                    f"chattr -i {directory}"))
+
+
+def _signature_findings(host, path: Path, image: images.Image, findings, subject) -> None:
+    signed = Path(str(path).removesuffix(".raw") + ".roothash.p7s").exists()
+    if image.format == "ddi" and not signed:
+        try:
+            from .ddi.gpt import read_gpt
+            from .systemd import partitions
+
+            for part in read_gpt(path).partitions:
+                found = partitions.lookup(part.type_uuid)
+                if found and found[0].endswith("-verity-sig"):
+                    signed = True
+        except Exception:  # noqa: BLE001 - a broken table is reported by check already
+            pass
+    if not signed:
+        return
+    certs = [c for d in VERITY_DIRS for c in sorted((host.base / d).glob("*.crt"))
+             if (host.base / d).is_dir()]
+    if not certs:
+        findings.append(Finding(ERROR if host.version[0] <= 258 else WARNING, "signature.no-cert",
+                                "signed image but no certificate in /etc/verity.d, "
+                                "/run/verity.d, /usr/local/lib/verity.d or /usr/lib/verity.d "
+                                "(nor in the kernel keyring, presumably): systemd ≤258 fails to "
+                                "activate it, 259+ falls back to unsigned verity if the policy "
+                                "allows", "install the signing certificate as "
+                                "/etc/verity.d/NAME.crt", subject))
+        return
+    verified = None
+    try:
+        from .ddi.inspect import inspect_image
+
+        for cert in certs:
+            report = inspect_image(path, cert=cert)
+            if (report.get("signature") or {}).get("verified"):
+                verified = cert
+                break
+    except Exception:  # noqa: BLE001 - inspection is best effort here
+        verified = None
+    if verified:
+        findings.append(Finding(INFO, "signature.verified",
+                                f"signature verifies with {_rel(host, verified)}", "", subject))
+    else:
+        findings.append(Finding(ERROR, "signature.unverified",
+                                "signed image: no installed certificate verifies it",
+                                "install the certificate that signed it in /etc/verity.d/",
+                                subject))
+
+
+def _layer_order(names: list[str]) -> list[str]:
+    """systemd sorts names with strverscmp_improved; the last one is the top layer."""
+    return sorted(names, key=images._version_key)
+
+
+def _conflict_findings(host, kind, merging, findings) -> None:
+    hier = tuple(h.lstrip("/") + "/" for h in hostmod.HIERARCHIES[kind])
+    owners: dict[str, list[str]] = {}
+    for name, image in merging:
+        for entry in image.entries:
+            if entry.type != "dir" and entry.path.startswith(hier) and \
+                    "/extension-release.d/" not in entry.path:
+                owners.setdefault(entry.path, []).append(name)
+    order = _layer_order([n for n, _ in merging])
+    merged_now = {n for s in hostmod.merge_state(host, kind) if s.merged for n in s.extensions}
+    for path, names in sorted(owners.items()):
+        if len(names) > 1:
+            winner = max(names, key=order.index)
+            findings.append(Finding(WARNING, "conflict.extensions",
+                                    f"/{path} is in {', '.join(sorted(names))}: {winner} wins "
+                                    "(the name that sorts last is the top layer)",
+                                    "ship the file in one extension only", "/" + path))
+        elif not merged_now and (host.base / path).exists() and not (host.base / path).is_dir():
+            findings.append(Finding(INFO, "conflict.host",
+                                    f"/{path} from {names[0]} covers the host's own file",
+                                    "intended? the host's copy comes back on unmerge",
+                                    "/" + path))
+
+
+def _library_findings(host, merging, findings) -> None:
+    if not merging:
+        return
+    with tempfile.TemporaryDirectory(prefix="sysext-doctor-") as tmp:
+        trees = []
+        for i, (name, image) in enumerate(merging):
+            elf_paths = [e.path for e in image.entries if e.type == "file" and
+                         e.path.startswith(("usr/", "opt/")) and
+                         (e.mode & 0o111 or ".so" in e.path.rsplit("/", 1)[-1])]
+            if not elf_paths:
+                continue
+            dest = Path(tmp) / str(i)
+            try:
+                tree = images.extract(image.path, dest, None if image.is_dir else
+                                      sorted({p.split("/", 1)[0] for p in elf_paths}))
+            except PipelineError:
+                continue
+            trees.append((name, tree, elf_paths))
+        provided: set[str] = set()
+        for _, _tree, paths in trees:
+            for rel in paths:
+                provided.add(rel.rsplit("/", 1)[-1])
+        host_dirs = library_dirs(host.base)
+        for name, tree, paths in trees:
+            missing: dict[str, list[str]] = {}
+            for rel in paths:
+                info = elf_dynamic(tree / rel)
+                if info is None:
+                    continue
+                origin = "/" + rel.rsplit("/", 1)[0]
+                for lib in info["needed"]:
+                    if lib in provided or "/" in lib:
+                        continue
+                    if any((d / lib).exists() for d in host_dirs):
+                        continue
+                    if any(_runpath_has(host, tree, rp, origin, lib) for rp in info["runpath"]):
+                        continue
+                    missing.setdefault(lib, []).append("/" + rel)
+            for lib, users in sorted(missing.items()):
+                findings.append(Finding(ERROR, "library.missing",
+                                        f"{name}: {', '.join(users[:3])}"
+                                        f"{' …' if len(users) > 3 else ''} need {lib}, which "
+                                        "neither the extension nor the host provides",
+                                        f"add the package that ships {lib} to the recipe, or "
+                                        "rebuild against this host's libraries", lib))
+
+
+def _runpath_has(host, tree: Path, runpath: str, origin: str, lib: str) -> bool:
+    path = runpath.replace("$ORIGIN", origin).replace("${ORIGIN}", origin).lstrip("/")
+    return (tree / path / lib).exists() or (host.base / path / lib).exists()
+
+
+def cmd_doctor(args) -> int:
+    host = host_from_args(args)
+    findings, inventory = diagnose(host)
+    if args.json:
+        print(json.dumps({"schema": 1, "host": host.as_dict(), "images": inventory,
+                          "findings": [asdict(f) for f in findings]}, indent=2))
+    else:
+        for f in findings:
+            line = f"{f.severity:7} {f.code}: {f.message}"
+            if f.fix:
+                line += f"\n        fix: {f.fix}"
+            print(line)
+    errors = sum(f.severity == ERROR for f in findings)
+    warnings = sum(f.severity == WARNING for f in findings)
+    print(f"{errors} error(s), {warnings} warning(s)", file=sys.stderr)
+    return 1 if errors else 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("doctor", help="diagnose extensions on a host (or --root tree)",
+                       epilog="exit codes: 0 no errors found, 1 errors found, 2 bad input")
+    add_host_arguments(p)
+    p.add_argument("--json", action="store_true", help="machine-readable findings on stdout")
+    p.set_defaults(func=cmd_doctor)

@@ -1,0 +1,319 @@
+"""``install`` / ``uninstall`` / ``rollback``: activate an extension image and make it persist.
+
+install: ``check`` first (refuses an image that would not merge, with the reason, unless
+--force), then places the image atomically in the directory for its kind and persistence
+(/var/lib/extensions, /run/extensions with --runtime; /var/lib/confexts, /run/confexts), keeps the
+previously installed version under /var/lib/sysext-pipeline/rollback (/run/… for --runtime),
+runs ``systemd-sysext refresh`` / ``systemd-confext refresh``, enables the merge service with
+--enable (in a --root tree: the [Install] symlink), and confirms the files are visible.
+
+With --root the tree is not refreshed unless --refresh is given (merging mounts overlays on the
+tree in the current mount namespace). ``$SYSEXT_PIPELINE_SYSTEMD_DIR`` names a directory holding
+other systemd-sysext/systemd-confext binaries (tests use systemd 254 that way).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from .errors import BuildError, InputError
+from .systemd import host as hostmod
+from .systemd import images, rules
+
+READ_ONLY_WARNING = ("a merged extension is a read-only overlay: {hier} stay read-only while "
+                     "it is merged, and its files disappear on unmerge — keep state in /var "
+                     "(or /etc for a sysext), never in the image")
+ROLLBACK = {False: "var/lib/sysext-pipeline/rollback", True: "run/sysext-pipeline/rollback"}
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def tool(kind: str) -> str:
+    name = f"systemd-{kind}"
+    override = os.environ.get("SYSEXT_PIPELINE_SYSTEMD_DIR")
+    if override and (Path(override) / name).exists():
+        return str(Path(override) / name)
+    path = shutil.which(name, path=os.environ.get("PATH", "") + ":/usr/sbin:/usr/bin:/bin")
+    if not path:
+        raise BuildError(name, "not found", "systemd-confext needs systemd 254+" if kind ==
+                         "confext" else "install systemd")
+    return path
+
+
+def refresh(kind: str, root: Path | None) -> str:
+    argv = [tool(kind), "refresh"] + ([f"--root={root}"] if root else [])
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+    output = (proc.stdout + proc.stderr).strip()
+    if proc.returncode != 0 or "Failed" in output:
+        raise BuildError(argv[0], f"refresh failed (exit {proc.returncode})",
+                         " | ".join(output.splitlines()[-3:]) or "no output")
+    return output
+
+
+def enable(host: hostmod.Host, kind: str) -> str:
+    unit = hostmod.UNITS[kind]
+    if host.root is None:
+        proc = subprocess.run(["systemctl", "enable", unit], capture_output=True, text=True,
+                              check=False)
+        if proc.returncode != 0:
+            raise BuildError("systemctl", f"enable {unit} failed", proc.stderr.strip()[-200:])
+        return f"enabled {unit}"
+    target = hostmod.unit_wanted_by(host, kind)
+    wants = host.base / "etc/systemd/system" / f"{target}.wants"
+    wants.mkdir(parents=True, exist_ok=True)
+    link = wants / unit
+    if not link.is_symlink():
+        os.symlink(hostmod.unit_file_path(host, kind), link)
+    return f"enabled {unit} ({link.relative_to(host.base)} in the tree)"
+
+
+def _entries_named(host: hostmod.Host, kind: str, name: str) -> list[hostmod.Installed]:
+    return [e for e in hostmod.installed(host, kind, include_unsearched=False) if e.name == name]
+
+
+def _keep_previous(path: Path, rollback_dir: Path) -> Path:
+    rollback_dir.mkdir(parents=True, exist_ok=True)
+    dest = rollback_dir / path.name
+    if dest.is_dir() and not dest.is_symlink():
+        shutil.rmtree(dest)
+    elif dest.exists() or dest.is_symlink():
+        dest.unlink()
+    if path.is_dir() and not path.is_symlink():
+        os.rename(path, dest) if _same_fs(path, rollback_dir) else shutil.move(path, dest)
+    else:
+        try:
+            os.link(path, dest, follow_symlinks=False)
+        except OSError:
+            shutil.copy2(path, dest, follow_symlinks=False)
+    return dest
+
+
+def _same_fs(a: Path, b: Path) -> bool:
+    return os.stat(a).st_dev == os.stat(b).st_dev
+
+
+def place(source: Path, dest_dir: Path, file_name: str, rollback_dir: Path,
+          replace: list[Path]) -> tuple[Path, list[Path]]:
+    """Copy ``source`` into ``dest_dir/file_name`` atomically; earlier versions → rollback."""
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    dest = dest_dir / file_name
+    kept = []
+    # '.#' names are never discovered by systemd (image_name_is_valid), so the copy is invisible
+    tmp = Path(tempfile.mkdtemp(prefix=".#sysext-pipeline-", dir=dest_dir))
+    try:
+        staged = tmp / file_name
+        if source.is_dir():
+            shutil.copytree(source, staged, symlinks=True)
+        else:
+            shutil.copy2(source, staged)
+            with open(staged, "rb") as fh:
+                os.fsync(fh.fileno())
+            os.chmod(staged, 0o644)
+        for old in replace:
+            kept.append(_keep_previous(old, rollback_dir))  # directories are moved away
+            if (old.is_file() or old.is_symlink()) and (old != dest or staged.is_dir()):
+                old.unlink()
+        os.rename(staged, dest)  # atomic for files (replaces the old one in one step)
+        dir_fd = os.open(dest_dir, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest, kept
+
+
+def visible_files(image: images.Image, kind: str, host: hostmod.Host, name: str) -> list[str]:
+    """Paths of the image that are now visible in the host hierarchies (a few, to say so)."""
+    hier = tuple(h.lstrip("/") + "/" for h in hostmod.HIERARCHIES[kind])
+    candidates = [e.path for e in image.entries if e.type == "file" and e.path.startswith(hier)]
+    candidates.sort(key=lambda p: ("extension-release.d" in p, p))
+    found = []
+    for rel in candidates[:50]:
+        if (host.base / rel).exists():
+            found.append("/" + rel)
+        if len(found) >= 3:
+            break
+    return found
+
+
+def cmd_install(args) -> int:
+    root = Path(args.root) if args.root else None
+    host = hostmod.detect(root, systemd=args.systemd)
+    source = Path(args.image)
+    image = images.read(source, with_entries=True, architecture=host.architecture)
+    kind = args.kind or image.kind or image.guessed_kind or "sysext"
+    file_name = source.name
+    name = rules.discovered_name(file_name, source.is_dir(), kind, host.version)
+    if name is None:
+        raise InputError(str(source), "systemd never discovers this file name",
+                         "a raw image's file name must end in .raw")
+    directory = rules.install_dir(kind, args.runtime)
+    others = _entries_named(host, kind, name)
+    earlier = [e for e in others if rules.search_dirs(kind, host.version, host.initrd).index(
+        e.directory) < rules.search_dirs(kind, host.version, host.initrd).index(directory)]
+    place_info = rules.Place(directory, str(Path("/") / earlier[0].path.relative_to(host.base))
+                             if earlier else None)
+    verdict = rules.evaluate(image.facts, host.facts(), kind, place_info)
+    warnings: list[str] = []
+    if verdict.verdict != rules.MERGES:
+        text = (f"would be {verdict.verdict} by systemd {rules.format_version(host.version)}: "
+                f"{verdict.rule.summary} [{verdict.rule.id}; {verdict.field}: image "
+                f"{verdict.image_value!r}, host {verdict.host_value!r}]")
+        if not args.force:
+            raise InputError(str(source), text, f"fix: {verdict.fix}; or --force")
+        warnings.append(f"--force: {text}")
+    rollback_dir = host.base / ROLLBACK[args.runtime] / kind
+    same_dir = [e.path for e in others if e.directory == directory]
+    dest_dir = host.base / directory.lstrip("/")
+    dest, kept = place(source, dest_dir, file_name, rollback_dir, same_dir)
+    _say(f"installed {dest}" + (f" (previous kept: {', '.join(map(str, kept))})" if kept
+                                else ""))
+    enabled = hostmod.unit_enabled(host, kind)
+    if args.enable:  # before the refresh: a merged confext makes /etc read-only
+        try:
+            _say(enable(host, kind))
+            enabled = True
+        except OSError as exc:
+            warnings.append(f"could not enable {hostmod.UNITS[kind]}: {exc.strerror} "
+                            f"({exc.filename}); /etc is read-only while a confext is merged: "
+                            "`systemd-confext unmerge`, enable, then refresh")
+    elif not args.runtime and not enabled:
+        warnings.append(f"{hostmod.UNITS[kind]} is not enabled: the extension is not merged "
+                        "again after a reboot (pass --enable)")
+    refreshed = False
+    if args.no_refresh or (root is not None and not args.refresh):
+        if root is not None and not args.refresh and not args.no_refresh:
+            _say(f"not refreshing the offline tree {root} (pass --refresh to merge into it now)")
+    else:
+        refresh(kind, root)
+        refreshed = True
+        _say(f"refreshed: systemd-{kind} refresh{f' --root={root}' if root else ''}")
+    visible = []
+    if refreshed:
+        state = {n for s in hostmod.merge_state(host, kind) for n in s.extensions}
+        visible = visible_files(image, kind, host, name)
+        if name in state and visible:
+            _say(f"merged: {', '.join(visible)} visible")
+        else:
+            warnings.append(f"after refresh '{name}' is not merged (merged: "
+                            f"{', '.join(sorted(state)) or 'nothing'}); run `sysext-pipeline "
+                            "doctor` to see why")
+    hier = " and ".join(hostmod.HIERARCHIES[kind])
+    warnings.append(READ_ONLY_WARNING.format(hier=hier))
+    for warning in warnings:
+        _say(f"warning: {warning}")
+    if args.json:
+        print(json.dumps({"schema": 1, "installed": str(dest), "kind": kind, "name": name,
+                          "previous": [str(k) for k in kept], "refreshed": refreshed,
+                          "enabled": enabled, "visible": visible, "warnings": warnings,
+                          "check": verdict.as_dict()}, indent=2))
+    return 0
+
+
+def cmd_uninstall(args) -> int:
+    root = Path(args.root) if args.root else None
+    host = hostmod.detect(root, systemd=args.systemd)
+    removed, left = [], []
+    kinds = [args.kind] if args.kind else ["sysext", "confext"]
+    for kind in kinds:
+        for entry in hostmod.installed(host, kind, include_unsearched=False):
+            if entry.name != args.name:
+                continue
+            if entry.directory not in (rules.install_dir(kind), rules.install_dir(kind, True)):
+                left.append(entry.path)
+                continue
+            runtime = entry.directory.startswith("/run")
+            kept = _keep_previous(entry.path, host.base / ROLLBACK[runtime] / kind)
+            if entry.path.is_file() or entry.path.is_symlink():
+                entry.path.unlink()
+            removed.append((kind, entry.path))
+            _say(f"removed {entry.path} (kept as {kept})")
+    if not removed:
+        raise InputError(args.name, "no installed extension of that name",
+                         "see `sysext-pipeline doctor` for what is installed")
+    for path in left:
+        _say(f"warning: {path} has the same name and was not installed by this tool: left alone")
+    refreshed = []
+    if not args.no_refresh and (root is None or args.refresh):
+        for kind in sorted({k for k, _ in removed}):
+            refresh(kind, root)
+            refreshed.append(kind)
+            _say(f"refreshed: systemd-{kind} refresh")
+    if args.json:
+        print(json.dumps({"schema": 1, "removed": [str(p) for _, p in removed],
+                          "left": [str(p) for p in left], "refreshed": refreshed}, indent=2))
+    return 0
+
+
+def cmd_rollback(args) -> int:
+    """Put the previously installed version of NAME back (and keep the current one instead)."""
+    root = Path(args.root) if args.root else None
+    host = hostmod.detect(root, systemd=args.systemd)
+    for runtime in (False, True):
+        for kind in ("sysext", "confext"):
+            rollback_dir = host.base / ROLLBACK[runtime] / kind
+            if not rollback_dir.is_dir():
+                continue
+            for prev in sorted(rollback_dir.iterdir()):
+                pname = rules.discovered_name(prev.name, prev.is_dir(), kind, host.version)
+                if pname != args.name:
+                    continue
+                directory = host.base / rules.install_dir(kind, runtime).lstrip("/")
+                current = [e.path for e in _entries_named(host, kind, args.name)
+                           if e.path.parent == directory]
+                with tempfile.TemporaryDirectory(dir=host.base / ROLLBACK[runtime]) as tmp:
+                    held = Path(tmp) / prev.name
+                    os.rename(prev, held)
+                    dest, kept = place(held, directory, prev.name, rollback_dir, current)
+                _say(f"rolled back: {dest}" + (f" (current kept: {kept[0]})" if kept else ""))
+                if not args.no_refresh and (root is None or args.refresh):
+                    refresh(kind, root)
+                return 0
+    raise InputError(args.name, "no previous version kept", "install keeps one on replacement")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("install", help="check, place, refresh and enable an extension image")
+    p.add_argument("image", help="raw image or directory (NAME.raw / NAME)")
+    p.add_argument("--root", help="install into this OS tree")
+    p.add_argument("--runtime", action="store_true",
+                   help="until reboot only: /run/extensions (/run/confexts)")
+    p.add_argument("--enable", action="store_true",
+                   help="enable systemd-sysext.service/systemd-confext.service")
+    p.add_argument("--no-refresh", action="store_true", help="do not run `refresh`")
+    p.add_argument("--refresh", action="store_true",
+                   help="with --root: merge into the tree now (in this mount namespace)")
+    p.add_argument("--force", action="store_true", help="install even if it would not merge")
+    p.add_argument("--kind", choices=("sysext", "confext"), help="default: detected")
+    p.add_argument("--systemd", help="systemd version to judge by (default: installed)")
+    p.add_argument("--json", action="store_true", help="machine-readable result on stdout")
+    p.set_defaults(func=cmd_install)
+
+    p = sub.add_parser("uninstall", help="remove an installed extension (kept for rollback)")
+    p.add_argument("name", help="extension name (NAME of NAME.raw)")
+    p.add_argument("--root", help="the OS tree")
+    p.add_argument("--kind", choices=("sysext", "confext"))
+    p.add_argument("--no-refresh", action="store_true")
+    p.add_argument("--refresh", action="store_true", help="with --root: refresh the tree now")
+    p.add_argument("--systemd", help="systemd version (default: installed)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_uninstall)
+
+    p = sub.add_parser("rollback", help="put back the version an install replaced")
+    p.add_argument("name")
+    p.add_argument("--root")
+    p.add_argument("--no-refresh", action="store_true")
+    p.add_argument("--refresh", action="store_true")
+    p.add_argument("--systemd")
+    p.set_defaults(func=cmd_rollback)
+

@@ -1,0 +1,806 @@
+"""systemd's rules for discovering and matching extension images, by version (252 → 262).
+
+One table, :data:`RULES`, says for each rule: its id, the field it reads, the systemd versions it
+applies to, its verdict (``merges``, ``ignored``: skipped while others still merge, ``breaks``: the
+whole merge fails or aborts), the log line systemd writes, the symptom users see and the fix.
+:func:`evaluate` walks an image through systemd's own order of decisions (discovery → metadata →
+forbidden content → ``extension_release_validate``) and returns the first rule that decides it.
+``check``, ``doctor``, ``install`` and ``docs/troubleshooting.md`` all read this module.
+
+Sources: ``src/shared/extension-util.c`` (``extension-release.c`` in 252/253),
+``src/basic/os-util.c`` (release-file lookup), ``src/shared/discover-image.c`` (search paths,
+image names), ``src/shared/dissect-image.c`` (raw image metadata), ``src/sysext/sysext.c``; every
+rule marked *tested* is checked against the real systemd-sysext 252 and 254 in the test suite.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from .release import release_path as release_file_path
+
+MERGES = "merges"
+IGNORED = "ignored"
+BREAKS = "breaks the merge"
+VERDICTS = (MERGES, IGNORED, BREAKS)
+
+OLDEST, NEWEST = 252, 262
+#: A systemd version: (major, point release). ``(254, None)`` means "some 254.x", read as the
+#: newest point release when a rule changed inside a series.
+Version = tuple[int, int]
+_LATEST_POINT = 999
+
+
+def parse_version(text: str | int) -> Version:
+    """'252', '254.5', '252.38-1~deb12u1', 'systemd 254 (254.26-1~bpo12+1)' → (major, point)."""
+    text = str(text).strip()
+    match = re.search(r"\((\d+)(?:\.(\d+))?", text) or re.search(r"(\d+)(?:\.(\d+))?", text)
+    if not match:
+        raise ValueError(f"not a systemd version: {text!r}")
+    major = int(match.group(1))
+    point = int(match.group(2)) if match.group(2) else _LATEST_POINT
+    return (major, point)
+
+
+def format_version(version: Version) -> str:
+    major, point = version
+    return str(major) if point == _LATEST_POINT else f"{major}.{point}"
+
+
+@dataclass(frozen=True)
+class Span:
+    """Versions ``lo`` ≤ v ≤ ``hi`` (inclusive; ``hi`` None = still true in the newest we model)."""
+
+    lo: Version
+    hi: Version | None = None
+
+    def __contains__(self, version: Version) -> bool:
+        return self.lo <= version and (self.hi is None or version <= self.hi)
+
+    def text(self) -> str:
+        lo_major, lo_point = self.lo
+        if self.hi is None:
+            return f"{lo_major}+" if lo_point == 0 else f"{lo_major}.{lo_point}+"
+        hi_major, hi_point = self.hi
+        hi = str(hi_major) if hi_point == _LATEST_POINT else f"{hi_major}.{hi_point}"
+        lo = str(lo_major) if lo_point == 0 and hi_point == _LATEST_POINT \
+            else f"{lo_major}.{lo_point}"
+        return lo if lo == hi else f"{lo}–{hi}"
+
+
+def span(lo: str, hi: str | None = None) -> Span:
+    """span('252', '253') = 252.0–253.x; span('254.11', '254.14'); span('258') = 258+."""
+    def end(text: str, low: bool) -> Version:
+        major, _, point = text.partition(".")
+        return (int(major), int(point) if point else (0 if low else _LATEST_POINT))
+    return Span(end(lo, True), end(hi, False) if hi else None)
+
+
+ALL = (span("252"),)
+
+
+@dataclass(frozen=True)
+class Rule:
+    id: str
+    field: str
+    verdict: str
+    versions: tuple[Span, ...]
+    summary: str  # what the rule says, one sentence
+    log: str  # systemd's message (debug level unless the verdict breaks the merge)
+    symptom: str
+    fix: str
+    kinds: tuple[str, ...] = ("sysext", "confext")
+    formats: tuple[str, ...] = ("raw", "directory")
+    tested: bool = True  # predicted == real systemd-sysext 252 / systemd-sysext+confext 254
+
+    def applies(self, version: Version) -> bool:
+        return any(version in s for s in self.versions)
+
+    def versions_text(self) -> str:
+        return ", ".join(s.text() for s in self.versions)
+
+
+def _rules(*rules: Rule) -> dict[str, Rule]:
+    table: dict[str, Rule] = {}
+    for rule in rules:
+        assert rule.id not in table, rule.id
+        assert rule.verdict in VERDICTS, rule.id
+        table[rule.id] = rule
+    return table
+
+
+_NO_MEDIUM = "Failed to read metadata for image {name}: No medium found"
+_RELEASE_FIX = ("name the release file after the image: {release_path} (the build does this), or "
+                "rename the image file to match the release file")
+
+RULES: dict[str, Rule] = _rules(
+    # ---- host ------------------------------------------------------------------------------
+    Rule("host.no-id", "host ID", BREAKS, ALL,
+         "The host's os-release has no ID=: nothing can be validated, the merge fails.",
+         "'ID' field not found or empty in 'os-release' data of OS tree '{root}'",
+         "nothing merged at all; 252–255 still exit 0, 256+ exit 1",
+         "give the host (or --root tree) an os-release with ID= (/etc/os-release or "
+         "/usr/lib/os-release)", tested=True),
+    Rule("host.no-confext", "systemd version", IGNORED, (span("252", "253"),),
+         "systemd-confext exists from systemd 254 on; older hosts never merge a confext.",
+         "(no systemd-confext binary)",
+         "the confext's files never appear in /etc",
+         "upgrade systemd to 254+ (Debian 12: bookworm-backports), or ship the files another way",
+         kinds=("confext",)),
+    # ---- discovery -------------------------------------------------------------------------
+    Rule("discovery.not-raw", "file name", IGNORED, ALL,
+         "Regular files are discovered only when their name ends in .raw.",
+         "(not discovered: no log line at all)",
+         "`systemd-sysext list` does not show the image",
+         "rename the file to NAME.raw", formats=("raw",)),
+    Rule("discovery.not-searched", "location", IGNORED, ALL,
+         "The image is in a directory this systemd version (and kind) does not search.",
+         "(not discovered: no log line at all)",
+         "`systemd-sysext list` does not show the image; it worked on another systemd version",
+         "move it to {install_dir} (searched: {search_dirs})"),
+    Rule("discovery.shadowed", "image name", IGNORED, ALL,
+         "Another image with the same name in an earlier search directory wins; this one is "
+         "never looked at (an empty directory of that name masks it).",
+         "(not discovered: no log line at all)",
+         "an old version of the extension merges instead of the one you installed",
+         "remove {shadow} or install under another name"),
+    Rule("discovery.invalid-name", "image name", IGNORED, ALL,
+         "Image names must be valid file names without control characters, not starting "
+         "with '.#'.",
+         "(not discovered: no log line at all)",
+         "`systemd-sysext list` does not show the image",
+         "rename the image (letters, digits, '._+-')"),
+    Rule("discovery.v-empty", "NAME.v/ directory", IGNORED, (span("256"),),
+         "A NAME.v/ directory with no NAME_VERSION[_ARCH] entry that fits is skipped.",
+         "(not discovered)",
+         "nothing from the .v/ directory merges",
+         "put NAME_VERSION.raw (or NAME_VERSION/ for a .v/ of directories) inside it",
+         tested=False),
+    Rule("discovery.v-unsupported", "NAME.v/ directory", IGNORED, (span("252", "255"),),
+         "NAME.v/ and NAME.raw.v/ directories are understood from 256 on; older versions "
+         "treat NAME.v/ as a directory image of that name (without release data: ignored).",
+         "Extension '{name}' carries no release data, ignoring.",
+         "nothing merges from the .v/ directory",
+         "install the newest NAME_VERSION.raw directly as NAME.raw on systemd < 256",
+         formats=("directory",), tested=False),
+    # ---- metadata: which release file --------------------------------------------------------
+    Rule("release.missing-raw", "release file", BREAKS, ALL,
+         "A raw image without a release file this version accepts (and without os-release) "
+         "makes reading the image metadata fail, which aborts the whole command.",
+         _NO_MEDIUM,
+         "`Failed to read metadata for image …: No medium found`, exit 1, no extension merged, "
+         "--force does not help",
+         _RELEASE_FIX, formats=("raw",)),
+    Rule("release.not-unique", "release file", BREAKS, ALL,
+         "The exact release file is missing and more than one other extension-release.* file "
+         "qualifies as a fallback.",
+         "Failed to read metadata for image {name}: Name not unique on network",
+         "`… Name not unique on network`, exit 1, no extension merged",
+         "keep exactly one release file, named extension-release.{name}", formats=("raw",)),
+    Rule("release.missing-dir", "release file", IGNORED, ALL,
+         "A directory image without a release file this version accepts is skipped.",
+         "Extension '{name}' carries no release data, ignoring.",
+         "`No suitable extensions found (1 ignored …)`; files missing",
+         _RELEASE_FIX, formats=("directory",)),
+    Rule("release.os-tree-raw", "release file", IGNORED, ALL,
+         "A raw image that carries an os-release but no release file this version accepts is "
+         "read as an OS image (no metadata error), then skipped.",
+         "Extension '{name}' carries no release data, ignoring.",
+         "files missing, nothing logged at the default level",
+         _RELEASE_FIX, formats=("raw",)),
+    Rule("release.wrong-kind", "release file location", IGNORED, (span("255"),),
+         "The image carries only the other kind's release file (usr/lib/… is sysext, etc/… "
+         "is confext): there is no release data for this kind.",
+         "Extension '{name}' carries no release data, ignoring.",
+         "the image is skipped by the tool you expected to merge it",
+         "write the release file where the kind expects it: {release_path}", formats=("raw",),
+         tested=False),
+    Rule("release.wrong-kind-254", "release file location", MERGES, (span("254", "254"),),
+         "systemd 254 reads a raw image's release file from usr/lib/… or else etc/…, whatever "
+         "the kind: the other kind's release data is validated as if it were this kind's and the "
+         "image merges — but only this kind's hierarchies (/usr,/opt or /etc) are overlaid, so a "
+         "real confext shows nothing under /usr (and a sysext nothing under /etc).",
+         "Using extensions '{name}'.",
+         "the extension is listed as merged but its files are missing",
+         "build it as the kind it is (release file {release_path}) and install it in that "
+         "kind's directory", formats=("raw",)),
+    Rule("release.strict-xattr", "user.extension-release.strict", MERGES, ALL,
+         "A release file named differently is accepted when its user.extension-release.strict "
+         "xattr is false (the only candidate).",
+         "… 'user.extension-release.strict' attribute is false…",
+         "(works)", "none needed; naming the release file after the image is more robust"),
+    Rule("release.name-reduced", "release file name", MERGES,
+         (span("254.11", "254.14"), span("255.5", "255.8"), span("256.0", "256.0")),
+         "A release file whose name, reduced like an image name (suffixes .sysext.raw/"
+         ".confext.raw/.raw dropped, cut at the first '_' or '+'), equals the image's reduced "
+         "name is accepted.",
+         "(accepted without a log line)",
+         "works on these versions only", _RELEASE_FIX, tested=False),
+    Rule("release.name-versioned", "release file name", MERGES,
+         (span("254.15", "254"), span("255.9", "255"), span("256.1")),
+         "extension-release.NAME is accepted for a versioned image NAME_VERSION.raw (or "
+         "NAME+N): the image name is cut at the first '_' or '+' and must equal the suffix.",
+         "(accepted without a log line)",
+         "works on these versions only", _RELEASE_FIX),
+    # ---- forbidden content ---------------------------------------------------------------------
+    Rule("content.os-release-252", "usr/lib/os-release", BREAKS, (span("252", "253"),),
+         "A sysext that contains usr/lib/os-release aborts the whole merge.",
+         "Extension image contains /usr/lib/os-release file, which is not allowed (it may "
+         "carry /etc/os-release), refusing.",
+         "nothing merged although systemd-sysext exits 0",
+         "drop usr/lib/os-release from the image (the build refuses it)", kinds=("sysext",)),
+    Rule("content.os-release-dir", "usr/lib/os-release", BREAKS, (span("254"),),
+         "A directory sysext that contains usr/lib/os-release makes reading its metadata fail.",
+         _NO_MEDIUM,
+         "`Failed to read metadata for image …: No medium found`, exit 1",
+         "drop usr/lib/os-release from the image (the build refuses it)", kinds=("sysext",),
+         formats=("directory",)),
+    Rule("content.os-release-raw", "usr/lib/os-release", IGNORED, (span("254"),),
+         "A raw image that contains usr/lib/os-release is skipped (sysext and confext alike).",
+         "Extension contains '/usr/lib/os-release', which is not allowed, refusing.",
+         "`No suitable extensions found (1 ignored …)`",
+         "drop usr/lib/os-release from the image (the build refuses it)", formats=("raw",)),
+    # ---- extension_release_validate -----------------------------------------------------------
+    Rule("match.no-release-data", "release file", IGNORED, ALL,
+         "The release file is empty.",
+         "Extension '{name}' carries no release data, ignoring.",
+         "files missing", "write ID= (and VERSION_ID= or a level) into {release_path}"),
+    Rule("match.scope", "{KIND}_SCOPE", IGNORED, ALL,
+         "{KIND}_SCOPE (default 'system portable'; present but empty = nothing) must contain "
+         "the host scope: 'initrd' in the initrd, else 'system'.",
+         "Extension '{name}' is not suitable for scope {host}, ignoring.",
+         "extension missing in the initrd (or only there)",
+         "set {KIND}_SCOPE to include '{host}' (build: target.scope)"),
+    Rule("match.architecture", "ARCHITECTURE", IGNORED, ALL,
+         "ARCHITECTURE, when set and not _any, must equal the host's in systemd spelling "
+         "(x86-64, arm64); checked before ID, so ID=_any does not bypass it.",
+         "Extension '{name}' is for architecture '{image}', but deployed on top of '{host}'.",
+         "files missing; `x86_64`/`amd64`/`aarch64` never match",
+         "set ARCHITECTURE={host} (systemd spelling) or _any"),
+    Rule("match.id-missing", "ID", IGNORED, ALL,
+         "The release file has no ID=.",
+         "Extension '{name}' does not contain ID in release file but requested to match "
+         "'{host}' or be '_any'",
+         "files missing", "set ID={host} (or ID=_any for static payloads)"),
+    Rule("match.id-any", "ID", MERGES, ALL,
+         "ID=_any matches every host and skips all version checks.",
+         "Extension '{name}' matches '_any' OS.",
+         "merges on any OS version — also where its binaries cannot run",
+         "none needed; prefer ID + VERSION_ID for binaries linked against host libraries"),
+    Rule("match.id", "ID", IGNORED, (span("252", "257.7"),),
+         "ID must equal the host's ID (the host's ID_LIKE is not consulted before 257.8/258).",
+         "Extension '{name}' is for OS '{image}', but deployed on top of '{host}'.",
+         "files missing on a derivative distribution",
+         "set ID={host} (build: target.id)"),
+    Rule("match.id-like", "ID", IGNORED, (span("257.8"),),
+         "ID must equal the host's ID or one of the words of the host's ID_LIKE (257.8 "
+         "backport, 258+); the extension's own ID_LIKE is never read.",
+         "Extension '{name}' is for OS '{image}', but deployed on top of '{host}'.",
+         "files missing", "set ID={host} (build: target.id)", tested=False),
+    Rule("match.id-like-ok", "ID", MERGES, (span("257.8"),),
+         "The extension's ID is one of the host's ID_LIKE words (257.8 backport, 258+).",
+         "Version info of extension '{name}' matches host.",
+         "(works; on older systemd it is ignored)",
+         "for older hosts set ID to the host's own ID", tested=False),
+    Rule("match.rolling", "VERSION_ID", MERGES, ALL,
+         "The host has neither VERSION_ID nor a level (rolling release): any version matches.",
+         "No version info on the host (rolling release?), but ID in {name} matched.",
+         "(works)", "none needed"),
+    Rule("match.level", "{KIND}_LEVEL", IGNORED, ALL,
+         "When host and extension both have {KIND}_LEVEL, the levels must be equal and "
+         "VERSION_ID is not compared.",
+         "Extension '{name}' is for API level '{image}', but running on API level '{host}'",
+         "files missing after an OS update that bumped the level",
+         "set {KIND}_LEVEL={host} (build: target.{kind}_level)"),
+    Rule("match.level-ok", "{KIND}_LEVEL", MERGES, ALL,
+         "Host and extension levels are equal; VERSION_ID is not compared.",
+         "Version info of extension '{name}' matches host.", "(works)", "none needed"),
+    Rule("match.confext-level-bug", "CONFEXT_LEVEL", IGNORED, (span("254.0", "254.5"),),
+         "systemd-confext 254.0–254.5 never compares CONFEXT_LEVEL (the host level is not "
+         "passed on): VERSION_ID decides instead.",
+         "Extension '{name}' is for OS '{image}', but deployed on top of '{host}'.",
+         "a confext that matches by level merges on 254.6+ but not on 254.0–254.5",
+         "also set VERSION_ID={host}, or use systemd 254.6+", kinds=("confext",),
+         tested=False),
+    Rule("match.version-id-missing", "VERSION_ID", IGNORED, ALL,
+         "The host has VERSION_ID (and no level on both sides): the extension needs one too.",
+         "Extension '{name}' does not contain VERSION_ID in release file but requested to "
+         "match '{host}'",
+         "files missing", "set VERSION_ID={host} (build: target.version_id)"),
+    Rule("match.version-id", "VERSION_ID", IGNORED, ALL,
+         "VERSION_ID is compared as an exact string: '12' ≠ '12.1', '40' ≠ '40.1'.",
+         "Extension '{name}' is for OS '{image}', but deployed on top of '{host}'.",
+         "files missing after an OS upgrade",
+         "rebuild with VERSION_ID={host}, or use a {KIND}_LEVEL on both sides"),
+    Rule("match.version-id-ok", "VERSION_ID", MERGES, ALL,
+         "VERSION_ID equals the host's.",
+         "Version info of extension '{name}' matches host.", "(works)", "none needed"),
+    Rule("match.host-level-only", "{KIND}_LEVEL", MERGES, ALL,
+         "The host has a level but no VERSION_ID, and the extension no level: it merges.",
+         "Version info of extension '{name}' matches host.", "(works)", "none needed"),
+)
+
+
+def rule(rule_id: str) -> Rule:
+    return RULES[rule_id]
+
+
+# ---- discovery: search paths and names -------------------------------------------------------
+
+def search_dirs(kind: str, version: Version, initrd: bool = False) -> tuple[str, ...]:
+    """Directories ``systemd-sysext``/``systemd-confext`` search, in order (first name wins)."""
+    major = version[0]
+    if kind == "sysext":
+        if major <= 253:
+            return ("/etc/extensions", "/run/extensions", "/var/lib/extensions",
+                    "/usr/local/lib/extensions", "/usr/lib/extensions")
+        dirs = ("/etc/extensions", "/run/extensions", "/var/lib/extensions")
+        if initrd:
+            dirs += ("/.extra/sysext",)
+            if major >= 258:
+                dirs += ("/.extra/global_sysext",)
+        return dirs
+    if major <= 253:
+        return ()
+    if initrd and major >= 256:
+        # discover-image.c image_search_path_initrd: /usr/lib/confexts is replaced, not extended
+        dirs = ("/run/confexts", "/var/lib/confexts", "/usr/local/lib/confexts", "/.extra/confext")
+        if major >= 258:
+            dirs += ("/.extra/global_confext",)
+        return dirs
+    return ("/run/confexts", "/var/lib/confexts", "/usr/local/lib/confexts", "/usr/lib/confexts")
+
+
+def install_dir(kind: str, runtime: bool = False) -> str:
+    if kind == "sysext":
+        return "/run/extensions" if runtime else "/var/lib/extensions"
+    return "/run/confexts" if runtime else "/var/lib/confexts"
+
+
+def image_name_is_valid(name: str) -> bool:
+    """os-util.c image_name_is_valid: a valid file name, no control characters, not '.#…'."""
+    if not name or name in (".", "..") or "/" in name or len(name) > 255:
+        return False
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return False
+    return not name.startswith(".#")
+
+
+def discovered_name(file_name: str, is_dir: bool, kind: str, version: Version) -> str | None:
+    """The name systemd gives the image it finds as ``file_name`` (None: not an image)."""
+    name = file_name
+    if not is_dir:
+        if not name.endswith(".raw"):
+            return None
+        name = name[: -len(".raw")]
+    if version[0] >= 255:  # discover-image.c extract_pretty(): the class suffix is optional
+        suffix = "." + kind
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+    return name
+
+
+def raw_lookup_name(file_name: str) -> str:
+    """dissect-image.c: the name a raw image's release file is looked up by (raw_strip_suffixes)."""
+    name = file_name
+    changed = True
+    while changed:
+        changed = False
+        for suffix in (".xz", ".gz", ".bz2", ".raw", ".qcow2", ".img", ".bin"):
+            if name.endswith(suffix):
+                name = name[: -len(suffix)]
+                changed = True
+    return name
+
+
+def reduced_image_name(name: str) -> str:
+    """os-util.c path_extract_image_name(): drop .sysext.raw/.confext.raw/.raw, cut at _ or +."""
+    for suffix in (".sysext.raw", ".confext.raw", ".raw"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return re.split(r"[_+]", name, maxsplit=1)[0]
+
+
+def _parse_bool(value: str | None) -> bool | None:
+    if value is None:
+        return None
+    v = value.strip().lower()
+    if v in ("1", "yes", "y", "true", "t", "on"):
+        return True
+    if v in ("0", "no", "n", "false", "f", "off"):
+        return False
+    return None
+
+
+@dataclass(frozen=True)
+class ReleaseFile:
+    suffix: str  # NAME in extension-release.NAME
+    fields: Mapping[str, str]
+    strict: str | None = None  # value of user.extension-release.strict, None when absent
+
+
+@dataclass(frozen=True)
+class Lookup:
+    file: ReleaseFile | None
+    how: str  # exact | strict-xattr | name-reduced | name-versioned | missing | not-unique
+
+
+def lookup_release(files: Mapping[str, ReleaseFile], name: str, version: Version) -> Lookup:
+    """os-util.c open_extension_release(): the release file systemd picks for image ``name``."""
+    if name in files:
+        return Lookup(files[name], "exact")
+    found: list[tuple[ReleaseFile, str]] = []
+    for suffix, release in sorted(files.items()):
+        if not image_name_is_valid(suffix):
+            continue
+        how = None
+        if rule("release.name-reduced").applies(version):
+            if reduced_image_name(suffix) == reduced_image_name(name):
+                how = "name-reduced"
+        elif rule("release.name-versioned").applies(version):
+            if suffix == reduced_image_name(name):
+                how = "name-versioned"
+        if how is None and _parse_bool(release.strict) is False:
+            how = "strict-xattr"
+        if how:
+            found.append((release, how))
+    if len(found) > 1:
+        return Lookup(None, "not-unique")
+    if found:
+        return Lookup(*found[0])
+    return Lookup(None, "missing")
+
+
+# ---- the evaluation --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ImageFacts:
+    """What systemd would look at in one image (see images.py for reading it)."""
+
+    file_name: str
+    is_dir: bool
+    release: Mapping[str, Mapping[str, ReleaseFile]]  # kind → suffix → file
+    has_usr_lib_os_release: bool = False
+    has_etc_os_release: bool = False
+    kind: str | None = None  # detected kind (where the release files are)
+    name_override: str | None = None  # systemd's name when picked from a NAME.v/ directory
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    os_release: Mapping[str, str]
+    architecture: str
+    version: Version
+    initrd: bool = False
+    root: str = "/"
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where the image sits relative to the search paths (None fields: not installed)."""
+
+    directory: str | None = None  # the search directory it is in (as on the host, '/var/lib/…')
+    shadowed_by: str | None = None  # the path of the earlier image of the same name
+
+
+@dataclass
+class Verdict:
+    verdict: str
+    rule: Rule
+    kind: str
+    name: str | None
+    field: str
+    image_value: str | None = None
+    host_value: str | None = None
+    message: str = ""
+    fix: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {
+            "verdict": self.verdict, "rule": self.rule.id, "kind": self.kind, "name": self.name,
+            "field": self.field, "image_value": self.image_value, "host_value": self.host_value,
+            "versions": self.rule.versions_text(), "systemd_log": self.message, "fix": self.fix,
+            "summary": self.rule.summary, "notes": list(self.notes),
+        }
+
+
+def evaluate(image: ImageFacts, host: HostFacts, kind: str, place: Place | None = None) -> Verdict:
+    """What systemd ``host.version`` does with ``image`` as a ``kind`` (first deciding rule)."""
+    version = host.version
+    place = place or Place()
+    name = discovered_name(image.file_name, image.is_dir, kind, version)
+    if image.name_override and version[0] >= 256:
+        name = image.name_override
+    picked_too_old = image.name_override is not None and version[0] < 256
+    release_path = release_file_path(kind, name or image.file_name)
+    ctx = {"name": name or image.file_name, "release_path": release_path, "kind": kind,
+           "KIND": kind.upper(), "root": host.root,
+           "install_dir": install_dir(kind), "search_dirs": ", ".join(search_dirs(
+               kind, version, host.initrd)) or "none", "shadow": place.shadowed_by or ""}
+    notes: list[str] = []
+
+    def decide(rule_id: str, image_value=None, host_value=None) -> Verdict:
+        r = RULES[rule_id]
+        values = dict(ctx, image=image_value if image_value is not None else "",
+                      host=host_value if host_value is not None else "")
+        return Verdict(r.verdict, r, kind, name, r.field.format(**values),
+                       None if image_value is None else str(image_value),
+                       None if host_value is None else str(host_value),
+                       r.log.format(**values), r.fix.format(**values), notes)
+
+    if kind == "confext" and version[0] < 254:
+        return decide("host.no-confext", host_value=format_version(version))
+    if not host.os_release.get("ID"):
+        return decide("host.no-id", host_value="")
+    if picked_too_old:
+        return decide("discovery.v-unsupported", image.name_override + ".v/",
+                      format_version(version))
+    if name is None:
+        return decide("discovery.not-raw", image.file_name)
+    if not image_name_is_valid(name):
+        return decide("discovery.invalid-name", name)
+    if place.directory is not None and place.directory not in search_dirs(kind, version,
+                                                                          host.initrd):
+        return decide("discovery.not-searched", place.directory, ctx["search_dirs"])
+    if place.shadowed_by:
+        return decide("discovery.shadowed", name, place.shadowed_by)
+
+    own = image.release.get(kind, {})
+    other_kind = "confext" if kind == "sysext" else "sysext"
+    other = image.release.get(other_kind, {})
+    forbidden = image.has_usr_lib_os_release
+    os_tree = image.has_usr_lib_os_release or image.has_etc_os_release
+    major = version[0]
+
+    # -- metadata (discover-image.c image_read_metadata) --
+    data: ReleaseFile | None
+    if image.is_dir:
+        if forbidden and kind == "sysext" and major >= 254:
+            return decide("content.os-release-dir", "present")
+        found = lookup_release(own, name, version)
+        data = found.file
+    else:
+        lookup_name = raw_lookup_name(image.file_name)
+        found = lookup_release(own, lookup_name, version)
+        if major <= 253:
+            if found.how == "not-unique":
+                return decide("release.not-unique", ", ".join(sorted(own)))
+            if found.file is None and not os_tree:
+                return decide("release.missing-raw", _present(own, other), release_path)
+            data = found.file
+        else:
+            found_other = lookup_release(other, lookup_name, version)
+            sys_found, conf_found = (found, found_other) if kind == "sysext" \
+                else (found_other, found)
+            if sys_found.how == "not-unique" or (sys_found.file is None
+                                                 and conf_found.how == "not-unique"):
+                if not os_tree:
+                    return decide("release.not-unique", ", ".join(sorted(own or other)))
+            if sys_found.file is None and conf_found.file is None and not os_tree:
+                return decide("release.missing-raw", _present(own, other), release_path)
+            # merge child (VALIDATE_OS_EXT only): forbidden content, then a release file of
+            # either kind must exist; a missing one only skips the image here
+            if forbidden:
+                return decide("content.os-release-raw", "present")
+            if sys_found.how == "not-unique" or (sys_found.file is None
+                                                 and conf_found.how == "not-unique"):
+                return decide("release.not-unique", ", ".join(sorted(own or other)))
+            if sys_found.file is None and conf_found.file is None:  # an OS tree, no release
+                return decide("release.os-tree-raw", _present(own, other), release_path)
+            if major == 254:  # one release file, sysext first, whatever the kind
+                data = sys_found.file or conf_found.file
+                if found.file is None and data is not None:
+                    verdict = _validate(data, host, kind, decide)
+                    if verdict.verdict == MERGES:
+                        return decide("release.wrong-kind-254", other_kind)
+                    return verdict
+            else:
+                data = found.file
+                if data is None:
+                    return decide("release.wrong-kind", other_kind, kind)
+    if found.how in ("strict-xattr", "name-reduced", "name-versioned"):
+        notes.append(f"release file extension-release.{found.file.suffix} accepted by rule "
+                     f"release.{found.how} ({RULES['release.' + found.how].versions_text()})")
+
+    if forbidden and major <= 253 and kind == "sysext":
+        return decide("content.os-release-252", "present")
+    if data is None:
+        if image.is_dir:
+            return decide("release.missing-dir", _present(own, other), release_path)
+        if major <= 253:
+            return decide("release.os-tree-raw", _present(own, other), release_path)
+    if data is None or not data.fields:
+        return decide("match.no-release-data")
+    return _validate(data, host, kind, decide)
+
+
+def _present(own: Mapping, other: Mapping) -> str:
+    names = [f"extension-release.{s}" for s in sorted(own)]
+    names += [f"extension-release.{s} (other kind)" for s in sorted(other)]
+    return ", ".join(names) or "none"
+
+
+def _validate(data: ReleaseFile, host: HostFacts, kind: str, decide) -> Verdict:
+    """extension-util.c extension_release_validate()."""
+    fields = data.fields
+    version = host.version
+    prefix = kind.upper()
+    host_scope = "initrd" if host.initrd else "system"
+    scope = fields.get(f"{prefix}_SCOPE")
+    scopes = scope.split() if scope is not None else ["system", "portable"]
+    if host_scope not in scopes:
+        return decide("match.scope", scope if scope is not None else "(absent: system portable)",
+                      host_scope)
+    arch = fields.get("ARCHITECTURE")
+    if arch and arch != "_any" and arch != host.architecture:
+        return decide("match.architecture", arch, host.architecture)
+    ext_id = fields.get("ID")
+    host_id = host.os_release.get("ID", "")
+    if not ext_id:
+        return decide("match.id-missing", "", host_id)
+    if ext_id == "_any":
+        return decide("match.id-any", ext_id)
+    like = host.os_release.get("ID_LIKE", "").split()
+    id_like_rule = RULES["match.id-like"].applies(version)
+    if ext_id != host_id:
+        if id_like_rule and ext_id in like:
+            pass
+        else:
+            rule_id = "match.id-like" if id_like_rule else "match.id"
+            host_text = host_id + (f" (ID_LIKE={' '.join(like)})" if like else "")
+            return decide(rule_id, ext_id, host_text)
+    host_version = host.os_release.get("VERSION_ID", "")
+    level_key = f"{prefix}_LEVEL"
+    host_level = host.os_release.get(level_key, "")
+    if kind == "confext" and RULES["match.confext-level-bug"].applies(version):
+        host_level = ""  # 254.0–254.5: the confext host level was never passed on
+    if not host_version and not host_level:
+        return decide("match.rolling", fields.get("VERSION_ID", ""), "")
+    ext_level = fields.get(level_key, "")
+    if host_level and ext_level:
+        if ext_level != host_level:
+            return decide("match.level", ext_level, host_level)
+        return decide("match.level-ok", ext_level, host_level)
+    if host_version:
+        ext_version = fields.get("VERSION_ID", "")
+        bug = kind == "confext" and RULES["match.confext-level-bug"].applies(version) \
+            and host.os_release.get(level_key) and ext_level
+        if not ext_version:
+            return decide("match.confext-level-bug" if bug else "match.version-id-missing",
+                          "", host_version)
+        if ext_version != host_version:
+            return decide("match.confext-level-bug" if bug else "match.version-id",
+                          ext_version, host_version)
+        return decide("match.version-id-ok", ext_version, host_version)
+    return decide("match.host-level-only", ext_level, host_level)
+
+
+@dataclass(frozen=True)
+class Condition:
+    """A host condition ``doctor`` reports (not a per-image matching rule)."""
+
+    id: str
+    severity: str
+    symptom: str
+    cause: str
+    fix: str
+
+
+CONDITIONS: dict[str, Condition] = {c.id: c for c in (
+    Condition("merge.not-merged", "warning", "nothing merged although images match",
+              "no refresh since the images were installed (or the service is not enabled)",
+              "systemd-{kind} refresh"),
+    Condition("merge.stale", "warning", "old files after an update; a new extension is missing",
+              "stale merge: images were added, removed or changed after the last merge (a merge "
+              "is a snapshot; systemd does not watch the directories)", "systemd-{kind} refresh"),
+    Condition("merge.read-only", "info",
+              "`Read-only file system` writing to /usr, /opt (or /etc)",
+              "a merged extension is a read-only overlay over the whole hierarchy",
+              "keep state in /var; unmerge (systemd-{kind} unmerge) to change the host's files"),
+    Condition("service.disabled", "warning", "extensions gone after a reboot",
+              "systemd-{kind}.service is not enabled: nothing merges at boot",
+              "systemctl enable systemd-{kind}.service (install --enable)"),
+    Condition("hierarchy.immutable", "error", "merge fails preparing the mount point",
+              "the hierarchy (/usr, /opt, /etc) carries the immutable attribute",
+              "chattr -i the hierarchy"),
+    Condition("directory.immutable", "warning", "install fails with `Operation not permitted`",
+              "the search directory carries the immutable attribute",
+              "chattr -i the directory"),
+    Condition("signature.no-cert", "error",
+              "a signed image does not merge (`Failed to … verity …`, ≤258)",
+              "no certificate in /etc/verity.d, /run/verity.d, /usr/local/lib/verity.d, "
+              "/usr/lib/verity.d (or the kernel keyring) verifies the signature; 259+ falls "
+              "back to unsigned verity where the image policy allows it",
+              "install the signing certificate as /etc/verity.d/NAME.crt"),
+    Condition("signature.unverified", "error", "a signed image does not merge",
+              "none of the installed certificates verifies its signature",
+              "install the certificate that signed it in /etc/verity.d/"),
+    Condition("conflict.extensions", "warning", "a file has the content of the other extension",
+              "two extensions ship the same path: the name sorting last (version-aware, "
+              "foo_10 after foo_9) is the top layer", "ship the file in one extension only"),
+    Condition("conflict.host", "info", "a host file changed after merging",
+              "the extension ships a path the host already has; the host's copy returns on "
+              "unmerge", "intended? otherwise drop it from the image"),
+    Condition("library.missing", "error",
+              "`error while loading shared libraries` after a base OS update",
+              "an ELF binary in the extension needs a library that neither the extension nor "
+              "the host provides (ID=_any or a level hides the OS update)",
+              "add the package with the library to the recipe, or rebuild for this host"),
+)}
+
+
+def troubleshooting_rows() -> list[dict[str, str]]:
+    """The per-image rows of docs/troubleshooting.md, straight from :data:`RULES`."""
+    rows = []
+    for r in RULES.values():
+        if r.verdict == MERGES and r.id not in ("release.wrong-kind-254", "match.id-any"):
+            continue
+        rows.append({"symptom": r.symptom, "rule": r.id, "field": r.field, "verdict": r.verdict,
+                     "versions": r.versions_text(), "log": r.log, "fix": r.fix,
+                     "summary": r.summary})
+    return rows
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def troubleshooting_markdown() -> str:
+    """docs/troubleshooting.md (``sysext-pipeline troubleshooting``); a test keeps it current."""
+    out = [
+        "# Troubleshooting extensions",
+        "",
+        "<!-- Generated from pipeline/systemd/rules.py by `sysext-pipeline troubleshooting`; "
+        "a test checks it is current. -->",
+        "",
+        "systemd skips a mismatching image with a debug-level log line only, and some mistakes "
+        "abort the whole merge. `sysext-pipeline check IMAGE` names the rule below that decides "
+        "an image (with the field, both values and the fix); `sysext-pipeline doctor` checks a "
+        "whole host. To see systemd's own reasoning: `SYSTEMD_LOG_LEVEL=debug systemd-sysext "
+        "refresh`.",
+        "",
+        "Verdicts: **merges**; **ignored** (skipped, the other extensions still merge); "
+        "**breaks the merge** (nothing merges: the command fails, or aborts while still "
+        "exiting 0 on 252–255).",
+        "",
+        "## An image does not merge",
+        "",
+        "| symptom | cause (rule, field) | verdict | systemd | fix |",
+        "|---|---|---|---|---|",
+    ]
+    for row in troubleshooting_rows():
+        fix = row["fix"].format(release_path="usr/lib/extension-release.d/extension-release."
+                                "NAME (confext: etc/…)", name="NAME", host="HOST VALUE",
+                                KIND="SYSEXT/CONFEXT", kind="sysext/confext",
+                                install_dir="/var/lib/extensions (/var/lib/confexts)",
+                                search_dirs="see below", shadow="the earlier image",
+                                root="/", image="IMAGE VALUE")
+        out.append(f"| {_cell(row['symptom'])} | `{row['rule']}` ({_cell(row['field'].format(KIND='SYSEXT/CONFEXT'))}): "
+                   f"{_cell(row['summary'].format(KIND='SYSEXT/CONFEXT', kind='sysext'))} | "
+                   f"{row['verdict']} | {row['versions']} | {_cell(fix)} |")
+    out += ["", "## The host", "", "| symptom | cause (doctor finding) | fix |", "|---|---|---|"]
+    for c in CONDITIONS.values():
+        out.append(f"| {_cell(c.symptom)} | `{c.id}`: {_cell(c.cause)} | "
+                   f"{_cell(c.fix.format(kind='sysext'))} (confext: likewise) |")
+    out += ["", "## Works on one systemd version and not another", "",
+            "Rules that hold only for some versions (`check --systemd N` judges by another "
+            "version; its output lists how other versions decide):", "",
+            "| rule | versions | what changes |", "|---|---|---|"]
+    for r in RULES.values():
+        if r.versions != ALL:
+            out.append(f"| `{r.id}` | {r.versions_text()} | "
+                       f"{_cell(r.summary.format(KIND='SYSEXT/CONFEXT', kind='sysext'))} |")
+    out += ["", "Search directories (first image of a name wins; `check` reports "
+            "`discovery.not-searched` and `discovery.shadowed`):", "",
+            "| systemd | sysext | confext |", "|---|---|---|"]
+    for label, version in (("252–253", (252, 0)), ("254–255", (254, 0)), ("256–257", (256, 0)),
+                           ("258–262", (258, 0))):
+        for initrd in (False, True):
+            sysext = ", ".join(search_dirs("sysext", version, initrd))
+            confext = ", ".join(search_dirs("confext", version, initrd)) or "(no systemd-confext)"
+            out.append(f"| {label}{' (initrd)' if initrd else ''} | {sysext} | {confext} |")
+    return "\n".join(out) + "\n"

@@ -1,0 +1,157 @@
+"""install / uninstall / rollback against a temporary --root with real merges (private namespace)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO, run_cli, write_recipe
+from merge import in_namespace, make_root
+from prereq import missing, require_tool
+
+
+def recipe(name: str, kind: str = "sysext", version_id: str = "12", payload: str = "v1",
+           fmt: str = "squashfs") -> str:
+    path = "usr/bin" if kind == "sysext" else "etc"
+    return f"""
+[extension]
+name = "{name}"
+kind = "{kind}"
+version = "1"
+
+[target]
+id = "debian"
+version_id = "{version_id}"
+{'architecture = "x86-64"' if kind == "sysext" else ""}
+
+[files]
+"{path}/{name}-tool" = {{ content = "#!/bin/sh\\necho {payload}\\n", mode = "0755" }}
+
+[image]
+format = "{fmt}"
+source_date_epoch = 1700000000
+"""
+
+
+def build(tmp: Path, name: str, **kw) -> Path:
+    rdir = tmp / f"recipe-{name}-{kw.get('payload', 'v1')}-{kw.get('version_id', '12')}"
+    path = write_recipe(rdir, recipe(name, **kw))
+    out = rdir / "out"
+    proc = run_cli("build", str(path), "-o", str(out), "--json")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    return Path(data["images"][0]["image"] if "images" in data else data["image"])
+
+
+def cli(*args: str, env: dict | None = None) -> str:
+    """A shell snippet running the CLI (for use inside a namespace)."""
+    prefix = " ".join(f"{k}={shlex.quote(v)}" for k, v in (env or {}).items())
+    return f"{prefix} PYTHONPATH={shlex.quote(str(REPO))} {shlex.quote(sys.executable)} " \
+           f"-m pipeline " + " ".join(shlex.quote(a) for a in args)
+
+
+@pytest.fixture
+def root(tmp_path) -> Path:
+    r = make_root(tmp_path / "root", "ID=debian\nVERSION_ID=12\n")
+    unit = r / "usr/lib/systemd/system"
+    unit.mkdir(parents=True)
+    (unit / "systemd-sysext.service").write_text("[Install]\nWantedBy=sysinit.target\n")
+    (unit / "systemd-confext.service").write_text("[Install]\nWantedBy=sysinit.target\n")
+    return r
+
+
+def test_install_merges_enables_and_keeps_previous(tmp_path, root):
+    require_tool("systemd-sysext", "systemd")
+    v1 = build(tmp_path, "hello", payload="v1")
+    v2 = build(tmp_path, "hello", payload="v2")
+    proc = in_namespace(
+        cli("install", str(v1), "--root", str(root), "--refresh", "--enable", "--json")
+        + f" && {root}/usr/bin/hello-tool && "
+        + cli("install", str(v2), "--root", str(root), "--refresh", "--json")
+        + f" && {root}/usr/bin/hello-tool && "
+        + cli("rollback", "hello", "--root", str(root), "--refresh")
+        + f" && {root}/usr/bin/hello-tool")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.split("\n")
+    assert [x for x in lines if x in ("v1", "v2")] == ["v1", "v2", "v1"]
+    first = json.loads(proc.stdout[:proc.stdout.index("\n}\n") + 2])
+    assert first["refreshed"] and first["enabled"]
+    assert first["visible"][0] == "/usr/bin/hello-tool"
+    assert "read-only overlay" in proc.stderr
+    assert "merged: /usr/bin/hello-tool" in proc.stderr
+    link = root / "etc/systemd/system/sysinit.target.wants/systemd-sysext.service"
+    assert os.readlink(link) == "/usr/lib/systemd/system/systemd-sysext.service"
+    assert (root / "var/lib/extensions/hello.raw").read_bytes() == v1.read_bytes()
+    assert (root / "var/lib/sysext-pipeline/rollback/sysext/hello.raw").read_bytes() == \
+        v2.read_bytes()
+    # nothing left behind in the search directory but the image
+    assert sorted(p.name for p in (root / "var/lib/extensions").iterdir()) == ["hello.raw"]
+
+
+def test_uninstall_unmerges(tmp_path, root):
+    require_tool("systemd-sysext", "systemd")
+    image = build(tmp_path, "gone")
+    proc = in_namespace(
+        cli("install", str(image), "--root", str(root), "--refresh")
+        + f" && test -x {root}/usr/bin/gone-tool && "
+        + cli("uninstall", "gone", "--root", str(root), "--refresh", "--json")
+        + f" && test ! -e {root}/usr/bin/gone-tool && echo unmerged-ok")
+    assert proc.returncode == 0, proc.stderr
+    assert "unmerged-ok" in proc.stdout
+    assert not (root / "var/lib/extensions/gone.raw").exists()
+    assert (root / "var/lib/sysext-pipeline/rollback/sysext/gone.raw").exists()
+
+
+def test_refuses_image_that_would_not_merge(tmp_path, root):
+    image = build(tmp_path, "old", version_id="11")
+    proc = run_cli("install", str(image), "--root", str(root), "--systemd", "252")
+    assert proc.returncode == 2
+    assert "match.version-id" in proc.stderr and "VERSION_ID" in proc.stderr
+    assert "VERSION_ID=12" in proc.stderr  # the fix names the host's value
+    assert not (root / "var/lib/extensions/old.raw").exists()
+    forced = run_cli("install", str(image), "--root", str(root), "--systemd", "252", "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert "--force" in forced.stderr and (root / "var/lib/extensions/old.raw").exists()
+    assert "not refreshing the offline tree" in forced.stderr
+    assert "is not enabled" in forced.stderr
+
+
+def test_refuses_when_shadowed_by_earlier_directory(tmp_path, root):
+    image = build(tmp_path, "shadow")
+    (root / "etc/extensions/shadow").mkdir(parents=True)
+    proc = run_cli("install", str(image), "--root", str(root), "--systemd", "252")
+    assert proc.returncode == 2
+    assert "discovery.shadowed" in proc.stderr and "/etc/extensions/shadow" in proc.stderr
+
+
+def test_runtime_install_goes_to_run(tmp_path, root):
+    image = build(tmp_path, "rt")
+    proc = run_cli("install", str(image), "--root", str(root), "--runtime", "--no-refresh",
+                   "--systemd", "252", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["installed"] == str(root / "run/extensions/rt.raw")
+
+
+@pytest.mark.network
+def test_confext_install_with_systemd_254(tmp_path, root):
+    from systemd_versions import Unavailable, library_path, systemd_254
+
+    try:
+        sd = systemd_254()
+    except Unavailable as exc:
+        missing(f"systemd 254: {exc}")
+    image = build(tmp_path, "conf", kind="confext")
+    env = {"SYSEXT_PIPELINE_SYSTEMD_DIR": str(sd / "bin"), "LD_LIBRARY_PATH": library_path(sd)}
+    proc = in_namespace(cli("install", str(image), "--root", str(root), "--refresh", "--enable",
+                            "--systemd", "254", "--json", env=env)
+                        + f" && cat {root}/etc/conf-tool")
+    assert proc.returncode == 0, proc.stderr
+    assert "echo v1" in proc.stdout
+    data = json.loads(proc.stdout[:proc.stdout.index("\n}\n") + 2])
+    assert data["installed"] == str(root / "var/lib/confexts/conf.raw")
+    assert data["visible"][0] == "/etc/conf-tool"
+    assert (root / "etc/systemd/system/sysinit.target.wants/systemd-confext.service").is_symlink()
