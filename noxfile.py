@@ -69,6 +69,7 @@ TEST_TOOLS = {
     "rpmbuild": ["rpm"], "rpm2cpio": ["rpm"], "cpio": ["cpio"], "openssl": ["openssl"],
     "unshare": ["util-linux"], "systemd-sysext": ["systemd"], "apt-ftparchive": ["apt-utils"],
     "dpkg-scanpackages": ["dpkg-dev"], "createrepo_c": ["createrepo-c"], "faketime": ["faketime"],
+    "gpg": ["gnupg"], "gpgv": ["gpgv"],
 }
 
 

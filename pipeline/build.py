@@ -161,7 +161,10 @@ def build(recipe: Recipe, output_dir: Path, cache: Cache, *, environ: dict | Non
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
 
-    fetched = fetch_all(recipe.sources, cache, offline=offline, progress=progress)
+    from .resolve.lock import expand_sources  # packages sources → the locked files
+
+    sources = expand_sources(recipe, offline=offline)  # refuses a missing or stale lock
+    fetched = fetch_all(sources, cache, offline=offline, progress=progress)
     origins = [f.origin for f in fetched]
     log.stage("fetch", f"{len(fetched)} packages, {_size(sum(f.size for f in fetched))} "
               f"({origins.count('download') + origins.count('apt')} downloaded, "

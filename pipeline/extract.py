@@ -69,7 +69,7 @@ def package_record(item: Fetched, info) -> dict:
     return {
         "name": info.name, "version": info.version, "architecture": info.architecture,
         "format": info.format, "file": _package_filename(item, info), "sha256": item.sha256,
-        "size": item.size, "source": item.source.ref if item.source.type != "apt"
+        "size": item.size, "source": item.source.label or item.source.ref if item.source.type != "apt"
         else f"apt:{item.source.ref}={item.source.version}",
     }
 

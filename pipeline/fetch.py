@@ -9,12 +9,14 @@ place only when the hash matches; a mismatch deletes the download.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import shutil
 import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +26,10 @@ from .errors import BuildError, InputError
 from .recipe import Source
 
 CHUNK = 1 << 20
+PARALLEL = 4  # concurrent downloads (bounded: mirrors throttle, CI runners share links)
+ATTEMPTS = 4  # tries per URL before the error
+RETRY_DELAY = 0.5  # seconds before the 2nd try; doubles each time
+TIMEOUT = 60  # seconds without a byte before a try counts as failed
 
 
 def default_cache_dir() -> Path:
@@ -86,20 +92,32 @@ def hash_file(path: Path) -> tuple[str, int]:
 
 
 def fetch_all(sources, cache: Cache, *, offline: bool = False, progress=None) -> list[Fetched]:
-    return [fetch_one(source, cache, offline=offline, progress=progress) for source in sources]
+    """Fetch every source, at most PARALLEL at a time; results (and the first error) in order."""
+    sources = list(sources)
+    if len(sources) <= 1:
+        return [fetch_one(s, cache, offline=offline, progress=progress) for s in sources]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=min(PARALLEL, len(sources))) as pool:
+        futures = [pool.submit(fetch_one, s, cache, offline=offline, progress=progress)
+                   for s in sources]
+        return [f.result() for f in futures]
 
 
 def fetch_one(source: Source, cache: Cache, *, offline: bool = False, progress=None) -> Fetched:
     filename = _filename(source)
     cached = cache.lookup(source.sha256)
     if cached is not None:
-        digest, size = source.sha256, cached.stat().st_size
-        return Fetched(source, cached, digest, size, "cache", filename)
+        # The cache may be shared (NFS, rsync, CI cache): a file is trusted only after re-hashing.
+        digest, size = hash_file(cached)
+        if digest == source.sha256:
+            return Fetched(source, cached, digest, size, "cache", filename)
+        cached.unlink(missing_ok=True)
     if source.type != "apt" and not source.is_url:
         return _local(source, filename)
     if offline:
-        raise BuildError(filename, "not in the cache and --offline was given",
-                         "fill the cache first (build once online)")
+        raise BuildError(source.label or filename, "not in the cache/store and --offline was "
+                         "given", "fill it first: sysext-pipeline fetch RECIPE --store DIR")
     tmp = cache.tmpdir()
     try:
         if source.type == "apt":
@@ -131,28 +149,64 @@ def _local(source: Source, filename: str) -> Fetched:
     return Fetched(source, path, digest, size, "local", filename)
 
 
-def _http_download(url: str, dest: Path, progress=None, attempts: int = 3) -> None:
-    """Download ``url`` to ``dest`` with a few retries on transient errors."""
+class DownloadError(BuildError):
+    """A download that failed for good; ``status`` is the HTTP status (None: no answer)."""
+
+    def __init__(self, where: str, what: str, status: int | None, hint: str | None = None):
+        self.status = status
+        super().__init__(where, what, hint)
+
+
+def http_download(url: str, dest: Path, progress=None, attempts: int | None = None) -> None:
+    """Download ``url`` to ``dest``: retries with backoff on 5xx, timeouts and resets.
+
+    An interrupted transfer resumes with a Range request when the server honours it (206 with
+    the right offset) and restarts from zero otherwise. 4xx fails at once. The error names the
+    URL's path and the last status. ``dest`` may hold a partial file afterwards: callers
+    download into a temporary directory and hash before anything reaches the cache.
+    """
+    attempts = attempts or ATTEMPTS
+    where = urllib.parse.urlsplit(url).path or url
+    last, status = "no answer", None
     for attempt in range(1, attempts + 1):
+        have = dest.stat().st_size if dest.exists() else 0
+        headers = {"User-Agent": "sysext-pipeline"}
+        if have:
+            headers["Range"] = f"bytes={have}-"
         try:
-            request = urllib.request.Request(url, headers={"User-Agent": "sysext-pipeline"})
-            with urllib.request.urlopen(request, timeout=60) as response, open(dest, "wb") as out:
+            request = urllib.request.Request(url, headers=headers)
+            with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
+                code = getattr(response, "status", 200)
+                resumed = have and code == 206 and response.headers.get(
+                    "Content-Range", "").startswith(f"bytes {have}-")
                 total = int(response.headers.get("Content-Length") or 0)
-                done = 0
-                while chunk := response.read(CHUNK):
-                    out.write(chunk)
-                    done += len(chunk)
-                    if progress:
-                        progress(url, done, total)
+                done = have if resumed else 0
+                total = total + done if total else 0
+                with open(dest, "ab" if resumed else "wb") as out:
+                    while chunk := response.read1(CHUNK):  # what arrived: kept on a reset
+                        out.write(chunk)
+                        done += len(chunk)
+                        if progress:
+                            progress(url, done, total)
+                if total and done < total:
+                    raise ConnectionResetError(f"connection closed after {done} of {total} bytes")
             return
         except urllib.error.HTTPError as exc:
-            if exc.code < 500 or attempt == attempts:
-                raise BuildError(url, f"download failed: HTTP {exc.code} {exc.reason}") from None
-        except (urllib.error.URLError, OSError, TimeoutError) as exc:
-            if attempt == attempts:
-                reason = getattr(exc, "reason", exc)
-                raise BuildError(url, f"download failed: {reason}") from None
-        time.sleep(0.5 * 2**attempt)
+            status, last = exc.code, f"HTTP {exc.code} {exc.reason}"
+            if exc.code == 416 and have:  # our partial file is useless: start again
+                dest.unlink(missing_ok=True)
+            elif exc.code < 500 and exc.code not in (408, 429):
+                raise DownloadError(where, f"download failed: {last}", status,
+                                    f"from {urllib.parse.urlsplit(url).netloc}") from None
+        except (urllib.error.URLError, OSError, TimeoutError, http.client.HTTPException) as exc:
+            status, last = None, str(getattr(exc, "reason", exc)) or type(exc).__name__
+        if attempt < attempts:
+            time.sleep(RETRY_DELAY * 2 ** (attempt - 1))
+    raise DownloadError(where, f"download failed after {attempts} tries: {last}", status,
+                        f"from {urllib.parse.urlsplit(url).netloc or url}")
+
+
+_http_download = http_download  # the name earlier callers use
 
 
 def _apt_download(source: Source, tmp: Path) -> tuple[Path, str]:

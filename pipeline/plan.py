@@ -30,7 +30,9 @@ CAUTION = ("An extension is a read-only overlay: everything in it vanishes on un
 
 def make_plan(recipe, cache: Cache) -> dict:
     available, missing = [], []
-    for source in recipe.sources:
+    from .resolve.lock import expand_sources  # packages sources → the locked files
+
+    for source in expand_sources(recipe, offline=True):
         try:
             available.append(fetch_one(source, cache, offline=True))
         except BuildError:  # not cached: the plan says what it would fetch

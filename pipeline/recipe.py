@@ -176,8 +176,8 @@ SOURCE_KEYS = {
     "packages": "Package names resolved with their dependencies from the `[[repository]]` "
                 "tables into the lock file (`sysext-pipeline lock`); build uses exactly the "
                 "locked files. Debian names may carry `:arch`; rpm names may be file paths.",
-    "recommends": "With `packages`: also follow Recommends (rpm: weak dependencies). Default "
-                  "false.",
+    "recommends": "With `packages`: also follow Recommends (rpm: weak dependencies), for the "
+                  "whole resolution. Default false.",
     "version": "Exact package version (apt sources).",
     "sha256": "Expected sha256 of the package file; checked before anything is extracted.",
 }

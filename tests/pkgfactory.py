@@ -125,10 +125,11 @@ def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
 
 def build_deb(outdir: str | os.PathLike[str], name: str, version: str, files: Iterable[PkgFile],
               *, arch: str = "amd64", compression: str = "xz", conffiles: Iterable[str] = (),
-              depends: str | None = None) -> Path:
+              depends: str | None = None, fields: dict[str, str] | None = None) -> Path:
     """Build ``name_version_arch.deb`` in ``outdir`` with ``dpkg-deb --build --root-owner-group``.
 
     Conffiles are the ``config`` entries plus ``conffiles``. ``compression`` is dpkg-deb's -Z.
+    ``fields``: more control fields (Pre-Depends, Provides, Recommends, Conflicts, Multi-Arch…).
     """
     if compression not in DEB_COMPRESSIONS:
         raise ValueError(f"dpkg-deb cannot compress with {compression!r}")
@@ -141,10 +142,11 @@ def build_deb(outdir: str | os.PathLike[str], name: str, version: str, files: It
         stage(root, files)
         control = root / "DEBIAN"
         control.mkdir(mode=0o755, exist_ok=True)
-        fields = [f"Package: {name}", f"Version: {version}", f"Architecture: {arch}",
+        extra, fields = fields, [f"Package: {name}", f"Version: {version}", f"Architecture: {arch}",
                   "Maintainer: Test <test@example.invalid>", "Description: test package"]
         if depends:
             fields.insert(3, f"Depends: {depends}")
+        fields[3:3] = [f"{k}: {v}" for k, v in (extra or {}).items()]
         (control / "control").write_text("\n".join(fields) + "\n")
         conf = [f.path for f in files if f.config] + list(conffiles)
         if conf:
@@ -158,9 +160,11 @@ def build_deb(outdir: str | os.PathLike[str], name: str, version: str, files: It
 
 def build_rpm(outdir: str | os.PathLike[str], name: str, version: str, files: Iterable[PkgFile],
               *, arch: str = "x86_64", compression: str = "xz", release: str = "1",
-              epoch: int | None = None, requires: str | None = None) -> Path:
+              epoch: int | None = None, requires: str | None = None,
+              tags: Iterable[tuple[str, str]] = ()) -> Path:
     """Build ``name-version-release.arch.rpm`` in ``outdir`` with ``rpmbuild -bb``.
 
+    ``tags``: more spec header lines, e.g. ("Provides", "x = 1"), ("Requires", "(a or b)").
     ``compression`` selects ``_binary_payload`` (gzip, bzip2, xz, lzma, zstd, none). The staged
     tree is copied into the buildroot by %install; %files gets %attr/%caps/%config/%ghost/%dir
     as the entries ask.
@@ -174,7 +178,8 @@ def build_rpm(outdir: str | os.PathLike[str], name: str, version: str, files: It
         src.mkdir()
         stage(src, files)
         spec = top / f"{name}.spec"
-        spec.write_text(_spec(name, version, release, epoch, arch, requires, src, files))
+        spec.write_text(_spec(name, version, release, epoch, arch, requires, src, files,
+                              tuple(tags)))
         defines = {
             "_topdir": str(top),
             "_binary_payload": RPM_PAYLOADS[compression],
@@ -198,7 +203,8 @@ def build_rpm(outdir: str | os.PathLike[str], name: str, version: str, files: It
 
 
 def _spec(name: str, version: str, release: str, epoch: int | None, arch: str,
-          requires: str | None, src: Path, files: list[PkgFile]) -> str:
+          requires: str | None, src: Path, files: list[PkgFile],
+          tags: tuple[tuple[str, str], ...] = ()) -> str:
     lines = []
     for f in files:
         owner = f.owner or ("root", "root")
@@ -228,6 +234,7 @@ def _spec(name: str, version: str, release: str, epoch: int | None, arch: str,
         header += f"Epoch: {epoch}\n"
     if requires:
         header += f"Requires: {requires}\n"
+    header += "".join(f"{tag}: {value}\n" for tag, value in tags)
     return (
         header
         + "AutoReqProv: no\n\n%description\ntest package\n\n%install\n"

@@ -1,0 +1,120 @@
+"""``lock`` and ``fetch``: resolve packages sources into a lock file; fill an offline store.
+
+    sysext-pipeline lock RECIPE…                 resolve names → RECIPE.lock (next to it)
+    sysext-pipeline lock --update jq RECIPE      move jq (and what it newly needs), keep the rest
+    sysext-pipeline fetch RECIPE… --store DIR    every file the recipes need, into DIR
+    sysext-pipeline build --offline --store DIR RECIPE
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from .errors import InputError
+
+
+def _human(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _cache(args):
+    from .fetch import Cache, default_cache_dir
+
+    return Cache(Path(args.cache_dir) if args.cache_dir else default_cache_dir())
+
+
+def cmd_lock(args) -> int:
+    from . import recipe as recipe_mod
+    from .resolve import lock
+
+    cache = _cache(args)
+    say = None if args.quiet else _human
+    results = []
+    for name in args.recipe:
+        recipe = recipe_mod.load(name)
+        start = time.monotonic()
+        before, old = None, {}
+        path = lock.lock_path(recipe)
+        if path.exists():
+            before = path.read_bytes()
+            try:
+                old = {(p["name"], p["architecture"]): p["version"]
+                       for p in lock.read_lock(recipe).get("package", [])}
+            except InputError:
+                pass
+        data, _metas = lock.lock_recipe(recipe, cache, update=tuple(args.update), log=say)
+        written = lock.write_lock(recipe, data)
+        changed = before != written.read_bytes()
+        seconds = round(time.monotonic() - start, 2)
+        results.append({"recipe": str(recipe.path), "lock": str(written), "changed": changed,
+                        "packages": len(data["package"]), "seconds": seconds})
+        new = {(p["name"], p["architecture"]): p["version"] for p in data["package"]}
+        moves = [f"{k[0]} {old.get(k, '(new)')} → {new.get(k, '(gone)')}"
+                 for k in sorted(old.keys() | new.keys()) if old and old.get(k) != new.get(k)]
+        results[-1]["moved"] = moves
+        if say:
+            for move in moves:
+                say(f"  {move}")
+            size = sum(p["size"] for p in data["package"])
+            say(f"locked {written}: {len(data['package'])} packages, {size >> 10} KiB "
+                f"({'changed' if changed else 'unchanged'}, {seconds:.1f}s)")
+    if args.json:
+        print(json.dumps(results, indent=2, sort_keys=True))
+    return 0
+
+
+def cmd_fetch(args) -> int:
+    from . import recipe as recipe_mod
+    from .fetch import describe_progress, fetch_all
+    from .resolve.lock import expand_sources
+
+    cache = _cache(args)
+    sources = {}
+    for name in args.recipe:
+        recipe = recipe_mod.load(name)
+        for source in expand_sources(recipe):
+            if source.sha256 is None or not (source.is_url or source.type == "apt"):
+                continue  # local files live with the recipe, not in the store
+            sources.setdefault(source.sha256, source)
+    fetched = fetch_all(list(sources.values()), cache,
+                        progress=None if args.quiet else describe_progress())
+    origins = [f.origin for f in fetched]
+    summary = {"store": str(cache.root), "files": len(fetched),
+               "bytes": sum(f.size for f in fetched),
+               "downloaded": len(fetched) - origins.count("cache"),
+               "present": origins.count("cache")}
+    if args.json:
+        print(json.dumps(summary, indent=2, sort_keys=True))
+    elif not args.quiet:
+        _human(f"store {cache.root}: {summary['files']} files, {summary['bytes'] >> 10} KiB "
+               f"({summary['downloaded']} downloaded, {summary['present']} already there)")
+    return 0
+
+
+def register(sub) -> None:
+    from .cli import EPILOG
+
+    p = sub.add_parser("lock", help="resolve packages sources into RECIPE.lock", epilog=EPILOG)
+    p.add_argument("recipe", nargs="+", help="recipe file(s)")
+    p.add_argument("--update", action="append", default=[], metavar="NAME",
+                   help="move only NAME (repeatable); every other package keeps its version")
+    p.add_argument("--cache-dir", "--store", dest="cache_dir", help="metadata and package "
+                   "cache (default: $SYSEXT_PIPELINE_CACHE or $XDG_CACHE_HOME/sysext-pipeline)")
+    p.add_argument("--json", action="store_true", help="print a machine-readable result")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
+    p.set_defaults(func=cmd_lock)
+
+    p = sub.add_parser("fetch", help="download every file the recipes need into a store",
+                       epilog=EPILOG)
+    p.add_argument("recipe", nargs="+", help="recipe file(s); packages sources need a fresh lock")
+    p.add_argument("--store", "--cache-dir", dest="cache_dir", required=True, metavar="DIR",
+                   help="content-addressed store to fill (share it: rsync, NFS, CI cache)")
+    p.add_argument("--json", action="store_true", help="print a machine-readable result")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
+    p.set_defaults(func=cmd_fetch)
+
+
+__all__ = ["register", "InputError"]
