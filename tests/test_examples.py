@@ -13,9 +13,12 @@ from prereq import missing, require_tool
 
 
 @pytest.fixture(scope="session")
-def apt_cache(request) -> Path:
-    """Package cache kept across test runs (pytest's cache dir), so reruns need no network."""
-    return Path(request.config.cache.mkdir("sysext-pipeline-packages"))
+def apt_cache() -> Path:
+    """Package cache kept across test runs, so reruns need no network (it is keyed by sha256:
+    sharing it is safe)."""
+    path = Path.home() / ".cache" / "sysext-pipeline-tests" / "packages"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 @pytest.mark.network
