@@ -3,7 +3,7 @@
 Debian trixie's ``golang-github-sassoftware-go-rpmutils-dev`` ships them. The host may only know
 bookworm, so a private apt configuration points at the host's *own* Debian mirror (read from
 its sources at run time: the repository never names a mirror) with suite trixie. The .deb is
-cached in the pytest cache, so only the first run touches the network.
+cached under ~/.cache/sysext-pipeline-tests, so only the first run touches the network.
 """
 
 from __future__ import annotations
@@ -63,10 +63,11 @@ def apt_download(dest: Path, work: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def thirdparty_rpms(request, tmp_path_factory) -> list[Path]:
+def thirdparty_rpms(tmp_path_factory) -> list[Path]:
     require_tool("apt-get", "apt")
     require_tool("dpkg-deb", "dpkg")
-    cache = Path(request.config.cache.mkdir("go-rpmutils"))
+    cache = Path.home() / ".cache" / "sysext-pipeline-tests" / "go-rpmutils"
+    cache.mkdir(parents=True, exist_ok=True)
     debs = sorted(cache.glob(f"{PACKAGE}_*.deb"))
     if not debs:
         try:
