@@ -69,6 +69,7 @@ TEST_TOOLS = {
     "rpmbuild": ["rpm"], "rpm2cpio": ["rpm"], "cpio": ["cpio"], "openssl": ["openssl"],
     "unshare": ["util-linux"], "systemd-sysext": ["systemd"], "apt-ftparchive": ["apt-utils"],
     "dpkg-scanpackages": ["dpkg-dev"], "createrepo_c": ["createrepo-c"], "faketime": ["faketime"],
+    "disorderfs": ["disorderfs"], "dump.erofs": ["erofs-utils"],
     "gpg": ["gnupg"], "gpgv": ["gpgv"],
 }
 
@@ -126,6 +127,25 @@ def tests(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     session.install("ruff")
     session.run("ruff", "check", "pipeline", "tests", "noxfile.py")
+
+
+@nox.session
+def reprotest(session: nox.Session) -> None:
+    """Rebuild under varied environments (TZ, locale, umask, user, clock, file order, ...) and
+    print the table per format: the variation tests, then `verify --vary all` of each recipe
+    given (nox -s reprotest [-- RECIPE ...]; default: the offline confext example)."""
+    import json
+
+    ensure_tools(session, TEST_TOOLS)
+    session.install("-e", ".[test]")
+    session.run("pytest", "-q", "-rsx", "tests/test_vary.py")
+    out = Path(session.create_tmp()) / "reprotest"
+    for recipe in session.posargs or ["recipes/debug-config.toml"]:
+        built = session.run("sysext-pipeline", "build", recipe, "-o", str(out), "--json", "-q",
+                            silent=True)
+        for image in json.loads(built)["images"]:
+            session.run("sysext-pipeline", "verify", image["manifest"], "--recipe", recipe,
+                        "--vary", "all", "-q")
 
 
 @nox.session

@@ -73,7 +73,7 @@ def cmd_recipe_reference(args) -> int:
 #: Modules that add their own subcommands: each has ``register(subparsers)`` which adds parsers
 #: whose ``func(args) -> int`` does the work. Keeps each command's code beside its logic.
 COMMAND_MODULES: tuple[str, ...] = ("ddi_cmd", "plan", "check_cmd", "install_cmd", "doctor_cmd",
-                                    "lock_cmd")
+                                    "lock_cmd", "verify_cmd")
 
 
 def parser() -> argparse.ArgumentParser:

@@ -1,0 +1,99 @@
+"""Real builds for the verify/diff/vary tests: a project directory (recipe + its packages,
+referenced relatively, as a real repository would hold them), built in-process."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+from pipeline import keys
+from pipeline import recipe as recipe_mod
+from pipeline.build import build as run_build
+from pipeline.fetch import Cache
+
+
+def recipe_text(fmt: str, *, epoch: int | None = 1700000000, deb: str = "hello-tools.deb",
+                extra: str = "", sign: str | None = None, filesystem: str | None = None) -> str:
+    image = f'format = "{fmt}"\n'
+    if filesystem:
+        image += f'filesystem = "{filesystem}"\n'
+    if epoch is not None:
+        image += f"source_date_epoch = {epoch}\n"
+    signing = f'[sign]\nkey = "{sign}.key"\ncert = "{sign}.crt"\n\n' if sign else ""
+    return f"""
+[extension]
+name = "hello"
+kind = "sysext"
+version = "1.0"
+
+[target]
+id = "debian"
+version_id = "12"
+architecture = "x86-64"
+
+[[source]]
+deb = "pkgs/{deb}"
+
+[[source]]
+rpm = "pkgs/rtools.rpm"
+
+{extra}
+[filter]
+exclude = ["usr/share/doc/**"]
+
+[owners]
+users = {{ daemon = 1 }}
+groups = {{ daemon = 1 }}
+
+{signing}[image]
+{image}"""
+
+
+def project(root: Path, packages: dict, fmt: str, *, name: str = "hello.toml", **kw) -> Path:
+    """``root/hello.toml`` with the session's packages copied to ``root/pkgs``."""
+    pkgs = root / "pkgs"
+    pkgs.mkdir(parents=True, exist_ok=True)
+    for key, dest in (("deb", "hello-tools.deb"), ("rpm", "rtools.rpm")):
+        if not (pkgs / dest).exists():
+            shutil.copy(packages[key], pkgs / dest)
+    recipe = root / name
+    recipe.write_text(recipe_text(fmt, **kw))
+    return recipe
+
+
+def build(recipe: Path, out: Path, cache_dir: Path, *, unsigned: bool = False):
+    """Build in this process; returns the (single) ImageResult."""
+    kwargs = {"unsigned": True} if unsigned else {}
+    result = run_build(recipe_mod.load(recipe), out, Cache(cache_dir), **kwargs)
+    [image] = result.images
+    return image
+
+
+def signer_files(directory: Path, stem: str, cn: str) -> Path:
+    """``directory/stem.key`` + ``.crt`` (RSA-2048: fast enough for tests)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    keys.generate(directory / f"{stem}.key", directory / f"{stem}.crt", subject=f"CN={cn}",
+                  days=30, key_size=2048)
+    return directory / f"{stem}.key"
+
+
+def flip_byte(path: Path, offset: int) -> None:
+    with open(path, "r+b") as fh:
+        fh.seek(offset)
+        byte = fh.read(1)
+        fh.seek(offset)
+        fh.write(bytes([byte[0] ^ 0xFF]))
+
+
+def repack_squashfs(image: Path, dest: Path, *extra: str) -> Path:
+    """The same tree packed again by mksquashfs with other options (what another mksquashfs
+    version does: other bytes, same files)."""
+    tree = dest.parent / (dest.name + ".tree")
+    subprocess.run(["unsquashfs", "-q", "-n", "-d", str(tree), str(image)], check=True,
+                   capture_output=True)
+    subprocess.run(["mksquashfs", str(tree), str(dest), "-noappend", "-no-progress", "-quiet",
+                    "-all-time", "1700000000", "-mkfs-time", "1700000000", "-comp", "zstd",
+                    *extra], check=True, capture_output=True)
+    shutil.rmtree(tree)
+    return dest
