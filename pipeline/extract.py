@@ -69,9 +69,17 @@ def package_record(item: Fetched, info) -> dict:
     return {
         "name": info.name, "version": info.version, "architecture": info.architecture,
         "format": info.format, "file": _package_filename(item, info), "sha256": item.sha256,
-        "size": item.size, "source": item.source.label or item.source.ref if item.source.type != "apt"
-        else f"apt:{item.source.ref}={item.source.version}",
+        "size": item.size, "source": _source_label(item.source),
     }
+
+
+def _source_label(source) -> str:
+    """Where a package came from, in words that do not depend on where the build ran: a URL,
+    ``apt:NAME=VERSION``, ``repository:path`` for locked packages, or a local path as the recipe
+    wrote it."""
+    if source.type == "apt":
+        return f"apt:{source.ref}={source.version}"
+    return source.label or source.ref
 
 
 def extract(recipe: Recipe, fetched: list[Fetched], tree_for: Callable[[str], StagingTree],

@@ -216,7 +216,8 @@ class Source:
     version: str | None = None
     names: tuple[str, ...] = ()  # packages: the names to resolve
     recommends: bool = False  # packages: follow weak dependencies too
-    label: str | None = None  # how the manifest names a locked file (repository:path)
+    label: str | None = None  # how the manifest names it: repository:path, or a local path
+    #                           as the recipe wrote it
 
     @property
     def is_url(self) -> bool:
@@ -479,6 +480,7 @@ def _sources(items, base: Path, fail) -> list[Source]:
         for name in (stype, "sha256", "version"):
             if name in item and not isinstance(item[name], str):
                 fail(f"{key}.{name}", "must be a string")
+        label = None
         sha = item.get("sha256")
         if sha is not None and not SHA256_RE.match(sha):
             fail(f"{key}.sha256", "must be 64 lowercase hex digits")
@@ -498,8 +500,9 @@ def _sources(items, base: Path, fail) -> list[Source]:
             elif "://" in ref:
                 fail(f"{key}.{stype}", "only http(s) URLs and local paths are supported")
             else:
+                label = ref  # as written: the manifest must not depend on the build's path
                 ref = str((base / ref).resolve())
-        result.append(Source(type=stype, ref=ref, sha256=sha, version=version))
+        result.append(Source(type=stype, ref=ref, sha256=sha, version=version, label=label))
     return result
 
 
