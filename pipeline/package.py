@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import tempfile
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from pathlib import Path
 from . import tools
 from .errors import BuildError, InputError
 from .recipe import Recipe
+from .sorted_tree import sorted_copy
 from .staging import StagingTree
 
 
@@ -67,8 +69,11 @@ def _ddi(recipe, fs_image: Path, out: Path, fs_tools, seed, arch, signer) -> Pac
     if arch in (None, "_any"):
         raise InputError("target.architecture", "a DDI needs one architecture: its partition "
                          "types are per architecture", 'set target.architecture, e.g. "x86-64"')
-    info = assemble_ddi(fs_image, out, arch=arch, fs_type=recipe.filesystem, seed=seed,
-                        signer=signer, workdir=out.parent)
+    # Scratch (padded data copy, verity tree) goes to the system's temporary directory:
+    # veritysetup cannot update its header on some file systems (FUSE) the output may be on.
+    with tempfile.TemporaryDirectory(prefix="sysext-pipeline-ddi-") as scratch:
+        info = assemble_ddi(fs_image, out, arch=arch, fs_type=recipe.filesystem, seed=seed,
+                            signer=signer, workdir=Path(scratch))
     fs_image.unlink()
     extras = ()
     if signer is None:  # offline signing: what the signing host needs, next to the image
@@ -133,7 +138,9 @@ def _erofs(recipe: Recipe, tree: StagingTree, out: Path, epoch: int, seed: bytes
             raise BuildError("owners", "an erofs image with non-root owners needs a root build",
                              "build as root, or use squashfs")
         args.append("--all-root")
-    tools.run("mkfs.erofs", [*args, out, tree.root], what=f"packing {out.name}")
+    size = sum(r.size for r in {id(r): r for r in tree.records.values()}.values())
+    with sorted_copy(tree, size) as root:
+        tools.run("mkfs.erofs", [*args, out, root], what=f"packing {out.name}")
     return {"mkfs.erofs": tools.version("mkfs.erofs")}
 
 
