@@ -272,6 +272,11 @@ def _package_all(recipe, staged: Staged, fetched, output_dir, workdir, log,
     if report.unmapped_owners:
         warnings.append("owners kept by number (add them to [owners]): "
                         + ", ".join(sorted(report.unmapped_owners)))
+    if recipe.format == "directory" and os.geteuid() != 0:
+        warnings.append(f"built without root: the directory image's files belong to uid "
+                        f"{os.geteuid()}, while the manifest records the owners the packages "
+                        "ask for (root); copy it as root with the manifest's owners, or build "
+                        "as root")
     replaced = [p for img in staged.images for p in img.tree.replaced]
     if replaced:
         warnings.append(f"{len(replaced)} paths written by more than one source, the later "

@@ -21,12 +21,6 @@ FORMATS = ("squashfs", "erofs", "directory", "ddi")
 
 #: (format or "*", variation) → the bug, reported to the build's owner; strict: a fix fails here.
 KNOWN_BUGS = {
-    ("*", "recipe-path"): "the manifest records local package paths (inputs[].source) "
-                          "absolutely: moving the recipe's directory changes the manifest",
-    ("erofs", "file-order"): "mkfs.erofs 1.5 lays files out in readdir order of the staging "
-                             "tree: another directory order (another file system) gives other "
-                             "bytes",
-    ("ddi", "file-order"): "the DDI's erofs root partition, as for erofs",
     ("*", "user"): "a build as another (non-root) user refuses the test rpm's file capability "
                    "(security.capability), and a directory image gets the builder's owners "
                    "while its manifest says root",
