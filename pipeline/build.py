@@ -112,16 +112,8 @@ def stage(recipe: Recipe, fetched: list[Fetched], new_tree: Callable[[str], Stag
     report = extract_stage.extract(recipe, fetched, tree_for, router)
     kinds, decision = layout.decide(recipe.kind, router.layout)
     names = layout.image_names(recipe.kind, recipe.name, kinds)
-    target = dict(recipe.target)
-    if target["architecture"] == "auto":
-        target["architecture"] = _derive_architecture(report.packages)
-    elif target["architecture"] != "_any":
-        for package in report.packages:
-            arch = sdrelease.systemd_architecture(package["architecture"])
-            if arch not in (None, target["architecture"]):
-                raise InputError(f"{package['file']}", f"built for {arch}, but "
-                                 f"target.architecture is {target['architecture']}",
-                                 "use packages of the target architecture")
+    target = {**recipe.target,
+              "architecture": _architecture(recipe.target["architecture"], report.packages)}
     for kind, tree in trees.items():  # content routed to an image that is not made
         if kind not in kinds:
             for path in tree.records:
@@ -286,14 +278,23 @@ def _package_all(recipe, staged: Staged, fetched, output_dir, workdir, log,
     return BuildResult(images, staged.decision, warnings, findings, log.timings)
 
 
-def _derive_architecture(packages: list[dict]) -> str | None:
-    """The one systemd architecture the binary packages share (None: all arch-independent)."""
-    arches = {sdrelease.systemd_architecture(p["architecture"]) for p in packages}
-    arches.discard(None)
-    if len(arches) > 1:
-        raise InputError("target.architecture", f"packages mix architectures {sorted(arches)}",
-                         "set target.architecture explicitly or fix the package list")
-    return arches.pop() if arches else None
+def _architecture(requested: str | None, packages: list[dict]) -> str | None:
+    """ARCHITECTURE= for the release file. ``auto``: the one systemd architecture the binary
+    packages share (None when all are arch-independent); otherwise every binary package must
+    be of the requested architecture (a DDI's partition types and the host match depend on it)."""
+    arches = {sdrelease.systemd_architecture(p["architecture"]): p for p in packages}
+    arches.pop(None, None)
+    if requested == "auto":
+        if len(arches) > 1:
+            raise InputError("target.architecture", f"packages mix architectures "
+                             f"{sorted(arches)}", "set target.architecture explicitly or fix "
+                             "the package list")
+        return next(iter(arches), None)
+    for arch, package in arches.items():
+        if requested != "_any" and arch != requested:
+            raise InputError(package["file"], f"built for {arch}, but target.architecture is "
+                             f"{requested}", "use packages of the target architecture")
+    return requested
 
 
 def _seed(recipe: Recipe, fetched, epoch: int) -> bytes:
