@@ -239,19 +239,6 @@ class StagingTree:
         """Safe because no recorded path has a symlink among its parents (see _open_parent)."""
         os.utime(path, (mtime, mtime), dir_fd=self._root_fd, follow_symlinks=False)
 
-    # -- queries -----------------------------------------------------------------------------
-
-    def remove(self, path: str) -> None:
-        """Delete ``path`` (recursively) from the tree and the records."""
-        full = self.root / path
-        if full.is_dir() and not full.is_symlink():
-            for child in sorted(full.iterdir(), reverse=True):
-                self.remove(f"{path}/{child.name}")
-            full.rmdir()
-        else:
-            full.unlink()
-        self.records.pop(path, None)
-
 
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
