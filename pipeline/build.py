@@ -111,7 +111,7 @@ def stage(recipe: Recipe, fetched: list[Fetched], new_tree: Callable[[str], Stag
 
     report = extract_stage.extract(recipe, fetched, tree_for, router)
     kinds, decision = layout.decide(recipe.kind, router.layout)
-    names = layout.image_names(recipe.kind, recipe.name, kinds)
+    names = layout.image_names(recipe.name, kinds)
     target = {**recipe.target,
               "architecture": _architecture(recipe.target["architecture"], report.packages)}
     for kind, tree in trees.items():  # content routed to an image that is not made

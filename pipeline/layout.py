@@ -124,7 +124,7 @@ def _line_key(line: str) -> tuple[str, str]:
     return (line.split()[1], line)
 
 
-def image_names(recipe_kind: str, name: str, kinds: set[str]) -> dict[str, str]:
+def image_names(name: str, kinds: set[str]) -> dict[str, str]:
     """Image name per kind. Both kinds → NAME (sysext) and NAME-config (confext): the two
     images share the output directory, and systemd 252–254 does not strip a `.confext`
     suffix from image names, so a distinct plain name is the one that works everywhere."""
@@ -147,4 +147,6 @@ def decide(recipe_kind: str, layout: Layout) -> tuple[set[str], str]:
     if content == {SYSEXT, CONFEXT}:
         return content, ("kind = auto and the payload has both /usr or /opt content (a sysext) "
                          "and /etc content (a confext)")
+    if not content:
+        return {SYSEXT}, "kind = auto and the payload is empty: a sysext with only its release file"
     return {SYSEXT}, "kind = auto and the payload has only /usr or /opt content"
