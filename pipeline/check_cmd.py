@@ -5,18 +5,19 @@ from __future__ import annotations
 import json
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .systemd import host as hostmod
 from .systemd import images, rules
+from .systemd.release import RELEASE_DIRS
 
 #: Exit code when an image does not merge (0: all merge; 1/2 stay errors).
 NOT_MERGING = 3
 #: Versions shown in "on other systemd versions" (the points where rules change).
-VERSION_POINTS = ((252, 999), (253, 999), (254, 5), (254, 14), (254, 999), (255, 8),
-                  (255, 999), (256, 0), (256, 999), (257, 7), (257, 999), (258, 999),
-                  (259, 999), (260, 999), (261, 999), (262, 999))
+VERSION_POINTS = tuple(map(rules.parse_version, (
+    "252", "253", "254.5", "254.14", "254", "255.8", "255", "256.0", "256", "257.7", "257", "258",
+    "259", "260", "261", "262")))
 
 
 @dataclass
@@ -38,32 +39,28 @@ class Result:
         return data
 
 
-def place_of(path: Path, host: hostmod.Host, kind_hint: str | None) -> tuple[str | None, rules.Place]:
+def place_of(path: Path, host: hostmod.Host) -> tuple[str | None, rules.Place]:
     """(kind of the search directory, Place) when ``path`` sits in a search directory."""
     parent = Path(os.path.realpath(path.parent))
     for kind in ("sysext", "confext"):
         for entry in hostmod.installed(host, kind):
             if Path(os.path.realpath(entry.path.parent)) == parent and entry.path.name == path.name:
-                shadow = None
-                if entry.shadowed_by is not None:
-                    shadow = "/" + str(entry.shadowed_by.relative_to(host.base)) \
-                        if host.root else str(entry.shadowed_by)
+                shadow = host.host_path(entry.shadowed_by) if entry.shadowed_by else None
                 return kind, rules.Place(entry.directory, shadow)
     return None, rules.Place()
 
 
 def check_one(path: Path, host: hostmod.Host, kind: str | None = None) -> Result:
     image = images.read(path, architecture=host.architecture)
-    dir_kind, place = place_of(Path(path), host, image.kind)
+    dir_kind, place = place_of(Path(path), host)
     use_kind = kind or dir_kind or image.guessed_kind or "sysext"
     facts = image.facts
     if image.picked_from is not None:  # systemd names a .v/ pick after the directory
-        stem = image.picked_from.name[: -len(".v")].removesuffix(".raw")
-        facts = rules.ImageFacts(**{**facts.__dict__, "name_override": stem})
+        facts = replace(facts, name_override=rules.v_directory_image_name(image.picked_from.name))
     verdict = rules.evaluate(facts, host.facts(), use_kind, place)
     if dir_kind and image.kind and image.kind != dir_kind:
         verdict.notes.append(f"the image is a {image.kind} (release file under "
-                             f"{images.RELEASE_DIRS[image.kind]}/) but sits in a {dir_kind} "
+                             f"{RELEASE_DIRS[image.kind]}/) but sits in a {dir_kind} "
                              "directory")
     if place.directory is None:
         verdict.notes.append(f"not installed: systemd looks in "
@@ -71,11 +68,10 @@ def check_one(path: Path, host: hostmod.Host, kind: str | None = None) -> Result
                              f" (install puts it in {rules.install_dir(use_kind)})")
     others = {}
     for version in VERSION_POINTS:
-        other = rules.evaluate(facts, rules.HostFacts(
-            host.os_release.fields, host.architecture, version, host.initrd,
-            str(host.root or "/")), use_kind, place)
-        others[rules.format_version(version) if version[1] != 999 else f"{version[0]}.x"] = \
-            f"{other.verdict} ({other.rule.id})"
+        other = rules.evaluate(facts, replace(host.facts(), version=version), use_kind, place)
+        label = f"{version[0]}.x" if version[1] == rules.LATEST_POINT else \
+            rules.format_version(version)
+        others[label] = f"{other.verdict} ({other.rule.id})"
     return Result(Path(path), image, use_kind, place, verdict, _compress(others))
 
 
@@ -92,7 +88,7 @@ def _compress(others: dict[str, str]) -> dict[str, str]:
     return out
 
 
-def human(result: Result, host: hostmod.Host) -> str:
+def human(result: Result) -> str:
     v = result.verdict
     head = f"{result.path} ({result.kind}, {result.image.format}): {v.verdict}"
     lines = [head]
@@ -146,7 +142,7 @@ def cmd_check(args) -> int:
                f"{', initrd' if host.initrd else ''}")
         print(hdr)
         for r in results:
-            print(human(r, host))
+            print(human(r))
     ok = all(r.verdict.verdict == rules.MERGES for r in results)
     if not ok and not args.json:
         print("some images do not merge", file=sys.stderr)

@@ -17,16 +17,16 @@ import os
 import struct
 import sys
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from .check_cmd import add_host_arguments, host_from_args
 from .errors import PipelineError
 from .systemd import host as hostmod
 from .systemd import images, rules
+from .systemd.release import HIERARCHIES
 
 ERROR, WARNING, INFO = "error", "warning", "info"
-VERITY_DIRS = ("etc/verity.d", "run/verity.d", "usr/local/lib/verity.d", "usr/lib/verity.d")
 _FS_IOC_GETFLAGS = 0x80086601
 _FS_IMMUTABLE_FL = 0x10
 
@@ -128,10 +128,6 @@ def library_dirs(base: Path) -> list[Path]:
 
 # ---- the inspection ----------------------------------------------------------------------
 
-def _rel(host: hostmod.Host, path: Path) -> str:
-    return "/" + str(path.relative_to(host.base)) if host.root else str(path)
-
-
 def _immutable(path: Path) -> bool:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
@@ -159,13 +155,13 @@ def diagnose(host: hostmod.Host) -> tuple[list[Finding], list[dict]]:
     if not host.os_release.fields.get("ID"):
         r = rules.rule("host.no-id")
         findings.append(Finding(ERROR, r.id, r.summary, r.fix))
-    kinds = ["sysext"] + (["confext"] if version[0] >= 254 else [])
+    kinds = [kind for kind in ("sysext", "confext") if rules.ships_tool(kind, version)]
     merging: dict[str, list[tuple[str, images.Image]]] = {k: [] for k in kinds}
     for kind in kinds:
         entries = hostmod.installed(host, kind)
         searched = rules.search_dirs(kind, version, host.initrd)
         for entry in entries:
-            subject = _rel(host, entry.path)
+            subject = host.host_path(entry.path)
             if entry.name is None and not entry.path.is_dir():  # never discovered: say why
                 verdict = rules.evaluate(rules.ImageFacts(entry.path.name, False, {}),
                                          host.facts(), kind, rules.Place(entry.directory))
@@ -185,8 +181,8 @@ def diagnose(host: hostmod.Host) -> tuple[list[Finding], list[dict]]:
                 continue
             facts = image.facts
             if image.picked_from is not None:
-                facts = rules.ImageFacts(**{**facts.__dict__, "name_override": entry.name})
-            shadow = _rel(host, entry.shadowed_by) if entry.shadowed_by else None
+                facts = replace(facts, name_override=entry.name)
+            shadow = host.host_path(entry.shadowed_by) if entry.shadowed_by else None
             verdict = rules.evaluate(facts, host.facts(), kind,
                                      rules.Place(entry.directory, shadow))
             inventory.append({"path": subject, "kind": kind, "format": image.format,
@@ -226,7 +222,7 @@ def _merge_findings(host, kind, merging, entries, findings) -> None:
                                     f"and matching: {', '.join(sorted(want)) or 'none'}",
                                     f"{tool} refresh"))
         elif since is not None:
-            newer = [_rel(host, e.path) for e in entries if e.name in want and
+            newer = [host.host_path(e.path) for e in entries if e.name in want and
                      e.path.exists() and e.path.stat().st_mtime > since + 1]
             if newer:
                 findings.append(Finding(WARNING, "merge.stale",
@@ -248,7 +244,7 @@ def _merge_findings(host, kind, merging, entries, findings) -> None:
                                 f"systemctl enable {hostmod.UNITS[kind]}"))
     elif enabled:
         findings.append(Finding(INFO, "service.enabled", f"{hostmod.UNITS[kind]} is enabled"))
-    for hierarchy in hostmod.HIERARCHIES[kind]:
+    for hierarchy in HIERARCHIES[kind]:
         real = images.chase(host.base, hierarchy.lstrip("/"))
         if real is not None and _immutable(real):
             findings.append(Finding(ERROR, "hierarchy.immutable",
@@ -278,12 +274,11 @@ def _signature_findings(host, path: Path, image: images.Image, findings, subject
             pass
     if not signed:
         return
-    certs = [c for d in VERITY_DIRS for c in sorted((host.base / d).glob("*.crt"))
-             if (host.base / d).is_dir()]
+    certs = [c for d in rules.VERITY_DIRS for c in sorted((host.base / d.lstrip("/")).glob("*.crt"))]
     if not certs:
         findings.append(Finding(ERROR if host.version[0] <= 258 else WARNING, "signature.no-cert",
-                                "signed image but no certificate in /etc/verity.d, "
-                                "/run/verity.d, /usr/local/lib/verity.d or /usr/lib/verity.d "
+                                "signed image but no certificate in "
+                                f"{', '.join(rules.VERITY_DIRS[:-1])} or {rules.VERITY_DIRS[-1]} "
                                 "(nor in the kernel keyring, presumably): systemd ≤258 fails to "
                                 "activate it, 259+ falls back to unsigned verity if the policy "
                                 "allows", "install the signing certificate as "
@@ -302,7 +297,7 @@ def _signature_findings(host, path: Path, image: images.Image, findings, subject
         verified = None
     if verified:
         findings.append(Finding(INFO, "signature.verified",
-                                f"signature verifies with {_rel(host, verified)}", "", subject))
+                                f"signature verifies with {host.host_path(verified)}", "", subject))
     else:
         findings.append(Finding(ERROR, "signature.unverified",
                                 "signed image: no installed certificate verifies it",
@@ -316,7 +311,7 @@ def _layer_order(names: list[str]) -> list[str]:
 
 
 def _conflict_findings(host, kind, merging, findings) -> None:
-    hier = tuple(h.lstrip("/") + "/" for h in hostmod.HIERARCHIES[kind])
+    hier = tuple(h.lstrip("/") + "/" for h in HIERARCHIES[kind])
     owners: dict[str, list[str]] = {}
     for name, image in merging:
         for entry in image.entries:

@@ -32,7 +32,11 @@ RETRY_DELAY = 0.5  # seconds before the 2nd try; doubles each time
 TIMEOUT = 60  # seconds without a byte before a try counts as failed
 
 
-def default_cache_dir() -> Path:
+def default_cache_dir(given: str | os.PathLike | None = None) -> Path:
+    """The package cache: ``given`` (--cache-dir/--store), else $SYSEXT_PIPELINE_CACHE, else
+    $XDG_CACHE_HOME/sysext-pipeline, else ~/.cache/sysext-pipeline."""
+    if given:
+        return Path(given)
     if os.environ.get("SYSEXT_PIPELINE_CACHE"):
         return Path(os.environ["SYSEXT_PIPELINE_CACHE"])
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
@@ -56,11 +60,19 @@ class Cache:
     def path_for(self, sha256: str) -> Path:
         return self.root / "sha256" / sha256[:2] / sha256
 
-    def lookup(self, sha256: str | None) -> Path | None:
+    def lookup(self, sha256: str | None) -> tuple[Path, int] | None:
+        """(path, size) of the cached file with this hash, re-hashed first: the cache may be
+        shared (NFS, rsync, CI cache), so a file is trusted only then; a corrupt one is removed."""
         if sha256 is None:
             return None
         path = self.path_for(sha256)
-        return path if path.is_file() else None
+        if not path.is_file():
+            return None
+        digest, size = hash_file(path)
+        if digest != sha256:
+            path.unlink(missing_ok=True)
+            return None
+        return path, size
 
     def tmpdir(self) -> Path:
         tmp = self.root / "tmp"
@@ -82,6 +94,7 @@ class Cache:
 
 
 def hash_file(path: Path) -> tuple[str, int]:
+    """(sha256 hex, size) of ``path``, read in chunks: the one file hash every stage uses."""
     digest = hashlib.sha256()
     size = 0
     with open(path, "rb") as fh:
@@ -108,11 +121,8 @@ def fetch_one(source: Source, cache: Cache, *, offline: bool = False, progress=N
     filename = _filename(source)
     cached = cache.lookup(source.sha256)
     if cached is not None:
-        # The cache may be shared (NFS, rsync, CI cache): a file is trusted only after re-hashing.
-        digest, size = hash_file(cached)
-        if digest == source.sha256:
-            return Fetched(source, cached, digest, size, "cache", filename)
-        cached.unlink(missing_ok=True)
+        path, size = cached
+        return Fetched(source, path, source.sha256, size, "cache", filename)
     if source.type != "apt" and not source.is_url:
         return _local(source, filename)
     if offline:
@@ -125,7 +135,7 @@ def fetch_one(source: Source, cache: Cache, *, offline: bool = False, progress=N
             origin = "apt"
         else:
             downloaded = tmp / "download"
-            _http_download(source.ref, downloaded, progress)
+            http_download(source.ref, downloaded, progress)
             origin = "download"
         path, digest, size = cache.store(downloaded, source.sha256, filename)
     finally:
@@ -204,9 +214,6 @@ def http_download(url: str, dest: Path, progress=None, attempts: int | None = No
             time.sleep(RETRY_DELAY * 2 ** (attempt - 1))
     raise DownloadError(where, f"download failed after {attempts} tries: {last}", status,
                         f"from {urllib.parse.urlsplit(url).netloc or url}")
-
-
-_http_download = http_download  # the name earlier callers use
 
 
 def _apt_download(source: Source, tmp: Path) -> tuple[Path, str]:

@@ -22,9 +22,11 @@ import sys
 import tempfile
 from pathlib import Path
 
+from . import tools
 from .errors import BuildError, InputError
 from .systemd import host as hostmod
 from .systemd import images, rules
+from .systemd.release import HIERARCHIES
 
 READ_ONLY_WARNING = ("a merged extension is a read-only overlay: {hier} stay read-only while "
                      "it is merged, and its files disappear on unmerge — keep state in /var "
@@ -36,20 +38,22 @@ def _say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def tool(kind: str) -> str:
+def merge_tool(kind: str) -> str:
+    """systemd-sysext/systemd-confext: from $SYSEXT_PIPELINE_SYSTEMD_DIR when it has one."""
     name = f"systemd-{kind}"
     override = os.environ.get("SYSEXT_PIPELINE_SYSTEMD_DIR")
     if override and (Path(override) / name).exists():
         return str(Path(override) / name)
-    path = shutil.which(name, path=os.environ.get("PATH", "") + ":/usr/sbin:/usr/bin:/bin")
-    if not path:
-        raise BuildError(name, "not found", "systemd-confext needs systemd 254+" if kind ==
-                         "confext" else "install systemd")
-    return path
+    if kind == "confext" and not tools.have(name):
+        raise BuildError(name, "not found", "systemd-confext needs systemd 254+")
+    return tools.find(name)
 
 
 def refresh(kind: str, root: Path | None) -> str:
-    argv = [tool(kind), "refresh"] + ([f"--root={root}"] if root else [])
+    """``systemd-KIND refresh``, not through tools.run: it must see the caller's SYSTEMD_*
+    variables that ``check`` modelled, and 252–255 exit 0 on an aborted merge (only the
+    output says ``Failed``)."""
+    argv = [merge_tool(kind), "refresh"] + ([f"--root={root}"] if root else [])
     proc = subprocess.run(argv, capture_output=True, text=True, check=False)
     output = (proc.stdout + proc.stderr).strip()
     if proc.returncode != 0 or "Failed" in output:
@@ -61,10 +65,7 @@ def refresh(kind: str, root: Path | None) -> str:
 def enable(host: hostmod.Host, kind: str) -> str:
     unit = hostmod.UNITS[kind]
     if host.root is None:
-        proc = subprocess.run(["systemctl", "enable", unit], capture_output=True, text=True,
-                              check=False)
-        if proc.returncode != 0:
-            raise BuildError("systemctl", f"enable {unit} failed", proc.stderr.strip()[-200:])
+        tools.run("systemctl", ["enable", unit], what=f"enable {unit}")
         return f"enabled {unit}"
     target = hostmod.unit_wanted_by(host, kind)
     wants = host.base / "etc/systemd/system" / f"{target}.wants"
@@ -132,9 +133,9 @@ def place(source: Path, dest_dir: Path, file_name: str, rollback_dir: Path,
     return dest, kept
 
 
-def visible_files(image: images.Image, kind: str, host: hostmod.Host, name: str) -> list[str]:
+def visible_files(image: images.Image, kind: str, host: hostmod.Host) -> list[str]:
     """Paths of the image that are now visible in the host hierarchies (a few, to say so)."""
-    hier = tuple(h.lstrip("/") + "/" for h in hostmod.HIERARCHIES[kind])
+    hier = tuple(h.lstrip("/") + "/" for h in HIERARCHIES[kind])
     candidates = [e.path for e in image.entries if e.type == "file" and e.path.startswith(hier)]
     candidates.sort(key=lambda p: ("extension-release.d" in p, p))
     found = []
@@ -146,9 +147,20 @@ def visible_files(image: images.Image, kind: str, host: hostmod.Host, name: str)
     return found
 
 
-def cmd_install(args) -> int:
+def _host(args) -> tuple[Path | None, hostmod.Host]:
+    """(--root or None, the host it describes) for install, uninstall and rollback."""
     root = Path(args.root) if args.root else None
-    host = hostmod.detect(root, systemd=args.systemd)
+    return root, hostmod.detect(root, systemd=args.systemd)
+
+
+def _refreshes(args, root: Path | None) -> bool:
+    """Refresh after a change: on the running host unless --no-refresh; a --root tree only with
+    --refresh (merging mounts overlays on the tree in this mount namespace)."""
+    return not args.no_refresh and (root is None or args.refresh)
+
+
+def cmd_install(args) -> int:
+    root, host = _host(args)
     source = Path(args.image)
     image = images.read(source, with_entries=True, architecture=host.architecture)
     kind = args.kind or image.kind or image.guessed_kind or "sysext"
@@ -159,10 +171,9 @@ def cmd_install(args) -> int:
                          "a raw image's file name must end in .raw")
     directory = rules.install_dir(kind, args.runtime)
     others = _entries_named(host, kind, name)
-    earlier = [e for e in others if rules.search_dirs(kind, host.version, host.initrd).index(
-        e.directory) < rules.search_dirs(kind, host.version, host.initrd).index(directory)]
-    place_info = rules.Place(directory, str(Path("/") / earlier[0].path.relative_to(host.base))
-                             if earlier else None)
+    searched = rules.search_dirs(kind, host.version, host.initrd)
+    earlier = [e for e in others if searched.index(e.directory) < searched.index(directory)]
+    place_info = rules.Place(directory, host.host_path(earlier[0].path) if earlier else None)
     verdict = rules.evaluate(image.facts, host.facts(), kind, place_info)
     warnings: list[str] = []
     if verdict.verdict != rules.MERGES:
@@ -190,25 +201,23 @@ def cmd_install(args) -> int:
     elif not args.runtime and not enabled:
         warnings.append(f"{hostmod.UNITS[kind]} is not enabled: the extension is not merged "
                         "again after a reboot (pass --enable)")
-    refreshed = False
-    if args.no_refresh or (root is not None and not args.refresh):
-        if root is not None and not args.refresh and not args.no_refresh:
-            _say(f"not refreshing the offline tree {root} (pass --refresh to merge into it now)")
-    else:
+    refreshed = _refreshes(args, root)
+    if refreshed:
         refresh(kind, root)
-        refreshed = True
         _say(f"refreshed: systemd-{kind} refresh{f' --root={root}' if root else ''}")
+    elif not args.no_refresh:
+        _say(f"not refreshing the offline tree {root} (pass --refresh to merge into it now)")
     visible = []
     if refreshed:
         state = {n for s in hostmod.merge_state(host, kind) for n in s.extensions}
-        visible = visible_files(image, kind, host, name)
+        visible = visible_files(image, kind, host)
         if name in state and visible:
             _say(f"merged: {', '.join(visible)} visible")
         else:
             warnings.append(f"after refresh '{name}' is not merged (merged: "
                             f"{', '.join(sorted(state)) or 'nothing'}); run `sysext-pipeline "
                             "doctor` to see why")
-    hier = " and ".join(hostmod.HIERARCHIES[kind])
+    hier = " and ".join(HIERARCHIES[kind])
     warnings.append(READ_ONLY_WARNING.format(hier=hier))
     for warning in warnings:
         _say(f"warning: {warning}")
@@ -221,8 +230,7 @@ def cmd_install(args) -> int:
 
 
 def cmd_uninstall(args) -> int:
-    root = Path(args.root) if args.root else None
-    host = hostmod.detect(root, systemd=args.systemd)
+    root, host = _host(args)
     removed, left = [], []
     kinds = [args.kind] if args.kind else ["sysext", "confext"]
     for kind in kinds:
@@ -232,7 +240,7 @@ def cmd_uninstall(args) -> int:
             if entry.directory not in (rules.install_dir(kind), rules.install_dir(kind, True)):
                 left.append(entry.path)
                 continue
-            runtime = entry.directory.startswith("/run")
+            runtime = entry.directory == rules.install_dir(kind, runtime=True)
             kept = _keep_previous(entry.path, host.base / ROLLBACK[runtime] / kind)
             if entry.path.is_file() or entry.path.is_symlink():
                 entry.path.unlink()
@@ -244,7 +252,7 @@ def cmd_uninstall(args) -> int:
     for path in left:
         _say(f"warning: {path} has the same name and was not installed by this tool: left alone")
     refreshed = []
-    if not args.no_refresh and (root is None or args.refresh):
+    if _refreshes(args, root):
         for kind in sorted({k for k, _ in removed}):
             refresh(kind, root)
             refreshed.append(kind)
@@ -257,8 +265,7 @@ def cmd_uninstall(args) -> int:
 
 def cmd_rollback(args) -> int:
     """Put the previously installed version of NAME back (and keep the current one instead)."""
-    root = Path(args.root) if args.root else None
-    host = hostmod.detect(root, systemd=args.systemd)
+    root, host = _host(args)
     for runtime in (False, True):
         for kind in ("sysext", "confext"):
             rollback_dir = host.base / ROLLBACK[runtime] / kind
@@ -276,7 +283,7 @@ def cmd_rollback(args) -> int:
                     os.rename(prev, held)
                     dest, kept = place(held, directory, prev.name, rollback_dir, current)
                 _say(f"rolled back: {dest}" + (f" (current kept: {kept[0]})" if kept else ""))
-                if not args.no_refresh and (root is None or args.refresh):
+                if _refreshes(args, root):
                     refresh(kind, root)
                 return 0
     raise InputError(args.name, "no previous version kept", "install keeps one on replacement")

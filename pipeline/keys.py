@@ -48,8 +48,7 @@ class Signer:
 
     @property
     def fingerprint(self) -> str:
-        """sha256 of the DER certificate: what systemd writes as ``certificateFingerprint``."""
-        return hashlib.sha256(self.cert_der).hexdigest()
+        return fingerprint(self.certificate)
 
     @property
     def algorithm(self) -> str:
@@ -59,6 +58,11 @@ class Signer:
     def deterministic(self) -> bool:
         """RSA PKCS#1 v1.5 signatures repeat byte for byte; ECDSA ones do not."""
         return isinstance(self.key, rsa.RSAPrivateKey)
+
+
+def fingerprint(certificate: x509.Certificate) -> str:
+    """sha256 of the DER certificate: what systemd writes as ``certificateFingerprint``."""
+    return hashlib.sha256(certificate.public_bytes(serialization.Encoding.DER)).hexdigest()
 
 
 def key_algorithm(public_key) -> str:

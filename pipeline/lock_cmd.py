@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-from pathlib import Path
 
 from .errors import InputError
 
@@ -23,7 +22,7 @@ def _human(line: str) -> None:
 def _cache(args):
     from .fetch import Cache, default_cache_dir
 
-    return Cache(Path(args.cache_dir) if args.cache_dir else default_cache_dir())
+    return Cache(default_cache_dir(args.cache_dir))
 
 
 def cmd_lock(args) -> int:
@@ -41,8 +40,7 @@ def cmd_lock(args) -> int:
         if path.exists():
             before = path.read_bytes()
             try:
-                old = {(p["name"], p["architecture"]): p["version"]
-                       for p in lock.read_lock(recipe).get("package", [])}
+                old = lock.locked_versions(lock.read_lock(recipe))
             except InputError:
                 pass
         data, _metas = lock.lock_recipe(recipe, cache, update=tuple(args.update), log=say)
@@ -51,7 +49,7 @@ def cmd_lock(args) -> int:
         seconds = round(time.monotonic() - start, 2)
         results.append({"recipe": str(recipe.path), "lock": str(written), "changed": changed,
                         "packages": len(data["package"]), "seconds": seconds})
-        new = {(p["name"], p["architecture"]): p["version"] for p in data["package"]}
+        new = lock.locked_versions(data)
         moves = [f"{k[0]} {old.get(k, '(new)')} → {new.get(k, '(gone)')}"
                  for k in sorted(old.keys() | new.keys()) if old and old.get(k) != new.get(k)]
         results[-1]["moved"] = moves

@@ -21,8 +21,8 @@ from .fetch import Cache, default_cache_dir, fetch_one
 from .formats import entry as E
 from .staging import RecordingTree
 from .systemd import rules
+from .systemd.release import HIERARCHIES
 
-MERGE_TARGETS = {"sysext": ["/usr", "/opt"], "confext": ["/etc"]}
 CAUTION = ("An extension is a read-only overlay: everything in it vanishes on unmerge or when "
            "the image is removed. Keep state in /var and host configuration in /etc, never in "
            "the image.")
@@ -77,7 +77,7 @@ def _image(recipe, img) -> dict:
         "name": img.name,
         "file": image_filename(recipe.format, img.name),
         "format": recipe.format,
-        "merge_targets": MERGE_TARGETS[img.kind],
+        "merge_targets": list(HIERARCHIES[img.kind]),
         "layout": [{"dir": d, "files": n, "bytes": b} for d, (n, b) in sorted(tops.items())],
         "extension_release": {"path": img.release_path, "content": img.release_bytes.decode(),
                               "fields": img.fields},
@@ -90,6 +90,7 @@ def _image(recipe, img) -> dict:
 
 def _hosts(fields: dict, kind: str) -> list[tuple[str, dict, str, rules.Version, bool]]:
     """Hosts worth showing: the intended one and the near misses people actually hit."""
+    v252, v254, v257, v258 = map(rules.parse_version, ("252", "254", "257", "258"))
     ident = fields.get("ID", "debian")
     ident = "debian" if ident == "_any" else ident
     vid = fields.get("VERSION_ID")
@@ -98,31 +99,31 @@ def _hosts(fields: dict, kind: str) -> list[tuple[str, dict, str, rules.Version,
     level_key = f"{kind.upper()}_LEVEL"
     base = {"ID": ident, **({"VERSION_ID": vid} if vid else {})}
     other_arch = "arm64" if arch != "arm64" else "x86-64"
-    hosts = [(f"{ident} {vid or ''} {arch}".replace("  ", " "), base, arch, (252, 999), False)]
+    hosts = [(f"{ident} {vid or ''} {arch}".replace("  ", " "), base, arch, v252, False)]
     if vid:
         hosts.append((f"{ident} {vid}.x point release whose os-release keeps VERSION_ID={vid} "
-                       "(as Debian's does)", base, arch, (254, 999), False))
+                       "(as Debian's does)", base, arch, v254, False))
         hosts.append((f"{ident} with VERSION_ID={vid}.1 (minor versions in VERSION_ID)",
-                      {**base, "VERSION_ID": f"{vid}.1"}, arch, (254, 999), False))
+                      {**base, "VERSION_ID": f"{vid}.1"}, arch, v254, False))
         try:
             nxt = str(int(vid.split(".")[0]) + 1)
             hosts.append((f"{ident} {nxt} (next release)", {**base, "VERSION_ID": nxt}, arch,
-                          (257, 999), False))
+                          v257, False))
         except ValueError:
             pass
     if fields.get(level_key):
         hosts.append((f"{ident} with {level_key}={fields[level_key]}",
                       {**base, "VERSION_ID": "999", level_key: fields[level_key]}, arch,
-                      (257, 999), False))
+                      v257, False))
     hosts.append((f"{ident} {vid or ''} {other_arch}".replace("  ", " "), base, other_arch,
-                  (257, 999), False))
+                  v257, False))
     derived = {"ID": f"{ident}-derivative", "ID_LIKE": ident, **({"VERSION_ID": vid} if vid
                                                                  else {})}
     hosts.append((f"a derivative with ID_LIKE={ident}, systemd 257", derived, arch, (257, 0),
                   False))
-    hosts.append((f"a derivative with ID_LIKE={ident}, systemd 258", derived, arch, (258, 999),
+    hosts.append((f"a derivative with ID_LIKE={ident}, systemd 258", derived, arch, v258,
                   False))
-    hosts.append((f"{ident} {vid or ''} initrd".replace("  ", " "), base, arch, (257, 999), True))
+    hosts.append((f"{ident} {vid or ''} initrd".replace("  ", " "), base, arch, v257, True))
     return hosts
 
 
@@ -133,17 +134,17 @@ def _matching(img: dict) -> list[dict]:
                              release={kind: {name: rules.ReleaseFile(name, fields)}}, kind=kind)
     result = []
     for label, os_release, arch, version, initrd in _hosts(fields, kind):
-        if kind == "confext" and version[0] < 254:
-            version = (254, 999)  # no systemd-confext before 254
+        if not rules.ships_tool(kind, version):
+            version = rules.parse_version("254")  # the first with systemd-confext
         host = rules.HostFacts(os_release=os_release, architecture=arch, version=version,
                                initrd=initrd)
         verdict = rules.evaluate(facts, host, kind)
         result.append({"host": label, "systemd": rules.format_version(version),
                        "verdict": verdict.verdict, "rule": verdict.rule.id,
-                       "why": "" if verdict.verdict == "merges" else
+                       "why": "" if verdict.verdict == rules.MERGES else
                        f"{verdict.field}: image {verdict.image_value!r}, host "
                        f"{verdict.host_value!r} ({verdict.rule.summary})",
-                       "fix": verdict.fix if verdict.verdict != "merges" else ""})
+                       "fix": verdict.fix if verdict.verdict != rules.MERGES else ""})
     return result
 
 
@@ -201,7 +202,7 @@ def cmd_plan(args) -> int:
     from . import recipe as recipe_mod
 
     recipe = recipe_mod.load(args.recipe)
-    cache = Cache(Path(args.cache_dir) if args.cache_dir else default_cache_dir())
+    cache = Cache(default_cache_dir(args.cache_dir))
     plan = make_plan(recipe, cache)
     if args.json:
         print(json.dumps(plan, indent=2, sort_keys=True))

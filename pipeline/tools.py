@@ -13,7 +13,6 @@ import re
 import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 from .errors import BuildError
 
@@ -122,12 +121,9 @@ def version(tool: str) -> str | None:
 
 
 def have(tool: str) -> bool:
+    """Whether ``tool`` is installed, for callers that offer an alternative or a better hint."""
     try:
         find(tool)
     except BuildError:
         return False
     return True
-
-
-def tool_path(tool: str) -> Path:
-    return Path(find(tool))

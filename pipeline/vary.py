@@ -8,6 +8,9 @@ nobody), CPU set (``taskset``), a clock in 2045 (``faketime``), shuffled directo
 thread count (a wrapper first on PATH adding ``-processors N``). A variation whose prerequisite is
 missing is *skipped* with the reason — never run in a weaker form and reported as passing.
 
+Programs run here with subprocess, not tools.run: the point is the varied environment, which
+tools.run's clean one would erase, and the exit code of a probe is the answer.
+
 A variation reproduces when the image (a directory image: its tree, read from disk) and the
 manifest are byte-identical to the reference; otherwise its row carries diff's explanation.
 """
@@ -25,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import diff as diff_mod
+from . import tools
+from .errors import BuildError, InputError, PipelineError
 
 REPO = Path(__file__).resolve().parent.parent
 FUTURE = "2045-06-01 12:00:00"  # past 2038: 32-bit time_t in a tool would show
@@ -227,17 +232,18 @@ def _threads(count: int) -> Callable[[Context], Plan | str]:
     def prepare(ctx: Context) -> Plan | str:
         if ctx.filesystem == "directory":
             return "a directory image runs no packing tool"
-        if ctx.filesystem == "erofs":
-            helptext = subprocess.run(["mkfs.erofs", "--help"], capture_output=True,
-                                      text=True).stdout
+        tool = "mkfs.erofs" if ctx.filesystem == "erofs" else "mksquashfs"
+        try:
+            real = tools.find(tool)
+        except BuildError:
+            return f"{tool} not found"
+        if tool == "mkfs.erofs":
+            helptext = subprocess.run([real, "--help"], capture_output=True, text=True).stdout
             if "--workers" not in helptext:
                 return "this mkfs.erofs has no thread-count option (it compresses on one thread)"
-            tool, flag = "mkfs.erofs", [f"--workers={count}"]
+            flag = [f"--workers={count}"]
         else:
-            tool, flag = "mksquashfs", ["-processors", str(count)]
-        real = shutil.which(tool, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")
-        if real is None:
-            return f"{tool} not found"
+            flag = ["-processors", str(count)]
         bindir = ctx.workdir / "bin"
         bindir.mkdir()
         wrapper = bindir / tool
@@ -274,8 +280,6 @@ NAMES = tuple(v.name for v in VARIATIONS)
 
 def select(spec: list[str]) -> list[Variation]:
     """``["all"]`` or names (comma-separated lists allowed) → the variations, in table order."""
-    from .errors import InputError
-
     wanted = {n.strip() for item in spec for n in item.split(",") if n.strip()}
     if "all" in wanted:
         return list(VARIATIONS)
@@ -296,7 +300,7 @@ def run(spec: list[str], *, target, recipe: Path, reference: diff_mod.Side,
     filesystem = image.get("filesystem") or image.get("format") or "squashfs"
     if filesystem == "ddi":
         filesystem = _ddi_filesystem(reference) or "erofs"
-    cache = Path(cache_dir).resolve() if cache_dir else default_cache_dir()
+    cache = default_cache_dir(cache_dir).resolve()  # the child runs in another directory
     results = []
     for variation in variations:
         vdir = workdir / f"vary-{variation.name}"
@@ -391,7 +395,6 @@ def _child(argv: list[str]) -> int:
     prints {"image", "manifest"} as JSON."""
     import argparse
 
-    from .errors import PipelineError
     from .verify import rebuild
 
     parser = argparse.ArgumentParser(prog="python -m pipeline.vary child")

@@ -36,11 +36,12 @@ class Key:
         home.chmod(0o700)
         self.gpg("--quick-gen-key", uid, "ed25519", "sign", "0")
         self.keyring = home / "keyring.gpg"
-        self.keyring.write_bytes(self.gpg("--export", capture=True))
+        self.keyring.write_bytes(self.gpg("--export"))
         self.armored = home / "key.asc"
-        self.armored.write_bytes(self.gpg("--armor", "--export", capture=True))
+        self.armored.write_bytes(self.gpg("--armor", "--export"))
 
-    def gpg(self, *args: str, capture: bool = False) -> bytes:
+    def gpg(self, *args: str) -> bytes:
+        """Run gpg in this key's home; its stdout (an export, when asked for one)."""
         proc = subprocess.run(["gpg", "--homedir", str(self.home), "--batch", "--quiet",
                                "--pinentry-mode", "loopback", "--passphrase", "", *args],
                               capture_output=True)
@@ -131,9 +132,7 @@ class DebArchive:
         binary.mkdir(parents=True)
         text = subprocess.run(["apt-ftparchive", "packages", f"pool/{suite}"], cwd=self.root,
                               capture_output=True, check=True).stdout
-        (binary / "Packages").write_bytes(text)
-        (binary / "Packages.xz").write_bytes(lzma.compress(text))
-        (binary / "Packages.gz").write_bytes(gzip.compress(text, mtime=0))
+        _write_packages(binary, text)
         release = subprocess.run(
             ["apt-ftparchive", "-o", f"APT::FTPArchive::Release::Suite={suite}",
              "-o", f"APT::FTPArchive::Release::Codename={suite}",
@@ -147,11 +146,16 @@ class DebArchive:
         if sign in ("both", "detached"):
             signer.detach(dist / "Release", dist / "Release.gpg")
         if tamper:
-            evil = text.replace(b"Package: libfoo", b"Package: libfoo\nX-Evil: yes", 1)
-            (binary / "Packages.xz").write_bytes(lzma.compress(evil))
-            (binary / "Packages.gz").write_bytes(gzip.compress(evil, mtime=0))
-            (binary / "Packages").write_bytes(evil)
+            _write_packages(binary, text.replace(b"Package: libfoo",
+                                                 b"Package: libfoo\nX-Evil: yes", 1))
         return dist
+
+
+def _write_packages(binary: Path, text: bytes) -> None:
+    """A Packages index and its .xz and .gz forms (the forms a Release file lists)."""
+    (binary / "Packages").write_bytes(text)
+    (binary / "Packages.xz").write_bytes(lzma.compress(text))
+    (binary / "Packages.gz").write_bytes(gzip.compress(text, mtime=0))
 
 
 # --- rpm-md ------------------------------------------------------------------------------------
@@ -338,28 +342,18 @@ def deb_archive(tmp_path, gpg_keys, debs):
     server.close()
 
 
-def make_deb_recipe(directory: Path, archive: DebArchive, packages: list[str], *,
-               suite: str = "stable", keyring: str | None = None, base: str | None = None,
-               extra: str = "", repo_extra: str = "", fmt: str = "directory") -> Path:
-    """A recipe resolving ``packages`` from ``archive``; the keyring is the archive's key."""
+def _write_recipe(directory: Path, target: str, repository: str, packages: list[str],
+                  extra: str, fmt: str) -> Path:
+    """``directory/r.toml``: image "resolved" from a packages source over one repository."""
     directory.mkdir(parents=True, exist_ok=True)
-    keyring = keyring or str(archive.key.keyring)
     names = ", ".join(f'"{p}"' for p in packages)
-    base_line = f'base = "{base}"\n' if base else ""
     path = directory / "r.toml"
     path.write_text(f"""[extension]
 name = "resolved"
 [target]
-id = "debian"
-version_id = "12"
-architecture = "x86-64"
-{base_line}
+{target}
 [[repository]]
-type = "deb"
-mirror = "{archive.server.url}"
-suite = "{suite}"
-keyring = "{keyring}"
-{repo_extra}
+{repository}
 [[source]]
 packages = [{names}]
 {extra}
@@ -367,6 +361,22 @@ packages = [{names}]
 format = "{fmt}"
 """)
     return path
+
+
+def make_deb_recipe(directory: Path, archive: DebArchive, packages: list[str], *,
+               suite: str = "stable", keyring: str | None = None, base: str | None = None,
+               extra: str = "", repo_extra: str = "", fmt: str = "directory") -> Path:
+    """A recipe resolving ``packages`` from ``archive``; the keyring is the archive's key."""
+    keyring = keyring or str(archive.key.keyring)
+    base_line = f'base = "{base}"\n' if base else ""
+    return _write_recipe(directory, f"""id = "debian"
+version_id = "12"
+architecture = "x86-64"
+{base_line}""", f"""type = "deb"
+mirror = "{archive.server.url}"
+suite = "{suite}"
+keyring = "{keyring}"
+{repo_extra}""", packages, extra, fmt)
 
 
 @pytest.fixture(scope="session")
@@ -392,26 +402,10 @@ def rpm_server(tmp_path_factory, rpms, gpg_keys):
 
 def make_rpm_recipe(directory: Path, server: Server, packages: list[str], *, repo: str = "gz",
                gpgkey: str | None = None, extra: str = "") -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    names = ", ".join(f'"{p}"' for p in packages)
     key_line = f'gpgkey = "{gpgkey}"\n' if gpgkey else ""
-    path = directory / "r.toml"
-    path.write_text(f"""[extension]
-name = "resolved"
-[target]
-id = "fedora"
-version_id = "40"
-[[repository]]
-type = "rpm-md"
+    return _write_recipe(directory, 'id = "fedora"\nversion_id = "40"', f"""type = "rpm-md"
 baseurl = "{server.url}/{repo}"
-{key_line}
-[[source]]
-packages = [{names}]
-{extra}
-[image]
-format = "directory"
-""")
-    return path
+{key_line}""", packages, extra, "directory")
 
 
 @pytest.fixture

@@ -12,17 +12,17 @@ from __future__ import annotations
 
 import fcntl
 import os
-import re
 import shutil
 import subprocess
 import tempfile
 from pathlib import Path
 
+from pipeline.errors import InputError
+from pipeline.resolve import metadata
+
 SUITE = "bookworm-backports"
 PACKAGES = ("systemd", "libsystemd-shared")
 DEFAULT_CACHE = Path.home() / ".cache" / "sysext-pipeline-tests" / "systemd-254"
-_DEB822 = Path("/etc/apt/sources.list.d/debian.sources")
-_ONE_LINE = Path("/etc/apt/sources.list")
 _KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 
 
@@ -31,23 +31,12 @@ class Unavailable(RuntimeError):
 
 
 def host_mirror() -> tuple[str, str]:
-    """(URI, keyring) of the host's Debian main archive, from its apt sources."""
-    if _DEB822.exists():
-        for stanza in re.split(r"\n\s*\n", _DEB822.read_text()):
-            fields = {}
-            for line in stanza.splitlines():
-                key, _, value = line.partition(":")
-                if not line.startswith("#") and value.strip():
-                    fields[key.strip()] = value.strip()
-            suites = fields.get("Suites", "").split()
-            if "bookworm" in suites and "deb" in fields.get("Types", "").split():
-                return fields["URIs"].split()[0], fields.get("Signed-By", _KEYRING)
-    if _ONE_LINE.exists():
-        for line in _ONE_LINE.read_text().splitlines():
-            words = re.sub(r"\[[^]]*\]", "", line).split()
-            if len(words) >= 3 and words[0] == "deb" and words[2] == "bookworm":
-                return words[1], _KEYRING
-    raise Unavailable("no bookworm source in the host's apt configuration")
+    """(URI, keyring) of the host's bookworm archive: the pipeline's own ``mirror = "host"``."""
+    try:
+        uri, signed_by = metadata.host_mirror("bookworm")
+    except InputError as exc:
+        raise Unavailable(exc.line()) from None
+    return uri, signed_by or _KEYRING
 
 
 def systemd_254(cache_dir: Path | None = None) -> Path:

@@ -8,7 +8,6 @@ cached under ~/.cache/sysext-pipeline-tests, so only the first run touches the n
 
 from __future__ import annotations
 
-import re
 import subprocess
 from pathlib import Path
 
@@ -17,30 +16,18 @@ from pkgfactory import diff_snapshots, snapshot_dir, snapshot_entries, unpack_de
 from prereq import missing, require_tool
 
 from pipeline.formats.rpm import read_rpm, rpm_info
+from pipeline.resolve import metadata
 
 PACKAGE = "golang-github-sassoftware-go-rpmutils-dev"
 SUITE = "trixie"
-SOURCES = [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*"))]
 
 
-def host_debian_mirror(sources: list[Path] = SOURCES) -> tuple[str, str | None]:
-    """(URI, Signed-By) of the host's main Debian archive (not -security/-updates suites)."""
-    for path in sources:
-        if not path.is_file():
-            continue
-        text = path.read_text(errors="replace")
-        if path.suffix == ".sources":  # deb822 stanzas
-            for stanza in re.split(r"\n\s*\n", text):
-                fields = dict(re.findall(r"^([\w-]+):\s*(.*)$", stanza, re.M))
-                suites = fields.get("Suites", "").split()
-                if "deb" in fields.get("Types", "").split() and any("-" not in s for s in suites):
-                    return fields["URIs"].split()[0], fields.get("Signed-By")
-        elif path.suffix == ".list" or path.name == "sources.list":
-            for line in text.splitlines():
-                m = re.match(r"^deb\s+(?:\[([^]]*)\]\s+)?(\S+)\s+([^\s-]+)\s", line)
-                if m:
-                    signed = re.search(r"signed-by=(\S+)", m[1] or "")
-                    return m[2], signed[1] if signed else None
+def host_debian_mirror(apt_etc: Path = metadata.APT_ETC) -> tuple[str, str | None]:
+    """(URI, Signed-By) of the host's main Debian archive (not -security/-updates suites), from
+    the apt sources as the pipeline's ``mirror = "host"`` reads them."""
+    for source in metadata.host_sources(apt_etc):
+        if any("-" not in suite for suite in source["suites"]):
+            return source["uri"], source["signed_by"]
     raise LookupError("no Debian archive in the host's apt sources")
 
 
@@ -109,11 +96,14 @@ def test_thirdparty_rpm_info(thirdparty_rpms):
 
 def test_host_mirror_parsing(tmp_path):
     # deb822 with a security stanza first must yield the main archive; one-line form too.
-    (tmp_path / "a.sources").write_text(
+    deb822, one_line = tmp_path / "deb822", tmp_path / "one-line"
+    (deb822 / "sources.list.d").mkdir(parents=True)
+    (deb822 / "sources.list.d" / "a.sources").write_text(
         "Types: deb\nURIs: http://mirror.invalid/debian-security\nSuites: bookworm-security\n"
         "Components: main\n\nTypes: deb deb-src\nURIs: http://mirror.invalid/debian\n"
         "Suites: bookworm bookworm-updates\nComponents: main\nSigned-By: /k.gpg\n")
-    assert host_debian_mirror([tmp_path / "a.sources"]) == ("http://mirror.invalid/debian", "/k.gpg")
-    (tmp_path / "sources.list").write_text(
+    assert host_debian_mirror(deb822) == ("http://mirror.invalid/debian", "/k.gpg")
+    one_line.mkdir()
+    (one_line / "sources.list").write_text(
         "# comment\ndeb [arch=amd64 signed-by=/x.gpg] http://m.invalid/debian bookworm main\n")
-    assert host_debian_mirror([tmp_path / "sources.list"]) == ("http://m.invalid/debian", "/x.gpg")
+    assert host_debian_mirror(one_line) == ("http://m.invalid/debian", "/x.gpg")

@@ -24,7 +24,9 @@ from pathlib import Path
 
 from .. import tools
 from ..errors import BuildError, InputError
-from ..keys import Signer, key_algorithm, load_certificate
+from ..fetch import hash_file
+from ..fsinfo import copy_range, read_range
+from ..keys import Signer, fingerprint, key_algorithm, load_certificate
 from ..systemd import partitions
 from . import signature as sig
 from . import verity
@@ -128,9 +130,9 @@ def assemble_ddi(fs_image: Path, output: Path, *, arch: str, fs_type: str, seed:
     with tempfile.TemporaryDirectory(prefix="ddi-", dir=workdir) as work_name:
         work = Path(work_name)
         data = _block_aligned(fs_image, work / "data.img")
-        hash_file = work / "verity.img"
-        root_hash = verity.format_hash(data, hash_file, params)
-        _pad_to_block(hash_file)
+        verity_tree = work / "verity.img"
+        root_hash = verity.format_hash(data, verity_tree, params)
+        _pad_to_block(verity_tree)
         sig_file = work / "signature.img"
         warnings: list[str] = []
         if signer is None:
@@ -141,7 +143,7 @@ def assemble_ddi(fs_image: Path, output: Path, *, arch: str, fs_type: str, seed:
         rh = bytes.fromhex(root_hash)
         layout = [
             ("root", types["root"], str(uuid.UUID(bytes=rh[:16])), data, True),
-            ("root-verity", types["root-verity"], str(uuid.UUID(bytes=rh[-16:])), hash_file, True),
+            ("root-verity", types["root-verity"], str(uuid.UUID(bytes=rh[-16:])), verity_tree, True),
             ("root-verity-sig", types["root-verity-sig"],
              _seeded_uuid(disk_seed, types["root-verity-sig"]), sig_file, False),
         ]
@@ -182,7 +184,7 @@ def sign_ddi(image: Path, *, signer: Signer | None = None, p7s: Path | None = No
     warnings: list[str] = []
     if signer is not None:
         der, warnings = sig.sign_root_hash(root_hash, signer)
-        fingerprint = signer.fingerprint
+        signed_by = signer.fingerprint
     else:
         certificate = load_certificate(cert)
         der = sig.read_p7s(p7s)
@@ -190,8 +192,8 @@ def sign_ddi(image: Path, *, signer: Signer | None = None, p7s: Path | None = No
         if not ok:
             raise InputError(str(p7s), f"not a signature by {cert} over root hash {root_hash}: "
                              f"{reason}", "sign the image's .roothash with that certificate's key")
-        fingerprint = sig.fingerprint(certificate)
-    content = sig.partition_content(root_hash, fingerprint, der, found.signature.size)
+        signed_by = fingerprint(certificate)
+    content = sig.partition_content(root_hash, signed_by, der, found.signature.size)
     tmp = image.with_name(f".{image.name}.tmp-{os.getpid()}")
     try:
         shutil.copyfile(image, tmp)
@@ -248,9 +250,9 @@ def detached_verity(fs_image: Path, *, seed: bytes, signer: Signer | None, workd
     base = fs_image.parent / name[:-len(".raw")]
     params = verity.params_from_seed(seed)
     with tempfile.TemporaryDirectory(prefix="verity-", dir=workdir) as work:
-        hash_file = Path(work, "verity")
-        root_hash = verity.format_hash(fs_image, hash_file, params)
-        verity_path = _install(hash_file, Path(f"{base}.verity"))
+        verity_tree = Path(work, "verity")
+        root_hash = verity.format_hash(fs_image, verity_tree, params)
+        verity_path = _install(verity_tree, Path(f"{base}.verity"))
     roothash_path = Path(f"{base}.roothash")
     _install((root_hash + "\n").encode(), roothash_path)
     signature_path = Path(f"{base}.roothash.p7s")
@@ -266,7 +268,7 @@ def detached_verity(fs_image: Path, *, seed: bytes, signer: Signer | None, workd
         signature_path=signature_path if signer else None,
         root_hash=root_hash,
         verity=params,
-        verity_sha256=sha256_file(verity_path),
+        verity_sha256=hash_file(verity_path)[0],
         certificate_fingerprint=signer.fingerprint if signer else None,
         signature_algorithm=signer.algorithm if signer else None,
         warnings=tuple(warnings),
@@ -337,32 +339,17 @@ def hash_image(image: Path, table: GptTable, zeroed: GptPartition | None
             unsigned.hexdigest())
 
 
-def read_range(path: Path, offset: int, size: int) -> bytes:
-    with open(path, "rb") as fh:
-        fh.seek(offset)
-        return fh.read(size)
-
-
 def extract(image: Path, part: GptPartition, dest: Path) -> Path:
-    """Copy one partition out of ``image`` into ``dest`` (for veritysetup, unsquashfs, ...)."""
-    with open(image, "rb") as src, open(dest, "wb") as out:
-        src.seek(part.offset)
-        left = part.size
-        while left:
-            chunk = src.read(min(_CHUNK, left))
-            if not chunk:
-                raise InputError(str(image), f"partition {part.index} extends past the end")
-            out.write(chunk)
-            left -= len(chunk)
-    return dest
+    """Copy one partition out of ``image`` into ``dest`` (for veritysetup)."""
+    return copy_range(image, part.offset, part.size, dest)
 
 
 def verify_partitions(image: Path, found: VeritySet, root_hash: str) -> tuple[bool, str]:
     """``veritysetup verify`` of the data partition against the hash partition and root hash."""
     with tempfile.TemporaryDirectory(prefix="ddi-verify-") as tmp:
         data = extract(image, found.data, Path(tmp, "data"))
-        hash_file = extract(image, found.hash, Path(tmp, "hash"))
-        return verity.verify(data, hash_file, root_hash)
+        verity_tree = extract(image, found.hash, Path(tmp, "hash"))
+        return verity.verify(data, verity_tree, root_hash)
 
 
 def check_fs_type(fs_image: Path, fs_type: str) -> None:
@@ -395,14 +382,6 @@ def _install(content: bytes | Path, dest: Path) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return dest
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _seeded_uuid(seed_uuid: str, token: str) -> str:

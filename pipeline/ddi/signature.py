@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import json
 import tempfile
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from cryptography.hazmat.primitives.serialization import pkcs7
 
 from .. import tools
 from ..errors import BuildError, InputError
-from ..keys import Signer
+from ..keys import Signer, fingerprint  # noqa: F401 - diff.py imports it here
 
 #: systemd-repart's VERITY_SIG_SIZE (4 × 4 KiB): what every repart version allots to the JSON.
 PARTITION_SIZE = 16 * 1024
@@ -60,10 +59,6 @@ def sign_root_hash(root_hash: str, signer: Signer) -> tuple[bytes, list[str]]:
            .add_signer(signer.certificate, signer.key, hashes.SHA256())
            .sign(serialization.Encoding.DER, options))
     return der, ([] if signer.deterministic else [ECDSA_WARNING])
-
-
-def fingerprint(certificate: x509.Certificate) -> str:
-    return hashlib.sha256(certificate.public_bytes(serialization.Encoding.DER)).hexdigest()
 
 
 def partition_content(root_hash: str, fingerprint_hex: str, der: bytes,

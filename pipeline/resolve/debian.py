@@ -13,12 +13,11 @@ import re
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import cmp_to_key
 from pathlib import Path
 
 from .. import tools
 from ..errors import BuildError, InputError
-from .model import Atom, Package
+from .model import Atom, Package, order_satisfies, split_epoch
 
 # --- versions ------------------------------------------------------------------------------------
 
@@ -64,9 +63,9 @@ def _verrevcmp(a: str, b: str) -> int:
 
 
 def split_version(v: str) -> tuple[int, str, str]:
-    epoch, _, rest = v.partition(":") if ":" in v else ("0", "", v)
+    epoch, rest = split_epoch(v)
     upstream, _, revision = rest.rpartition("-") if "-" in rest else (rest, "", "0")
-    return int(epoch or 0), upstream, revision
+    return epoch, upstream, revision
 
 
 def compare_versions(a: str, b: str) -> int:
@@ -80,14 +79,11 @@ def compare_versions(a: str, b: str) -> int:
     return _verrevcmp(ua, ub) or _verrevcmp(ra, rb)
 
 
-version_key = cmp_to_key(compare_versions)
-
 _OPS = {"<<": "<", "<=": "<=", "=": "=", ">=": ">=", ">>": ">", "<": "<=", ">": ">="}
 
 
 def relation_holds(have: str, op: str, want: str) -> bool:
-    c = compare_versions(have, want)
-    return {"<": c < 0, "<=": c <= 0, "=": c == 0, ">=": c >= 0, ">": c > 0}[op]
+    return order_satisfies(compare_versions(have, want), op)
 
 
 # --- relationship fields -------------------------------------------------------------------------
@@ -285,7 +281,3 @@ def gpg_verify(keyring: Path, signed: bytes, signature: bytes | None, where: str
         if b"[GNUPG:] VALIDSIG" not in proc.stdout:
             raise InputError(where, "no valid signature", f"gpgv did not vouch for it ({keyring})")
         return (home / "out").read_bytes() if signature is None else signed
-
-
-def sort_packages(pkgs: list[Package]) -> list[Package]:
-    return sorted(pkgs, key=lambda p: (p.name, p.arch, version_key(p.version), p.path))

@@ -101,6 +101,11 @@ def read_lock(recipe: Recipe) -> dict:
     return data
 
 
+def locked_versions(data: dict) -> dict[tuple[str, str], str]:
+    """(name, architecture) → version of every package in lock ``data``."""
+    return {(p["name"], p["architecture"]): p["version"] for p in data.get("package", [])}
+
+
 def check_fresh(recipe: Recipe, data: dict) -> None:
     if data.get("inputs_sha256") != inputs_sha256(recipe):
         raise InputError(str(lock_path(recipe)), "lock is stale: run lock",
@@ -227,8 +232,8 @@ def lock_recipe(recipe: Recipe, cache: Cache, *, update: tuple[str, ...] = (),
         if unknown:
             raise InputError(str(lock_path(recipe)), f"{', '.join(unknown)} not in the lock",
                              "--update moves packages the lock already has")
-        preferred = {(p["name"], p["architecture"]): p["version"]
-                     for p in old.get("package", []) if p["name"] not in update}
+        preferred = {key: version for key, version in locked_versions(old).items()
+                     if key[0] not in update}
     family = _family(recipe)
     metas = []
     for repo in recipe.repositories:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InputError
-from ..fetch import Cache, DownloadError, hash_file, http_download
+from ..fetch import Cache, DownloadError, http_download
 from ..formats.compression import open_decompressed
 from ..recipe import Repository
 from . import debian, rpmmd
@@ -118,11 +118,21 @@ def _get(url: str, cache: Cache) -> bytes:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _get_if_present(url: str, cache: Cache) -> bytes | None:
+    """The file at ``url``, or None when the server has none (404): for optional files."""
+    try:
+        return _get(url, cache)
+    except DownloadError as exc:
+        if exc.status != 404:
+            raise
+        return None
+
+
 def _indexed(cache: Cache, urls: list[str], sha256: str, where: str) -> Path:
     """A metadata file by its expected hash: from the cache, else the first URL that works."""
     cached = cache.lookup(sha256)
-    if cached is not None and hash_file(cached)[0] == sha256:
-        return cached
+    if cached is not None:
+        return cached[0]
     error = None
     for url in urls:
         tmp = cache.tmpdir()
@@ -161,25 +171,18 @@ def load_deb(repo: Repository, recipe_dir: Path, cache: Cache) -> Metadata:
     if keyring is None:
         raw = _get(f"{dists}/Release", cache)
         text, root_file = raw.decode("utf-8", errors="replace"), "Release"
+    elif (raw := _get_if_present(f"{dists}/InRelease", cache)) is not None:
+        text = debian.gpg_verify(keyring, raw, None, f"{where}: InRelease").decode(
+            "utf-8", errors="replace")
+        root_file = "InRelease"
     else:
-        try:
-            raw = _get(f"{dists}/InRelease", cache)
-            text = debian.gpg_verify(keyring, raw, None, f"{where}: InRelease").decode(
-                "utf-8", errors="replace")
-            root_file = "InRelease"
-        except DownloadError as exc:
-            if exc.status != 404:
-                raise
-            raw = _get(f"{dists}/Release", cache)
-            try:
-                sig = _get(f"{dists}/Release.gpg", cache)
-            except DownloadError as exc2:
-                if exc2.status != 404:
-                    raise
-                raise InputError(f"{where}", "the Release file is not signed (no InRelease, no "
-                                 "Release.gpg)", f"a keyring is given: {keyring}") from None
-            debian.gpg_verify(keyring, raw, sig, f"{where}: Release.gpg")
-            text, root_file = raw.decode("utf-8", errors="replace"), "Release"
+        raw = _get(f"{dists}/Release", cache)
+        sig = _get_if_present(f"{dists}/Release.gpg", cache)
+        if sig is None:
+            raise InputError(f"{where}", "the Release file is not signed (no InRelease, no "
+                             "Release.gpg)", f"a keyring is given: {keyring}")
+        debian.gpg_verify(keyring, raw, sig, f"{where}: Release.gpg")
+        text, root_file = raw.decode("utf-8", errors="replace"), "Release"
     release = debian.parse_release(text, f"{where}: {root_file}")
     arches = list(repo.architectures)
     # binary-all/Packages only when the archive does not also list arch:all packages in every
@@ -214,13 +217,10 @@ def load_rpmmd(repo: Repository, recipe_dir: Path, cache: Cache) -> Metadata:
     raw = _get(f"{root}/repodata/repomd.xml", cache)
     keyring = _keyring(repo, recipe_dir)
     if keyring is not None:
-        try:
-            sig = _get(f"{root}/repodata/repomd.xml.asc", cache)
-        except DownloadError as exc:
-            if exc.status != 404:
-                raise
+        sig = _get_if_present(f"{root}/repodata/repomd.xml.asc", cache)
+        if sig is None:
             raise InputError(where, "repomd.xml is not signed (no repomd.xml.asc)",
-                             f"gpgkey is given: {keyring}") from None
+                             f"gpgkey is given: {keyring}")
         debian.gpg_verify(keyring, raw, sig, f"{where}: repomd.xml")
     repomd = rpmmd.parse_repomd(raw, f"{where}: repomd.xml")
     primary = repomd["primary"]

@@ -21,6 +21,19 @@ class Atom:
         return f"{text} ({self.op} {self.version})" if self.op else text
 
 
+def split_epoch(version: str) -> tuple[int, str]:
+    """``[epoch:]rest`` → (epoch, rest); both families write the epoch this way (default 0)."""
+    epoch, sep, rest = version.partition(":")
+    return (int(epoch or 0), rest) if sep else (0, version)
+
+
+def order_satisfies(order: int, op: str) -> bool:
+    """Whether a comparison result (<0, 0, >0 of have vs want) satisfies relation ``op``; the
+    families differ only in how they compare."""
+    return {"<": order < 0, "<=": order <= 0, "=": order == 0, ">=": order >= 0,
+            ">": order > 0}[op]
+
+
 @dataclass(frozen=True)
 class Conditional:
     """rpm's ``(A if B)``: the OR-group ``then`` is required when ``cond`` is installed."""

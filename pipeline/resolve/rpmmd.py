@@ -20,7 +20,7 @@ import xml.etree.ElementTree as ET
 from typing import BinaryIO
 
 from ..errors import InputError
-from .model import Atom, Conditional, Package
+from .model import Atom, Conditional, Package, order_satisfies, split_epoch
 
 NS_COMMON = "{http://linux.duke.edu/metadata/common}"
 NS_RPM = "{http://linux.duke.edu/metadata/rpm}"
@@ -78,11 +78,9 @@ def rpmvercmp(a: str, b: str) -> int:
 
 
 def split_evr(evr: str) -> tuple[int, str, str | None]:
-    epoch, _, rest = evr.partition(":") if ":" in evr else ("0", "", evr)
+    epoch, rest = split_epoch(evr)
     version, sep, release = rest.rpartition("-")
-    if not sep:
-        return int(epoch or 0), rest, None
-    return int(epoch or 0), version, release
+    return (epoch, version, release) if sep else (epoch, rest, None)
 
 
 def compare_evr(a: str, b: str) -> int:
@@ -97,8 +95,7 @@ def compare_evr(a: str, b: str) -> int:
 
 
 def relation_holds(have: str, op: str, want: str) -> bool:
-    c = compare_evr(have, want)
-    return {"<": c < 0, "<=": c <= 0, "=": c == 0, ">=": c >= 0, ">": c > 0}[op]
+    return order_satisfies(compare_evr(have, want), op)
 
 
 def format_evr(epoch: str | None, ver: str | None, rel: str | None) -> str | None:

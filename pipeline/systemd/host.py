@@ -5,18 +5,26 @@ from __future__ import annotations
 import os
 import platform
 import re
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import InputError
+from .. import tools
+from ..errors import BuildError, InputError
+from ..resolve.debian import stanzas
 from . import rules
 from .images import chase
-from .release import FOREIGN_ARCHITECTURES, parse_env_file
+from .release import (
+    FOREIGN_ARCHITECTURES,
+    HIERARCHIES,
+    architecture_problem,
+    parse_env_file,
+    systemd_architecture,
+)
 
-HIERARCHIES = {"sysext": ("/usr", "/opt"), "confext": ("/etc",)}
 META_DIRS = {"sysext": ".systemd-sysext", "confext": ".systemd-confext"}
 UNITS = {"sysext": "systemd-sysext.service", "confext": "systemd-confext.service"}
+#: Unit directories in systemd's order (the administrator's /etc first), relative to the root.
+UNIT_DIRS = ("etc/systemd/system", "usr/lib/systemd/system", "lib/systemd/system")
 
 
 @dataclass
@@ -48,10 +56,10 @@ def os_release(root: Path | None = None, override: Path | None = None) -> OsRele
 def architecture(machine: str | None = None) -> str:
     """The kernel's architecture in systemd's spelling (uname -m x86_64 → x86-64)."""
     machine = machine or platform.machine()
-    return FOREIGN_ARCHITECTURES.get(machine) or machine
+    return systemd_architecture(machine) or machine
 
 
-_LIB_RE = re.compile(r"libsystemd-shared-(\d+)(?:\.(\d+))?")
+_LIB_RE = re.compile(r"libsystemd-shared-(\d+(?:\.\d+)?)")
 
 
 def systemd_version(root: Path | None = None) -> rules.Version | None:
@@ -59,26 +67,25 @@ def systemd_version(root: Path | None = None) -> rules.Version | None:
     status, else the libsystemd-shared-NNN.so file name (major version only)."""
     if root is None:
         try:
-            proc = subprocess.run(["systemctl", "--version"], capture_output=True, text=True,
-                                  check=False)
-        except FileNotFoundError:
-            proc = None
-        if proc and proc.returncode == 0 and proc.stdout:
-            return rules.parse_version(proc.stdout.splitlines()[0])
+            answer = tools.run("systemctl", ["--version"], what="asking its version").stdout
+        except BuildError:  # no systemctl (a container): read the files below
+            answer = b""
+        if answer.strip():
+            return rules.parse_version(answer.decode(errors="replace").splitlines()[0])
         root = Path("/")
     root = Path(root)
     status = root / "var/lib/dpkg/status"
     if status.is_file():
-        text = status.read_text(errors="replace")
-        match = re.search(r"^Package: systemd\n(?:[^\n]+\n)*?Version: (\S+)", text, re.M)
-        if match:
-            return rules.parse_version(match.group(1))
+        for package in stanzas(status.read_text(errors="replace"), frozenset({"Package",
+                                                                              "Version"})):
+            if package.get("Package") == "systemd" and "Version" in package:
+                return rules.parse_version(package["Version"])
     for pattern in ("usr/lib/*/systemd/libsystemd-shared-*.so", "usr/lib/systemd/libsystemd-shared-*.so",
                     "usr/lib64/systemd/libsystemd-shared-*.so", "lib/*/systemd/libsystemd-shared-*.so"):
         for lib in sorted(root.glob(pattern)):
             match = _LIB_RE.search(lib.name)
             if match:
-                return (int(match.group(1)), int(match.group(2)) if match.group(2) else 999)
+                return rules.parse_version(match.group(1))
     return None
 
 
@@ -105,6 +112,10 @@ class Host:
     @property
     def base(self) -> Path:
         return Path(self.root or "/")
+
+    def host_path(self, path: Path) -> str:
+        """``path`` (a real path, inside --root) as the host will see it: '/var/lib/…'."""
+        return "/" + str(path.relative_to(self.base)) if self.root else str(path)
 
     def facts(self) -> rules.HostFacts:
         return rules.HostFacts(self.os_release.fields, self.architecture, self.version,
@@ -141,12 +152,10 @@ def detect(root: Path | None = None, *, os_release_file: Path | None = None,
         raise InputError("--systemd", f"systemd {version[0]} is outside what is modelled",
                          f"{rules.OLDEST}–{rules.NEWEST}")
     if arch:
-        from .release import architecture_problem
-
         problem = architecture_problem(arch)
         if problem and arch not in FOREIGN_ARCHITECTURES:
             raise InputError("--arch", f"{arch!r} {problem}")
-        arch = FOREIGN_ARCHITECTURES.get(arch) or arch
+        arch = architecture(arch)
     return Host(root=Path(root) if root else None,
                 os_release=os_release(root, os_release_file),
                 architecture=arch or architecture(), version=version, version_source=source,
@@ -172,11 +181,12 @@ def installed(host: Host, kind: str, include_unsearched: bool = True) -> list[In
     searched = rules.search_dirs(kind, host.version, host.initrd)
     every = list(searched)
     if include_unsearched:
-        for version in ((252, 0), (254, 0), (258, 0)):
+        for major in rules.SEARCH_DIRS_CHANGE:
             for initrd in (False, True):
-                for d in rules.search_dirs(kind, version, initrd):
+                for d in rules.search_dirs(kind, (major, 0), initrd):
                     if d not in every:
                         every.append(d)
+        # where people put confexts by analogy with /etc/extensions; systemd never looks there
         if kind == "confext" and "/etc/confexts" not in every:
             every.append("/etc/confexts")
     out: list[Installed] = []
@@ -193,8 +203,9 @@ def installed(host: Host, kind: str, include_unsearched: bool = True) -> list[In
             name = rules.discovered_name(child.name, is_dir, kind, host.version)
             if name is not None and not is_dir and not child.is_file():
                 name = None
-            if child.is_dir() and child.name.endswith(".v") and host.version[0] >= 256:
-                name = child.name[:-2].removesuffix(".raw")
+            if child.is_dir() and child.name.endswith(".v") and \
+                    rules.reads_v_directories(host.version):
+                name = rules.v_directory_image_name(child.name)
             entry = Installed(kind, directory, child, name)
             if name is not None and directory in searched:
                 if name in first:
@@ -233,21 +244,17 @@ def merge_state(host: Host, kind: str) -> list[MergeState]:
 def unit_enabled(host: Host, kind: str) -> bool | None:
     """Whether the merge service is enabled (a wants symlink in /etc or a preset-made one)."""
     unit = UNITS[kind]
-    for d in ("etc/systemd/system/sysinit.target.wants", "etc/systemd/system/multi-user.target.wants",
-              "usr/lib/systemd/system/sysinit.target.wants", "lib/systemd/system/sysinit.target.wants"):
+    wants = [f"{d}/sysinit.target.wants" for d in UNIT_DIRS]
+    wants.append(f"{UNIT_DIRS[0]}/multi-user.target.wants")
+    for d in wants:
         if (host.base / d / unit).is_symlink() or (host.base / d / unit).exists():
             return True
-    unit_file = None
-    for d in ("etc/systemd/system", "usr/lib/systemd/system", "lib/systemd/system"):
-        if (host.base / d / unit).exists():
-            unit_file = host.base / d / unit
-            break
-    return False if unit_file else None
+    return False if any((host.base / d / unit).exists() for d in UNIT_DIRS) else None
 
 
 def unit_wanted_by(host: Host, kind: str) -> str:
     """The target the unit's [Install] section names (sysinit.target for systemd's units)."""
-    for d in ("etc/systemd/system", "usr/lib/systemd/system", "lib/systemd/system"):
+    for d in UNIT_DIRS:
         path = host.base / d / UNITS[kind]
         if path.is_file():
             match = re.search(r"^WantedBy=(\S+)", path.read_text(errors="replace"), re.M)
@@ -257,7 +264,9 @@ def unit_wanted_by(host: Host, kind: str) -> str:
 
 
 def unit_file_path(host: Host, kind: str) -> str:
-    for d in ("usr/lib/systemd/system", "lib/systemd/system", "etc/systemd/system"):
+    """The unit file an [Install] symlink points at: the vendor's copy first."""
+    vendor_first = (*UNIT_DIRS[1:], UNIT_DIRS[0])
+    for d in vendor_first:
         if (host.base / d / UNITS[kind]).is_file():
             return "/" + d + "/" + UNITS[kind]
-    return "/usr/lib/systemd/system/" + UNITS[kind]
+    return "/" + vendor_first[0] + "/" + UNITS[kind]

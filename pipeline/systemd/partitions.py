@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 
 from ..errors import InputError
+from .release import systemd_architecture
 
 #: The six per-architecture designators, in the order of each row of :data:`_ARCH_TYPES`.
 DESIGNATORS = ("root", "root-verity", "root-verity-sig", "usr", "usr-verity", "usr-verity-sig")
@@ -120,7 +121,6 @@ ARCHITECTURES = tuple(_ARCH_TYPES)
 #: GPT attribute bits that systemd (and UEFI) give a meaning, for ``inspect``.
 FLAG_NAMES = {0: "required", 1: "no-block-io", 2: "legacy-bios-bootable", 59: "growfs",
               60: "read-only", 62: "hidden", 63: "no-auto"}
-READ_ONLY_FLAG = 1 << 60
 
 _BY_UUID: dict[str, tuple[str, str | None]] = {
     **{u: (name, None) for name, u in _GENERIC_TYPES.items()},
@@ -135,9 +135,7 @@ def type_uuid(designator: str, arch: str) -> str:
                          f"one of: {', '.join(DESIGNATORS)}")
     row = _ARCH_TYPES.get(arch)
     if row is None:
-        from .release import FOREIGN_ARCHITECTURES  # the one table of foreign spellings
-
-        better = FOREIGN_ARCHITECTURES.get(arch)
+        better = systemd_architecture(arch)
         hint = f"systemd spells it {better!r}" if better in _ARCH_TYPES else (
             f"known: {', '.join(ARCHITECTURES)}")
         raise InputError(arch, "no GPT partition types for this architecture", hint)

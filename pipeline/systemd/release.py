@@ -30,6 +30,10 @@ for _name in ARCHITECTURES:
     FOREIGN_ARCHITECTURES.setdefault(_name, _name)
 
 SCOPES = ("system", "initrd", "portable")
+#: The hierarchies each kind overlays when merged (systemd never merges anything else).
+HIERARCHIES = {"sysext": ("/usr", "/opt"), "confext": ("/etc",)}
+#: Where each kind's release files live inside an image.
+RELEASE_DIRS = {"sysext": "usr/lib/extension-release.d", "confext": "etc/extension-release.d"}
 _VALUE_RE = re.compile(r"^[A-Za-z0-9._~+:-]+$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 
@@ -66,8 +70,7 @@ def field_value_problem(value: str) -> str | None:
 
 def release_path(kind: str, name: str) -> str:
     """Where the release file of extension ``name`` lives inside the image."""
-    base = "usr/lib" if kind == "sysext" else "etc"
-    return f"{base}/extension-release.d/extension-release.{name}"
+    return f"{RELEASE_DIRS[kind]}/extension-release.{name}"
 
 
 def release_fields(kind: str, name: str, version: str | None, target: Mapping) -> dict[str, str]:
@@ -105,8 +108,8 @@ def parse_env_file(text: str) -> dict[str, str]:
         key, _, value = line.partition("=")
         key, value = key.strip(), value.strip()
         if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
-            value = value[1:-1]
-            if raw.strip().split("=", 1)[1].strip()[0] == '"':
+            quote, value = value[0], value[1:-1]
+            if quote == '"':  # backslash escapes count only inside double quotes
                 value = re.sub(r'\\(["\\`$])', r"\1", value)
         result[key] = value
     return result

@@ -27,10 +27,10 @@ BREAKS = "breaks the merge"
 VERDICTS = (MERGES, IGNORED, BREAKS)
 
 OLDEST, NEWEST = 252, 262
-#: A systemd version: (major, point release). ``(254, None)`` means "some 254.x", read as the
-#: newest point release when a rule changed inside a series.
+#: A systemd version: (major, point release). ``(254, LATEST_POINT)`` means "some 254.x", read as
+#: the newest point release when a rule changed inside a series.
 Version = tuple[int, int]
-_LATEST_POINT = 999
+LATEST_POINT = 999
 
 
 def parse_version(text: str | int) -> Version:
@@ -40,13 +40,13 @@ def parse_version(text: str | int) -> Version:
     if not match:
         raise ValueError(f"not a systemd version: {text!r}")
     major = int(match.group(1))
-    point = int(match.group(2)) if match.group(2) else _LATEST_POINT
+    point = int(match.group(2)) if match.group(2) else LATEST_POINT
     return (major, point)
 
 
 def format_version(version: Version) -> str:
     major, point = version
-    return str(major) if point == _LATEST_POINT else f"{major}.{point}"
+    return str(major) if point == LATEST_POINT else f"{major}.{point}"
 
 
 @dataclass(frozen=True)
@@ -63,9 +63,8 @@ class Span:
         lo_major, lo_point = self.lo
         if self.hi is None:
             return f"{lo_major}+" if lo_point == 0 else f"{lo_major}.{lo_point}+"
-        hi_major, hi_point = self.hi
-        hi = str(hi_major) if hi_point == _LATEST_POINT else f"{hi_major}.{hi_point}"
-        lo = str(lo_major) if lo_point == 0 and hi_point == _LATEST_POINT \
+        hi = format_version(self.hi)
+        lo = str(lo_major) if lo_point == 0 and self.hi[1] == LATEST_POINT \
             else f"{lo_major}.{lo_point}"
         return lo if lo == hi else f"{lo}–{hi}"
 
@@ -74,7 +73,7 @@ def span(lo: str, hi: str | None = None) -> Span:
     """span('252', '253') = 252.0–253.x; span('254.11', '254.14'); span('258') = 258+."""
     def end(text: str, low: bool) -> Version:
         major, _, point = text.partition(".")
-        return (int(major), int(point) if point else (0 if low else _LATEST_POINT))
+        return (int(major), int(point) if point else (0 if low else LATEST_POINT))
     return Span(end(lo, True), end(hi, False) if hi else None)
 
 
@@ -324,10 +323,17 @@ RULES: dict[str, Rule] = _rules(
 
 
 def rule(rule_id: str) -> Rule:
+    """The rule ``rule_id``, for other modules (this one indexes :data:`RULES` directly)."""
     return RULES[rule_id]
 
 
 # ---- discovery: search paths and names -------------------------------------------------------
+
+#: The versions at which :func:`search_dirs` changes (each holds until the next one).
+SEARCH_DIRS_CHANGE = (252, 254, 256, 258)
+#: Where systemd looks for certificates that verify signed images (verity.d), in its order.
+VERITY_DIRS = ("/etc/verity.d", "/run/verity.d", "/usr/local/lib/verity.d", "/usr/lib/verity.d")
+
 
 def search_dirs(kind: str, version: Version, initrd: bool = False) -> tuple[str, ...]:
     """Directories ``systemd-sysext``/``systemd-confext`` search, in order (first name wins)."""
@@ -366,6 +372,21 @@ def image_name_is_valid(name: str) -> bool:
     if any(ord(c) < 32 or ord(c) == 127 for c in name):
         return False
     return not name.startswith(".#")
+
+
+def ships_tool(kind: str, version: Version) -> bool:
+    """Whether systemd ``version`` has systemd-``kind`` at all (systemd-confext: 254 on)."""
+    return kind != "confext" or not RULES["host.no-confext"].applies(version)
+
+
+def reads_v_directories(version: Version) -> bool:
+    """Whether systemd ``version`` picks images out of ``NAME.v/`` directories (256 on)."""
+    return not RULES["discovery.v-unsupported"].applies(version)
+
+
+def v_directory_image_name(dir_name: str) -> str:
+    """The name of the image picked out of ``NAME.v/`` or ``NAME.raw.v/``: NAME."""
+    return dir_name.removesuffix(".v").removesuffix(".raw")
 
 
 def discovered_name(file_name: str, is_dir: bool, kind: str, version: Version) -> str | None:
@@ -437,10 +458,10 @@ def lookup_release(files: Mapping[str, ReleaseFile], name: str, version: Version
         if not image_name_is_valid(suffix):
             continue
         how = None
-        if rule("release.name-reduced").applies(version):
+        if RULES["release.name-reduced"].applies(version):
             if reduced_image_name(suffix) == reduced_image_name(name):
                 how = "name-reduced"
-        elif rule("release.name-versioned").applies(version):
+        elif RULES["release.name-versioned"].applies(version):
             if suffix == reduced_image_name(name):
                 how = "name-versioned"
         if how is None and _parse_bool(release.strict) is False:
@@ -513,9 +534,9 @@ def evaluate(image: ImageFacts, host: HostFacts, kind: str, place: Place | None 
     version = host.version
     place = place or Place()
     name = discovered_name(image.file_name, image.is_dir, kind, version)
-    if image.name_override and version[0] >= 256:
+    if image.name_override and reads_v_directories(version):
         name = image.name_override
-    picked_too_old = image.name_override is not None and version[0] < 256
+    picked_too_old = image.name_override is not None and not reads_v_directories(version)
     release_path = release_file_path(kind, name or image.file_name)
     ctx = {"name": name or image.file_name, "release_path": release_path, "kind": kind,
            "KIND": kind.upper(), "root": host.root,
@@ -532,7 +553,7 @@ def evaluate(image: ImageFacts, host: HostFacts, kind: str, place: Place | None 
                        None if host_value is None else str(host_value),
                        r.log.format(**values), r.fix.format(**values), notes)
 
-    if kind == "confext" and version[0] < 254:
+    if not ships_tool(kind, version):
         return decide("host.no-confext", host_value=format_version(version))
     if not host.os_release.get("ID"):
         return decide("host.no-id", host_value="")
@@ -712,9 +733,8 @@ CONDITIONS: dict[str, Condition] = {c.id: c for c in (
               "chattr -i the directory"),
     Condition("signature.no-cert", "error",
               "a signed image does not merge (`Failed to … verity …`, ≤258)",
-              "no certificate in /etc/verity.d, /run/verity.d, /usr/local/lib/verity.d, "
-              "/usr/lib/verity.d (or the kernel keyring) verifies the signature; 259+ falls "
-              "back to unsigned verity where the image policy allows it",
+              f"no certificate in {', '.join(VERITY_DIRS)} (or the kernel keyring) verifies the "
+              "signature; 259+ falls back to unsigned verity where the image policy allows it",
               "install the signing certificate as /etc/verity.d/NAME.crt"),
     Condition("signature.unverified", "error", "a signed image does not merge",
               "none of the installed certificates verifies its signature",
@@ -797,10 +817,11 @@ def troubleshooting_markdown() -> str:
     out += ["", "Search directories (first image of a name wins; `check` reports "
             "`discovery.not-searched` and `discovery.shadowed`):", "",
             "| systemd | sysext | confext |", "|---|---|---|"]
-    for label, version in (("252–253", (252, 0)), ("254–255", (254, 0)), ("256–257", (256, 0)),
-                           ("258–262", (258, 0))):
+    for first, following in zip(SEARCH_DIRS_CHANGE, SEARCH_DIRS_CHANGE[1:] + (NEWEST + 1,)):
+        label = f"{first}–{following - 1}"
         for initrd in (False, True):
-            sysext = ", ".join(search_dirs("sysext", version, initrd))
-            confext = ", ".join(search_dirs("confext", version, initrd)) or "(no systemd-confext)"
+            sysext = ", ".join(search_dirs("sysext", (first, 0), initrd))
+            confext = ", ".join(search_dirs("confext", (first, 0), initrd)) or \
+                "(no systemd-confext)"
             out.append(f"| {label}{' (initrd)' if initrd else ''} | {sysext} | {confext} |")
     return "\n".join(out) + "\n"
