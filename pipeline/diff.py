@@ -10,12 +10,12 @@ Levels, each read only when the one above did not explain the difference:
    superblock (salt, UUID, sizes), the root hash, the signature partition (what is signed vs who
    signed); detached ``NAME.verity``/``.roothash``/``.roothash.p7s`` the same way. Without
    images, the manifests' ``ddi``/``verity`` objects.
-3. ``superblock`` — squashfs/erofs superblock fields (pipeline/fsinfo.py): settings (mkfs time,
+3. ``superblock`` — squashfs/erofs superblock fields (pipeline/fsinfo/): settings (mkfs time,
    UUID, compressor and its options, block size, flags) explain; counts and table offsets only
    follow from the content.
 4. ``tree`` — added and removed paths, then per path the attributes that differ (type, mode, uid,
    gid, mtime, size, sha256, target, xattrs), with counts and the first N paths. Trees come from
-   the images (streamed, see fsinfo.walk_image) or from a manifest's ``files``.
+   the images (streamed, see pipeline/fsinfo/) or from a manifest's ``files``.
 5. ``bytes`` — identical trees and settings but different bytes: the first differing offset and
    the file system region it falls in. That is a reproducibility bug in the packing.
 
@@ -451,7 +451,7 @@ class _Differ:
         return None, None
 
     def _ddi_images(self):
-        from .ddi.assemble import find_verity_set, hash_image, read_range
+        from .ddi.assemble import find_verity_set, hash_image
         from .ddi.gpt import read_gpt
         from .ddi.signature import parse_partition
         from .ddi.verity import SUPERBLOCK_SIZE, parse_superblock
@@ -507,8 +507,8 @@ class _Differ:
         if rha != rhb:
             add("container", "root_hash", rha, rhb, f"root hash {_short(rha)} → {_short(rhb)}",
                 explains=False)
-        sba = parse_superblock(read_range(ia, va.hash.offset, SUPERBLOCK_SIZE))
-        sbb = parse_superblock(read_range(ib, vb.hash.offset, SUPERBLOCK_SIZE))
+        sba = parse_superblock(fsinfo.read_range(ia, va.hash.offset, SUPERBLOCK_SIZE))
+        sbb = parse_superblock(fsinfo.read_range(ib, vb.hash.offset, SUPERBLOCK_SIZE))
         verity_fields = []
         if sba and sbb:
             for fld in ("salt", "uuid", "algorithm", "data_block_size", "hash_block_size",
@@ -525,7 +525,7 @@ class _Differ:
         elif bool(sba) != bool(sbb):
             add("container", "verity.superblock", bool(sba), bool(sbb),
                 "verity superblock present in one image only")
-        sig = self._signatures(ia, ib, va, vb, parse_partition, read_range, rha, rhb)
+        sig = self._signatures(ia, ib, va, vb, parse_partition, rha, rhb)
 
         if data_differs:
             x, y = va.data, vb.data
@@ -569,14 +569,16 @@ class _Differ:
             self._explained("container", explaining[0].text)
         return None, None
 
-    def _signatures(self, ia, ib, va, vb, parse_partition, read_range, rha, rhb):
+    def _signatures(self, ia, ib, va, vb, parse_partition, rha, rhb):
         """Compare the signature partitions; return the explaining finding, if any."""
         r, add = self.r, self.r.add
         la, lb = r.labels
         if va.signature is None and vb.signature is None:
             return None
-        raw_a = read_range(ia, va.signature.offset, va.signature.size) if va.signature else None
-        raw_b = read_range(ib, vb.signature.offset, vb.signature.size) if vb.signature else None
+        raw_a = fsinfo.read_range(ia, va.signature.offset, va.signature.size) if va.signature \
+            else None
+        raw_b = fsinfo.read_range(ib, vb.signature.offset, vb.signature.size) if vb.signature \
+            else None
         if raw_a == raw_b:
             return None
         try:
@@ -667,8 +669,8 @@ class _Differ:
                   "detached verity (NAME.verity) next to one image only")
             return
         r.levels["container"] = "detached verity"
-        sba = parse_superblock(va.read_bytes()[:SUPERBLOCK_SIZE])
-        sbb = parse_superblock(vb.read_bytes()[:SUPERBLOCK_SIZE])
+        sba = parse_superblock(fsinfo.read_range(va, 0, SUPERBLOCK_SIZE))
+        sbb = parse_superblock(fsinfo.read_range(vb, 0, SUPERBLOCK_SIZE))
         same_fs = fsinfo.first_difference(self.a.image, self.b.image) is None
         if sba and sbb:
             for fld in ("salt", "uuid", "algorithm", "data_block_size", "hash_block_size",
@@ -725,14 +727,14 @@ class _Differ:
     def _tree(self, data) -> TreeDiff | None:
         r = self.r
         streams = []
-        for side, fs in zip((self.a, self.b), data):
-            stream = self._tree_stream(side, fs)
-            if stream is None:
-                r.levels["tree"] = f"n/a: no image or file list for {side.given}"
-                return None
-            streams.append(stream)
-        manifest_based = any(kind == "manifest" for kind, _ in streams)
         try:
+            for side, fs in zip((self.a, self.b), data):
+                stream = self._tree_stream(side, fs)
+                if stream is None:
+                    r.levels["tree"] = f"n/a: no image or file list for {side.given}"
+                    return None
+                streams.append(stream)
+            manifest_based = any(kind == "manifest" for kind, _ in streams)
             tree = compare_trees(streams[0][1], streams[1][1], limit=self.limit,
                                  manifest_based=manifest_based)
         except PipelineError as err:
@@ -756,21 +758,8 @@ class _Differ:
     def _tree_stream(self, side: Side, fs):
         if fs is not None:
             image, offset, size = fs
-            return "image", fsinfo.walk_image(image, offset=offset, size=size)
-        if side.is_dir:
-            return "image", fsinfo.walk_dir(side.image)
-        if side.is_file:
-            from .ddi.gpt import has_gpt
-
-            if has_gpt(side.image):
-                from .ddi.assemble import find_verity_set
-                from .ddi.gpt import read_gpt
-
-                found = find_verity_set(read_gpt(side.image))
-                if found is None:
-                    return None
-                return "image", fsinfo.walk_image(side.image, offset=found.data.offset,
-                                                  size=found.data.size)
+            return "image", fsinfo.walk_image(fsinfo.locate(image, offset=offset, size=size))
+        if side.is_dir or side.is_file:  # a DDI: its root/usr partition
             return "image", fsinfo.walk_image(side.image)
         if side.manifest and "files" in side.manifest:
             files = sorted(side.manifest["files"], key=lambda f: fsinfo.tree_key(f["path"]))
@@ -876,7 +865,8 @@ def _p7s_signer(path: Path) -> str | None:
     try:
         from cryptography.hazmat.primitives.serialization import pkcs7
 
-        from .ddi.signature import fingerprint, read_p7s
+        from .ddi.signature import read_p7s
+        from .keys import fingerprint
 
         certs = pkcs7.load_der_pkcs7_certificates(read_p7s(path))
         return fingerprint(certs[0]) if certs else None

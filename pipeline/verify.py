@@ -15,7 +15,6 @@ with the explanation from pipeline/diff.py, tool-version differences first.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import shutil
@@ -25,6 +24,7 @@ from pathlib import Path
 
 from . import diff as diff_mod
 from .errors import BuildError, InputError
+from .fetch import hash_file
 
 LABELS = ("in the original", "in the rebuild")
 TOOL_LABELS = ("in the manifest", "here")
@@ -111,7 +111,7 @@ def find_recipe(target: Target, explicit: str | Path | None) -> tuple[Path, list
         path = Path(explicit)
         if not path.is_file():
             raise InputError(str(path), "recipe not found")
-        got = recipe_hash(path) or _sha256(path)
+        got = recipe_hash(path) or hash_file(path)[0]
         if want and got != want:
             return path.resolve(), [f"{path} is not the recorded recipe (sha256 {got[:12]}…, "
                                     f"the manifest recorded {want[:12]}… for "
@@ -135,10 +135,6 @@ def recipe_hash(path: Path) -> str | None:
         return recipe_mod.load(path).sha256
     except PipelineError:
         return None
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def pinned_recipe(recipe, manifest: dict):
@@ -253,8 +249,6 @@ def _image_notes(target: Target) -> list[str]:
         return [f"{recorded.get('file')} is not next to the manifest: compared with the hashes "
                 "the manifest records"]
     if target.image.is_file() and recorded.get("sha256"):
-        from .fetch import hash_file
-
         actual = hash_file(target.image)[0]
         if actual != recorded["sha256"]:
             return [f"{target.image.name} is not the image its manifest describes (sha256 "

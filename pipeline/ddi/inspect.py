@@ -5,31 +5,25 @@ systemd type table, the root hash comes from the signature JSON or else from the
 (as systemd 258+ guesses it), the tree is checked with ``veritysetup verify`` on extracted
 partitions (no device-mapper needed), and the signature is checked the way systemd checks it in
 userspace. Failures to verify are reported as data, not raised: showing them is the point.
+The file system inside is read through pipeline/fsinfo/ (no mount needed for squashfs).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import tempfile
 from pathlib import Path
 
-from .. import tools
+from .. import fsinfo
 from ..errors import InputError, PipelineError
-from ..keys import key_algorithm, load_certificate
+from ..fetch import hash_file
+from ..keys import fingerprint, key_algorithm, load_certificate
 from ..systemd import partitions
 from ..systemd.release import parse_env_file
 from . import signature as sig
 from . import verity
-from .assemble import (
-    extract,
-    find_verity_set,
-    hash_image,
-    read_range,
-    sha256_file,
-    sniff_fs_type,
-)
+from .assemble import find_verity_set, hash_image
 from .gpt import has_gpt, read_gpt
 
 _RELEASE_RE = re.compile(r"^/?(usr/lib|etc)/extension-release\.d/extension-release\.[^/]+$")
@@ -69,40 +63,40 @@ def _inspect_ddi(path: Path, certificate, tmp: Path) -> dict:
     report["unsignedSha256"] = unsigned_sha
     blob = error = None
     if found.signature is not None:
-        raw = read_range(path, found.signature.offset, found.signature.size)
+        raw = fsinfo.read_range(path, found.signature.offset, found.signature.size)
         try:
             blob = sig.parse_partition(raw, f"partition {found.signature.index}")
         except InputError as err:
             error = err.line()
     uuid_hash = found.root_hash_from_uuids()
     root_hash = blob.root_hash if blob else uuid_hash
-    data = extract(path, found.data, tmp / "data")
-    hash_file = extract(path, found.hash, tmp / "hash")
-    report["verity"] = _verity(data, hash_file, root_hash, "signature" if blob else "partition-uuids")
+    data = fsinfo.copy_range(path, found.data.offset, found.data.size, tmp / "data")
+    hash_part = fsinfo.copy_range(path, found.hash.offset, found.hash.size, tmp / "hash")
+    report["verity"] = _verity(data, hash_part, root_hash, "signature" if blob else "partition-uuids")
     report["verity"].update(family=found.family, arch=found.arch,
                             uuidsMatchRootHash=uuid_hash == root_hash)
     report["signature"] = (
         {"present": True, "verified": False, "reason": error} if error else
         _signature(blob, root_hash, certificate, reserved=found.signature is not None))
-    report["filesystem"] = _filesystem(data, tmp)
+    report["filesystem"] = _filesystem(data)
     return report
 
 
 def _inspect_plain(path: Path, certificate) -> dict:
-    fs_type = sniff_fs_type(path)
-    report: dict = {"format": fs_type or "unknown", "sha256": sha256_file(path)}
+    fs_type = fsinfo.sniff(path)
+    report: dict = {"format": fs_type or "unknown", "sha256": hash_file(path)[0]}
     if fs_type is None:
         return report
     base = str(path)[:-len(".raw")] if path.name.endswith(".raw") else None
-    hash_file = Path(f"{base}.verity") if base else None
-    if hash_file and hash_file.exists():
+    verity_file = Path(f"{base}.verity") if base else None
+    if verity_file and verity_file.exists():
         roothash_file = Path(f"{base}.roothash")
         root_hash = roothash_file.read_text().strip() if roothash_file.exists() else None
         if root_hash:
-            report["verity"] = _verity(path, hash_file, root_hash, roothash_file.name)
+            report["verity"] = _verity(path, verity_file, root_hash, roothash_file.name)
         else:
             report["verity"] = {"rootHash": None, "verified": False,
-                                "reason": f"{hash_file.name} without {roothash_file.name}"}
+                                "reason": f"{verity_file.name} without {roothash_file.name}"}
         p7s = Path(f"{base}.roothash.p7s")
         try:
             blob = sig.SignatureBlob(root_hash or "", None, sig.read_p7s(p7s)) if p7s.exists() else None
@@ -111,8 +105,7 @@ def _inspect_plain(path: Path, certificate) -> dict:
             report["signature"] = {"present": True, "verified": False, "reason": err.line()}
     else:
         report["verity"] = None
-    with tempfile.TemporaryDirectory(prefix="inspect-") as tmp:
-        report["filesystem"] = _filesystem(path, Path(tmp))
+    report["filesystem"] = _filesystem(path)
     return report
 
 
@@ -133,9 +126,10 @@ def _partition(p, digest: str) -> dict:
     }
 
 
-def _verity(data: Path, hash_file: Path, root_hash: str, source: str) -> dict:
-    superblock = verity.parse_superblock(read_range(hash_file, 0, verity.SUPERBLOCK_SIZE))
-    ok, reason = verity.verify(data, hash_file, root_hash)
+def _verity(data: Path, verity_file: Path, root_hash: str, source: str) -> dict:
+    head = fsinfo.read_range(verity_file, 0, verity.SUPERBLOCK_SIZE)
+    superblock = verity.parse_superblock(head)
+    ok, reason = verity.verify(data, verity_file, root_hash)
     return {
         "rootHash": root_hash,
         "rootHashSource": source,
@@ -160,7 +154,7 @@ def _signature(blob, root_hash: str, certificate, *, reserved: bool) -> dict:
         "rootHashMatches": blob.root_hash == root_hash,
         "certificateFingerprint": blob.fingerprint,
         "embeddedCertificates": [{"subject": c.subject.rfc4514_string(),
-                                  "fingerprint": sig.fingerprint(c),
+                                  "fingerprint": fingerprint(c),
                                   "algorithm": key_algorithm(c.public_key())} for c in embedded],
     }
     against = certificate or (embedded[0] if embedded else None)
@@ -174,68 +168,35 @@ def _signature(blob, root_hash: str, certificate, *, reserved: bool) -> dict:
         reason=reason or (None if report["rootHashMatches"] else "signs a different root hash"),
     )
     if certificate is not None and blob.fingerprint:
-        report["fingerprintMatches"] = blob.fingerprint == sig.fingerprint(certificate)
+        report["fingerprintMatches"] = blob.fingerprint == fingerprint(certificate)
     return report
 
 
-def _filesystem(image: Path, tmp: Path) -> dict:
-    """File system type, file count/bytes and the extension-release file, read without mounting."""
-    fs_type = sniff_fs_type(image)
+def _filesystem(image: Path) -> dict:
+    """File system type, entry/file counts, bytes and the extension-release file."""
+    fs_type = fsinfo.sniff(image)
+    if fs_type is None:
+        return {"type": fs_type}
+    counts = {"entries": 0, "files": 0, "bytes": 0}
+    names = []
     try:
-        if fs_type == "squashfs":
-            entries, read = _squashfs_entries(image), lambda p: _squashfs_cat(image, p)
-        elif fs_type == "erofs":
-            root = _erofs_extract(image, tmp / "erofs")
-            entries = _tree_entries(root)
-            read = lambda p: (root / p.lstrip("/")).read_bytes()  # noqa: E731
-        else:
-            return {"type": fs_type}
+        for entry in fsinfo.list_image(image):
+            if entry["path"] == fsinfo.ROOT:
+                continue
+            counts["entries"] += 1
+            if entry["type"] == "file":
+                counts["files"] += 1
+                counts["bytes"] += entry["size"]
+                if _RELEASE_RE.match(entry["path"]):
+                    names.append(entry["path"])
+        names.sort()
+        release = None
+        if names:
+            text = fsinfo.read_file(image, names[0]).decode(errors="replace")
+            release = {"path": names[0], "fields": parse_env_file(text), "candidates": names}
     except PipelineError as err:
         return {"type": fs_type, "error": err.line()}
-    files = [(p, size) for p, kind, size in entries if kind == "-"]
-    release = None
-    names = sorted(p for p, _ in files if _RELEASE_RE.match(p))
-    if names:
-        text = read(names[0]).decode(errors="replace")
-        release = {"path": names[0].lstrip("/"), "fields": parse_env_file(text),
-                   "candidates": [n.lstrip("/") for n in names]}
-    return {"type": fs_type, "entries": len(entries), "files": len(files),
-            "bytes": sum(size for _, size in files), "release": release}
-
-
-def _squashfs_entries(image: Path) -> list[tuple[str, str, int]]:
-    out = tools.run("unsquashfs", ["-lln", "-d", "", image], what=f"listing {image.name}").stdout
-    entries = []
-    for line in out.decode(errors="replace").splitlines():
-        fields = line.split(None, 5)
-        if len(fields) < 6 or not fields[5].startswith("/"):
-            continue  # the root directory (empty path) and anything unparseable
-        path = fields[5].split(" -> ", 1)[0] if fields[0][0] == "l" else fields[5]
-        size = int(fields[2]) if fields[2].isdigit() else 0
-        entries.append((path, fields[0][0], size))
-    return entries
-
-
-def _squashfs_cat(image: Path, path: str) -> bytes:
-    return tools.run("unsquashfs", ["-cat", image, path.lstrip("/")],
-                     what=f"reading {path} from {image.name}").stdout
-
-
-def _erofs_extract(image: Path, dest: Path) -> Path:
-    tools.run("fsck.erofs", [f"--extract={dest}", "--no-preserve", image],
-              what=f"extracting {image.name}")
-    return dest
-
-
-def _tree_entries(root: Path) -> list[tuple[str, str, int]]:
-    entries = []
-    for directory, dirs, files in os.walk(root):
-        for name in dirs + files:
-            full = Path(directory, name)
-            st = full.lstat()
-            kind = "l" if full.is_symlink() else "d" if full.is_dir() else "-" if full.is_file() else "?"
-            entries.append(("/" + str(full.relative_to(root)), kind, st.st_size if kind == "-" else 0))
-    return entries
+    return {"type": fs_type, **counts, "release": release}
 
 
 def _manifest_next_to(image: Path) -> dict | None:

@@ -1,34 +1,25 @@
-"""Read an extension image's metadata without mounting it when possible.
+"""An extension image as systemd-sysext sees it: its release files, os-release and entries.
 
-squashfs: ``unsquashfs`` (listing with ``-lln``, the release directories extracted with their
-xattrs into a temporary directory); erofs: a read-only loop mount when root, else
-``fsck.erofs --extract`` (no xattrs); a plain directory as it is; ``NAME.v/`` directories pick
-the newest ``NAME_VERSION[_ARCH].raw`` (or directory) inside, as systemd 256+ does; a DDI (GPT)
-is read through its root partition (``pipeline/ddi/gpt.py``).
+The file system is read through pipeline/fsinfo/ (which picks a read-only mount in a private
+namespace, unsquashfs or fsck.erofs, and finds a DDI's root/usr partition); this module adds
+systemd's view of it: a ``NAME.v/`` directory picks the newest ``NAME_VERSION[_ARCH].raw`` (or
+directory) inside, as systemd 256+ does, and paths resolve inside the image the way systemd's
+chase() does, so a symlinked release directory is found where systemd would find it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import shutil
-import stat
-import subprocess
-import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import tools
-from ..errors import BuildError, InputError
+from .. import fsinfo
+from ..errors import InputError
 from . import rules
-from .release import parse_env_file
+from .release import RELEASE_DIRS, parse_env_file
 
-RELEASE_DIRS = {"sysext": "usr/lib/extension-release.d", "confext": "etc/extension-release.d"}
 STRICT_XATTR = "user.extension-release.strict"
-_SQUASHFS_MAGIC = b"hsqs"
-_EROFS_MAGIC = b"\xe2\xe1\xf5\xe0"  # at offset 1024
 
 
 @dataclass
@@ -56,25 +47,6 @@ class Image:
     @property
     def is_dir(self) -> bool:
         return self.facts.is_dir
-
-
-def sniff(path: Path) -> str:
-    """squashfs | erofs | ddi | directory | unknown."""
-    if path.is_dir():
-        return "directory"
-    with open(path, "rb") as fh:
-        head = fh.read(4)
-        fh.seek(1024)
-        erofs = fh.read(4)
-    if head == _SQUASHFS_MAGIC:
-        return "squashfs"
-    if erofs == _EROFS_MAGIC:
-        return "erofs"
-    try:
-        from ..ddi.gpt import has_gpt
-    except ImportError:  # pragma: no cover - the DDI package is optional
-        return "unknown"
-    return "ddi" if has_gpt(path) else "unknown"
 
 
 _V_ENTRY = re.compile(r"^(?P<name>[^_]+)_(?P<version>[^_]+?)(?:_(?P<arch>[a-z0-9-]+))?$")
@@ -128,91 +100,11 @@ def read(path: Path | str, *, with_entries: bool = False, architecture: str | No
             raise InputError(str(path), "no NAME_VERSION entry in this .v/ directory",
                              "add e.g. NAME_1.raw inside it")
         picked_from, path = path, chosen
-    fmt = sniff(path)
-    if fmt == "unknown":
-        raise InputError(str(path), "not a squashfs, erofs or GPT (DDI) image, nor a directory")
-    with _opened(path, fmt) as tree:
-        image = _facts_from_tree(path, fmt, tree, with_entries)
+    fs = fsinfo.locate(path)
+    with fsinfo.opened(fs) as view:
+        image = _facts_from_tree(path, "ddi" if fs.ddi else fs.type, view.root, with_entries)
     image.picked_from = picked_from
     return image
-
-
-class _Tree:
-    """A read-only view: ``entries()``, ``read(rel)``, ``xattr(rel, name)``, ``root``."""
-
-    root: Path | None = None
-
-    def entries(self) -> list[Entry]:  # pragma: no cover - interface
-        raise NotImplementedError
-
-    def read(self, rel: str) -> bytes | None:  # pragma: no cover
-        raise NotImplementedError
-
-    def xattr(self, rel: str, name: str) -> str | None:  # pragma: no cover
-        raise NotImplementedError
-
-    def exists(self, rel: str) -> bool:
-        return self.read_link_free(rel) is not None
-
-    def read_link_free(self, rel: str) -> Entry | None:
-        for entry in self.entries():
-            if entry.path == rel:
-                return entry
-        return None
-
-
-class _DirTree(_Tree):
-    def __init__(self, root: Path):
-        self.root = root
-        self._entries: list[Entry] | None = None
-
-    def entries(self) -> list[Entry]:
-        if self._entries is None:
-            out = []
-            for dirpath, dirnames, filenames in os.walk(self.root):
-                dirnames.sort()
-                for fname in sorted(dirnames + filenames):
-                    full = Path(dirpath) / fname
-                    rel = str(full.relative_to(self.root))
-                    st = full.lstat()
-                    if stat.S_ISLNK(st.st_mode):
-                        out.append(Entry(rel, "symlink", st.st_mode, 0, os.readlink(full)))
-                    elif stat.S_ISDIR(st.st_mode):
-                        out.append(Entry(rel, "dir", st.st_mode))
-                    elif stat.S_ISREG(st.st_mode):
-                        out.append(Entry(rel, "file", st.st_mode, st.st_size))
-                    else:
-                        out.append(Entry(rel, "other", st.st_mode))
-            self._entries = out
-        return self._entries
-
-    def exists(self, rel: str) -> bool:
-        return chase(self.root, rel) is not None
-
-    def read(self, rel: str) -> bytes | None:
-        resolved = chase(self.root, rel)
-        if resolved is None or not resolved.is_file():
-            return None
-        return resolved.read_bytes()
-
-    def xattr(self, rel: str, name: str) -> str | None:
-        try:
-            return os.getxattr(self.root / rel, name, follow_symlinks=False).decode(
-                errors="replace").rstrip("\0")
-        except OSError:
-            return None
-
-    def listdir(self, rel: str) -> list[tuple[str, str]]:
-        """(name, type) of the entries in directory ``rel`` (after resolving it in the root)."""
-        resolved = chase(self.root, rel)
-        if resolved is None or not resolved.is_dir():
-            return []
-        out = []
-        for child in sorted(resolved.iterdir()):
-            kind = "symlink" if child.is_symlink() else "file" if child.is_file() else \
-                "dir" if child.is_dir() else "other"
-            out.append((child.name, kind))
-        return out
 
 
 def chase(root: Path, rel: str, _depth: int = 0) -> Path | None:
@@ -243,191 +135,66 @@ def chase(root: Path, rel: str, _depth: int = 0) -> Path | None:
     return current
 
 
-@contextlib.contextmanager
-def _opened(path: Path, fmt: str, offset: int = 0) -> Iterator[_Tree]:
-    if fmt == "directory":
-        yield _DirTree(path)
-        return
-    if fmt == "squashfs":
-        with tempfile.TemporaryDirectory(prefix="sysext-check-") as tmp:
-            yield _squashfs_tree(path, Path(tmp), offset)
-        return
-    if fmt == "erofs":
-        with _erofs_tree(path, offset) as tree:
-            yield tree
-        return
-    if fmt == "ddi":
-        part_fmt, part_offset = _ddi_root(path)
-        with _opened(path, part_fmt, part_offset) as tree:
-            yield tree
-        return
-    raise InputError(str(path), f"unsupported image format {fmt}")
+def _listdir(root: Path, rel: str) -> list[tuple[str, str]]:
+    """(name, type) of the entries of directory ``rel``, resolved inside the image."""
+    resolved = chase(root, rel)
+    if resolved is None or not resolved.is_dir():
+        return []
+    return [(child.name, "symlink" if child.is_symlink() else "file" if child.is_file() else
+             "dir" if child.is_dir() else "other") for child in sorted(resolved.iterdir())]
 
 
-def _squashfs_tree(path: Path, tmp: Path, offset: int) -> _DirTree:
-    """Extract the metadata paths (release dirs, os-release) with xattrs; list everything."""
-    off = ["-o", str(offset)] if offset else []
-    listing = tools.run("unsquashfs", ["-lln", *off, "-d", "", str(path)],
-                        what=f"listing {path}").stdout.decode(errors="replace")
-    entries = _parse_lln(listing)
-    dest = tmp / "root"
-    wanted = [e.path for e in entries if _is_metadata(e.path)]
-    # Symlinked release dirs/os-release: pull their targets too (one level is what happens).
-    by_path = {e.path: e for e in entries}
-    for rel in list(wanted):
-        entry = by_path.get(rel)
-        if entry and entry.type == "symlink" and entry.target:
-            target = entry.target.lstrip("/") if entry.target.startswith("/") else \
-                os.path.normpath(os.path.join(os.path.dirname(rel), entry.target))
-            wanted.append(target)
-    if wanted:
-        proc = subprocess.run([tools.find("unsquashfs"), "-no-progress", "-q", *off, "-d",
-                               str(dest), str(path), *wanted], capture_output=True,
-                              env=tools.clean_env(), check=False)
-        if proc.returncode not in (0, 2):  # 2: non-fatal (e.g. xattrs not supported)
-            raise BuildError("unsquashfs", f"reading {path} failed (exit {proc.returncode})",
-                             proc.stderr.decode(errors="replace").strip()[-300:])
-    dest.mkdir(exist_ok=True)
-    tree = _DirTree(dest)
-    tree._entries = entries
-    return tree
+def _read(root: Path, rel: str) -> bytes | None:
+    resolved = chase(root, rel)
+    return resolved.read_bytes() if resolved is not None and resolved.is_file() else None
 
 
-def _is_metadata(rel: str) -> bool:
-    return (rel in ("usr/lib/os-release", "etc/os-release", "usr", "usr/lib", "etc")
-            or rel.startswith(("usr/lib/extension-release.d", "etc/extension-release.d")))
+def _xattr(root: Path, rel: str, name: str) -> str | None:
+    resolved = chase(root, rel)
+    try:
+        return os.getxattr(resolved, name, follow_symlinks=False).decode(
+            errors="replace").rstrip("\0") if resolved is not None else None
+    except OSError:
+        return None
 
 
-_LLN = re.compile(r"^(?P<mode>[-dlcbps][-rwxsStT]{9})\s+\S+\s+(?P<size>\d+|\d+,\s*\d+)\s+"
-                  r"\S+\s+\S+\s+(?P<path>.*)$")
+def _entry(item: dict) -> Entry:
+    kind = item["type"] if item["type"] in ("file", "dir", "symlink") else "other"
+    return Entry(item["path"], kind, int(item["mode"], 8), item.get("size", 0), item.get("target"))
 
 
-def _parse_lln(text: str) -> list[Entry]:
-    out = []
-    for line in text.splitlines():
-        match = _LLN.match(line)
-        if not match:
-            continue
-        rel = match["path"].lstrip("/")
-        if not rel:
-            continue
-        target = None
-        kind = {"-": "file", "d": "dir", "l": "symlink"}.get(match["mode"][0], "other")
-        if kind == "symlink" and " -> " in rel:
-            rel, target = rel.split(" -> ", 1)
-        size = int(match["size"]) if match["size"].isdigit() else 0
-        out.append(Entry(rel, kind, _mode_bits(match["mode"]), size, target))
-    return out
-
-
-def _mode_bits(text: str) -> int:
-    bits = 0
-    for i, ch in enumerate(text[1:]):
-        if ch not in "-ST":
-            bits |= 1 << (8 - i)
-    if text[3] in "sS":
-        bits |= 0o4000
-    if text[6] in "sS":
-        bits |= 0o2000
-    return bits
-
-
-@contextlib.contextmanager
-def _erofs_tree(path: Path, offset: int) -> Iterator[_DirTree]:
-    with tempfile.TemporaryDirectory(prefix="sysext-check-") as tmp:
-        mnt = Path(tmp) / "mnt"
-        mnt.mkdir()
-        if os.geteuid() == 0:
-            opts = "ro,loop" + (f",offset={offset}" if offset else "")
-            proc = subprocess.run(["mount", "-t", "erofs", "-o", opts, str(path), str(mnt)],
-                                  capture_output=True, text=True, check=False)
-            if proc.returncode == 0:
-                try:
-                    yield _DirTree(mnt)
-                finally:
-                    subprocess.run(["umount", str(mnt)], capture_output=True, check=False)
-                return
-        if offset:
-            raise InputError(str(path), "reading an erofs partition of a DDI needs root",
-                             "run as root (a read-only loop mount)")
-        tools.run("fsck.erofs", [f"--extract={mnt}", "--no-preserve", "--overwrite", str(path)],
-                  what=f"extracting {path}")
-        yield _DirTree(mnt)
-
-
-def _ddi_root(path: Path) -> tuple[str, int]:
-    from ..ddi.gpt import read_gpt
-    from . import partitions
-
-    table = read_gpt(path)
-    for wanted in ("root", "usr"):
-        for part in table.partitions:
-            found = partitions.lookup(part.type_uuid)
-            if found and found[0] == wanted:
-                with open(path, "rb") as fh:
-                    fh.seek(part.offset)
-                    head = fh.read(2048)
-                if head[:4] == _SQUASHFS_MAGIC:
-                    return "squashfs", part.offset
-                if head[1024:1028] == _EROFS_MAGIC:
-                    return "erofs", part.offset
-                raise InputError(str(path), f"the {wanted} partition is neither squashfs nor "
-                                 "erofs", "check can read squashfs and erofs DDIs")
-    raise InputError(str(path), "GPT image without a root or usr partition",
-                     "systemd-sysext needs a root (or usr) partition of the host's architecture")
-
-
-def _facts_from_tree(path: Path, fmt: str, tree: _DirTree, with_entries: bool) -> Image:
+def _facts_from_tree(path: Path, fmt: str, root: Path, with_entries: bool) -> Image:
     release: dict[str, dict[str, rules.ReleaseFile]] = {}
     for kind, rel_dir in RELEASE_DIRS.items():
         files = {}
-        for fname, ftype in tree.listdir(rel_dir):
+        for fname, ftype in _listdir(root, rel_dir):
             if not fname.startswith("extension-release.") or ftype != "file":
                 continue
             suffix = fname[len("extension-release."):]
-            data = tree.read(f"{rel_dir}/{fname}") or b""
+            data = _read(root, f"{rel_dir}/{fname}") or b""
             files[suffix] = rules.ReleaseFile(
                 suffix, parse_env_file(data.decode(errors="replace")),
-                tree.xattr(f"{rel_dir}/{fname}", STRICT_XATTR))
+                _xattr(root, f"{rel_dir}/{fname}", STRICT_XATTR))
         if files:
             release[kind] = files
     kinds = list(release)
     kind = kinds[0] if len(kinds) == 1 else ("sysext" if "sysext" in kinds else None)
     facts = rules.ImageFacts(
         file_name=path.name, is_dir=fmt == "directory", release=release,
-        has_usr_lib_os_release=tree.exists("usr/lib/os-release"),
-        has_etc_os_release=tree.exists("etc/os-release"), kind=kind)
+        has_usr_lib_os_release=chase(root, "usr/lib/os-release") is not None,
+        has_etc_os_release=chase(root, "etc/os-release") is not None, kind=kind)
     guess = kind
     if guess is None:  # no release file at all: guess the kind from the content
-        top = {e.path.split("/", 1)[0] for e in tree.entries()} if fmt != "directory" else \
-            {p.name for p in path.iterdir()}
+        top = set(os.listdir(root))
         guess = "confext" if "etc" in top and not ({"usr", "opt"} & top) else "sysext"
     image = Image(path, fmt, facts, guessed_kind=guess)
     if with_entries:
-        image.entries = list(tree.entries())
+        image.entries = [_entry(e) for e in fsinfo.walk_dir(root, include_root=False,
+                                                            hashes=False)]
     return image
 
 
 def extract(path: Path, dest: Path, paths: list[str] | None = None) -> Path:
-    """Unpack the image (or ``paths`` of it) into ``dest`` for content checks (doctor)."""
-    path = Path(path)
-    fmt = sniff(path)
-    if fmt == "directory":
-        return path
-    if fmt == "squashfs":
-        proc = subprocess.run([tools.find("unsquashfs"), "-no-progress", "-q", "-no-xattrs",
-                               "-d", str(dest), str(path), *(paths or [])],
-                              capture_output=True, env=tools.clean_env(), check=False)
-        if proc.returncode not in (0, 2):
-            raise BuildError("unsquashfs", f"extracting {path} failed",
-                             proc.stderr.decode(errors="replace")[-300:])
-        return dest
-    if fmt == "erofs":
-        tools.run("fsck.erofs", [f"--extract={dest}", "--no-preserve", "--overwrite", str(path)],
-                  what=f"extracting {path}")
-        return dest
-    raise InputError(str(path), f"cannot unpack a {fmt} image here")
-
-
-def copy_tree(src: Path, dest: Path) -> None:
-    shutil.copytree(src, dest, symlinks=True)
+    """Unpack the image (or ``paths`` of it) into ``dest`` for content checks (doctor); a
+    directory image is returned as it is."""
+    return fsinfo.extract(path, Path(dest), paths, xattrs=False)

@@ -1,39 +1,21 @@
-"""Read squashfs and erofs images for ``diff``: superblocks in pure Python, file trees streamed.
+"""What an image's bytes say, in pure Python: file system magic, superblocks, byte ranges.
 
 Superblocks are parsed from the on-disk structs (``struct squashfs_super_block`` of
 squashfs-tools' ``squashfs_fs.h``, ``struct erofs_super_block`` of erofs-utils' ``erofs_fs.h``),
-so no tool is needed to say *which setting* differs (mkfs time, UUID, compressor, block size).
-
-File trees are read by the kernel or by the real tools, never by a reader of our own: a child
-process (``python -m pipeline.fsinfo walk``) loop-mounts the image read-only inside a private
-mount namespace (``unshare -m``: the mount cannot leak, even if the child is killed) — or, without
-root or kernel support, extracts it with ``unsquashfs -d`` / ``fsck.erofs --extract`` — and prints
-one JSON line per path in a fixed order (depth first, names sorted). The parent merges two such
-streams, so memory stays flat whatever the image size; file contents are hashed in 1 MiB chunks.
-Entries have the manifest's shape (path, type, mode, uid, gid, mtime, size, sha256, target,
-xattrs), so an image's tree compares directly with a manifest's ``files``.
+so no tool is needed to say *which setting* differs between two images (mkfs time, UUID,
+compressor, block size) or which region a differing byte falls in. Everything reads a range of a
+file, so a file system inside a DDI partition is read in place, at its offset.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import shutil
-import stat
 import struct
-import subprocess
-import sys
-import tempfile
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import BuildError, InputError
+from ..errors import InputError
 
 CHUNK = 1 << 20
-ROOT = "."  # the image's root directory in a walked tree (manifests do not list it)
 
 # --- squashfs ---------------------------------------------------------------------------------
 
@@ -216,181 +198,28 @@ def first_difference(a: Path, b: Path, a_offset: int = 0, b_offset: int = 0,
     return None
 
 
-# --- file trees -------------------------------------------------------------------------------
-
-def _sort_key(path: str) -> tuple[str, ...]:
-    return tuple(path.split("/"))
-
-
-def tree_key(path: str) -> tuple[str, ...]:
-    """The order every tree stream is in: depth first, names sorted (the root first)."""
-    return () if path == ROOT else _sort_key(path)
+def read_range(path: Path, offset: int, size: int) -> bytes:
+    """``size`` bytes at ``offset`` (fewer at the end of the file): a header, a small partition."""
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        return fh.read(size)
 
 
-def walk_dir(root: Path, *, include_root: bool = True) -> Iterator[dict]:
-    """Entries of the directory tree at ``root``, in :func:`tree_key` order, hashed streaming.
-    Memory: the names of the directories on the current path, nothing more."""
-    root = Path(root)
-    if include_root:
-        yield _entry(root, ROOT)
-    stack = [iter(_children(root, ""))]
-    while stack:
-        item = next(stack[-1], None)
-        if item is None:
-            stack.pop()
-            continue
-        path, full = item
-        entry = _entry(full, path)
-        yield entry
-        if entry["type"] == "dir":
-            stack.append(iter(_children(full, path)))
-
-
-def _children(directory: Path, rel: str) -> list[tuple[str, Path]]:
-    return [(f"{rel}/{name}" if rel else name, directory / name)
-            for name in sorted(os.listdir(directory))]
-
-
-def _entry(full: Path, path: str) -> dict:
-    st = full.lstat()
-    mode = st.st_mode
-    kind = ("dir" if stat.S_ISDIR(mode) else "file" if stat.S_ISREG(mode) else
-            "symlink" if stat.S_ISLNK(mode) else "chardev" if stat.S_ISCHR(mode) else
-            "blockdev" if stat.S_ISBLK(mode) else "fifo" if stat.S_ISFIFO(mode) else "socket")
-    item: dict = {"path": path, "type": kind, "mode": f"{stat.S_IMODE(mode):04o}",
-                  "uid": st.st_uid, "gid": st.st_gid, "mtime": int(st.st_mtime)}
-    if kind == "file":
-        digest = hashlib.sha256()
-        with open(full, "rb") as fh:
-            while chunk := fh.read(CHUNK):
-                digest.update(chunk)
-        item["size"] = st.st_size
-        item["sha256"] = digest.hexdigest()
-        if st.st_nlink > 1:
-            item["nlink"] = st.st_nlink  # image trees only: manifests do not record it
-    elif kind == "symlink":
-        item["target"] = os.readlink(full)
-    elif kind in ("chardev", "blockdev"):
-        item["rdev"] = f"{os.major(st.st_rdev)},{os.minor(st.st_rdev)}"
-    try:
-        names = sorted(os.listxattr(full, follow_symlinks=False))
-    except OSError:
-        names = []
-    if names:
-        item["xattrs"] = {n: os.getxattr(full, n, follow_symlinks=False).hex() for n in names}
-    return item
-
-
-def walk_image(image: Path, *, offset: int = 0, size: int | None = None) -> Iterator[dict]:
-    """Stream the file tree of the squashfs/erofs image (at ``offset``, ``size`` bytes long, for a
-    DDI partition) from a child process. Raises InputError when the image cannot be read."""
-    image = Path(image).resolve()
-    fs_type = sniff(image, offset)
-    if fs_type is None:
-        raise InputError(str(image), f"no squashfs or erofs file system at offset {offset}")
-    argv = [sys.executable, "-m", "pipeline.fsinfo", "walk", "--fs", fs_type,
-            "--offset", str(offset)]
-    if size is not None:
-        argv += ["--size", str(size)]
-    argv.append(str(image))
-    if os.geteuid() == 0 and shutil.which("unshare"):
-        argv = ["unshare", "-m", "--propagation", "private", *argv]
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
-    with tempfile.TemporaryFile() as errors:
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=errors, env=env,
-                                stdin=subprocess.DEVNULL)
-        try:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                yield json.loads(line)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
-            proc.stdout.close()
-        if proc.returncode != 0:
-            errors.seek(0)
-            tail = errors.read().decode(errors="replace").strip().splitlines()[-3:]
-            raise InputError(str(image), f"cannot read the {fs_type} file tree",
-                             " | ".join(tail) or f"exit {proc.returncode}")
-
-
-def _kernel_supports(fs_type: str) -> bool:
-    try:
-        return any(line.split()[-1] == fs_type for line in
-                   Path("/proc/filesystems").read_text().splitlines() if line.strip())
-    except OSError:
-        return False
-
-
-@contextmanager
-def _opened(image: Path, fs_type: str, offset: int, size: int | None):
-    """A directory holding the image's tree: a read-only loop mount (root, in the child's private
-    mount namespace) or else an extraction into a temporary directory."""
-    with tempfile.TemporaryDirectory(prefix="sysext-fsinfo-") as tmp:
-        tmp_path = Path(tmp)
-        if os.geteuid() == 0 and _kernel_supports(fs_type):
-            mnt = tmp_path / "mnt"
-            mnt.mkdir()
-            options = "loop,ro" + (f",offset={offset}" if offset else "") + \
-                (f",sizelimit={size}" if size is not None else "")
-            proc = subprocess.run(["mount", "-t", fs_type, "-o", options, str(image), str(mnt)],
-                                  capture_output=True)
-            if proc.returncode == 0:
-                try:
-                    yield mnt, True
-                finally:
-                    subprocess.run(["umount", str(mnt)], capture_output=True)
-                return
-        if offset or size is not None:  # the tools read whole files: copy the partition out
-            part = tmp_path / "fs.img"
-            with open(image, "rb") as src, open(part, "wb") as out:
-                src.seek(offset)
-                left = size if size is not None else None
-                while left is None or left > 0:
-                    chunk = src.read(CHUNK if left is None else min(CHUNK, left))
-                    if not chunk:
-                        break
-                    out.write(chunk)
-                    if left is not None:
-                        left -= len(chunk)
-            image = part
-        dest = tmp_path / "tree"
-        from . import tools
-
-        if fs_type == "squashfs":
-            tools.run("unsquashfs", ["-q", "-n", "-d", dest, image], what=f"extracting {image}")
-        else:
-            tools.run("fsck.erofs", [f"--extract={dest}", image], what=f"extracting {image}")
-        yield dest, os.geteuid() == 0
-
-
-def _child_walk(argv: list[str]) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m pipeline.fsinfo walk")
-    parser.add_argument("--fs", required=True, choices=("squashfs", "erofs"))
-    parser.add_argument("--offset", type=int, default=0)
-    parser.add_argument("--size", type=int)
-    parser.add_argument("image")
-    args = parser.parse_args(argv)
-    out = sys.stdout
-    try:
-        with _opened(Path(args.image), args.fs, args.offset, args.size) as (root, owners):
-            for entry in walk_dir(root):
-                if not owners:
-                    entry["owners_unknown"] = True
-                out.write(json.dumps(entry, sort_keys=True) + "\n")
-    except (BuildError, InputError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    except BrokenPipeError:  # the parent stopped reading
-        return 0
-    out.flush()
-    return 0
-
-
-if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "walk":
-        sys.exit(_child_walk(sys.argv[2:]))
-    sys.exit("usage: python -m pipeline.fsinfo walk --fs squashfs|erofs [--offset N] IMAGE")
+def copy_range(path: Path, offset: int, size: int | None, dest: Path) -> Path:
+    """Copy ``size`` bytes at ``offset`` (to the end: None) into the file ``dest``, in chunks —
+    for the tools that read only whole files (veritysetup, fsck.erofs). A range that runs past
+    the end of ``path`` is an InputError: the partition table promised more than is there."""
+    with open(path, "rb") as src, open(dest, "wb") as out:
+        src.seek(offset)
+        left = size
+        while left is None or left > 0:
+            chunk = src.read(CHUNK if left is None else min(CHUNK, left))
+            if not chunk:
+                if left is not None:
+                    raise InputError(str(path), f"truncated: {size} bytes at offset {offset} "
+                                     "extend past the end")
+                break
+            out.write(chunk)
+            if left is not None:
+                left -= len(chunk)
+    return dest

@@ -1,0 +1,205 @@
+"""pipeline/fsinfo/: every way of reading an image agrees with the manifest of a real build.
+
+Each image (squashfs, erofs, and a DDI of each) is read by every method the module can choose —
+a mount in a private namespace (root), the tools as root (mount refused), and the tools as a
+real unprivileged user — and listed, read and extracted; the results must say what the manifest
+says, as far as the method can know it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+from prereq import missing, require_root, require_tool
+from verify_helpers import build, project
+
+from pipeline import diff as diff_mod
+from pipeline import fsinfo
+from pipeline.errors import InputError
+from pipeline.fetch import hash_file
+from pipeline.fsinfo import access
+
+KINDS = ("squashfs", "erofs", "ddi-squashfs", "ddi-erofs")
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, packages, cache_dir):
+    require_root()
+    require_tool("mkfs.erofs", "erofs-utils")
+    require_tool("systemd-repart", "systemd-repart")
+    require_tool("veritysetup", "cryptsetup-bin")
+    root = tmp_path_factory.mktemp("fsinfo")
+    out = {}
+    for kind in KINDS:
+        fmt, _, fs = kind.partition("-")
+        recipe = project(root / kind, packages, fmt, **({"filesystem": fs} if fs else {}))
+        out[kind] = build(recipe, root / kind / "out", cache_dir)
+    return out
+
+
+@pytest.fixture(params=("mount", "tools"))
+def method(request, monkeypatch):
+    """``tools``: the mount is refused, as when the kernel lacks the file system."""
+    if request.param == "tools":
+        @contextmanager
+        def refused(fs):
+            yield None
+        monkeypatch.setattr(access, "_mounted", refused)
+    return request.param
+
+
+def manifest_tree(image) -> list[dict]:
+    return sorted(image.manifest["files"], key=lambda f: fsinfo.tree_key(f["path"]))
+
+
+def fsck_erofs_view(entries):
+    """What fsck.erofs 1.5 can extract: no xattrs, and set-id bits are lost."""
+    return [{**{k: v for k, v in e.items() if k != "xattrs"},
+             "mode": f"{int(e['mode'], 8) & 0o1777:04o}"} for e in entries]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_locate(built, kind):
+    fs = fsinfo.locate(built[kind].image)
+    assert fs.type == kind.rpartition("-")[2]
+    assert fs.ddi == kind.startswith("ddi") and (fs.offset > 0) == fs.ddi
+    assert fsinfo.superblock(fs.path, fs.offset)["type"] == fs.type
+    assert fsinfo.locate(built[kind].image.parent).type == "directory"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_walk_matches_the_manifest(built, kind, method):
+    image = built[kind]
+    with fsinfo.opened(image.image) as view:
+        assert view.method == method if method == "mount" else \
+            view.method == ("unsquashfs" if kind.endswith("squashfs") else "fsck.erofs")
+    walked = list(fsinfo.walk_image(image.image))
+    manifest = manifest_tree(image)
+    if method == "tools" and "erofs" in kind:
+        walked, manifest = fsck_erofs_view(walked), fsck_erofs_view(manifest)
+    tree = diff_mod.compare_trees(walked, manifest, manifest_based=True)
+    assert tree.identical, tree.lines()
+    assert tree.compared == len(manifest)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_listing_and_reading_agree_with_the_manifest(built, kind, method):
+    image = built[kind]
+    manifest = manifest_tree(image)
+    listed = [e for e in fsinfo.list_image(image.image) if e["path"] != fsinfo.ROOT]
+    if method == "tools" and "erofs" in kind:
+        listed, manifest = fsck_erofs_view(listed), fsck_erofs_view(manifest)
+    keys = ("path", "type", "mode", "uid", "gid", "size", "target")
+    assert [{k: e.get(k) for k in keys} for e in listed] == \
+        [{k: m.get(k) for k in keys} for m in manifest]
+    files = [m for m in manifest if m["type"] == "file"]
+    release = next(m for m in files if "/extension-release.d/" in m["path"])
+    for item in (release, files[0], files[-1]):
+        data = fsinfo.read_file(image.image, item["path"])
+        assert len(data) == item["size"]
+        assert hashlib.sha256(data).hexdigest() == item["sha256"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_extract_selected_paths_with_owners_and_xattrs(built, kind, method, tmp_path):
+    image = built[kind]
+    dest = fsinfo.extract(image.image, tmp_path / "x", ["usr/bin", "usr/share/rtools"])
+    by_path = {m["path"]: m for m in image.manifest["files"]}
+    wanted = [p for p in by_path if p.startswith(("usr/bin/", "usr/share/rtools/"))]
+    for rel in wanted:
+        st = (dest / rel).lstat()
+        item = by_path[rel]
+        mask = 0o1777 if method == "tools" and "erofs" in kind else 0o7777  # see fsck_erofs_view
+        assert (st.st_uid, st.st_gid, st.st_mode & mask) == \
+            (item["uid"], item["gid"], int(item["mode"], 8) & mask), rel
+        if item["type"] == "file":
+            assert hash_file(dest / rel) == (item["sha256"], item["size"])
+        if item.get("xattrs") and not (method == "tools" and "erofs" in kind):
+            assert {n: os.getxattr(dest / rel, n).hex() for n in item["xattrs"]} == \
+                item["xattrs"], rel
+    assert any(by_path[p].get("xattrs") for p in wanted)  # the capability was checked
+    if kind.endswith("squashfs"):  # unsquashfs takes only what was asked for
+        assert not (dest / "usr/lib").exists()
+
+
+def test_mount_is_private_and_gone_afterwards(built):
+    image = built["ddi-erofs"].image
+    with fsinfo.opened(image) as view:
+        assert view.method == "mount" and view.owners
+        assert (view.root / "usr/bin/rping").is_file()
+        mounts = Path("/proc/self/mountinfo").read_text()
+        assert str(view.root).split("/root/", 1)[1] not in mounts  # not in our namespace
+    stream = fsinfo.walk_image(image)
+    next(stream)
+    stream.close()  # stopping early drops the mount too
+    assert not _loop_devices(image)
+
+
+def _loop_devices(image: Path) -> str:
+    return subprocess.run(["losetup", "-j", str(image)], capture_output=True, text=True).stdout
+
+
+def test_unknown_input_is_named(tmp_path):
+    junk = tmp_path / "junk.raw"
+    junk.write_bytes(b"\0" * 4096)
+    with pytest.raises(InputError, match="not a squashfs, erofs or GPT"):
+        fsinfo.locate(junk)
+
+
+# --- a real unprivileged user ---------------------------------------------------------------
+
+_AS_NOBODY = """
+import hashlib, json, sys
+from pipeline import fsinfo
+image, release = sys.argv[1:]
+with fsinfo.opened(image) as view:
+    method = view.method
+print(json.dumps({"method": method, "walk": list(fsinfo.walk_image(image)),
+                  "list": list(fsinfo.list_image(image)),
+                  "release": hashlib.sha256(fsinfo.read_file(image, release)).hexdigest()}))
+"""
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_unprivileged_user_reads_with_the_tools(built, kind):
+    require_tool("setpriv", "util-linux")
+    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    if subprocess.run([*nobody, sys.executable, "-c", "import pipeline.fsinfo"],
+                      env={"PYTHONPATH": str(REPO)}, capture_output=True).returncode != 0:
+        missing(f"nobody cannot run {sys.executable} with {REPO}")
+    manifest = manifest_tree(built[kind])
+    release = next(m for m in manifest if "/extension-release.d/" in m["path"])
+    shared = Path(tempfile.mkdtemp(prefix="fsinfo-nobody-"))  # pytest's tmp dirs are 0700
+    try:
+        os.chmod(shared, 0o777)
+        image = Path(shutil.copy(built[kind].image, shared / "hello.raw"))
+        os.chmod(image, 0o644)
+        proc = subprocess.run(
+            [*nobody, sys.executable, "-c", _AS_NOBODY, str(image), release["path"]],
+            capture_output=True,
+            text=True, cwd=shared,
+            env={"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO), "TMPDIR": str(shared)})
+    finally:
+        shutil.rmtree(shared)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["method"] == ("unsquashfs" if kind.endswith("squashfs") else "fsck.erofs")
+    assert data["release"] == release["sha256"]
+    walked = [e for e in data["walk"] if e["path"] != fsinfo.ROOT]
+    assert all(e["owners_unknown"] for e in walked)
+    # As nobody: no owners, no privileged xattrs, and fsck.erofs applies the umask to modes.
+    keys = ("path", "type", "size", "sha256", "target")
+    assert [{k: e.get(k) for k in keys} for e in walked] == \
+        [{k: m.get(k) for k in keys} for m in manifest]
+    listed = [e["path"] for e in data["list"] if e["path"] != fsinfo.ROOT]
+    assert listed == [m["path"] for m in manifest]
