@@ -28,7 +28,7 @@ def cmd_build(args) -> int:
     from .fetch import Cache, default_cache_dir, describe_progress
 
     recipe = recipe_mod.load(args.recipe)
-    cache = Cache(Path(args.cache_dir) if args.cache_dir else default_cache_dir())
+    cache = Cache(default_cache_dir(args.cache_dir))
     result = build(recipe, Path(args.output_dir), cache, offline=args.offline,
                    unsigned=args.unsigned, log=Log(None if args.quiet else _human),
                    progress=describe_progress())

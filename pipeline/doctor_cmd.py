@@ -307,7 +307,7 @@ def _signature_findings(host, path: Path, image: images.Image, findings, subject
 
 def _layer_order(names: list[str]) -> list[str]:
     """systemd sorts names with strverscmp_improved; the last one is the top layer."""
-    return sorted(names, key=images._version_key)
+    return sorted(names, key=images.version_key)
 
 
 def _conflict_findings(host, kind, merging, findings) -> None:

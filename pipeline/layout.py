@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 
 from .errors import InputError
 from .formats import entry as E
+from .systemd.release import HIERARCHIES
 
 SYSEXT, CONFEXT = "sysext", "confext"
-HIERARCHIES = {SYSEXT: ("usr", "opt"), CONFEXT: ("etc",)}
 FACTORY = "usr/share/factory"
 #: State directories that every host has with its own modes (/var/tmp is 1777): never touched.
 STANDARD_STATE_DIRS = frozenset({
@@ -48,7 +48,7 @@ class Router:
 
     def route(self, path: str, entry: E.Entry, member: str) -> Route:
         top = path.split("/", 1)[0]
-        if top in HIERARCHIES[SYSEXT]:
+        if "/" + top in HIERARCHIES[SYSEXT]:
             if self.kind == CONFEXT:
                 return Route(None, dropped="outside /etc (the recipe pins kind = confext)")
             return self._keep(SYSEXT, path, entry)

@@ -26,6 +26,11 @@ HOST_CRITICAL = re.compile(
     r"sbin/init|lib/os-release)$")
 
 
+def unit_paths(kind: str, paths) -> list[str]:
+    """systemd unit files an image of ``kind`` carries (they need a manager reload)."""
+    return sorted(p for p in paths if p.startswith(UNIT_DIRS[kind]) and p.endswith(UNIT_SUFFIXES))
+
+
 @dataclass(frozen=True)
 class Finding:
     code: str
@@ -55,7 +60,7 @@ def find(kind: str, records: Mapping[str, Record], fields: Mapping[str, str],
             found.append(Finding(code, severity, message, fix, paths))
 
     files = {p: r for p, r in records.items() if r.kind == E.FILE}
-    units = [p for p in records if p.startswith(UNIT_DIRS[kind]) and p.endswith(UNIT_SUFFIXES)]
+    units = unit_paths(kind, records)
     if units and fields.get("EXTENSION_RELOAD_MANAGER") != "1":
         add("units-need-reload", "warning",
             "systemd units in the image are not seen until the service manager reloads",

@@ -14,7 +14,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from . import layout
+from . import layout, pitfalls
 from .build import image_filename, stage
 from .errors import BuildError
 from .fetch import Cache, default_cache_dir, fetch_one
@@ -82,8 +82,7 @@ def _image(recipe, img) -> dict:
         "extension_release": {"path": img.release_path, "content": img.release_bytes.decode(),
                               "fields": img.fields},
         "tmpfiles": tmpfiles if tmpfiles in img.tree.records else None,
-        "units": sorted(p for p in img.tree.records if p.startswith(
-            ("usr/lib/systemd/system/", "etc/systemd/system/")) and "." in p.rsplit("/", 1)[-1]),
+        "units": pitfalls.unit_paths(img.kind, img.tree.records),
         "warnings": [f.to_json() for f in img.findings],
     }
 

@@ -166,7 +166,7 @@ def rebuild(manifest: dict, recipe_path: Path, output_dir: Path, cache_dir: Path
     from .fetch import Cache, default_cache_dir
 
     recipe = pinned_recipe(recipe_mod.load(recipe_path), manifest)
-    cache = Cache(Path(cache_dir) if cache_dir else default_cache_dir())
+    cache = Cache(default_cache_dir(cache_dir))
     kwargs = {}
     ddi = manifest.get("ddi") or {}
     if getattr(recipe, "signing", None) and "ddi" in manifest and \

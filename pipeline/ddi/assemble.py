@@ -25,7 +25,7 @@ from pathlib import Path
 from .. import tools
 from ..errors import BuildError, InputError
 from ..fetch import hash_file
-from ..fsinfo import copy_range, read_range
+from ..fsinfo import copy_range, read_range, sniff
 from ..keys import Signer, fingerprint, key_algorithm, load_certificate
 from ..systemd import partitions
 from . import signature as sig
@@ -33,7 +33,6 @@ from . import verity
 from .gpt import GptPartition, GptTable, read_gpt
 
 _CHUNK = 1 << 20
-_FS_MAGIC = {"squashfs": (0, b"hsqs"), "erofs": (1024, b"\xe2\xe1\xf5\xe0")}
 
 
 @dataclass(frozen=True)
@@ -245,7 +244,7 @@ def detached_verity(fs_image: Path, *, seed: bytes, signer: Signer | None, workd
     if not name.endswith(".raw"):
         raise InputError(name, "detached verity needs an image named NAME.raw",
                          "systemd looks for NAME.verity/NAME.roothash only next to NAME.raw")
-    if sniff_fs_type(fs_image) is None:
+    if sniff(fs_image) is None:
         raise InputError(str(fs_image), "not a squashfs or erofs image")
     base = fs_image.parent / name[:-len(".raw")]
     params = verity.params_from_seed(seed)
@@ -354,20 +353,11 @@ def verify_partitions(image: Path, found: VeritySet, root_hash: str) -> tuple[bo
 
 def check_fs_type(fs_image: Path, fs_type: str) -> None:
     """Refuse an image whose magic is not the file system the caller says it is."""
-    if fs_type not in _FS_MAGIC:
-        raise InputError(fs_type, "unsupported file system for a DDI",
-                         f"one of: {', '.join(_FS_MAGIC)}")
-    offset, magic = _FS_MAGIC[fs_type]
-    if read_range(fs_image, offset, len(magic)) != magic:
-        raise InputError(str(fs_image), f"not a {fs_type} image (no magic at offset {offset})")
-
-
-def sniff_fs_type(path: Path, offset: int = 0) -> str | None:
-    """``squashfs``/``erofs`` by magic (at ``offset`` into ``path``), else None."""
-    for name, (at, magic) in _FS_MAGIC.items():
-        if read_range(path, offset + at, len(magic)) == magic:
-            return name
-    return None
+    if fs_type not in ("squashfs", "erofs"):
+        raise InputError(fs_type, "unsupported file system for a DDI", "one of: squashfs, erofs")
+    found = sniff(fs_image)
+    if found != fs_type:
+        raise InputError(str(fs_image), f"not a {fs_type} image (it looks like {found or 'neither'})")
 
 
 def _install(content: bytes | Path, dest: Path) -> Path:

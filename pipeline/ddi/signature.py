@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.serialization import pkcs7
 
 from .. import tools
 from ..errors import BuildError, InputError
-from ..keys import Signer, fingerprint  # noqa: F401 - diff.py imports it here
+from ..keys import Signer
 
 #: systemd-repart's VERITY_SIG_SIZE (4 × 4 KiB): what every repart version allots to the JSON.
 PARTITION_SIZE = 16 * 1024

@@ -69,13 +69,13 @@ def pick_from_v(directory: Path, architecture: str | None = None) -> Path | None
             continue
         if match["arch"] and architecture and match["arch"] != architecture:
             continue
-        key = _version_key(match["version"])
+        key = version_key(match["version"])
         if best is None or key > best[0]:
             best = (key, child)
     return best[1] if best else None
 
 
-def _version_key(version: str):
+def version_key(version: str):
     """strverscmp_improved, approximately: digits numerically, '~' sorts before everything."""
     parts = []
     for token in re.findall(r"\d+|[A-Za-z]+|~|[^\dA-Za-z~]", version):
