@@ -79,10 +79,23 @@ class BuildResult:
 class Log:
     """Stage lines for people on stderr; silent when nobody is meant to read them."""
 
-    def __init__(self, write=None):
+    def __init__(self, write=None, tty=None):
         self.write = write
+        self.tty = tty  # a terminal stream for progress lines, or None
         self.timings: dict[str, float] = {}
         self._start = time.monotonic()
+
+    def ticker(self, what: str):
+        """A ``tick(seconds)`` that redraws one status line, on a terminal only (CI logs stay
+        plain: one line per stage)."""
+        if self.write is None or not self.tty:
+            return None
+
+        def tick(seconds: float) -> None:
+            self.tty.write(f"\r{what} … {seconds:.0f}s ")
+            self.tty.flush()
+
+        return tick
 
     def stage(self, name: str, text: str) -> None:
         now = time.monotonic()
@@ -90,6 +103,8 @@ class Log:
         self._start = now
         self.timings[name] = round(self.timings.get(name, 0) + took, 3)
         if self.write:
+            if self.tty:
+                self.tty.write("\r\033[K")  # clear a progress line
             self.write(f"{name:<10}{text} ({took:.1f}s)")
 
 
@@ -208,7 +223,8 @@ def _package_all(recipe, staged: Staged, fetched, output_dir, workdir, log,
         final = output_dir / image_filename(recipe.format, img.name)
         result = pack(recipe, img.tree, workdir / final.name, staged.epoch,
                       hashlib.sha256(seed + img.kind.encode()).digest(),
-                      arch=staged.architecture, signer=signer)
+                      arch=staged.architecture, signer=signer,
+                      tick=log.ticker(f"packing {final.name}"))
         image_sha, image_size = (None, None) if recipe.format == "directory" else \
             hash_file(result.path)
         companions = [o.name for o in staged.images if o is not img]

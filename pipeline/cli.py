@@ -30,7 +30,9 @@ def cmd_build(args) -> int:
     recipe = recipe_mod.load(args.recipe)
     cache = Cache(default_cache_dir(args.cache_dir))
     result = build(recipe, Path(args.output_dir), cache, offline=args.offline,
-                   unsigned=args.unsigned, log=Log(None if args.quiet else _human),
+                   unsigned=args.unsigned,
+                   log=Log(None if args.quiet else _human,
+                           tty=sys.stderr if sys.stderr.isatty() else None),
                    progress=describe_progress())
     for finding in result.findings:
         _human(f"{finding.severity}: {finding.line()}")

@@ -33,11 +33,12 @@ class Packed:
 
 
 def pack(recipe: Recipe, tree: StagingTree, tmp_output: Path, epoch: int, seed: bytes, *,
-         arch: str | None = None, signer=None) -> Packed:
+         arch: str | None = None, signer=None, tick=None) -> Packed:
     """Write the image for ``recipe.format`` to ``tmp_output`` (same directory as the final).
 
     ``signer`` (pipeline.keys.Signer) signs a DDI or detached verity; None leaves a DDI's
-    signature partition reserved and empty, for offline signing.
+    signature partition reserved and empty, for offline signing. ``tick(seconds)`` is called
+    while the file system tool runs.
     """
     if recipe.format == "directory":
         tree.close()
@@ -46,9 +47,9 @@ def pack(recipe: Recipe, tree: StagingTree, tmp_output: Path, epoch: int, seed: 
     fs_out = tmp_output.with_name(tmp_output.name + ".fs") if recipe.format == "ddi" \
         else tmp_output
     if recipe.filesystem == "squashfs":
-        fs_tools = _squashfs(recipe, tree, fs_out, epoch)
+        fs_tools = _squashfs(recipe, tree, fs_out, epoch, tick)
     else:
-        fs_tools = _erofs(recipe, tree, fs_out, epoch, seed)
+        fs_tools = _erofs(recipe, tree, fs_out, epoch, seed, tick)
     if recipe.format == "ddi":
         return _ddi(recipe, fs_out, tmp_output, fs_tools, seed, arch, signer)
     if recipe.verity == "detached":
@@ -85,7 +86,7 @@ def _ddi(recipe, fs_image: Path, out: Path, fs_tools, seed, arch, signer) -> Pac
     return Packed(out, versions, extras, {"ddi": info.to_manifest()}, info.warnings)
 
 
-def _squashfs(recipe: Recipe, tree: StagingTree, out: Path, epoch: int) -> dict:
+def _squashfs(recipe: Recipe, tree: StagingTree, out: Path, epoch: int, tick) -> dict:
     pseudo = tree.root.parent / (tree.root.name + ".pseudo")
     with open(pseudo, "w", encoding="utf-8") as fh:
         for path in sorted(tree.records):
@@ -95,7 +96,7 @@ def _squashfs(recipe: Recipe, tree: StagingTree, out: Path, epoch: int) -> dict:
             "-root-mode", "0755", "-root-uid", "0", "-root-gid", "0", "-pf", pseudo, "-xattrs"]
     args += _squashfs_compression(recipe)
     try:
-        tools.run("mksquashfs", args, what=f"packing {out.name}")
+        tools.run("mksquashfs", args, what=f"packing {out.name}", tick=tick)
     finally:
         pseudo.unlink(missing_ok=True)
     return {"mksquashfs": tools.version("mksquashfs")}
@@ -123,7 +124,8 @@ def _pseudo_quote(path: str) -> str:
     return path
 
 
-def _erofs(recipe: Recipe, tree: StagingTree, out: Path, epoch: int, seed: bytes) -> dict:
+def _erofs(recipe: Recipe, tree: StagingTree, out: Path, epoch: int, seed: bytes,
+           tick) -> dict:
     if recipe.mtime == "clamp":
         raise BuildError("image.mtime", "clamp is not reproducible with mkfs.erofs 1.5 "
                          "(-T sets every inode's time)", 'use mtime = "set" for erofs')
@@ -140,7 +142,7 @@ def _erofs(recipe: Recipe, tree: StagingTree, out: Path, epoch: int, seed: bytes
         args.append("--all-root")
     size = sum(r.size for r in {id(r): r for r in tree.records.values()}.values())
     with sorted_copy(tree, size) as root:
-        tools.run("mkfs.erofs", [*args, out, root], what=f"packing {out.name}")
+        tools.run("mkfs.erofs", [*args, out, root], what=f"packing {out.name}", tick=tick)
     return {"mkfs.erofs": tools.version("mkfs.erofs")}
 
 

@@ -12,7 +12,8 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 
 from .errors import BuildError
 
@@ -79,23 +80,33 @@ def run(
     cwd: str | os.PathLike | None = None,
     input: bytes | None = None,
     what: str | None = None,
+    tick: Callable[[float], None] | None = None,
 ) -> subprocess.CompletedProcess:
     """Run ``tool args`` with the clean environment and umask 022; raise BuildError on failure.
 
     ``what`` says what the run was for, so the error reads like ``mksquashfs: packing out/x.raw
-    failed (exit 1): <last lines>``.
+    failed (exit 1): <last lines>``. ``tick(seconds)`` is called about twice a second while the
+    tool runs (a progress line for people on a terminal).
     """
     argv = [find(tool), *map(str, args)]
-    proc = subprocess.run(
+    with subprocess.Popen(
         argv,
         env=clean_env(env),
         cwd=cwd,
-        input=input,
-        stdin=None if input is not None else subprocess.DEVNULL,
-        capture_output=True,
+        stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         preexec_fn=_umask022,
-        check=False,
-    )
+    ) as child:
+        start = time.monotonic()
+        while True:
+            try:
+                out, err = child.communicate(input, timeout=0.5 if tick else None)
+                break
+            except subprocess.TimeoutExpired:
+                input = None  # already sent by the first communicate()
+                tick(time.monotonic() - start)
+    proc = subprocess.CompletedProcess(argv, child.returncode, out, err)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).decode(errors="replace").strip().splitlines()[-5:]
         raise BuildError(
