@@ -186,7 +186,7 @@ def build(recipe: Recipe, output_dir: Path, cache: Cache, *, environ: dict | Non
 
     try:
         staged = stage(recipe, fetched, new_tree, environ)
-        return _package_all(recipe, staged, fetched, output_dir, workdir, log, signer)
+        return _package_all(recipe, staged, output_dir, workdir, log, signer)
     finally:
         for tree in trees:
             tree.close()
@@ -204,7 +204,7 @@ def load_recipe_signer(recipe: Recipe):
     return load_signer(recipe.signing["key"], recipe.signing["cert"], passphrase)
 
 
-def _package_all(recipe, staged: Staged, fetched, output_dir, workdir, log,
+def _package_all(recipe, staged: Staged, output_dir, workdir, log,
                  signer) -> BuildResult:
     report = staged.report
     summary = "; ".join(f"{img.kind} {img.name}: {extract_stage.stats(img.tree)[0]} files, "
@@ -216,13 +216,13 @@ def _package_all(recipe, staged: Staged, fetched, output_dir, workdir, log,
     log.stage("normalize", f"epoch {staged.epoch} ({staged.epoch_origin}), mtime policy "
               f"{recipe.mtime}; " + ", ".join(img.release_path for img in staged.images))
 
-    seed = _seed(recipe, fetched, staged.epoch)
     packed = []
     for img in staged.images:
         file_list = mf.file_entries(img.tree.records)
+        tree_sha256 = mf.tree_digest(file_list)
         final = output_dir / image_filename(recipe.format, img.name)
-        result = pack(recipe, img.tree, workdir / final.name, staged.epoch,
-                      hashlib.sha256(seed + img.kind.encode()).digest(),
+        seed = _image_seed(recipe, tree_sha256, staged.architecture, staged.epoch)
+        result = pack(recipe, img.tree, workdir / final.name, staged.epoch, seed,
                       arch=staged.architecture, signer=signer,
                       tick=log.ticker(f"packing {final.name}"))
         image_sha, image_size = (None, None) if recipe.format == "directory" else \
@@ -251,7 +251,7 @@ def _package_all(recipe, staged: Staged, fetched, output_dir, workdir, log,
                       "compression": recipe.compression,
                       "compression_level": recipe.compression_level,
                       "size": image_size, "sha256": image_sha,
-                      "tree_sha256": mf.tree_digest(file_list)},
+                      "tree_sha256": tree_sha256},
             "files": file_list,
             **result.manifest,
         }
@@ -313,14 +313,15 @@ def _architecture(requested: str | None, packages: list[dict]) -> str | None:
     return requested
 
 
-def _seed(recipe: Recipe, fetched, epoch: int) -> bytes:
-    """Deterministic randomness (file system UUIDs, verity salts) derived from the inputs."""
-    digest = hashlib.sha256()
-    digest.update(recipe.sha256.encode())
-    for item in fetched:
-        digest.update(item.sha256.encode())
-    digest.update(str(epoch).encode())
-    return digest.digest()
+def _image_seed(recipe: Recipe, tree_sha256: str, arch: str | None, epoch: int) -> bytes:
+    """Deterministic "randomness" (erofs UUID, verity salt and UUIDs, disk UUID) for one image.
+
+    Derived from what the image *is* — its file tree (which includes the release file, so the
+    kind and name), the packing settings and the epoch — not from the recipe's bytes: editing
+    a comment, or moving a key path in [sign], must not change a single byte of the image."""
+    settings = [recipe.format, recipe.filesystem, recipe.compression,
+                str(recipe.compression_level), recipe.verity, str(arch), str(epoch)]
+    return hashlib.sha256("\0".join([tree_sha256, *settings]).encode()).digest()
 
 
 def _size(n: int | None) -> str:

@@ -224,3 +224,16 @@ def test_ddi_needs_an_architecture(tmp_path, noarch_deb, cache_dir, keypair):
     proc = run_cli("build", str(recipe), "-o", str(tmp_path / "out"), "--cache-dir",
                    str(cache_dir))
     assert proc.returncode == 2 and "a DDI needs one architecture" in proc.stderr
+
+
+@pytest.mark.parametrize("fmt, fs", [("ddi", "erofs"), ("erofs", None)])
+def test_recipe_comment_does_not_change_the_image(tmp_path, packages, cache_dir, keypair, fmt,
+                                                  fs):
+    """UUIDs and salts come from the image's content and settings, not the recipe's bytes."""
+    text = ddi_recipe(packages, keypair, fmt=fmt, fs=fs or "erofs", sign=fmt == "ddi")
+    first = build(tmp_path / "a", text, cache_dir)
+    second = build(tmp_path / "b", "# a comment changes nothing\n" + text, cache_dir)
+    assert first["sha256"] == second["sha256"]
+    third = build(tmp_path / "c", text.replace('version_id = "12"', 'version_id = "13"'),
+                  cache_dir)
+    assert third["sha256"] != first["sha256"]
