@@ -36,6 +36,7 @@ def apply_times(tree: StagingTree, epoch: int, policy: str) -> None:
             record.mtime = epoch
     if tree.root is None:  # a recording tree (plan): nothing on disk
         return
+    tree.finish_modes()
     for path, record in tree.records.items():
         tree.set_mtime(path, record.mtime)
     os.chmod(tree.root, 0o755)

@@ -13,7 +13,6 @@ import errno
 import hashlib
 import io
 import os
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,8 +54,10 @@ def canonical_path(raw: str, member: str) -> str:
     parts = [p for p in raw.split("/") if p not in ("", ".")]
     if ".." in parts:
         raise InputError(member, "path contains '..'", "refusing to write outside the root")
-    if "\0" in raw:
-        raise InputError(member, "path contains a NUL byte")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F or 0xDC80 <= ord(c) <= 0xDCFF for c in raw):
+        raise InputError(member, "path has control characters or is not UTF-8",
+                         "image paths must be printable UTF-8 (the manifest and the file "
+                         "system tools depend on it)")
     if parts and parts[0] in MERGED_USR:
         parts.insert(0, "usr")
     return "/".join(parts)
@@ -72,22 +73,78 @@ def new_record(entry: E.Entry, uid: int, gid: int, origin: str) -> Record:
     return record
 
 
-class StagingTree:
-    """Writes entries below ``root`` and remembers, per path, what it wrote."""
+#: The only extended attribute a package may bring: file capabilities.
+KEPT_XATTRS = ("security.capability",)
+#: Namespaces that change how the kernel treats a file in the overlay (trusted.overlay.opaque
+#: would hide the host's directory) or its security label: refused, never copied.
+REFUSED_XATTR_PREFIXES = ("trusted.", "security.")
 
-    def __init__(self, root: Path, *, owner_ids: bool):
-        self.root = Path(root)
-        self.root.mkdir(mode=0o755, parents=False, exist_ok=False)
-        os.chmod(self.root, 0o755)  # mkdtemp-like 0700 would be recorded in the image
-        self._root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-        self.owner_ids = owner_ids  # chown on disk (only possible as root)
+
+class _Rules:
+    """What may be written where, judged from the records alone — shared by the real writer
+    and the recording one, so ``plan`` refuses exactly what ``build`` refuses."""
+
+    def __init__(self):
         self.records: dict[str, Record] = {}
         self.replaced: list[str] = []  # paths a later source overwrote
+        self.dropped_xattrs: list[str] = []  # "path: name" of attributes not carried
 
-    def close(self) -> None:
-        if self._root_fd >= 0:
-            os.close(self._root_fd)
-            self._root_fd = -1
+    def judge(self, entry: E.Entry, path: str, uid: int, gid: int, origin: str) -> Record:
+        """The record ``entry`` becomes at ``path``, or an InputError naming the member."""
+        member = entry.member or path
+        if entry.kind in (E.CHARDEV, E.BLOCKDEV):
+            raise InputError(member, "device node in package", "extensions may not carry devices")
+        if entry.kind not in (E.FILE, E.DIR, E.SYMLINK, E.HARDLINK):
+            raise InputError(member, f"unsupported entry type {entry.kind}")
+        parts = path.split("/")
+        for i in range(1, len(parts)):
+            parent = self.records.get("/".join(parts[:i]))
+            if parent is not None and parent.kind != E.DIR:
+                what = "symlink" if parent.kind == E.SYMLINK else "file"
+                raise InputError(member, f"would write through the {what} {'/'.join(parts[:i])}",
+                                 "refusing to follow links while extracting")
+        earlier = self.records.get(path)
+        if earlier is not None and (earlier.kind == E.DIR) != (entry.kind == E.DIR):
+            if earlier.kind == E.DIR:
+                raise InputError(member, f"{path} is a directory in an earlier entry",
+                                 "a file cannot replace a directory")
+            raise InputError(member, f"{path} is a file in an earlier entry",
+                             "a directory cannot replace a file")
+        if entry.kind == E.HARDLINK:
+            target = self.records.get(canonical_path(entry.target or "", member))
+            if target is None or target.kind != E.FILE:
+                raise InputError(member, f"hardlink to {entry.target!r}, which is not a file "
+                                 "extracted before it", "refusing links that leave the package")
+            return target  # the same inode: one record object shared by both paths
+        if entry.kind == E.SYMLINK and not entry.target:
+            raise InputError(member, "symlink without a target")
+        record = new_record(entry, uid, gid, origin)
+        record.xattrs = self._allowed_xattrs(record.xattrs, path, member)
+        return record
+
+    def _allowed_xattrs(self, xattrs: dict[str, bytes], path: str, member: str) -> dict:
+        kept = {}
+        for key, value in sorted(xattrs.items()):
+            if key in KEPT_XATTRS:
+                kept[key] = value
+            elif key.startswith(REFUSED_XATTR_PREFIXES):
+                raise InputError(member, f"carries the extended attribute {key}",
+                                 "only security.capability is carried into an image; trusted.* "
+                                 "and security.* attributes change how the host treats files")
+            else:
+                self.dropped_xattrs.append(f"{path}: {key}")
+        return kept
+
+    def _implied_parents(self, path: str) -> None:
+        parts = path.split("/")
+        for i in range(1, len(parts)):
+            self.records.setdefault("/".join(parts[:i]), Record(E.DIR, 0o755, origin="(implied)"))
+
+    def add_bytes(self, path: str, content: bytes, mode: int, origin: str) -> None:
+        """Write a file the pipeline makes itself (recipe files, extension-release)."""
+        entry = E.Entry(path=path, kind=E.FILE, mode=mode, size=len(content),
+                        data=io.BytesIO(content), member=origin)
+        self.add(entry, path, 0, 0, origin)
 
     def __enter__(self):
         return self
@@ -95,29 +152,46 @@ class StagingTree:
     def __exit__(self, *exc):
         self.close()
 
+
+class StagingTree(_Rules):
+    """Writes entries below ``root`` and remembers, per path, what it wrote.
+
+    Directories are created writable for their owner and get their final mode in
+    :meth:`finish_modes`, after every entry is written: a package's 0555 directory must not stop
+    a non-root build from filling it (or from cleaning up)."""
+
+    def __init__(self, root: Path, *, owner_ids: bool):
+        super().__init__()
+        self.root = Path(root)
+        self.root.mkdir(mode=0o755, parents=False, exist_ok=False)
+        os.chmod(self.root, 0o755)  # mkdtemp-like 0700 would be recorded in the image
+        self._root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        self.owner_ids = owner_ids  # chown on disk (only possible as root)
+
+    def close(self) -> None:
+        if self._root_fd >= 0:
+            os.close(self._root_fd)
+            self._root_fd = -1
+
     # -- directory walking -------------------------------------------------------------------
 
     def _open_parent(self, path: str, member: str) -> tuple[int, str]:
-        """Open (creating as needed) the parent directory of ``path``; never follows a symlink."""
+        """Open (creating as needed) the parent directory of ``path``; never follows a symlink
+        (the records already said no; this is the file system saying it too)."""
         parts = path.split("/")
         fd = os.dup(self._root_fd)
-        walked = []
         try:
-            for part in parts[:-1]:
-                walked.append(part)
-                sub = "/".join(walked)
+            for i, part in enumerate(parts[:-1]):
                 try:
                     nfd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
                 except FileNotFoundError:
                     os.mkdir(part, 0o755, dir_fd=fd)
                     os.chmod(part, 0o755, dir_fd=fd, follow_symlinks=False)
-                    self.records.setdefault(sub, Record(E.DIR, 0o755, origin="(implied)"))
                     nfd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
                 except OSError as exc:
                     if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                        earlier = self.records.get(sub)
-                        what = "symlink" if earlier and earlier.kind == E.SYMLINK else "file"
-                        raise InputError(member, f"would write through the {what} {sub}",
+                        raise InputError(member, "would write through a link or file at "
+                                         f"{'/'.join(parts[:i + 1])}",
                                          "refusing to follow links while extracting") from None
                     raise
                 os.close(fd)
@@ -127,62 +201,40 @@ class StagingTree:
             raise
         return fd, parts[-1]
 
-    def _clear(self, dfd: int, name: str, path: str, new_kind: str, member: str) -> None:
-        """Make room for ``path``: a later entry replaces an earlier file, never a directory."""
-        try:
-            st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
-        except FileNotFoundError:
-            return
-        if stat.S_ISDIR(st.st_mode):
-            if new_kind == E.DIR:
-                return
-            raise InputError(member, f"{path} is a directory in an earlier entry",
-                             "a file cannot replace a directory")
-        if new_kind == E.DIR:
-            raise InputError(member, f"{path} is a file in an earlier entry",
-                             "a directory cannot replace a file")
-        os.unlink(name, dir_fd=dfd)
-        self.replaced.append(path)
-
     # -- writers -----------------------------------------------------------------------------
 
     def add(self, entry: E.Entry, path: str, uid: int, gid: int, origin: str) -> None:
         """Write one archive entry at the (already canonical) image ``path``."""
-        member = entry.member or path
         if not path:
             return  # the archive's own "./": the root's mode is ours to decide
-        if entry.kind in (E.CHARDEV, E.BLOCKDEV):
-            raise InputError(member, "device node in package", "extensions may not carry devices")
-        if entry.kind not in (E.FILE, E.DIR, E.SYMLINK, E.HARDLINK):
-            raise InputError(member, f"unsupported entry type {entry.kind}")
+        member = entry.member or path
+        record = self.judge(entry, path, uid, gid, origin)
         dfd, name = self._open_parent(path, member)
         try:
-            self._clear(dfd, name, path, entry.kind, member)
-            record = new_record(entry, uid, gid, origin)
+            if path in self.records and entry.kind != E.DIR:
+                os.unlink(name, dir_fd=dfd)
+                self.replaced.append(path)
             if entry.kind == E.DIR:
                 try:
                     os.mkdir(name, 0o755, dir_fd=dfd)
                 except FileExistsError:
                     pass
             elif entry.kind == E.SYMLINK:
-                if not entry.target:
-                    raise InputError(member, "symlink without a target")
                 os.symlink(entry.target, name, dir_fd=dfd)
             elif entry.kind == E.HARDLINK:
-                record = self._hardlink(dfd, name, path, entry, member)
+                sfd, sname = self._open_parent(canonical_path(entry.target, member), member)
+                try:
+                    os.link(sname, name, src_dir_fd=sfd, dst_dir_fd=dfd, follow_symlinks=False)
+                finally:
+                    os.close(sfd)
             else:
                 record.size, record.sha256 = self._write_file(dfd, name, entry, member)
             if entry.kind != E.HARDLINK:
                 self._apply_metadata(dfd, name, record, member)
-            self.records[path] = record
         finally:
             os.close(dfd)
-
-    def add_bytes(self, path: str, content: bytes, mode: int, origin: str) -> None:
-        """Write a file the pipeline makes itself (recipe files, extension-release)."""
-        entry = E.Entry(path=path, kind=E.FILE, mode=mode, size=len(content),
-                        data=io.BytesIO(content), member=origin)
-        self.add(entry, path, 0, 0, origin)
+        self._implied_parents(path)
+        self.records[path] = record
 
     def _write_file(self, dfd: int, name: str, entry: E.Entry, member: str) -> tuple[int, str]:
         fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600,
@@ -204,27 +256,14 @@ class StagingTree:
             os.close(fd)
         return written, digest.hexdigest()
 
-    def _hardlink(self, dfd: int, name: str, path: str, entry: E.Entry, member: str) -> Record:
-        target = canonical_path(entry.target or "", member)
-        source = self.records.get(target)
-        if source is None or source.kind != E.FILE:
-            raise InputError(member, f"hardlink to {entry.target!r}, which is not a file "
-                             "extracted before it", "refusing links that leave the package")
-        sfd, sname = self._open_parent(target, member)
-        try:
-            os.link(sname, name, src_dir_fd=sfd, dst_dir_fd=dfd, follow_symlinks=False)
-        finally:
-            os.close(sfd)
-        return source  # the same inode: one record object shared by both paths
-
     def _apply_metadata(self, dfd: int, name: str, record: Record, member: str) -> None:
-        if record.kind != E.SYMLINK:
+        if record.kind == E.FILE:
             os.chmod(name, record.mode, dir_fd=dfd, follow_symlinks=False)
         if self.owner_ids:
             os.chown(name, record.uid, record.gid, dir_fd=dfd, follow_symlinks=False)
-            if record.mode & 0o6000 and record.kind != E.SYMLINK:
+            if record.mode & 0o6000 and record.kind == E.FILE:
                 os.chmod(name, record.mode, dir_fd=dfd)  # chown cleared setuid/setgid
-        for key, value in sorted(record.xattrs.items()):
+        for key, value in record.xattrs.items():
             try:
                 fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dfd)
                 try:
@@ -235,8 +274,21 @@ class StagingTree:
                 raise InputError(member, f"cannot record the {key} attribute without root",
                                  "build as root to keep file capabilities") from None
 
+    def open_data(self, path: str):
+        """A written file's content, for a copy elsewhere (a hardlink whose target was routed
+        to the other image). Safe for the same reason as set_mtime."""
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=self._root_fd)
+        return os.fdopen(fd, "rb")
+
+    def finish_modes(self) -> None:
+        """Give directories their recorded modes, deepest first (they were kept writable)."""
+        for path in sorted(self.records, key=lambda p: p.count("/"), reverse=True):
+            record = self.records[path]
+            if record.kind == E.DIR:
+                os.chmod(path, record.mode, dir_fd=self._root_fd, follow_symlinks=False)
+
     def set_mtime(self, path: str, mtime: int) -> None:
-        """Safe because no recorded path has a symlink among its parents (see _open_parent)."""
+        """Safe because no recorded path has a symlink among its parents (see judge)."""
         os.utime(path, (mtime, mtime), dir_fd=self._root_fd, follow_symlinks=False)
 
 
@@ -247,48 +299,34 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[n:]
 
 
-class RecordingTree:
+class RecordingTree(_Rules):
     """What a StagingTree would record, without writing anything: ``plan`` uses it to run the
-    build's own extract code. Sizes come from the archive headers; no hashes."""
+    build's own extract code, with the same refusals. Sizes come from the archive headers."""
 
     root = None
     owner_ids = False
 
-    def __init__(self):
-        self.records: dict[str, Record] = {}
-        self.replaced: list[str] = []
-
     def add(self, entry: E.Entry, path: str, uid: int, gid: int, origin: str) -> None:
         if not path:
             return
-        parts = path.split("/")
-        for i in range(1, len(parts)):
-            self.records.setdefault("/".join(parts[:i]), Record(E.DIR, 0o755, origin="(implied)"))
-        if entry.kind == E.HARDLINK:
-            target = self.records.get(canonical_path(entry.target or "", entry.member))
-            if target is not None:
-                self.records[path] = target
-            return
+        record = self.judge(entry, path, uid, gid, origin)
         if path in self.records and entry.kind != E.DIR:
             self.replaced.append(path)
-        record = new_record(entry, uid, gid, origin)
         if entry.kind == E.FILE:
             record.size = entry.size
+            if isinstance(entry.data, io.BytesIO):
+                record.sha256 = hashlib.sha256(entry.data.getvalue()).hexdigest()
+        self._implied_parents(path)
         self.records[path] = record
 
-    def add_bytes(self, path: str, content: bytes, mode: int, origin: str) -> None:
-        entry = E.Entry(path=path, kind=E.FILE, mode=mode, size=len(content), member=origin)
-        self.add(entry, path, 0, 0, origin)
-        self.records[path].sha256 = hashlib.sha256(content).hexdigest()
+    def open_data(self, path: str):
+        return None  # nothing on disk: the copy is recorded by size
+
+    def finish_modes(self) -> None:
+        pass
 
     def set_mtime(self, path: str, mtime: int) -> None:
         pass
 
     def close(self) -> None:
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
         pass

@@ -223,7 +223,9 @@ def test_json_and_human_output(tmp_path, packages, cache_dir):
                    str(cache_dir))
     assert proc.returncode == 0
     stages = [line.split()[0] for line in proc.stderr.splitlines() if line[:1] != " "]
-    assert stages[:5] == ["fetch", "extract", "layout", "normalize", "package"]
+    assert [s for s in stages if s != "dropped"][:5] == \
+        ["fetch", "extract", "layout", "normalize", "package"]
+    assert "dropped   /etc in a sysext" in proc.stderr  # each drop reason, with paths
     assert proc.stdout == ""
 
 
@@ -244,3 +246,62 @@ def test_non_root_build_gives_same_bytes(tmp_path, packages, cache_dir, monkeypa
     if fmt == "squashfs":
         assert user_image.manifest["image"]["sha256"] == \
             hashlib.sha256(user_image.image.read_bytes()).hexdigest()
+
+
+def _one_package_recipe(tmp_path, pkg, extra="", kind='kind = "auto"\n'):
+    return write_recipe(tmp_path / "recipe", f'[extension]\nname = "t"\n{kind}[target]\n'
+                                             f'id = "debian"\nversion_id = "12"\n'
+                                             f'[[source]]\n{pkg}\n{extra}'
+                                             f'[image]\nformat = "directory"\n')
+
+
+def test_hardlinks_follow_their_targets_wherever_they_went(tmp_path, cache_dir):
+    """A link whose target was excluded, routed to the other image, or moved to the factory
+    becomes a copy (or a link to the new place) instead of failing the build."""
+    from pkgfactory import build_deb, directory, file, hardlink
+
+    deb = build_deb(tmp_path / "pkg", "links", "1.0", [
+        file("/usr/share/doc/links/orig", b"doc-data\n"),
+        hardlink("/usr/bin/from-doc", "/usr/share/doc/links/orig"),
+        file("/usr/share/links/shared.conf", b"conf\n"),
+        hardlink("/etc/links/shared.conf", "/usr/share/links/shared.conf"),
+        file("/var/lib/links/a", b"state\n"),
+        hardlink("/var/lib/links/b", "/var/lib/links/a"),
+        directory("/usr/share/links/ro", 0o555),
+        file("/usr/share/links/ro/inside", b"in a read-only directory\n"),
+    ])
+    recipe = _one_package_recipe(tmp_path, f'deb = "{deb}"',
+                                 '[filter]\nexclude = ["usr/share/doc/**"]\n')
+    proc = run_cli("build", str(recipe), "-o", str(tmp_path / "out"), "--cache-dir",
+                   str(cache_dir), "--json")
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "out"
+    assert (out / "t/usr/bin/from-doc").read_bytes() == b"doc-data\n"
+    assert (out / "t-config/etc/links/shared.conf").read_bytes() == b"conf\n"
+    a = out / "t/usr/share/factory/var/lib/links/a"
+    b = out / "t/usr/share/factory/var/lib/links/b"
+    assert a.stat().st_ino == b.stat().st_ino
+    manifest = json.loads((out / "t.manifest.json").read_text())
+    modes = {f["path"]: f["mode"] for f in manifest["files"]}
+    assert modes["usr/share/links/ro"] == "0555"
+    assert stat.S_IMODE((out / "t/usr/share/links/ro").stat().st_mode) == 0o555
+
+
+def test_rpm_owner_names_need_a_mapping(tmp_path, cache_dir):
+    """RPM payloads carry owner names only: an unmapped group must not become root."""
+    from pkgfactory import build_rpm, file
+
+    rpm = build_rpm(tmp_path / "pkg", "mailer", "1.0", [
+        file("/usr/bin/lockmail", b"#!/bin/sh\n", 0o2755, owner=("root", "mail"))])
+    recipe = _one_package_recipe(tmp_path, f'rpm = "{rpm}"')
+    proc = run_cli("build", str(recipe), "-o", str(tmp_path / "out"), "--cache-dir",
+                   str(cache_dir))
+    assert proc.returncode == 2
+    assert "owned by group 'mail', which [owners] does not map" in proc.stderr
+    mapped = _one_package_recipe(tmp_path, f'rpm = "{rpm}"', "[owners]\ngroups = { mail = 8 }\n")
+    proc = run_cli("build", str(mapped), "-o", str(tmp_path / "out"), "--cache-dir",
+                   str(cache_dir), "--json")
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads((tmp_path / "out" / "t.manifest.json").read_text())
+    lockmail = next(f for f in manifest["files"] if f["path"] == "usr/bin/lockmail")
+    assert (lockmail["gid"], lockmail["mode"]) == (8, "2755")

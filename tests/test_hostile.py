@@ -10,7 +10,12 @@ from __future__ import annotations
 import copy
 import io
 import lzma
+import os
+import signal
+import subprocess
+import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -28,7 +33,7 @@ def _ar(members: list[tuple[str, bytes]]) -> bytes:
 
 def _tar(entries: list[tuple[tarfile.TarInfo, bytes | None]]) -> bytes:
     buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for info, data in entries:
             info.mtime = 1700000000
             if data is not None:
@@ -37,9 +42,11 @@ def _tar(entries: list[tuple[tarfile.TarInfo, bytes | None]]) -> bytes:
     return buf.getvalue()
 
 
-def info(name: str, kind=tarfile.REGTYPE, mode=0o644, linkname="") -> tarfile.TarInfo:
+def info(name: str, kind=tarfile.REGTYPE, mode=0o644, linkname="", xattrs=None
+         ) -> tarfile.TarInfo:
     ti = tarfile.TarInfo(name)
     ti.type, ti.mode, ti.linkname = kind, mode, linkname
+    ti.pax_headers = {f"SCHILY.xattr.{k}": v for k, v in (xattrs or {}).items()}
     return ti
 
 
@@ -74,6 +81,15 @@ HOSTILE = {
     "device-node": ([(info("./usr/dev-null", tarfile.CHRTYPE, 0o666), None)], "device node"),
     "file-over-dir": ([(info("./usr/x", tarfile.DIRTYPE, 0o755), None),
                        (info("./usr/x"), b"x")], "is a directory"),
+    # trusted.overlay.opaque on usr/lib would hide the host's /usr/lib once merged
+    "overlay-opaque-xattr": ([(info("./usr", tarfile.DIRTYPE, 0o755), None),
+                              (info("./usr/lib", tarfile.DIRTYPE, 0o755,
+                                    xattrs={"trusted.overlay.opaque": "y"}), None)],
+                             "trusted.overlay.opaque"),
+    "selinux-label": ([(info("./usr/bin/x", xattrs={"security.selinux": "system_u:x"}), b"x")],
+                      "security.selinux"),
+    "newline-in-name": ([(info("./usr/bin/a\nb"), b"x")], "control characters"),
+    "not-utf8-name": ([(info("./usr/bin/caf\udce9"), b"x")], "not UTF-8"),
 }
 
 
@@ -143,3 +159,89 @@ def test_failed_rebuild_keeps_previous_image(tmp_path, packages, cache_dir):
                                        f'[[source]]\ndeb = "{deb}"\n')
     assert run_cli("build", str(bad), "-o", str(out), "--cache-dir", str(cache_dir)).returncode == 2
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+@pytest.mark.parametrize("case", ["symlink-then-write", "device-node", "file-over-dir",
+                                  "overlay-opaque-xattr", "hardlink-dangling"])
+def test_plan_refuses_what_build_refuses(tmp_path, cache_dir, case):
+    """plan runs the same judgement on recording trees: no "plan OK, build fails"."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    entries = [(copy.copy(ti), data) for ti, data in HOSTILE[case][0]]
+    for ti, _ in entries:
+        ti.linkname = ti.linkname.replace("{outside}", str(outside))
+    deb = make_deb(tmp_path / "evil.deb", entries)
+    recipe = write_recipe(tmp_path / "r", f'[extension]\nname = "evil"\n[target]\nid = "debian"\n'
+                                          f'[[source]]\ndeb = "{deb}"\n')
+    plan = run_cli("plan", str(recipe), "--cache-dir", str(cache_dir))
+    build = run_cli("build", str(recipe), "-o", str(tmp_path / "out"), "--cache-dir",
+                    str(cache_dir))
+    assert plan.returncode == build.returncode == 2
+    assert plan.stderr.splitlines()[-1] == build.stderr.splitlines()[-1]
+
+
+def test_user_xattrs_are_dropped_and_said(tmp_path, cache_dir):
+    deb = make_deb(tmp_path / "x.deb", [(info("./usr/bin/x", xattrs={"user.origin": "web"}),
+                                         b"x")])
+    recipe = write_recipe(tmp_path / "r", f'[extension]\nname = "x"\n[target]\nid = "debian"\n'
+                                          f'[[source]]\ndeb = "{deb}"\n')
+    proc = run_cli("build", str(recipe), "-o", str(tmp_path / "out"), "--cache-dir",
+                   str(cache_dir), "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert "usr/bin/x: user.origin" in proc.stderr
+    manifest = (tmp_path / "out" / "x.manifest.json").read_text()
+    assert "user.origin" not in manifest
+
+
+def _slow_recipe(tmp_path: Path) -> Path:
+    """A payload mksquashfs needs a few seconds for: random bytes compressed with xz."""
+    from pkgfactory import build_deb, file
+
+    deb = build_deb(tmp_path / "pkg", "slow", "1.0",
+                    [file(f"/usr/share/slow/blob{i}", os.urandom(24 << 20)) for i in range(3)],
+                    compression="none")
+    return write_recipe(tmp_path / "r", f'[extension]\nname = "slow"\n[target]\nid = "debian"\n'
+                                        f'version_id = "12"\n[[source]]\ndeb = "{deb}"\n'
+                                        f'[image]\ncompression = "xz"\n')
+
+
+def _processes(name: str) -> list[str]:
+    """Command lines of running ``name`` processes."""
+    ps = subprocess.run(["ps", "-ww", "-eo", "args"], capture_output=True, text=True).stdout
+    return [line for line in ps.splitlines() if line.split(" ", 1)[0].endswith(name)]
+
+
+def test_sigterm_cleans_up_and_stops_the_packer(tmp_path, cache_dir):
+    recipe = _slow_recipe(tmp_path)
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "build", str(recipe), "-o",
+                             str(out), "--cache-dir", str(cache_dir)], env=env,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not [p for p in _processes("mksquashfs") if str(out) in p]:
+        assert time.monotonic() < deadline and proc.poll() is None, "mksquashfs never started"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 143
+    assert "error: terminated" in proc.stderr.read()
+    assert list(out.iterdir()) == []  # no image, no work tree
+    time.sleep(0.2)
+    assert not [p for p in _processes("mksquashfs") if str(out) in p]
+
+
+def test_work_tree_of_a_killed_build_is_removed_next_time(tmp_path, packages, cache_dir):
+    out = tmp_path / "out"
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a pid that no longer runs
+    abandoned = out / f".keep.build-{dead.pid}-xyz"
+    (abandoned / "root" / "ro").mkdir(parents=True)
+    (abandoned / "root" / "ro" / "f").write_text("x")
+    (abandoned / "root" / "ro").chmod(0o555)
+    alive = out / f".keep.build-{os.getpid()}-abc"  # a build still running: left alone
+    alive.mkdir()
+    recipe = write_recipe(tmp_path / "r", f'[extension]\nname = "keep"\n[target]\nid = "debian"'
+                                          f'\n[[source]]\ndeb = "{packages["deb"]}"\n')
+    assert run_cli("build", str(recipe), "-o", str(out), "--cache-dir", str(cache_dir)
+                   ).returncode == 0
+    assert not abandoned.exists() and alive.exists()

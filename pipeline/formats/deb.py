@@ -29,16 +29,23 @@ def read_deb(path: str | os.PathLike[str]) -> Iterator[Entry]:
     raise InputError(name, "no data.tar member", "not a binary package?")
 
 
+#: control.tar members that dpkg runs at install time (an extension never runs them).
+MAINTAINER_SCRIPTS = ("preinst", "postinst", "prerm", "postrm", "config")
+
+
 def deb_info(path: str | os.PathLike[str]) -> PackageInfo:
     """Name, version, architecture (from control) and conffiles (from control.tar.*)."""
     name = Path(path).name
     control: str | None = None
     conffiles: list[str] = []
+    scripts: list[str] = []
     with open(path, "rb") as f:
         for member in _members(f, name, "control.tar"):
             where = f"{name}:{member.name}"
             for entry in tar_entries(_decompressed(member, name), where):
                 base = entry.path.removeprefix("./")
+                if entry.kind == FILE and base in MAINTAINER_SCRIPTS:
+                    scripts.append(base)
                 if entry.kind != FILE or base not in ("control", "conffiles"):
                     continue
                 if entry.size > MAX_CONTROL_FILE:
@@ -61,6 +68,7 @@ def deb_info(path: str | os.PathLike[str]) -> PackageInfo:
         architecture=fields["Architecture"],
         format="deb",
         config_files=tuple(conffiles),
+        scripts=tuple(sorted(scripts)),
     )
 
 

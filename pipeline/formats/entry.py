@@ -56,3 +56,4 @@ class PackageInfo:
     architecture: str
     format: str  # "deb" | "rpm"
     config_files: tuple[str, ...] = ()
+    scripts: tuple[str, ...] = ()  # maintainer scripts (postinst, %post, …): never run in an image

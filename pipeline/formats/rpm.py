@@ -40,6 +40,9 @@ NAME, VERSION, RELEASE, EPOCH, ARCH = 1000, 1001, 1002, 1003, 1022
 OLDFILENAMES, FILESIZES, FILEMODES, FILERDEVS, FILEMTIMES = 1027, 1028, 1030, 1033, 1034
 FILELINKTOS, FILEFLAGS, FILEUSERNAME, FILEGROUPNAME = 1036, 1037, 1039, 1040
 FILEDEVICES, FILEINODES = 1095, 1096
+#: Scriptlet tags that rpm runs at install time (an extension never runs them).
+SCRIPTLETS = {1023: "%pre", 1024: "%post", 1025: "%preun", 1026: "%postun", 1065: "%triggers",
+              1151: "%pretrans", 1152: "%posttrans", 5066: "%filetriggers"}
 DIRINDEXES, BASENAMES, DIRNAMES = 1116, 1117, 1118
 PAYLOADFORMAT, PAYLOADCOMPRESSOR = 1124, 1125
 LONGFILESIZES, FILECAPS = 5008, 5010
@@ -204,7 +207,9 @@ def rpm_info(path: str | os.PathLike[str]) -> PackageInfo:
     )
     return PackageInfo(name=header.string(NAME), version=version,
                        architecture=header.string(ARCH, "noarch"), format="rpm",
-                       config_files=config)
+                       config_files=config,
+                       scripts=tuple(name for tag, name in sorted(SCRIPTLETS.items())
+                                     if header.get(tag)))
 
 
 def read_rpm(path: str | os.PathLike[str]) -> Iterator[Entry]:
