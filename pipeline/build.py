@@ -97,6 +97,11 @@ class Log:
 
         return tick
 
+    def note(self, name: str, text: str) -> None:
+        """A detail line under the stage that follows (not timed)."""
+        if self.write:
+            self.write(f"{name:<10}{text}")
+
     def stage(self, name: str, text: str) -> None:
         now = time.monotonic()
         took = now - self._start
@@ -177,7 +182,9 @@ def build(recipe: Recipe, output_dir: Path, cache: Cache, *, environ: dict | Non
               f"({origins.count('download') + origins.count('apt')} downloaded, "
               f"{origins.count('cache')} cached, {origins.count('local')} local)")
 
-    workdir = Path(tempfile.mkdtemp(prefix=f".{recipe.name}.build-", dir=output_dir))
+    _remove_abandoned_workdirs(output_dir, recipe.name)
+    workdir = Path(tempfile.mkdtemp(prefix=f".{recipe.name}.build-{os.getpid()}-",
+                                    dir=output_dir))
     trees: list[StagingTree] = []
 
     def new_tree(kind: str) -> StagingTree:
@@ -190,7 +197,41 @@ def build(recipe: Recipe, output_dir: Path, cache: Cache, *, environ: dict | Non
     finally:
         for tree in trees:
             tree.close()
-        shutil.rmtree(workdir, ignore_errors=True)
+        remove_tree(workdir)
+
+
+def remove_tree(path: Path) -> None:
+    """Delete a work tree even when a package made some of its directories read-only."""
+    def writable_and_retry(function, failed, _exc):
+        parent = os.path.dirname(failed)
+        os.chmod(parent, 0o700)
+        if os.path.isdir(failed) and not os.path.islink(failed):
+            os.chmod(failed, 0o700)
+            shutil.rmtree(failed, onerror=writable_and_retry)
+        else:
+            function(failed)
+
+    if path.exists():
+        shutil.rmtree(path, onerror=writable_and_retry)
+
+
+def _remove_abandoned_workdirs(output_dir: Path, name: str) -> None:
+    """Work trees left by a build that was killed (SIGKILL, power loss): their process is gone."""
+    for old in output_dir.glob(f".{name}.build-*-*"):
+        pid = old.name.removeprefix(f".{name}.build-").split("-", 1)[0]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        remove_tree(old)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def load_recipe_signer(recipe: Recipe):
@@ -210,6 +251,10 @@ def _package_all(recipe, staged: Staged, output_dir, workdir, log,
     summary = "; ".join(f"{img.kind} {img.name}: {extract_stage.stats(img.tree)[0]} files, "
                         f"{_size(extract_stage.stats(img.tree)[1])}" for img in staged.images)
     log.stage("extract", f"{summary}; {len(report.dropped)} dropped, {report.excluded} excluded")
+    for reason, paths in _by_reason(report.dropped).items():
+        shown = ", ".join("/" + p for p in paths[:4]) + (f", … (+{len(paths) - 4})"
+                                                         if len(paths) > 4 else "")
+        log.note("dropped", f"{reason}: {shown}")
     log.stage("layout", staged.decision)
     for img in staged.images:
         apply_times(img.tree, staged.epoch, recipe.mtime)
@@ -285,6 +330,10 @@ def _package_all(recipe, staged: Staged, output_dir, workdir, log,
                         f"{os.geteuid()}, while the manifest records the owners the packages "
                         "ask for (root); copy it as root with the manifest's owners, or build "
                         "as root")
+    xattrs = [x for img in staged.images for x in img.tree.dropped_xattrs]
+    if xattrs:
+        warnings.append(f"extended attributes not carried (only security.capability is): "
+                        f"{', '.join(xattrs[:5])}" + (" …" if len(xattrs) > 5 else ""))
     replaced = [p for img in staged.images for p in img.tree.replaced]
     if replaced:
         warnings.append(f"{len(replaced)} paths written by more than one source, the later "
@@ -311,6 +360,14 @@ def _architecture(requested: str | None, packages: list[dict]) -> str | None:
             raise InputError(package["file"], f"built for {arch}, but target.architecture is "
                              f"{requested}", "use packages of the target architecture")
     return requested
+
+
+def _by_reason(dropped: dict[str, str]) -> dict[str, list[str]]:
+    """Dropped paths grouped by why (the package in parentheses left out), in path order."""
+    groups: dict[str, list[str]] = {}
+    for path, why in sorted(dropped.items()):
+        groups.setdefault(why.rsplit(" (", 1)[0], []).append(path)
+    return groups
 
 
 def _image_seed(recipe: Recipe, tree_sha256: str, arch: str | None, epoch: int) -> bytes:

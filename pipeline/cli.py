@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -110,8 +112,18 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, so that cleanup (finally blocks, killing a running
+    mksquashfs) happens as for Ctrl-C."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         return args.func(args)
     except PipelineError as exc:
@@ -119,6 +131,16 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {exc.line()}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
+    except BrokenPipeError:  # `… | head`: the reader has gone; nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except OSError as exc:  # the disk, permissions, a path that is not a directory, …
+        if args.debug:
+            raise
+        where = exc.filename or "system"
+        print(f"error: {where}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as exc:
+        print("error: terminated" if isinstance(exc, Terminated) else "error: interrupted",
+              file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130

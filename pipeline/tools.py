@@ -99,13 +99,17 @@ def run(
         preexec_fn=_umask022,
     ) as child:
         start = time.monotonic()
-        while True:
-            try:
-                out, err = child.communicate(input, timeout=0.5 if tick else None)
-                break
-            except subprocess.TimeoutExpired:
-                input = None  # already sent by the first communicate()
-                tick(time.monotonic() - start)
+        try:
+            while True:
+                try:
+                    out, err = child.communicate(input, timeout=0.5 if tick else None)
+                    break
+                except subprocess.TimeoutExpired:
+                    input = None  # already sent by the first communicate()
+                    tick(time.monotonic() - start)
+        except BaseException:  # interrupted (Ctrl-C, SIGTERM): the tool must not outlive us
+            child.kill()
+            raise
     proc = subprocess.CompletedProcess(argv, child.returncode, out, err)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).decode(errors="replace").strip().splitlines()[-5:]
