@@ -200,6 +200,27 @@ def build(recipe: Recipe, output_dir: Path, cache: Cache, *, environ: dict | Non
         remove_tree(workdir)
 
 
+def _retire_companions(output_dir: Path, fmt: str, made: set[str], names: list[str]) -> None:
+    """A recipe that made NAME and NAME-config and now makes one image: the other, left in the
+    output directory, would be installed next to the new one and describe an old build."""
+    for name in names:
+        previous = output_dir / f"{name}.manifest.json"
+        try:
+            companions = mf.load(previous).get("companions", [])
+        except (OSError, ValueError):
+            continue
+        for old in companions:
+            if old in made or "/" in old:
+                continue
+            image = output_dir / image_filename(fmt, old)
+            if image.is_dir() and not image.is_symlink():
+                remove_tree(image)
+            for path in (image, output_dir / f"{old}.manifest.json",
+                         *(output_dir / f"{old}{s}" for s in COMPANION_SUFFIXES)):
+                if path.is_file() or path.is_symlink():
+                    path.unlink()
+
+
 def remove_tree(path: Path) -> None:
     """Delete a work tree even when a package made some of its directories read-only."""
     def writable_and_retry(function, failed, _exc):
@@ -304,6 +325,8 @@ def _package_all(recipe, staged: Staged, output_dir, workdir, log,
         manifest_tmp.write_bytes(mf.dumps(manifest))
         packed.append((img, result, final, manifest_tmp, manifest))
 
+    _retire_companions(output_dir, recipe.format, {img.name for img in staged.images},
+                       [img.name for img in staged.images])
     images = []
     for img, result, final, manifest_tmp, manifest in packed:  # all packed: now publish
         manifest_final = output_dir / f"{img.name}.manifest.json"

@@ -122,6 +122,9 @@ def _terminate(signum, frame):
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--debug" in argv:  # accepted anywhere, not only before the command
+        argv = ["--debug", *(a for a in argv if a != "--debug")]
     args = parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate)
     try:
