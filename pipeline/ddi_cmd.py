@@ -21,7 +21,6 @@ def cmd_keys_generate(args) -> int:
     from .keys import generate, read_passphrase
 
     passphrase = read_passphrase(args.passphrase_env, args.passphrase_file)
-    args.key.parent.mkdir(parents=True, exist_ok=True)
     signer = generate(args.key, args.cert, subject=args.subject, days=args.days,
                       passphrase=passphrase)
     print(f"key  {args.key} (mode 0600{', encrypted' if passphrase else ''})", file=sys.stderr)
@@ -32,10 +31,15 @@ def cmd_keys_generate(args) -> int:
 
 
 def cmd_sign(args) -> int:
-    from .ddi import sign_ddi
+    from .ddi import sign_ddi, sign_detached
     from .ddi.gpt import has_gpt
     from .keys import load_signer, read_passphrase
 
+    image = args.image
+    if not image.exists():
+        raise InputError(str(image), "no such file")
+    if not image.is_file():
+        raise InputError(str(image), "not a regular file", "sign takes an image file")
     signer = None
     if args.signature is None:
         if args.key is None or args.cert is None:
@@ -44,56 +48,54 @@ def cmd_sign(args) -> int:
                              read_passphrase(args.passphrase_env, args.passphrase_file))
     elif args.cert is None:
         raise InputError("sign", "--signature needs --cert (to check it before writing)")
-    image = args.image
+    options = {"signer": signer, "p7s": args.signature, "cert": args.cert, "replace": args.force}
     if not has_gpt(image):
-        return _sign_detached(image, signer, args)
-    info = sign_ddi(image, signer=signer, p7s=args.signature, cert=args.cert)
-    _update_manifest(image, {"ddi": info.to_manifest()}, info.sha256)
-    for warning in info.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
+        found = sign_detached(image, **options)
+        _update_manifest(image, "verity", found.root_hash, {
+            "certificateFingerprint": found.certificate_fingerprint,
+            "signatureAlgorithm": found.signature_algorithm,
+            "signatureFile": found.signature_path.name,
+        })
+        _warn(found.warnings)
+        print(f"signed {found.roothash_path} → {found.signature_path}: root hash "
+              f"{found.root_hash}, certificate {found.certificate_fingerprint}", file=sys.stderr)
+        return 0
+    info = sign_ddi(image, **options)
+    _update_manifest(image, "ddi", info.root_hash, info.to_manifest(), info.sha256)
+    _warn(info.warnings)
     print(f"signed {image}: root hash {info.root_hash}, certificate "
           f"{info.certificate_fingerprint}, sha256 {info.sha256}", file=sys.stderr)
     return 0
 
 
-def _sign_detached(image: Path, signer, args) -> int:
-    """A plain image with NAME.roothash next to it: write NAME.roothash.p7s."""
-    from .ddi import signature as sig
-    from .keys import load_certificate
-
-    roothash = image.with_name(image.name.removesuffix(".raw") + ".roothash")
-    if not roothash.is_file():
-        raise InputError(str(image), "neither a DDI nor an image with NAME.roothash next to it",
-                         'build with format = "ddi" or verity = "detached"')
-    root_hash = roothash.read_text().strip()
-    if signer is not None:
-        der, warnings = sig.sign_root_hash(root_hash, signer)
-    else:
-        der, warnings = sig.read_p7s(args.signature), []
-        ok, reason = sig.verify(der, root_hash, load_certificate(args.cert))
-        if not ok:
-            raise InputError(str(args.signature), f"does not verify over root hash {root_hash}: "
-                             f"{reason}")
-    target = Path(f"{roothash}.p7s")
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_bytes(der)
-    tmp.replace(target)
+def _warn(warnings) -> None:
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    print(f"signed {roothash} → {target}", file=sys.stderr)
-    return 0
 
 
-def _update_manifest(image: Path, sections: dict, sha256: str) -> None:
-    """Keep NAME.manifest.json true after signing: new image hash and DDI section."""
+def _update_manifest(image: Path, section: str, root_hash: str, fields: dict,
+                     sha256: str | None = None) -> None:
+    """Keep NAME.manifest.json true after signing, so that it equals a signed build's: the
+    ``section`` (``ddi``: replaced; ``verity``: its signature fields updated) and, for a DDI,
+    the image hash. A manifest that describes another root hash (a different build next to this
+    image) is left alone, with a warning."""
     from . import manifest as mf
 
     path = image.with_name(image.name.removesuffix(".raw") + ".manifest.json")
     if not path.is_file():
         return
     data = mf.load(path)
-    data.update(sections)
-    data.setdefault("image", {})["sha256"] = sha256
+    recorded = (data.get(section) or {}).get("rootHash")
+    if recorded != root_hash:
+        _warn([f"{path}: not updated: it records root hash {recorded}, the image has "
+               f"{root_hash}"])
+        return
+    if section == "ddi":
+        data["ddi"] = fields
+    else:
+        data[section].update(fields)
+    if sha256 is not None:
+        data.setdefault("image", {})["sha256"] = sha256
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_bytes(mf.dumps(data))
     tmp.replace(path)
@@ -107,14 +109,11 @@ def cmd_inspect(args) -> int:
         print(json.dumps(report, indent=2, sort_keys=True))
     else:
         print(render(report))
-    verity = report.get("verity") or {}
-    signature = report.get("signature") or {}
-    broken = verity.get("verified") is False or signature.get("verified") is False
-    return 1 if broken else 0
+    return 1 if report["problems"] else 0
 
 
 def render(report: dict) -> str:
-    """A short human summary of ``inspect_image``'s report."""
+    """A short human summary of ``inspect_image``'s report; every failure says FAILED or NOT."""
     lines = [f"{report['path']}: {report['format']}, {report['size']} bytes, sha256 "
              f"{report['sha256']}"]
     for part in report.get("partitions", []):
@@ -122,34 +121,53 @@ def render(report: dict) -> str:
                      f"uuid {part['uuid']} offset {part['offset']} size {part['size']}")
     verity = report.get("verity")
     if verity:
-        state = "verified" if verity.get("verified") else f"NOT verified ({verity.get('reason')})"
+        if not verity.get("verified"):
+            state = f"NOT verified ({verity.get('reason')})"
+        elif verity.get("uuidsMatchRootHash") is False:
+            state = (f"tree verified, but FAILED: the partition UUIDs spell root hash "
+                     f"{verity.get('rootHashFromUuids')} (systemd 258+ derives the root hash "
+                     "from them and refuses the image)")
+        else:
+            state = "verified"
         lines.append(f"  verity: root hash {verity.get('rootHash')} — {state}")
     signature = report.get("signature")
     if signature and signature.get("present"):
         state = f"verified with {signature.get('verifiedWith')}" if signature.get("verified") \
             else f"NOT verified ({signature.get('reason')})"
-        lines.append(f"  signature: certificate {signature.get('certificateFingerprint')} — "
-                     f"{state}")
+        embedded = signature.get("embeddedCertificates") or [{}]
+        named = signature.get("certificateFingerprint") or embedded[0].get("fingerprint")
+        lines.append(f"  signature: certificate {named or '(not named)'} — {state}")
     elif signature is not None:
         lines.append("  signature: none")
     fs = report.get("filesystem") or {}
-    if fs:
+    if fs.get("error"):
+        lines.append(f"  file system: {fs.get('type') or 'unknown'} — NOT readable "
+                     f"({fs['error']})")
+    elif fs:
+        if fs.get("readWith") == "mount":
+            how = "mounted read-only: verity and signature verified with --cert"
+        else:
+            how = f"read with {fs.get('readWith')} in userspace" + (
+                "" if fs.get("trusted") else "; not mounted: untrusted image")
         lines.append(f"  file system: {fs.get('type')}, {fs.get('files')} files, "
-                     f"{fs.get('bytes')} bytes")
+                     f"{fs.get('bytes')} bytes ({how})")
         release = fs.get("release") or {}
         if release:
             lines.append(f"  {release.get('path')}:")
             lines += [f"    {k}={v}" for k, v in (release.get("fields") or {}).items()]
     if report.get("manifest"):
         lines.append(f"  manifest: {report['manifest'].get('path', 'next to the image')}")
+    found = report.get("problems") or []
+    lines.append(f"  FAILED: {len(found)} problem{'s' if len(found) > 1 else ''}" if found
+                 else "  result: no problems found")
     return "\n".join(lines)
 
 
 def register(sub) -> None:
     p = sub.add_parser("keys", help="signing keys")
     ksub = p.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
-    g = ksub.add_parser("generate", help="make an RSA-4096 key (0600) and a self-signed "
-                        "certificate; never overwrites")
+    g = ksub.add_parser("generate", help="make an RSA-4096 key (0600, in a directory "
+                        "created 0700 if missing) and a self-signed certificate; never overwrites")
     g.add_argument("--key", type=Path, default=DEFAULT_KEY, help=f"default {DEFAULT_KEY}")
     g.add_argument("--cert", type=Path, default=DEFAULT_CERT, help=f"default {DEFAULT_CERT}")
     g.add_argument("--subject", default="CN=sysext-pipeline release signing",
@@ -159,17 +177,23 @@ def register(sub) -> None:
     g.set_defaults(func=cmd_keys_generate)
 
     p = sub.add_parser("sign", help="fill the signature partition of a DDI built --unsigned "
-                       "(no other byte changes), or write NAME.roothash.p7s")
+                       "(no other byte changes), or write NAME.roothash.p7s; the verity data "
+                       "is checked first and NAME.manifest.json updated")
     p.add_argument("image", type=Path)
     p.add_argument("--key", type=Path, help="private key (PEM)")
     p.add_argument("--cert", type=Path, help="its certificate (PEM)")
-    p.add_argument("--signature", type=Path, metavar="P7S", help="a detached DER PKCS#7 over "
-                   "the hex root hash made elsewhere (checked against --cert first)")
+    p.add_argument("--signature", type=Path, metavar="P7S", help="a detached DER PKCS#7 "
+                   "without signed attributes (openssl smime -sign -binary -noattr) over the hex "
+                   "root hash, made elsewhere (checked against --cert and the image first)")
+    p.add_argument("--force", action="store_true", help="replace a signature by a different "
+                   "certificate (without it, sign refuses to; re-signing with the same "
+                   "certificate needs no --force)")
     _passphrase_args(p)
     p.set_defaults(func=cmd_sign)
 
     p = sub.add_parser("inspect", help="partitions, verity, signature and release of any image "
-                       "(exit 1 when verity or the signature does not verify)")
+                       "(exit 1 when verity, the partition UUIDs, the signature or the file "
+                       "system fail; an image is mounted only if verified and signed by --cert)")
     p.add_argument("image", type=Path)
     p.add_argument("--cert", type=Path, help="check the signature against this certificate")
     p.add_argument("--json", action="store_true")

@@ -2,9 +2,14 @@
 
 A private key is created 0600 under a temporary name with O_EXCL and then hard-linked into place,
 so no other user ever sees it readable, a half-written key never appears, and an existing key is
-never replaced. Loading refuses keys that group or others can read: a leaked release key is worse
-than a failed build. Keys are never written to out/, the manifest or a log line; only the
-certificate's fingerprint is.
+never replaced; a missing directory for it is created 0700. Loading refuses keys and passphrase
+files that group or others can read: a leaked release key is worse than a failed build. Keys are
+never written to out/, the manifest or a log line; only the certificate's fingerprint is.
+
+Key, certificate and passphrase paths may be symlinks (a Kubernetes secret volume is a chain of
+them: ``release.key -> ..data/release.key -> ..2024_01_01/release.key``): the link is followed and
+the permissions checked are those of the file actually opened (``fstat`` of the open descriptor,
+so a link swapped between the check and the read cannot slip a different file in).
 
 Key types: RSA (default, deterministic PKCS#7 signatures) and ECDSA (accepted; its signatures
 differ between runs). Ed25519 is refused: Debian 12's OpenSSL 3.0 cannot create or verify a PKCS#7
@@ -16,6 +21,7 @@ verify the image and would refuse to activate it.
 from __future__ import annotations
 
 import datetime
+import errno
 import hashlib
 import os
 import stat
@@ -85,10 +91,7 @@ def read_passphrase(env_var: str | None = None, file: Path | None = None) -> byt
             raise InputError(env_var, "environment variable not set", "export the passphrase")
         secret = value.encode()
     elif file:
-        try:
-            secret = Path(file).read_bytes()
-        except OSError as err:
-            raise InputError(str(file), f"cannot read passphrase file: {err.strerror}") from None
+        secret = read_secret(Path(file), "passphrase file")
         secret = secret[:-1] if secret.endswith(b"\n") else secret
         secret = secret[:-1] if secret.endswith(b"\r") else secret
     else:
@@ -109,6 +112,8 @@ def generate(key_path: Path, cert_path: Path, *, subject: str = DEFAULT_SUBJECT,
     for path in (key_path, cert_path):
         if os.path.lexists(path):
             raise InputError(str(path), "already exists", "refusing to overwrite; remove it first")
+    _make_parents(key_path.parent, 0o700)  # before the slow key generation: fail early
+    _make_parents(cert_path.parent, 0o755)
     key = rsa.generate_private_key(public_exponent=65537, key_size=key_size)
     now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
     cert = (
@@ -153,11 +158,8 @@ def load_signer(key_path: Path, cert_path: Path, passphrase: bytes | str | None 
 
 
 def load_certificate(path: Path) -> x509.Certificate:
-    """A certificate from a PEM or DER file."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError as err:
-        raise InputError(str(path), f"cannot read certificate: {err.strerror}") from None
+    """A certificate from a PEM or DER file (symlinks followed; certificates are public)."""
+    data = read_secret(Path(path), "certificate", private=False)
     try:
         if b"-----BEGIN" in data:
             return x509.load_pem_x509_certificate(data)
@@ -166,18 +168,61 @@ def load_certificate(path: Path) -> x509.Certificate:
         raise InputError(str(path), "not an X.509 certificate (PEM or DER)") from None
 
 
-def _load_key(path: Path, passphrase: bytes | None):
+def read_secret(path: Path, what: str, *, private: bool = True) -> bytes:
+    """The bytes of a key, passphrase or certificate file, symlinks followed.
+
+    ``private``: refuse the file when group or others have any access to it — judged on the file
+    actually opened (the symlink's final target), because that is what the permissions protect.
+    Failures are said in words, with the symlink's target when there is one: "Too many levels of
+    symbolic links" tells nobody that a key is a dangling link.
+    """
     where = str(path)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        # O_NONBLOCK: a FIFO put in place of a key must not hang us (it is refused below)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
     except OSError as err:
-        raise InputError(where, f"cannot open private key: {err.strerror}") from None
+        raise InputError(where, f"cannot read {what}: {_why(path, err)}") from None
     with os.fdopen(fd, "rb") as fh:
-        mode = os.fstat(fh.fileno()).st_mode
-        if mode & 0o077:
-            raise InputError(where, f"private key is accessible by group or others "
-                             f"(mode {stat.S_IMODE(mode):04o})", f"chmod 600 {path}")
-        data = fh.read()
+        st = os.fstat(fh.fileno())
+        via = _via(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise InputError(where, f"{what} is not a regular file{via}")
+        if private and st.st_mode & 0o077:
+            real = os.path.realpath(path)
+            hint = f"chmod 600 {real}" + (", or defaultMode: 0400 for a Kubernetes secret "
+                                          "volume" if via else "")
+            raise InputError(where, f"{what} is accessible by group or others "
+                             f"(mode {stat.S_IMODE(st.st_mode):04o}{via})", hint)
+        return fh.read()
+
+
+def _via(path: Path) -> str:
+    """`` of the symlink target X`` when ``path`` is a symlink, else nothing."""
+    if not os.path.islink(path):
+        return ""
+    return f" of the symlink's target {os.path.realpath(path)}"
+
+
+def _why(path: Path, err: OSError) -> str:
+    """What is wrong with ``path``, in words."""
+    if os.path.islink(path) and not os.path.exists(path):
+        if err.errno == errno.ELOOP:
+            return "it is a symbolic link that loops back on itself"
+        return f"it is a symbolic link to {os.readlink(path)}, which does not exist"
+    if err.errno == errno.ENOENT:
+        return "no such file"
+    if err.errno == errno.EACCES:
+        return "permission denied"
+    if err.errno == errno.EISDIR:
+        return "it is a directory"
+    if err.errno == errno.ENOTDIR:
+        return "a part of the path is not a directory"
+    return (err.strerror or str(err)).lower()
+
+
+def _load_key(path: Path, passphrase: bytes | None):
+    where = str(path)
+    data = read_secret(path, "private key")
     encrypted = b"ENCRYPTED" in data
     if encrypted and not passphrase:
         raise InputError(where, "private key is encrypted and no passphrase was given",
@@ -210,20 +255,45 @@ def _parse_subject(subject: str) -> x509.Name:
                          "write it like CN=name,O=org") from None
 
 
+def _make_parents(directory: Path, mode: int) -> None:
+    """Create ``directory`` and its missing parents with exactly ``mode`` (not umask-reduced):
+    0700 for a key's directory, so a key later written there with a lax umask is still hidden."""
+    missing = []
+    for parent in (directory, *directory.parents):
+        if os.path.isdir(parent):
+            break
+        missing.append(parent)
+    for parent in reversed(missing):
+        try:
+            os.mkdir(parent, mode)
+            os.chmod(parent, mode)
+        except FileExistsError:
+            if not os.path.isdir(parent):
+                raise InputError(str(parent), "exists and is not a directory",
+                                 "choose another path for the key") from None
+        except OSError as err:
+            raise InputError(str(parent), f"cannot create directory: {_why(parent, err)}") \
+                from None
+
+
 def _create_exclusive(path: Path, data: bytes, mode: int) -> None:
     """Write ``data`` to a fresh temporary file (``mode`` from the start), then link it to ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    except OSError as err:
+        raise InputError(str(path), f"cannot create: {(err.strerror or str(err)).lower()}",
+                         "check that the directory is writable") from None
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, mode)  # the umask may have removed bits we want (0644 certificates)
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            raise InputError(str(path), "already exists", "refusing to overwrite") from None
+        os.link(tmp, path)
+    except FileExistsError:
+        raise InputError(str(path), "already exists", "refusing to overwrite") from None
+    except OSError as err:
+        raise InputError(str(path), f"cannot write: {_why(tmp, err)}") from None
     finally:
         tmp.unlink(missing_ok=True)

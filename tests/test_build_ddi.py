@@ -140,9 +140,28 @@ def test_unsigned_then_sign_equals_signed(tmp_path, packages, cache_dir, keypair
     changed = [i for i in range(len(before)) if before[i] != after[i]] if len(before) < 2**24 \
         else []
     assert changed and sigp.offset <= changed[0] and changed[-1] < sigp.offset + sigp.size
+    # The manifest, too, is the signed build's, byte for byte.
+    assert Path(unsigned["manifest"]).read_bytes() == Path(signed["manifest"]).read_bytes()
     manifest = json.loads(Path(unsigned["manifest"]).read_text())
     assert manifest["image"]["sha256"] == signed["sha256"]
     assert manifest["ddi"]["certificateFingerprint"] is not None
+
+
+def test_detached_unsigned_then_sign_equals_signed(tmp_path, packages, cache_dir, keypair):
+    """``--unsigned`` + ``sign`` on NAME.raw + NAME.roothash gives the signed build's files,
+    manifest included (its verity section names the signer and the .p7s)."""
+    require_tool("veritysetup", "cryptsetup-bin")
+    text = ddi_recipe(packages, keypair, fmt="squashfs", extra='verity = "detached"\n')
+    signed = build(tmp_path / "signed", text, cache_dir)
+    unsigned = build(tmp_path / "unsigned", text, cache_dir, "--unsigned")
+    image = Path(unsigned["image"])
+    assert json.loads(Path(unsigned["manifest"]).read_text())["verity"]["signatureFile"] is None
+    proc = run_cli("sign", str(image), "--key", str(keypair[0]), "--cert", str(keypair[1]))
+    assert proc.returncode == 0, proc.stderr
+    for name in ("signed.raw", "signed.verity", "signed.roothash", "signed.roothash.p7s",
+                 "signed.manifest.json"):
+        assert (image.parent / name).read_bytes() == \
+            (Path(signed["image"]).parent / name).read_bytes(), name
 
 
 def test_sign_with_p7s_made_elsewhere(tmp_path, packages, cache_dir, keypair):

@@ -52,7 +52,7 @@ def method(request, monkeypatch):
     """``tools``: the mount is refused, as when the kernel lacks the file system."""
     if request.param == "tools":
         @contextmanager
-        def refused(fs):
+        def refused(fs, trusted=True):
             yield None
         monkeypatch.setattr(access, "_mounted", refused)
     return request.param
@@ -143,6 +143,38 @@ def test_mount_is_private_and_gone_afterwards(built):
     next(stream)
     stream.close()  # stopping early drops the mount too
     assert not _loop_devices(image)
+
+
+@pytest.mark.parametrize("kind", ["erofs", "ddi-erofs"])
+def test_untrusted_images_are_never_mounted(built, kind, tmp_path):
+    """``trusted=False`` (an image from anyone): read by fsck.erofs in userspace, even as root,
+    and it reads the same tree; the default stays a mount for the project's own images."""
+    image = built[kind].image
+    with fsinfo.opened(image) as view:
+        assert view.method == "mount"
+    with fsinfo.opened(image, trusted=False) as view:
+        assert view.method == "fsck.erofs"
+        assert not _loop_devices(image)
+    manifest = manifest_tree(built[kind])
+    walked = [e for e in fsinfo.walk_image(image, trusted=False) if e["path"] != fsinfo.ROOT]
+    assert walked == fsck_erofs_view(manifest)
+    listed = [e["path"] for e in fsinfo.list_image(image, trusted=False)]
+    assert listed[1:] == [m["path"] for m in manifest]
+    release = next(m for m in manifest if "/extension-release.d/" in m["path"])
+    data = fsinfo.read_file(image, release["path"], trusted=False)
+    assert hashlib.sha256(data).hexdigest() == release["sha256"]
+    dest = fsinfo.extract(image, tmp_path / "x", ["usr/bin/rping"], trusted=False)
+    assert (dest / "usr/bin/rping").is_file()
+
+
+def test_corrupt_erofs_is_an_error_not_an_empty_tree(built, tmp_path):
+    """fsck.erofs 1.5 exits 0 on a corrupt image: the userspace path must still fail."""
+    bad = tmp_path / "bad.erofs"
+    content = bytearray(built["erofs"].image.read_bytes())
+    content[1024 + 128] ^= 0xFF  # inside the checksummed first block
+    bad.write_bytes(content)
+    with pytest.raises(InputError, match="corrupt erofs file system: fsck.erofs: .*checksum"):
+        list(fsinfo.walk_image(bad, trusted=False))
 
 
 def _loop_devices(image: Path) -> str:

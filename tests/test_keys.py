@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import datetime
 import os
+import shutil
 import stat
 import subprocess
 
 import pytest
+from conftest import run_cli
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
@@ -87,6 +89,7 @@ def test_passphrase_from_env_and_file(tmp_path, monkeypatch):
     secret = keys.read_passphrase(env_var="RELEASE_KEY_PASS")
     keys.load_signer(tmp_path / "k", tmp_path / "c", secret)
     (tmp_path / "pass").write_text("s3cret words\n")
+    os.chmod(tmp_path / "pass", 0o600)
     secret = keys.read_passphrase(file=tmp_path / "pass")
     assert secret == b"s3cret words"
     keys.load_signer(tmp_path / "k", tmp_path / "c", secret)
@@ -134,3 +137,84 @@ def test_ed25519_is_refused(tmp_path):
 ])
 def test_subject_spellings(subject, expected):
     assert keys._parse_subject(subject).rfc4514_string() == expected
+
+
+# --- passphrase files, symlinked secrets, where keys are created -------------------------------
+
+def test_passphrase_file_others_can_read_is_refused(tmp_path):
+    secret = tmp_path / "pass"
+    secret.write_text("s3cret words\n")
+    for mode in (0o644, 0o640, 0o604):
+        os.chmod(secret, mode)
+        with pytest.raises(InputError, match=f"passphrase file is accessible by group or others "
+                           f"\\(mode 0{mode:o}\\)"):
+            keys.read_passphrase(file=secret)
+    os.chmod(secret, 0o644)
+    proc = run_cli("keys", "generate", "--key", str(tmp_path / "k/k.key"), "--cert",
+                   str(tmp_path / "k/k.crt"), "--passphrase-file", str(secret))
+    assert proc.returncode == 2 and proc.stderr.startswith(f"error: {secret}: passphrase file")
+    assert len(proc.stderr.splitlines()) == 1 and not (tmp_path / "k").exists()
+    os.chmod(secret, 0o600)
+    assert keys.read_passphrase(file=secret) == b"s3cret words"
+
+
+def test_symlinked_secrets_are_followed_and_their_targets_checked(pair, tmp_path):
+    """A Kubernetes secret volume: release.key -> ..data/release.key -> ..2024/release.key."""
+    key_path, cert_path, signer = pair
+    volume = tmp_path / "secret"
+    (volume / "..2024_01_01").mkdir(parents=True)
+    for src, name in ((key_path, "release.key"), (cert_path, "release.crt")):
+        shutil.copy(src, volume / "..2024_01_01" / name)
+        os.chmod(volume / "..2024_01_01" / name, 0o400)
+    (volume / "pass").write_text("unused")
+    os.chmod(volume / "pass", 0o400)
+    (volume / "..data").symlink_to("..2024_01_01")
+    for name in ("release.key", "release.crt"):
+        (volume / name).symlink_to(f"..data/{name}")
+    (volume / "pass-link").symlink_to("pass")
+
+    loaded = keys.load_signer(volume / "release.key", volume / "release.crt")
+    assert loaded.fingerprint == signer.fingerprint
+    assert keys.read_passphrase(file=volume / "pass-link") == b"unused"
+
+    target = volume / "..2024_01_01/release.key"
+    os.chmod(target, 0o644)  # the link's own mode is always 0777: the target's is what counts
+    with pytest.raises(InputError) as err:
+        keys.load_signer(volume / "release.key", volume / "release.crt")
+    assert err.value.what == f"private key is accessible by group or others (mode 0644 of the " \
+        f"symlink's target {target})"
+    assert err.value.hint.startswith(f"chmod 600 {target}")
+    os.chmod(volume / "pass", 0o644)
+    with pytest.raises(InputError, match="passphrase file is accessible"):
+        keys.read_passphrase(file=volume / "pass-link")
+
+    (tmp_path / "dangling.key").symlink_to("nowhere.key")
+    with pytest.raises(InputError, match="cannot read private key: it is a symbolic link to "
+                       "nowhere.key, which does not exist"):
+        keys.load_signer(tmp_path / "dangling.key", cert_path)
+    (tmp_path / "loop.key").symlink_to("loop.key")
+    with pytest.raises(InputError, match="symbolic link that loops back on itself"):
+        keys.load_signer(tmp_path / "loop.key", cert_path)
+    with pytest.raises(InputError, match="cannot read certificate: no such file"):
+        keys.load_certificate(tmp_path / "missing.crt")
+    os.mkfifo(tmp_path / "fifo.key", 0o600)  # must not hang
+    with pytest.raises(InputError, match="private key is not a regular file"):
+        keys.load_signer(tmp_path / "fifo.key", cert_path)
+
+
+def test_generate_creates_a_private_directory(tmp_path):
+    proc = run_cli("keys", "generate", "--key", str(tmp_path / "new/keys/k.key"), "--cert",
+                   str(tmp_path / "new/keys/k.crt"), umask=0o022)
+    assert proc.returncode == 0, proc.stderr
+    assert stat.S_IMODE((tmp_path / "new/keys").stat().st_mode) == 0o700
+    assert stat.S_IMODE((tmp_path / "new").stat().st_mode) == 0o700
+    assert stat.S_IMODE((tmp_path / "new/keys/k.key").stat().st_mode) == 0o600
+
+
+def test_generate_where_it_cannot_is_a_one_line_error(tmp_path):
+    (tmp_path / "file").write_text("in the way")
+    proc = run_cli("keys", "generate", "--key", str(tmp_path / "file/k.key"), "--cert",
+                   str(tmp_path / "file/k.crt"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr == f"error: {tmp_path / 'file'}: exists and is not a directory " \
+        "(choose another path for the key)\n"

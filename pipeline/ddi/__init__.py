@@ -12,10 +12,11 @@ from .assemble import (
     assemble_ddi,
     detached_verity,
     sign_ddi,
+    sign_detached,
 )
 from .inspect import inspect_image
 
 __all__ = [
     "DdiInfo", "DetachedVerity", "PartitionInfo", "Repart", "assemble_ddi", "detached_verity",
-    "inspect_image", "sign_ddi",
+    "inspect_image", "sign_ddi", "sign_detached",
 ]

@@ -15,12 +15,15 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import re
 import shutil
 import tempfile
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from cryptography import x509
 
 from .. import tools
 from ..errors import BuildError, InputError
@@ -162,12 +165,14 @@ def assemble_ddi(fs_image: Path, output: Path, *, arch: str, fs_type: str, seed:
 
 
 def sign_ddi(image: Path, *, signer: Signer | None = None, p7s: Path | None = None,
-             cert: Path | None = None) -> DdiInfo:
+             cert: Path | None = None, replace: bool = False) -> DdiInfo:
     """Fill the signature partition of ``image`` in place (atomically); no other byte changes.
 
     The root hash is taken from the partition UUIDs and checked against the verity tree first, so
-    a tampered image is never signed. A ``p7s`` made elsewhere must verify against ``cert`` and
-    that root hash before it is written.
+    a tampered image is never signed. A ``p7s`` made elsewhere must be in systemd-repart's shape
+    (detached, no signed attributes) and verify against ``cert`` and that root hash before it is
+    written. A signature by a different certificate already in the partition is replaced only
+    with ``replace``: silently swapping who vouches for an image is not a side effect to hide.
     """
     image = Path(image)
     if (signer is None) == (p7s is None) or (p7s is not None and cert is None):
@@ -180,18 +185,15 @@ def sign_ddi(image: Path, *, signer: Signer | None = None, p7s: Path | None = No
     if not ok:
         raise InputError(str(image), f"verity data does not match root hash {root_hash}: "
                          f"{reason}", "refusing to sign a damaged or foreign image")
-    warnings: list[str] = []
-    if signer is not None:
-        der, warnings = sig.sign_root_hash(root_hash, signer)
-        signed_by = signer.fingerprint
-    else:
-        certificate = load_certificate(cert)
-        der = sig.read_p7s(p7s)
-        ok, reason = sig.verify(der, root_hash, certificate)
-        if not ok:
-            raise InputError(str(p7s), f"not a signature by {cert} over root hash {root_hash}: "
-                             f"{reason}", "sign the image's .roothash with that certificate's key")
-        signed_by = fingerprint(certificate)
+    der, certificate, warnings = _new_signature(root_hash, signer, p7s, cert)
+    signed_by = fingerprint(certificate)
+    raw = read_range(image, found.signature.offset, found.signature.size)
+    try:
+        existing = sig.parse_partition(raw, str(image))
+        previous = None if existing is None else _signers(existing.der, existing.fingerprint)
+    except InputError:
+        previous = set()  # not a signature systemd could read: replacing it needs consent too
+    _check_replace(image, previous, signed_by, replace)
     content = sig.partition_content(root_hash, signed_by, der, found.signature.size)
     tmp = image.with_name(f".{image.name}.tmp-{os.getpid()}")
     try:
@@ -206,6 +208,103 @@ def sign_ddi(image: Path, *, signer: Signer | None = None, p7s: Path | None = No
     finally:
         tmp.unlink(missing_ok=True)
     return describe(image, warnings=tuple(warnings))
+
+
+def sign_detached(image: Path, *, signer: Signer | None = None, p7s: Path | None = None,
+                  cert: Path | None = None, replace: bool = False) -> DetachedVerity:
+    """Write ``NAME.roothash.p7s`` for a plain ``NAME.raw`` with ``NAME.verity`` and
+    ``NAME.roothash`` next to it (``build --unsigned`` with ``verity = "detached"``).
+
+    Like :func:`sign_ddi`: the tree is checked against the image and the root hash first (a
+    damaged or swapped image is never signed), a ``p7s`` must be in systemd-repart's shape and
+    verify, and another signer's ``.p7s`` is replaced only with ``replace``. Returns what a signed
+    build records, so the manifest can be brought to the same bytes.
+    """
+    image = Path(image)
+    if (signer is None) == (p7s is None) or (p7s is not None and cert is None):
+        raise InputError("sign", "give either a key + certificate or a .p7s + its certificate")
+    if not image.name.endswith(".raw"):
+        raise InputError(str(image), "neither a DDI nor an image named NAME.raw",
+                         "systemd finds NAME.verity/NAME.roothash only next to NAME.raw")
+    base = image.with_name(image.name[:-len(".raw")])
+    verity_path, roothash_path = Path(f"{base}.verity"), Path(f"{base}.roothash")
+    signature_path = Path(f"{base}.roothash.p7s")
+    for companion in (roothash_path, verity_path):
+        if not companion.is_file():
+            raise InputError(str(image), f"neither a DDI nor an image with {companion.name} "
+                             "next to it", 'build with format = "ddi" or verity = "detached"')
+    try:
+        root_hash = roothash_path.read_text().strip().lower()
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(str(roothash_path), f"cannot read root hash: {err}") from None
+    if not re.fullmatch(r"(?:[0-9a-f]{2}){16,}", root_hash):
+        raise InputError(str(roothash_path), "not a hex root hash")
+    superblock = verity.parse_superblock(read_range(verity_path, 0, verity.SUPERBLOCK_SIZE))
+    if superblock is None:
+        raise InputError(str(verity_path), "no dm-verity superblock",
+                         "systemd needs the superblock to read the tree's parameters")
+    ok, reason = verity.verify(image, verity_path, root_hash)
+    if not ok:
+        raise InputError(str(image), f"verity data does not match root hash {root_hash} "
+                         f"({verity_path.name}): {reason}",
+                         "refusing to sign a damaged or foreign image")
+    der, certificate, warnings = _new_signature(root_hash, signer, p7s, cert)
+    signed_by = fingerprint(certificate)
+    if signature_path.exists():
+        try:
+            old = sig.read_p7s(signature_path)
+            previous = _signers(old)
+            if not previous and sig.verify(old, root_hash, certificate)[0]:
+                previous = {signed_by}  # made without certificates (-nocerts), but by this one
+        except InputError:
+            previous = set()
+        _check_replace(signature_path, previous, signed_by, replace)
+    _install(der, signature_path)
+    return DetachedVerity(
+        verity_path=verity_path,
+        roothash_path=roothash_path,
+        signature_path=signature_path,
+        root_hash=root_hash,
+        verity=superblock.params(),
+        verity_sha256=hash_file(verity_path)[0],
+        certificate_fingerprint=signed_by,
+        signature_algorithm=key_algorithm(certificate.public_key()),
+        warnings=tuple(warnings),
+    )
+
+
+def _new_signature(root_hash: str, signer: Signer | None, p7s: Path | None,
+                   cert: Path | None) -> tuple[bytes, x509.Certificate, list[str]]:
+    """(DER signature, the signer's certificate, warnings): made with ``signer``, or a
+    ``p7s`` made elsewhere, checked for systemd's shape and against ``cert`` and the root hash."""
+    if signer is not None:
+        der, warnings = sig.sign_root_hash(root_hash, signer)
+        return der, signer.certificate, warnings
+    certificate = load_certificate(cert)
+    der = sig.read_p7s(p7s)
+    sig.check_format(der, str(p7s))
+    ok, reason = sig.verify(der, root_hash, certificate)
+    if not ok:
+        raise InputError(str(p7s), f"not a signature by {cert} over root hash {root_hash}: "
+                         f"{reason}", "sign the image's .roothash with that certificate's key")
+    return der, certificate, []
+
+
+def _signers(der: bytes, claimed: str | None = None) -> set[str]:
+    """Fingerprints of the certificates an existing signature names (claimed + embedded)."""
+    blob = sig.SignatureBlob("", claimed, der)
+    return {claimed, *(fingerprint(c) for c in blob.embedded_certificates())} - {None}
+
+
+def _check_replace(where: Path, previous: set[str] | None, signed_by: str, replace: bool) -> None:
+    """Refuse to replace a signature by someone else (or an unreadable one) unless ``replace``.
+    Re-signing with the same certificate is fine: for RSA it gives the same bytes again."""
+    if previous is None or signed_by in previous or replace:
+        return
+    what = (f"already signed by certificate {', '.join(sorted(previous))}" if previous else
+            "already holds a signature whose signer cannot be read")
+    raise InputError(str(where), f"{what}, not by {signed_by}",
+                     "pass --force to replace that signature")
 
 
 @dataclass(frozen=True)

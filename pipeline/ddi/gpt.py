@@ -51,8 +51,9 @@ class GptTable:
 
 
 def has_gpt(path: Path) -> bool:
-    """Whether ``path`` starts like a GPT disk (header signature at LBA 1), without validating it."""
-    with open(path, "rb") as fh:
+    """Whether ``path`` starts like a GPT disk (header signature at LBA 1), without validating it.
+    An unreadable path is an InputError naming it, not a traceback."""
+    with _open(path) as fh:
         for sector in SECTOR_SIZES:
             fh.seek(sector)
             if fh.read(8) == _SIGNATURE:
@@ -63,13 +64,27 @@ def has_gpt(path: Path) -> bool:
 def read_gpt(path: Path) -> GptTable:
     """Parse the primary GPT of ``path``; InputError if there is none or its CRCs do not match."""
     where = str(path)
-    with open(path, "rb") as fh:
+    with _open(path) as fh:
         for sector in SECTOR_SIZES:
             fh.seek(sector)
             raw = fh.read(sector)
             if raw[:8] == _SIGNATURE:
                 return _parse(fh, raw, sector, where)
     raise InputError(where, "no GPT partition table", "not a disk image (DDI)")
+
+
+def _open(path: Path):
+    """``open(path, "rb")`` for a regular file (or block device), else an InputError in words."""
+    try:
+        fh = open(path, "rb")  # noqa: SIM115 - returned to a with statement
+    except FileNotFoundError:
+        raise InputError(str(path), "no such file") from None
+    except IsADirectoryError:
+        raise InputError(str(path), "is a directory, not an image file") from None
+    except OSError as err:
+        raise InputError(str(path), f"cannot read: {(err.strerror or str(err)).lower()}") \
+            from None
+    return fh
 
 
 def _parse(fh, raw: bytes, sector: int, where: str) -> GptTable:

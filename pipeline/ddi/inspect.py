@@ -4,8 +4,14 @@ Works on images this project did not make (systemd-repart, mkosi): partitions ar
 systemd type table, the root hash comes from the signature JSON or else from the partition UUIDs
 (as systemd 258+ guesses it), the tree is checked with ``veritysetup verify`` on extracted
 partitions (no device-mapper needed), and the signature is checked the way systemd checks it in
-userspace. Failures to verify are reported as data, not raised: showing them is the point.
-The file system inside is read through pipeline/fsinfo/ (no mount needed for squashfs).
+userspace. Failures to verify are reported as data, not raised: showing them is the point;
+:func:`problems` sums them up for the exit code and the human output.
+
+The image may come from anyone, so its file system is read through pipeline/fsinfo/ with
+``trusted=False`` — parsed by unsquashfs/fsck.erofs in userspace, never loop-mounted into the
+kernel — unless the verity tree verified *and* the signature verified against a certificate the
+user gave (``--cert``). Verity alone proves nothing about who made the file system (anyone can
+compute a tree over a crafted image); an embedded certificate is the image's own claim.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import json
 import re
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 from .. import fsinfo
@@ -32,8 +39,10 @@ _RELEASE_RE = re.compile(r"^/?(usr/lib|etc)/extension-release\.d/extension-relea
 def inspect_image(path: Path, *, cert: Path | None = None) -> dict:
     """Describe ``path`` (DDI, or plain squashfs/erofs with optional detached verity)."""
     path = Path(path)
+    if not path.exists():
+        raise InputError(str(path), "no such file")
     if not path.is_file():
-        raise InputError(str(path), "not a file")
+        raise InputError(str(path), "not a regular file", "inspect takes an image file")
     certificate = load_certificate(cert) if cert else None
     report: dict = {"path": str(path), "size": path.stat().st_size}
     with tempfile.TemporaryDirectory(prefix="inspect-") as tmp:
@@ -42,7 +51,31 @@ def inspect_image(path: Path, *, cert: Path | None = None) -> dict:
         else:
             report.update(_inspect_plain(path, certificate))
     report["manifest"] = _manifest_next_to(path)
+    report["problems"] = problems(report)
     return report
+
+
+def problems(report: dict) -> list[str]:
+    """What is wrong with the image, one sentence each; empty when nothing failed.
+
+    An image whose verity verifies but whose data/verity partition UUIDs are not the halves of
+    its (signed) root hash is a failure too: systemd 258+ derives the root hash from those UUIDs
+    and will not activate it."""
+    found = []
+    verity_report = report.get("verity") or {}
+    if verity_report.get("verified") is False:
+        found.append(f"verity does not verify: {verity_report.get('reason')}")
+    if verity_report.get("uuidsMatchRootHash") is False:
+        found.append(f"partition UUIDs spell root hash {verity_report.get('rootHashFromUuids')}, "
+                     f"not the signed {verity_report.get('rootHash')}: systemd 258+ derives the "
+                     "root hash from the UUIDs and refuses this image")
+    signature = report.get("signature") or {}
+    if signature.get("verified") is False:
+        found.append(f"signature does not verify: {signature.get('reason')}")
+    fs = report.get("filesystem") or {}
+    if fs.get("error"):
+        found.append(f"file system cannot be read: {fs['error']}")
+    return found
 
 
 def _inspect_ddi(path: Path, certificate, tmp: Path) -> dict:
@@ -73,20 +106,22 @@ def _inspect_ddi(path: Path, certificate, tmp: Path) -> dict:
     data = fsinfo.copy_range(path, found.data.offset, found.data.size, tmp / "data")
     hash_part = fsinfo.copy_range(path, found.hash.offset, found.hash.size, tmp / "hash")
     report["verity"] = _verity(data, hash_part, root_hash, "signature" if blob else "partition-uuids")
-    report["verity"].update(family=found.family, arch=found.arch,
+    report["verity"].update(family=found.family, arch=found.arch, rootHashFromUuids=uuid_hash,
                             uuidsMatchRootHash=uuid_hash == root_hash)
     report["signature"] = (
         {"present": True, "verified": False, "reason": error} if error else
         _signature(blob, root_hash, certificate, reserved=found.signature is not None))
-    report["filesystem"] = _filesystem(data)
+    # the copy that was verified is the one read: nothing can change it in between
+    report["filesystem"] = _filesystem(data, trusted=_trusted(report))
     return report
 
 
 def _inspect_plain(path: Path, certificate) -> dict:
     fs_type = fsinfo.sniff(path)
-    report: dict = {"format": fs_type or "unknown", "sha256": hash_file(path)[0]}
     if fs_type is None:
-        return report
+        raise InputError(str(path), "not a squashfs, erofs or GPT disk image",
+                         "inspect reads DDIs and plain squashfs/erofs images")
+    report: dict = {"format": fs_type, "sha256": hash_file(path)[0]}
     base = str(path)[:-len(".raw")] if path.name.endswith(".raw") else None
     verity_file = Path(f"{base}.verity") if base else None
     if verity_file and verity_file.exists():
@@ -105,8 +140,16 @@ def _inspect_plain(path: Path, certificate) -> dict:
             report["signature"] = {"present": True, "verified": False, "reason": err.line()}
     else:
         report["verity"] = None
-    report["filesystem"] = _filesystem(path)
+    report["filesystem"] = _filesystem(path, trusted=_trusted(report))
     return report
+
+
+def _trusted(report: dict) -> bool:
+    """Whether the file system may be mounted: its verity tree verified and the signature over
+    that root hash verified against the certificate the user gave (see the module docstring)."""
+    verity_report, signature = report.get("verity") or {}, report.get("signature") or {}
+    return (verity_report.get("verified") is True and signature.get("verified") is True
+            and signature.get("verifiedWith") == "given certificate")
 
 
 def _partition(p, digest: str) -> dict:
@@ -172,31 +215,49 @@ def _signature(blob, root_hash: str, certificate, *, reserved: bool) -> dict:
     return report
 
 
-def _filesystem(image: Path) -> dict:
-    """File system type, entry/file counts, bytes and the extension-release file."""
+def _filesystem(image: Path, *, trusted: bool) -> dict:
+    """File system type, entry/file counts, bytes and the extension-release file, and how it was
+    read (``readWith``: unsquashfs, fsck.erofs, or mount for a trusted image)."""
     fs_type = fsinfo.sniff(image)
     if fs_type is None:
-        return {"type": fs_type}
+        return {"type": None, "error": "neither squashfs nor erofs (no superblock magic at the "
+                "start of the data)"}
     counts = {"entries": 0, "files": 0, "bytes": 0}
     names = []
     try:
-        for entry in fsinfo.list_image(image):
-            if entry["path"] == fsinfo.ROOT:
-                continue
-            counts["entries"] += 1
-            if entry["type"] == "file":
-                counts["files"] += 1
-                counts["bytes"] += entry["size"]
-                if _RELEASE_RE.match(entry["path"]):
-                    names.append(entry["path"])
-        names.sort()
-        release = None
-        if names:
-            text = fsinfo.read_file(image, names[0]).decode(errors="replace")
-            release = {"path": names[0], "fields": parse_env_file(text), "candidates": names}
-    except PipelineError as err:
-        return {"type": fs_type, "error": err.line()}
-    return {"type": fs_type, **counts, "release": release}
+        with _tree(image, fs_type, trusted) as (entries, read, method):
+            for entry in entries:
+                if entry["path"] == fsinfo.ROOT:
+                    continue
+                counts["entries"] += 1
+                if entry["type"] == "file":
+                    counts["files"] += 1
+                    counts["bytes"] += entry["size"]
+                    if _RELEASE_RE.match(entry["path"]):
+                        names.append(entry["path"])
+            names.sort()
+            release = None
+            if names:
+                text = read(names[0]).decode(errors="replace")
+                release = {"path": names[0], "fields": parse_env_file(text), "candidates": names}
+    except PipelineError as err:  # named without the temporary copy's path
+        error = f"{err.what} ({err.hint})" if err.hint else err.what
+        return {"type": fs_type, "trusted": trusted, "error": error}
+    return {"type": fs_type, **counts, "release": release, "trusted": trusted, "readWith": method}
+
+
+@contextmanager
+def _tree(image: Path, fs_type: str, trusted: bool):
+    """(entries, read(path) → bytes, method): squashfs through unsquashfs's listing and -cat
+    (nothing extracted); erofs opened once — mounted only when ``trusted``, else extracted by
+    fsck.erofs — so the listing and the release file come from one read."""
+    if fs_type == "squashfs":
+        yield (fsinfo.list_image(image, trusted=trusted),
+               lambda name: fsinfo.read_file(image, name, trusted=trusted), "unsquashfs")
+        return
+    with fsinfo.opened(image, trusted=trusted) as view:
+        yield (fsinfo.walk_dir(view.root, hashes=False),
+               lambda name: fsinfo.read_file(view.root, name), view.method)
 
 
 def _manifest_next_to(image: Path) -> dict | None:

@@ -99,7 +99,8 @@ def read_p7s(path: Path) -> bytes:
     try:
         data = Path(path).read_bytes()
     except OSError as err:
-        raise InputError(str(path), f"cannot read signature: {err.strerror}") from None
+        raise InputError(str(path), f"cannot read signature: {(err.strerror or '').lower()}") \
+            from None
     if data.lstrip().startswith(b"-----BEGIN"):
         body = b"".join(line for line in data.splitlines() if line and not line.startswith(b"-----"))
         try:
@@ -109,6 +110,86 @@ def read_p7s(path: Path) -> bytes:
     if not data.startswith(b"\x30"):
         raise InputError(str(path), "not a DER or PEM PKCS#7 signature")
     return data
+
+
+_SIGNED_DATA_OID = bytes.fromhex("2a864886f70d010702")  # 1.2.840.113549.1.7.2
+
+
+def check_format(der: bytes, where: str) -> None:
+    """Refuse a PKCS#7 that is not in systemd-repart's shape: SignedData, detached, and without
+    signed attributes in any SignerInfo.
+
+    OpenSSL would verify either kind, but ``openssl smime -sign`` without ``-noattr`` adds a
+    signing time, so the partition (and the image) would differ from a signed build's and from
+    one signing to the next; systemd-repart never makes such a signature and the kernel refuses
+    a PKCS#7 that carries its content when the content is also supplied (detached root hash)."""
+    try:
+        content_info = _der_items(_der_one(der, 0x30))
+        if len(content_info) < 2 or content_info[0] != (0x06, _SIGNED_DATA_OID):
+            raise InputError(where, "not a PKCS#7 SignedData signature")
+        if content_info[1][0] != 0xA0:
+            raise InputError(where, "PKCS#7 ContentInfo without content")
+        signed_data = _der_items(_der_one(content_info[1][1], 0x30))
+        # version, digestAlgorithms, encapContentInfo, [0] certificates, [1] crls, signerInfos
+        encap = _der_items(signed_data[2][1])
+        if len(encap) > 1:
+            raise InputError(where, "the signature carries the signed content (not detached)",
+                             "sign with openssl smime -sign -binary -noattr (without -nodetach)")
+        signer_infos = _der_items(signed_data[-1][1]) if signed_data[-1][0] == 0x31 else []
+        if not signer_infos:
+            raise InputError(where, "PKCS#7 without a signer")
+        for tag, body in signer_infos:
+            # version, sid, digestAlgorithm, [0] IMPLICIT signedAttrs OPTIONAL, ...
+            fields = _der_items(body)
+            if tag != 0x30 or len(fields) < 5:
+                raise InputError(where, "PKCS#7 SignerInfo malformed")
+            if fields[3][0] == 0xA0:
+                raise InputError(where, "the signature has signed attributes (e.g. a signing "
+                                 "time); systemd-repart's signatures have none and a build's "
+                                 "would differ", "sign with openssl smime -sign -binary -noattr")
+    except (IndexError, ValueError) as err:
+        raise InputError(where, f"PKCS#7 structure malformed: {err}") from None
+
+
+def _der_one(data: bytes, tag: int) -> bytes:
+    """The body of ``data``, which must be exactly one element with ``tag``."""
+    items = _der_items(data)
+    if len(items) != 1 or items[0][0] != tag:
+        raise ValueError(f"expected one element with tag 0x{tag:02x}")
+    return items[0][1]
+
+
+def _der_items(data: bytes) -> list[tuple[int, bytes]]:
+    """The (tag, body) pairs of consecutive DER/BER elements (single-byte tags, as in PKCS#7;
+    BER's indefinite lengths, which ``openssl … -stream`` writes, are followed)."""
+    items, pos = [], 0
+    while pos < len(data):
+        tag, body, pos = _der_element(data, pos)
+        items.append((tag, body))
+    return items
+
+
+def _der_element(data: bytes, pos: int) -> tuple[int, bytes, int]:
+    tag, length = data[pos], data[pos + 1]
+    pos += 2
+    if tag & 0x1F == 0x1F:
+        raise ValueError("multi-byte tag")
+    if length == 0x80:  # indefinite: nested elements up to an end-of-contents 00 00
+        start = pos
+        while data[pos:pos + 2] != b"\0\0":
+            if pos >= len(data):
+                raise ValueError("indefinite length without end")
+            pos = _der_element(data, pos)[2]
+        return tag, data[start:pos], pos + 2
+    if length & 0x80:
+        n = length & 0x7F
+        if not 1 <= n <= 4:
+            raise ValueError("oversized length")
+        length = int.from_bytes(data[pos:pos + n], "big")
+        pos += n
+    if pos + length > len(data):
+        raise ValueError("element extends past the end")
+    return tag, data[pos:pos + length], pos + length
 
 
 def verify(der: bytes, root_hash: str, certificate: x509.Certificate) -> tuple[bool, str]:

@@ -11,7 +11,9 @@ partition of a DDI.
   and xattrs as far as the method allows), :func:`opened` (the whole tree as a directory).
 
 How — a mount in a private namespace as root, else unsquashfs or fsck.erofs — is decided in
-access.py only. Callers never run those tools or mount anything themselves.
+access.py only. Callers never run those tools or mount anything themselves. Callers reading an
+image they did not make (or could not verify) pass ``trusted=False``: it is then never mounted,
+only read by the userspace tools (a crafted file system must not reach the kernel's driver).
 """
 
 from .access import FileSystem, View, extract, list_image, locate, opened, read_file, walk_image

@@ -14,6 +14,13 @@
 - squashfs questions that need no contents — a listing, one file's bytes, selected paths — go to
   ``unsquashfs -lln`` / ``-cat`` / ``-d`` for any user: no mount, no full extraction.
 
+``trusted``: whether the bytes may be handed to the kernel's file system driver at all. A crafted
+squashfs/erofs image is a way into the kernel (its drivers parse every on-disk structure), so an
+image from someone else — ``inspect`` of a download, one whose verity did not verify — is read
+with ``trusted=False``: never mounted, only parsed by the userspace tools above, whatever the
+user's privileges. The default (True) is for the project's own freshly built images and for
+callers that checked the image first.
+
 A file system is named by :class:`FileSystem` (a directory, or squashfs/erofs bytes at an offset
 of a file); :func:`locate` finds it in a path, including the root/usr partition of a DDI.
 """
@@ -108,14 +115,14 @@ def _ddi_partition(path: Path) -> FileSystem:
 
 
 @contextmanager
-def opened(source: Path | str | FileSystem) -> Iterator[View]:
-    """The whole tree of ``source`` as a directory: the directory itself, a mount, or an
-    extraction into a temporary directory (removed afterwards)."""
+def opened(source: Path | str | FileSystem, *, trusted: bool = True) -> Iterator[View]:
+    """The whole tree of ``source`` as a directory: the directory itself, a mount (``trusted``
+    only), or an extraction into a temporary directory (removed afterwards)."""
     fs = locate(source)
     if fs.type == "directory":
         yield View(fs.path, "directory", owners=True)
         return
-    with _mounted(fs) as root:
+    with _mounted(fs, trusted) as root:
         if root is not None:
             yield View(root, "mount", owners=True)
             return
@@ -125,23 +132,24 @@ def opened(source: Path | str | FileSystem) -> Iterator[View]:
                    owners=os.geteuid() == 0)
 
 
-def walk_image(source: Path | str | FileSystem, *, hashes: bool = True) -> Iterator[dict]:
+def walk_image(source: Path | str | FileSystem, *, hashes: bool = True,
+               trusted: bool = True) -> Iterator[dict]:
     """Every entry of the tree (the root first), file contents hashed in chunks, streamed: the
     tree is never held in memory. Without the image's owners (a non-root extraction) each entry
     says ``owners_unknown``."""
-    with opened(source) as view:
+    with opened(source, trusted=trusted) as view:
         for entry in walk_dir(view.root, hashes=hashes):
             if not view.owners:
                 entry["owners_unknown"] = True
             yield entry
 
 
-def list_image(source: Path | str | FileSystem) -> Iterator[dict]:
+def list_image(source: Path | str | FileSystem, *, trusted: bool = True) -> Iterator[dict]:
     """Every entry without file contents (no sha256). From ``unsquashfs -lln`` a squashfs
     entry also has no mtime and no xattrs."""
     fs = locate(source)
     if fs.type != "squashfs":
-        yield from walk_image(fs, hashes=False)
+        yield from walk_image(fs, hashes=False, trusted=trusted)
         return
     out = tools.run("unsquashfs", ["-lln", *_offset(fs), "-d", "", fs.path],
                     what=f"listing {fs.label}").stdout
@@ -151,7 +159,7 @@ def list_image(source: Path | str | FileSystem) -> Iterator[dict]:
             yield entry
 
 
-def read_file(source: Path | str | FileSystem, path: str) -> bytes:
+def read_file(source: Path | str | FileSystem, path: str, *, trusted: bool = True) -> bytes:
     """The bytes of the regular file ``path``. Symlinks are not followed, on the way either: an
     image's absolute symlink would otherwise lead out of it, into the host."""
     fs = locate(source)
@@ -159,7 +167,7 @@ def read_file(source: Path | str | FileSystem, path: str) -> bytes:
     if fs.type == "squashfs":
         return tools.run("unsquashfs", ["-cat", *_offset(fs), fs.path, rel],
                          what=f"reading {rel} from {fs.label}").stdout
-    with opened(fs) as view:
+    with opened(fs, trusted=trusted) as view:
         full = view.root
         for part in rel.split("/"):
             full = full / part
@@ -172,7 +180,7 @@ def read_file(source: Path | str | FileSystem, path: str) -> bytes:
 
 
 def extract(source: Path | str | FileSystem, dest: Path, paths: list[str] | None = None, *,
-            xattrs: bool = True) -> Path:
+            xattrs: bool = True, trusted: bool = True) -> Path:
     """Unpack ``paths`` (with their parents; everything: None) into ``dest`` and return where
     the tree is: ``dest``, or a directory image itself. erofs without a mount unpacks the
     whole image, so ``paths`` is what at least arrives."""
@@ -180,7 +188,7 @@ def extract(source: Path | str | FileSystem, dest: Path, paths: list[str] | None
     if fs.type == "directory":
         return fs.path
     if fs.type == "erofs":
-        with _mounted(fs) as root:
+        with _mounted(fs, trusted) as root:
             if root is not None:
                 _copy_out(root, Path(dest), paths)
                 return Path(dest)
@@ -188,9 +196,10 @@ def extract(source: Path | str | FileSystem, dest: Path, paths: list[str] | None
 
 
 @contextmanager
-def _mounted(fs: FileSystem) -> Iterator[Path | None]:
-    """The mounted tree (see the module docstring), or None when it cannot be mounted."""
-    if os.geteuid() != 0 or not (tools.have("unshare") and tools.have("mount")):
+def _mounted(fs: FileSystem, trusted: bool = True) -> Iterator[Path | None]:
+    """The mounted tree (see the module docstring), or None when it cannot or (an untrusted
+    image: never into the kernel) may not be mounted."""
+    if not trusted or os.geteuid() != 0 or not (tools.have("unshare") and tools.have("mount")):
         yield None
         return
     options = "ro,loop" + (f",offset={fs.offset}" if fs.offset else "") + \
@@ -228,8 +237,16 @@ def _unpack(fs: FileSystem, dest: Path, paths: list[str] | None = None,
         image = fs.path
         if fs.offset or fs.size is not None:  # fsck.erofs reads whole files only
             image = copy_range(fs.path, fs.offset, fs.size, Path(tmp) / "fs.img")
-        tools.run("fsck.erofs", [f"--extract={dest}", "--overwrite", image],
-                  what=f"extracting {fs.label}")
+        proc = tools.run("fsck.erofs", [f"--extract={dest}", "--overwrite", image],
+                         what=f"extracting {fs.label}")
+    # fsck.erofs 1.5 reports a corrupt image ("<E> erofs: …") and still exits 0: an untrusted
+    # image read in userspace must not pass as empty (or half extracted) because of that
+    errors = [line for line in proc.stderr.decode(errors="replace").splitlines()
+              if line.startswith("<E>")]
+    if errors or not dest.is_dir():
+        raise InputError(fs.label, "corrupt erofs file system: fsck.erofs: "
+                         + (" | ".join(e.removeprefix("<E> ") for e in errors[-3:])
+                            or "nothing extracted"))
     return dest
 
 
