@@ -139,6 +139,8 @@ def stage(recipe: Recipe, fetched: list[Fetched], new_tree: Callable[[str], Stag
             for path in tree.records:
                 report.dropped.setdefault(path, f"no {kind} is made")
 
+    scripts = tuple(sorted((p["name"], tuple(p["scripts"])) for p in report.packages
+                           if p.get("scripts")))  # said once, with the first image
     images = []
     for kind in sorted(kinds, key=("sysext", "confext").index):
         name = names[kind]
@@ -155,7 +157,10 @@ def stage(recipe: Recipe, fetched: list[Fetched], new_tree: Callable[[str], Stag
         release_bytes = sdrelease.format_release(fields)
         release_path = sdrelease.release_path(kind, name)
         tree.add_bytes(release_path, release_bytes, 0o644, "extension-release")
-        findings = pitfalls.find(kind, tree.records, fields, target)
+        provided = layout.provided_paths(
+            router.layout, [tree_for(k).records for k in kinds if k != kind])
+        findings = pitfalls.find(kind, tree.records, fields, target, provided=provided,
+                                 packages_with_scripts=scripts if not images else ())
         images.append(StagedImage(kind, name, tree, fields, release_path, release_bytes,
                                   findings))
     epoch, epoch_origin = choose_epoch(recipe.source_date_epoch, environ, report.newest_mtime)

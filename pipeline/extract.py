@@ -71,6 +71,7 @@ def package_record(item: Fetched, info) -> dict:
         "name": info.name, "version": info.version, "architecture": info.architecture,
         "format": info.format, "file": _package_filename(item, info), "sha256": item.sha256,
         "size": item.size, "source": _source_label(item.source),
+        "scripts": list(info.scripts),
     }
 
 

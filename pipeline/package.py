@@ -106,15 +106,8 @@ def _squashfs_compression(recipe: Recipe) -> list[str]:
     if recipe.compression == "none":
         return ["-noI", "-noId", "-noD", "-noF", "-noX"]
     args = ["-comp", recipe.compression]
-    if recipe.compression_level is not None:
-        flag = {"zstd": "-Xcompression-level", "gzip": "-Xcompression-level",
-                "lz4": "-Xhc", "xz": "-Xdict-size"}.get(recipe.compression)
-        if recipe.compression in ("zstd", "gzip"):
-            args += [flag, str(recipe.compression_level)]
-        else:
-            raise BuildError("image.compression_level",
-                             f"not supported for squashfs {recipe.compression}",
-                             "only zstd and gzip take a level")
+    if recipe.compression_level is not None:  # the recipe allows it only for zstd, gzip, lzo
+        args += ["-Xcompression-level", str(recipe.compression_level)]
     return args
 
 

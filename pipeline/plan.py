@@ -39,9 +39,11 @@ def make_plan(recipe, cache: Cache) -> dict:
             missing.append(source)
     staged = stage(recipe, available, lambda kind: RecordingTree(), dict(os.environ))
     images = [_image(recipe, img) for img in staged.images]
+    undecided = _undecided(recipe, missing)
     return {
         "recipe": str(recipe.path),
-        "decision": staged.decision,
+        "decision": None if undecided else staged.decision,
+        "undecided": undecided,
         "complete": not missing,
         "would_fetch": [_source_text(s) for s in missing],
         "packages": staged.report.packages,
@@ -53,6 +55,24 @@ def make_plan(recipe, cache: Cache) -> dict:
         "commands": _commands(recipe, images),
         "cautions": [CAUTION],
     }
+
+
+def _undecided(recipe, missing: list) -> str | None:
+    """Why the images cannot be decided yet, or None.
+
+    With packages missing from the cache the payload is partly unknown: ``kind = auto`` (and a
+    pinned sysext with ``policy.etc = "confext"``, which may gain a companion confext) decides
+    from that payload, so the plan must not claim what the cached part alone suggests — an
+    "empty payload" may well be two images once the packages are there. A pinned kind without
+    a companion is decided whatever the packages hold.
+    """
+    if not missing:
+        return None
+    if recipe.kind == "confext" or (recipe.kind == "sysext" and recipe.etc_policy != "confext"):
+        return None
+    return (f"undecided until {len(missing)} package(s) not in the cache are fetched "
+            f"(kind = {recipe.kind}: which images are made depends on their content); the "
+            "images below show only the cached packages")
 
 
 def _source_text(source) -> str:
@@ -98,7 +118,9 @@ def _hosts(fields: dict, kind: str) -> list[tuple[str, dict, str, rules.Version,
     level_key = f"{kind.upper()}_LEVEL"
     base = {"ID": ident, **({"VERSION_ID": vid} if vid else {})}
     other_arch = "arm64" if arch != "arm64" else "x86-64"
-    hosts = [(f"{ident} {vid or ''} {arch}".replace("  ", " "), base, arch, v252, False)]
+    first = f"{ident} {vid} {arch}" if vid else f"{ident} {arch}" if fields.get("ID") == "_any" \
+        else f"{ident} {arch} without VERSION_ID (a rolling release)"
+    hosts = [(first, base, arch, v252, False)]
     if vid:
         hosts.append((f"{ident} {vid}.x point release whose os-release keeps VERSION_ID={vid} "
                        "(as Debian's does)", base, arch, v254, False))
@@ -110,6 +132,11 @@ def _hosts(fields: dict, kind: str) -> list[tuple[str, dict, str, rules.Version,
                           v257, False))
         except ValueError:
             pass
+    elif fields.get("ID") != "_any":
+        # No VERSION_ID in the image: systemd merges it only where the host has none either
+        # (a rolling release); show a versioned host, which is what most hosts are.
+        hosts.append((f"{ident} with VERSION_ID=1 (a versioned release)",
+                      {**base, "VERSION_ID": "1"}, arch, v254, False))
     if fields.get(level_key):
         hosts.append((f"{ident} with {level_key}={fields[level_key]}",
                       {**base, "VERSION_ID": "999", level_key: fields[level_key]}, arch,
@@ -167,7 +194,8 @@ def _commands(recipe, images: list[dict]) -> list[str]:
 
 
 def render(plan: dict) -> str:
-    lines = [f"plan for {plan['recipe']}", "", f"decision: {plan['decision']}"]
+    lines = [f"plan for {plan['recipe']}", "",
+             f"decision: {plan['decision'] or plan['undecided']}"]
     if plan["would_fetch"]:
         lines.append("not in the cache (layout below is incomplete; build would fetch):")
         lines += [f"  {s}" for s in plan["would_fetch"]]
@@ -213,7 +241,12 @@ def cmd_plan(args) -> int:
 def register(sub) -> None:
     p = sub.add_parser("plan", help="what build will make and where it will merge, from the "
                        "recipe and the package cache (no network, nothing written)")
-    p.add_argument("recipe")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--cache-dir", help="package cache (default as for build)")
+    p.add_argument("recipe", help="the recipe file (TOML); see `sysext-pipeline "
+                   "recipe-reference`")
+    p.add_argument("--json", action="store_true",
+                   help="print the plan as JSON on stdout (decision, images, extension-release "
+                   "files, matching hosts, commands, warnings)")
+    p.add_argument("--cache-dir", metavar="DIR",
+                   help="package cache to read (default as for build: $SYSEXT_PIPELINE_CACHE, "
+                   "else $XDG_CACHE_HOME/sysext-pipeline, else ~/.cache/sysext-pipeline)")
     p.set_defaults(func=cmd_plan)

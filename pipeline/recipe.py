@@ -35,6 +35,24 @@ COMPRESSIONS = {
     "directory": ("none",),
 }
 DEFAULT_COMPRESSION = {"squashfs": "zstd", "erofs": "lz4hc", "directory": "none"}
+#: Levels each tool accepts, per (file system, compressor), as mksquashfs 4.5 and mkfs.erofs
+#: 1.5 check them (their -help, and tried: gzip 10 and lz4hc 13 fail inside the tool).
+COMPRESSION_LEVELS = {
+    ("squashfs", "zstd"): (1, 22),
+    ("squashfs", "gzip"): (1, 9),
+    ("squashfs", "lzo"): (1, 9),  # -Xcompression-level, for lzo1x_999 (mksquashfs's default)
+    ("erofs", "lz4hc"): (0, 12),
+}
+#: Why a compressor takes no level: said in the error, so nobody has to look it up.
+NO_LEVEL = {
+    ("squashfs", "xz"): "mksquashfs's xz has -Xbcj and -Xdict-size, no level; remove the key",
+    ("squashfs", "lz4"): "mksquashfs's lz4 has -Xhc, no level; remove the key",
+    ("erofs", "lz4"): "mkfs.erofs refuses a level for lz4; lz4hc takes 0-12",
+}
+#: os-release(5): ID=, VERSION_ID= and the *_LEVEL fields are "lower-case string (no spaces or
+#: other characters outside of 0–9, a–z, '.', '_' and '-')". systemd compares them as strings,
+#: so "Debian" never matches a real host's "debian".
+OS_RELEASE_ID_RE = re.compile(r"^[a-z0-9._-]+$")
 MTIME_POLICIES = ("set", "clamp")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 MODE_RE = re.compile(r"^0?[0-7]{3,4}$")
@@ -89,7 +107,24 @@ def _epoch_check(value: int) -> str | None:
 
 
 def _level_check(value: int) -> str | None:
-    return None if value is None or 1 <= value <= 22 else "must be between 1 and 22"
+    """The range per compressor is checked once the compressor is known (see _build)."""
+    return None if 0 <= value <= 22 else "must be between 0 and 22 (see compression_level)"
+
+
+def _os_release_word(field: str):
+    """A check for a value written to ``field=`` that systemd compares with the host's
+    os-release, where the value is a lowercase word; the hint names the lowercase form."""
+
+    def check(value: str) -> str | None:
+        if OS_RELEASE_ID_RE.match(value):
+            return None
+        lower = value.lower()
+        hint = f"use {lower!r}" if OS_RELEASE_ID_RE.match(lower) else \
+            "e.g. " + {"ID": "'debian'", "VERSION_ID": "'12'"}.get(field, "'1'")
+        return (f"is not a valid os-release {field}=: only lowercase a-z, 0-9, '.', '_' and '-' "
+                f"(host values are lowercase, and systemd compares them exactly; {hint})")
+
+    return check
 
 
 def _globs_check(value: list) -> str | None:
@@ -107,13 +142,17 @@ SCHEMA: tuple[Key, ...] = (
     Key("extension", "version", str, "The extension's own version: SYSEXT_VERSION_ID= / "
         "CONFEXT_VERSION_ID= and the manifest.", '"1.0.0"', check=_field_value_check),
     Key("target", "id", str, "Host ID= the image merges on, or `_any` (skips every version "
-        "check: use with architecture).", '"debian"', required=True, check=_field_value_check),
+        "check: use with architecture). Lowercase a-z, 0-9, `._-`, as in os-release.",
+        '"debian"', required=True, check=_os_release_word("ID")),
     Key("target", "version_id", str, "Host VERSION_ID=, compared as an exact string (`40` does not "
-        "match `40.1`). Optional when a level is given.", '"12"', check=_field_value_check),
+        "match `40.1`); lowercase a-z, 0-9, `._-`. Without it (and without a level) only hosts "
+        "without VERSION_ID — rolling releases — merge the image.", '"12"',
+        check=_os_release_word("VERSION_ID")),
     Key("target", "sysext_level", str, "SYSEXT_LEVEL=; when host and image both have one it "
-        "replaces the VERSION_ID comparison (sysext only).", '"1.0"', check=_field_value_check),
-    Key("target", "confext_level", str, "CONFEXT_LEVEL= (confext only).", '"1.0"',
-        check=_field_value_check),
+        "replaces the VERSION_ID comparison (sysext only). Lowercase a-z, 0-9, `._-`.", '"1.0"',
+        check=_os_release_word("SYSEXT_LEVEL")),
+    Key("target", "confext_level", str, "CONFEXT_LEVEL= (confext only). Lowercase a-z, 0-9, "
+        "`._-`.", '"1.0"', check=_os_release_word("CONFEXT_LEVEL")),
     Key("target", "architecture", str, "ARCHITECTURE= in systemd spelling (`x86-64`, `arm64`, ...) "
         "or `_any`; `auto` derives it from the packages (none when all are arch-independent).",
         '"x86-64"', default="auto", check=_arch_check),
@@ -158,8 +197,9 @@ SCHEMA: tuple[Key, ...] = (
         "uses for non-GPT images.", '"detached"', default="none", check=_one_of(VERITY_MODES)),
     Key("image", "compression", str, "squashfs: zstd (default), xz, gzip, lz4, lzo, none; erofs: "
         "lz4hc (default), lz4, none; ddi: that of its filesystem; directory: none.", '"zstd"'),
-    Key("image", "compression_level", int, "Compressor level (squashfs zstd 1-22, xz/gzip 1-9 "
-        "where the tool allows; erofs lz4hc 0-12). Default: the tool's own.", "3",
+    Key("image", "compression_level", int, "Compressor level, as the tools accept it: squashfs "
+        "zstd 1-22, gzip 1-9, lzo 1-9; erofs lz4hc 0-12. xz, lz4 and none take no level. "
+        "Default: the tool's own (mksquashfs: zstd 15, gzip 9, lzo 8).", "3",
         check=_level_check),
     Key("image", "source_date_epoch", int, "Time stamp for every file and the file system. "
         "Default: $SOURCE_DATE_EPOCH, else the newest mtime in the packages (never the clock).",
@@ -182,7 +222,8 @@ SOURCE_KEYS = {
     "sha256": "Expected sha256 of the package file; checked before anything is extracted.",
 }
 FILES_KEYS = {
-    "from": "File in the recipe directory to copy (exactly one of `from` or `content`).",
+    "from": "File in the recipe's directory (or below it) to copy; a path that leads outside, "
+            "also through a symlink, is an error. Exactly one of `from` or `content`.",
     "content": "Literal file content (UTF-8).",
     "mode": 'Octal permission string, default "0644".',
 }
@@ -393,8 +434,17 @@ def _build(path: Path, digest: str, data: dict) -> Recipe:
     for k in ("key", "cert", "passphrase_file"):
         if signing[k]:
             signing[k] = (path.parent / signing[k]).resolve()
-    if values["image.compression_level"] is not None and compression == "none":
+    level = values["image.compression_level"]
+    if level is not None and compression == "none":
         fail("image.compression_level", "has no meaning without compression")
+    if level is not None and (fs, compression) in NO_LEVEL:
+        fail("image.compression_level", f"{fs} {compression} takes no level",
+             NO_LEVEL[(fs, compression)])
+    if level is not None and (fs, compression) in COMPRESSION_LEVELS:
+        low, high = COMPRESSION_LEVELS[(fs, compression)]
+        if not low <= level <= high:
+            fail("image.compression_level", f"{level} is out of range for {fs} {compression}",
+                 f"allowed: {low}-{high}")
 
     owners = data.get("owners", {})
     for name in owners:
@@ -593,7 +643,15 @@ def _files(table, base: Path, fail) -> list[ExtraFile]:
         if not path or any(part in ("", ".", "..") for part in path.split("/")):
             fail(key, "must be a relative path inside the image, without . or .. parts")
         if "from" in spec:
+            if not isinstance(spec["from"], str):
+                fail(f"{key}.from", "must be a string")
+            # Only the recipe's own directory: `from = "../../../etc/shadow"` (or a symlink
+            # pointing out) would put the build host's files into the image.
             src = (base / spec["from"]).resolve()
+            if not src.is_relative_to(base.resolve()):
+                fail(f"{key}.from", f"{spec['from']!r} is outside the recipe's directory "
+                     f"{base.resolve()} (after resolving symlinks)",
+                     "copy the file next to the recipe")
             if not src.is_file():
                 fail(f"{key}.from", f"{src} is not a file")
             result.append(ExtraFile(path=path, mode=int(mode, 8), source=src))

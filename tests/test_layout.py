@@ -8,14 +8,20 @@ systemd-tmpfiles to a temporary root.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import stat
+import subprocess
 from pathlib import Path
 
 import pytest
 import systemd_versions
 from conftest import run_cli, write_recipe
 from merge import in_namespace, make_root
-from pkgfactory import build_deb, config, directory, file
+from pkgfactory import build_deb, config, directory, file, symlink
 from prereq import missing, require_tool
+
+from pipeline import layout
 
 MIXED = [
     file("/usr/bin/mixed-tool", b"#!/bin/sh\necho mixed\n", 0o755),
@@ -191,3 +197,108 @@ def test_plan_without_cache_says_what_it_would_fetch(tmp_path):
     assert proc.returncode == 0, proc.stderr
     plan = json.loads(proc.stdout)
     assert not plan["complete"] and plan["would_fetch"] == [f"apt jq=1.0 (sha256 {'a' * 64})"]
+
+
+ODD_NAMES = [
+    file("/usr/bin/odd-tool", b"#!/bin/sh\necho odd\n", 0o755),
+    config("/etc/my app/foo bar.conf", b"spaced\n"),
+    file("/etc/my app/50%done.conf", b"percent\n"),
+    directory("/etc/my app/conf.d"),
+    symlink("/etc/my app/current link", "foo bar.conf"),
+    symlink("/etc/my app/pct%link", "50%done.conf"),
+    directory("/var/lib/my app", 0o750),
+    file("/var/lib/my app/seed %d.db", b"seed\n"),
+    directory("/var/lib/my"),
+    directory("/var/lib/my/sub", 0o700),
+]
+
+
+def test_tmpfiles_lines_quote_spaces_and_percent(tmp_path, cache_dir):
+    """Paths with spaces and ``%`` reach the host intact through the real systemd-tmpfiles:
+    quoted path fields, ``%%`` for specifiers, the argument escaped, parents before children."""
+    tmpfiles_bin = require_tool("systemd-tmpfiles", "systemd")
+    deb = build_deb(tmp_path / "pkg", "odd", "1.0", ODD_NAMES)
+    text = (f'[extension]\nname = "odd"\nkind = "sysext"\n[target]\nid = "debian"\n'
+            f'version_id = "12"\n[[source]]\ndeb = "{deb}"\n[policy]\netc = "factory"\n'
+            '[image]\nformat = "directory"\nsource_date_epoch = 1700000000\n')
+    result = build(tmp_path, text, cache_dir)
+    [image] = result["images"]
+    tree = Path(image["image"])
+    lines = (tree / "usr/lib/tmpfiles.d/odd.conf").read_text().splitlines()
+    assert 'd "/etc/my app" 0755 0 0 -' in lines
+    assert ('C "/etc/my app/foo bar.conf" - - - - '
+            "/usr/share/factory/etc/my app/foo bar.conf") in lines
+    assert 'C "/etc/my app/50%%done.conf" - - - - /usr/share/factory/etc/my app/50%%done.conf' \
+        in lines
+    paths = [line.split('"')[1] if '"' in line.split()[1] else line.split()[1]
+             for line in lines if not line.startswith("#")]
+    assert paths.index("/etc/my app") < paths.index("/etc/my app/foo bar.conf")
+    assert paths.index("/var/lib/my") < paths.index("/var/lib/my/sub")
+
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    shutil.copytree(tree / "usr", root / "usr", symlinks=True)
+    proc = subprocess.run([tmpfiles_bin, f"--root={root}", "--create"], capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    etc = root / "etc/my app"
+    assert (etc / "foo bar.conf").read_text() == "spaced\n"
+    assert (etc / "50%done.conf").read_text() == "percent\n"
+    assert (etc / "conf.d").is_dir()
+    assert os.readlink(etc / "current link") == "foo bar.conf"
+    assert os.readlink(etc / "pct%link") == "50%done.conf"
+    assert (root / "var/lib/my app/seed %d.db").read_text() == "seed\n"
+    assert stat.S_IMODE((root / "var/lib/my app").stat().st_mode) == 0o750
+    assert stat.S_IMODE((root / "var/lib/my/sub").stat().st_mode) == 0o700
+
+
+def test_tmpfiles_line_formatting():
+    """Each field escaped the way systemd-tmpfiles 252+ parses it (checked against the real
+    tool above); the argument keeps leading/trailing spaces and a lone "-"."""
+    T = layout.TmpfilesLine
+    assert T("d", "/var/lib/x", "0750", "0", "0").text() == "d /var/lib/x 0750 0 0 -"
+    assert T("d", '/etc/a "b"\\c', "0755", "0", "0").text() == \
+        'd "/etc/a \\"b\\"\\\\c" 0755 0 0 -'
+    assert T("L", "/etc/l", argument=" x\\y%z ").text() == \
+        "L /etc/l - - - - \\x20x\\\\y%%z\\x20"
+    assert T("L", "/etc/l", argument="-").text() == "L /etc/l - - - - \\x2d"
+    assert T("L", "/etc/t", argument="a\tb").text() == "L /etc/t - - - - a\\x09b"
+    content = layout.tmpfiles_content([T("C", "/etc/my app/x", argument="/f/x"),
+                                       T("d", "/etc/my-app", "0755", "0", "0"),
+                                       T("d", "/etc/my app", "0755", "0", "0"),
+                                       T("d", "/etc/my", "0755", "0", "0")]).decode()
+    order = [line.split(" ", 2)[1] for line in content.splitlines()[1:]]
+    assert order == ["/etc/my", '"/etc/my', '"/etc/my', "/etc/my-app"]
+    assert content.index('"/etc/my app" 0755') < content.index('"/etc/my app/x"')
+
+
+def test_created_and_provided_paths():
+    T = layout.TmpfilesLine
+    lay = layout.Layout()
+    lay.tmpfiles[layout.SYSEXT] += [T("C", "/etc/a b/c.conf", argument="/usr/share/factory/x"),
+                                    T("d", "/var/lib/x", "0755", "0", "0")]
+    assert lay.created_paths() == {"/etc/a b/c.conf", "/etc/a b", "/etc", "/var/lib/x",
+                                   "/var/lib", "/var"}
+    provided = layout.provided_paths(lay, [["etc", "etc/python3/sitecustomize.py"]])
+    assert "/etc/python3/sitecustomize.py" in provided and "/etc/a b/c.conf" in provided
+
+
+def test_srv_file_in_confext_names_srv(tmp_path, cache_dir):
+    deb = build_deb(tmp_path / "pkg", "srvpkg", "1.0", [
+        config("/etc/srvpkg.conf", b"x\n"), file("/srv/www/index.html", b"hi\n")])
+    text = (f'[extension]\nname = "srvpkg"\nkind = "confext"\n[target]\nid = "debian"\n'
+            f'version_id = "12"\n[[source]]\ndeb = "{deb}"\n')
+    result = build(tmp_path, text, cache_dir)
+    reason = result["images"][0]["manifest_data"]["dropped"]["srv/www/index.html"]
+    assert "a file under /srv needs a sysext" in reason and "/var" not in reason
+
+
+def test_companion_of_an_earlier_build_is_retired(tmp_path, mixed_deb, cache_dir):
+    """Going from sysext + confext to a sysext only removes the stale NAME-config."""
+    both = build(tmp_path, recipe(mixed_deb), cache_dir)
+    assert {i["name"] for i in both["images"]} == {"mixed", "mixed-config"}
+    out = tmp_path / "out"
+    assert (out / "mixed-config.raw").exists()
+    build(tmp_path, recipe(mixed_deb, "sysext"), cache_dir)
+    assert sorted(p.name for p in out.iterdir()) == ["mixed.manifest.json", "mixed.raw"]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
 from conftest import REPO, run_cli, write_recipe
+from prereq import require_tool
 
 from pipeline import recipe as recipe_mod
 from pipeline.errors import InputError
@@ -53,9 +55,83 @@ def error_of(tmp_path: Path, text: str) -> str:
     (BASE + '[files]\n"usr/x" = { from = "nothere" }\n', "is not a file"),
     (BASE + '[owners]\nusers = { daemon = "one" }\n', "owners.users.daemon"),
     ("[extension\n", "not valid TOML"),
+    (BASE + '[image]\ncompression = "gzip"\ncompression_level = 15\n',
+     "image.compression_level: 15 is out of range for squashfs gzip (allowed: 1-9)"),
+    (BASE + '[image]\ncompression_level = 23\n', "image.compression_level"),
+    (BASE + '[image]\ncompression = "xz"\ncompression_level = 6\n',
+     "image.compression_level: squashfs xz takes no level"),
+    (BASE + '[image]\ncompression = "lz4"\ncompression_level = 1\n',
+     "image.compression_level: squashfs lz4 takes no level"),
+    (BASE + '[image]\nformat = "erofs"\ncompression = "lz4"\ncompression_level = 1\n',
+     "image.compression_level: erofs lz4 takes no level"),
+    (BASE + '[image]\nformat = "erofs"\ncompression_level = 13\n',
+     "13 is out of range for erofs lz4hc (allowed: 0-12)"),
+    (BASE + '[image]\nformat = "ddi"\nfilesystem = "squashfs"\ncompression = "gzip"\n'
+     'compression_level = 10\n', "out of range for squashfs gzip"),
+    (BASE.replace('"debian"', '"Debian"'), "target.id: 'Debian' is not a valid os-release ID="),
+    (BASE.replace('"debian"', '"Debian"'), "use 'debian'"),
+    (BASE + 'version_id = "12A"\n', "target.version_id: '12A' is not a valid os-release"),
+    (BASE + 'sysext_level = "Level 1"\n', "target.sysext_level"),
+    (BASE + 'sysext_level = "1.0A"\n', "use '1.0a'"),
+    (BASE + '[files]\n"etc/x" = { from = "../../../../../../../etc/shadow" }\n',
+     "files.'etc/x'.from: '../../../../../../../etc/shadow' is outside the recipe's directory"),
+    (BASE + '[files]\n"etc/x" = { from = "/etc/hostname" }\n', "is outside the recipe's"),
 ])
 def test_bad_recipe(tmp_path, text, expected):
     assert expected in error_of(tmp_path, text)
+
+
+@pytest.mark.parametrize("image", [
+    'compression = "zstd"\ncompression_level = 22', 'compression = "zstd"\ncompression_level = 1',
+    'compression = "gzip"\ncompression_level = 9', 'compression = "lzo"\ncompression_level = 9',
+    'format = "erofs"\ncompression_level = 0', 'format = "erofs"\ncompression_level = 12',
+])
+def test_good_compression_levels(tmp_path, image):
+    assert recipe_mod.load(write_recipe(tmp_path, BASE + f"[image]\n{image}\n"))
+
+
+@pytest.mark.parametrize("fs, compression", sorted(recipe_mod.COMPRESSION_LEVELS))
+def test_level_ranges_are_what_the_tools_accept(tmp_path, fs, compression):
+    """The table is the real mksquashfs/mkfs.erofs behaviour: both ends work, one past fails."""
+    low, high = recipe_mod.COMPRESSION_LEVELS[(fs, compression)]
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a").write_bytes(b"some data " * 100)
+
+    def run(level: int) -> int:
+        out = tmp_path / f"img-{level}"
+        if fs == "squashfs":
+            require_tool("mksquashfs", "squashfs-tools")
+            cmd = ["mksquashfs", str(src), str(out), "-noappend", "-no-progress", "-quiet",
+                   "-comp", compression, "-Xcompression-level", str(level)]
+        else:
+            require_tool("mkfs.erofs", "erofs-utils")
+            cmd = ["mkfs.erofs", "--quiet", f"-z{compression},{level}", "-T0",
+                   "-U00000000-0000-0000-0000-000000000001", str(out), str(src)]
+        return subprocess.run(cmd, capture_output=True).returncode
+
+    assert run(low) == 0 and run(high) == 0
+    assert run(high + 1) != 0
+    if fs == "squashfs":
+        assert run(low - 1) != 0
+
+
+def test_files_from_symlink_out_of_the_recipe_directory(tmp_path):
+    (tmp_path / "files").mkdir()
+    (tmp_path / "files/inside").write_text("ok\n")
+    (tmp_path / "files/shadow").symlink_to("/etc/shadow")
+    line = error_of(tmp_path, BASE + '[files]\n"etc/x" = { from = "files/shadow" }\n')
+    assert "files.'etc/x'.from: 'files/shadow' is outside the recipe's directory" in line
+    recipe = recipe_mod.load(write_recipe(
+        tmp_path, BASE + '[files]\n"etc/x" = { from = "files/inside" }\n'))
+    assert recipe.files[0].source == (tmp_path / "files/inside").resolve()
+
+
+def test_any_and_lowercase_ids_are_fine(tmp_path):
+    for target in ('id = "_any"\narchitecture = "x86-64"\n',
+                   'id = "opensuse-leap"\nversion_id = "15.5"\nsysext_level = "1_2-b"\n'):
+        text = '[extension]\nname = "x"\n[target]\n' + target
+        assert recipe_mod.load(write_recipe(tmp_path, text)).target["id"]
 
 
 def test_defaults(tmp_path):
