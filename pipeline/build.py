@@ -65,6 +65,7 @@ class ImageResult:
     image: Path
     manifest_path: Path
     manifest: dict
+    extras: list[Path] = field(default_factory=list)  # NAME.verity, NAME.roothash, …
 
 
 @dataclass
@@ -343,7 +344,8 @@ def _package_all(recipe, staged: Staged, output_dir, workdir, log,
                 stale.unlink()
         replace_atomically(result.path, final)
         os.replace(manifest_tmp, manifest_final)
-        images.append(ImageResult(img.kind, img.name, final, manifest_final, manifest))
+        images.append(ImageResult(img.kind, img.name, final, manifest_final, manifest,
+                                  [output_dir / e.name for e in result.extras]))
         sha = manifest["image"]["sha256"]
         shown = f"sha256 {sha[:16]}…, {_size(manifest['image']['size'])}" if sha else \
             f"tree {manifest['image']['tree_sha256'][:16]}…"

@@ -61,6 +61,8 @@ def build_summary(result) -> dict:
             "extension_release": m["extension_release"]["fields"],
             "extension_release_path": m["extension_release"]["path"],
             "warnings": m["warnings"],
+            "root_hash": (m.get("ddi") or m.get("verity") or {}).get("rootHash"),
+            "extra_files": [str(p) for p in image.extras],
         })
     return {"decision": result.decision, "images": images, "warnings": result.warnings,
             "dropped": len(result.images[0].manifest["dropped"]) if result.images else 0,

@@ -129,7 +129,8 @@ def test_unsigned_then_sign_equals_signed(tmp_path, packages, cache_dir, keypair
     image = Path(unsigned["image"])
     roothash = image.with_name("signed.roothash")
     assert roothash.read_text().strip() == json.loads(
-        Path(signed["manifest"]).read_text())["ddi"]["rootHash"]
+        Path(signed["manifest"]).read_text())["ddi"]["rootHash"] == unsigned["root_hash"]
+    assert unsigned["extra_files"] == [str(roothash)] and signed["extra_files"] == []
     before = image.read_bytes()
     proc = run_cli("sign", str(image), "--key", str(keypair[0]), "--cert", str(keypair[1]))
     assert proc.returncode == 0, proc.stderr
