@@ -8,8 +8,9 @@ import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from .errors import PipelineError
 from .systemd import host as hostmod
-from .systemd import images, rules
+from .systemd import images, rules, signature
 from .systemd.release import RELEASE_DIRS
 
 #: Exit code when an image does not merge (0: all merge; 1/2 stay errors).
@@ -35,6 +36,7 @@ class Result:
                 "installed_in": self.place.directory, **self.verdict.as_dict()}
         if self.image.picked_from:
             data["picked_from"] = str(self.image.picked_from)
+            data["picked"] = str(self.image.path)
         data["other_versions"] = self.other_versions
         return data
 
@@ -50,14 +52,95 @@ def place_of(path: Path, host: hostmod.Host) -> tuple[str | None, rules.Place]:
     return None, rules.Place()
 
 
-def check_one(path: Path, host: hostmod.Host, kind: str | None = None) -> Result:
+def with_host_facts(image: images.Image, host: hostmod.Host,
+                    name_override: str | None = None) -> rules.ImageFacts:
+    """The image's facts plus what depends on the host: a ``.v/`` pick's name, and whether an
+    installed certificate verifies its signature (signature.py)."""
+    facts = image.facts
+    if name_override is not None:
+        facts = replace(facts, name_override=name_override)
+    state = signature.state(image.path, host.base)
+    if state.status != signature.UNSIGNED:
+        certs = ", ".join(host.host_path(c) for c in state.certificates)
+        facts = replace(facts, signature=state.status, signature_info=(
+            state.where, f"verified by {host.host_path(state.verified_by)}" if state.verified_by
+            else f"none of {certs} verifies it" if certs else
+            f"no certificate in {', '.join(rules.VERITY_DIRS)}"))
+    return facts
+
+
+def evaluate_entry(host: hostmod.Host, entry: hostmod.Installed,
+                   *, with_entries: bool = False) -> tuple[images.Image | None, rules.Verdict]:
+    """An installed entry's own verdict (as doctor and the merge-breaker scan see it); image
+    None when the entry is not an image systemd discovers (its verdict says why)."""
+    if entry.name is None and not entry.path.is_dir():
+        return None, rules.evaluate(rules.ImageFacts(entry.path.name, False, {}), host.facts(),
+                                    entry.kind, rules.Place(entry.directory))
+    image = images.read(entry.path, with_entries=with_entries, architecture=host.architecture)
+    facts = with_host_facts(image, host, entry.name if image.picked_from is not None else None)
+    shadow = host.host_path(entry.shadowed_by) if entry.shadowed_by else None
+    return image, rules.evaluate(facts, host.facts(), entry.kind,
+                                 rules.Place(entry.directory, shadow))
+
+
+def merge_breakers(host: hostmod.Host, kind: str,
+                   cache: dict | None = None) -> list[tuple[Path, rules.Verdict]]:
+    """The images in ``kind``'s search directories that break the whole merge (systemd reads
+    every discovered image before merging any: one bad raw image stops them all)."""
+    key = (kind, str(host.base), host.version, host.initrd)
+    if cache is not None and key in cache:
+        return cache[key]
+    found = []
+    for entry in hostmod.installed(host, kind, include_unsearched=False):
+        if entry.name is None or entry.shadowed_by is not None:
+            continue
+        try:
+            _, verdict = evaluate_entry(host, entry)
+        except PipelineError:  # unreadable: doctor reports it; no guess here
+            continue
+        if verdict.verdict == rules.BREAKS:
+            found.append((entry.path, verdict))
+    if cache is not None:
+        cache[key] = found
+    return found
+
+
+def apply_breakers(verdict: rules.Verdict, path: Path, host: hostmod.Host,
+                   breakers: list[tuple[Path, rules.Verdict]]) -> rules.Verdict:
+    """``verdict`` for the image at ``path`` once the other images are counted: when another one
+    breaks the merge, so does this one (a discovery verdict only gets a note)."""
+    if verdict.verdict == rules.BREAKS:
+        return verdict
+    own = os.path.realpath(path)
+    others = [(p, v) for p, v in breakers if os.path.realpath(p) != own]
+    if not others:
+        return verdict
+    names = ", ".join(f"{host.host_path(p)} ({v.rule.id})" for p, v in others)
+    if verdict.rule.id.startswith("discovery."):
+        verdict.notes.append(f"the whole merge breaks anyway because of {names}")
+        return verdict
+    culprit, other = others[0]
+    result = rules.broken_by_other(verdict, host.host_path(culprit), other)
+    if len(others) > 1:
+        result.notes.append(f"also breaking it: {names}")
+    return result
+
+
+def check_one(path: Path, host: hostmod.Host, kind: str | None = None,
+              cache: dict | None = None) -> Result:
     image = images.read(path, architecture=host.architecture)
     dir_kind, place = place_of(Path(path), host)
     use_kind = kind or dir_kind or image.guessed_kind or "sysext"
-    facts = image.facts
-    if image.picked_from is not None:  # systemd names a .v/ pick after the directory
-        facts = replace(facts, name_override=rules.v_directory_image_name(image.picked_from.name))
+    # systemd names a .v/ pick after the directory
+    facts = with_host_facts(image, host, rules.v_directory_image_name(image.picked_from.name)
+                            if image.picked_from is not None else None)
     verdict = rules.evaluate(facts, host.facts(), use_kind, place)
+    if place.directory is not None and rules.ships_tool(use_kind, host.version):
+        verdict = apply_breakers(verdict, Path(path), host,
+                                 merge_breakers(host, use_kind, cache))
+    if image.picked_from is not None:
+        verdict.notes.append(f"picked {image.path.name} from {image.picked_from.name}/ (the "
+                             "newest NAME_VERSION entry, as systemd 256+ does)")
     if dir_kind and image.kind and image.kind != dir_kind:
         verdict.notes.append(f"the image is a {image.kind} (release file under "
                              f"{RELEASE_DIRS[image.kind]}/) but sits in a {dir_kind} "
@@ -92,10 +175,12 @@ def human(result: Result) -> str:
     v = result.verdict
     head = f"{result.path} ({result.kind}, {result.image.format}): {v.verdict}"
     lines = [head]
-    detail = f"  rule:    {v.rule.id} — {v.rule.summary} (systemd {v.rule.versions_text()})"
+    detail = f"  rule:    {v.rule.id} — {v.summary} (systemd {v.rule.versions_text()})"
     lines.append(detail)
+    if result.image.picked_from is not None:
+        lines.append(f"  picked:  {result.image.path}")
     if v.field:
-        lines.append(f"  field:   {v.field}: image {_q(v.image_value)}, host {_q(v.host_value)}")
+        lines.append(f"  field:   {v.field}: {v.values_text()}")
     if v.message:
         lines.append(f"  systemd: {v.message}")
     if v.verdict != rules.MERGES or v.fix != "none needed":
@@ -109,16 +194,13 @@ def human(result: Result) -> str:
     return "\n".join(lines)
 
 
-def _q(value: str | None) -> str:
-    return "(absent)" if value is None else repr(value)
-
-
 def add_host_arguments(p) -> None:
     p.add_argument("--root", help="check against this OS tree instead of the running host")
     p.add_argument("--os-release", help="use this os-release file for the host")
     p.add_argument("--arch", help="host architecture (systemd spelling: x86-64, arm64, ...)")
-    p.add_argument("--systemd", help="systemd version to model (e.g. 252, 254.5; default: the "
-                   "one installed in the host or root)")
+    p.add_argument("--systemd", help="systemd version to model: 254.5 is that point release, "
+                   "254 the newest 254.x (default: the one installed in the host or root, where "
+                   "a version without a point, e.g. 254-1, is 254.0)")
     p.add_argument("--initrd", action="store_true", default=None,
                    help="judge as systemd does in the initrd (scope 'initrd')")
 
@@ -131,7 +213,8 @@ def host_from_args(args) -> hostmod.Host:
 
 def cmd_check(args) -> int:
     host = host_from_args(args)
-    results = [check_one(Path(p), host, args.kind) for p in args.images]
+    cache: dict = {}
+    results = [check_one(Path(p), host, args.kind, cache) for p in args.images]
     if args.json:
         print(json.dumps({"schema": 1, "host": host.as_dict(),
                           "images": [r.as_dict(host) for r in results]}, indent=2))

@@ -17,13 +17,13 @@ import os
 import struct
 import sys
 import tempfile
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .check_cmd import add_host_arguments, host_from_args
+from .check_cmd import add_host_arguments, apply_breakers, evaluate_entry, host_from_args
 from .errors import PipelineError
 from .systemd import host as hostmod
-from .systemd import images, rules
+from .systemd import images, rules, signature
 from .systemd.release import HIERARCHIES
 
 ERROR, WARNING, INFO = "error", "warning", "info"
@@ -142,6 +142,13 @@ def _immutable(path: Path) -> bool:
         os.close(fd)
 
 
+def _read_only(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
 def diagnose(host: hostmod.Host) -> tuple[list[Finding], list[dict]]:
     findings: list[Finding] = []
     inventory: list[dict] = []
@@ -154,64 +161,73 @@ def diagnose(host: hostmod.Host) -> tuple[list[Finding], list[dict]]:
                             f"{host.architecture}{'; initrd' if host.initrd else ''}"))
     if not host.os_release.fields.get("ID"):
         r = rules.rule("host.no-id")
-        findings.append(Finding(ERROR, r.id, r.summary, r.fix))
+        findings.append(Finding(ERROR, r.id, r.summary, r.fix.format(root=host.base)))
     kinds = [kind for kind in ("sysext", "confext") if rules.ships_tool(kind, version)]
     merging: dict[str, list[tuple[str, images.Image]]] = {k: [] for k in kinds}
     for kind in kinds:
         entries = hostmod.installed(host, kind)
         searched = rules.search_dirs(kind, version, host.initrd)
+        judged = []  # (entry, image or None, own verdict)
         for entry in entries:
-            subject = host.host_path(entry.path)
-            if entry.name is None and not entry.path.is_dir():  # never discovered: say why
-                verdict = rules.evaluate(rules.ImageFacts(entry.path.name, False, {}),
-                                         host.facts(), kind, rules.Place(entry.directory))
-                inventory.append({"path": subject, "kind": kind, "format": None,
-                                  **verdict.as_dict()})
-                findings.append(Finding(WARNING, verdict.rule.id, f"{entry.path.name}: "
-                                        f"{verdict.verdict} — {verdict.rule.summary}",
-                                        verdict.fix, subject))
-                continue
             try:
-                image = images.read(entry.path, with_entries=True,
-                                    architecture=host.architecture)
+                image, verdict = evaluate_entry(host, entry, with_entries=True)
             except PipelineError as exc:
                 if entry.directory in searched and entry.name is not None:
                     findings.append(Finding(WARNING, "image.unreadable", exc.line(),
-                                            "remove or replace it", subject))
+                                            "remove or replace it", host.host_path(entry.path)))
                 continue
-            facts = image.facts
-            if image.picked_from is not None:
-                facts = replace(facts, name_override=entry.name)
-            shadow = host.host_path(entry.shadowed_by) if entry.shadowed_by else None
-            verdict = rules.evaluate(facts, host.facts(), kind,
-                                     rules.Place(entry.directory, shadow))
+            judged.append((entry, image, verdict))
+        # systemd reads every discovered image before merging any: one that breaks the merge
+        # takes the others down with it, and refreshing does not help until it is fixed
+        breakers = [(e.path, v) for e, _, v in judged if v.verdict == rules.BREAKS and
+                    e.directory in searched and e.name is not None and e.shadowed_by is None]
+        for entry, image, verdict in judged:
+            subject = host.host_path(entry.path)
+            if entry.directory in searched:
+                verdict = apply_breakers(verdict, entry.path, host, breakers)
+            if image is None:  # never discovered: say why
+                inventory.append({"path": subject, "kind": kind, "format": None,
+                                  **verdict.as_dict()})
+                findings.append(Finding(WARNING, verdict.rule.id, f"{entry.path.name}: "
+                                        f"{verdict.verdict} — {verdict.summary}",
+                                        verdict.fix, subject))
+                continue
             inventory.append({"path": subject, "kind": kind, "format": image.format,
                               **verdict.as_dict()})
             severity = {rules.MERGES: INFO, rules.IGNORED: WARNING, rules.BREAKS: ERROR}[
                 verdict.verdict]
-            detail = f" ({verdict.field}: image {verdict.image_value!r}, host " \
-                     f"{verdict.host_value!r})" if verdict.verdict != rules.MERGES else ""
+            detail = f" ({verdict.field}: {verdict.values_text()})" \
+                if verdict.verdict != rules.MERGES else ""
             findings.append(Finding(severity, verdict.rule.id,
                                     f"{kind} {verdict.name or entry.path.name}: "
-                                    f"{verdict.verdict} — {verdict.rule.summary}{detail}",
+                                    f"{verdict.verdict} — {verdict.summary}{detail}",
                                     verdict.fix if verdict.verdict != rules.MERGES else "",
                                     subject))
-            if verdict.verdict == rules.MERGES:
-                merging[kind].append((verdict.name, image))
-            _signature_findings(host, entry.path, image, findings, subject)
-        _merge_findings(host, kind, merging[kind], entries, findings)
+            if verdict.verdict == rules.MERGES or verdict.rule.id == "merge.broken-by-other":
+                merging[kind].append((verdict.name, image))  # what merges once fixed
+            _signature_findings(host, entry.path, verdict, findings, subject)
+        _merge_findings(host, kind, merging[kind], entries, findings,
+                        [(host.host_path(p), v) for p, v in breakers])
         _conflict_findings(host, kind, merging[kind], findings)
     _library_findings(host, merging.get("sysext", []), findings)
     return findings, inventory
 
 
-def _merge_findings(host, kind, merging, entries, findings) -> None:
+def _merge_findings(host, kind, merging, entries, findings, breakers=()) -> None:
     states = hostmod.merge_state(host, kind)
     merged_names = {n for s in states if s.merged for n in s.extensions}
     want = {name for name, _ in merging}
     since = max((s.since for s in states if s.merged and s.since), default=None)
     tool = f"systemd-{kind}"
-    if merged_names or want:
+    if breakers:  # a refresh cannot help before the culprit is fixed: name it
+        culprits = "; ".join(f"{path} ({v.rule.id}): {v.fix}" for path, v in breakers)
+        findings.append(Finding(ERROR, "merge.broken-by-other",
+                                f"nothing can merge: {', '.join(p for p, _ in breakers)} "
+                                f"break{'s' if len(breakers) == 1 else ''} the whole merge"
+                                + (f" (also keeping {', '.join(sorted(want))} out)"
+                                   if want else ""),
+                                f"fix or remove {culprits}; then {tool} refresh"))
+    elif merged_names or want:
         if not merged_names:
             findings.append(Finding(WARNING, "merge.not-merged",
                                     f"{', '.join(sorted(want))} would merge but nothing is "
@@ -245,12 +261,24 @@ def _merge_findings(host, kind, merging, entries, findings) -> None:
     elif enabled:
         findings.append(Finding(INFO, "service.enabled", f"{hostmod.UNITS[kind]} is enabled"))
     for hierarchy in HIERARCHIES[kind]:
-        real = images.chase(host.base, hierarchy.lstrip("/"))
-        if real is not None and _immutable(real):
+        # checked with the real 252 and 254: an existing hierarchy merges even when immutable
+        # or read-only (the overlay is mounted on top); only creating a missing one can fail
+        rel = hierarchy.lstrip("/")
+        if images.chase(host.base, rel) is not None:
+            continue
+        shippers = sorted({name for name, image in merging for e in image.entries
+                           if e.path == rel or e.path.startswith(rel + "/")})
+        parent = images.chase(host.base, rel.rpartition("/")[0])
+        if not shippers or parent is None:
+            continue
+        why = "immutable" if _immutable(parent) else "read-only" if _read_only(parent) else None
+        if why:
             findings.append(Finding(ERROR, "hierarchy.immutable",
-                                    f"{hierarchy} has the immutable attribute: the overlay "
-                                    "mount point cannot be prepared",
-                                    f"chattr -i {hierarchy}"))
+                                    f"{hierarchy} does not exist and its parent is {why}: "
+                                    f"systemd cannot create the mount point, so what "
+                                    f"{', '.join(shippers)} ship{'s' if len(shippers) == 1 else ''}"
+                                    f" there stays missing (the merge reports `Failed`)",
+                                    f"mkdir {hierarchy} (chattr -i its parent first)", hierarchy))
     for directory in rules.search_dirs(kind, host.version, host.initrd):
         real = images.chase(host.base, directory.lstrip("/"))
         if real is not None and real.is_dir() and _immutable(real):
@@ -259,50 +287,22 @@ def _merge_findings(host, kind, merging, entries, findings) -> None:
                                     f"chattr -i {directory}"))
 
 
-def _signature_findings(host, path: Path, image: images.Image, findings, subject) -> None:
-    signed = Path(str(path).removesuffix(".raw") + ".roothash.p7s").exists()
-    if image.format == "ddi" and not signed:
-        try:
-            from .ddi.gpt import read_gpt
-            from .systemd import partitions
-
-            for part in read_gpt(path).partitions:
-                found = partitions.lookup(part.type_uuid)
-                if found and found[0].endswith("-verity-sig"):
-                    signed = True
-        except Exception:  # noqa: BLE001 - a broken table is reported by check already
-            pass
-    if not signed:
-        return
-    certs = [c for d in rules.VERITY_DIRS for c in sorted((host.base / d.lstrip("/")).glob("*.crt"))]
-    if not certs:
-        findings.append(Finding(ERROR if host.version[0] <= 258 else WARNING, "signature.no-cert",
-                                "signed image but no certificate in "
-                                f"{', '.join(rules.VERITY_DIRS[:-1])} or {rules.VERITY_DIRS[-1]} "
-                                "(nor in the kernel keyring, presumably): systemd ≤258 fails to "
-                                "activate it, 259+ falls back to unsigned verity if the policy "
-                                "allows", "install the signing certificate as "
-                                "/etc/verity.d/NAME.crt", subject))
-        return
-    verified = None
-    try:
-        from .ddi.inspect import inspect_image
-
-        for cert in certs:
-            report = inspect_image(path, cert=cert)
-            if (report.get("signature") or {}).get("verified"):
-                verified = cert
-                break
-    except Exception:  # noqa: BLE001 - inspection is best effort here
-        verified = None
-    if verified:
-        findings.append(Finding(INFO, "signature.verified",
-                                f"signature verifies with {host.host_path(verified)}", "", subject))
-    else:
-        findings.append(Finding(ERROR, "signature.unverified",
-                                "signed image: no installed certificate verifies it",
-                                "install the certificate that signed it in /etc/verity.d/",
+def _signature_findings(host, path: Path, verdict: rules.Verdict, findings, subject) -> None:
+    """Signed images: which certificate verifies them (signature.untrusted itself is the
+    image's verdict, the same rule check and install apply; 259+ only warns)."""
+    state = signature.state(path, host.base)
+    if state.status == signature.TRUSTED:
+        findings.append(Finding(INFO, "signature.verified", f"signature ({state.where}) "
+                                f"verifies with {host.host_path(state.verified_by)}", "",
                                 subject))
+    elif state.status == signature.UNTRUSTED and verdict.rule.id != "signature.untrusted":
+        r = rules.rule("signature.untrusted")
+        if not r.applies(host.version):
+            findings.append(Finding(WARNING, r.id, f"signed ({state.where}) but no installed "
+                                    "certificate verifies it: this systemd falls back to "
+                                    "unsigned verity only where the image policy allows it",
+                                    r.fix.format(name=path.name.removesuffix(".raw")),
+                                    subject))
 
 
 def _layer_order(names: list[str]) -> list[str]:
@@ -334,33 +334,53 @@ def _conflict_findings(host, kind, merging, findings) -> None:
                                     "/" + path))
 
 
+def _is_library_name(file_name: str) -> bool:
+    return ".so" in file_name
+
+
 def _library_findings(host, merging, findings) -> None:
+    """library.missing: DT_NEEDED names that neither an extension nor the host provides.
+
+    An extension provides a library name by a regular file, by a symlink that resolves to a
+    file (inside the image, else in the host's tree: the merged /usr shows both), and by the
+    DT_SONAME of an ELF file it ships (what ldconfig links and the loader's cache maps)."""
     if not merging:
         return
+    hier = ("usr/", "opt/")
     with tempfile.TemporaryDirectory(prefix="sysext-doctor-") as tmp:
         trees = []
         for i, (name, image) in enumerate(merging):
             elf_paths = [e.path for e in image.entries if e.type == "file" and
-                         e.path.startswith(("usr/", "opt/")) and
-                         (e.mode & 0o111 or ".so" in e.path.rsplit("/", 1)[-1])]
-            if not elf_paths:
+                         e.path.startswith(hier) and
+                         (e.mode & 0o111 or _is_library_name(e.path.rsplit("/", 1)[-1]))]
+            links = [e.path for e in image.entries if e.type == "symlink" and
+                     e.path.startswith(hier) and _is_library_name(e.path.rsplit("/", 1)[-1])]
+            if not elf_paths and not links:
                 continue
             dest = Path(tmp) / str(i)
             try:
                 tree = images.extract(image.path, dest, None if image.is_dir else
-                                      sorted({p.split("/", 1)[0] for p in elf_paths}))
+                                      sorted({p.split("/", 1)[0] for p in elf_paths + links}))
             except PipelineError:
                 continue
-            trees.append((name, tree, elf_paths))
+            trees.append((name, tree, elf_paths, links))
         provided: set[str] = set()
-        for _, _tree, paths in trees:
+        infos: dict[tuple[int, str], dict | None] = {}
+        for i, (_, tree, paths, links) in enumerate(trees):
             for rel in paths:
                 provided.add(rel.rsplit("/", 1)[-1])
+                info = infos[(i, rel)] = elf_dynamic(tree / rel)
+                if info and info["soname"]:
+                    provided.add(info["soname"])
+            for rel in links:
+                target = images.chase(tree, rel) or images.chase(host.base, rel)
+                if target is not None and target.is_file():
+                    provided.add(rel.rsplit("/", 1)[-1])
         host_dirs = library_dirs(host.base)
-        for name, tree, paths in trees:
+        for i, (name, tree, paths, _links) in enumerate(trees):
             missing: dict[str, list[str]] = {}
             for rel in paths:
-                info = elf_dynamic(tree / rel)
+                info = infos[(i, rel)]
                 if info is None:
                     continue
                 origin = "/" + rel.rsplit("/", 1)[0]

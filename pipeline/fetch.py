@@ -53,6 +53,33 @@ class Fetched:
     filename: str  # the package's own file name, for the manifest and messages
 
 
+@dataclass(frozen=True)
+class StoreLookup:
+    status: str  # ok | missing | corrupt
+    path: Path | None = None
+    size: int = 0
+    got: str | None = None  # corrupt: the sha256 the file really had
+
+
+class NotInStore(BuildError):
+    """--offline and files are not usable from the store: ``problems`` is [(name, why)], why
+    'missing' or 'corrupt …' (a corrupt file is removed: the next fetch replaces it)."""
+
+    def __init__(self, problems: list[tuple[str, str]]):
+        self.problems = problems
+        if len(problems) == 1:
+            name, why = problems[0]
+            where = name
+            what = ("not in the cache/store" if why == "missing" else why) + \
+                " and --offline was given"
+        else:
+            where = "--offline"
+            what = (f"{len(problems)} files are not usable from the cache/store: "
+                    + "; ".join(f"{n} ({'missing' if w == 'missing' else w})"
+                                for n, w in problems))
+        super().__init__(where, what, "fill it first: sysext-pipeline fetch RECIPE --store DIR")
+
+
 class Cache:
     def __init__(self, root: Path):
         self.root = Path(root)
@@ -63,16 +90,22 @@ class Cache:
     def lookup(self, sha256: str | None) -> tuple[Path, int] | None:
         """(path, size) of the cached file with this hash, re-hashed first: the cache may be
         shared (NFS, rsync, CI cache), so a file is trusted only then; a corrupt one is removed."""
+        found = self.find(sha256)
+        return (found.path, found.size) if found.status == "ok" else None
+
+    def find(self, sha256: str | None) -> StoreLookup:
+        """Like :meth:`lookup`, but says whether a missing file was absent or corrupt (removed,
+        with the hash it really had): offline, the two need different fixes."""
         if sha256 is None:
-            return None
+            return StoreLookup("missing")
         path = self.path_for(sha256)
         if not path.is_file():
-            return None
+            return StoreLookup("missing")
         digest, size = hash_file(path)
         if digest != sha256:
             path.unlink(missing_ok=True)
-            return None
-        return path, size
+            return StoreLookup("corrupt", got=digest)
+        return StoreLookup("ok", path, size)
 
     def tmpdir(self) -> Path:
         tmp = self.root / "tmp"
@@ -105,29 +138,34 @@ def hash_file(path: Path) -> tuple[str, int]:
 
 
 def fetch_all(sources, cache: Cache, *, offline: bool = False, progress=None) -> list[Fetched]:
-    """Fetch every source, at most PARALLEL at a time; results (and the first error) in order."""
+    """Fetch every source, at most PARALLEL at a time; results in order. Files the store lacks
+    offline are named all together (one error); otherwise the first error in order."""
     sources = list(sources)
-    if len(sources) <= 1:
-        return [fetch_one(s, cache, offline=offline, progress=progress) for s in sources]
     from concurrent.futures import ThreadPoolExecutor
 
-    with ThreadPoolExecutor(max_workers=min(PARALLEL, len(sources))) as pool:
+    with ThreadPoolExecutor(max_workers=max(1, min(PARALLEL, len(sources)))) as pool:
         futures = [pool.submit(fetch_one, s, cache, offline=offline, progress=progress)
                    for s in sources]
-        return [f.result() for f in futures]
+        errors = [f.exception() for f in futures]
+    absent = [e for e in errors if isinstance(e, NotInStore)]
+    if absent:
+        raise NotInStore([p for e in absent for p in e.problems])
+    for error in errors:
+        if error is not None:
+            raise error
+    return [f.result() for f in futures]
 
 
 def fetch_one(source: Source, cache: Cache, *, offline: bool = False, progress=None) -> Fetched:
     filename = _filename(source)
-    cached = cache.lookup(source.sha256)
-    if cached is not None:
-        path, size = cached
-        return Fetched(source, path, source.sha256, size, "cache", filename)
+    found = cache.find(source.sha256)
+    if found.status == "ok":
+        return Fetched(source, found.path, source.sha256, found.size, "cache", filename)
     if source.type != "apt" and not source.is_url:
         return _local(source, filename)
     if offline:
-        raise BuildError(source.label or filename, "not in the cache/store and --offline was "
-                         "given", "fill it first: sysext-pipeline fetch RECIPE --store DIR")
+        raise NotInStore([(source.label or filename, "missing" if found.status == "missing" else
+                           f"corrupt in the store (sha256 mismatch: got {found.got}; removed)")])
     tmp = cache.tmpdir()
     try:
         if source.type == "apt":

@@ -76,12 +76,38 @@ def enable(host: hostmod.Host, kind: str) -> str:
     return f"enabled {unit} ({link.relative_to(host.base)} in the tree)"
 
 
+def base_name(name: str) -> str:
+    """The extension a (discovered) image name belongs to: systemd's NAME_VERSION convention
+    (``.v/`` entries, path_extract_image_name) cuts at the first '_' (and a '+N' boot counter),
+    so hello_1.raw and hello_2.raw are two versions of ``hello``."""
+    return rules.reduced_image_name(name)
+
+
 def _entries_named(host: hostmod.Host, kind: str, name: str) -> list[hostmod.Installed]:
     return [e for e in hostmod.installed(host, kind, include_unsearched=False) if e.name == name]
 
 
+def _versions_of(host: hostmod.Host, kind: str, name: str) -> list[hostmod.Installed]:
+    """Installed images that are ``name`` or another version of the same extension."""
+    return [e for e in hostmod.installed(host, kind, include_unsearched=False)
+            if e.name is not None and (e.name == name or base_name(e.name) == base_name(name))]
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
 def _keep_previous(path: Path, rollback_dir: Path) -> Path:
+    """Keep ``path`` in ``rollback_dir`` as the one previous version of its extension (an older
+    kept version of the same extension, under any file name, goes)."""
     rollback_dir.mkdir(parents=True, exist_ok=True)
+    base = base_name(path.name)
+    for old in list(rollback_dir.iterdir()):
+        if old.name != path.name and not old.name.startswith(".") and base_name(old.name) == base:
+            _remove(old)
     dest = rollback_dir / path.name
     if dest.is_dir() and not dest.is_symlink():
         shutil.rmtree(dest)
@@ -159,7 +185,14 @@ def _refreshes(args, root: Path | None) -> bool:
     return not args.no_refresh and (root is None or args.refresh)
 
 
+def _refusal(verdict: rules.Verdict, version: rules.Version) -> str:
+    return (f"would be {verdict.verdict} by systemd {rules.format_version(version)}: "
+            f"{verdict.summary} [{verdict.rule.id}; {verdict.field}: {verdict.values_text()}]")
+
+
 def cmd_install(args) -> int:
+    from .check_cmd import merge_breakers, with_host_facts
+
     root, host = _host(args)
     source = Path(args.image)
     image = images.read(source, with_entries=True, architecture=host.architecture)
@@ -174,18 +207,25 @@ def cmd_install(args) -> int:
     searched = rules.search_dirs(kind, host.version, host.initrd)
     earlier = [e for e in others if searched.index(e.directory) < searched.index(directory)]
     place_info = rules.Place(directory, host.host_path(earlier[0].path) if earlier else None)
-    verdict = rules.evaluate(image.facts, host.facts(), kind, place_info)
+    verdict = rules.evaluate(with_host_facts(image, host), host.facts(), kind, place_info)
     warnings: list[str] = []
     if verdict.verdict != rules.MERGES:
-        text = (f"would be {verdict.verdict} by systemd {rules.format_version(host.version)}: "
-                f"{verdict.rule.summary} [{verdict.rule.id}; {verdict.field}: image "
-                f"{verdict.image_value!r}, host {verdict.host_value!r}]")
+        text = _refusal(verdict, host.version)
         if not args.force:
             raise InputError(str(source), text, f"fix: {verdict.fix}; or --force")
         warnings.append(f"--force: {text}")
-    rollback_dir = host.base / ROLLBACK[args.runtime] / kind
-    same_dir = [e.path for e in others if e.directory == directory]
     dest_dir = host.base / directory.lstrip("/")
+    # every version of this extension in the target directory is replaced (and one kept)
+    same_dir = [e.path for e in _versions_of(host, kind, name) if e.directory == directory]
+    breakers = [(p, v) for p, v in merge_breakers(host, kind) if p not in same_dir]
+    if breakers:
+        culprits = "; ".join(f"{host.host_path(p)} ({v.rule.id}: {v.fix})" for p, v in breakers)
+        text = (f"another image breaks the whole merge, so nothing (this one included) would "
+                f"merge: {culprits}")
+        if not args.force:
+            raise InputError(str(source), text, "fix or remove it first; or --force")
+        warnings.append(f"--force: {text.upper()[:1] + text[1:]}")
+    rollback_dir = host.base / ROLLBACK[args.runtime] / kind
     dest, kept = place(source, dest_dir, file_name, rollback_dir, same_dir)
     _say(f"installed {dest}" + (f" (previous kept: {', '.join(map(str, kept))})" if kept
                                 else ""))
@@ -203,7 +243,11 @@ def cmd_install(args) -> int:
                         "again after a reboot (pass --enable)")
     refreshed = _refreshes(args, root)
     if refreshed:
-        refresh(kind, root)
+        try:
+            refresh(kind, root)
+        except BuildError as exc:
+            raise BuildError(exc.where, exc.what, f"{exc.hint}; "
+                             f"{_undo(dest, dest_dir, kept, kind, root)}") from None
         _say(f"refreshed: systemd-{kind} refresh{f' --root={root}' if root else ''}")
     elif not args.no_refresh:
         _say(f"not refreshing the offline tree {root} (pass --refresh to merge into it now)")
@@ -229,13 +273,36 @@ def cmd_install(args) -> int:
     return 0
 
 
+def _undo(dest: Path, dest_dir: Path, kept: list[Path], kind: str, root: Path | None) -> str:
+    """After a failed refresh: take the new image out again and put back what it replaced (the
+    kept copies stay in the rollback directory too), then refresh once more; say what happened."""
+    try:
+        _remove(dest)
+        for previous in kept:
+            target = dest_dir / previous.name
+            if previous.is_dir() and not previous.is_symlink():
+                shutil.copytree(previous, target, symlinks=True)
+            else:
+                shutil.copy2(previous, target, follow_symlinks=False)
+    except OSError as exc:
+        return f"could not undo the install ({exc.strerror}: {exc.filename}): check {dest_dir}"
+    done = (f"restored the previous version ({', '.join(p.name for p in kept)})" if kept
+            else f"removed the new image {dest.name} again (nothing was installed before)")
+    try:
+        refresh(kind, root)
+        return f"{done}, refreshed again"
+    except BuildError:
+        return f"{done}; the refresh fails without it too: run `sysext-pipeline doctor`"
+
+
 def cmd_uninstall(args) -> int:
     root, host = _host(args)
     removed, left = [], []
     kinds = [args.kind] if args.kind else ["sysext", "confext"]
     for kind in kinds:
         for entry in hostmod.installed(host, kind, include_unsearched=False):
-            if entry.name != args.name:
+            if entry.name is None or (entry.name != args.name and
+                                      base_name(entry.name) != args.name):
                 continue
             if entry.directory not in (rules.install_dir(kind), rules.install_dir(kind, True)):
                 left.append(entry.path)
@@ -243,7 +310,7 @@ def cmd_uninstall(args) -> int:
             runtime = entry.directory == rules.install_dir(kind, runtime=True)
             kept = _keep_previous(entry.path, host.base / ROLLBACK[runtime] / kind)
             if entry.path.is_file() or entry.path.is_symlink():
-                entry.path.unlink()
+                entry.path.unlink()  # a directory was moved into the rollback directory
             removed.append((kind, entry.path))
             _say(f"removed {entry.path} (kept as {kept})")
     if not removed:
@@ -273,10 +340,10 @@ def cmd_rollback(args) -> int:
                 continue
             for prev in sorted(rollback_dir.iterdir()):
                 pname = rules.discovered_name(prev.name, prev.is_dir(), kind, host.version)
-                if pname != args.name:
+                if pname is None or (pname != args.name and base_name(pname) != args.name):
                     continue
                 directory = host.base / rules.install_dir(kind, runtime).lstrip("/")
-                current = [e.path for e in _entries_named(host, kind, args.name)
+                current = [e.path for e in _versions_of(host, kind, pname)
                            if e.path.parent == directory]
                 with tempfile.TemporaryDirectory(dir=host.base / ROLLBACK[runtime]) as tmp:
                     held = Path(tmp) / prev.name
@@ -307,7 +374,8 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_install)
 
     p = sub.add_parser("uninstall", help="remove an installed extension (kept for rollback)")
-    p.add_argument("name", help="extension name (NAME of NAME.raw)")
+    p.add_argument("name", help="extension name: NAME of NAME.raw, or of NAME_VERSION.raw "
+                   "(every version of it goes)")
     p.add_argument("--root", help="the OS tree")
     p.add_argument("--kind", choices=("sysext", "confext"))
     p.add_argument("--no-refresh", action="store_true")

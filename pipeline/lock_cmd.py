@@ -43,12 +43,22 @@ def cmd_lock(args) -> int:
                 old = lock.locked_versions(lock.read_lock(recipe))
             except InputError:
                 pass
-        data, _metas = lock.lock_recipe(recipe, cache, update=tuple(args.update), log=say)
+        warnings: list[str] = []
+
+        def warn(text: str, warnings=warnings) -> None:
+            warnings.append(text)
+            _human(f"warning: {text}")  # even with -q: a choice the user should make
+
+        data, _metas = lock.lock_recipe(recipe, cache, update=tuple(args.update), log=say,
+                                        warn=warn)
+        for note in data.get("notes", []):
+            _human(f"note: {note}")
         written = lock.write_lock(recipe, data)
         changed = before != written.read_bytes()
         seconds = round(time.monotonic() - start, 2)
         results.append({"recipe": str(recipe.path), "lock": str(written), "changed": changed,
-                        "packages": len(data["package"]), "seconds": seconds})
+                        "packages": len(data["package"]), "seconds": seconds,
+                        "notes": data.get("notes", []), "warnings": warnings})
         new = lock.locked_versions(data)
         moves = [f"{k[0]} {old.get(k, '(new)')} → {new.get(k, '(gone)')}"
                  for k in sorted(old.keys() | new.keys()) if old and old.get(k) != new.get(k)]

@@ -168,8 +168,7 @@ def _matching(img: dict) -> list[dict]:
         result.append({"host": label, "systemd": rules.format_version(version),
                        "verdict": verdict.verdict, "rule": verdict.rule.id,
                        "why": "" if verdict.verdict == rules.MERGES else
-                       f"{verdict.field}: image {verdict.image_value!r}, host "
-                       f"{verdict.host_value!r} ({verdict.rule.summary})",
+                       f"{verdict.field}: {verdict.values_text()} ({verdict.summary})",
                        "fix": verdict.fix if verdict.verdict != rules.MERGES else ""})
     return result
 

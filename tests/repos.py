@@ -101,6 +101,10 @@ def deb_packages(out: Path) -> dict[str, list[Path]]:
         _deb(main, "tl-t", "1.0~rc1"), _deb(main, "tl-t", "1.0"),
         _deb(main, "tool", "1.0", Depends="libtool1 (>= 1.0)"), _deb(main, "libtool1", "1.0"),
         _deb(main, "big", "1.0"),
+        # a virtual package with two providers of the same priority: resolved by name, warned
+        _deb(main, "tie-user", "1.0", Depends="tie-virt"),
+        _deb(main, "tie-b", "1.0", Provides="tie-virt"), _deb(main, "tie-a", "1.0",
+                                                             Provides="tie-virt"),
     ]
     newer = [
         _deb(nxt, "tool", "1.1", Depends="libtool1 (>= 1.0)"), _deb(nxt, "libtool1", "1.1"),
@@ -119,8 +123,10 @@ class DebArchive:
         (root / "pool").mkdir(parents=True, exist_ok=True)
 
     def publish(self, suite: str, debs: list[Path], *, sign: str = "both",
-                key: Key | None = None, tamper: bool = False) -> Path:
-        """Index ``debs`` as ``dists/SUITE``; sign: "both" | "inline" | "detached" | "none"."""
+                key: Key | None = None, tamper: bool = False,
+                valid_until: str | None = None) -> Path:
+        """Index ``debs`` as ``dists/SUITE``; sign: "both" | "inline" | "detached" | "none";
+        ``valid_until``: a Valid-Until field (RFC 2822 date) in the signed Release."""
         pool = self.root / "pool" / suite
         shutil.rmtree(pool, ignore_errors=True)
         pool.mkdir(parents=True)
@@ -139,6 +145,9 @@ class DebArchive:
              "-o", "APT::FTPArchive::Release::Architectures=amd64",
              "-o", "APT::FTPArchive::Release::Components=main", "release", "."],
             cwd=dist, capture_output=True, check=True).stdout
+        if valid_until:
+            release = release.replace(b"\nDate: ", f"\nValid-Until: {valid_until}\nDate: "
+                                      .encode(), 1)
         (dist / "Release").write_bytes(release)
         signer = key or self.key
         if sign in ("both", "inline"):

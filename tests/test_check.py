@@ -109,6 +109,9 @@ def test_v_directory_picks_newest(tmp_path):
                              "--json").stdout)["images"][0]
     assert out["verdict"] == "merges" and out["picked_from"] == str(vdir)
     assert out["image"] == str(vdir) and out["name"] == "tool"
+    assert out["picked"] == str(vdir / "tool_10.raw")
+    human = run_cli("check", str(vdir), "--os-release", str(osr), "--systemd", "257").stdout
+    assert f"picked:  {vdir / 'tool_10.raw'}" in human
     old = json.loads(run_cli("check", str(vdir), "--os-release", str(osr), "--systemd", "255",
                              "--json").stdout)["images"][0]
     assert old["rule"] == "discovery.v-unsupported"
@@ -190,6 +193,7 @@ def test_search_dirs():
 def test_versions_parse_and_spans():
     assert rules.parse_version("systemd 252 (252.38-1~deb12u1)") == (252, 38)
     assert rules.parse_version("254") == (254, 999)
+    assert rules.parse_version("254-1") == (254, 999)  # a user's --systemd: the newest 254.x
     assert rules.rule("release.name-reduced").versions_text() == \
         "254.11–254.14, 255.5–255.8, 256.0"
     assert rules.rule("match.confext-level-bug").versions_text() == "254.0–254.5"
@@ -220,3 +224,158 @@ source_date_epoch = 1700000000
     out = json.loads(run_cli("check", str(image), "--os-release", str(osr), "--systemd", "254",
                              "--json").stdout)["images"][0]
     assert (out["format"], out["rule"], out["image_value"]) == ("ddi", "match.version-id", "12")
+
+
+def test_signed_image_needs_a_trusted_certificate(tmp_path):
+    """A signed image (detached NAME.roothash.p7s) that no verity.d certificate verifies fails
+    to activate on ≤258 and takes the merge down (sysext.c returns the verity error): check,
+    install and doctor say so with the same rule; a certificate in /etc/verity.d settles it."""
+    keys = tmp_path / "keys"
+    proc = run_cli("keys", "generate", "--key", str(keys / "k.key"), "--cert",
+                   str(keys / "k.crt"), "--subject", "CN=test release")
+    assert proc.returncode == 0, proc.stderr
+    recipe = tmp_path / "r/recipe.toml"
+    recipe.parent.mkdir()
+    recipe.write_text(f"""
+[extension]
+name = "signedtool"
+[target]
+id = "debian"
+version_id = "12"
+[files]
+"usr/bin/signedtool" = {{ content = "x\\n" }}
+[image]
+format = "squashfs"
+verity = "detached"
+source_date_epoch = 1700000000
+[sign]
+key = "{keys / 'k.key'}"
+cert = "{keys / 'k.crt'}"
+""")
+    built = run_cli("build", str(recipe), "-o", str(tmp_path / "out"))
+    if built.returncode != 0:
+        pytest.skip(f"signed build unavailable here: {built.stderr[-300:]}")
+    out = tmp_path / "out"
+    assert (out / "signedtool.roothash.p7s").is_file()
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc/os-release").write_text("ID=debian\nVERSION_ID=12\n")
+
+    def judge(*extra):
+        proc = run_cli("check", str(out / "signedtool.raw"), "--root", str(root), "--json",
+                       *extra)
+        return json.loads(proc.stdout)["images"][0]
+
+    bad = judge("--systemd", "252")
+    assert (bad["verdict"], bad["rule"]) == ("breaks the merge", "signature.untrusted")
+    assert bad["image_value"] == "signedtool.roothash.p7s"
+    assert "/etc/verity.d/signedtool.crt" in bad["fix"]
+    later = judge("--systemd", "259")
+    assert later["verdict"] == "merges" and "259+ falls back" in " ".join(later["notes"])
+    refused = run_cli("install", str(out / "signedtool.raw"), "--root", str(root),
+                      "--systemd", "252")
+    assert refused.returncode == 2 and "signature.untrusted" in refused.stderr
+    (root / "etc/verity.d").mkdir()
+    (root / "etc/verity.d/release.crt").write_bytes((keys / "k.crt").read_bytes())
+    good = judge("--systemd", "252")
+    assert good["verdict"] == "merges", good
+    # doctor: the same rule for the installed image, and which certificate verifies it
+    (root / "var/lib/extensions").mkdir(parents=True)
+    for f in out.glob("signedtool.*"):
+        if not f.name.endswith(".json"):
+            (root / "var/lib/extensions" / f.name).write_bytes(f.read_bytes())
+    proc = run_cli("doctor", "--root", str(root), "--systemd", "252", "--json")
+    codes = {f["code"] for f in json.loads(proc.stdout)["findings"]}
+    assert "signature.verified" in codes and "signature.untrusted" not in codes
+    (root / "etc/verity.d/release.crt").unlink()
+    proc = run_cli("doctor", "--root", str(root), "--systemd", "252", "--json")
+    assert proc.returncode == 1
+    [untrusted] = [f for f in json.loads(proc.stdout)["findings"]
+                   if f["code"] == "signature.untrusted"]
+    assert untrusted["severity"] == "error" and "verity.d" in untrusted["fix"]
+
+
+def test_a_broken_neighbour_breaks_every_verdict(tmp_path):
+    """good.raw next to a raw image without a matching release file: the real systemd-sysext
+    aborts the whole merge, so check says good breaks the merge because of that image (with its
+    rule and fix) and doctor's fix names it instead of suggesting a refresh."""
+    from merge import in_namespace, make_root
+
+    root = make_root(tmp_path / "root", "ID=debian\nVERSION_ID=12\n")
+    ext = root / "var/lib/extensions"
+    squashfs(ext, "good.raw", "ID=debian\nVERSION_ID=12\n")
+    squashfs(ext, "broken.raw", "ID=debian\nVERSION_ID=12\n", release_name="other")
+    for p in list(ext.iterdir()):
+        if p.name.startswith("tree-"):
+            subprocess.run(["rm", "-rf", str(p)], check=True)
+    real = in_namespace(f"systemd-sysext merge --root={root}; "
+                        f"test -e {root}/usr/lib/extension-release.d/extension-release.good "
+                        "&& echo MERGED || echo NOTHING")
+    assert "NOTHING" in real.stdout and "No medium found" in real.stderr, real.stderr
+    out = json.loads(run_cli("check", str(ext / "good.raw"), "--root", str(root),
+                             "--systemd", "252", "--json").stdout)["images"][0]
+    assert (out["verdict"], out["rule"]) == ("breaks the merge", "merge.broken-by-other")
+    assert out["host_value"] == \
+        "/var/lib/extensions/broken.raw (breaks the merge: release.missing-raw)"
+    assert out["fix"].startswith("fix or remove /var/lib/extensions/broken.raw: name the "
+                                 "release file")
+    assert out["image_value"] == "merges (match.version-id-ok)"
+    human = run_cli("check", str(ext / "good.raw"), "--root", str(root), "--systemd", "252")
+    assert human.returncode == 3 and "because" not in human.stdout.split("\n")[1] and \
+        "merge.broken-by-other" in human.stdout
+    doctor = json.loads(run_cli("doctor", "--root", str(root), "--systemd", "252",
+                                "--json").stdout)
+    fixes = [f["fix"] for f in doctor["findings"] if f["code"].startswith("merge.")]
+    assert fixes and all("broken.raw" in fix for fix in fixes), fixes
+    assert not any(f["fix"] == "systemd-sysext refresh" for f in doctor["findings"])
+
+
+def test_placeholders_are_filled_and_release_paths_are_expected_values(tmp_path):
+    """No '{KIND}' reaches a message; the release path a raw image lacks is what systemd
+    expected, not a host value."""
+    for rule_id, r in rules.RULES.items():
+        for kind in r.kinds:
+            facts = ImageFacts("x.raw", False, {kind: {"x": ReleaseFile("x", {
+                "ID": "debian", "VERSION_ID": "12", f"{kind.upper()}_SCOPE": "initrd"})}})
+            v = evaluate(facts, HostFacts(HOST, "x86-64", (254, 26)), kind)
+            for text in (v.summary, v.field, v.fix, v.message):
+                assert "{" not in text, (rule_id, text)
+    image = squashfs(tmp_path, "scoped.raw", "ID=debian\nVERSION_ID=12\nSYSEXT_SCOPE=initrd\n")
+    osr = tmp_path / "osr"
+    osr.write_text("ID=debian\nVERSION_ID=12\n")
+    proc = run_cli("check", str(image), "--os-release", str(osr), "--systemd", "254")
+    assert "SYSEXT_SCOPE (default" in proc.stdout and "{KIND}" not in proc.stdout
+    data = json.loads(run_cli("check", str(image), "--os-release", str(osr), "--systemd", "254",
+                              "--json").stdout)["images"][0]
+    assert data["summary"].startswith("SYSEXT_SCOPE") and data["field"] == "SYSEXT_SCOPE"
+    wrong = squashfs(tmp_path, "wrong.raw", "ID=debian\n", release_name="other")
+    data = json.loads(run_cli("check", str(wrong), "--os-release", str(osr), "--systemd", "254",
+                              "--json").stdout)["images"][0]
+    assert data["rule"] == "release.missing-raw" and data["host_value"] is None
+    assert data["expected"] == "usr/lib/extension-release.d/extension-release.wrong"
+    human = run_cli("check", str(wrong), "--os-release", str(osr), "--systemd", "254").stdout
+    assert "expected 'usr/lib/extension-release.d/extension-release.wrong'" in human
+
+
+def test_installed_versions_without_a_point_are_x0():
+    assert rules.parse_installed_version("254-1") == (254, 0)
+    assert rules.parse_installed_version("systemd 256 (256-1.fc41)") == (256, 0)
+    assert rules.parse_installed_version("systemd 252 (252.38-1~deb12u1)") == (252, 38)
+    assert rules.parse_version("254") == (254, rules.LATEST_POINT)  # --systemd 254: newest
+
+
+def test_installed_254_0_is_judged_as_254_0(tmp_path):
+    """A tree whose dpkg status says systemd 254-1 is 254.0: the 254.0–254.5 confext bug
+    applies (read as the newest 254.x it would not)."""
+    root = tmp_path / "root"
+    (root / "var/lib/dpkg").mkdir(parents=True)
+    (root / "etc").mkdir()
+    (root / "etc/os-release").write_text("ID=debian\nVERSION_ID=12\nCONFEXT_LEVEL=2\n")
+    (root / "var/lib/dpkg/status").write_text(
+        "Package: systemd\nStatus: install ok installed\nVersion: 254-1\n\n")
+    image = squashfs(tmp_path, "c.raw", "ID=debian\nVERSION_ID=11\nCONFEXT_LEVEL=2\n",
+                     kind="confext")
+    out = json.loads(run_cli("check", str(image), "--root", str(root), "--kind", "confext",
+                             "--json").stdout)
+    assert out["host"]["systemd"] == "254.0"
+    assert out["images"][0]["rule"] == "match.confext-level-bug"

@@ -48,6 +48,8 @@ class Case:
     mask_dir: str | None = None  # an empty directory of the same name here (shadowing)
     min_major: int = 0
     second_release: str | None = None  # another extension-release.* (strict=false) file
+    release_symlink: str | None = None  # "relative"/"absolute": the release file is a symlink
+    broken_neighbour: bool = False  # a raw image without a matching release file next to it
 
     @property
     def name(self) -> str:
@@ -117,6 +119,11 @@ def _name_cases(kind: str, fmt: str) -> list[Case]:
     add("versioned-image", file_name="vimg_1.2" + ext, release_name="vimg")
     add("versioned-both", file_name="vboth_1.2" + ext, release_name="vboth_1.0")
     add("plus-suffix", file_name="pimg+3" + ext, release_name="pimg")
+    # the exact name is followed through a symlink inside the image, the fallback scan is not
+    add("release-symlink", file_name="rsym" + ext, release_symlink="relative")
+    add("release-symlink-abs", file_name="rsyma" + ext, release_symlink="absolute")
+    add("versioned-symlink", file_name="vsym_1.2" + ext, release_name="vsym",
+        release_symlink="relative")
     add("class-suffix", file_name=f"csuf.{kind}" + ext, release_name="csuf")
     add("class-suffix-full", file_name=f"csfull.{kind}" + ext, release_name=f"csfull.{kind}")
     other = "confext" if kind == "sysext" else "sysext"
@@ -153,6 +160,11 @@ def all_cases() -> list[Case]:
         cases.append(Case(f"{kind}-erofs-ok", kind, "erofs"))
         cases.append(Case(f"{kind}-erofs-wrong-name", kind, "erofs", file_name="erofsw.raw",
                           release_name="other"))
+        for fmt in ("raw", "dir"):  # a good image is taken down by a broken neighbour
+            cases.append(Case(f"{kind}-{fmt}-neighbour-breaks", kind, fmt,
+                              broken_neighbour=True))
+        cases.append(Case(f"{kind}-raw-ignored-neighbour-breaks", kind, "raw",
+                          "ID=fedora\n", broken_neighbour=True))
     names = [c.id for c in cases]
     assert len(names) == len(set(names))
     return cases
@@ -176,6 +188,12 @@ def _populate(tree: Path, case: Case) -> None:
         image_name = case.image_file.removesuffix(".raw")
         rname = case.release_name or image_name
         path = _write(tree, f"{REL_DIR[rel_kind]}/extension-release.{rname}", case.release)
+        if case.release_symlink:  # the content moves next to the directory, a link stays
+            real = _write(tree, f"{REL_DIR[rel_kind]}/../real-release", case.release)
+            path.unlink()
+            os.symlink("../real-release" if case.release_symlink == "relative" else
+                       "/" + str(real.relative_to(tree)).replace("extension-release.d/../", ""),
+                       path)
         for key, value in case.xattrs.items():
             os.setxattr(path, key, value.encode())
         if case.second_release:
@@ -225,6 +243,11 @@ def matrix(tmp_path_factory) -> dict[str, tuple[Case, Path, Path]]:
             os.rename(tree, dest)
         else:
             _pack(tree, dest, case.fmt)
+        if case.broken_neighbour:
+            neighbour = work / "neighbour"
+            _write(neighbour, f"{REL_DIR[case.kind]}/extension-release.not-zbroken",
+                   "ID=debian\nVERSION_ID=12\n")
+            _pack(neighbour, dest.parent / "zbroken.raw", "raw")
         if case.mask_dir:
             (root / case.mask_dir.lstrip("/") / case.image_file.removesuffix(".raw")).mkdir(
                 parents=True)
@@ -341,5 +364,9 @@ def test_every_rule_252_254_can_see_is_exercised(matrix):
             seen.update(re.findall(r"by rule (\S+)", " ".join(verdict.notes)))
     expected = {r.id for r in rules.RULES.values()
                 if (r.applies((252, 38)) or r.applies((254, 26)))} - {
-        "discovery.invalid-name", "discovery.v-unsupported", "host.no-confext"}
+        "discovery.invalid-name", "discovery.v-unsupported", "host.no-confext",
+        # activating a signed image needs device-mapper, which these machines lack: the rule
+        # comes from sysext.c (the merge child returns the verity error); test_check.py checks
+        # that check, install and doctor apply it
+        "signature.untrusted"}
     assert expected - seen == set()

@@ -9,7 +9,7 @@ from pathlib import Path
 from conftest import run_cli, write_recipe
 from merge import in_namespace, make_root
 from pkgfactory import build_deb, file
-from prereq import require_tool
+from prereq import missing, require_tool
 from test_install import build, cli
 
 from pipeline.doctor_cmd import elf_dynamic
@@ -130,3 +130,98 @@ source_date_epoch = 1700000000
     assert all(f["severity"] == "error" for f in missing.values())
     human = run_cli("doctor", "--root", str(root), "--systemd", "252")
     assert human.returncode == 1 and "library.missing" in human.stdout
+
+
+def test_libraries_shipped_as_symlinks_and_sonames_count(tmp_path):
+    """The example recipe's case: tcpdump needs libpcap.so.0.8, which libpcap0.8 ships as a
+    symlink to libpcap.so.1.10.3. Here: ls needs libselinux.so.1 (a symlink in the image, to the
+    real file under another name) and libselinux needs libpcre2-8.so.0 (only the DT_SONAME of
+    a file named libpcre2-8.so.0.real); xz's liblzma.so.5 is a symlink that dangles: missing."""
+    from pkgfactory import symlink
+
+    libdir = "/usr/lib/x86_64-linux-gnu"
+    ls = Path(shutil.which("ls")).resolve()
+    selinux = Path(f"{libdir}/libselinux.so.1").resolve()
+    pcre = Path(f"{libdir}/libpcre2-8.so.0").resolve()
+    assert elf_dynamic(pcre)["soname"] == "libpcre2-8.so.0"
+    deb = build_deb(tmp_path / "debs", "lstool", "1.0", [
+        file("/usr/bin/lstool", ls.read_bytes(), 0o755),
+        file(f"{libdir}/libselinux-real.so", selinux.read_bytes(), 0o644),
+        symlink(f"{libdir}/libselinux.so.1", "libselinux-real.so"),
+        file(f"{libdir}/libpcre2-8.so.0.real", pcre.read_bytes(), 0o644),
+        file("/usr/bin/xztool", Path(shutil.which("xz")).resolve().read_bytes(), 0o755),
+        symlink(f"{libdir}/liblzma.so.5", "liblzma.so.5.not-shipped")])
+    rdir = tmp_path / "r"
+    text = f"""
+[extension]
+name = "lstool"
+[target]
+id = "debian"
+version_id = "12"
+[[source]]
+deb = "{deb}"
+[image]
+source_date_epoch = 1700000000
+"""
+    proc = run_cli("build", str(write_recipe(rdir, text)), "-o", str(rdir / "out"), "--json")
+    assert proc.returncode == 0, proc.stderr
+    root = make_root(tmp_path / "root", "ID=debian\nVERSION_ID=12\n")
+    (root / libdir.lstrip("/")).mkdir(parents=True)
+    for lib in ("libc.so.6", "ld-linux-x86-64.so.2"):
+        (root / libdir.lstrip("/") / lib).write_bytes(b"stand-in")
+    shutil.copy(rdir / "out/lstool.raw", root / "var/lib/extensions")
+    report = doctor_json(root)
+    missing = {f["subject"] for f in report["findings"] if f["code"] == "library.missing"}
+    assert missing == {"liblzma.so.5"}
+
+
+
+def _image_with(tmp: Path, name: str, files: dict[str, str]) -> Path:
+    rdir = tmp / f"img-{name}"
+    lines = "\n".join(f'"{path}" = {{ content = "{text}\\n" }}' for path, text in files.items())
+    text = f"""
+[extension]
+name = "{name}"
+[target]
+id = "debian"
+version_id = "12"
+[files]
+{lines}
+[image]
+source_date_epoch = 1700000000
+"""
+    proc = run_cli("build", str(write_recipe(rdir, text)), "-o", str(rdir / "out"), "--json")
+    assert proc.returncode == 0, proc.stderr
+    return rdir / "out" / f"{name}.raw"
+
+
+def test_immutable_hierarchies_only_matter_when_one_must_be_created(tmp_path):
+    """Real 252: an immutable /usr (and /) merges fine; only a missing /opt that an extension
+    ships files for, under an immutable parent, fails (`Failed to create hierarchy mount
+    point`), and only that is reported."""
+    import subprocess
+
+    require_tool("systemd-sysext", "systemd")
+    require_tool("chattr", "e2fsprogs")
+    root = make_root(tmp_path / "root", "ID=debian\nVERSION_ID=12\n")
+    shutil.copy(_image_with(tmp_path, "usronly", {"usr/share/usronly/mark": "x"}),
+                root / "var/lib/extensions")
+    if subprocess.run(["chattr", "+i", str(root / "usr")]).returncode != 0:
+        missing("chattr +i is not supported on this file system")
+    try:
+        proc = in_namespace(f"systemd-sysext merge --root={root} && "
+                            f"cat {root}/usr/share/usronly/mark")
+        assert proc.returncode == 0 and "x" in proc.stdout, proc.stderr
+        assert "hierarchy.immutable" not in codes(doctor_json(root))
+        subprocess.run(["chattr", "-i", str(root / "usr")], check=True)
+        (root / "opt").rmdir()
+        shutil.copy(_image_with(tmp_path, "withopt", {"opt/withopt/mark": "y"}),
+                    root / "var/lib/extensions")
+        subprocess.run(["chattr", "+i", str(root)], check=True)
+        proc = in_namespace(f"systemd-sysext merge --root={root}")
+        assert "Failed to create hierarchy mount point" in proc.stderr, proc.stderr
+        [finding] = codes(doctor_json(root))["hierarchy.immutable"]
+        assert finding["subject"] == "/opt" and "withopt" in finding["message"]
+        assert finding["fix"].startswith("mkdir /opt")
+    finally:
+        subprocess.run(["chattr", "-i", str(root), str(root / "usr")])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import sys
 from pathlib import Path
 
@@ -155,3 +156,68 @@ def test_confext_install_with_systemd_254(tmp_path, root):
     assert data["installed"] == str(root / "var/lib/confexts/conf.raw")
     assert data["visible"][0] == "/etc/conf-tool"
     assert (root / "etc/systemd/system/sysinit.target.wants/systemd-confext.service").is_symlink()
+
+
+def _listing(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir()) if directory.is_dir() else []
+
+
+def test_versioned_file_names_are_one_extension(tmp_path, root):
+    """hello_1.raw then hello_2.raw: the second replaces the first (kept for rollback), and
+    uninstall/rollback take the base name, as systemd's NAME_VERSION convention reads it."""
+    v1, v2 = build(tmp_path, "hello_1"), build(tmp_path, "hello_2")
+    ext, kept = root / "var/lib/extensions", root / "var/lib/sysext-pipeline/rollback/sysext"
+    for image in (v1, v2):
+        proc = run_cli("install", str(image), "--root", str(root), "--systemd", "252",
+                       "--no-refresh")
+        assert proc.returncode == 0, proc.stderr
+    assert _listing(ext) == ["hello_2.raw"] and _listing(kept) == ["hello_1.raw"]
+    proc = run_cli("rollback", "hello", "--root", str(root), "--systemd", "252", "--no-refresh")
+    assert proc.returncode == 0, proc.stderr
+    assert _listing(ext) == ["hello_1.raw"] and _listing(kept) == ["hello_2.raw"]
+    proc = run_cli("uninstall", "hello", "--root", str(root), "--systemd", "252",
+                   "--no-refresh")
+    assert proc.returncode == 0, proc.stderr
+    assert _listing(ext) == [] and _listing(kept) == ["hello_1.raw"]
+
+
+def _failing_systemd(tmp: Path) -> dict:
+    """A systemd-sysext whose refresh fails, the way 252–255 report it (exit 0, 'Failed')."""
+    bindir = tmp / "failing-systemd"
+    bindir.mkdir()
+    tool = bindir / "systemd-sysext"
+    tool.write_text("#!/bin/sh\necho 'Failed to merge extensions: Input/output error' >&2\n")
+    tool.chmod(0o755)
+    return {"SYSEXT_PIPELINE_SYSTEMD_DIR": str(bindir)}
+
+
+def test_failed_refresh_puts_the_previous_version_back(tmp_path, root):
+    v1 = build(tmp_path, "undo", payload="v1")
+    v2 = build(tmp_path, "undo", payload="v2")
+    env = _failing_systemd(tmp_path)
+    placed = root / "var/lib/extensions/undo.raw"
+    proc = run_cli("install", str(v1), "--root", str(root), "--systemd", "252", "--no-refresh")
+    assert proc.returncode == 0, proc.stderr
+    proc = run_cli("install", str(v2), "--root", str(root), "--systemd", "252", "--refresh",
+                   env=env)
+    assert proc.returncode == 1 and "refresh failed" in proc.stderr
+    assert "restored the previous version (undo.raw)" in proc.stderr
+    assert placed.read_bytes() == v1.read_bytes()
+    # nothing there before: the new image goes again
+    fresh = build(tmp_path, "first")
+    proc = run_cli("install", str(fresh), "--root", str(root), "--systemd", "252", "--refresh",
+                   env=env)
+    assert proc.returncode == 1 and "removed the new image first.raw again" in proc.stderr
+    assert not (root / "var/lib/extensions/first.raw").exists()
+
+
+def test_refuses_when_another_image_breaks_the_merge(tmp_path, root):
+    good = build(tmp_path, "fine")
+    shutil.copy(build(tmp_path, "other"), root / "var/lib/extensions/broken.raw")
+    proc = run_cli("install", str(good), "--root", str(root), "--systemd", "252")
+    assert proc.returncode == 2
+    assert "/var/lib/extensions/broken.raw (release.missing-raw" in proc.stderr
+    assert not (root / "var/lib/extensions/fine.raw").exists()
+    forced = run_cli("install", str(good), "--root", str(root), "--systemd", "252", "--force",
+                     "--no-refresh")
+    assert forced.returncode == 0 and "breaks the whole merge" in forced.stderr

@@ -238,3 +238,79 @@ def test_packages_source_validation(tmp_path):
                     '"\nrecommends = true\n')
     with pytest.raises(InputError, match="only applies to packages"):
         recipe_mod.load(path)
+
+
+def test_expired_release_refused(tmp_path, deb_archive, deb_recipe):
+    """Valid-Until in the past: a replayed (or stale) Release, refused as apt refuses it."""
+    pool = list(deb_archive.root.glob("pool/stable/*"))
+    deb_archive.publish("old", pool, valid_until="Sat, 01 Jan 2000 00:00:00 UTC")
+    with pytest.raises(InputError, match=r"expired: Valid-Until Sat, 01 Jan 2000") as exc:
+        _lock(tmp_path, deb_archive, ["tool"], suite="old")
+    assert "\n" not in exc.value.line()
+    deb_archive.publish("fresh", pool, valid_until="Fri, 01 Jan 2100 00:00:00 UTC")
+    assert _names(_lock(tmp_path / "f", deb_archive, ["tool"], suite="fresh")[0])["tool"] == "1.0"
+
+
+def test_release_of_another_suite_refused(tmp_path, deb_archive, deb_recipe):
+    """A correctly signed Release of "stable" served as "testing" (a mix-up or a downgrade)."""
+    import shutil
+
+    shutil.copytree(deb_archive.root / "dists/stable", deb_archive.root / "dists/testing")
+    with pytest.raises(InputError, match="InRelease: is for stable, not the requested "
+                                         "suite testing"):
+        _lock(tmp_path, deb_archive, ["tool"], suite="testing")
+
+
+def test_requested_names_the_base_has_are_noted(tmp_path, deb_archive, deb_recipe):
+    """Not silently dropped: the lock says why a requested name added nothing."""
+    (tmp_path / "recipe").mkdir()
+    (tmp_path / "recipe" / "base.txt").write_text("tool\nlibtool1\n")
+    data, recipe = _lock(tmp_path, deb_archive, ["tool"], base="base.txt")
+    assert data["package"] == []
+    from conftest import run_cli
+
+    proc = run_cli("lock", str(recipe.path), "-q",
+                   env={"SYSEXT_PIPELINE_CACHE": str(tmp_path / "cache")})
+    assert proc.returncode == 0, proc.stderr
+    assert "note: tool is already in the base (target.base): not added" in proc.stderr
+    assert data["notes"] == ["tool is already in the base (target.base): not added"]
+    text = dumps(data)
+    assert 'notes = ["tool is already in the base (target.base): not added"]' in text
+    import tomllib
+
+    assert tomllib.loads(text)["notes"] == data["notes"]
+
+
+def test_equal_providers_of_a_virtual_package_warn(tmp_path, deb_archive, deb_recipe):
+    from repos import make_deb_recipe
+
+    recipe = recipe_mod.load(make_deb_recipe(tmp_path / "recipe", deb_archive, ["tie-user"]))
+    warnings: list[str] = []
+    data, _ = lock_recipe(recipe, Cache(tmp_path / "cache"), warn=warnings.append)
+    assert "tie-a" in _names(data) and "tie-b" not in _names(data)
+    from conftest import run_cli
+
+    proc = run_cli("lock", str(recipe.path), "--json",
+                   env={"SYSEXT_PIPELINE_CACHE": str(tmp_path / "cache")})
+    assert "warning: tie-virt (for tie-user) is a virtual package" in proc.stderr
+    assert '"warnings": [' in proc.stdout
+    assert warnings == ["tie-virt (for tie-user) is a virtual package that tie-a and tie-b "
+                        "provide with the same priority: took tie-a (the first by name); name "
+                        "the one you want in packages to choose"]
+    # naming one settles it, without a warning
+    recipe = recipe_mod.load(make_deb_recipe(tmp_path / "r2", deb_archive, ["tie-b",
+                                                                           "tie-user"]))
+    warnings.clear()
+    data, _ = lock_recipe(recipe, Cache(tmp_path / "cache"), warn=warnings.append)
+    assert "tie-b" in _names(data) and "tie-a" not in _names(data) and warnings == []
+    # awk-virt: mawk-t (required) beats gawk-t (optional): a decided choice, no warning
+    recipe = recipe_mod.load(make_deb_recipe(tmp_path / "r3", deb_archive, ["app"]))
+    data, _ = lock_recipe(recipe, Cache(tmp_path / "cache"), warn=warnings.append)
+    assert warnings == []
+
+
+def test_unsatisfiable_hint_offers_only_what_packages_can_say(tmp_path, deb_archive, deb_recipe):
+    with pytest.raises(InputError) as exc:
+        _lock(tmp_path, deb_archive, ["wrapper"])
+    assert "name a version" not in exc.value.line()
+    assert "naming the wanted alternative in packages" in exc.value.hint

@@ -47,13 +47,24 @@ def test_fetch_store_then_offline_build(tmp_path, deb_archive, deb_recipe):
     assert proc.returncode == 0, proc.stderr
     assert (out / "resolved" / "usr/share/test/app").is_file()
 
-    victim = next(p for p in _files(store)
-                  if p.name == hashlib.sha256(next((deb_archive.root / "pool/stable").glob(
-                      "libbar3_*")).read_bytes()).hexdigest())
-    victim.unlink()
+    def stored(name):
+        return next(p for p in _files(store) if p.name == hashlib.sha256(next(
+            (deb_archive.root / "pool/stable").glob(f"{name}_*")).read_bytes()).hexdigest())
+
+    stored("libbar3").unlink()
     proc = run_cli("build", "--offline", "--store", str(store), str(recipe), "-o", str(out))
     assert proc.returncode == 1
     assert "stable:pool/stable/libbar3_3.0_amd64.deb: not in the cache/store" in proc.stderr
+    # every missing file is named at once, and a corrupt one as corrupt
+    stored("prelib").unlink()
+    stored("py-t").write_bytes(b"bit rot")
+    proc = run_cli("build", "--offline", "--store", str(store), str(recipe), "-o", str(out))
+    assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "3 files are not usable from the cache/store" in proc.stderr
+    for name in ("libbar3_3.0_amd64.deb (missing)", "prelib_1.0_amd64.deb (missing)",
+                 "py-t_1.0_amd64.deb (corrupt in the store (sha256 mismatch: got "
+                 + hashlib.sha256(b"bit rot").hexdigest()):
+        assert name in proc.stderr
 
 
 def test_offline_build_of_a_recipe_with_env_mirror(tmp_path, deb_archive, deb_recipe, monkeypatch):
@@ -127,8 +138,11 @@ def test_corrupt_store_file_is_replaced(tmp_path, deb_archive, deb_recipe):
     again = fetch_one(source, cache)
     assert again.origin == "download" and again.path.read_bytes() != b"bit rot"
     again.path.write_bytes(b"bit rot")
-    with pytest.raises(Exception, match="not in the cache/store"):
+    with pytest.raises(fetch.NotInStore, match=r"corrupt in the store \(sha256 mismatch: got "
+                       + hashlib.sha256(b"bit rot").hexdigest()):
         fetch_one(source, cache, offline=True)
+    with pytest.raises(fetch.NotInStore, match="not in the cache/store"):
+        fetch_one(source, cache, offline=True)  # removed: now simply missing
 
 
 def test_parallel_downloads_are_bounded(tmp_path, deb_archive, deb_recipe):

@@ -9,6 +9,8 @@ the caller's own GnuPG keys never take part (a throw-away home directory per run
 from __future__ import annotations
 
 import base64
+import datetime
+import email.utils
 import re
 import tempfile
 from collections.abc import Iterator
@@ -233,6 +235,36 @@ def parse_release(text: str, where: str) -> Release:
         raise InputError(where, "Release file lists no SHA256 hashes",
                          "the repository is broken or not a Debian archive")
     return Release(fields, hashes)
+
+
+def check_release_identity(release: Release, suite: str, where: str,
+                           now: datetime.datetime | None = None) -> None:
+    """Refuse a Release that is expired or is another suite's, as apt does.
+
+    A signature only says the archive made the file, not when or for which suite: a mirror (or
+    an attacker in between) could serve an old signed Release to hold back security updates
+    (replay: ``Valid-Until`` bounds it) or a signed Release of another suite under the requested
+    path (mix-up: its Suite/Codename says so)."""
+    fields = release.fields
+    names = list(dict.fromkeys(fields[k] for k in ("Suite", "Codename") if fields.get(k)))
+    if names and suite not in names and suite.rsplit("/", 1)[0] not in names:
+        raise InputError(where, f"is for {' / '.join(names)}, not the requested suite {suite}",
+                         "the mirror serves another suite under this name (replay or mix-up); "
+                         "check the mirror, or set suite to what it really is")
+    valid_until = fields.get("Valid-Until")
+    if valid_until:
+        try:
+            until = email.utils.parsedate_to_datetime(valid_until)
+        except (TypeError, ValueError):
+            raise InputError(where, f"Valid-Until {valid_until!r} is not a date",
+                             "the archive is broken") from None
+        if until.tzinfo is None:
+            until = until.replace(tzinfo=datetime.timezone.utc)
+        now = now or datetime.datetime.now(datetime.timezone.utc)
+        if until < now:
+            raise InputError(where, f"expired: Valid-Until {valid_until} has passed",
+                             "the mirror serves outdated metadata (a replay, or a stale "
+                             "mirror): use another mirror or wait for it to sync")
 
 
 def dearmor(data: bytes) -> bytes:

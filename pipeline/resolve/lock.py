@@ -215,11 +215,13 @@ def _base(recipe: Recipe, index: Index, family: Family) -> Base:
 
 
 def lock_recipe(recipe: Recipe, cache: Cache, *, update: tuple[str, ...] = (),
-                log=None) -> tuple[dict, list[metadata.Metadata]]:
+                log=None, warn=None) -> tuple[dict, list[metadata.Metadata]]:
     """Resolve the recipe's packages sources against its repositories → lock data.
 
     ``update``: move only these names (and what they newly need); every other package keeps
-    its locked version when the repositories still have it and it still fits.
+    its locked version when the repositories still have it and it still fits. Requested names
+    the base already has are recorded in the lock's ``notes``; ``warn`` receives choices the
+    metadata leaves open (a virtual package with equal providers).
     """
     if not packages_sources(recipe):
         raise InputError(str(recipe.path), "has no packages sources: nothing to lock",
@@ -258,10 +260,14 @@ def lock_recipe(recipe: Recipe, cache: Cache, *, update: tuple[str, ...] = (),
         else:
             entry["required_by"] = parent
         packages.append(entry)
+    if warn:
+        for warning in closure.warnings:
+            warn(warning)
     data = {
         "lock_version": LOCK_VERSION,
         "recipe": recipe.path.name,
         "inputs_sha256": inputs_sha256(recipe),
+        **({"notes": closure.notes} if closure.notes else {}),
         "repository": [{"name": m.repository.name, "type": m.repository.type,
                         **({"suite": m.repository.suite} if m.repository.suite else {}),
                         "metadata": m.root_file, "metadata_sha256": m.root_sha256,
@@ -279,6 +285,8 @@ def _value(value) -> str:
         return "true" if value else "false"
     if isinstance(value, int):
         return str(value)
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return "[" + ", ".join(_value(v) for v in value) + "]"
     if isinstance(value, str):
         out = []
         for ch in value:
@@ -299,7 +307,8 @@ def _value(value) -> str:
 def dumps(data: dict) -> str:
     """TOML for a lock: top-level scalars first, then each array of tables, keys in given order."""
     lines = [HEADER.rstrip("\n")]
-    tables = {k: v for k, v in data.items() if isinstance(v, list)}
+    tables = {k: v for k, v in data.items()  # arrays of tables; a list of strings is a value
+              if isinstance(v, list) and not (v and all(isinstance(i, str) for i in v))}
     for key, value in data.items():
         if key not in tables:
             lines.append(f"{key} = {_value(value)}")

@@ -147,12 +147,18 @@ class Base:
 class Closure:
     packages: list[Package]  # in selection order
     required_by: dict[tuple[str, str], str | None]  # key → the package that pulled it in
+    #: requested names that add nothing (the base has them): said, never silently dropped
+    notes: list[str] = field(default_factory=list)
+    #: choices the metadata does not settle (a virtual package with equal providers)
+    warnings: list[str] = field(default_factory=list)
 
 
 def resolve(index: Index, requested: list[Atom], base: Base, *, weak: bool = False,
             preferred: dict[tuple[str, str], str] | None = None) -> Closure:
     """The closure of ``requested`` over Depends (+ weak ones when asked), minus the base."""
     preferred = preferred or {}
+    notes: list[str] = []
+    warnings: list[str] = []
     selected: dict[tuple[str, str], Package] = {}
     parent_of: dict[tuple[str, str], tuple[str, str] | None] = {}
     order: list[Package] = []
@@ -186,12 +192,28 @@ def resolve(index: Index, requested: list[Atom], base: Base, *, weak: bool = Fal
                 for cand in cands:
                     if preferred.get(cand.key) == cand.version:
                         return cand
+                _warn_if_tied(atom, cands, parent)
                 return cands[0]
         where = chain(parent.key) + " → " if parent else "requested: "
         text = " | ".join(map(str, group))
         why = "; ".join(dict.fromkeys(blocked)) or "no package in the repositories satisfies it"
         raise InputError(f"{where}{text}", f"unsatisfiable dependency: {why}",
-                         "check the repositories and the base list, or name a version")
+                         "check the repositories (suite, components, architectures) and the "
+                         "base list; naming the wanted alternative in packages settles a choice")
+
+    def _warn_if_tied(atom: Atom, cands: list[Package], parent: Package | None) -> None:
+        """A virtual package whose best providers are equal (same priority): the pick is by
+        name only, which the user should know and can settle by naming one."""
+        if any(c.name == atom.name for c in cands):
+            return
+        first = cands[0]
+        tied = sorted({c.name for c in cands if c.rank == first.rank and c.name != first.name})
+        if tied:
+            by = f" (for {chain(parent.key)})" if parent else ""
+            warnings.append(f"{atom}{by} is a virtual package that {first.name} and "
+                            f"{', '.join(tied)} provide with the same priority: took "
+                            f"{first.name} (the first by name); name the one you want in "
+                            "packages to choose")
 
     def add(pkg: Package, parent: Package | None) -> None:
         if pkg.key in selected:
@@ -202,7 +224,9 @@ def resolve(index: Index, requested: list[Atom], base: Base, *, weak: bool = Fal
         queue.append(pkg)
 
     for atom in requested:
-        if not met(atom, None):  # met: the base has it, or an earlier name brought it
+        if base.satisfies(index, atom, None):
+            notes.append(f"{atom} is already in the base (target.base): not added")
+        elif not met(atom, None):  # met: an earlier name brought it
             add(choose((atom,), None), None)
 
     while True:
@@ -228,7 +252,7 @@ def resolve(index: Index, requested: list[Atom], base: Base, *, weak: bool = Fal
     _check_conflicts(index, order, base, chain)
     required_by = {p.key: (selected[parent_of[p.key]].name if parent_of[p.key] else None)
                    for p in order}
-    return Closure(order, required_by)
+    return Closure(order, required_by, notes, list(dict.fromkeys(warnings)))
 
 
 def _check_conflicts(index: Index, order: list[Package], base: Base, chain) -> None:

@@ -64,14 +64,18 @@ _LIB_RE = re.compile(r"libsystemd-shared-(\d+(?:\.\d+)?)")
 
 def systemd_version(root: Path | None = None) -> rules.Version | None:
     """The installed systemd: ``systemctl --version`` on the host; in a --root tree the dpkg
-    status, else the libsystemd-shared-NNN.so file name (major version only)."""
+    status, else the libsystemd-shared-NNN.so file name (major version only).
+
+    A package version without a point release ('254-1') is 254.0; the library's file name never
+    carries the point, so that one is read like ``--systemd 254`` (the newest 254.x)."""
     if root is None:
         try:
             answer = tools.run("systemctl", ["--version"], what="asking its version").stdout
         except BuildError:  # no systemctl (a container): read the files below
             answer = b""
         if answer.strip():
-            return rules.parse_version(answer.decode(errors="replace").splitlines()[0])
+            return rules.parse_installed_version(
+                answer.decode(errors="replace").splitlines()[0])
         root = Path("/")
     root = Path(root)
     status = root / "var/lib/dpkg/status"
@@ -79,7 +83,7 @@ def systemd_version(root: Path | None = None) -> rules.Version | None:
         for package in stanzas(status.read_text(errors="replace"), frozenset({"Package",
                                                                               "Version"})):
             if package.get("Package") == "systemd" and "Version" in package:
-                return rules.parse_version(package["Version"])
+                return rules.parse_installed_version(package["Version"])
     for pattern in ("usr/lib/*/systemd/libsystemd-shared-*.so", "usr/lib/systemd/libsystemd-shared-*.so",
                     "usr/lib64/systemd/libsystemd-shared-*.so", "lib/*/systemd/libsystemd-shared-*.so"):
         for lib in sorted(root.glob(pattern)):

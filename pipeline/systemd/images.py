@@ -168,13 +168,17 @@ def _facts_from_tree(path: Path, fmt: str, root: Path, with_entries: bool) -> Im
     for kind, rel_dir in RELEASE_DIRS.items():
         files = {}
         for fname, ftype in _listdir(root, rel_dir):
-            if not fname.startswith("extension-release.") or ftype != "file":
+            if not fname.startswith("extension-release.") or ftype not in ("file", "symlink"):
                 continue
+            if ftype == "symlink":  # followed inside the image: only a regular file counts
+                target = chase(root, f"{rel_dir}/{fname}")
+                if target is None or not target.is_file():
+                    continue
             suffix = fname[len("extension-release."):]
             data = _read(root, f"{rel_dir}/{fname}") or b""
             files[suffix] = rules.ReleaseFile(
                 suffix, parse_env_file(data.decode(errors="replace")),
-                _xattr(root, f"{rel_dir}/{fname}", STRICT_XATTR))
+                _xattr(root, f"{rel_dir}/{fname}", STRICT_XATTR), symlink=ftype == "symlink")
         if files:
             release[kind] = files
     kinds = list(release)

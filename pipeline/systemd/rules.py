@@ -28,20 +28,33 @@ VERDICTS = (MERGES, IGNORED, BREAKS)
 
 OLDEST, NEWEST = 252, 262
 #: A systemd version: (major, point release). ``(254, LATEST_POINT)`` means "some 254.x", read as
-#: the newest point release when a rule changed inside a series.
+#: the newest point release when a rule changed inside a series: what a user's ``--systemd 254``
+#: means. An installed version string without a point ("254-1", "256 (256-1.fc41)") is the x.0
+#: release, see :func:`parse_installed_version`.
 Version = tuple[int, int]
 LATEST_POINT = 999
 
 
-def parse_version(text: str | int) -> Version:
-    """'252', '254.5', '252.38-1~deb12u1', 'systemd 254 (254.26-1~bpo12+1)' → (major, point)."""
+def parse_version(text: str | int, missing_point: int = LATEST_POINT) -> Version:
+    """'252', '254.5', '252.38-1~deb12u1', 'systemd 254 (254.26-1~bpo12+1)' → (major, point).
+
+    Without a point release the version means ``missing_point``: the newest point release for a
+    user's ``--systemd 254`` (the default), 0 for an installed package version (see
+    :func:`parse_installed_version`)."""
     text = str(text).strip()
     match = re.search(r"\((\d+)(?:\.(\d+))?", text) or re.search(r"(\d+)(?:\.(\d+))?", text)
     if not match:
         raise ValueError(f"not a systemd version: {text!r}")
     major = int(match.group(1))
-    point = int(match.group(2)) if match.group(2) else LATEST_POINT
+    point = int(match.group(2)) if match.group(2) else missing_point
     return (major, point)
+
+
+def parse_installed_version(text: str) -> Version:
+    """The version of an installed systemd ('254-1', 'systemd 256 (256-1.fc41)' → x.0): a
+    package of the first release of a series carries no point, and reading it as the newest
+    point release would mis-predict every rule that changed inside the series."""
+    return parse_version(text, missing_point=0)
 
 
 def format_version(version: Version) -> str:
@@ -241,6 +254,23 @@ RULES: dict[str, Rule] = _rules(
          "Extension contains '/usr/lib/os-release', which is not allowed, refusing.",
          "`No suitable extensions found (1 ignored …)`",
          "drop usr/lib/os-release from the image (the build refuses it)", formats=("raw",)),
+    # ---- activation and the other images --------------------------------------------------------
+    Rule("signature.untrusted", "signature", BREAKS, (span("252", "258"),),
+         "A signed image (verity signature partition or NAME.roothash.p7s) whose signature no "
+         "certificate in /etc/verity.d, /run/verity.d, /usr/local/lib/verity.d or "
+         "/usr/lib/verity.d (nor the kernel keyring) verifies fails to activate, and the merge "
+         "fails with it; 259+ falls back to unsigned verity where the image policy allows it.",
+         "Failed to activate verity device … (signature not verified)",
+         "`Failed to … verity …`, nothing merged (a certificate only in the kernel keyring "
+         "also counts, but cannot be seen from here)",
+         "install the signing certificate as /etc/verity.d/{name}.crt (or build it unsigned)",
+         tested=False),
+    Rule("merge.broken-by-other", "other image", BREAKS, ALL,
+         "Another image in the search directories breaks the whole merge, so nothing merges — "
+         "this one included, whatever its own verdict.",
+         "(the other image's error)",
+         "nothing merged although this image is fine; a refresh does not help",
+         "fix or remove {culprit}: {culprit_fix}"),
     # ---- extension_release_validate -----------------------------------------------------------
     Rule("match.no-release-data", "release file", IGNORED, ALL,
          "The release file is empty.",
@@ -441,6 +471,9 @@ class ReleaseFile:
     suffix: str  # NAME in extension-release.NAME
     fields: Mapping[str, str]
     strict: str | None = None  # value of user.extension-release.strict, None when absent
+    #: a symlink (to a regular file inside the image): systemd follows it for the exact name
+    #: (chase inside the image), but its fallback scan opens candidates with O_NOFOLLOW
+    symlink: bool = False
 
 
 @dataclass(frozen=True)
@@ -450,12 +483,15 @@ class Lookup:
 
 
 def lookup_release(files: Mapping[str, ReleaseFile], name: str, version: Version) -> Lookup:
-    """os-util.c open_extension_release(): the release file systemd picks for image ``name``."""
+    """os-util.c open_extension_release(): the release file systemd picks for image ``name``.
+
+    The exact name is resolved like any path (a symlink inside the image is followed); the
+    fallback scan skips symlinks (O_NOFOLLOW) — both checked against the real 252 and 254."""
     if name in files:
         return Lookup(files[name], "exact")
     found: list[tuple[ReleaseFile, str]] = []
     for suffix, release in sorted(files.items()):
-        if not image_name_is_valid(suffix):
+        if not image_name_is_valid(suffix) or release.symlink:
             continue
         how = None
         if RULES["release.name-reduced"].applies(version):
@@ -488,6 +524,10 @@ class ImageFacts:
     has_etc_os_release: bool = False
     kind: str | None = None  # detected kind (where the release files are)
     name_override: str | None = None  # systemd's name when picked from a NAME.v/ directory
+    #: signature.py's status (unsigned | trusted | untrusted; None: not looked at) and, for the
+    #: verdict, (what carries the signature, the host's certificates as text)
+    signature: str | None = None
+    signature_info: tuple[str, str] = ("", "")
 
 
 @dataclass(frozen=True)
@@ -519,18 +559,59 @@ class Verdict:
     message: str = ""
     fix: str = ""
     notes: list[str] = field(default_factory=list)
+    summary: str = ""  # the rule's summary with {KIND} filled in for this kind
+    expected: str | None = None  # what systemd looked for (release rules): not a host value
 
     def as_dict(self) -> dict:
         return {
             "verdict": self.verdict, "rule": self.rule.id, "kind": self.kind, "name": self.name,
             "field": self.field, "image_value": self.image_value, "host_value": self.host_value,
+            "expected": self.expected,
             "versions": self.rule.versions_text(), "systemd_log": self.message, "fix": self.fix,
-            "summary": self.rule.summary, "notes": list(self.notes),
+            "summary": self.summary or self.rule.summary, "notes": list(self.notes),
         }
+
+    def values_text(self) -> str:
+        """'image '11', host '12'' or 'image 'none', expected 'usr/lib/…'' for messages."""
+        def q(value):
+            return "(absent)" if value is None else repr(value)
+        if self.expected is not None:
+            return f"image {q(self.image_value)}, expected {q(self.expected)}"
+        return f"image {q(self.image_value)}, host {q(self.host_value)}"
 
 
 def evaluate(image: ImageFacts, host: HostFacts, kind: str, place: Place | None = None) -> Verdict:
-    """What systemd ``host.version`` does with ``image`` as a ``kind`` (first deciding rule)."""
+    """What systemd ``host.version`` does with ``image`` as a ``kind`` (first deciding rule).
+
+    Activation comes last: an image that would merge is mounted, and a signed one that no
+    installed certificate verifies fails there (signature.untrusted, ≤258)."""
+    verdict = _evaluate(image, host, kind, place)
+    if verdict.verdict == MERGES and image.signature == "untrusted":
+        r = RULES["signature.untrusted"]
+        carrier, certs = image.signature_info
+        if not r.applies(host.version):
+            verdict.notes.append(f"signed ({carrier}) but no installed certificate verifies it: "
+                                 "systemd 259+ falls back to unsigned verity where the image "
+                                 "policy allows it (≤258 fails)")
+            return verdict
+        values = {"name": verdict.name or image.file_name}
+        return Verdict(BREAKS, r, kind, verdict.name, r.field, carrier, certs,
+                       r.log, r.fix.format(**values),
+                       verdict.notes + [f"on its own: {verdict.verdict} ({verdict.rule.id})"],
+                       r.summary)
+    return verdict
+
+
+def broken_by_other(own: Verdict, culprit: str, other: Verdict) -> Verdict:
+    """``own`` turned into merge.broken-by-other: ``culprit`` (a path) breaks the whole merge."""
+    r = RULES["merge.broken-by-other"]
+    values = {"kind": own.kind, "culprit": culprit, "culprit_fix": other.fix}
+    return Verdict(BREAKS, r, own.kind, own.name, r.field, f"{own.verdict} ({own.rule.id})",
+                   f"{culprit} ({other.verdict}: {other.rule.id})", other.message,
+                   r.fix.format(**values), own.notes, r.summary.format(**values))
+
+
+def _evaluate(image: ImageFacts, host: HostFacts, kind: str, place: Place | None) -> Verdict:
     version = host.version
     place = place or Place()
     name = discovered_name(image.file_name, image.is_dir, kind, version)
@@ -544,14 +625,15 @@ def evaluate(image: ImageFacts, host: HostFacts, kind: str, place: Place | None 
                kind, version, host.initrd)) or "none", "shadow": place.shadowed_by or ""}
     notes: list[str] = []
 
-    def decide(rule_id: str, image_value=None, host_value=None) -> Verdict:
+    def decide(rule_id: str, image_value=None, host_value=None, *, expected=None) -> Verdict:
         r = RULES[rule_id]
         values = dict(ctx, image=image_value if image_value is not None else "",
                       host=host_value if host_value is not None else "")
         return Verdict(r.verdict, r, kind, name, r.field.format(**values),
                        None if image_value is None else str(image_value),
                        None if host_value is None else str(host_value),
-                       r.log.format(**values), r.fix.format(**values), notes)
+                       r.log.format(**values), r.fix.format(**values), notes,
+                       r.summary.format(**values), expected)
 
     if not ships_tool(kind, version):
         return decide("host.no-confext", host_value=format_version(version))
@@ -591,7 +673,7 @@ def evaluate(image: ImageFacts, host: HostFacts, kind: str, place: Place | None 
             if found.how == "not-unique":
                 return decide("release.not-unique", ", ".join(sorted(own)))
             if found.file is None and not os_tree:
-                return decide("release.missing-raw", _present(own, other), release_path)
+                return decide("release.missing-raw", _present(own, other), expected=release_path)
             data = found.file
         else:
             found_other = lookup_release(other, lookup_name, version)
@@ -602,7 +684,7 @@ def evaluate(image: ImageFacts, host: HostFacts, kind: str, place: Place | None 
                 if not os_tree:
                     return decide("release.not-unique", ", ".join(sorted(own or other)))
             if sys_found.file is None and conf_found.file is None and not os_tree:
-                return decide("release.missing-raw", _present(own, other), release_path)
+                return decide("release.missing-raw", _present(own, other), expected=release_path)
             # merge child (VALIDATE_OS_EXT only): forbidden content, then a release file of
             # either kind must exist; a missing one only skips the image here
             if forbidden:
@@ -611,7 +693,7 @@ def evaluate(image: ImageFacts, host: HostFacts, kind: str, place: Place | None 
                                                  and conf_found.how == "not-unique"):
                 return decide("release.not-unique", ", ".join(sorted(own or other)))
             if sys_found.file is None and conf_found.file is None:  # an OS tree, no release
-                return decide("release.os-tree-raw", _present(own, other), release_path)
+                return decide("release.os-tree-raw", _present(own, other), expected=release_path)
             if major == 254:  # one release file, sysext first, whatever the kind
                 data = sys_found.file or conf_found.file
                 if found.file is None and data is not None:
@@ -631,9 +713,9 @@ def evaluate(image: ImageFacts, host: HostFacts, kind: str, place: Place | None 
         return decide("content.os-release-252", "present")
     if data is None:
         if image.is_dir:
-            return decide("release.missing-dir", _present(own, other), release_path)
+            return decide("release.missing-dir", _present(own, other), expected=release_path)
         if major <= 253:
-            return decide("release.os-tree-raw", _present(own, other), release_path)
+            return decide("release.os-tree-raw", _present(own, other), expected=release_path)
     if data is None or not data.fields:
         return decide("match.no-release-data")
     return _validate(data, host, kind, decide)
@@ -725,20 +807,18 @@ CONDITIONS: dict[str, Condition] = {c.id: c for c in (
     Condition("service.disabled", "warning", "extensions gone after a reboot",
               "systemd-{kind}.service is not enabled: nothing merges at boot",
               "systemctl enable systemd-{kind}.service (install --enable)"),
-    Condition("hierarchy.immutable", "error", "merge fails preparing the mount point",
-              "the hierarchy (/usr, /opt, /etc) carries the immutable attribute",
-              "chattr -i the hierarchy"),
+    Condition("hierarchy.immutable", "error",
+              "`Failed to create hierarchy mount point '/opt': Operation not permitted` (or "
+              "`Read-only file system`); the extension's /opt files are missing",
+              "a hierarchy (e.g. /opt) does not exist, an extension ships files for it, and its "
+              "parent is immutable or read-only, so systemd cannot create the mount point (an "
+              "immutable or read-only /usr, /opt or /etc that exists merges fine: the overlay "
+              "is mounted on top)",
+              "create the hierarchy (mkdir /opt) while the parent is writable (chattr -i), or "
+              "drop those files from the image"),
     Condition("directory.immutable", "warning", "install fails with `Operation not permitted`",
               "the search directory carries the immutable attribute",
               "chattr -i the directory"),
-    Condition("signature.no-cert", "error",
-              "a signed image does not merge (`Failed to … verity …`, ≤258)",
-              f"no certificate in {', '.join(VERITY_DIRS)} (or the kernel keyring) verifies the "
-              "signature; 259+ falls back to unsigned verity where the image policy allows it",
-              "install the signing certificate as /etc/verity.d/NAME.crt"),
-    Condition("signature.unverified", "error", "a signed image does not merge",
-              "none of the installed certificates verifies its signature",
-              "install the certificate that signed it in /etc/verity.d/"),
     Condition("conflict.extensions", "warning", "a file has the content of the other extension",
               "two extensions ship the same path: the name sorting last (version-aware, "
               "foo_10 after foo_9) is the top layer", "ship the file in one extension only"),
@@ -798,13 +878,14 @@ def troubleshooting_markdown() -> str:
                                 KIND="SYSEXT/CONFEXT", kind="sysext/confext",
                                 install_dir="/var/lib/extensions (/var/lib/confexts)",
                                 search_dirs="see below", shadow="the earlier image",
-                                root="/", image="IMAGE VALUE")
+                                root="/", image="IMAGE VALUE", culprit="the image named",
+                                culprit_fix="its own fix")
         out.append(f"| {_cell(row['symptom'])} | `{row['rule']}` ({_cell(row['field'].format(KIND='SYSEXT/CONFEXT'))}): "
                    f"{_cell(row['summary'].format(KIND='SYSEXT/CONFEXT', kind='sysext'))} | "
                    f"{row['verdict']} | {row['versions']} | {_cell(fix)} |")
     out += ["", "## The host", "", "| symptom | cause (doctor finding) | fix |", "|---|---|---|"]
     for c in CONDITIONS.values():
-        out.append(f"| {_cell(c.symptom)} | `{c.id}`: {_cell(c.cause)} | "
+        out.append(f"| {_cell(c.symptom)} | `{c.id}`: {_cell(c.cause.format(kind='sysext'))} | "
                    f"{_cell(c.fix.format(kind='sysext'))} (confext: likewise) |")
     out += ["", "## Works on one systemd version and not another", "",
             "Rules that hold only for some versions (`check --systemd N` judges by another "
