@@ -12,7 +12,9 @@ Programs run here with subprocess, not tools.run: the point is the varied enviro
 tools.run's clean one would erase, and the exit code of a probe is the answer.
 
 A variation reproduces when the image (a directory image: its tree, read from disk) and the
-manifest are byte-identical to the reference; otherwise its row carries diff's explanation.
+manifest are byte-identical to the reference — verify's own rebuild, which is unsigned like every
+variation (no rebuild reads the private key, so no variation can fail on who may read it);
+otherwise its row carries diff's explanation.
 """
 
 from __future__ import annotations

@@ -8,8 +8,17 @@ is pinned to it, so a package file that changed since the build is an error, not
 rebuild from other bytes). SOURCE_DATE_EPOCH is given back when the manifest says it came from
 the environment. The rebuild runs in a fresh temporary directory.
 
-Result: ``reproduced`` — the same image bytes (a directory image: the same tree) — or ``differs``
-with the explanation from pipeline/diff.py, tool-version differences first.
+The rebuild is always unsigned: whoever verifies must not need the private key, and an image
+signed offline (on another host, or by an HSM) could not be re-signed anyway. So verify compares
+what is signed — a DDI with its signature partition as zeros (the manifest's ``unsignedSha256``),
+a plain image with its ``NAME.verity`` and ``NAME.roothash`` — and then checks the original's
+signature on its own: over the rebuilt root hash, by the certificate the manifest records
+(verified with the certificate file the recipe names, when it is there). ECDSA signatures differ
+on every signing, so this is the only way they can be verified at all.
+
+Result: ``reproduced`` — the same unsigned bytes (a directory image: the same tree) and a
+signature that checks (or an unsigned image) — or ``differs`` with the explanation from
+pipeline/diff, tool-version differences first.
 """
 
 from __future__ import annotations
@@ -61,6 +70,7 @@ class VerifyResult:
     report: diff_mod.Report | None = None
     kept: str | None = None
     variations: list | None = None
+    signature: dict | None = None  # {"status": verified|not checked|failed|unsigned, "detail"}
 
     @property
     def ok(self) -> bool:
@@ -72,6 +82,7 @@ class VerifyResult:
                 "recorded_sha256": self.recorded_sha256, "rebuilt_sha256": self.rebuilt_sha256,
                 "manifest_identical": self.manifest_identical, "notes": self.notes,
                 "diff": self.report.to_json() if self.report else None, "kept": self.kept,
+                "signature": self.signature,
                 "variations": None if self.variations is None else
                 [v.to_json() for v in self.variations]}
 
@@ -167,19 +178,14 @@ def rebuild(manifest: dict, recipe_path: Path, output_dir: Path, cache_dir: Path
 
     recipe = pinned_recipe(recipe_mod.load(recipe_path), manifest)
     cache = Cache(default_cache_dir(cache_dir))
-    kwargs = {}
-    ddi = manifest.get("ddi") or {}
-    if getattr(recipe, "signing", None) and "ddi" in manifest and \
-            not ddi.get("certificateFingerprint"):
-        kwargs["unsigned"] = True  # built with --unsigned (and maybe signed elsewhere later)
     try:
+        # unsigned: verifying must never need the private key (see the module docstring)
         result = build(recipe, Path(output_dir), cache, environ=rebuild_environ(manifest),
-                       offline=offline, log=log or Log(), **kwargs)
+                       offline=offline, log=log or Log(), unsigned=True)
     except InputError as err:
         if "sha256 mismatch" in err.what:
             raise InputError(err.where, "the package file is not the one the manifest "
-                             f"recorded ({err.what})", "put the recorded file in the cache, "
-                             "or verify against a manifest of the current file") from None
+                             f"recorded ({err.what})", _mismatch_hint(err.where, cache)) from None
         raise
     for image in result.images:
         if image.name == manifest.get("name"):
@@ -189,16 +195,161 @@ def rebuild(manifest: dict, recipe_path: Path, output_dir: Path, cache_dir: Path
                      "made: " + ", ".join(i.name for i in result.images))
 
 
+def _mismatch_hint(where: str, cache) -> str:
+    """What to do about a package file whose hash is not the recorded one. A local source is
+    read from its path (the cache is only looked in by hash, and nothing puts local files
+    there), a download from the cache or the URL."""
+    if "://" not in where and Path(where).exists():
+        return (f"the build reads {where} itself: put the file with the recorded sha256 back "
+                "there, or verify against a manifest of the current file")
+    return (f"put the recorded file into the cache ({cache.root}/sha256/…, e.g. with "
+            "sysext-pipeline fetch --store), or verify against a manifest of the current file")
+
+
 def compare(target: Target, rebuilt: Rebuilt, *, limit: int = 10) -> tuple[bool, bool,
                                                                              diff_mod.Report | None]:
-    """(image reproduced, manifest identical, diff report when the image differs)."""
+    """(unsigned content reproduced, manifest identical apart from signatures, diff report)."""
+    from .diff.manifest import unsigned_view
+
     original = diff_mod.Side(str(target.image or target.manifest_path), target.manifest,
                              target.manifest_path, target.image)
     here = diff_mod.Side(str(rebuilt.image), rebuilt.manifest, rebuilt.manifest_path,
                          rebuilt.image)
-    manifest_identical = target.manifest_path.read_bytes() == rebuilt.manifest_path.read_bytes()
-    report = diff_mod.diff(original, here, limit=limit, labels=LABELS, tool_labels=TOOL_LABELS)
-    return report.identical, manifest_identical, report
+    manifest_identical = unsigned_view(target.manifest) == unsigned_view(rebuilt.manifest)
+    report = diff_mod.diff(original, here, limit=limit, labels=LABELS, tool_labels=TOOL_LABELS,
+                           unsigned=True)
+    same = report.identical and _recorded_unsigned(target.manifest) in (
+        None, _recorded_unsigned(rebuilt.manifest))
+    return same, manifest_identical, report
+
+
+def _recorded_unsigned(manifest: dict) -> str | None:
+    """The sha256 of the image as an unsigned build makes it (None: a directory image)."""
+    ddi = manifest.get("ddi") or {}
+    return ddi.get("unsignedSha256") or (manifest.get("image") or {}).get("sha256")
+
+
+@dataclass
+class SignatureCheck:
+    status: str  # verified | not checked | failed | unsigned
+    detail: str
+
+    def to_json(self) -> dict:
+        return {"status": self.status, "detail": self.detail}
+
+    def line(self) -> str:
+        return f"signature {self.status}: {self.detail}" if self.detail else \
+            f"signature {self.status}"
+
+
+def check_signature(target: Target, rebuilt: Rebuilt) -> SignatureCheck | None:
+    """Check the original image's signature (a DDI's signature partition, or NAME.roothash.p7s)
+    against the rebuilt root hash and the certificate the manifest records; None when the
+    image has no verity at all. Never reads a private key."""
+    from .ddi import signature as sig
+
+    manifest = target.manifest
+    section = manifest.get("ddi") or manifest.get("verity")
+    if not section:
+        return None
+    recorded = section.get("certificateFingerprint")
+    root_hash = ((rebuilt.manifest.get("ddi") or rebuilt.manifest.get("verity")) or {}).get(
+        "rootHash")
+    if target.image is None or not target.image.is_file():
+        return SignatureCheck("not checked", "the image is not next to the manifest") \
+            if recorded else SignatureCheck("unsigned", "")
+    try:
+        found = _original_signature(target, section)
+    except InputError as err:
+        return SignatureCheck("failed", err.line())
+    if found is None:
+        if recorded:
+            return SignatureCheck("failed", f"the manifest records a signature by certificate "
+                                  f"{recorded[:12]}…, but {_signature_place(target)} is empty "
+                                  "or missing")
+        return SignatureCheck("unsigned", "")
+    der, signed_hash, claimed = found
+    if signed_hash is not None and signed_hash != root_hash:
+        return SignatureCheck("failed", f"it signs root hash {signed_hash[:12]}…, the rebuild's "
+                              f"is {str(root_hash)[:12]}…")
+    signer = claimed or _embedded_signer(der)
+    if recorded and signer and signer != recorded:
+        return SignatureCheck("failed", f"signed by certificate {signer[:12]}…, the manifest "
+                              f"records {recorded[:12]}…")
+    expected = recorded or signer
+    cert_path = (_recipe_signing(rebuilt.recipe) or {}).get("cert")
+    if cert_path is None:
+        return SignatureCheck("not checked", "the recipe names no certificate ([sign] cert) to "
+                              f"check it with (signer {str(expected)[:12]}…)")
+    if not Path(cert_path).is_file():
+        return SignatureCheck("not checked", f"the certificate the recipe names, {cert_path}, "
+                              "is not here")
+    from .keys import fingerprint, load_certificate
+
+    certificate = load_certificate(cert_path)
+    if expected and fingerprint(certificate) != expected:
+        return SignatureCheck("not checked", f"{cert_path} (certificate "
+                              f"{fingerprint(certificate)[:12]}…) is not the one that signed "
+                              f"({expected[:12]}…)")
+    ok, reason = sig.verify(der, root_hash, certificate)
+    if not ok:
+        return SignatureCheck("failed", f"does not verify with {cert_path} over the rebuilt "
+                              f"root hash {root_hash[:12]}…: {reason}")
+    text = f"by {certificate.subject.rfc4514_string()} ({cert_path}, sha256 " \
+        f"{fingerprint(certificate)[:12]}…) over the rebuilt root hash {root_hash[:12]}…"
+    if str(section.get("signatureAlgorithm") or "").startswith("ecdsa"):
+        text += "; ECDSA signatures differ on every signing, so the signature was checked " \
+            "rather than compared"
+    return SignatureCheck("verified", text)
+
+
+def _original_signature(target: Target, section: dict) -> tuple[bytes, str | None, str | None] | None:
+    """(DER, the root hash it claims to sign or None, the certificate it names or None) from
+    the original image, or None when it carries no signature."""
+    from . import fsinfo
+    from .ddi import signature as sig
+
+    image = target.image
+    if "ddi" in target.manifest:
+        from .ddi.assemble import find_verity_set
+        from .ddi.gpt import read_gpt
+
+        found = find_verity_set(read_gpt(image))
+        if found is None or found.signature is None:
+            return None
+        blob = sig.parse_partition(fsinfo.read_range(image, found.signature.offset,
+                                                     found.signature.size), str(image))
+        return None if blob is None else (blob.der, blob.root_hash, blob.fingerprint)
+    p7s = image.with_name(section.get("signatureFile") or
+                          image.name.removesuffix(".raw") + ".roothash.p7s")
+    if not p7s.is_file():
+        return None
+    roothash = image.with_name(section.get("roothashFile") or
+                               image.name.removesuffix(".raw") + ".roothash")
+    signed = roothash.read_text().strip().lower() if roothash.is_file() else None
+    return sig.read_p7s(p7s), signed, None
+
+
+def _signature_place(target: Target) -> str:
+    if "ddi" in target.manifest:
+        return f"the signature partition of {target.image.name}"
+    return f"{target.image.name.removesuffix('.raw')}.roothash.p7s"
+
+
+def _embedded_signer(der: bytes) -> str | None:
+    from .diff.integrity import signer
+
+    return signer(der)
+
+
+def _recipe_signing(recipe_path: Path) -> dict | None:
+    from . import recipe as recipe_mod
+    from .errors import PipelineError
+
+    try:
+        return recipe_mod.load(recipe_path).signing
+    except PipelineError:
+        return None
 
 
 def verify(path: str | Path, *, recipe: str | Path | None = None, cache_dir: str | None = None,
@@ -216,22 +367,29 @@ def verify(path: str | Path, *, recipe: str | Path | None = None, cache_dir: str
         rebuilt = rebuild(target.manifest, recipe_path, workdir / "out", cache_dir,
                           offline=offline, log=log)
         same, manifest_same, report = compare(target, rebuilt, limit=limit)
-        notes = notes + _image_notes(target)
-        if report is not None:
-            notes = report.notes + notes  # tool versions first
+        signature = check_signature(target, rebuilt)
+        notes = report.notes + notes + _image_notes(target)  # tool versions first
+        if signature is not None and signature.status != "unsigned":
+            notes.append(signature.line())
+        if report.identical and not same:
+            notes.append("the rebuild is the image given, but not the sha256 its manifest "
+                         "records")
+        ok = same and (signature is None or signature.status != "failed")
         result = VerifyResult(
-            status="reproduced" if same else "differs",
+            status="reproduced" if ok else "differs",
             name=target.manifest.get("name", "?"), recipe=str(recipe_path),
             recorded_sha256=(target.manifest.get("image") or {}).get("sha256"),
             rebuilt_sha256=(rebuilt.manifest.get("image") or {}).get("sha256"),
             manifest_identical=manifest_same, notes=notes,
-            report=None if same and manifest_same else report)
+            report=None if same and manifest_same else report,
+            signature=signature.to_json() if signature else None)
         if vary:
             from . import vary as vary_mod
 
-            reference = diff_mod.Side(str(target.image or rebuilt.image), target.manifest,
-                                      target.manifest_path,
-                                      target.image if target.image else rebuilt.image)
+            # Variations are compared with this rebuild: unsigned like them, so a signed
+            # original does not make every row differ in its signature.
+            reference = diff_mod.Side(str(rebuilt.image), rebuilt.manifest,
+                                      rebuilt.manifest_path, rebuilt.image)
             result.variations = vary_mod.run(vary, target=target, recipe=recipe_path,
                                              reference=reference, cache_dir=cache_dir,
                                              offline=offline, workdir=workdir, log=log)
@@ -244,23 +402,21 @@ def verify(path: str | Path, *, recipe: str | Path | None = None, cache_dir: str
 
 
 def _image_notes(target: Target) -> list[str]:
-    recorded = (target.manifest.get("image") or {})
+    """Said when the image is absent (an image that no longer matches its manifest is said by
+    diff, which checks both sides the same way: diff.own_manifest_mismatches)."""
     if target.image is None:
+        recorded = target.manifest.get("image") or {}
         return [f"{recorded.get('file')} is not next to the manifest: compared with the hashes "
                 "the manifest records"]
-    if target.image.is_file() and recorded.get("sha256"):
-        actual = hash_file(target.image)[0]
-        if actual != recorded["sha256"]:
-            return [f"{target.image.name} is not the image its manifest describes (sha256 "
-                    f"{actual[:12]}…, the manifest records {recorded['sha256'][:12]}…): "
-                    "changed after the build"]
     return []
 
 
 def human_lines(result: VerifyResult) -> list[str]:
     image = result.rebuilt_sha256 or result.recorded_sha256
     if result.status == "reproduced":
-        what = f"sha256 {image}" if image else "identical file tree"
+        signed = result.signature and result.signature["status"] != "unsigned"
+        what = (f"{'unsigned image ' if signed else ''}sha256 {image}" if image else
+                "identical file tree")
         head = f"reproduced: {result.name} ({what})"
         if not result.manifest_identical:
             fields = sorted(result.report.fields("manifest")) if result.report else []

@@ -52,7 +52,10 @@ def register(sub) -> None:
                     "sha256 next to the manifest, in ./recipes or the current directory) and the "
                     "recorded package files (from the cache, by sha256) in a fresh temporary "
                     "directory, then compare with the image (or the manifest's hashes when the "
-                    "image is absent). Prints 'reproduced' or 'differs' with diff's explanation.")
+                    "image is absent). The rebuild is unsigned, so no private key is needed: "
+                    "the unsigned bytes are compared and the original's signature is checked "
+                    "against the certificate the recipe names. Prints 'reproduced' or 'differs' "
+                    "with diff's explanation.")
     p.add_argument("target", help="NAME.manifest.json, or the image NAME.raw / directory NAME "
                    "(its manifest must be next to it)")
     p.add_argument("--recipe", help="the recipe (default: found by its recorded sha256)")

@@ -14,10 +14,13 @@ from pipeline.fetch import Cache
 
 
 def recipe_text(fmt: str, *, epoch: int | None = 1700000000, deb: str = "hello-tools.deb",
-                extra: str = "", sign: str | None = None, filesystem: str | None = None) -> str:
+                extra: str = "", sign: str | None = None, filesystem: str | None = None,
+                verity: str | None = None) -> str:
     image = f'format = "{fmt}"\n'
     if filesystem:
         image += f'filesystem = "{filesystem}"\n'
+    if verity:
+        image += f'verity = "{verity}"\n'
     if epoch is not None:
         image += f"source_date_epoch = {epoch}\n"
     signing = f'[sign]\nkey = "{sign}.key"\ncert = "{sign}.crt"\n\n' if sign else ""
@@ -76,6 +79,34 @@ def signer_files(directory: Path, stem: str, cn: str) -> Path:
     keys.generate(directory / f"{stem}.key", directory / f"{stem}.crt", subject=f"CN={cn}",
                   days=30, key_size=2048)
     return directory / f"{stem}.key"
+
+
+def ecdsa_signer_files(directory: Path, stem: str, cn: str) -> Path:
+    """``directory/stem.key`` + ``.crt`` with an ECDSA P-256 key (``keys generate`` makes RSA
+    only; ECDSA signatures are randomized, which is what the tests need)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    directory.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=30))
+            .sign(key, hashes.SHA256()))
+    key_path = directory / f"{stem}.key"
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    key_path.chmod(0o600)
+    (directory / f"{stem}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return key_path
 
 
 def flip_byte(path: Path, offset: int) -> None:

@@ -1,0 +1,203 @@
+"""``verify`` of signed images: the rebuild never needs the private key; the unsigned content is
+compared, the original's signature checked on its own (also offline-signed, ECDSA and detached
+ones). Plus what verify says about tool versions and changed local package files."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import run_cli
+from prereq import require_tool
+from verify_helpers import build, ecdsa_signer_files, project, signer_files
+
+from pipeline.ddi import signature as sig
+from pipeline.ddi.assemble import find_verity_set
+from pipeline.ddi.gpt import read_gpt
+from pipeline.keys import load_signer
+
+
+def verify_json(*args, cwd=None) -> tuple[int, dict]:
+    proc = run_cli("verify", *map(str, args), "--json", cwd=cwd)
+    assert proc.returncode in (0, 1), proc.stderr
+    return proc.returncode, json.loads(proc.stdout)
+
+
+def hide_key(proj: Path, stem: str) -> None:
+    """The private key is gone (kept on the signing host): verify must not need it."""
+    (proj / f"{stem}.key").rename(proj.parent / f"{stem}.key.elsewhere")
+
+
+@pytest.fixture(autouse=True)
+def _tools():
+    require_tool("veritysetup", "cryptsetup-bin")
+    require_tool("openssl", "openssl")
+
+
+def test_signed_ddi_without_the_private_key(tmp_path, packages, cache_dir):
+    require_tool("systemd-repart", "systemd-repart")
+    proj = tmp_path / "proj"
+    signer_files(proj, "release", "verify test")
+    image = build(project(proj, packages, "ddi", sign="release"), proj / "out", cache_dir)
+    hide_key(proj, "release")
+    rc, result = verify_json(image.manifest_path, "--cache-dir", cache_dir, cwd=tmp_path)
+    assert rc == 0 and result["status"] == "reproduced", result
+    assert result["signature"]["status"] == "verified"
+    assert "CN=verify test" in result["signature"]["detail"]
+    assert result["manifest_identical"]
+    text = run_cli("verify", str(image.image), "--cache-dir", str(cache_dir), cwd=tmp_path).stdout
+    assert text.startswith("reproduced: hello (unsigned image sha256 ")
+    assert "  signature verified: by CN=verify test" in text
+
+
+def test_offline_signed_ddi(tmp_path, packages, cache_dir):
+    """Built --unsigned, signed with `sign` (on another host): verifies like a signed build."""
+    require_tool("systemd-repart", "systemd-repart")
+    proj = tmp_path / "proj"
+    signer_files(proj, "release", "offline")
+    image = build(project(proj, packages, "ddi", sign="release"), proj / "out", cache_dir,
+                  unsigned=True)
+    proc = run_cli("sign", str(image.image), "--key", str(proj / "release.key"), "--cert",
+                   str(proj / "release.crt"))
+    assert proc.returncode == 0, proc.stderr
+    hide_key(proj, "release")
+    rc, result = verify_json(image.manifest_path, "--cache-dir", cache_dir, cwd=tmp_path)
+    assert rc == 0 and result["signature"]["status"] == "verified", result
+
+
+def test_signature_not_checked_without_the_certificate(tmp_path, packages, cache_dir):
+    require_tool("systemd-repart", "systemd-repart")
+    proj = tmp_path / "proj"
+    signer_files(proj, "release", "verify test")
+    image = build(project(proj, packages, "ddi", sign="release"), proj / "out", cache_dir)
+    hide_key(proj, "release")
+    (proj / "release.crt").unlink()
+    rc, result = verify_json(image.manifest_path, "--cache-dir", cache_dir, cwd=tmp_path)
+    assert rc == 0 and result["status"] == "reproduced", result
+    assert result["signature"]["status"] == "not checked"
+    assert "release.crt" in result["signature"]["detail"] and "is not here" in \
+        result["signature"]["detail"]
+
+
+def test_signature_by_someone_else_differs(tmp_path, packages, cache_dir):
+    """Same unsigned bytes, but the signature partition now holds another signer's signature
+    (the manifest still records the first): differs, and says why."""
+    require_tool("systemd-repart", "systemd-repart")
+    proj = tmp_path / "proj"
+    signer_files(proj, "release", "verify test")
+    signer_files(tmp_path / "other", "mallory", "mallory")
+    image = build(project(proj, packages, "ddi", sign="release"), proj / "out", cache_dir)
+    found = find_verity_set(read_gpt(image.image))
+    root_hash = found.root_hash_from_uuids()
+    mallory = load_signer(tmp_path / "other" / "mallory.key", tmp_path / "other" / "mallory.crt")
+    der, _ = sig.sign_root_hash(root_hash, mallory)
+    with open(image.image, "r+b") as fh:
+        fh.seek(found.signature.offset)
+        fh.write(sig.partition_content(root_hash, mallory.fingerprint, der,
+                                       found.signature.size))
+    rc, result = verify_json(image.manifest_path, "--cache-dir", cache_dir, cwd=tmp_path)
+    assert rc == 1 and result["status"] == "differs"
+    assert result["signature"]["status"] == "failed"
+    assert "the manifest records" in result["signature"]["detail"]
+    # The unsigned content is the rebuild's: the signature is the only thing wrong (and the
+    # image no longer has the sha256 its manifest records).
+    assert result["diff"] is None
+    assert any("not the image its manifest describes" in n for n in result["notes"])
+
+
+def test_ecdsa_signed_ddi_is_reproduced(tmp_path, packages, cache_dir):
+    require_tool("systemd-repart", "systemd-repart")
+    proj = tmp_path / "proj"
+    ecdsa_signer_files(proj, "ec", "ecdsa signer")
+    image = build(project(proj, packages, "ddi", sign="ec"), proj / "out", cache_dir)
+    assert image.manifest["ddi"]["signatureAlgorithm"].startswith("ecdsa")
+    rc, result = verify_json(image.manifest_path, "--cache-dir", cache_dir, cwd=tmp_path)
+    assert rc == 0 and result["status"] == "reproduced", result
+    assert result["signature"]["status"] == "verified"
+    assert "ECDSA signatures differ on every signing" in result["signature"]["detail"]
+
+
+def test_detached_verity_signed(tmp_path, packages, cache_dir):
+    proj = tmp_path / "proj"
+    signer_files(proj, "release", "detached")
+    image = build(project(proj, packages, "squashfs", sign="release", verity="detached"),
+                  proj / "out", cache_dir)
+    hide_key(proj, "release")
+    rc, result = verify_json(image.manifest_path, "--cache-dir", cache_dir, cwd=tmp_path)
+    assert rc == 0 and result["status"] == "reproduced", result
+    assert result["signature"]["status"] == "verified"
+    # A flipped byte in NAME.verity is not "reproduced".
+    verity = image.image.with_name("hello.verity")
+    data = bytearray(verity.read_bytes())
+    data[90] ^= 0xFF
+    verity.write_bytes(bytes(data))
+    rc, result = verify_json(image.manifest_path, "--cache-dir", cache_dir, cwd=tmp_path)
+    assert rc == 1 and result["status"] == "differs"
+    assert result["diff"]["explained_at"] == "container"
+    assert "hello.verity does not verify" in result["diff"]["summary"]
+
+
+def test_detached_signature_swapped(tmp_path, packages, cache_dir):
+    proj = tmp_path / "proj"
+    signer_files(proj, "release", "detached")
+    signer_files(tmp_path / "other", "mallory", "mallory")
+    image = build(project(proj, packages, "squashfs", sign="release", verity="detached"),
+                  proj / "out", cache_dir)
+    root_hash = image.image.with_name("hello.roothash").read_text().strip()
+    mallory = load_signer(tmp_path / "other" / "mallory.key", tmp_path / "other" / "mallory.crt")
+    image.image.with_name("hello.roothash.p7s").write_bytes(
+        sig.sign_root_hash(root_hash, mallory)[0])
+    rc, result = verify_json(image.manifest_path, "--cache-dir", cache_dir, cwd=tmp_path)
+    assert rc == 1 and result["signature"]["status"] == "failed", result
+
+
+def test_same_bytes_other_tool_version_says_one_thing(tmp_path, packages, cache_dir):
+    """The manifest names another mksquashfs, yet the rebuild is byte-identical: 'reproduced',
+    with a note that says so — never 'different bytes are expected' next to it."""
+    proj = tmp_path / "proj"
+    image = build(project(proj, packages, "squashfs"), proj / "out", cache_dir)
+    manifest = json.loads(image.manifest_path.read_text())
+    manifest["tools"]["mksquashfs"] = "4.6.1"
+    image.manifest_path.write_text(json.dumps(manifest))
+    rc, result = verify_json(image.manifest_path, "--cache-dir", cache_dir, cwd=tmp_path)
+    assert rc == 0 and result["status"] == "reproduced"
+    assert result["notes"][0].startswith("mksquashfs ") and \
+        result["notes"][0].endswith("4.6.1 in the manifest: the bytes are identical all the same")
+    text = run_cli("verify", str(image.manifest_path), "--cache-dir", str(cache_dir),
+                   cwd=tmp_path).stdout
+    assert "expected" not in text
+
+
+def test_changed_local_package_names_what_to_do(tmp_path, packages, cache_dir):
+    """A local package file changed since the build: the hint says the build reads it from its
+    path (not from the cache)."""
+    proj = tmp_path / "proj"
+    image = build(project(proj, packages, "squashfs"), proj / "out", cache_dir)
+    other_cache = tmp_path / "empty-cache"  # the session cache may hold the old file by hash
+    deb = proj / "pkgs" / "hello-tools.deb"
+    deb.write_bytes(deb.read_bytes() + b"\0")
+    proc = run_cli("verify", str(image.manifest_path), "--cache-dir", str(other_cache),
+                   cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert "not the one the manifest recorded" in proc.stderr
+    assert f"the build reads {deb} itself: put the file with the recorded sha256 back there" \
+        in proc.stderr
+    assert "in the cache" not in proc.stderr
+
+
+def test_variations_of_a_signed_ddi_need_no_key(tmp_path, packages, cache_dir):
+    """The variations are unsigned rebuilds compared with verify's own: no row differs in its
+    signature, and none needs to read the key."""
+    require_tool("systemd-repart", "systemd-repart")
+    proj = tmp_path / "proj"
+    signer_files(proj, "release", "vary")
+    image = build(project(proj, packages, "ddi", sign="release"), proj / "out", cache_dir)
+    hide_key(proj, "release")
+    rc, result = verify_json(image.manifest_path, "--cache-dir", cache_dir, "--vary",
+                             "tz,recipe-path", "--work-dir", tmp_path, cwd=tmp_path)
+    assert rc == 0, result
+    assert [(v["name"], v["status"]) for v in result["variations"]] == [
+        ("recipe-path", "reproduced"), ("tz", "reproduced")]
+    shutil.rmtree(proj / "out")
