@@ -76,13 +76,21 @@ def cmd_recipe_reference(args) -> int:
     return 0
 
 
-#: Modules that add their own subcommands: each has ``register(subparsers)`` which adds parsers
-#: whose ``func(args) -> int`` does the work. Keeps each command's code beside its logic.
-COMMAND_MODULES: tuple[str, ...] = ("ddi_cmd", "plan", "check_cmd", "install_cmd", "doctor_cmd",
-                                    "lock_cmd", "verify_cmd")
+#: Command → the module that registers it (``register(subparsers)`` adding parsers whose
+#: ``func(args) -> int`` does the work), so each command's code lives beside its logic and a
+#: build does not pay for importing the host-side or diff machinery. A test checks this table
+#: against what the modules register.
+COMMANDS: dict[str, str] = {
+    "keys": "ddi_cmd", "sign": "ddi_cmd", "inspect": "ddi_cmd", "plan": "plan",
+    "check": "check_cmd", "troubleshooting": "check_cmd", "install": "install_cmd",
+    "uninstall": "install_cmd", "rollback": "install_cmd", "doctor": "doctor_cmd",
+    "lock": "lock_cmd", "fetch": "lock_cmd", "verify": "verify_cmd", "diff": "verify_cmd",
+}
 
 
-def parser() -> argparse.ArgumentParser:
+def parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The full parser; with ``command``, only that command's module is imported (others
+    stay unregistered, which only --help would notice)."""
     top = argparse.ArgumentParser(
         prog="sysext-pipeline", epilog=EPILOG,
         description="Build reproducible systemd-sysext/confext images from RPM and DEB packages.")
@@ -109,7 +117,9 @@ def parser() -> argparse.ArgumentParser:
 
     import importlib
 
-    for name in COMMAND_MODULES:
+    wanted = {COMMANDS[command]} if command in COMMANDS else \
+        set() if command in ("build", "recipe-reference") else set(COMMANDS.values())
+    for name in sorted(wanted):
         importlib.import_module(f"pipeline.{name}").register(sub)
     return top
 
@@ -127,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--debug" in argv:  # accepted anywhere, not only before the command
         argv = ["--debug", *(a for a in argv if a != "--debug")]
-    args = parser().parse_args(argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = parser(command).parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate)
     try:
         return args.func(args)

@@ -184,3 +184,17 @@ def test_bad_include(tmp_path, text, expected):
     with pytest.raises(InputError) as info:
         recipe_mod.load(path)
     assert expected in info.value.line()
+
+
+def test_command_table_matches_what_modules_register():
+    """cli.COMMANDS must name, for every command, the module that registers it."""
+    import argparse
+    import importlib
+
+    from pipeline import cli
+
+    for module in set(cli.COMMANDS.values()):
+        sub = argparse.ArgumentParser().add_subparsers()
+        importlib.import_module(f"pipeline.{module}").register(sub)
+        registered = set(sub.choices) - {"generate"}  # a sub-action of `keys`
+        assert registered == {c for c, m in cli.COMMANDS.items() if m == module}, module
