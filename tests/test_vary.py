@@ -50,8 +50,14 @@ def tables(tmp_path_factory, packages, cache_dir):
     return table
 
 
-@pytest.mark.parametrize("variation", NAMES)
-@pytest.mark.parametrize("fmt", FORMATS)
+def _applies(fmt: str, variation: str) -> bool:
+    """Thread counts exist only for mksquashfs (mkfs.erofs 1.5 has none; a directory image and
+    the erofs DDI here run no squashfs packer): those pairs are not tests, not skips."""
+    return not (variation.startswith("threads") and fmt != "squashfs")
+
+
+@pytest.mark.parametrize("fmt, variation",
+                         [(f, v) for f in FORMATS for v in NAMES if _applies(f, v)])
 def test_variation_reproduces(tables, request, fmt, variation):
     result = tables(fmt)
     assert result["status"] == "reproduced", result["diff"]
