@@ -70,7 +70,9 @@ TEST_TOOLS = {
     "unshare": ["util-linux"], "systemd-sysext": ["systemd"], "apt-ftparchive": ["apt-utils"],
     "dpkg-scanpackages": ["dpkg-dev"], "createrepo_c": ["createrepo-c"], "faketime": ["faketime"],
     "disorderfs": ["disorderfs"], "dump.erofs": ["erofs-utils"],
-    "gpg": ["gnupg"], "gpgv": ["gpgv"],
+    "gpg": ["gnupg"], "gpgv": ["gpgv"], "ps": ["procps"], "chattr": ["e2fsprogs"],
+    "xz": ["xz-utils"], "file": ["file"], "losetup": ["mount"], "setpriv": ["util-linux"],
+    "systemd-tmpfiles": ["systemd"],
 }
 
 
