@@ -152,10 +152,12 @@ def reprotest(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Example recipe vs. the plain tools, same run, warm cache: times, ratio, peak memory."""
+    """Example recipe vs. the plain tools (times, ratio, peak memory), then diff's memory on
+    500 MB images against 50 MB ones, all in the same run."""
     ensure_tools(session, BUILD_TOOLS)
     session.install("-e", ".")
     session.run("python", "tests/bench.py", *session.posargs)
+    session.run("python", "tests/bench_diff.py", "--mb", "500")
 
 
 if __name__ == "__main__":
