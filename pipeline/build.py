@@ -275,8 +275,9 @@ def load_recipe_signer(recipe: Recipe):
 def _package_all(recipe, staged: Staged, output_dir, workdir, log,
                  signer) -> BuildResult:
     report = staged.report
-    summary = "; ".join(f"{img.kind} {img.name}: {extract_stage.stats(img.tree)[0]} files, "
-                        f"{_size(extract_stage.stats(img.tree)[1])}" for img in staged.images)
+    counts = [(img, *extract_stage.stats(img.tree)) for img in staged.images]
+    summary = "; ".join(f"{img.kind} {img.name}: {files} files, {_size(size)}"
+                        for img, files, size in counts)
     log.stage("extract", f"{summary}; {len(report.dropped)} dropped, {report.excluded} excluded")
     for reason, paths in _by_reason(report.dropped).items():
         shown = ", ".join("/" + p for p in paths[:4]) + (f", … (+{len(paths) - 4})"
