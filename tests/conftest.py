@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from pkgfactory import build_deb, build_rpm, config, file, ghost, hardlink, symlink
 from prereq import require_tool
+from unprivileged import UnprivilegedEnv
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -47,6 +48,15 @@ def packages(tmp_path_factory) -> dict[str, Path]:
                               compression="zstd"),
         "rpm": build_rpm(out, "rtools", "2.0", RPM_FILES, compression="zstd"),
     }
+
+
+@pytest.fixture(scope="session")
+def unprivileged() -> UnprivilegedEnv:
+    """A world-readable interpreter and copy of the project, to run the CLI as another user
+    (``unprivileged.run_cli("nobody", "build", ...)``); see tests/unprivileged.py."""
+    import unprivileged as module
+
+    return module.shared_env()
 
 
 @pytest.fixture(scope="session")

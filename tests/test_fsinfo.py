@@ -13,14 +13,11 @@ import json
 import os
 import shutil
 import subprocess
-import sys
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from conftest import REPO
-from prereq import missing, require_root, require_tool
+from prereq import require_root, require_tool
 from verify_helpers import build, project
 
 from pipeline import diff as diff_mod
@@ -202,25 +199,17 @@ print(json.dumps({"method": method, "walk": list(fsinfo.walk_image(image)),
 """
 
 
+@pytest.mark.root
 @pytest.mark.parametrize("kind", KINDS)
-def test_unprivileged_user_reads_with_the_tools(built, kind):
-    require_tool("setpriv", "util-linux")
-    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
-    if subprocess.run([*nobody, sys.executable, "-c", "import pipeline.fsinfo"],
-                      env={"PYTHONPATH": str(REPO)}, capture_output=True).returncode != 0:
-        missing(f"nobody cannot run {sys.executable} with {REPO}")
+def test_unprivileged_user_reads_with_the_tools(built, unprivileged, kind):
     manifest = manifest_tree(built[kind])
     release = next(m for m in manifest if "/extension-release.d/" in m["path"])
-    shared = Path(tempfile.mkdtemp(prefix="fsinfo-nobody-"))  # pytest's tmp dirs are 0700
+    shared = unprivileged.make_workdir()  # pytest's tmp dirs are 0700
     try:
-        os.chmod(shared, 0o777)
         image = Path(shutil.copy(built[kind].image, shared / "hello.raw"))
         os.chmod(image, 0o644)
-        proc = subprocess.run(
-            [*nobody, sys.executable, "-c", _AS_NOBODY, str(image), release["path"]],
-            capture_output=True,
-            text=True, cwd=shared,
-            env={"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO), "TMPDIR": str(shared)})
+        proc = unprivileged.run_python("nobody", "-c", _AS_NOBODY, str(image), release["path"],
+                                       cwd=shared, env={"TMPDIR": str(shared)})
     finally:
         shutil.rmtree(shared)
     assert proc.returncode == 0, proc.stderr
