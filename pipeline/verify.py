@@ -60,7 +60,7 @@ class Rebuilt:
 
 @dataclass
 class VerifyResult:
-    status: str  # "reproduced" | "differs"
+    status: str  # "reproduced" | "incomplete" (reproduced, signature not checked) | "differs"
     name: str
     recipe: str
     recorded_sha256: str | None
@@ -242,22 +242,35 @@ class SignatureCheck:
             f"signature {self.status}"
 
 
-def check_signature(target: Target, rebuilt: Rebuilt) -> SignatureCheck | None:
+def check_signature(target: Target, rebuilt: Rebuilt, cert: str | Path | None = None,
+                    ) -> SignatureCheck | None:
     """Check the original image's signature (a DDI's signature partition, or NAME.roothash.p7s)
-    against the rebuilt root hash and the certificate the manifest records; None when the
-    image has no verity at all. Never reads a private key."""
+    against the rebuilt root hash; None when the image has no verity at all. Never reads a
+    private key.
+
+    The certificate is ``cert`` when the user gives one; else the one the PKCS#7 carries whose
+    sha256 is the fingerprint the manifest records (pinned: a signature by anyone else, or one
+    whose embedded certificate was swapped, does not verify); else the recipe's ``[sign] cert``
+    when it has that fingerprint (a signature made without embedded certificates). Anything
+    else is "not checked", which verify does not call reproduced."""
     from .ddi import signature as sig
+    from .keys import fingerprint, load_certificate
 
     manifest = target.manifest
     section = manifest.get("ddi") or manifest.get("verity")
     if not section:
+        if cert is not None:
+            return SignatureCheck("failed", f"--cert {cert} given, but the manifest records no "
+                                  "verity and so no signature to check")
         return None
     recorded = section.get("certificateFingerprint")
     root_hash = ((rebuilt.manifest.get("ddi") or rebuilt.manifest.get("verity")) or {}).get(
         "rootHash")
+    given = load_certificate(Path(cert)) if cert is not None else None
     if target.image is None or not target.image.is_file():
-        return SignatureCheck("not checked", "the image is not next to the manifest") \
-            if recorded else SignatureCheck("unsigned", "")
+        if recorded or given is not None:
+            return SignatureCheck("not checked", "the image is not next to the manifest")
+        return SignatureCheck("unsigned", "")
     try:
         found = _original_signature(target, section)
     except InputError as err:
@@ -267,40 +280,65 @@ def check_signature(target: Target, rebuilt: Rebuilt) -> SignatureCheck | None:
             return SignatureCheck("failed", f"the manifest records a signature by certificate "
                                   f"{recorded[:12]}…, but {_signature_place(target)} is empty "
                                   "or missing")
+        if given is not None:
+            return SignatureCheck("failed", f"--cert {cert} given, but the image is unsigned")
         return SignatureCheck("unsigned", "")
     der, signed_hash, claimed = found
     if signed_hash is not None and signed_hash != root_hash:
         return SignatureCheck("failed", f"it signs root hash {signed_hash[:12]}…, the rebuild's "
                               f"is {str(root_hash)[:12]}…")
-    signer = claimed or _embedded_signer(der)
-    if recorded and signer and signer != recorded:
-        return SignatureCheck("failed", f"signed by certificate {signer[:12]}…, the manifest "
+    if recorded and claimed and claimed != recorded:
+        return SignatureCheck("failed", f"signed by certificate {claimed[:12]}…, the manifest "
                               f"records {recorded[:12]}…")
-    expected = recorded or signer
-    cert_path = (_recipe_signing(rebuilt.recipe) or {}).get("cert")
-    if cert_path is None:
-        return SignatureCheck("not checked", "the recipe names no certificate ([sign] cert) to "
-                              f"check it with (signer {str(expected)[:12]}…)")
-    if not Path(cert_path).is_file():
-        return SignatureCheck("not checked", f"the certificate the recipe names, {cert_path}, "
-                              "is not here")
-    from .keys import fingerprint, load_certificate
-
-    certificate = load_certificate(cert_path)
-    if expected and fingerprint(certificate) != expected:
-        return SignatureCheck("not checked", f"{cert_path} (certificate "
-                              f"{fingerprint(certificate)[:12]}…) is not the one that signed "
-                              f"({expected[:12]}…)")
+    embedded = sig.SignatureBlob(root_hash or "", claimed, der).embedded_certificates()
+    if given is not None:
+        certificate, source = given, f"--cert {cert}"
+        if recorded and fingerprint(given) != recorded:
+            return SignatureCheck("failed", f"{cert} is certificate {fingerprint(given)[:12]}…, "
+                                  f"the manifest records {recorded[:12]}…")
+    elif not recorded:
+        return SignatureCheck("not checked", "the manifest records no certificate fingerprint "
+                              "to pin the signer by (give the signer's certificate with --cert)")
+    else:
+        pinned = [c for c in embedded if fingerprint(c) == recorded]
+        certificate, source = (pinned[0], "the certificate it carries") if pinned else \
+            (None, "")
+        if certificate is None:
+            certificate, source, why = _recipe_certificate(rebuilt.recipe, recorded)
+            if certificate is None:
+                carried = ", ".join(fingerprint(c)[:12] + "…" for c in embedded) or "none"
+                return SignatureCheck("not checked", f"no certificate with the recorded "
+                                      f"fingerprint {recorded[:12]}… to check it with: the "
+                                      f"signature carries {carried}; {why} (give it with "
+                                      "--cert)")
     ok, reason = sig.verify(der, root_hash, certificate)
     if not ok:
-        return SignatureCheck("failed", f"does not verify with {cert_path} over the rebuilt "
-                              f"root hash {root_hash[:12]}…: {reason}")
-    text = f"by {certificate.subject.rfc4514_string()} ({cert_path}, sha256 " \
-        f"{fingerprint(certificate)[:12]}…) over the rebuilt root hash {root_hash[:12]}…"
+        return SignatureCheck("failed", f"does not verify with {source} ({fingerprint(certificate)[:12]}…) "
+                              f"over the rebuilt root hash {root_hash[:12]}…: {reason}")
+    text = f"by {certificate.subject.rfc4514_string()} ({source}, sha256 " \
+        f"{fingerprint(certificate)[:12]}…"
+    text += (", the fingerprint the manifest records" if recorded else "") + \
+        f") over the rebuilt root hash {root_hash[:12]}…"
     if str(section.get("signatureAlgorithm") or "").startswith("ecdsa"):
         text += "; ECDSA signatures differ on every signing, so the signature was checked " \
             "rather than compared"
     return SignatureCheck("verified", text)
+
+
+def _recipe_certificate(recipe_path: Path, recorded: str):
+    """(certificate, how it is named, why not) from the recipe's ``[sign] cert`` when it has
+    the recorded fingerprint."""
+    from .keys import fingerprint, load_certificate
+
+    cert_path = (_recipe_signing(recipe_path) or {}).get("cert")
+    if cert_path is None:
+        return None, "", "the recipe names no certificate ([sign] cert)"
+    if not Path(cert_path).is_file():
+        return None, "", f"the certificate the recipe names, {cert_path}, is not here"
+    certificate = load_certificate(cert_path)
+    if fingerprint(certificate) != recorded:
+        return None, "", f"{cert_path} is certificate {fingerprint(certificate)[:12]}…"
+    return certificate, str(cert_path), ""
 
 
 def _original_signature(target: Target, section: dict) -> tuple[bytes, str | None, str | None] | None:
@@ -336,12 +374,6 @@ def _signature_place(target: Target) -> str:
     return f"{target.image.name.removesuffix('.raw')}.roothash.p7s"
 
 
-def _embedded_signer(der: bytes) -> str | None:
-    from .diff.integrity import signer
-
-    return signer(der)
-
-
 def _recipe_signing(recipe_path: Path) -> dict | None:
     from . import recipe as recipe_mod
     from .errors import PipelineError
@@ -354,7 +386,12 @@ def _recipe_signing(recipe_path: Path) -> dict | None:
 
 def verify(path: str | Path, *, recipe: str | Path | None = None, cache_dir: str | None = None,
            offline: bool = False, keep: bool = False, limit: int = 10, work_dir: str | None = None,
-           vary: list[str] | None = None, log=None) -> VerifyResult:
+           vary: list[str] | None = None, log=None, cert: str | Path | None = None,
+           no_signature: bool = False) -> VerifyResult:
+    """Rebuild and compare. ``cert``: the certificate to check the signature with (default:
+    the one the signature carries, pinned by the manifest's fingerprint); ``no_signature``: do
+    not check the signature, and say so (otherwise a signature that could not be checked is
+    not "reproduced")."""
     if vary:
         from . import vary as vary_mod
 
@@ -367,16 +404,30 @@ def verify(path: str | Path, *, recipe: str | Path | None = None, cache_dir: str
         rebuilt = rebuild(target.manifest, recipe_path, workdir / "out", cache_dir,
                           offline=offline, log=log)
         same, manifest_same, report = compare(target, rebuilt, limit=limit)
-        signature = check_signature(target, rebuilt)
+        if no_signature:
+            signature = SignatureCheck("not checked", "--no-signature given") \
+                if _signed(target.manifest) else None
+        else:
+            signature = check_signature(target, rebuilt, cert)
         notes = report.notes + notes + _image_notes(target)  # tool versions first
         if signature is not None and signature.status != "unsigned":
             notes.append(signature.line())
         if report.identical and not same:
             notes.append("the rebuild is the image given, but not the sha256 its manifest "
                          "records")
-        ok = same and (signature is None or signature.status != "failed")
+        # The image given must be what its own manifest says (sha256, detached files): a
+        # reproduced manifest next to another image is not a reproduced image.
+        consistent = not [u for u in report.unverified if u["side"] == "a"]
+        if not (same and consistent) or (signature and signature.status == "failed"):
+            status = "differs"
+        elif signature and signature.status == "not checked" and not no_signature:
+            status = "incomplete"
+            notes.append("not everything was checked: give the signer's certificate with "
+                         "--cert FILE, or --no-signature to accept an unchecked signature")
+        else:
+            status = "reproduced"
         result = VerifyResult(
-            status="reproduced" if ok else "differs",
+            status=status,
             name=target.manifest.get("name", "?"), recipe=str(recipe_path),
             recorded_sha256=(target.manifest.get("image") or {}).get("sha256"),
             rebuilt_sha256=(rebuilt.manifest.get("image") or {}).get("sha256"),
@@ -401,6 +452,12 @@ def verify(path: str | Path, *, recipe: str | Path | None = None, cache_dir: str
             shutil.rmtree(workdir, ignore_errors=True)
 
 
+def _signed(manifest: dict) -> bool:
+    """Whether the manifest says its image is signed."""
+    section = manifest.get("ddi") or manifest.get("verity") or {}
+    return bool(section.get("certificateFingerprint") or section.get("signatureFile"))
+
+
 def _image_notes(target: Target) -> list[str]:
     """Said when the image is absent (an image that no longer matches its manifest is said by
     diff, which checks both sides the same way: diff.own_manifest_mismatches)."""
@@ -422,6 +479,10 @@ def human_lines(result: VerifyResult) -> list[str]:
             fields = sorted(result.report.fields("manifest")) if result.report else []
             head += "; the manifest differs: " + (", ".join(fields) or "formatting")
         lines = [head] + [f"  {n}" for n in result.notes]
+    elif result.status == "incomplete":
+        what = f"unsigned image sha256 {image}" if image else "identical file tree"
+        lines = [f"incomplete: {result.name} ({what} reproduced; the signature was not "
+                 "checked)"] + [f"  {n}" for n in result.notes]
     else:
         lines = ["differs: " + result.name] + [f"  {n}" for n in result.notes]
         if result.report is not None:

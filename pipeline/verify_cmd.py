@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import sys
 
-EPILOG = "exit codes: 0 reproduced/identical, 1 differs (or a build failed), 2 bad input"
+EPILOG = ("exit codes: 0 reproduced/identical (and every image is what its manifest, verity "
+          "tree and signature say), 1 differs, does not verify or was not fully checked (or a "
+          "build failed), 2 bad input")
 
 
 def _human(line: str) -> None:
@@ -19,7 +21,8 @@ def cmd_verify(args) -> int:
     log = Log(None if args.quiet or args.json else _human)
     result = verify_mod.verify(args.target, recipe=args.recipe, cache_dir=args.cache_dir,
                                offline=args.offline, keep=args.keep, limit=args.limit,
-                               work_dir=args.work_dir, vary=args.vary, log=log)
+                               work_dir=args.work_dir, vary=args.vary, log=log,
+                               cert=args.cert, no_signature=args.no_signature)
     if args.json:
         print(verify_mod.dumps(result))
     else:
@@ -39,7 +42,7 @@ def cmd_diff(args) -> int:
         print(f"A: {report.a}\nB: {report.b}")
         for line in report.lines(verbose=args.full):
             print(line)
-    return 0 if report.identical else 1
+    return 0 if report.ok else 1
 
 
 def register(sub) -> None:
@@ -54,14 +57,23 @@ def register(sub) -> None:
                     "directory, then compare with the image (or the manifest's hashes when the "
                     "image is absent). The rebuild is unsigned, so no private key is needed: "
                     "the unsigned bytes are compared and the original's signature is checked "
-                    "against the certificate the recipe names. Prints 'reproduced' or 'differs' "
-                    "with diff's explanation.")
+                    "with the certificate it carries, pinned by the fingerprint the manifest "
+                    "records (or --cert). Prints 'reproduced' (exit 0), 'incomplete' (the "
+                    "signature could not be checked; exit 1 unless --no-signature) or 'differs' "
+                    "(exit 1) with diff's explanation; an image that is not what its own "
+                    "manifest describes differs.")
     p.add_argument("target", help="NAME.manifest.json, or the image NAME.raw / directory NAME "
                    "(its manifest must be next to it)")
     p.add_argument("--recipe", help="the recipe (default: found by its recorded sha256)")
     p.add_argument("--cache-dir", help="package cache (default: $SYSEXT_PIPELINE_CACHE or "
                    "$XDG_CACHE_HOME/sysext-pipeline)")
     p.add_argument("--offline", action="store_true", help="use only the cache, never the network")
+    p.add_argument("--cert", metavar="FILE",
+                   help="check the signature with this certificate (default: the certificate "
+                   "the signature carries, pinned by the fingerprint the manifest records)")
+    p.add_argument("--no-signature", action="store_true",
+                   help="do not check the signature (said in the output); without it, a "
+                   "signature that cannot be checked makes verify exit 1")
     p.add_argument("--vary", action="append", metavar="LIST",
                    help=f"also rebuild under varied environments: all, or any of "
                    f"{', '.join(NAMES)} (comma-separated, repeatable)")

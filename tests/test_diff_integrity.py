@@ -26,7 +26,7 @@ def diff_json(a, b, *args) -> dict:
     proc = run_cli("diff", str(a), str(b), "--json", *args)
     assert proc.returncode in (0, 1), proc.stderr
     data = json.loads(proc.stdout)
-    assert proc.returncode == (0 if data["identical"] else 1)
+    assert proc.returncode == (0 if data["ok"] else 1)
     return data
 
 
@@ -248,3 +248,37 @@ source_date_epoch = 1700000000
     cause = causes(report, "container")["partitions.root.type_uuid"]
     assert "different target architecture: x86-64 → arm64" in cause["text"]
     assert "different target architecture" in report["summary"]
+
+
+# --- exit status: identical is not intact --------------------------------------------------------
+
+def test_identical_but_tampered_alike_exits_1(detached, tmp_path):
+    """Both copies carry the same flipped verity byte: identical to each other, yet neither
+    verifies against itself — diff says so and exits 1 (README: 1 when something does not
+    verify or differs)."""
+    a = copy_build(detached["signed"].image, tmp_path / "a")
+    b = copy_build(detached["signed"].image, tmp_path / "b")
+    for image in (a, b):
+        flip_byte(image.with_name("hello.verity"), 90)
+    proc = run_cli("diff", str(a), str(b), "--images-only")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "do not verify (exit 1)" in proc.stdout.splitlines()[2]
+    assert "hello.verity does not verify hello.raw" in proc.stdout
+    report = diff_json(a, b, "--images-only")
+    assert report["identical"] and not report["ok"]
+    assert {u["side"] for u in report["unverified"]} == {"a", "b"}
+
+
+def test_identical_but_not_what_the_manifest_says_exits_1(detached, tmp_path):
+    """Two identical images, one of whose manifest records another sha256: exit 1."""
+    a = copy_build(detached["signed"].image, tmp_path / "a")
+    b = copy_build(detached["signed"].image, tmp_path / "b")
+    assert run_cli("diff", str(a), str(b)).returncode == 0
+    manifest_path = b.with_name("hello.manifest.json")
+    manifest = json.loads(manifest_path.read_text())
+    manifest["image"]["sha256"] = "0" * 64
+    manifest_path.write_text(json.dumps(manifest))
+    report = diff_json(a, b)
+    assert report["identical"] and not report["ok"]
+    assert [u["side"] for u in report["unverified"]] == ["b"]
+    assert "not the image its manifest describes" in report["unverified"][0]["text"]

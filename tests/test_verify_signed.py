@@ -67,7 +67,9 @@ def test_offline_signed_ddi(tmp_path, packages, cache_dir):
     assert rc == 0 and result["signature"]["status"] == "verified", result
 
 
-def test_signature_not_checked_without_the_certificate(tmp_path, packages, cache_dir):
+def test_signature_checked_without_the_certificate_file(tmp_path, packages, cache_dir):
+    """A fresh clone has no keys/: the signature is checked with the certificate it carries,
+    pinned by the fingerprint the manifest records."""
     require_tool("systemd-repart", "systemd-repart")
     proj = tmp_path / "proj"
     signer_files(proj, "release", "verify test")
@@ -76,9 +78,110 @@ def test_signature_not_checked_without_the_certificate(tmp_path, packages, cache
     (proj / "release.crt").unlink()
     rc, result = verify_json(image.manifest_path, "--cache-dir", cache_dir, cwd=tmp_path)
     assert rc == 0 and result["status"] == "reproduced", result
+    assert result["signature"]["status"] == "verified"
+    assert "the certificate it carries" in result["signature"]["detail"]
+    assert "the fingerprint the manifest records" in result["signature"]["detail"]
+
+
+def _rewrite_signature(image: Path, change) -> None:
+    """Rewrite the DDI's signature partition with ``change(der) -> der`` applied."""
+    found = find_verity_set(read_gpt(image))
+    with open(image, "r+b") as fh:
+        fh.seek(found.signature.offset)
+        blob = sig.parse_partition(fh.read(found.signature.size), str(image))
+        fh.seek(found.signature.offset)
+        fh.write(sig.partition_content(blob.root_hash, blob.fingerprint, change(blob.der),
+                                       found.signature.size))
+
+
+def _fix_manifest_sha(image) -> None:
+    """Record the tampered image's sha256 in its manifest (as an attacker who rewrites both
+    would), so that only the signature can give it away."""
+    from pipeline.fetch import hash_file
+
+    manifest = json.loads(image.manifest_path.read_text())
+    manifest["image"]["sha256"] = hash_file(image.image)[0]
+    image.manifest_path.write_text(json.dumps(manifest))
+
+
+def test_corrupted_signature_fails_without_keys(tmp_path, packages, cache_dir):
+    """The last byte of the RSA signature value flipped, no keys/ anywhere: never reproduced."""
+    require_tool("systemd-repart", "systemd-repart")
+    proj = tmp_path / "proj"
+    signer_files(proj, "release", "verify test")
+    image = build(project(proj, packages, "ddi", sign="release"), proj / "out", cache_dir)
+    hide_key(proj, "release")
+    (proj / "release.crt").unlink()
+    _rewrite_signature(image.image, lambda der: der[:-1] + bytes([der[-1] ^ 0x01]))
+    _fix_manifest_sha(image)
+    rc, result = verify_json(image.manifest_path, "--cache-dir", cache_dir, cwd=tmp_path)
+    assert rc == 1 and result["status"] == "differs", result
+    assert result["signature"]["status"] == "failed"
+    assert "does not verify with the certificate it carries" in result["signature"]["detail"]
+    # Explicitly not checking it: exit 0, and the output says what was not checked.
+    proc = run_cli("verify", str(image.manifest_path), "--cache-dir", str(cache_dir),
+                   "--no-signature", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.startswith("reproduced: hello")
+    assert "  signature not checked: --no-signature given" in proc.stdout.splitlines()
+
+
+def test_signature_without_certificates_is_not_checked(tmp_path, packages, cache_dir):
+    """A signature made without embedded certificates (openssl -nocerts) and no certificate
+    file: not checked, so not reproduced (exit 1) — unless --cert or --no-signature."""
+    require_tool("systemd-repart", "systemd-repart")
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.serialization import pkcs7
+
+    proj = tmp_path / "proj"
+    signer_files(proj, "release", "nocerts")
+    image = build(project(proj, packages, "ddi", sign="release"), proj / "out", cache_dir)
+    signer = load_signer(proj / "release.key", proj / "release.crt")
+
+    def nocerts(_der: bytes) -> bytes:
+        root_hash = find_verity_set(read_gpt(image.image)).root_hash_from_uuids()
+        return (pkcs7.PKCS7SignatureBuilder().set_data(root_hash.encode())
+                .add_signer(signer.certificate, signer.key, hashes.SHA256())
+                .sign(serialization.Encoding.DER,
+                      [pkcs7.PKCS7Options.DetachedSignature, pkcs7.PKCS7Options.NoAttributes,
+                       pkcs7.PKCS7Options.Binary, pkcs7.PKCS7Options.NoCerts]))
+
+    _rewrite_signature(image.image, nocerts)
+    _fix_manifest_sha(image)
+    hide_key(proj, "release")
+    cert = proj.parent / "release.crt.elsewhere"
+    (proj / "release.crt").rename(cert)
+    rc, result = verify_json(image.manifest_path, "--cache-dir", cache_dir, cwd=tmp_path)
+    assert rc == 1 and result["status"] == "incomplete", result
     assert result["signature"]["status"] == "not checked"
-    assert "release.crt" in result["signature"]["detail"] and "is not here" in \
-        result["signature"]["detail"]
+    text = run_cli("verify", str(image.manifest_path), "--cache-dir", str(cache_dir),
+                   cwd=tmp_path).stdout
+    assert text.startswith("incomplete: hello") and "the signature was not checked" in text
+    rc, result = verify_json(image.manifest_path, "--cache-dir", cache_dir, "--cert", cert,
+                             cwd=tmp_path)
+    assert rc == 0 and result["signature"]["status"] == "verified", result
+    rc, result = verify_json(image.manifest_path, "--cache-dir", cache_dir, "--no-signature",
+                             cwd=tmp_path)
+    assert rc == 0 and result["signature"] == {"status": "not checked",
+                                               "detail": "--no-signature given"}
+
+
+def test_image_not_matching_its_manifest_is_not_reproduced(tmp_path, packages, cache_dir):
+    """The signature partition rewritten (same unsigned bytes, same signer, valid signature
+    bytes re-encoded with other padding): the image is not the one its manifest describes."""
+    require_tool("systemd-repart", "systemd-repart")
+    proj = tmp_path / "proj"
+    signer_files(proj, "release", "verify test")
+    image = build(project(proj, packages, "ddi", sign="release"), proj / "out", cache_dir)
+    found = find_verity_set(read_gpt(image.image))
+    with open(image.image, "r+b") as fh:  # the JSON with a space: same meaning, other bytes
+        fh.seek(found.signature.offset)
+        raw = fh.read(found.signature.size)
+        fh.seek(found.signature.offset)
+        fh.write(b" " + raw[:-1])
+    rc, result = verify_json(image.manifest_path, "--cache-dir", cache_dir, cwd=tmp_path)
+    assert rc == 1 and result["status"] == "differs", result
+    assert any("not the image its manifest describes" in n for n in result["notes"])
 
 
 def test_signature_by_someone_else_differs(tmp_path, packages, cache_dir):

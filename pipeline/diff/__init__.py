@@ -66,6 +66,7 @@ class _Differ:
         self.byte_tools: list[str] = []  # of those, the ones that may change the bytes
         self.same_bytes: bool | None = None  # the image bytes (DDI with unsigned: unsigned)
         self.partial: list[Finding] = []  # causes that explain only part (the signature)
+        self.integrity_checked = False  # integrity.problems ran on both sides
 
     # -- driver ------------------------------------------------------------------------------
     def run(self) -> Report:
@@ -83,6 +84,7 @@ class _Differ:
         for side, which in ((a, "a"), (b, "b")):
             for text in own_manifest_mismatches(side):
                 r.notes.append(text)
+                r.unverified.append({"side": which, "text": text})
                 r.add("manifest", f"own_manifest.{which}", None, None, text, explains=False,
                       role="note")
 
@@ -96,6 +98,8 @@ class _Differ:
         for side, label, which in ((a, r.labels[0], "a"), (b, r.labels[1], "b")):
             for fld, text in integrity.problems(side, signatures=not self.unsigned):
                 r.add("container", f"{fld}.{which}", None, None, f"{label}: {text}")
+                r.unverified.append({"side": which, "text": f"{label}: {text}"})
+        self.integrity_checked = True
         data = container.compare(self)
         if r.at("container") and not r.levels.get("container", "").startswith("differs"):
             r.levels["container"] = "differs"  # e.g. only an integrity problem was found
@@ -167,10 +171,21 @@ class _Differ:
     def _identical(self, what: str) -> Report:
         r = self.r
         r.identical = True
+        # Identical is not intact: both could carry the same tampered data or signature, which
+        # only each image's own verity tree and signature can tell (then diff exits 1).
+        for side, label, which in ((self.a, r.labels[0], "a"), (self.b, r.labels[1], "b")):
+            if self.integrity_checked:
+                break
+            for _, text in integrity.problems(side, signatures=not self.unsigned):
+                r.notes.append(f"{label}: {text}")
+                r.unverified.append({"side": which, "text": f"{label}: {text}"})
         r.summary = what + ("" if r.manifests_identical in (True, None) else
                             "; the manifests differ: " + ", ".join(sorted(
                                 f for f in r.fields("manifest")
                                 if not f.startswith("own_manifest"))))
+        if r.unverified:
+            r.summary += f"; but {len(r.unverified)} thing{'s' * (len(r.unverified) > 1)} " \
+                "do not verify (exit 1)"
         manifest_level.tool_notes(r, self.tools, "identical")
         return r
 

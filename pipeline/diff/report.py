@@ -85,6 +85,14 @@ class Report:
     findings: list[Finding] = field(default_factory=list)
     levels: dict[str, str] = field(default_factory=dict)  # level → differs/same/skipped: why/n/a
     tree: TreeDiff | None = None
+    #: what does not verify on its own (an image that is not what its manifest records, a
+    #: verity tree or signature that does not match): never "ok", even when identical
+    unverified: list[dict] = field(default_factory=list)  # {"side": "a"|"b", "text"}
+
+    @property
+    def ok(self) -> bool:
+        """Identical, and each side is what it says it is: diff's exit status 0."""
+        return self.identical and not self.unverified
 
     def add(self, level: str, fld: str, a=None, b=None, text: str = "", explains: bool = True,
             role: str = "follows", derived: bool = False) -> Finding:
@@ -102,7 +110,8 @@ class Report:
         return {f.field for f in self.findings if level is None or f.level == level}
 
     def to_json(self) -> dict:
-        return {"a": self.a, "b": self.b, "identical": self.identical,
+        return {"a": self.a, "b": self.b, "identical": self.identical, "ok": self.ok,
+                "unverified": self.unverified,
                 "manifests_identical": self.manifests_identical,
                 "explained_at": self.explained_at, "summary": self.summary, "notes": self.notes,
                 "levels": self.levels, "findings": [f.to_json() for f in self.findings],
