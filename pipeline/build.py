@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -23,6 +22,7 @@ from . import manifest as mf
 from .errors import InputError
 from .fetch import Cache, Fetched, fetch_all, hash_file
 from .normalize import apply_times, choose_epoch
+from .outdir import open_dir, plain_name, remove_at, remove_path
 from .package import pack, replace_atomically
 from .recipe import Recipe
 from .staging import StagingTree
@@ -206,40 +206,67 @@ def build(recipe: Recipe, output_dir: Path, cache: Cache, *, environ: dict | Non
         remove_tree(workdir)
 
 
-def _retire_companions(output_dir: Path, fmt: str, made: set[str], names: list[str]) -> None:
-    """A recipe that made NAME and NAME-config and now makes one image: the other, left in the
-    output directory, would be installed next to the new one and describe an old build."""
-    for name in names:
+def own_names(recipe_name: str) -> set[str]:
+    """The image names a recipe called ``recipe_name`` can make (layout.image_names)."""
+    return {recipe_name, f"{recipe_name}-config"}
+
+
+def image_entries(name: str) -> list[str]:
+    """Every output-directory entry an image called ``name`` can have: the image in either
+    format, its manifest and the fixed companion files."""
+    return [name, f"{name}.raw", f"{name}.manifest.json",
+            *(f"{name}{suffix}" for suffix in COMPANION_SUFFIXES)]
+
+
+def _retired(output_dir: Path, recipe_name: str, made: set[str]) -> tuple[list[str], list[str]]:
+    """Entries of images an earlier build of this recipe made and this one does not (a recipe
+    that made NAME and NAME-config and now makes one image: the other, left in the output
+    directory, would be installed next to the new one and describe an old build).
+
+    The earlier manifests are not trusted: a companion name that this recipe cannot make
+    ("..", "", "/etc", "../x", another recipe's image) is a warning and removes nothing.
+    Returns (entry names to remove, warnings)."""
+    allowed = own_names(recipe_name)
+    entries: list[str] = []
+    warnings: list[str] = []
+    for name in sorted(made):
         previous = output_dir / f"{name}.manifest.json"
         try:
             companions = mf.load(previous).get("companions", [])
-        except (OSError, ValueError):
+        except (OSError, ValueError, AttributeError):
             continue
+        if not isinstance(companions, list):
+            companions = [companions]
         for old in companions:
-            if old in made or "/" in old:
+            if old in made:
                 continue
-            image = output_dir / image_filename(fmt, old)
-            if image.is_dir() and not image.is_symlink():
-                remove_tree(image)
-            for path in (image, output_dir / f"{old}.manifest.json",
-                         *(output_dir / f"{old}{s}" for s in COMPANION_SUFFIXES)):
-                if path.is_file() or path.is_symlink():
-                    path.unlink()
+            if not plain_name(old) or old not in allowed:
+                shown = repr(old)[:80]
+                warnings.append(f"{previous.name}: companion {shown} is not an image recipe "
+                                f"{recipe_name!r} makes; nothing removed for it")
+                continue
+            entries += [e for e in image_entries(old) if e not in entries]
+    return entries, warnings
+
+
+def _retire_companions(output_dir: Path, recipe_name: str, made: set[str]) -> list[str]:
+    """Remove the images of :func:`_retired` from ``output_dir`` (by name, never through a
+    symlink); the warnings."""
+    entries, warnings = _retired(output_dir, recipe_name, made)
+    if entries:
+        fd = open_dir(output_dir)
+        try:
+            for entry in entries:
+                remove_at(fd, entry)
+        finally:
+            os.close(fd)
+    return warnings
 
 
 def remove_tree(path: Path) -> None:
-    """Delete a work tree even when a package made some of its directories read-only."""
-    def writable_and_retry(function, failed, _exc):
-        parent = os.path.dirname(failed)
-        os.chmod(parent, 0o700)
-        if os.path.isdir(failed) and not os.path.islink(failed):
-            os.chmod(failed, 0o700)
-            shutil.rmtree(failed, onerror=writable_and_retry)
-        else:
-            function(failed)
-
-    if path.exists():
-        shutil.rmtree(path, onerror=writable_and_retry)
+    """Delete a work tree even when a package made some of its directories read-only; a
+    symlink is removed itself, never followed."""
+    remove_path(path)
 
 
 def _remove_abandoned_workdirs(output_dir: Path, name: str) -> None:
@@ -334,8 +361,8 @@ def _package_all(recipe, staged: Staged, output_dir, workdir, log,
         manifest_tmp.write_bytes(mf.dumps(manifest))
         packed.append((img, result, final, manifest_tmp, manifest))
 
-    _retire_companions(output_dir, recipe.format, {img.name for img in staged.images},
-                       [img.name for img in staged.images])
+    retire_warnings = _retire_companions(output_dir, recipe.name,
+                                         {img.name for img in staged.images})
     images = []
     for img, result, final, manifest_tmp, manifest in packed:  # all packed: now publish
         manifest_final = output_dir / f"{img.name}.manifest.json"
@@ -354,7 +381,7 @@ def _package_all(recipe, staged: Staged, output_dir, workdir, log,
             f"tree {manifest['image']['tree_sha256'][:16]}…"
         log.stage("package", f"{final} ({img.kind}, {recipe.format}, {recipe.compression}; "
                   f"{shown})")
-    warnings = []
+    warnings = list(retire_warnings)
     if report.unmapped_owners:
         warnings.append("owners kept by number (add them to [owners]): "
                         + ", ".join(sorted(report.unmapped_owners)))

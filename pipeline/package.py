@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import tempfile
 import uuid
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from pathlib import Path
 
 from . import tools
 from .errors import BuildError, InputError
+from .outdir import remove_path
 from .recipe import Recipe
 from .sorted_tree import sorted_copy
 from .staging import StagingTree
@@ -145,6 +145,6 @@ def replace_atomically(tmp: Path, final: Path) -> None:
         old = final.with_name(f".{final.name}.old-{os.getpid()}")
         os.rename(final, old)
         os.rename(tmp, final)
-        shutil.rmtree(old)
+        remove_path(old)
     else:
         os.replace(tmp, final)

@@ -1,0 +1,181 @@
+"""What a build may delete, and how it knows a work tree is abandoned.
+
+Deletions happen only by name inside a directory opened once (``dir_fd``), never through a
+symbolic link: a link is removed itself, a directory is emptied through descriptors opened with
+``O_NOFOLLOW``, so a link planted anywhere in a tree can never lead a removal outside it.
+
+Work trees (the build's own in the output directory, the sorted erofs copy in /dev/shm, the DDI
+scratch in the temporary directory) are locked the way osbuild's fscache locks its entries: the
+directory's own descriptor holds an ``flock`` for as long as the tree is in use. A tree whose
+lock can be taken belongs to nobody any more (its process was killed — in this or another PID
+namespace, on this machine or on another one sharing the directory) and is removed; a live one
+is never touched. A pid in a directory name would say nothing across PID namespaces.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import stat
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def plain_name(name: object) -> bool:
+    """A single directory entry name: no separator, not empty, not ``.`` or ``..``."""
+    return (isinstance(name, str) and name not in ("", ".", "..") and "/" not in name
+            and "\0" not in name)
+
+
+def open_dir(path: str | os.PathLike, dir_fd: int | None = None) -> int:
+    """A descriptor of the directory ``path`` (relative to ``dir_fd`` when given, and then
+    never through a symlink as its last component)."""
+    if dir_fd is None:
+        return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    return os.open(path, _DIR_FLAGS, dir_fd=dir_fd)
+
+
+def remove_at(dir_fd: int, name: str) -> bool:
+    """Remove the entry ``name`` of the directory open at ``dir_fd``; True if there was one.
+
+    A symlink is unlinked (its target is untouched); a directory is emptied through
+    descriptors, read-only subdirectories made writable first (a package may ship 0555 ones)."""
+    if not plain_name(name):
+        raise ValueError(f"not a plain name: {name!r}")
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    if stat.S_ISDIR(st.st_mode):
+        fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+        try:
+            _empty(fd)
+        finally:
+            os.close(fd)
+        os.rmdir(name, dir_fd=dir_fd)
+    else:
+        os.unlink(name, dir_fd=dir_fd)
+    return True
+
+
+def _empty(fd: int) -> None:
+    st = os.fstat(fd)
+    if st.st_mode & 0o300 != 0o300:
+        try:
+            os.fchmod(fd, stat.S_IMODE(st.st_mode) | 0o700)
+        except PermissionError:
+            pass  # not ours; the unlinks below say what is wrong
+    with os.scandir(fd) as listing:
+        entries = [(e.name, e.is_dir(follow_symlinks=False)) for e in listing]
+    for name, is_dir in entries:
+        if is_dir:
+            sub = os.open(name, _DIR_FLAGS, dir_fd=fd)
+            try:
+                _empty(sub)
+            finally:
+                os.close(sub)
+            os.rmdir(name, dir_fd=fd)
+        else:
+            os.unlink(name, dir_fd=fd)
+
+
+def remove_path(path: str | os.PathLike) -> bool:
+    """Remove ``path`` (the last component never followed), via its parent's descriptor."""
+    path = Path(path)
+    try:
+        parent = open_dir(path.parent)
+    except FileNotFoundError:
+        return False
+    try:
+        return remove_at(parent, path.name)
+    finally:
+        os.close(parent)
+
+
+@contextmanager
+def locked(path: str | os.PathLike) -> Iterator[int]:
+    """Hold an exclusive flock on the directory ``path`` (waiting for it)."""
+    fd = open_dir(path)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield fd
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def locked_workdir(parent: str | os.PathLike, prefix: str) -> Iterator[Path]:
+    """A fresh directory ``parent/prefix*`` locked for as long as the block runs, then removed.
+
+    The lock is taken after the directory exists, so a sweeper may take it first and remove
+    the directory: it is then made again (the directory must still be the one locked)."""
+    while True:
+        path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+        fd = open_dir(path)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if _still_there(path, fd):
+            break
+        os.close(fd)
+    try:
+        yield path
+    finally:
+        try:
+            remove_path(path)
+        finally:
+            os.close(fd)
+
+
+def _still_there(path: Path, fd: int) -> bool:
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
+
+
+def sweep(parent: str | os.PathLike, prefix: str) -> list[str]:
+    """Remove the directories ``parent/prefix*`` whose lock nobody holds; their names.
+
+    Anything else with that prefix (a file, a symlink) and directories we cannot open are left
+    alone: only a tree a build of ours made and abandoned is removed."""
+    removed: list[str] = []
+    try:
+        parent_fd = open_dir(parent)
+    except (FileNotFoundError, NotADirectoryError, PermissionError):
+        return removed
+    try:
+        with os.scandir(parent_fd) as listing:
+            names = [e.name for e in listing if e.name.startswith(prefix)
+                     and e.is_dir(follow_symlinks=False)]
+        for name in names:
+            try:
+                fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+            except OSError:  # gone meanwhile, replaced by a link, or not ours to read
+                continue
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # a live build
+                try:
+                    st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                mine = os.fstat(fd)
+                if (st.st_dev, st.st_ino) != (mine.st_dev, mine.st_ino):
+                    continue
+                try:
+                    remove_at(parent_fd, name)
+                except OSError:  # not ours to remove (another user's): left for its owner
+                    continue
+                removed.append(name)
+            finally:
+                os.close(fd)
+    finally:
+        os.close(parent_fd)
+    return removed
