@@ -30,7 +30,7 @@ def _bootstrap() -> None:
             shutil.rmtree(venv, ignore_errors=True)
             package = f"python3.{sys.version_info.minor}-venv"
             if os.geteuid() == 0 and shutil.which("apt-get"):
-                _apt_install([package, "python3-venv"])
+                _apt_install([], [[package, "python3-venv"]])
                 subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
             else:
                 sys.exit(f"error: python venv support is missing (apt-get install {package})")
@@ -38,13 +38,28 @@ def _bootstrap() -> None:
     os.execv(str(python), [str(python), __file__, *sys.argv[1:]])
 
 
-def _apt_install(packages: list[str]) -> None:
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    subprocess.run(["apt-get", "update", "-q"], check=False, env=env, stdout=subprocess.DEVNULL)
-    available = [p for p in packages if subprocess.run(
-        ["apt-cache", "show", p], capture_output=True, env=env).returncode == 0]
-    subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *available],
-                   check=True, env=env)
+def _apt_env() -> dict[str, str]:
+    return dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+
+
+def _candidate(package: str) -> bool:
+    proc = subprocess.run(["apt-cache", "policy", package], capture_output=True, text=True,
+                          env=_apt_env())
+    return "Candidate:" in proc.stdout and "Candidate: (none)" not in proc.stdout
+
+
+def _apt_install(packages: list[str], alternatives: list[list[str]] | None = None) -> None:
+    """Install ``packages`` (and, of each list in ``alternatives``, the first one the archive
+    has) quietly, never upgrading what is installed; ``apt-get update`` only when needed."""
+    env = _apt_env()
+    quiet = ["-qq", "-o", "Dpkg::Use-Pty=0"]
+    groups = [[p] for p in packages] + list(alternatives or [])
+    if not all(any(_candidate(p) for p in group) for group in groups):
+        subprocess.run(["apt-get", "update", *quiet], check=False, env=env,
+                       stdout=subprocess.DEVNULL)
+    chosen = [next((p for p in group if _candidate(p)), group[0]) for group in groups]
+    subprocess.run(["apt-get", "install", "-y", *quiet, "--no-install-recommends",
+                    "--no-upgrade", *chosen], check=True, env=env, stdout=subprocess.DEVNULL)
 
 
 try:
@@ -59,40 +74,76 @@ nox.options.reuse_existing_virtualenvs = True
 
 DEFAULT_RECIPE = "recipes/debug-tools.toml"
 
-#: tool → Debian package(s) (first available wins: names differ between releases).
-BUILD_TOOLS = {"mksquashfs": ["squashfs-tools"], "mkfs.erofs": ["erofs-utils"],
-               "systemd-repart": ["systemd-repart", "systemd"],
-               "veritysetup": ["cryptsetup-bin"], "sfdisk": ["fdisk"]}
-TEST_TOOLS = {
-    **BUILD_TOOLS,
-    "unsquashfs": ["squashfs-tools"], "fsck.erofs": ["erofs-utils"], "dpkg-deb": ["dpkg"],
-    "rpmbuild": ["rpm"], "rpm2cpio": ["rpm"], "cpio": ["cpio"], "openssl": ["openssl"],
-    "unshare": ["util-linux"], "systemd-sysext": ["systemd"], "apt-ftparchive": ["apt-utils"],
-    "dpkg-scanpackages": ["dpkg-dev"], "createrepo_c": ["createrepo-c"], "faketime": ["faketime"],
-    "disorderfs": ["disorderfs"], "dump.erofs": ["erofs-utils"],
-    "gpg": ["gnupg"], "gpgv": ["gpgv"], "ps": ["procps"], "chattr": ["e2fsprogs"],
-    "xz": ["xz-utils"], "file": ["file"], "losetup": ["mount"], "setpriv": ["util-linux"],
-    "systemd-tmpfiles": ["systemd"],
-}
+#: Every system package the project and its tests need, in one table: a probe (a command on
+#: PATH, or an absolute path the package installs), the Debian package(s) providing it (the first
+#: one the archive has wins: names differ between releases) and the sessions that need it.
+SYSTEM_PACKAGES: list[tuple[str, list[str], set[str]]] = [
+    ("mksquashfs", ["squashfs-tools"], {"build", "tests"}),
+    ("mkfs.erofs", ["erofs-utils"], {"build", "tests"}),
+    ("systemd-repart", ["systemd-repart", "systemd"], {"build", "tests"}),
+    ("veritysetup", ["cryptsetup-bin"], {"build", "tests"}),
+    ("sfdisk", ["fdisk"], {"build", "tests"}),
+    ("unsquashfs", ["squashfs-tools"], {"tests"}),
+    ("fsck.erofs", ["erofs-utils"], {"tests"}),
+    ("dump.erofs", ["erofs-utils"], {"tests"}),
+    ("dpkg-deb", ["dpkg"], {"tests"}),
+    ("rpmbuild", ["rpm"], {"tests"}),
+    ("rpm2cpio", ["rpm2cpio", "rpm"], {"tests"}),
+    ("cpio", ["cpio"], {"tests"}),
+    ("openssl", ["openssl"], {"tests"}),
+    ("unshare", ["util-linux"], {"tests", "fresh"}),
+    ("setpriv", ["util-linux"], {"tests"}),
+    ("taskset", ["util-linux"], {"tests"}),
+    ("losetup", ["mount"], {"tests"}),
+    ("systemd-sysext", ["systemd"], {"tests"}),
+    ("systemd-tmpfiles", ["systemd"], {"tests"}),
+    ("apt-ftparchive", ["apt-utils"], {"tests"}),
+    ("dpkg-scanpackages", ["dpkg-dev"], {"tests"}),
+    ("createrepo_c", ["createrepo-c"], {"tests"}),
+    ("faketime", ["faketime"], {"tests"}),
+    ("disorderfs", ["disorderfs"], {"tests"}),
+    ("fusermount", ["fuse3", "fuse"], {"tests"}),
+    ("gpg", ["gnupg"], {"tests"}),
+    ("gpgv", ["gpgv"], {"tests"}),
+    ("ps", ["procps"], {"tests"}),
+    ("chattr", ["e2fsprogs"], {"tests"}),
+    ("xz", ["xz-utils"], {"tests"}),
+    ("file", ["file"], {"tests"}),
+    ("setcap", ["libcap2-bin"], {"tests"}),  # file capabilities on test packages
+    # the locale variation (et_EE.UTF-8) is generated with localedef from these charmaps
+    ("/usr/share/i18n/charmaps/UTF-8.gz", ["locales"], {"tests"}),
+    ("mmdebstrap", ["mmdebstrap"], {"fresh"}),
+    ("git", ["git"], {"fresh"}),
+]
 
 
-def ensure_tools(session: nox.Session, tools: dict[str, list[str]]) -> None:
-    """Install missing system tools with apt-get as root; otherwise name the command to run."""
-    search = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
-    missing = {t: pkgs for t, pkgs in tools.items() if shutil.which(t, path=search) is None}
+def _present(probe: str) -> bool:
+    if probe.startswith("/"):
+        return os.path.exists(probe)
+    return shutil.which(probe, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin") is not None
+
+
+def ensure_system_packages(session: nox.Session, use: str) -> None:
+    """Install what ``use`` needs and is missing (apt-get as root; otherwise name the command)."""
+    rows = [(probe, pkgs) for probe, pkgs, uses in SYSTEM_PACKAGES if use in uses]
+    missing = [(probe, pkgs) for probe, pkgs in rows if not _present(probe)]
     if not missing:
         return
-    packages = sorted({p for pkgs in missing.values() for p in pkgs})
+    probes = ", ".join(probe for probe, _ in missing)
     if os.geteuid() == 0 and shutil.which("apt-get"):
-        session.log(f"installing {', '.join(packages)} for {', '.join(sorted(missing))}")
-        _apt_install(packages)
-        still = [t for t in missing if shutil.which(t, path=search) is None]
+        groups: list[list[str]] = []
+        for _, pkgs in missing:
+            if pkgs not in groups:
+                groups.append(pkgs)
+        names = ", ".join(g[0] for g in groups)
+        session.log(f"installing system packages with apt-get: {names} (for {probes})")
+        _apt_install([], groups)
+        still = [probe for probe, _ in missing if not _present(probe)]
         if still:
             session.error(f"still missing after apt-get: {', '.join(still)}")
         return
-    first = sorted({pkgs[0] for pkgs in missing.values()})
-    session.error(f"missing tools {', '.join(sorted(missing))}: run "
-                  f"`sudo apt-get install {' '.join(first)}` and try again")
+    first = sorted({pkgs[0] for _, pkgs in missing})
+    session.error(f"missing {probes}: run `sudo apt-get install {' '.join(first)}` and try again")
 
 
 def ensure_apt_lists(session: nox.Session) -> None:
@@ -102,7 +153,7 @@ def ensure_apt_lists(session: nox.Session) -> None:
         return
     if os.geteuid() == 0:
         session.log("no apt package lists yet: running apt-get update")
-        subprocess.run(["apt-get", "update", "-q"], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(["apt-get", "update", "-qq"], check=True, stdout=subprocess.DEVNULL)
     else:
         session.warn("no apt package lists: apt sources will fail until `sudo apt-get update`")
 
@@ -110,7 +161,7 @@ def ensure_apt_lists(session: nox.Session) -> None:
 @nox.session
 def build(session: nox.Session) -> None:
     """Build a recipe (default: the example) into ./out: nox -s build [-- RECIPE [ARGS]]."""
-    ensure_tools(session, BUILD_TOOLS)
+    ensure_system_packages(session, "build")
     ensure_apt_lists(session)
     session.install("-e", ".")
     args = session.posargs or [DEFAULT_RECIPE]
@@ -120,7 +171,7 @@ def build(session: nox.Session) -> None:
 @nox.session
 def tests(session: nox.Session) -> None:
     """The test suite, with real tools (nox -s tests [-- PYTEST ARGS])."""
-    ensure_tools(session, TEST_TOOLS)
+    ensure_system_packages(session, "tests")
     session.install("-e", ".[test]")
     session.run("pytest", *(session.posargs or ["-q"]))
 
@@ -138,7 +189,7 @@ def reprotest(session: nox.Session) -> None:
     given (nox -s reprotest [-- RECIPE ...]; default: the offline confext example)."""
     import json
 
-    ensure_tools(session, TEST_TOOLS)
+    ensure_system_packages(session, "tests")
     session.install("-e", ".[test]")
     session.run("pytest", "-q", "-rsx", "tests/test_vary.py")
     out = Path(session.create_tmp()) / "reprotest"
@@ -154,10 +205,179 @@ def reprotest(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Example recipe vs. the plain tools (times, ratio, peak memory), then diff's memory on
     500 MB images against 50 MB ones, all in the same run."""
-    ensure_tools(session, BUILD_TOOLS)
+    ensure_system_packages(session, "build")
     session.install("-e", ".")
     session.run("python", "tests/bench.py", *session.posargs)
     session.run("python", "tests/bench_diff.py", "--mb", "500")
+
+
+# --- fresh: the README's two commands on a fresh minimal Debian 12 ----------------------------
+
+FRESH_SUITE = "bookworm"
+FRESH_INCLUDE = "git,python3,ca-certificates"
+
+
+def _host_mirror(suite: str) -> str:
+    """The URI the host's apt configuration uses for ``suite`` (deb822 or one-line format)."""
+    etc = Path("/etc/apt")
+    files = [etc / "sources.list", *sorted((etc / "sources.list.d").glob("*.list")),
+             *sorted((etc / "sources.list.d").glob("*.sources"))]
+    for path in files:
+        try:
+            text = path.read_text()
+        except OSError:
+            continue
+        if path.suffix == ".sources":
+            for stanza in text.split("\n\n"):
+                fields: dict[str, str] = {}
+                for line in stanza.splitlines():
+                    if ":" in line and not line.startswith(("#", " ")):
+                        key, _, value = line.partition(":")
+                        fields[key.strip().lower()] = value.strip()
+                if ("deb" in fields.get("types", "").split()
+                        and fields.get("enabled", "yes").lower() != "no"
+                        and suite in fields.get("suites", "").split() and fields.get("uris")):
+                    return fields["uris"].split()[0]
+        else:
+            for line in text.splitlines():
+                words = line.split("#", 1)[0].split()
+                if words[:1] == ["deb"]:
+                    words = [w for w in words[1:] if not w.startswith("[")]
+                    if len(words) >= 2 and words[1] == suite:
+                        return words[0]
+    raise RuntimeError(f"no deb source for {suite} in /etc/apt/sources.list(.d)")
+
+
+def _quick_start_commands() -> list[str]:
+    """The README's Quick start commands, exactly as written (comments dropped)."""
+    text = (HERE / "README.md").read_text()
+    section = text.split("## Quick start", 1)[1]
+    block = section.split("```sh", 1)[1].split("```", 1)[0]
+    commands = [line.split(" #", 1)[0].strip() for line in block.splitlines()]
+    return [c for c in commands if c and not c.startswith("#")]
+
+
+def _fresh_tarball(session: nox.Session, mirror: str) -> Path:
+    """A minbase tarball, cached per day (reruns the same day start in seconds)."""
+    import datetime
+
+    root_cache = Path("/var/cache/sysext-pipeline") if os.geteuid() == 0 else \
+        Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sysext-pipeline"
+    cache = root_cache / "fresh"
+    cache.mkdir(parents=True, exist_ok=True)
+    day = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d")
+    tarball = cache / f"{FRESH_SUITE}-minbase-{day}.tar"
+    if tarball.exists():
+        session.log(f"fresh: cached tree {tarball}")
+        return tarball
+    for old in cache.glob(f"{FRESH_SUITE}-minbase-*.tar*"):
+        old.unlink()
+    partial = cache / f".{tarball.name}.{os.getpid()}"
+    session.log(f"fresh: mmdebstrap --variant=minbase {FRESH_SUITE} (with {FRESH_INCLUDE})")
+    try:
+        session.run("mmdebstrap", "--quiet", "--variant=minbase", f"--include={FRESH_INCLUDE}",
+                    "--format=tar", FRESH_SUITE, str(partial),
+                    f"deb {mirror} {FRESH_SUITE} main", external=True)
+        partial.rename(tarball)
+    finally:
+        partial.unlink(missing_ok=True)
+    return tarball
+
+
+def _mounts_under(path: Path) -> list[str]:
+    prefix = str(path.resolve()) + "/"
+    lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    return [line.split()[4] for line in lines if (line.split()[4] + "/").startswith(prefix)]
+
+
+_FRESH_SCRIPT = r"""
+set -eu
+tree=$1; shift
+mount --make-rprivate /
+mount -t proc proc "$tree/proc"
+mount --rbind /sys "$tree/sys"
+mount --rbind /dev "$tree/dev"
+mount -t tmpfs -o mode=0755 tmpfs "$tree/run"
+mount -t tmpfs -o mode=1777 tmpfs "$tree/tmp"
+exec chroot "$tree" /usr/bin/env -i HOME=/root USER=root LOGNAME=root SHELL=/bin/sh \
+    PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin TERM=dumb CI=true \
+    /bin/sh -c "$@"
+"""
+
+
+@nox.session(venv_backend="none")
+def fresh(session: nox.Session) -> None:
+    """The README's two Quick start commands, exactly as written, as a newcomer meets them: in a
+    fresh minimal Debian 12 (mmdebstrap minbase + git, python3, ca-certificates; mirror from the
+    host's apt configuration), on a git clone of HEAD, with CI=true, in a private mount namespace
+    (chroot). Fails when either command fails or any test is skipped. [-- --keep] keeps the tree."""
+    import re
+    import tempfile
+    import time
+
+    if os.geteuid() != 0:
+        session.error("fresh needs root (mmdebstrap, mount namespace, chroot)")
+    ensure_system_packages(session, "fresh")
+    commands = _quick_start_commands()
+    if len(commands) != 2:
+        session.error(f"README Quick start: expected 2 commands, found {commands}")
+    dirty = subprocess.run(["git", "-C", str(HERE), "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True).stdout
+    if dirty.strip():
+        session.warn("fresh tests HEAD: uncommitted changes in the working tree are not in it")
+    mirror = _host_mirror(FRESH_SUITE)
+    tarball = _fresh_tarball(session, mirror)
+    work = Path(tempfile.mkdtemp(prefix="fresh-", dir="/var/tmp"))
+    tree = work / "tree"
+    tree.mkdir()
+    results: list[tuple[str, int, float]] = []
+    summary = ""
+    try:
+        session.run("tar", "-xf", str(tarball), "-C", str(tree), external=True, silent=True)
+        shutil.copy("/etc/resolv.conf", tree / "etc" / "resolv.conf")
+        clone = "/root/sysext-pipeline"
+        session.run("git", "clone", "--quiet", "--no-hardlinks", str(HERE), f"{tree}{clone}",
+                    external=True)
+        head = subprocess.run(["git", "-C", str(HERE), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True).stdout.strip()
+        for command in commands:
+            session.log(f"fresh [{head}]: {command}")
+            log = work / f"{command.split()[-1]}.log"
+            started = time.monotonic()
+            with open(log, "w") as out:
+                proc = subprocess.Popen(
+                    ["unshare", "-m", "--propagation", "private", "sh", "-c", _FRESH_SCRIPT,
+                     "fresh", str(tree), f"cd {clone} && {command}"],
+                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                assert proc.stdout is not None
+                for line in proc.stdout:
+                    out.write(line)
+                    print(line, end="", flush=True)
+                code = proc.wait()
+            results.append((command, code, time.monotonic() - started))
+            text = log.read_text()
+            found = re.findall(r"^=* ?(\d+ (?:passed|failed|skipped|error)[^\n]* in [\d.]+s[^\n=]*)",
+                               text, re.M)
+            if found:
+                summary = found[-1].strip()
+            if code != 0:
+                break
+    finally:
+        leftover = _mounts_under(tree)
+        if leftover:
+            session.warn(f"fresh: mounts left under {tree}: {leftover}; not removing {work}")
+        elif "--keep" in session.posargs:
+            session.log(f"fresh: tree kept in {tree}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    for command, code, seconds in results:
+        session.log(f"fresh: {'ok' if code == 0 else f'FAILED (exit {code})'} in "
+                    f"{seconds:.0f}s: {command}")
+    session.log(f"fresh: tests: {summary or 'no pytest summary line'}")
+    if len(results) != len(commands) or any(code for _, code, _ in results):
+        session.error("fresh: a Quick start command failed")
+    if not summary or re.search(r"\b(skipped|failed|errors?)\b", summary):
+        session.error(f"fresh: the tests must pass with nothing skipped: {summary}")
 
 
 if __name__ == "__main__":
