@@ -34,13 +34,62 @@ TIMEOUT = 60  # seconds without a byte before a try counts as failed
 
 def default_cache_dir(given: str | os.PathLike | None = None) -> Path:
     """The package cache: ``given`` (--cache-dir/--store), else $SYSEXT_PIPELINE_CACHE, else
-    $XDG_CACHE_HOME/sysext-pipeline, else ~/.cache/sysext-pipeline."""
+    $XDG_CACHE_HOME/sysext-pipeline, else ~/.cache/sysext-pipeline.
+
+    The last two are only used when they can be made without creating anything above them: a
+    missing or unusable $HOME (``HOME=/nonexistent`` for system users and in containers) never
+    makes the tool create ``/nonexistent/.cache`` as root. Then the run gets a temporary cache
+    (said on stderr, removed at exit)."""
     if given:
         return Path(given)
     if os.environ.get("SYSEXT_PIPELINE_CACHE"):
         return Path(os.environ["SYSEXT_PIPELINE_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "sysext-pipeline"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    if xdg and os.path.isabs(xdg):  # the XDG spec: a relative value is ignored
+        base, name = Path(xdg), "$XDG_CACHE_HOME"
+        why = _unusable(base / "sysext-pipeline", base, base.parent)
+    else:
+        home = os.environ["HOME"] if "HOME" in os.environ else os.path.expanduser("~")
+        base, name = Path(home or ".") / ".cache", "$HOME"
+        why = f"{home!r} is not an absolute path" if not os.path.isabs(home) else \
+            _unusable(base / "sysext-pipeline", base, Path(home))
+    if why is None:
+        return base / "sysext-pipeline"
+    return _temporary_cache(f"{name}: {why}")
+
+
+#: The per-process temporary cache (one for every caller: verify and its variations share it).
+_TEMPORARY: list[Path] = []
+
+
+def _unusable(cache: Path, base: Path, parent: Path) -> str | None:
+    """Why ``cache`` cannot be used without creating more than ``base`` inside an existing,
+    writable ``parent`` (None: it can)."""
+    for path in (cache, base, parent):
+        if path.is_dir():
+            if path == parent or os.access(path, os.W_OK | os.X_OK):
+                break
+            return f"{path} is not writable"
+        if path.exists() or path.is_symlink():
+            return f"{path} is not a directory"
+    else:
+        return f"{parent} does not exist"
+    if path == parent and not os.access(parent, os.W_OK | os.X_OK):
+        return f"{parent} is not writable"
+    return None
+
+
+def _temporary_cache(why: str) -> Path:
+    if not _TEMPORARY:
+        import atexit
+
+        path = Path(tempfile.mkdtemp(prefix="sysext-pipeline-cache-"))
+        atexit.register(shutil.rmtree, path, ignore_errors=True)
+        _TEMPORARY.append(path)
+        print(f"warning: no usable package cache: {why}; using a temporary cache for this run "
+              f"({path}, removed at exit; set SYSEXT_PIPELINE_CACHE or give --cache-dir to keep "
+              "downloads)", file=sys.stderr, flush=True)
+    return _TEMPORARY[0]
 
 
 @dataclass(frozen=True)
