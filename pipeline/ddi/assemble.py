@@ -40,10 +40,14 @@ _CHUNK = 1 << 20
 
 @dataclass(frozen=True)
 class Repart:
-    """Which systemd-repart to run (the host's by default; tests also use 254 from backports)."""
+    """Which systemd-repart to run (the host's by default; tests also run 254, 257 and 262).
+
+    ``args`` come before repart's own arguments (``path`` may be a dynamic loader and ``args``
+    its options and the binary)."""
 
     path: str = "systemd-repart"
     env: Mapping[str, str] = field(default_factory=dict)
+    args: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -153,7 +157,8 @@ def assemble_ddi(fs_image: Path, output: Path, *, arch: str, fs_type: str, seed:
         tmp.unlink(missing_ok=True)
         try:
             tools.run(repart.path, [
-                "--dry-run=no", "--empty=create", "--size=auto", "--discard=no", "--no-pager",
+                *repart.args, "--dry-run=no", "--empty=create", f"--size={disk_size(layout)}",
+                "--discard=no", "--no-pager",
                 f"--seed={disk_seed}", f"--definitions={definitions}", tmp,
             ], env=repart.env, what=f"writing the partition table of {output.name}")
             info = describe(tmp, warnings=tuple(warnings))
@@ -500,6 +505,19 @@ def _pad_to_block(path: Path) -> None:
     os.truncate(path, -(-size // verity.BLOCK_SIZE) * verity.BLOCK_SIZE)
 
 
+#: What systemd-repart 252–257 reserve for the GPT with ``--size=auto`` (repart.c
+#: GPT_METADATA_SIZE, 1044 KiB); 258+ compute a smaller reserve, so the size is pinned instead.
+GPT_RESERVE = 1044 * 1024
+_GRAIN = 4096
+
+
+def disk_size(layout) -> int:
+    """The disk size repart 252–257 choose with ``--size=auto`` for ``layout``, given to every
+    version explicitly: the GPT reserve plus each partition rounded up to the 4 KiB grain."""
+    return GPT_RESERVE + sum(-(-src.stat().st_size // _GRAIN) * _GRAIN
+                             for _d, _t, _u, src, _ro in layout)
+
+
 def _write_definitions(directory: Path, layout) -> Path:
     """One repart.d file per partition: everything fixed, nothing left for repart to choose."""
     directory.mkdir()
@@ -514,8 +532,13 @@ def _write_definitions(directory: Path, layout) -> Path:
             f"SizeMinBytes={size}",
             f"SizeMaxBytes={size}",
         ]
-        if read_only:
-            lines += ["ReadOnly=yes", "GrowFileSystem=no"]
+        # the flags, each set: repart 262 makes the signature partition read-only by default;
+        # NoAuto= applies to data and verity partitions, GrowFileSystem= to data only
+        lines.append(f"ReadOnly={'yes' if read_only else 'no'}")
+        if not designator.endswith("-sig"):
+            lines.append("NoAuto=no")
+        if "-verity" not in designator:
+            lines.append("GrowFileSystem=no")
         (directory / f"{n}0-{designator}.conf").write_text("\n".join(lines) + "\n")
     return directory
 
@@ -525,6 +548,7 @@ def _check_layout(image: Path, info: DdiInfo, layout, disk_uuid: str) -> None:
     got = [(p.type_uuid, p.uuid, p.size, p.flags) for p in info.partitions]
     want = [(t, u, src.stat().st_size, ("read-only",) if ro else ())
             for _d, t, u, src, ro in layout]
-    if got != want or info.disk_uuid != disk_uuid:
+    if got != want or info.disk_uuid != disk_uuid or info.size != disk_size(layout):
         raise BuildError("systemd-repart", f"wrote an unexpected partition table in {image.name}",
-                         f"expected {want} on disk {disk_uuid}, got {got} on {info.disk_uuid}")
+                         f"expected {want} on disk {disk_uuid} of {disk_size(layout)} bytes, "
+                         f"got {got} on {info.disk_uuid} of {info.size} bytes")
