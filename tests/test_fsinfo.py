@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import subprocess
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -24,7 +23,6 @@ from pipeline import diff as diff_mod
 from pipeline import fsinfo
 from pipeline.errors import InputError
 from pipeline.fetch import hash_file
-from pipeline.fsinfo import access
 
 KINDS = ("squashfs", "erofs", "ddi-squashfs", "ddi-erofs")
 
@@ -45,13 +43,10 @@ def built(tmp_path_factory, packages, cache_dir):
 
 
 @pytest.fixture(params=("mount", "tools"))
-def method(request, monkeypatch):
-    """``tools``: the mount is refused, as when the kernel lacks the file system."""
-    if request.param == "tools":
-        @contextmanager
-        def refused(fs, trusted=True):
-            yield None
-        monkeypatch.setattr(access, "_mounted", refused)
+def method(request):
+    """``mount``: a trusted image (the build's own output), mounted read-only, nodev, nosuid,
+    noexec in a private namespace; ``tools``: an untrusted one (the default), unpacked by its
+    own tool onto an inert private tmpfs."""
     return request.param
 
 
@@ -77,10 +72,11 @@ def test_locate(built, kind):
 @pytest.mark.parametrize("kind", KINDS)
 def test_walk_matches_the_manifest(built, kind, method):
     image = built[kind]
-    with fsinfo.opened(image.image) as view:
-        assert view.method == method if method == "mount" else \
+    trusted = method == "mount"
+    with fsinfo.opened(image.image, trusted=trusted) as view:
+        assert view.method == method if trusted else \
             view.method == ("unsquashfs" if kind.endswith("squashfs") else "fsck.erofs")
-    walked = list(fsinfo.walk_image(image.image))
+    walked = list(fsinfo.walk_image(image.image, trusted=trusted))
     manifest = manifest_tree(image)
     if method == "tools" and "erofs" in kind:
         walked, manifest = fsck_erofs_view(walked), fsck_erofs_view(manifest)
@@ -93,7 +89,9 @@ def test_walk_matches_the_manifest(built, kind, method):
 def test_listing_and_reading_agree_with_the_manifest(built, kind, method):
     image = built[kind]
     manifest = manifest_tree(image)
-    listed = [e for e in fsinfo.list_image(image.image) if e["path"] != fsinfo.ROOT]
+    trusted = method == "mount"
+    listed = [e for e in fsinfo.list_image(image.image, trusted=trusted)
+              if e["path"] != fsinfo.ROOT]
     if method == "tools" and "erofs" in kind:
         listed, manifest = fsck_erofs_view(listed), fsck_erofs_view(manifest)
     keys = ("path", "type", "mode", "uid", "gid", "size", "target")
@@ -102,41 +100,47 @@ def test_listing_and_reading_agree_with_the_manifest(built, kind, method):
     files = [m for m in manifest if m["type"] == "file"]
     release = next(m for m in files if "/extension-release.d/" in m["path"])
     for item in (release, files[0], files[-1]):
-        data = fsinfo.read_file(image.image, item["path"])
+        data = fsinfo.read_file(image.image, item["path"], trusted=trusted)
         assert len(data) == item["size"]
         assert hashlib.sha256(data).hexdigest() == item["sha256"]
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_extract_selected_paths_with_owners_and_xattrs(built, kind, method, tmp_path):
+def test_extract_copies_contents_never_privileges(built, kind, method, tmp_path):
+    """Copying out keeps contents, permission bits and symlinks, and never recreates a set-id
+    bit, an xattr (file capabilities) or an owner other than ours, trusted or not."""
     image = built[kind]
-    dest = fsinfo.extract(image.image, tmp_path / "x", ["usr/bin", "usr/share/rtools"])
+    dest = fsinfo.extract(image.image, tmp_path / "x", ["usr/bin", "usr/share/rtools"],
+                          trusted=method == "mount")
     by_path = {m["path"]: m for m in image.manifest["files"]}
     wanted = [p for p in by_path if p.startswith(("usr/bin/", "usr/share/rtools/"))]
+    assert any(by_path[p].get("xattrs") for p in wanted)  # a capability was there to drop
     for rel in wanted:
         st = (dest / rel).lstat()
         item = by_path[rel]
-        mask = 0o1777 if method == "tools" and "erofs" in kind else 0o7777  # see fsck_erofs_view
-        assert (st.st_uid, st.st_gid, st.st_mode & mask) == \
-            (item["uid"], item["gid"], int(item["mode"], 8) & mask), rel
+        assert (st.st_uid, st.st_gid) == (os.geteuid(), os.getegid()), rel
+        assert st.st_mode & 0o7777 == int(item["mode"], 8) & 0o1777, rel
+        assert os.listxattr(dest / rel, follow_symlinks=False) == [], rel
         if item["type"] == "file":
             assert hash_file(dest / rel) == (item["sha256"], item["size"])
-        if item.get("xattrs") and not (method == "tools" and "erofs" in kind):
-            assert {n: os.getxattr(dest / rel, n).hex() for n in item["xattrs"]} == \
-                item["xattrs"], rel
-    assert any(by_path[p].get("xattrs") for p in wanted)  # the capability was checked
-    if kind.endswith("squashfs"):  # unsquashfs takes only what was asked for
-        assert not (dest / "usr/lib").exists()
+        elif item["type"] == "symlink":
+            assert os.readlink(dest / rel) == item["target"]
+    assert not (dest / "usr/lib").exists()  # only what was asked for
 
 
 def test_mount_is_private_and_gone_afterwards(built):
     image = built["ddi-erofs"].image
-    with fsinfo.opened(image) as view:
+    with fsinfo.opened(image, trusted=True) as view:
         assert view.method == "mount" and view.owners
         assert (view.root / "usr/bin/rping").is_file()
         mounts = Path("/proc/self/mountinfo").read_text()
-        assert str(view.root).split("/root/", 1)[1] not in mounts  # not in our namespace
-    stream = fsinfo.walk_image(image)
+        where = str(view.root).split("/root/", 1)[1]
+        assert where not in mounts  # not in our namespace
+        holder = str(view.root).split("/")[2]
+        [line] = [m for m in Path(f"/proc/{holder}/mountinfo").read_text().splitlines()
+                  if m.split()[4] == "/" + where]
+        assert {"ro", "nosuid", "nodev", "noexec"} <= set(line.split()[5].split(","))
+    stream = fsinfo.walk_image(image, trusted=True)
     next(stream)
     stream.close()  # stopping early drops the mount too
     assert not _loop_devices(image)
@@ -144,12 +148,12 @@ def test_mount_is_private_and_gone_afterwards(built):
 
 @pytest.mark.parametrize("kind", ["erofs", "ddi-erofs"])
 def test_untrusted_images_are_never_mounted(built, kind, tmp_path):
-    """``trusted=False`` (an image from anyone): read by fsck.erofs in userspace, even as root,
-    and it reads the same tree; the default stays a mount for the project's own images."""
+    """The default (an image from anyone): read by fsck.erofs in userspace, even as root, and
+    it reads the same tree; only ``trusted=True`` (the project's own images) mounts."""
     image = built[kind].image
-    with fsinfo.opened(image) as view:
+    with fsinfo.opened(image, trusted=True) as view:
         assert view.method == "mount"
-    with fsinfo.opened(image, trusted=False) as view:
+    with fsinfo.opened(image) as view:
         assert view.method == "fsck.erofs"
         assert not _loop_devices(image)
     manifest = manifest_tree(built[kind])

@@ -1,25 +1,31 @@
 """How an image's file tree is read: the method is chosen here, and nowhere else.
 
-- A directory image is read as it is.
-- As root, the file system is loop-mounted read-only inside a private mount namespace: a holder
-  process (``unshare -m --propagation private sh -c 'mount …; read'``) mounts it and then waits
-  on its stdin, and we read the tree through ``/proc/PID/root/MNT``. The mount exists only in the
-  holder's namespace, so it can neither leak into the host's nor outlive us: when we close the
-  pipe (or die) the holder exits and the kernel drops the namespace, the mount and the loop
-  device. Owners, modes, mtimes and xattrs are then exactly the image's.
-- Otherwise (no root, no kernel support, the mount refused), the real tools extract it into a
-  temporary directory: ``unsquashfs -d`` (reads at an offset, extracts selected paths) or
-  ``fsck.erofs --extract`` (whole images, whole files only: a DDI partition is copied out first;
-  erofs-utils 1.5 extracts no xattrs). Owners are then the extracting user's unless that is root.
-- squashfs questions that need no contents — a listing, one file's bytes, selected paths — go to
-  ``unsquashfs -lln`` / ``-cat`` / ``-d`` for any user: no mount, no full extraction.
+Every image is untrusted unless the caller says otherwise (``trusted=False`` is the default):
+whatever it carries — device nodes, setuid/setgid files, file capabilities, FIFOs, symlinks to
+/etc/shadow — must neither reach the kernel's file system drivers nor appear on the host.
 
-``trusted``: whether the bytes may be handed to the kernel's file system driver at all. A crafted
-squashfs/erofs image is a way into the kernel (its drivers parse every on-disk structure), so an
-image from someone else — ``inspect`` of a download, one whose verity did not verify — is read
-with ``trusted=False``: never mounted, only parsed by the userspace tools above, whatever the
-user's privileges. The default (True) is for the project's own freshly built images and for
-callers that checked the image first.
+- A directory image is read as it is.
+- An untrusted squashfs/erofs image is never mounted. Its own userspace tool (``unsquashfs``,
+  ``fsck.erofs --extract``) unpacks it inside a private mount namespace onto a fresh tmpfs
+  mounted ``nosuid,nodev,noexec`` there: a holder process (``unshare -m --propagation private
+  sh -c 'mount -t tmpfs …; TOOL …; read'``; a user without root also gets a user namespace,
+  ``unshare -U -r``) unpacks and then waits on its stdin, and we read the tree through
+  ``/proc/PID/root/TMP``. Owners, modes, mtimes and device numbers are the image's (as root), but
+  the tmpfs lives only in the holder's namespace and is inert there (nodev, nosuid: no device
+  opens, no set-id or capability takes effect); it cannot leak into the host's namespace or
+  outlive us: when we close the pipe (or die) the holder exits and the kernel drops it. The tool
+  runs under ``timeout``. Where no private namespace can be made (a container without the
+  privilege), the tool unpacks into a temporary directory and everything a host must not get
+  (devices, FIFOs, sockets, set-id bits, security.* xattrs) is removed at once.
+- ``trusted`` (the build's own fresh output, or a DDI partition copy whose whole dm-verity tree
+  was verified against a root hash with a checked signature): as root, the file system is
+  loop-mounted ``ro,nodev,nosuid,noexec`` in the same kind of private namespace.
+- Every mount made in a private namespace is checked in the holder's ``/proc/PID/mountinfo``:
+  one without ``nosuid,nodev,noexec`` is refused.
+- Copying out (:func:`extract`) never recreates what the host must not get: only directories,
+  regular files and symlinks are created, modes without set-id bits, no xattrs, owned by us.
+- squashfs questions that need no contents — a listing, one file's bytes — go to
+  ``unsquashfs -lln`` / ``-cat`` for any user: nothing is unpacked.
 
 A file system is named by :class:`FileSystem` (a directory, or squashfs/erofs bytes at an offset
 of a file); :func:`locate` finds it in a path, including the root/usr partition of a DDI.
@@ -28,6 +34,7 @@ of a file); :func:`locate` finds it in a path, including the root/usr partition 
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -36,12 +43,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import tools
-from ..errors import InputError
+from ..errors import BuildError, InputError
 from .ondisk import copy_range, sniff
 from .tree import lln_entry, walk_dir
 
-#: The holder's script: mount (argv 1-5), say so, wait until stdin closes.
+#: The mount holder's script (trusted images): mount (argv 1-5), say so, wait until stdin closes.
 _HOLD = '"$1" -t "$2" -o "$3" "$4" "$5" || exit 1; echo mounted; read -r _'
+#: The unpack holder's script: a tmpfs (mount: $1, options: $2, at $3), the tool (the rest of
+#: argv) unpacks onto it, its output in "$3/log"; say so with its exit code; wait.
+_HOLD_UNPACK = ('"$1" -t tmpfs -o "$2" sysext-pipeline "$3" || exit 1; dir=$3; shift 3; '
+                '"$@" >"$dir/log" 2>&1; echo "unpacked $?"; read -r _')
+#: What every mount made here carries (checked in the namespace's mountinfo).
+MOUNT_OPTIONS = ("nosuid", "nodev", "noexec")
+#: How long unsquashfs/fsck.erofs may take to unpack one image (seconds).
+UNPACK_TIMEOUT = 1800
+#: The unpacking tmpfs's size limit (tmpfs's own default: half the RAM).
+_TMPFS_SIZE = "50%"
 
 
 @dataclass(frozen=True)
@@ -115,25 +132,24 @@ def _ddi_partition(path: Path) -> FileSystem:
 
 
 @contextmanager
-def opened(source: Path | str | FileSystem, *, trusted: bool = True) -> Iterator[View]:
+def opened(source: Path | str | FileSystem, *, trusted: bool = False) -> Iterator[View]:
     """The whole tree of ``source`` as a directory: the directory itself, a mount (``trusted``
-    only), or an extraction into a temporary directory (removed afterwards)."""
+    only), or an unpacking (inert, private, removed afterwards; see the module docstring)."""
     fs = locate(source)
     if fs.type == "directory":
         yield View(fs.path, "directory", owners=True)
         return
-    with _mounted(fs, trusted) as root:
-        if root is not None:
-            yield View(root, "mount", owners=True)
-            return
-    with tempfile.TemporaryDirectory(prefix="sysext-fsinfo-") as tmp:
-        tree = _unpack(fs, Path(tmp) / "tree")
-        yield View(tree, "unsquashfs" if fs.type == "squashfs" else "fsck.erofs",
-                   owners=os.geteuid() == 0)
+    if trusted:
+        with _mounted(fs) as root:
+            if root is not None:
+                yield View(root, "mount", owners=True)
+                return
+    with _unpacked(fs) as (tree, owners):
+        yield View(tree, "unsquashfs" if fs.type == "squashfs" else "fsck.erofs", owners=owners)
 
 
 def walk_image(source: Path | str | FileSystem, *, hashes: bool = True,
-               trusted: bool = True) -> Iterator[dict]:
+               trusted: bool = False) -> Iterator[dict]:
     """Every entry of the tree (the root first), file contents hashed in chunks, streamed: the
     tree is never held in memory. Without the image's owners (a non-root extraction) each entry
     says ``owners_unknown``."""
@@ -144,7 +160,7 @@ def walk_image(source: Path | str | FileSystem, *, hashes: bool = True,
             yield entry
 
 
-def list_image(source: Path | str | FileSystem, *, trusted: bool = True) -> Iterator[dict]:
+def list_image(source: Path | str | FileSystem, *, trusted: bool = False) -> Iterator[dict]:
     """Every entry without file contents (no sha256). From ``unsquashfs -lln`` a squashfs
     entry also has no mtime and no xattrs."""
     fs = locate(source)
@@ -159,7 +175,7 @@ def list_image(source: Path | str | FileSystem, *, trusted: bool = True) -> Iter
             yield entry
 
 
-def read_file(source: Path | str | FileSystem, path: str, *, trusted: bool = True) -> bytes:
+def read_file(source: Path | str | FileSystem, path: str, *, trusted: bool = False) -> bytes:
     """The bytes of the regular file ``path``. Symlinks are not followed, on the way either: an
     image's absolute symlink would otherwise lead out of it, into the host."""
     fs = locate(source)
@@ -180,29 +196,115 @@ def read_file(source: Path | str | FileSystem, path: str, *, trusted: bool = Tru
 
 
 def extract(source: Path | str | FileSystem, dest: Path, paths: list[str] | None = None, *,
-            xattrs: bool = True, trusted: bool = True) -> Path:
-    """Unpack ``paths`` (with their parents; everything: None) into ``dest`` and return where
-    the tree is: ``dest``, or a directory image itself. erofs without a mount unpacks the
-    whole image, so ``paths`` is what at least arrives."""
+            xattrs: bool = True, trusted: bool = False) -> Path:
+    """Copy ``paths`` (with their parents; everything: None) into ``dest`` and return where the
+    tree is: ``dest``, or a directory image itself. Only directories, regular files and symlinks
+    are created — never a device node, FIFO or socket, never a set-id bit, no xattrs (``xattrs``
+    is accepted for compatibility and ignored), owners are ours."""
+    del xattrs
     fs = locate(source)
     if fs.type == "directory":
         return fs.path
-    if fs.type == "erofs":
-        with _mounted(fs, trusted) as root:
+    dest = Path(dest)
+    if trusted:
+        with _mounted(fs) as root:
             if root is not None:
-                _copy_out(root, Path(dest), paths)
-                return Path(dest)
-    return _unpack(fs, Path(dest), paths, xattrs)
+                copy_safely(root, dest, paths)
+                return dest
+    with _unpacked(fs, paths) as (tree, _owners):
+        copy_safely(tree, dest, paths)
+    return dest
+
+
+def copy_safely(root: Path, dest: Path, paths: list[str] | None = None) -> None:
+    """Copy the tree at ``root`` (or ``paths`` of it, with their parent directories) into
+    ``dest``: directories, regular files (contents, permission bits without set-id, mtime) and
+    symlinks (their targets as they are, never followed); anything else is left out."""
+    dest.mkdir(parents=True, exist_ok=True)
+    if paths is None:
+        _copy_children(root, dest)
+        return
+    for path in paths:
+        parts = [p for p in path.strip("/").split("/") if p not in ("", ".")]
+        if not parts or ".." in parts:
+            continue
+        src, dst = root, dest
+        for i, part in enumerate(parts):
+            src, dst = src / part, dst / part
+            try:
+                st = src.lstat()
+            except FileNotFoundError:
+                break
+            if i == len(parts) - 1 or not stat.S_ISDIR(st.st_mode):
+                if not os.path.lexists(dst):
+                    _copy_entry(src, dst, st)
+                break
+            if not os.path.lexists(dst):
+                dst.mkdir(mode=0o755)
+
+
+def _copy_children(src: Path, dst: Path) -> None:
+    for name in sorted(os.listdir(src)):
+        child = src / name
+        _copy_entry(child, dst / name, child.lstat())
+
+
+def _copy_entry(src: Path, dst: Path, st: os.stat_result) -> None:
+    mode = st.st_mode
+    if stat.S_ISLNK(mode):
+        os.symlink(os.readlink(src), dst)
+        return
+    if stat.S_ISDIR(mode):
+        dst.mkdir(mode=0o700)
+        _copy_children(src, dst)
+        os.chmod(dst, stat.S_IMODE(mode) & 0o1777)
+    elif stat.S_ISREG(mode):
+        fd_in = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            fd_out = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            try:
+                while chunk := os.read(fd_in, 1 << 20):
+                    os.write(fd_out, chunk)
+                os.fchmod(fd_out, stat.S_IMODE(mode) & 0o777)
+            finally:
+                os.close(fd_out)
+        finally:
+            os.close(fd_in)
+    else:  # device nodes, FIFOs, sockets: never recreated on the host
+        return
+    os.utime(dst, ns=(st.st_mtime_ns, st.st_mtime_ns), follow_symlinks=False)
+
+
+def _mount_options(pid: int, mountpoint: str) -> set[str] | None:
+    """The per-mount options of ``mountpoint`` as the process ``pid`` sees it (its own mount
+    namespace), from /proc/PID/mountinfo; None: nothing is mounted there."""
+    escaped = "".join(f"\\{ord(c):03o}" if c in " \t\n\\" else c for c in mountpoint)
+    found = None
+    with open(f"/proc/{pid}/mountinfo", encoding="utf-8", errors="replace") as fh:
+        for line in fh:
+            fields = line.split()
+            if len(fields) > 5 and fields[4] == escaped:
+                found = set(fields[5].split(","))  # the last one is the one on top
+    return found
+
+
+def _check_mount(pid: int, mountpoint: str, what: str) -> None:
+    options = _mount_options(pid, mountpoint)
+    lacking = [o for o in MOUNT_OPTIONS if options is None or o not in options]
+    if lacking:
+        raise BuildError(what, f"the mount in the private namespace lacks {','.join(lacking)}",
+                         "refused: nothing from an image is read through such a mount")
 
 
 @contextmanager
-def _mounted(fs: FileSystem, trusted: bool = True) -> Iterator[Path | None]:
-    """The mounted tree (see the module docstring), or None when it cannot or (an untrusted
-    image: never into the kernel) may not be mounted."""
-    if not trusted or os.geteuid() != 0 or not (tools.have("unshare") and tools.have("mount")):
+def _mounted(fs: FileSystem) -> Iterator[Path | None]:
+    """The mounted tree of a trusted image (see the module docstring), or None when it cannot
+    be mounted (no root, no kernel support, the mount refused)."""
+    if os.geteuid() != 0 or not (tools.have("unshare") and tools.have("mount")):
         yield None
         return
-    options = "ro,loop" + (f",offset={fs.offset}" if fs.offset else "") + \
+    options = "ro,loop," + ",".join(MOUNT_OPTIONS) + \
+        (f",offset={fs.offset}" if fs.offset else "") + \
         (f",sizelimit={fs.size}" if fs.size is not None else "")
     argv = [tools.find("unshare"), "-m", "--propagation", "private", tools.find("sh"), "-c",
             _HOLD, "sh", tools.find("mount"), fs.type, options, os.path.abspath(fs.path)]
@@ -211,57 +313,124 @@ def _mounted(fs: FileSystem, trusted: bool = True) -> Iterator[Path | None]:
                                   stderr=subprocess.DEVNULL, env=tools.clean_env())
         try:
             ready = holder.stdout.readline() == b"mounted\n"
+            if ready:
+                _check_mount(holder.pid, mnt, fs.label)
             yield Path(f"/proc/{holder.pid}/root", mnt.lstrip("/")) if ready else None
         finally:
-            holder.stdin.close()
-            try:
-                holder.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                holder.kill()
-                holder.wait()
-            holder.stdout.close()
+            _release(holder)
 
 
-def _unpack(fs: FileSystem, dest: Path, paths: list[str] | None = None,
-            xattrs: bool = True) -> Path:
-    """Extract with the file system's own tool (squashfs: ``paths`` only; erofs: everything).
-    unsquashfs's non-fatal errors (xattrs or owners a non-root user cannot set) do not fail."""
-    if fs.type == "squashfs":
-        flags = ["-user-xattrs"] if os.geteuid() != 0 else []
-        tools.run("unsquashfs", ["-quiet", "-no-progress", "-no-exit-code",
-                                 *(flags if xattrs else ["-no-xattrs"]), *_offset(fs),
-                                 "-d", dest, fs.path, *(p.lstrip("/") for p in paths or ())],
-                  what=f"extracting {fs.label}")
-        return dest
-    with tempfile.TemporaryDirectory(prefix="sysext-fsinfo-", dir=dest.parent) as tmp:
-        image = fs.path
-        if fs.offset or fs.size is not None:  # fsck.erofs reads whole files only
+def _release(holder: subprocess.Popen) -> None:
+    holder.stdin.close()
+    try:
+        holder.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        holder.kill()
+        holder.wait()
+    holder.stdout.close()
+
+
+@contextmanager
+def _unpacked(fs: FileSystem, paths: list[str] | None = None) -> Iterator[tuple[Path, bool]]:
+    """(tree, whether its owners are the image's): the image unpacked by its own tool onto an
+    inert tmpfs in a private namespace, else (no namespace possible) into a temporary directory
+    that is cleaned of everything the host must not get. ``paths``: squashfs only, the rest is
+    not unpacked."""
+    root = os.geteuid() == 0
+    with tempfile.TemporaryDirectory(prefix="sysext-fsinfo-") as tmp:
+        image = Path(os.path.abspath(fs.path))
+        if fs.type == "erofs" and (fs.offset or fs.size is not None):
             image = copy_range(fs.path, fs.offset, fs.size, Path(tmp) / "fs.img")
-        proc = tools.run("fsck.erofs", [f"--extract={dest}", "--overwrite", image],
-                         what=f"extracting {fs.label}")
-    # fsck.erofs 1.5 reports a corrupt image ("<E> erofs: …") and still exits 0: an untrusted
-    # image read in userspace must not pass as empty (or half extracted) because of that
-    errors = [line for line in proc.stderr.decode(errors="replace").splitlines()
-              if line.startswith("<E>")]
-    if errors or not dest.is_dir():
+        mnt = Path(tmp) / "mnt"
+        mnt.mkdir()
+        holder = None
+        if tools.have("unshare") and tools.have("mount") and tools.have("timeout"):
+            holder = subprocess.Popen(
+                [tools.find("unshare"), *([] if root else ["-U", "-r"]), "-m", "--propagation",
+                 "private", tools.find("sh"), "-c", _HOLD_UNPACK, "sh", tools.find("mount"),
+                 "size=" + _TMPFS_SIZE + ",mode=0700," + ",".join(MOUNT_OPTIONS), str(mnt),
+                 tools.find("timeout"), "-s", "KILL", str(UNPACK_TIMEOUT),
+                 *_unpack_argv(fs, image, mnt / "tree", paths)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                env=tools.clean_env(), cwd="/")
+        try:
+            line = holder.stdout.readline() if holder is not None else b""
+            if not line.startswith(b"unpacked "):  # no private namespace: plain, then cleaned
+                if holder is not None:
+                    _release(holder)
+                    holder = None
+                tree = mnt / "tree"
+                proc = subprocess.run(_unpack_argv(fs, image, tree, paths),
+                                      capture_output=True, env=tools.clean_env(),
+                                      timeout=UNPACK_TIMEOUT, check=False)
+                _strip_unsafe(tree)
+                _judge(fs, proc.returncode, (proc.stdout + proc.stderr)[-65536:], tree)
+                yield tree, root
+                return
+            inside = Path(f"/proc/{holder.pid}/root", str(mnt).lstrip("/"))
+            _check_mount(holder.pid, str(mnt), fs.label)
+            _judge(fs, int(line.split()[1]), _tail(inside / "log"), inside / "tree")
+            yield inside / "tree", root
+        finally:
+            if holder is not None:
+                _release(holder)
+
+
+def _unpack_argv(fs: FileSystem, image: Path, dest: Path,
+                 paths: list[str] | None) -> list[str]:
+    if fs.type == "squashfs":
+        return [tools.find("unsquashfs"), "-quiet", "-no-progress", "-no-exit-code",
+                *_offset(fs), "-d", str(dest), str(image),
+                *(p.lstrip("/") for p in paths or ())]
+    return [tools.find("fsck.erofs"), f"--extract={dest}", "--overwrite", str(image)]
+
+
+def _tail(log: Path) -> bytes:
+    try:
+        with open(log, "rb") as fh:
+            fh.seek(max(0, fh.seek(0, os.SEEK_END) - 65536))
+            return fh.read()
+    except OSError:
+        return b""
+
+
+def _judge(fs: FileSystem, returncode: int, output: bytes, tree: Path) -> None:
+    """An unpacking that failed, timed out or (fsck.erofs 1.5 exits 0 on a corrupt image with
+    "<E> erofs: …" lines) reported corruption is an error naming the image."""
+    tool = "unsquashfs" if fs.type == "squashfs" else "fsck.erofs"
+    lines = output.decode(errors="replace").strip().splitlines()
+    if returncode in (124, 128 + 9, -9):
+        raise BuildError(fs.label, f"{tool} did not finish within {UNPACK_TIMEOUT} s: stopped")
+    errors = [line for line in lines if line.startswith("<E>")]
+    if fs.type == "erofs" and (errors or returncode != 0 or not tree.is_dir()):
         raise InputError(fs.label, "corrupt erofs file system: fsck.erofs: "
                          + (" | ".join(e.removeprefix("<E> ") for e in errors[-3:])
-                            or "nothing extracted"))
-    return dest
+                            or " | ".join(lines[-3:]) or "nothing extracted"))
+    if returncode != 0 or not tree.is_dir():
+        raise InputError(fs.label, f"{tool} could not read the file system: "
+                         + (" | ".join(lines[-3:]) or f"exit {returncode}"))
 
 
-def _copy_out(root: Path, dest: Path, paths: list[str] | None) -> None:
-    """``cp -a`` from a mounted tree: owners, modes, times, hard links and xattrs kept."""
-    dest.mkdir(parents=True, exist_ok=True)
-    if paths is None:
-        tools.run("cp", ["-a", "--", f"{root}/.", dest], what=f"copying out of {root}")
+def _strip_unsafe(tree: Path) -> None:
+    """Remove from an unpacked tree on the host what must not stay there: device nodes, FIFOs,
+    sockets, set-id bits and security.*/trusted.* xattrs (the fallback without a namespace)."""
+    if not tree.is_dir():
         return
-    present = [p.lstrip("/") for p in paths if os.path.lexists(root / p.lstrip("/"))]
-    if present:
-        tools.run("cp", ["-a", "--parents", "--", *present, dest], cwd=root,
-                  what=f"copying out of {root}")
+    for dirpath, dirnames, filenames in os.walk(tree):
+        for name in dirnames + filenames:
+            full = os.path.join(dirpath, name)
+            st = os.lstat(full)
+            if stat.S_ISLNK(st.st_mode):
+                continue
+            if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
+                os.unlink(full)
+                continue
+            if st.st_mode & 0o6000:
+                os.chmod(full, stat.S_IMODE(st.st_mode) & ~0o6000)
+            for attr in os.listxattr(full, follow_symlinks=False):
+                if not attr.startswith("user."):
+                    os.removexattr(full, attr, follow_symlinks=False)
 
 
 def _offset(fs: FileSystem) -> list[str]:
     return ["-o", str(fs.offset)] if fs.offset else []
-
