@@ -158,6 +158,9 @@ def render(report: dict) -> str:
     if report.get("manifest"):
         lines.append(f"  manifest: {report['manifest'].get('path', 'next to the image')}")
     found = report.get("problems") or []
+    if report.get("certificate") and not (signature or {}).get("present"):
+        lines.append(f"  FAILED: no signature to check against {report['certificate']}: the "
+                     "image is not signed")
     lines.append(f"  FAILED: {len(found)} problem{'s' if len(found) > 1 else ''}" if found
                  else "  result: no problems found")
     return "\n".join(lines)

@@ -157,3 +157,20 @@ def test_untrusted_erofs_is_read_in_userspace(erofs_fs, signer, tmp_path):
     assert report["filesystem"]["readWith"] == "fsck.erofs"
     human = run_cli("inspect", str(tampered), "--cert", str(signer.cert_path))
     assert human.returncode == 1 and "not mounted: untrusted image" in human.stdout
+
+
+# --- issue 11 §7: --cert with nothing to verify is a failure ----------------------------------
+
+def test_cert_given_but_image_unsigned_fails(signer, tmp_path):
+    fs_image = new_fs_image(tmp_path)
+    unsigned = tmp_path / "unsigned.raw"
+    build(fs_image, unsigned)
+    for image in (unsigned, fs_image):  # an unsigned DDI, a plain squashfs image
+        plain, _ = inspect_cli(image)
+        assert plain.returncode == 0, plain.stdout  # nothing asked, nothing failed
+        human, report = inspect_cli(image, "--cert", str(signer.cert_path))
+        assert human.returncode == 1, human.stdout
+        assert report["problems"] == [f"no signature to check against {signer.cert_path}: "
+                                      "the image is not signed"]
+        assert f"FAILED: no signature to check against {signer.cert_path}" in human.stdout
+        assert "no problems found" not in human.stdout

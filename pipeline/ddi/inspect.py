@@ -5,13 +5,15 @@ systemd type table, the root hash comes from the signature JSON or else from the
 (as systemd 258+ guesses it), the tree is checked with ``veritysetup verify`` on extracted
 partitions (no device-mapper needed), and the signature is checked the way systemd checks it in
 userspace. Failures to verify are reported as data, not raised: showing them is the point;
-:func:`problems` sums them up for the exit code and the human output.
+:func:`problems` sums them up for the exit code and the human output. Asking to verify against a
+certificate (``--cert``) an image that carries no signature is a problem: it was not checked.
 
 The image may come from anyone, so its file system is read through pipeline/fsinfo/ with
-``trusted=False`` — parsed by unsquashfs/fsck.erofs in userspace, never loop-mounted into the
+``trusted=False`` — unpacked by unsquashfs/fsck.erofs in userspace, never loop-mounted into the
 kernel — unless the verity tree verified *and* the signature verified against a certificate the
 user gave (``--cert``). Verity alone proves nothing about who made the file system (anyone can
-compute a tree over a crafted image); an embedded certificate is the image's own claim.
+compute a tree over a crafted image); an embedded certificate is the image's own claim. Even then
+the mount is read-only, nodev, nosuid and noexec, of the verified private copy.
 """
 
 from __future__ import annotations
@@ -44,7 +46,8 @@ def inspect_image(path: Path, *, cert: Path | None = None) -> dict:
     if not path.is_file():
         raise InputError(str(path), "not a regular file", "inspect takes an image file")
     certificate = load_certificate(cert) if cert else None
-    report: dict = {"path": str(path), "size": path.stat().st_size}
+    report: dict = {"path": str(path), "size": path.stat().st_size,
+                    "certificate": str(cert) if cert else None}
     with tempfile.TemporaryDirectory(prefix="inspect-") as tmp:
         if has_gpt(path):
             report.update(_inspect_ddi(path, certificate, Path(tmp)))
@@ -72,6 +75,9 @@ def problems(report: dict) -> list[str]:
     signature = report.get("signature") or {}
     if signature.get("verified") is False:
         found.append(f"signature does not verify: {signature.get('reason')}")
+    if report.get("certificate") and not signature.get("present"):
+        found.append(f"no signature to check against {report['certificate']}: the image is "
+                     "not signed")
     fs = report.get("filesystem") or {}
     if fs.get("error"):
         found.append(f"file system cannot be read: {fs['error']}")
