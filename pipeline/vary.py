@@ -37,6 +37,8 @@ REPO = Path(__file__).resolve().parent.parent
 FUTURE = "2045-06-01 12:00:00"  # past 2038: 32-bit time_t in a tool would show
 LOCALE = "et_EE.UTF-8"  # Estonian collation sorts z between s and t
 TIMEOUT = 900
+#: Seconds for a probe or set-up command (localedef, disorderfs, a readability test).
+PROBE_TIMEOUT = 120
 
 
 @dataclass
@@ -130,7 +132,7 @@ def _locale(ctx: Context) -> Plan | str:
     locpath = ctx.workdir / "locales"
     locpath.mkdir()
     proc = subprocess.run(["localedef", "-i", "et_EE", "-f", "UTF-8", str(locpath / LOCALE)],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, timeout=PROBE_TIMEOUT)
     if proc.returncode not in (0, 1) or not _locale_available(LOCALE, {"LOCPATH": str(locpath)}):
         return f"{LOCALE} could not be generated: {(proc.stderr or proc.stdout).strip()[-200:]}"
     return Plan(env={**env, "LOCPATH": str(locpath)})
@@ -139,7 +141,7 @@ def _locale(ctx: Context) -> Plan | str:
 def _locale_available(name: str, extra: dict) -> bool:
     probe = "import locale, sys; locale.setlocale(locale.LC_ALL, sys.argv[1])"
     return subprocess.run([sys.executable, "-c", probe, name], env={**os.environ, **extra},
-                          capture_output=True).returncode == 0
+                          capture_output=True, timeout=PROBE_TIMEOUT).returncode == 0
 
 
 def _umask(mask: int) -> Callable[[Context], Plan]:
@@ -171,13 +173,16 @@ def _user(ctx: Context) -> Plan | str:
     prefix = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
 
     def readable(path) -> bool:
-        return subprocess.run([*prefix, "test", "-r", str(path)]).returncode == 0
+        return subprocess.run([*prefix, "test", "-r", str(path)],
+                              timeout=PROBE_TIMEOUT).returncode == 0
 
     if not readable(sys.executable) or subprocess.run(
-            [*prefix, sys.executable, "-c", "pass"], capture_output=True).returncode != 0:
+            [*prefix, sys.executable, "-c", "pass"], capture_output=True,
+            timeout=PROBE_TIMEOUT).returncode != 0:
         return f"interpreter not readable by nobody ({os.path.realpath(sys.executable)})"
     probe = subprocess.run([*prefix, sys.executable, "-c", "import pipeline.build"],
-                           env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True)
+                           env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True,
+                           timeout=PROBE_TIMEOUT)
     if probe.returncode != 0:
         return f"the repository or its dependencies are not readable by nobody ({REPO})"
     for path in (ctx.recipe, ctx.manifest_path, ctx.cache_dir):
@@ -218,13 +223,14 @@ def _file_order(ctx: Context) -> Plan | str:
     # directory order under test (the hard-link dependence is in the README).
     proc = subprocess.run(["disorderfs", "-q", "--shuffle-dirents=yes", "--multi-user=yes",
                            "-o", "use_ino,attr_timeout=0,entry_timeout=0", str(backing),
-                           str(mnt)], capture_output=True, text=True)
+                           str(mnt)], capture_output=True, text=True, timeout=PROBE_TIMEOUT)
     if proc.returncode != 0:
         return f"disorderfs could not mount: {(proc.stderr or proc.stdout).strip()[-200:]}"
 
     def unmount():
         for cmd in (["fusermount", "-u", str(mnt)], ["umount", str(mnt)]):
-            if shutil.which(cmd[0]) and subprocess.run(cmd, capture_output=True).returncode == 0:
+            if shutil.which(cmd[0]) and subprocess.run(cmd, capture_output=True,
+                                                          timeout=PROBE_TIMEOUT).returncode == 0:
                 return
 
     return Plan(out=mnt / "out", cleanup=[unmount])
@@ -240,7 +246,8 @@ def _threads(count: int) -> Callable[[Context], Plan | str]:
         except BuildError:
             return f"{tool} not found"
         if tool == "mkfs.erofs":
-            helptext = subprocess.run([real, "--help"], capture_output=True, text=True).stdout
+            helptext = subprocess.run([real, "--help"], capture_output=True, text=True,
+                                      timeout=PROBE_TIMEOUT).stdout
             if "--workers" not in helptext:
                 return "this mkfs.erofs has no thread-count option (it compresses on one thread)"
             flag = [f"--workers={count}"]
@@ -338,6 +345,9 @@ def _run_one(variation: Variation, ctx: Context, reference: diff_mod.Side,
         plan = variation.prepare(ctx)
     except OSError as err:
         plan = f"could not be set up: {err}"
+    except subprocess.TimeoutExpired as err:  # a hung set-up command is a failure, not a skip
+        row.status, row.detail = "failed", f"set-up timed out: {err}"
+        return row
     if isinstance(plan, str):
         row.detail = plan
         return row
@@ -351,8 +361,7 @@ def _run_one(variation: Variation, ctx: Context, reference: diff_mod.Side,
         env = {**os.environ, "PYTHONPATH": str(REPO), **plan.env}
         mask = plan.umask
         proc = subprocess.run(argv, cwd=plan.cwd or ctx.workdir, env=env, capture_output=True,
-                              text=True, timeout=TIMEOUT,
-                              preexec_fn=None if mask is None else (lambda: os.umask(mask)))
+                              text=True, timeout=TIMEOUT, umask=-1 if mask is None else mask)
         if proc.returncode != 0:
             row.status = "failed"
             row.detail = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]

@@ -1,0 +1,137 @@
+"""pipeline.tools: timeouts, umask without preexec_fn, output to files, children die with us."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from pipeline import tools
+from pipeline.errors import BuildError
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _processes_with(marker: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if marker.encode() in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def _gone_within(marker: str, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not _processes_with(marker):
+            return True
+        time.sleep(0.05)
+    return not _processes_with(marker)
+
+
+def test_hanging_tool_is_stopped_by_its_timeout():
+    start = time.monotonic()
+    with pytest.raises(BuildError) as caught:
+        tools.run("sleep", ["1000.125"], what="waiting", timeout=1)
+    took = time.monotonic() - start
+    assert 1 <= took < 5
+    line = caught.value.line()
+    assert line.startswith("sleep: waiting stopped after 1 s (timeout)"), line
+    assert "\n" not in line
+    assert _gone_within("1000.125", 2)
+
+
+def test_timeout_applies_with_a_progress_tick_too():
+    ticks = []
+    with pytest.raises(BuildError, match=r"stopped after 1\.5 s"):
+        tools.run("sleep", ["1000.25"], timeout=1.5, tick=ticks.append)
+    assert ticks and max(ticks) < 1.5
+    assert _gone_within("1000.25", 2)
+
+
+def test_default_timeout_is_generous_and_a_fast_tool_is_unaffected():
+    assert tools.DEFAULT_TIMEOUT >= 3600
+    assert tools.run("true", []).returncode == 0
+
+
+def test_umask_is_022_whatever_ours_is():
+    old = os.umask(0o077)
+    try:
+        out = tools.run("sh", ["-c", "umask"]).stdout.decode().strip()
+    finally:
+        os.umask(old)
+    assert out == "0022"
+
+
+def test_failure_names_the_last_lines_of_a_large_stderr():
+    script = "head -c 30000000 /dev/zero | tr '\\0' x >&2; echo >&2; echo the end >&2; exit 3"
+    with pytest.raises(BuildError) as caught:
+        tools.run("sh", ["-c", script], what="making noise")
+    line = caught.value.line()
+    assert "making noise failed (exit 3)" in line and line.endswith("the end)")
+    assert len(line) < 2 * tools.KEEP_TAIL
+
+
+def test_large_output_goes_to_a_file_not_memory():
+    """200 MB of stdout with capture=False, and 200 MB of stderr: the process stays small."""
+    code = f"""
+import resource, sys
+sys.path.insert(0, {str(REPO)!r})
+from pipeline import tools
+proc = tools.run("sh", ["-c", "head -c 200000000 /dev/zero; head -c 200000000 /dev/zero >&2"],
+                 capture=False)
+assert len(proc.stdout) == tools.KEEP_TAIL and len(proc.stderr) == tools.KEEP_TAIL
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    peak_kib = int(proc.stdout)
+    assert peak_kib < 100 * 1024, f"peak RSS {peak_kib} KiB"
+
+
+def test_captured_stdout_is_whole():
+    out = tools.run("sh", ["-c", "head -c 3000000 /dev/zero"]).stdout
+    assert out == b"\0" * 3000000
+
+
+def test_tool_dies_when_the_build_is_killed():
+    """SIGKILL of the process that started a tool: the tool is gone within 2 s."""
+    marker = "1000.375"
+    code = (f"import sys; sys.path.insert(0, {str(REPO)!r}); from pipeline import tools; "
+            f"tools.run('sleep', [{marker!r}])")
+    parent = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        deadline = time.monotonic() + 20
+        while not _processes_with(marker):
+            assert time.monotonic() < deadline, "the tool never started"
+            assert parent.poll() is None
+            time.sleep(0.05)
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait()
+        assert _gone_within(marker, 2), "the tool outlived the killed build"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+        for pid in _processes_with(marker):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_environment_is_scrubbed():
+    os.environ["SYSEXT_PIPELINE_TEST_LEAK"] = "secret"
+    try:
+        out = tools.run("env", []).stdout.decode()
+    finally:
+        del os.environ["SYSEXT_PIPELINE_TEST_LEAK"]
+    assert "SYSEXT_PIPELINE_TEST_LEAK" not in out and "TZ=UTC" in out
