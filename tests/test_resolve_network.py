@@ -6,6 +6,10 @@ bookworm plus ``apt`` (what ``debootstrap --variant=minbase`` installs), closed 
 Pre-Depends by the resolver under test. apt then judges the closure with a private dpkg status
 file listing exactly that base (``apt-get install --simulate``, Recommends off), using its own
 download of the same suites from the same mirror.
+
+The test brings its own apt configuration: the mirror is read from the host's apt sources at run
+time (a host may configure only ``bookworm``; the security archive is then the mirror's
+``debian-security`` sibling), never from the host's suites or its package lists.
 """
 
 from __future__ import annotations
@@ -19,7 +23,6 @@ import pytest
 from prereq import missing, require_tool
 
 from pipeline import recipe as recipe_mod
-from pipeline.errors import PipelineError
 from pipeline.fetch import Cache
 from pipeline.resolve import metadata
 from pipeline.resolve.lock import _family, lock_recipe
@@ -33,9 +36,35 @@ SUITES = ["bookworm", "bookworm-security"]
 KNOWN_DIFFERENCES: dict[str, str] = {}
 
 
+KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
+
+
+def _archive() -> tuple[dict[str, str], str]:
+    """({suite: URI}, keyring) for SUITES, from the host's apt sources read now."""
+    sources = metadata.host_sources()
+    main = next((s for s in sources if SUITES[0] in s["suites"]), None)
+    if main is None:
+        missing(f"no deb source for {SUITES[0]} in /etc/apt/sources.list(.d)")
+    uris = {SUITES[0]: main["uri"]}
+    security = next((s for s in sources if SUITES[1] in s["suites"]), None)
+    if security is not None:
+        uris[SUITES[1]] = security["uri"]
+    else:
+        derived = re.sub(r"/debian(?=/|$)", "/debian-security", main["uri"].rstrip("/"), count=1)
+        if derived == main["uri"].rstrip("/"):
+            missing(f"no {SUITES[1]} source and no debian-security sibling of {main['uri']}")
+        uris[SUITES[1]] = derived
+    signed = main.get("signed_by")
+    keyring = signed if signed and "\n" not in signed else KEYRING
+    if not Path(keyring).is_file():
+        missing(f"{keyring} not found (apt-get install debian-archive-keyring)")
+    return uris, keyring
+
+
 def _recipe(directory: Path, base: str | None) -> Path:
-    repos = "".join(f'[[repository]]\ntype = "deb"\nmirror = "host"\nsuite = "{s}"\n\n'
-                    for s in SUITES)
+    uris, keyring = _archive()
+    repos = "".join(f'[[repository]]\ntype = "deb"\nmirror = "{uris[s]}"\nsuite = "{s}"\n'
+                    f'keyring = "{keyring}"\n\n' for s in SUITES)
     base_line = f'base = "{base}"\n' if base else ""
     path = directory / "debug.toml"
     path.write_text(f'[extension]\nname = "debug"\n[target]\nid = "debian"\nversion_id = "12"\n'
@@ -44,15 +73,13 @@ def _recipe(directory: Path, base: str | None) -> Path:
 
 
 def _apt(work: Path, *args: str) -> str:
-    uri, signed_by = metadata.host_mirror("bookworm")
-    sec_uri, sec_signed = metadata.host_mirror("bookworm-security")
+    uris, keyring = _archive()
     for sub in ("lists/partial", "cache/archives/partial", "parts", "prefs"):
         (work / sub).mkdir(parents=True, exist_ok=True)
     sources = work / "sources.list"
     if not sources.exists():
-        sources.write_text(
-            f"deb [signed-by={signed_by}] {uri} bookworm main\n"
-            f"deb [signed-by={sec_signed or signed_by}] {sec_uri} bookworm-security main\n")
+        sources.write_text("".join(f"deb [signed-by={keyring}] {uris[s]} {s} main\n"
+                                   for s in SUITES))
     cmd = ["-o", f"Dir::Etc::sourcelist={sources}", "-o", f"Dir::Etc::sourceparts={work}/parts",
            "-o", f"Dir::Etc::preferencesparts={work}/prefs",
            "-o", f"Dir::State::Lists={work}/lists", "-o", f"Dir::Cache={work}/cache",
@@ -70,11 +97,7 @@ def _apt(work: Path, *args: str) -> str:
 def test_closure_agrees_with_apt(tmp_path):
     require_tool("apt-get", "apt")
     require_tool("gpgv", "gpgv")
-    try:
-        metadata.host_mirror("bookworm")
-        metadata.host_mirror("bookworm-security")
-    except PipelineError as exc:
-        missing(f"host apt sources: {exc.line()}")
+    _archive()
     cache = Cache(tmp_path / "cache")
 
     # 1. The minimal base, derived from the archive itself.
