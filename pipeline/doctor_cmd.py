@@ -303,6 +303,10 @@ def _signature_findings(host, path: Path, verdict: rules.Verdict, findings, subj
                                     "unsigned verity only where the image policy allows it",
                                     r.fix.format(name=path.name.removesuffix(".raw")),
                                     subject))
+    for why in state.unusable:
+        findings.append(Finding(WARNING, "certificate.unusable", f"{why}: it verifies no image",
+                                "replace it with a PEM or DER X.509 certificate, or remove it",
+                                subject))
 
 
 def _layer_order(names: list[str]) -> list[str]:
@@ -347,8 +351,10 @@ def _library_findings(host, merging, findings) -> None:
     if not merging:
         return
     hier = ("usr/", "opt/")
+    unreadable: list[str] = []  # images whose files could not be read: their names only
     with tempfile.TemporaryDirectory(prefix="sysext-doctor-") as tmp:
         trees = []
+        provided: set[str] = set()
         for i, (name, image) in enumerate(merging):
             elf_paths = [e.path for e in image.entries if e.type == "file" and
                          e.path.startswith(hier) and
@@ -361,10 +367,18 @@ def _library_findings(host, merging, findings) -> None:
             try:
                 tree = images.extract(image.path, dest, None if image.is_dir else
                                       sorted({p.split("/", 1)[0] for p in elf_paths + links}))
-            except PipelineError:
+            except PipelineError as exc:
+                # its listing was read: the names it ships still count, its ELF files (their
+                # sonames and what they need) cannot be checked, and that is said
+                provided.update(rel.rsplit("/", 1)[-1] for rel in elf_paths + links)
+                unreadable.append(name)
+                findings.append(Finding(WARNING, "image.unreadable",
+                                        f"{name}: its files cannot be read, so its libraries "
+                                        f"are not checked: {exc.line()}",
+                                        "free space in the temporary directory, or replace the "
+                                        "image", host.host_path(image.path)))
                 continue
             trees.append((name, tree, elf_paths, links))
-        provided: set[str] = set()
         infos: dict[tuple[int, str], dict | None] = {}
         for i, (_, tree, paths, links) in enumerate(trees):
             for rel in paths:
@@ -392,11 +406,13 @@ def _library_findings(host, merging, findings) -> None:
                     if any(_runpath_has(host, tree, rp, origin, lib) for rp in info["runpath"]):
                         continue
                     missing.setdefault(lib, []).append("/" + rel)
+            unsure = f" (unless {', '.join(unreadable)} provides it under another name: " \
+                "its files could not be read)" if unreadable else ""
             for lib, users in sorted(missing.items()):
-                findings.append(Finding(ERROR, "library.missing",
+                findings.append(Finding(WARNING if unreadable else ERROR, "library.missing",
                                         f"{name}: {', '.join(users[:3])}"
                                         f"{' …' if len(users) > 3 else ''} need {lib}, which "
-                                        "neither the extension nor the host provides",
+                                        f"neither the extension nor the host provides{unsure}",
                                         f"add the package that ships {lib} to the recipe, or "
                                         "rebuild against this host's libraries", lib))
 

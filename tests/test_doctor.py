@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
-from conftest import run_cli, write_recipe
+from conftest import REPO, run_cli, write_recipe
 from merge import in_namespace, make_root
 from pkgfactory import build_deb, file
 from prereq import missing, require_tool
@@ -225,3 +228,58 @@ def test_immutable_hierarchies_only_matter_when_one_must_be_created(tmp_path):
         assert finding["fix"].startswith("mkdir /opt")
     finally:
         subprocess.run(["chattr", "-i", str(root), str(root / "usr")])
+
+
+def test_an_image_whose_files_cannot_be_copied_is_named_not_dropped(tmp_path):
+    """issue 11 §9: the temporary directory fills up while doctor copies one image's libraries
+    out (a real ENOSPC on a 1 MiB tmpfs): that image is named, the library names its listing
+    shows still count, and nobody else gets a false library.missing."""
+    from prereq import require_root
+
+    require_root()
+    require_tool("unshare", "util-linux")
+    libdir = "/usr/lib/x86_64-linux-gnu"
+    ls = Path(shutil.which("ls")).resolve()
+    assert "libselinux.so.1" in elf_dynamic(ls)["needed"]
+    selinux = Path(f"{libdir}/libselinux.so.1").resolve()
+    debs = tmp_path / "debs"
+    tool = build_deb(debs, "lstool", "1.0", [file("/usr/bin/lstool", ls.read_bytes(), 0o755)])
+    libs = build_deb(debs, "zlibs", "1.0", [
+        file(f"{libdir}/libselinux.so.1", selinux.read_bytes(), 0o644),
+        file(f"{libdir}/libfiller.so", b"\0" * (4 << 20), 0o644)])
+    root = make_root(tmp_path / "root", "ID=debian\nVERSION_ID=12\n")
+    (root / libdir.lstrip("/")).mkdir(parents=True)
+    for lib in ("libc.so.6", "libpcre2-8.so.0", "ld-linux-x86-64.so.2"):
+        (root / libdir.lstrip("/") / lib).write_bytes(b"stand-in")
+    for name, deb in (("lstool", tool), ("zlibs", libs)):
+        rdir = tmp_path / name
+        text = f"""
+[extension]
+name = "{name}"
+[target]
+id = "debian"
+version_id = "12"
+[[source]]
+deb = "{deb}"
+[image]
+source_date_epoch = 1700000000
+"""
+        proc = run_cli("build", str(write_recipe(rdir, text)), "-o", str(rdir / "out"))
+        assert proc.returncode == 0, proc.stderr
+        shutil.copy(rdir / "out" / f"{name}.raw", root / "var/lib/extensions")
+    assert not codes(doctor_json(root)).get("library.missing")  # with room: all provided
+
+    small = tmp_path / "small-tmp"
+    small.mkdir()
+    proc = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c",
+         'mount -t tmpfs -o size=1m tmpfs "$TMPDIR" && exec "$@"', "sh", sys.executable, "-m",
+         "pipeline", "doctor", "--root", str(root), "--systemd", "252", "--json"],
+        capture_output=True, text=True, cwd=REPO,
+        env={**os.environ, "TMPDIR": str(small), "PYTHONPATH": str(REPO)})
+    assert proc.returncode in (0, 1) and "Traceback" not in proc.stderr, proc.stderr
+    found = codes(json.loads(proc.stdout))
+    [unreadable] = found["image.unreadable"]
+    assert unreadable["severity"] == "warning" and unreadable["message"].startswith("zlibs")
+    assert "no space left on device" in unreadable["message"]
+    assert not found.get("library.missing"), found.get("library.missing")

@@ -220,6 +220,14 @@ def copy_safely(root: Path, dest: Path, paths: list[str] | None = None) -> None:
     """Copy the tree at ``root`` (or ``paths`` of it, with their parent directories) into
     ``dest``: directories, regular files (contents, permission bits without set-id, mtime) and
     symlinks (their targets as they are, never followed); anything else is left out."""
+    try:
+        _copy_selected(root, dest, paths)
+    except OSError as err:
+        raise BuildError(str(err.filename or dest), "copying out of the image failed: "
+                         f"{(err.strerror or str(err)).lower()}") from None
+
+
+def _copy_selected(root: Path, dest: Path, paths: list[str] | None) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     if paths is None:
         _copy_children(root, dest)

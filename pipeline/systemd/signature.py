@@ -17,6 +17,7 @@ import functools
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import InputError
 from . import rules
 
 UNSIGNED, TRUSTED, UNTRUSTED = "unsigned", "trusted", "untrusted"
@@ -28,36 +29,37 @@ class SignatureState:
     certificates: tuple[Path, ...] = ()  # installed verity.d certificates (real paths)
     verified_by: Path | None = None  # the one that verifies it (trusted)
     where: str = ""  # what carries the signature: 'NAME.roothash.p7s' or 'root-verity-sig'
+    unusable: tuple[str, ...] = ()  # installed certificates that cannot be read, with why
 
 
 def signature_carrier(path: Path) -> str | None:
-    """What carries ``path``'s signature (None: the image is not signed)."""
+    """What carries ``path``'s signature (None: the image is not signed). A partition table or
+    file that cannot be read is an error (a PipelineError naming the file), not "unsigned"."""
+    from ..ddi.gpt import has_gpt, read_gpt
+    from . import partitions
+
     path = Path(path)
     p7s = Path(str(path).removesuffix(".raw") + ".roothash.p7s")
     if p7s.is_file() and p7s.stat().st_size:
         return p7s.name
-    if not path.is_file():
+    if not path.is_file() or not has_gpt(path):
         return None
-    try:
-        from ..ddi.gpt import has_gpt, read_gpt
-        from . import partitions
-
-        if not has_gpt(path):
-            return None
-        for part in read_gpt(path).partitions:
-            found = partitions.lookup(part.type_uuid)
-            if found and found[0].endswith("-verity-sig") and _has_content(path, part):
-                return found[0]
-    except Exception:  # noqa: BLE001 - a broken table is reported by check's reading already
-        return None
+    for part in read_gpt(path).partitions:
+        found = partitions.lookup(part.type_uuid)
+        if found and found[0].endswith("-verity-sig") and _has_content(path, part):
+            return found[0]
     return None
 
 
 def _has_content(path: Path, part) -> bool:
     """An unsigned build reserves the signature partition and leaves it zero-filled."""
-    with open(path, "rb") as fh:
-        fh.seek(part.offset)
-        return fh.read(min(part.size, 4096)).strip(b"\0") != b""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(part.offset)
+            return fh.read(min(part.size, 4096)).strip(b"\0") != b""
+    except OSError as err:
+        raise InputError(str(path), f"cannot read the signature partition: "
+                         f"{(err.strerror or str(err)).lower()}") from None
 
 
 def certificates(base: Path) -> tuple[Path, ...]:
@@ -80,16 +82,22 @@ def state(path: Path, base: Path) -> SignatureState:
 
 @functools.lru_cache(maxsize=256)
 def _state(path: Path, _stamp: int | None, certs: tuple[Path, ...]) -> SignatureState:
+    """A certificate that cannot be read or parsed cannot verify anything (systemd skips it
+    too): it is named in ``unusable``. Anything wrong with the image itself is raised."""
+    from ..ddi.inspect import inspect_image
+    from ..keys import load_certificate
+
     where = signature_carrier(path)
     if where is None:
         return SignatureState(UNSIGNED)
+    unusable = []
     for cert in certs:
         try:
-            from ..ddi.inspect import inspect_image
-
-            report = inspect_image(Path(path), cert=cert)
-        except Exception:  # noqa: BLE001 - an unreadable image is reported elsewhere
+            load_certificate(cert)
+        except InputError as err:
+            unusable.append(err.line())
             continue
+        report = inspect_image(Path(path), cert=cert)
         if (report.get("signature") or {}).get("verified"):
-            return SignatureState(TRUSTED, certs, cert, where)
-    return SignatureState(UNTRUSTED, certs, None, where)
+            return SignatureState(TRUSTED, certs, cert, where, tuple(unusable))
+    return SignatureState(UNTRUSTED, certs, None, where, tuple(unusable))
