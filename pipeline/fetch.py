@@ -93,6 +93,14 @@ def _temporary_cache(why: str) -> Path:
 
 
 @dataclass(frozen=True)
+class LockedSource(Source):
+    """A package file a lock names (resolve/lock.py): ``size`` is the size the lock records,
+    which bounds its download (a mirror that sends more is cut off)."""
+
+    size: int | None = None
+
+
+@dataclass(frozen=True)
 class Fetched:
     source: Source
     path: Path  # verified file (in the cache, or the recipe's local file)
@@ -222,7 +230,8 @@ def fetch_one(source: Source, cache: Cache, *, offline: bool = False, progress=N
             origin = "apt"
         else:
             downloaded = tmp / "download"
-            http_download(source.ref, downloaded, progress)
+            http_download(source.ref, downloaded, progress,
+                          max_size=getattr(source, "size", None))  # a LockedSource
             origin = "download"
         path, digest, size = cache.store(downloaded, source.sha256, filename)
     finally:
@@ -254,19 +263,43 @@ class DownloadError(BuildError):
         super().__init__(where, what, hint)
 
 
-def http_download(url: str, dest: Path, progress=None, attempts: int | None = None) -> None:
+#: A download whose size nothing records (a recipe URL, repository metadata) and whose server
+#: announces none is cut off here; one that announces more is refused before a byte is read.
+MAX_UNKNOWN_SIZE = 4 << 30
+
+
+class TooLarge(InputError):
+    """The server sends (or announces) more than the download may be — the bytes are not the
+    recorded file, as with a hash mismatch: never retried."""
+
+
+def http_download(url: str, dest: Path, progress=None, attempts: int | None = None, *,
+                  max_size: int | None = None, recorded_by: str = "the lock records") -> None:
     """Download ``url`` to ``dest``: retries with backoff on 5xx, timeouts and resets.
 
     An interrupted transfer resumes with a Range request when the server honours it (206 with
     the right offset) and restarts from zero otherwise. 4xx fails at once. The error names the
     URL's path and the last status. ``dest`` may hold a partial file afterwards: callers
     download into a temporary directory and hash before anything reaches the cache.
+
+    Bounded: never more than ``max_size`` bytes (the size the lock records; else
+    MAX_UNKNOWN_SIZE) and never more than the Content-Length the server announced; a server
+    that announces more than the bound is refused before the body is read, one that sends more
+    is cut off (TooLarge, not retried), and an announced size that does not fit the free space
+    of ``dest``'s directory is an error naming it. Nothing is hashed after it filled the disk.
     """
     attempts = attempts or ATTEMPTS
     where = urllib.parse.urlsplit(url).path or url
+    limit = MAX_UNKNOWN_SIZE if max_size is None else max(0, max_size)
+    bound = (f"the {limit} bytes {recorded_by}" if max_size is not None else
+             f"the {limit} bytes allowed for a download of unrecorded size")
+    host = f"from {urllib.parse.urlsplit(url).netloc or url}"
     last, status = "no answer", None
     for attempt in range(1, attempts + 1):
         have = dest.stat().st_size if dest.exists() else 0
+        if have > limit:
+            dest.unlink()
+            have = 0
         headers = {"User-Agent": "sysext-pipeline"}
         if have:
             headers["Range"] = f"bytes={have}-"
@@ -276,13 +309,24 @@ def http_download(url: str, dest: Path, progress=None, attempts: int | None = No
                 code = getattr(response, "status", 200)
                 resumed = have and code == 206 and response.headers.get(
                     "Content-Range", "").startswith(f"bytes {have}-")
-                total = int(response.headers.get("Content-Length") or 0)
+                announced = _content_length(response, where)
                 done = have if resumed else 0
-                total = total + done if total else 0
+                total = announced + done if announced is not None else 0
+                if total > limit:
+                    raise TooLarge(where, f"the server announces {total} bytes, more than "
+                                   f"{bound}", host)
+                if announced is not None:
+                    _check_space(dest.parent, announced)
                 with open(dest, "ab" if resumed else "wb") as out:
-                    while chunk := response.read1(CHUNK):  # what arrived: kept on a reset
-                        out.write(chunk)
+                    # what arrived is kept on a reset; at most one byte past the bound is read
+                    while chunk := response.read1(min(CHUNK, limit - done + 1)):
                         done += len(chunk)
+                        if done > limit:
+                            out.close()
+                            dest.unlink(missing_ok=True)
+                            raise TooLarge(where, f"the server sent more than {bound}: cut "
+                                           "off", host)
+                        out.write(chunk)
                         if progress:
                             progress(url, done, total)
                 if total and done < total:
@@ -293,14 +337,29 @@ def http_download(url: str, dest: Path, progress=None, attempts: int | None = No
             if exc.code == 416 and have:  # our partial file is useless: start again
                 dest.unlink(missing_ok=True)
             elif exc.code < 500 and exc.code not in (408, 429):
-                raise DownloadError(where, f"download failed: {last}", status,
-                                    f"from {urllib.parse.urlsplit(url).netloc}") from None
+                raise DownloadError(where, f"download failed: {last}", status, host) from None
         except (urllib.error.URLError, OSError, TimeoutError, http.client.HTTPException) as exc:
             status, last = None, str(getattr(exc, "reason", exc)) or type(exc).__name__
         if attempt < attempts:
             time.sleep(RETRY_DELAY * 2 ** (attempt - 1))
-    raise DownloadError(where, f"download failed after {attempts} tries: {last}", status,
-                        f"from {urllib.parse.urlsplit(url).netloc or url}")
+    raise DownloadError(where, f"download failed after {attempts} tries: {last}", status, host)
+
+
+def _content_length(response, where: str) -> int | None:
+    value = response.headers.get("Content-Length")
+    if value is None:
+        return None
+    if not value.strip().isdigit():
+        raise DownloadError(where, f"the server sent an invalid Content-Length {value[:40]!r}",
+                            None)
+    return int(value)
+
+
+def _check_space(directory: Path, needed: int) -> None:
+    free = shutil.disk_usage(directory).free
+    if needed > free:
+        raise BuildError(str(directory), f"not enough free space for a download of {needed} "
+                         f"bytes ({free} free)", "free space, or use --cache-dir elsewhere")
 
 
 def _apt_download(source: Source, tmp: Path) -> tuple[Path, str]:

@@ -231,9 +231,14 @@ def _recompress_primary_zstd(repodata: Path) -> None:
 # --- HTTP --------------------------------------------------------------------------------------
 
 
+#: Faults that send without end (see Server._endless).
+ENDLESS_FAULTS = ("endless", "overlong", "huge-length")
+
+
 class Server:
     """Serve ``root`` on 127.0.0.1. ``faults[path]`` is a list consumed one per request:
-    "404", "500", "reset" (half the body, then the connection dies), "wrong" (other bytes)."""
+    "404", "500", "reset" (half the body, then the connection dies), "wrong" (other bytes),
+    and the ENDLESS_FAULTS, which send the file and then zeros until the client hangs up."""
 
     def __init__(self, root: Path):
         self.root = root
@@ -279,6 +284,9 @@ class Server:
                     self.end_headers()
                     return
                 data = local.read_bytes()
+                if fault in ENDLESS_FAULTS:
+                    self._endless(data, fault)
+                    return
                 if fault == "wrong":
                     data = bytes(b ^ 0xFF for b in data)
                 start = 0
@@ -301,6 +309,31 @@ class Server:
                     return
                 self.wfile.write(data[start:])
 
+            def _endless(self, data, fault):
+                """The file's bytes, then zeros until the client hangs up: with no
+                Content-Length ("endless"), the true one ("overlong": more than it announced)
+                or an absurd one ("huge-length": 1 TiB announced)."""
+                self.send_response(200)
+                if fault == "overlong":
+                    self.send_header("Content-Length", str(len(data)))
+                elif fault == "huge-length":
+                    self.send_header("Content-Length", str(1 << 40))
+                self.send_header("Connection", "close")
+                self.end_headers()
+                self.close_connection = True
+                chunk = bytes(64 << 10)
+                try:
+                    self.wfile.write(data)
+                    with server.lock:
+                        server.sent += len(data)
+                    while True:
+                        self.wfile.write(chunk)
+                        with server.lock:
+                            server.sent += len(chunk)
+                except OSError:
+                    pass  # the client cut it off
+
+        self.sent = 0  # bytes written by the endless faults, for the tests to bound
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"

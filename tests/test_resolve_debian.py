@@ -165,7 +165,7 @@ def test_armored_keyring_accepted(tmp_path, deb_archive, deb_recipe):
 
 def test_tampered_index_refused(tmp_path, deb_archive, deb_recipe):
     deb_archive.publish("tampered", list(deb_archive.root.glob("pool/stable/*")), tamper=True)
-    with pytest.raises(InputError, match="sha256 mismatch"):
+    with pytest.raises(InputError, match="sha256 mismatch|more than the .* root file records"):
         _lock(tmp_path, deb_archive, ["tool"], suite="tampered")
     assert not list((tmp_path / "cache" / "sha256").rglob("*")) or all(
         p.is_dir() for p in (tmp_path / "cache" / "sha256").rglob("*"))

@@ -109,10 +109,16 @@ def _keyring(repo: Repository, recipe_dir: Path) -> Path | None:
 # --- fetching ----------------------------------------------------------------------------------
 
 
+#: Root files (InRelease, Release, its signature, repomd.xml) are read into memory: a server
+#: that sends more is cut off (Debian's largest InRelease is well under 1 MiB).
+MAX_ROOT_FILE = 64 << 20
+
+
 def _get(url: str, cache: Cache) -> bytes:
     tmp = cache.tmpdir()
     try:
-        http_download(url, tmp / "file")
+        http_download(url, tmp / "file", max_size=MAX_ROOT_FILE,
+                      recorded_by="a repository root file may have")
         return (tmp / "file").read_bytes()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -128,8 +134,10 @@ def _get_if_present(url: str, cache: Cache) -> bytes | None:
         return None
 
 
-def _indexed(cache: Cache, urls: list[str], sha256: str, where: str) -> Path:
-    """A metadata file by its expected hash: from the cache, else the first URL that works."""
+def _indexed(cache: Cache, urls: list[str], sha256: str, where: str,
+             size: int | None = None) -> Path:
+    """A metadata file by its expected hash (and size, which bounds the download): from the
+    cache, else the first URL that works."""
     cached = cache.lookup(sha256)
     if cached is not None:
         return cached[0]
@@ -137,7 +145,7 @@ def _indexed(cache: Cache, urls: list[str], sha256: str, where: str) -> Path:
     for url in urls:
         tmp = cache.tmpdir()
         try:
-            http_download(url, tmp / "file")
+            http_download(url, tmp / "file", max_size=size, recorded_by="the root file records")
             return cache.store(tmp / "file", sha256, where)[0]
         except DownloadError as exc:
             error = exc
@@ -200,11 +208,11 @@ def load_deb(repo: Repository, recipe_dir: Path, cache: Cache) -> Metadata:
             if choice is None:
                 raise InputError(where, f"the Release file lists no {base}(.xz|.gz)",
                                  "check suite, components and architectures")
-            sha, _size = release.sha256[choice]
+            sha, size = release.sha256[choice]
             urls = [f"{dists}/{choice}"]
             if release.by_hash:
                 urls.insert(0, f"{dists}/{component}/binary-{arch}/by-hash/SHA256/{sha}")
-            path = _indexed(cache, urls, sha, f"{where}: {choice}")
+            path = _indexed(cache, urls, sha, f"{where}: {choice}", size)
             for pkg in debian.parse_packages(_decompressed_text(path, choice), repo.name,
                                              f"{where}: {choice}"):
                 packages.setdefault((pkg.name, pkg.version, pkg.arch), pkg)
