@@ -7,6 +7,7 @@ runs this same code against recording-only trees, so plan and build cannot disag
 
 from __future__ import annotations
 
+import hashlib
 import io
 import re
 from collections.abc import Callable, Iterable
@@ -15,8 +16,9 @@ from dataclasses import dataclass, field
 from .errors import InputError
 from .fetch import Fetched
 from .formats import entry as E
-from .formats.deb import deb_info, read_deb
-from .formats.rpm import read_rpm, rpm_info
+from .formats.compression import CHUNK, DigestCheck, Limits
+from .formats.entry import shown
+from .formats.package import Package
 from .layout import Router
 from .recipe import Recipe
 from .staging import MERGED_USR, StagingTree, canonical_path
@@ -59,11 +61,42 @@ def glob_regex(patterns: Iterable[str]) -> re.Pattern | None:
     return re.compile("^(?:" + "|".join(parts) + ")$") if parts else None
 
 
-def package_reader(fetched: Fetched):
-    """(info, entries) for a fetched package, by format."""
-    if fetched.source.format == "deb":
-        return deb_info(fetched.path), read_deb(fetched.path)
-    return rpm_info(fetched.path), read_rpm(fetched.path)
+#: Times squashfs and erofs images can hold (unsigned 32-bit seconds: 1970 to 2106).
+MAX_MTIME = 2**32 - 1
+
+
+def open_package(fetched: Fetched, limits: Limits | None = None) -> Package:
+    """The fetched file, opened once: its sha256 is checked against what fetch verified over
+    the very bytes that are parsed (at the end of ``entries()``)."""
+    return Package(fetched.path, fetched.source.format, sha256=fetched.sha256, limits=limits,
+                   name=fetched.filename)
+
+
+def check_identity(item: Fetched, info) -> None:
+    """What the file says it is must be what the recipe (or lock) names: a cached sha256 never
+    changes what a recipe means (``apt = "jqq"`` with jq's sha256 is an error, not jq)."""
+    source = item.source
+    name = source.ref.split(":", 1)[0] if source.type == "apt" else \
+        (source.names[0] if len(source.names) == 1 else None)
+    arch = source.ref.split(":", 1)[1] if source.type == "apt" and ":" in source.ref else \
+        getattr(source, "architecture", None)
+    wanted = []
+    if name is not None and info.name != name:
+        wanted.append(f"name {name}")
+    if source.version is not None and _version(info.version) != _version(source.version):
+        wanted.append(f"version {source.version}")
+    if arch is not None and info.architecture != arch:
+        wanted.append(f"architecture {arch}")
+    if wanted:
+        raise InputError(f"source {shown(_source_label(source))}",
+                         f"the file is {shown(info.name)} {shown(info.version)} "
+                         f"({shown(info.architecture)}), not {', '.join(wanted)}",
+                         "fix the source entry (or its sha256): the package must be the one "
+                         "it names")
+
+
+def _version(version: str) -> str:
+    return version[2:] if version.startswith("0:") else version
 
 
 def package_record(item: Fetched, info) -> dict:
@@ -89,11 +122,15 @@ def extract(recipe: Recipe, fetched: list[Fetched], tree_for: Callable[[str], St
     """Write every package entry and recipe file to ``tree_for(kind)`` as ``router`` says."""
     report = ExtractReport()
     exclude = glob_regex(recipe.exclude)
+    limits = Limits(unpacked=recipe.unpacked_limit, ratio=recipe.ratio_limit)
 
     for item in fetched:
-        info, entries = package_reader(item)
-        report.packages.append(package_record(item, info))
-        _Package(item, info, recipe, exclude, router, tree_for, report).extract(entries)
+        with open_package(item, limits) as package:
+            info = package.info
+            check_identity(item, info)
+            report.packages.append(package_record(item, info))
+            _Package(item, info, recipe, exclude, router, tree_for, report, limits).extract(
+                package.entries())
 
     for extra in recipe.files:
         content = extra.content if extra.content is not None else extra.source.read_bytes()
@@ -112,23 +149,33 @@ class _Package:
 
     Hardlinks are the subtle part: a link's target may have been routed elsewhere (into the
     other image, or to usr/share/factory) or not written at all (excluded, dropped). The link
-    then becomes a copy of the target's data — taken from the other tree, or from a second read
-    of the archive — instead of a dangling link the writer would refuse."""
+    then becomes a copy of the target's data — taken from the other tree, or streamed from a
+    second read of the archive, checked against the sha256 of the first — instead of a
+    dangling link the writer would refuse. Nothing is ever held in memory."""
 
-    def __init__(self, item, info, recipe, exclude, router, tree_for, report):
+    def __init__(self, item, info, recipe, exclude, router, tree_for, report, limits):
         self.item, self.info, self.recipe = item, info, recipe
         self.exclude, self.router, self.tree_for, self.report = exclude, router, tree_for, report
+        self.limits = limits
         self.origin = f"{info.name}_{info.version}_{info.architecture}"
         self.config = {canonical_path(p.lstrip("/"), self.origin) for p in info.config_files}
         self.placed: dict[str, tuple[str, str]] = {}  # archive path → (image kind, image path)
-        self.skipped: set[str] = set()  # regular files not written (excluded or dropped)
+        # regular files not written (excluded or dropped) → (size, sha256 of their data)
+        self.skipped: dict[str, tuple[int, str]] = {}
 
     def extract(self, entries) -> None:
         report = self.report
         for entry in entries:
             path = canonical_path(entry.path, entry.member)
             if not path:
-                continue
+                if entry.kind == E.DIR:
+                    continue  # the archive's own "./": the root's mode is ours to decide
+                raise InputError(entry.member, f"a {entry.kind} named {shown(entry.path)!r}, "
+                                 "which is the image's root directory",
+                                 "the package is broken")
+            if not 0 <= entry.mtime <= MAX_MTIME:
+                raise InputError(entry.member, f"mtime {entry.mtime} is outside 1970-2106 (what "
+                                 "squashfs and erofs can store)", "the package is broken")
             if entry.mtime and (report.newest_mtime is None or entry.mtime > report.newest_mtime):
                 report.newest_mtime = entry.mtime
             if self.exclude is not None and self.exclude.match(path):
@@ -149,46 +196,70 @@ class _Package:
                 continue
             tree = self.tree_for(route.image)
             if entry.kind == E.HARDLINK:
-                entry = self._link_or_copy(entry, route.image)
-            try:
+                self._add_link(entry, path, route.image, route.path, tree)
+            else:
                 tree.add(entry, route.path, entry.uid, entry.gid, self.origin)
-            finally:
-                if entry.data is not None and getattr(entry.data, "owned_copy", False):
-                    entry.data.close()
             if entry.kind in (E.FILE, E.HARDLINK):
                 self.placed[path] = (route.image, route.path)
             if path in self.config:
                 tree.records[route.path].config = True
 
     def _skip(self, entry: E.Entry, path: str) -> None:
-        if entry.kind in (E.FILE, E.HARDLINK):
-            self.skipped.add(path)
+        """Remember what a later hard link may need: the size and sha256 of the data."""
+        if entry.kind == E.FILE:
+            digest = hashlib.sha256()
+            if entry.data is not None:
+                for chunk in iter(lambda: entry.data.read(CHUNK), b""):
+                    digest.update(chunk)
+            self.skipped[path] = (entry.size, digest.hexdigest())
+        elif entry.kind == E.HARDLINK:
+            target = canonical_path(entry.target or "", entry.member)
+            if target in self.skipped:
+                self.skipped[path] = self.skipped[target]
 
-    def _link_or_copy(self, entry: E.Entry, image: str) -> E.Entry:
+    def _add_link(self, entry: E.Entry, path: str, image: str, image_path: str,
+                  tree: StagingTree) -> None:
         target = canonical_path(entry.target or "", entry.member)
         if target in self.placed:
             target_image, target_path = self.placed[target]
             if target_image == image:
                 entry.target = target_path  # where the target really went
-                return entry
-            tree = self.tree_for(target_image)
-            record = tree.records[target_path]
-            data = tree.open_data(target_path)
-            if data is not None:
-                data.owned_copy = True  # ours to close once written
-            return _as_file(entry, record.size, data)
+                tree.add(entry, image_path, entry.uid, entry.gid, self.origin)
+                return
+            source = self.tree_for(target_image)
+            record = source.records[target_path]
+            data = source.open_data(target_path)
+            try:
+                tree.add(_as_file(entry, record.size, data), image_path, entry.uid, entry.gid,
+                         self.origin)
+            finally:
+                if data is not None:
+                    data.close()
+            return
         if target in self.skipped:
-            return self._copy_from_archive(entry, target)
-        return entry  # the writer refuses it: a link to nothing extracted before
+            self._copy_from_archive(entry, target, image_path, tree)
+            return
+        raise InputError(entry.member, f"hardlink to {shown(entry.target or '')!r}, which is "
+                         "not a file extracted before it",
+                         "the package is broken (its hard link has no target)")
 
-    def _copy_from_archive(self, entry: E.Entry, target: str) -> E.Entry:
-        """Read the package again up to the target's data (rare: a link to an excluded file)."""
-        _, entries = package_reader(self.item)
-        for other in entries:
-            if other.kind == E.FILE and canonical_path(other.path, other.member) == target:
-                data = io.BytesIO(other.data.read(other.size)) if other.data else None
-                return _as_file(entry, other.size, data)
-        return entry
+    def _copy_from_archive(self, entry: E.Entry, target: str, image_path: str,
+                           tree: StagingTree) -> None:
+        """A link to a file that was not written (excluded, dropped): read the package a second
+        time up to the target and stream its data into the tree, checked against the sha256
+        the first read saw (rare; never held in memory)."""
+        size, sha256 = self.skipped[target]
+        with open_package(self.item, self.limits) as package:
+            for other in package.entries():
+                if other.kind == E.FILE and canonical_path(other.path, other.member) == target:
+                    data = DigestCheck(other.data, other.size, hashlib.sha256(), sha256,
+                                       other.member, "first read (it changed while read)")
+                    tree.add(_as_file(entry, size, data), image_path, entry.uid, entry.gid,
+                             self.origin)
+                    data.finish()
+                    return
+        raise InputError(entry.member, "the hard link's target vanished on a second read",
+                         "the file changed while it was read")
 
     def _owner(self, name: str | None, number: int, table: str, member: str) -> int:
         """Owner by name through the recipe's [owners] table; root is 0 everywhere.

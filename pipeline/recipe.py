@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError
+from .formats.compression import DEFAULT_RATIO, DEFAULT_UNPACKED, RATIO_FLOOR
 from .systemd import release as sdrelease
 
 if sys.version_info >= (3, 11):
@@ -26,6 +27,28 @@ else:  # pragma: no cover - exercised only on Python 3.10
 KINDS = ("auto", "sysext", "confext")
 ETC_POLICIES = ("confext", "factory", "drop", "error")
 VAR_POLICIES = ("tmpfiles", "drop", "error")
+SPECIAL_POLICIES = ("warn", "error", "allow")
+_SIZE_RE = re.compile(r"^([0-9]+)([KMGT]?)$")
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(value: int | str) -> int | None:
+    """Bytes from ``123``, ``"512M"`` or ``"16G"``; None when it is not a size."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value if value > 0 else None
+    match = _SIZE_RE.match(str(value))
+    if not match or int(match[1]) == 0:
+        return None
+    return int(match[1]) * _SIZE_UNITS[match[2]]
+
+
+def _size_check(value) -> str | None:
+    return None if parse_size(value) is not None else \
+        "is not a size (bytes, or a number with K, M, G or T)"
+
+
+def _ratio_check(value: int) -> str | None:
+    return None if value >= 10 else "must be at least 10"
 FORMATS = ("squashfs", "erofs", "directory", "ddi")
 FILESYSTEMS = ("erofs", "squashfs")  # what a DDI's root partition may hold
 VERITY_MODES = ("none", "detached")
@@ -206,6 +229,17 @@ SCHEMA: tuple[Key, ...] = (
         "1700000000", check=_epoch_check),
     Key("image", "mtime", str, "`set`: every mtime becomes the epoch; `clamp`: only newer ones "
         "are lowered to it.", '"set"', default="set", check=_one_of(MTIME_POLICIES)),
+    Key("policy", "special_files", str, "setuid/setgid files and world-writable paths without "
+        "the sticky bit in the packages: `warn` (a severe finding, the default), `error` "
+        "(refused, naming each path), `allow` (no finding). Device nodes are always refused.",
+        '"error"', default="warn", check=_one_of(SPECIAL_POLICIES)),
+    Key("limits", "unpacked", (int, str), "Budget of bytes all packages of a build may "
+        f"decompress to (a bomb is stopped there): bytes or `\"16G\"`. Default "
+        f"`\"{DEFAULT_UNPACKED >> 30}G\"`.", '"16G"', default=DEFAULT_UNPACKED,
+        check=_size_check),
+    Key("limits", "compression_ratio", int, "How many times a compressed package member may "
+        f"expand once it produced {RATIO_FLOOR >> 20} MiB. Default {DEFAULT_RATIO}.", "5000",
+        default=DEFAULT_RATIO, check=_ratio_check),
 )
 
 SOURCE_KEYS = {
@@ -259,6 +293,7 @@ class Source:
     recommends: bool = False  # packages: follow weak dependencies too
     label: str | None = None  # how the manifest names it: repository:path, or a local path
     #                           as the recipe wrote it
+    architecture: str | None = None  # locked packages: the architecture the lock says
 
     @property
     def is_url(self) -> bool:
@@ -315,6 +350,9 @@ class Recipe:
     source_date_epoch: int | None = None
     mtime: str = "set"
     repositories: tuple[Repository, ...] = ()
+    special_files: str = "warn"
+    unpacked_limit: int = DEFAULT_UNPACKED
+    ratio_limit: int = DEFAULT_RATIO
 
     @property
     def directory(self) -> Path:
@@ -482,6 +520,9 @@ def _build(path: Path, digest: str, data: dict) -> Recipe:
         compression_level=values["image.compression_level"],
         source_date_epoch=values["image.source_date_epoch"],
         mtime=values["image.mtime"],
+        special_files=values["policy.special_files"],
+        unpacked_limit=parse_size(values["limits.unpacked"]) or DEFAULT_UNPACKED,
+        ratio_limit=values["limits.compression_ratio"],
     )
 
 

@@ -244,8 +244,14 @@ def test_unsupported_compressor(xz_rpm, tmp_path):
     bad = tmp_path / "zz.rpm"
     bad.write_bytes(patch_tag_string(xz_rpm.read_bytes(), 1125, b"zz"))
     assert rpm_query(bad, "%{PAYLOADCOMPRESSOR}", "--nosignature", "--nodigest") == "zz"
-    with pytest.raises(InputError, match=r"^zz\.rpm:payload: unsupported compression 'zz'"):
+    # The header changed after it was signed: its SHA256HEADER says so before anything else.
+    with pytest.raises(InputError, match=r"^zz\.rpm:header: does not match the signature "
+                                         r"header's SHA256HEADER"):
         read_all(bad)
+    unsigned = stripped_rpm(tmp_path / "zz2.rpm", [(0, b"hello large"), (1, b"big")],
+                            compressor="zz")
+    with pytest.raises(InputError, match=r"^zz2\.rpm:payload: unsupported compression 'zz'"):
+        read_all(unsigned)
 
 
 def test_corrupt_payload_magic(xz_rpm, tmp_path):
@@ -291,14 +297,15 @@ def header_blob(tags: dict[int, tuple[int, object]]) -> bytes:
             + b"".join(index) + bytes(store))
 
 
-def stripped_rpm(path: Path, payload_files: list[tuple[int, bytes]]) -> Path:
+def stripped_rpm(path: Path, payload_files: list[tuple[int, bytes]], compressor: str = "xz"
+                 ) -> Path:
     lead = (b"\xed\xab\xee\xdb\x03\x00\x00\x00" + b"\0" * 88)
     main = header_blob({
         1000: (6, "big"), 1001: (6, "1"), 1002: (6, "1"), 1022: (6, "x86_64"),
         1116: (4, (0, 0)), 1117: (8, ("big", "link")), 1118: (8, ("/usr/share/",)),
         1030: (3, (0o100644, 0o120777)), 5008: (5, (11, 3)), 1034: (4, (1234, 5678)),
         1036: (8, ("", "big")), 1039: (8, ("root", "adm")), 1040: (8, ("root", "adm")),
-        1124: (6, "cpio"), 1125: (6, "xz"),
+        1124: (6, "cpio"), 1125: (6, compressor),
     })  # fmt: skip
     cpio = bytearray()
     for index, data in payload_files:

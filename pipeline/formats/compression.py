@@ -17,6 +17,7 @@ import io
 import lzma
 import zlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import BinaryIO
 
 import pyzstd
@@ -46,7 +47,40 @@ ALIASES = {
     "tar": "none", "cpio": "none",
 }  # fmt: skip
 
-PEEK = 512 + 8  # enough for every magic above, and for tar's "ustar" at offset 257
+PEEK = 512 + 8
+
+#: Defaults of the per-build budgets (a recipe raises them in [limits]): every package together
+#: may unpack to this many bytes ...
+DEFAULT_UNPACKED = 8 << 30
+#: ... and no compressed member may expand more than this many times ...
+DEFAULT_RATIO = 1000
+#: ... once it has produced this much (small, very compressible members are normal).
+RATIO_FLOOR = 32 << 20
+
+
+@dataclass
+class Limits:
+    """The budget one build spends while decompressing; shared by all its packages."""
+
+    unpacked: int = DEFAULT_UNPACKED
+    ratio: int = DEFAULT_RATIO
+    ratio_floor: int = RATIO_FLOOR
+    used: int = 0
+
+    def spend(self, n: int, where: str) -> None:
+        self.used += n
+        if self.used > self.unpacked:
+            raise InputError(where, f"the packages unpack to more than {self.unpacked} bytes "
+                             "(the build's budget)",
+                             "a decompression bomb? if genuine, raise limits.unpacked in the "
+                             "recipe")
+
+    def judge_ratio(self, produced: int, consumed: int, where: str) -> None:
+        if produced > self.ratio_floor and produced > self.ratio * max(consumed, 1):
+            raise InputError(where, f"expands more than {self.ratio} times ({produced} bytes "
+                             f"from {consumed} compressed)",
+                             "a decompression bomb? if genuine, raise limits.compression_ratio "
+                             "in the recipe")  # enough for every magic above, and for tar's "ustar" at offset 257
 
 
 def codec_name(name_or_magic: str) -> str | None:
@@ -76,13 +110,17 @@ def _looks_like_lzma_alone(head: bytes) -> bool:
     return 1 << 12 <= dict_size <= 1 << 30
 
 
-def open_decompressed(stream: BinaryIO, name_or_magic: str, where: str = "") -> BinaryIO:
+def open_decompressed(stream: BinaryIO, name_or_magic: str, where: str = "",
+                      limits: Limits | None = None) -> BinaryIO:
     """Return a readable stream of the decompressed bytes of ``stream``.
 
     ``name_or_magic`` is the member name or compressor name that *claims* a codec; magic bytes
     win when they disagree (RPMs without a PAYLOADCOMPRESSOR default to "gzip" yet may be plain).
     ``where`` names the member in errors. Nothing is read beyond what the consumer asks for.
+    Every byte produced is charged to ``limits`` (a fresh default budget when None), and a
+    compressed stream may not expand beyond its ratio.
     """
+    limits = limits if limits is not None else Limits()
     where = where or name_or_magic
     claimed = codec_name(name_or_magic)
     if claimed is None:
@@ -101,8 +139,8 @@ def open_decompressed(stream: BinaryIO, name_or_magic: str, where: str = "") -> 
         else:
             raise InputError(where, f"not a {claimed} stream (bad magic {head[:6].hex()})")
     if codec == "none":
-        return _Guarded(io.BufferedReader(src, CHUNK), where)
-    return _Guarded(_OPENERS[codec](io.BufferedReader(src, CHUNK)), where)
+        return _Guarded(io.BufferedReader(src, CHUNK), where, limits, None)
+    return _Guarded(_OPENERS[codec](io.BufferedReader(src, CHUNK)), where, limits, src)
 
 
 _OPENERS: dict[str, Callable[[BinaryIO], BinaryIO]] = {
@@ -124,6 +162,7 @@ class _Prefixed(io.RawIOBase):
     def __init__(self, head: bytes, rest: BinaryIO):
         self._head = memoryview(head)
         self._rest = rest
+        self.consumed = len(head)
 
     def readable(self) -> bool:
         return True
@@ -136,36 +175,44 @@ class _Prefixed(io.RawIOBase):
             return n
         data = self._rest.read(len(b))
         b[: len(data)] = data
+        self.consumed += len(data)
         return len(data)
 
 
 class _Guarded(io.RawIOBase):
-    """Turns decoder exceptions raised while reading into InputError naming the member."""
+    """Turns decoder exceptions raised while reading into InputError naming the member, and
+    charges what comes out to the build's budget (``source`` counts the compressed bytes)."""
 
-    def __init__(self, inner: BinaryIO, where: str):
+    def __init__(self, inner: BinaryIO, where: str, limits: Limits, source: _Prefixed | None):
         self._inner = inner
         self._where = where
+        self._limits = limits
+        self._source = source
+        self._produced = 0
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, b) -> int:  # type: ignore[override]
-        try:
-            data = self._inner.read(len(b))
-        except InputError:
-            raise
-        except _DECODE_ERRORS as exc:
-            raise InputError(self._where, f"corrupt or truncated compressed data: {exc}") from None
+        data = self.read(len(b))
         b[: len(data)] = data
         return len(data)
 
     def read(self, size: int = -1) -> bytes:  # fast path: skip RawIOBase's copy through readinto
+        if size is None or size < 0:
+            return b"".join(iter(lambda: self.read(CHUNK), b""))
+        size = min(size, CHUNK)  # never more than a chunk at once: the budget is checked between
         try:
-            return self._inner.read(size)
+            data = self._inner.read(size)
         except InputError:
             raise
         except _DECODE_ERRORS as exc:
             raise InputError(self._where, f"corrupt or truncated compressed data: {exc}") from None
+        self._produced += len(data)
+        self._limits.spend(len(data), self._where)
+        if self._source is not None:
+            self._limits.judge_ratio(self._produced, self._source.consumed, self._where)
+        return data
 
 
 class LimitedReader(io.RawIOBase):
@@ -235,3 +282,84 @@ def skip(stream: BinaryIO, n: int, where: str, what: str = "data") -> None:
         step = min(n, CHUNK)
         read_exact(stream, step, where, what)
         n -= step
+
+
+class HashingReader(io.RawIOBase):
+    """Every byte read from ``stream`` goes through ``hashers`` (hashlib objects) and is
+    counted: what is parsed is what is hashed, in one pass."""
+
+    def __init__(self, stream: BinaryIO, *hashers):
+        self._stream = stream
+        self.hashers = list(hashers)
+        self.size = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:  # type: ignore[override]
+        data = self.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0:
+            return b"".join(iter(lambda: self.read(CHUNK), b""))
+        data = self._stream.read(min(size, CHUNK))
+        for h in self.hashers:
+            h.update(data)
+        self.size += len(data)
+        return data
+
+    def drain(self) -> None:
+        """Read (and hash) the rest of the stream."""
+        while self.read(CHUNK):
+            pass
+
+
+class DigestCheck(io.RawIOBase):
+    """A member's data that is hashed as it streams and compared with ``expected`` (hex) once
+    all ``size`` bytes went through; ``finish`` reads what the consumer left and checks.
+    ``what`` says where the expected digest comes from (``md5sums``, ``FILEDIGESTS``)."""
+
+    def __init__(self, inner: BinaryIO, size: int, hasher, expected: str | None, member: str,
+                 what: str):
+        self._inner = inner
+        self._left = size
+        self._hasher = hasher
+        self.expected = expected
+        self._member = member
+        self._what = what
+        self.hexdigest: str | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:  # type: ignore[override]
+        data = self.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0:
+            return b"".join(iter(lambda: self.read(CHUNK), b""))
+        data = self._inner.read(min(size, self._left, CHUNK)) if self._left else b""
+        self._hasher.update(data)
+        self._left -= len(data)
+        if not self._left and self.hexdigest is None:
+            self._verify()
+        return data
+
+    def finish(self) -> str:
+        while self._left:
+            if not self.read(CHUNK):
+                raise InputError(self._member, f"truncated: {self._left} more bytes expected")
+        if self.hexdigest is None:
+            self._verify()
+        return self.hexdigest or ""
+
+    def _verify(self) -> None:
+        self.hexdigest = self._hasher.hexdigest()
+        if self.expected is not None and self.hexdigest != self.expected.lower():
+            raise InputError(self._member, f"content does not match the package's {self._what} "
+                             f"({self._hasher.name} {self.hexdigest}, expected {self.expected})",
+                             "the package is corrupt or was tampered with")

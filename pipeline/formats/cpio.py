@@ -24,7 +24,7 @@ from typing import BinaryIO
 
 from ..errors import InputError
 from .compression import LimitedReader, read_exact, skip
-from .entry import BLOCKDEV, CHARDEV, FILE, HARDLINK, SYMLINK, Entry
+from .entry import BLOCKDEV, CHARDEV, FILE, HARDLINK, MAX_NAME, SYMLINK, Entry, shown
 from .tar import kind_from_mode
 
 NEWC = b"070701"
@@ -32,8 +32,7 @@ CRC = b"070702"
 STRIPPED = b"07070X"
 TRAILER = "TRAILER!!!"
 NEWC_FIELDS = 13  # ino mode uid gid nlink mtime filesize devmajor devminor rdevmajor rdevminor namesize check
-MAX_NAME = 1 << 16  # PATH_MAX is 4096; anything far larger is hostile
-MAX_SYMLINK = 1 << 16
+MAX_SYMLINK = MAX_NAME
 
 
 @dataclass
@@ -75,8 +74,8 @@ def iter_records(
             offset += len(raw)
             f = [_hex(raw[i : i + 8], where) for i in range(0, len(raw), 8)]
             namesize = f[11]
-            if not 0 < namesize <= MAX_NAME:
-                raise InputError(where, f"absurd cpio name size {namesize}")
+            if not 0 < namesize <= MAX_NAME + 1:  # the size counts the terminating NUL
+                raise InputError(where, f"cpio name of {namesize} bytes (limit {MAX_NAME})")
             name_bytes = read_exact(stream, namesize, where, "cpio name")
             offset += namesize
             offset += _pad(stream, offset, where)
@@ -87,7 +86,7 @@ def iter_records(
                              (f[9], f[10]), LimitedReader(stream, 0, where))
         else:
             raise InputError(where, f"bad cpio magic {magic!r}", "only newc/crc cpio is supported")
-        member = f"{where}:{rec.name}" if rec.name else f"{where}:#{rec.index}"
+        member = f"{where}:{shown(rec.name)}" if rec.name else f"{where}:#{rec.index}"
         rec.data = LimitedReader(stream, rec.size, member)
         yield rec
         rec.data.skip_rest()
@@ -100,7 +99,7 @@ def read_cpio(stream: BinaryIO, where: str) -> Iterator[Entry]:
 
     def entries() -> Iterator[tuple[Entry, tuple[int, int, int] | None, int]]:
         for rec in iter_records(stream, where):
-            member = f"{where}:{rec.name}"
+            member = f"{where}:{shown(rec.name)}"
             entry = Entry(path=rec.name, kind=kind_from_mode(rec.mode, member),
                           mode=stat.S_IMODE(rec.mode), uid=rec.uid, gid=rec.gid,
                           mtime=rec.mtime, member=member)
@@ -125,17 +124,19 @@ def fill_from_record(entry: Entry, rec: CpioRecord) -> None:
         entry.rdev = rec.rdev
 
 
-def resolve_hardlinks(
-    items: Iterable[tuple[Entry, object | None, int]],
-) -> Iterator[Entry]:
-    """Turn (entry, link key, nlink) triples into Entries where later names are HARDLINKs.
+def resolve_hardlinks(items: Iterable[tuple]) -> Iterator[Entry]:
+    """Turn (entry, link key, nlink[, size]) tuples into Entries where later names are
+    HARDLINKs.
 
-    ``link key`` is None for anything that is not a multiply-linked regular file. See the module
-    docstring for why data-less names are held back and when they are flushed.
+    ``link key`` is None for anything that is not a multiply-linked regular file; ``size``, when
+    given, is how many bytes the set's data must have (an RPM header says so): a set whose data
+    never arrived is then an error, not an empty file. See the module docstring for why
+    data-less names are held back and when they are flushed.
     """
     emitted: dict[object, str] = {}
     pending: dict[object, list[Entry]] = {}
-    for entry, key, nlink in items:
+    expected: dict[object, int] = {}
+    for entry, key, nlink, *size in items:
         if key is None:
             yield entry
         elif key in emitted:
@@ -143,20 +144,26 @@ def resolve_hardlinks(
         elif entry.size == 0:
             names = pending.setdefault(key, [])
             names.append(entry)
+            if size and size[0]:
+                expected[key] = size[0]
             if len(names) >= nlink:
-                yield from _flush(pending.pop(key), emitted, key)
+                yield from _flush(pending.pop(key), emitted, key, expected.get(key, 0))
         else:
             emitted[key] = entry.path
             yield entry
             for waiting in pending.pop(key, ()):
                 yield _link(waiting, entry.path)
     for key, names in pending.items():
-        yield from _flush(names, emitted, key)
+        yield from _flush(names, emitted, key, expected.get(key, 0))
 
 
-def _flush(names: list[Entry], emitted: dict[object, str], key: object) -> Iterator[Entry]:
+def _flush(names: list[Entry], emitted: dict[object, str], key: object,
+           expected: int) -> Iterator[Entry]:
     """A link set without data: the first name is an empty file, the rest link to it."""
     first = names[0]
+    if expected:
+        raise InputError(first.member, f"hard link set whose {expected} bytes of data never "
+                         "came in the payload", "the package is corrupt")
     first.data = io.BytesIO(b"")
     emitted[key] = first.path
     yield first

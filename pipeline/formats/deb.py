@@ -1,32 +1,38 @@
 """Debian binary packages: ``ar`` ( debian-binary, control.tar.*, data.tar.* ).
 
-Read in one forward pass from the file, like dpkg-deb does: the payload is never unpacked to
-disk or memory by this module, only turned into :class:`Entry` objects for the staging writer.
+Read in one forward pass, like dpkg-deb does: :class:`DebReader` reads the control member
+(fields, conffiles, md5sums, maintainer scripts), then streams data.tar as :class:`Entry`
+objects; the payload is never unpacked to disk or memory by this module. Every regular file the
+md5sums control member lists is checked against it while it streams, and a file md5sums lists
+that data.tar lacks is an error.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from ..errors import InputError
 from .ar import ArMember, read_ar
-from .compression import open_decompressed, read_upto
-from .entry import FILE, Entry, PackageInfo
+from .compression import DigestCheck, Limits, open_decompressed, read_upto
+from .entry import FILE, HARDLINK, Entry, PackageInfo, shown
 from .tar import tar_entries
 
 MAX_CONTROL_FILE = 4 << 20  # control/conffiles are a few KiB; refuse to buffer absurd ones
 
 
-def read_deb(path: str | os.PathLike[str]) -> Iterator[Entry]:
+MAX_MD5SUMS = 16 << 20  # a few MiB for the largest packages (100k files)
+_MD5_LINE = re.compile(r"^([0-9a-fA-F]{32}) [ *](.+)$")
+
+
+def read_deb(path: str | os.PathLike[str], limits: Limits | None = None) -> Iterator[Entry]:
     """Yield the entries of the package's data.tar.{gz,xz,zst,bz2,lzma} (or plain data.tar)."""
-    name = Path(path).name
     with open(path, "rb") as f:
-        for member in _members(f, name, "data.tar"):
-            yield from tar_entries(_decompressed(member, name), f"{name}:{member.name}")
-            return
-    raise InputError(name, "no data.tar member", "not a binary package?")
+        yield from DebReader(f, Path(path).name, limits).entries()
 
 
 #: control.tar members that dpkg runs at install time (an extension never runs them).
@@ -35,41 +41,113 @@ MAINTAINER_SCRIPTS = ("preinst", "postinst", "prerm", "postrm", "config")
 
 def deb_info(path: str | os.PathLike[str]) -> PackageInfo:
     """Name, version, architecture (from control) and conffiles (from control.tar.*)."""
-    name = Path(path).name
-    control: str | None = None
-    conffiles: list[str] = []
-    scripts: list[str] = []
     with open(path, "rb") as f:
-        for member in _members(f, name, "control.tar"):
-            where = f"{name}:{member.name}"
-            for entry in tar_entries(_decompressed(member, name), where):
-                base = entry.path.removeprefix("./")
-                if entry.kind == FILE and base in MAINTAINER_SCRIPTS:
-                    scripts.append(base)
-                if entry.kind != FILE or base not in ("control", "conffiles"):
-                    continue
-                if entry.size > MAX_CONTROL_FILE:
-                    raise InputError(entry.member, f"absurd size {entry.size}")
-                text = read_upto(entry.data, entry.size).decode("utf-8", "replace")
-                if base == "control":
-                    control = text
-                else:
-                    conffiles = _conffiles(text)
-            break
-    if control is None:
-        raise InputError(f"{name}:control.tar", "no control file")
-    fields = parse_control(control)
-    missing = [k for k in ("Package", "Version", "Architecture") if not fields.get(k)]
-    if missing:
-        raise InputError(f"{name}:control", f"missing field(s) {', '.join(missing)}")
-    return PackageInfo(
-        name=fields["Package"],
-        version=fields["Version"],
-        architecture=fields["Architecture"],
-        format="deb",
-        config_files=tuple(conffiles),
-        scripts=tuple(sorted(scripts)),
-    )
+        return DebReader(f, Path(path).name).info
+
+
+class DebReader:
+    """One pass over a .deb read from ``stream``: ``info`` once constructed, then
+    :meth:`entries` (once). ``name`` is the file name used in messages."""
+
+    def __init__(self, stream: BinaryIO, name: str, limits: Limits | None = None):
+        self.name = name
+        self.limits = limits if limits is not None else Limits()
+        self.md5sums: dict[str, str] = {}
+        self._members = read_ar(stream, name)
+        first = next(self._members, None)
+        if first is None or first.name != "debian-binary":
+            raise InputError(name, "first member is not debian-binary", "not a .deb package")
+        version = read_upto(first.data, 64).decode("ascii", "replace")
+        if not version.startswith("2."):
+            raise InputError(f"{name}:debian-binary",
+                             f"unsupported format version {shown(version.strip())!r}",
+                             "only 2.x packages exist")
+        member = self._next_member("control.tar")
+        if member is None:
+            raise InputError(f"{name}:control.tar", "no control file")
+        self.info = self._read_control(member)
+
+    def _next_member(self, wanted: str) -> ArMember | None:
+        """The next member, which must be ``wanted`` (members named ``_*`` are skipped, as dpkg
+        does); None at the end of the archive."""
+        for member in self._members:
+            if member.name == wanted or member.name.startswith(wanted + "."):
+                return member
+            if member.name.startswith("_"):
+                continue
+            raise InputError(f"{self.name}:{shown(member.name)}",
+                             f"unexpected member where {wanted} belongs",
+                             "dpkg requires debian-binary, control.tar, data.tar in this order")
+        return None
+
+    def _read_control(self, member: ArMember) -> PackageInfo:
+        name = self.name
+        control: str | None = None
+        conffiles: list[str] = []
+        scripts: list[str] = []
+        where = f"{name}:{member.name}"
+        for entry in tar_entries(_decompressed(member, name, self.limits), where):
+            base = entry.path.removeprefix("./")
+            if entry.kind == FILE and base in MAINTAINER_SCRIPTS:
+                scripts.append(base)
+            if entry.kind != FILE or base not in ("control", "conffiles", "md5sums"):
+                continue
+            limit = MAX_MD5SUMS if base == "md5sums" else MAX_CONTROL_FILE
+            if entry.size > limit:
+                raise InputError(entry.member, f"absurd size {entry.size} (limit {limit})")
+            text = read_upto(entry.data, entry.size).decode("utf-8", "surrogateescape")
+            if base == "control":
+                control = text
+            elif base == "conffiles":
+                conffiles = _conffiles(text)
+            else:
+                self.md5sums = _md5sums(text, entry.member)
+        if control is None:
+            raise InputError(f"{name}:control.tar", "no control file")
+        fields = parse_control(control)
+        missing = [k for k in ("Package", "Version", "Architecture") if not fields.get(k)]
+        if missing:
+            raise InputError(f"{name}:control", f"missing field(s) {', '.join(missing)}")
+        return PackageInfo(
+            name=fields["Package"],
+            version=fields["Version"],
+            architecture=fields["Architecture"],
+            format="deb",
+            config_files=tuple(conffiles),
+            scripts=tuple(sorted(scripts)),
+        )
+
+    def entries(self) -> Iterator[Entry]:
+        member = self._next_member("data.tar")
+        if member is None:
+            raise InputError(self.name, "no data.tar member", "not a binary package?")
+        where = f"{self.name}:{member.name}"
+        seen: dict[str, str] = {}  # md5sums path → md5 of what was extracted there
+        for entry in tar_entries(_decompressed(member, self.name, self.limits), where):
+            key = _md5_key(entry.path)
+            if entry.kind == FILE:
+                check = DigestCheck(entry.data, entry.size, hashlib.md5(),
+                                    self.md5sums.get(key), entry.member, "md5sums")
+                entry.data = check
+                yield entry
+                seen[key] = check.finish()
+                continue
+            if entry.kind == HARDLINK and key in self.md5sums:
+                target = seen.get(_md5_key(entry.target or ""))
+                if target is not None and target != self.md5sums[key]:
+                    raise InputError(entry.member, "content does not match the package's "
+                                     "md5sums (a hard link to a file with other content)",
+                                     "the package is corrupt or was tampered with")
+                if target is not None:
+                    seen[key] = target
+            yield entry
+        missing = sorted(set(self.md5sums) - set(seen))
+        if missing:
+            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            raise InputError(f"{self.name}:md5sums", f"lists {shown(missing[0])}{more}, which "
+                             f"{member.name} lacks", "the package is corrupt or incomplete")
+        for _ in self._members:  # whatever follows is read (and hashed), never used
+            pass
 
 
 def parse_control(text: str) -> dict[str, str]:
@@ -95,21 +173,27 @@ def _conffiles(text: str) -> list[str]:
     return [line.split()[-1] for line in text.splitlines() if line.strip()]
 
 
-def _members(f, name: str, wanted: str) -> Iterator[ArMember]:
-    """Check the ar layout dpkg requires and yield the member whose name starts with ``wanted``."""
-    members = read_ar(f, name)
-    first = next(members, None)
-    if first is None or first.name != "debian-binary":
-        raise InputError(name, "first member is not debian-binary", "not a .deb package")
-    version = read_upto(first.data, 64).decode("ascii", "replace")
-    if not version.startswith("2."):
-        raise InputError(f"{name}:debian-binary", f"unsupported format version {version.strip()!r}",
-                         "only 2.x packages exist")
-    for member in members:
-        if member.name == wanted or member.name.startswith(wanted + "."):
-            yield member
-            return
+def _md5_key(path: str) -> str:
+    """md5sums names files as ``usr/bin/x``; data.tar as ``./usr/bin/x``."""
+    while path.startswith(("./", "/")):
+        path = path[1:] if path.startswith("/") else path[2:]
+    return path
 
 
-def _decompressed(member: ArMember, name: str):
-    return open_decompressed(member.data, member.name, f"{name}:{member.name}")
+def _md5sums(text: str, member: str) -> dict[str, str]:
+    """``md5  path`` lines (md5sum's format); escaped names (a leading backslash) cannot be in
+    an image anyway and are left out."""
+    sums: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.startswith("\\"):
+            continue
+        match = _MD5_LINE.match(line)
+        if not match:
+            raise InputError(f"{member} line {number}", "malformed md5sums line",
+                             "expected: 32 hex digits, two spaces, a path")
+        sums[_md5_key(match[2])] = match[1].lower()
+    return sums
+
+
+def _decompressed(member: ArMember, name: str, limits: Limits):
+    return open_decompressed(member.data, member.name, f"{name}:{member.name}", limits)

@@ -6,6 +6,7 @@ report what the archive *says*, unfiltered, and never touch the file system them
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -57,3 +58,35 @@ class PackageInfo:
     format: str  # "deb" | "rpm"
     config_files: tuple[str, ...] = ()
     scripts: tuple[str, ...] = ()  # maintainer scripts (postinst, %post, …): never run in an image
+
+
+#: Longest member name or link target a reader accepts, in bytes (Linux PATH_MAX).
+MAX_NAME = 4096
+#: How much of a name a message, log line or manifest entry shows.
+SHOWN_CHARS = 160
+
+
+def shown(name: str | bytes, limit: int = SHOWN_CHARS) -> str:
+    """``name`` as it may appear in a message: control characters, undecodable bytes and
+    invisible format characters escaped (``\\n``, ``\\xe9``, ``\\u202e``), cut to ``limit``
+    characters with the length said. The one way any reader echoes an archive's names."""
+    if isinstance(name, bytes):
+        name = name.decode("utf-8", "surrogateescape")
+    out = []
+    for ch in name[: limit + 1]:
+        o = ord(ch)
+        if 0xDC80 <= o <= 0xDCFF:
+            out.append(f"\\x{o - 0xDC00:02x}")
+        elif ch == "\\":
+            out.append("\\\\")
+        elif ch in "\n\t\r":
+            out.append(repr(ch)[1:-1])
+        elif o < 0x20 or 0x7F <= o < 0xA0:
+            out.append(f"\\x{o:02x}")
+        elif unicodedata.category(ch) in ("Cf", "Zl", "Zp", "Cs", "Co"):
+            out.append(f"\\u{o:04x}")
+        else:
+            out.append(ch)
+    if len(name) > limit:
+        return "".join(out[:limit]) + f"…({len(name)} chars)"
+    return "".join(out)

@@ -14,6 +14,7 @@ Layout (all integers big-endian)::
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import struct
@@ -24,16 +25,16 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ..errors import InputError
-from .compression import open_decompressed, read_exact
+from .compression import DigestCheck, HashingReader, Limits, open_decompressed, read_exact
 from .cpio import CpioRecord, fill_from_record, iter_records, resolve_hardlinks
-from .entry import BLOCKDEV, CHARDEV, FILE, Entry, PackageInfo
+from .entry import BLOCKDEV, CHARDEV, FILE, Entry, PackageInfo, shown
 from .tar import kind_from_mode
 
 LEAD_SIZE = 96
 LEAD_MAGIC = b"\xed\xab\xee\xdb"
 HEADER_MAGIC = b"\x8e\xad\xe8\x01"
 MAX_TAGS = 0xFFFF  # rpm's own limits (HEADER_TAGS_MAX, HEADER_DATA_MAX)
-MAX_STORE = 0x0FFFFFFF
+MAX_STORE = 32 << 20  # rpm allows 256 MiB; the largest real headers are a few MiB
 
 # Tag numbers (rpmtag.h)
 NAME, VERSION, RELEASE, EPOCH, ARCH = 1000, 1001, 1002, 1003, 1022
@@ -46,6 +47,12 @@ SCRIPTLETS = {1023: "%pre", 1024: "%post", 1025: "%preun", 1026: "%postun", 1065
 DIRINDEXES, BASENAMES, DIRNAMES = 1116, 1117, 1118
 PAYLOADFORMAT, PAYLOADCOMPRESSOR = 1124, 1125
 LONGFILESIZES, FILECAPS = 5008, 5010
+FILEDIGESTS, FILEDIGESTALGO = 1035, 5011
+PAYLOADDIGEST, PAYLOADDIGESTALGO = 5092, 5093
+# Signature header tags: sizes and digests of the main header and the payload.
+SIG_SHA1, SIG_SHA256, SIG_SIZE, SIG_LONGSIZE, SIG_MD5 = 269, 273, 1000, 270, 1004
+#: OpenPGP hash algorithm numbers, as FILEDIGESTALGO and PAYLOADDIGESTALGO store them.
+DIGEST_ALGOS = {1: "md5", 2: "sha1", 8: "sha256", 9: "sha384", 10: "sha512", 11: "sha224"}
 
 RPMFILE_CONFIG = 1 << 0
 RPMFILE_GHOST = 1 << 6
@@ -66,6 +73,8 @@ class Header(dict):
         super().__init__()
         self.where = where
         self.size = size
+        self.digests: dict[str, str] = {}  # of the header's bytes as stored
+        self.md5 = hashlib.md5()  # ... and the running MD5 rpm's signature MD5 starts from
 
     def string(self, tag: int, default: str = "") -> str:
         value = self.get(tag)
@@ -94,6 +103,9 @@ def read_header(stream: BinaryIO, where: str) -> Header:
     index = read_exact(stream, 16 * count, where, "header index")
     store = read_exact(stream, size, where, "header store")
     header = Header(where, 16 + len(index) + size)
+    header.digests = {name: hashlib.new(name, intro + index + store).hexdigest()
+                      for name in ("sha1", "sha256")}
+    header.md5 = hashlib.md5(intro + index + store)
     for i in range(count):
         tag, typ, offset, n = struct.unpack_from(">IIII", index, 16 * i)
         header[tag] = _value(store, typ, offset, n, f"{where}:tag {tag}")
@@ -126,8 +138,9 @@ def _value(store: bytes, typ: int, offset: int, n: int, where: str) -> tuple | b
     raise InputError(where, f"unknown tag type {typ}")
 
 
-def read_headers(stream: BinaryIO, name: str) -> Header:
-    """Check the lead, skip the signature header and its padding, return the main header."""
+def read_headers(stream: BinaryIO, name: str) -> tuple[Header, Header]:
+    """Check the lead, read the signature header and its padding, then the main header; the
+    main header's SHA256HEADER/SHA1HEADER digests in the signature are checked."""
     lead = read_exact(stream, LEAD_SIZE, f"{name}:lead", "lead")
     if lead[:4] != LEAD_MAGIC:
         raise InputError(f"{name}:lead", "not an RPM package (bad lead magic)")
@@ -137,7 +150,16 @@ def read_headers(stream: BinaryIO, name: str) -> Header:
         raise InputError(f"{name}:lead", "source RPM, not a binary package")
     sig = read_header(stream, f"{name}:signature")
     read_exact(stream, -sig.size % 8, f"{name}:signature", "padding")
-    return read_header(stream, f"{name}:header")
+    header = read_header(stream, f"{name}:header")
+    for tag, algo, label in ((SIG_SHA256, "sha256", "SHA256HEADER"),
+                             (SIG_SHA1, "sha1", "SHA1HEADER")):
+        stored = sig.string(tag)
+        if stored and stored.lower() != header.digests[algo]:
+            raise InputError(f"{name}:header", f"does not match the signature header's {label}",
+                             "the package is corrupt or was tampered with")
+        if stored:
+            break  # the strongest one present decides
+    return sig, header
 
 
 @dataclass
@@ -191,11 +213,7 @@ def file_table(header: Header) -> list[RpmFile]:
     ]
 
 
-def rpm_info(path: str | os.PathLike[str]) -> PackageInfo:
-    """Name, ``[epoch:]version-release``, architecture and the %config files (minus %ghost)."""
-    name = Path(path).name
-    with open(path, "rb") as f:
-        header = read_headers(f, name)
+def _info(header: Header, files: list[RpmFile]) -> PackageInfo:
     version = f"{header.string(VERSION)}-{header.string(RELEASE)}"
     epoch = header.get(EPOCH)
     if epoch:
@@ -203,7 +221,7 @@ def rpm_info(path: str | os.PathLike[str]) -> PackageInfo:
     if not header.string(NAME) or not header.string(VERSION):
         raise InputError(header.where, "missing NAME or VERSION")
     config = tuple(
-        f.path for f in file_table(header) if f.flags & RPMFILE_CONFIG and not f.flags & RPMFILE_GHOST
+        f.path for f in files if f.flags & RPMFILE_CONFIG and not f.flags & RPMFILE_GHOST
     )
     return PackageInfo(name=header.string(NAME), version=version,
                        architecture=header.string(ARCH, "noarch"), format="rpm",
@@ -212,49 +230,133 @@ def rpm_info(path: str | os.PathLike[str]) -> PackageInfo:
                                      if header.get(tag)))
 
 
-def read_rpm(path: str | os.PathLike[str]) -> Iterator[Entry]:
+def rpm_info(path: str | os.PathLike[str]) -> PackageInfo:
+    """Name, ``[epoch:]version-release``, architecture and the %config files (minus %ghost)."""
+    with open(path, "rb") as f:
+        return RpmReader(f, Path(path).name).info
+
+
+def read_rpm(path: str | os.PathLike[str], limits: Limits | None = None) -> Iterator[Entry]:
     """Yield the payload's entries with header metadata; %ghost files are never yielded.
 
     Entry paths are the payload's (``./usr/bin/x``). Hard links: the first name of a set that
     carries data is a FILE, the others HARDLINKs to it (see :mod:`.cpio`).
     """
-    name = Path(path).name
     with open(path, "rb") as f:
-        header = read_headers(f, name)
-        files = file_table(header)
+        yield from RpmReader(f, Path(path).name, limits).entries()
+
+
+class RpmReader:
+    """One pass over an RPM read from ``stream``: ``info`` once constructed, then
+    :meth:`entries` (once). Checked on the way: SHA256HEADER (or SHA1HEADER) of the main header,
+    FILEDIGESTS of every regular file while it streams, that every file the header lists (but
+    %ghost) is in the payload, and at the end PAYLOADDIGEST and the signature header's size and
+    MD5 of header plus payload."""
+
+    def __init__(self, stream: BinaryIO, name: str, limits: Limits | None = None):
+        self.name = name
+        self.limits = limits if limits is not None else Limits()
+        self.sig, self.header = read_headers(stream, name)
+        self._stream = stream
+        self.files = file_table(self.header)
+        self.info = _info(self.header, self.files)
+
+    def _digest(self, tag: int, default: int, what: str) -> str:
+        number = self.header.get(tag, (default,))
+        algo = DIGEST_ALGOS.get(number[0] if isinstance(number, tuple) and number else -1)
+        if algo is None:
+            raise InputError(self.header.where, f"unknown {what} algorithm {number!r}")
+        return algo
+
+    def entries(self) -> Iterator[Entry]:
+        header = self.header
         payload_format = header.string(PAYLOADFORMAT, "cpio")
         if payload_format != "cpio":
             raise InputError(header.where, f"unsupported payload format {payload_format!r}")
+        payload_digests = header.get(PAYLOADDIGEST)
+        payload_algo = self._digest(PAYLOADDIGESTALGO, 8, "payload digest") \
+            if payload_digests else "sha256"
+        payload_hash = hashlib.new(payload_algo)
+        md5 = self.header.md5.copy()  # the signature's MD5 covers header and payload
+        raw = HashingReader(self._stream, payload_hash, md5)
         # rpm's default when the tag is absent is gzip; magic bytes get the final say.
         compressor = header.string(PAYLOADCOMPRESSOR, "gzip")
-        where = f"{name}:payload"
-        payload = open_decompressed(f, compressor, where)
-        yield from resolve_hardlinks(_entries(payload, files, where))
+        where = f"{self.name}:payload"
+        payload = open_decompressed(raw, compressor, where, self.limits)
+        seen: set[int] = set()
+        yield from resolve_hardlinks(self._entries(payload, where, seen))
+        raw.drain()
+        missing = [f.path for i, f in enumerate(self.files)
+                   if i not in seen and not f.flags & RPMFILE_GHOST]
+        if missing:
+            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            raise InputError(f"{where}:{shown(missing[0])}", f"listed in the header but missing "
+                             f"from the payload{more}", "the package is corrupt or incomplete")
+        if isinstance(payload_digests, tuple) and payload_digests:
+            if payload_digests[0].lower() != payload_hash.hexdigest():
+                raise InputError(where, f"does not match the header's PAYLOADDIGEST "
+                                 f"({payload_algo})", "the package is corrupt or was tampered with")
+        self._check_signature_sums(raw.size, md5)
 
+    def _check_signature_sums(self, payload_size: int, md5) -> None:
+        size = self.header.size + payload_size
+        for tag in (SIG_LONGSIZE, SIG_SIZE):
+            stored = self.sig.get(tag)
+            if isinstance(stored, tuple) and stored:
+                if stored[0] != size:
+                    raise InputError(f"{self.name}:signature", f"says header and payload are "
+                                     f"{stored[0]} bytes, the file has {size}",
+                                     "the package is truncated or was extended")
+                break
+        stored = self.sig.get(SIG_MD5)
+        if isinstance(stored, bytes) and len(stored) == 16 and stored != md5.digest():
+            raise InputError(f"{self.name}:signature", "header and payload do not match the "
+                             "signature header's MD5", "the package is corrupt or was tampered "
+                             "with")
 
-def _entries(payload: BinaryIO, files: list[RpmFile], where: str):
-    """(Entry, link key, nlink) for every payload record, metadata taken from the header."""
-    by_path = {f.path: i for i, f in enumerate(files)}
+    def _entries(self, payload: BinaryIO, where: str, seen: set[int]):
+        """(Entry, link key, nlink, size the data must have) for every payload record, metadata
+        taken from the header; regular files are checked against FILEDIGESTS as they stream."""
+        files = self.files
+        by_path = {f.path: i for i, f in enumerate(files)}
+        digests = self.header.get(FILEDIGESTS)
+        if digests is not None and (isinstance(digests, bytes) or len(digests) != len(files)):
+            raise InputError(self.header.where, "FILEDIGESTS does not have one value per file")
+        algo = self._digest(FILEDIGESTALGO, 1, "file digest") if digests else "md5"
 
-    def stripped_size(index: int) -> int:
-        if not 0 <= index < len(files):
-            raise InputError(where, f"payload refers to file #{index}, header has {len(files)}")
-        return files[index].size
+        def stripped_size(index: int) -> int:
+            if not 0 <= index < len(files):
+                raise InputError(where, f"payload refers to file #{index}, header has {len(files)}")
+            return files[index].size
 
-    for rec in iter_records(payload, where, stripped_size):
-        index = rec.index if rec.index is not None else by_path.get(_header_path(rec.name))
-        if index is None:
-            raise InputError(f"{where}:{rec.name}", "payload file not listed in the header")
-        info = files[index]
-        if info.flags & RPMFILE_GHOST:
-            continue  # rpm never packs %ghost content; tolerate a writer that did
-        path = rec.name or "." + info.path
-        entry = _entry(rec, info, path, f"{where}:{path}")
-        key: object = info.link_key
-        nlink = info.nlink
-        if key is None and entry.kind == FILE and rec.nlink > 1 and rec.index is None:
-            key, nlink = ("cpio", *rec.dev, rec.ino), rec.nlink  # no FILEINODES in the header
-        yield entry, key, nlink
+        for rec in iter_records(payload, where, stripped_size):
+            index = rec.index if rec.index is not None else by_path.get(_header_path(rec.name))
+            if index is None:
+                raise InputError(f"{where}:{shown(rec.name)}",
+                                 "payload file not listed in the header")
+            info = files[index]
+            if index in seen:
+                raise InputError(f"{where}:{shown(info.path)}", "appears twice in the payload")
+            seen.add(index)
+            if info.flags & RPMFILE_GHOST:
+                continue  # rpm never packs %ghost content; tolerate a writer that did
+            path = rec.name or "." + info.path
+            entry = _entry(rec, info, path, f"{where}:{shown(path)}")
+            key: object = info.link_key
+            nlink = info.nlink
+            if key is None and entry.kind == FILE and rec.nlink > 1 and rec.index is None:
+                key, nlink = ("cpio", *rec.dev, rec.ino), rec.nlink  # no FILEINODES in the header
+            check = None
+            if entry.kind == FILE and entry.data is not None and (entry.size or key is None):
+                expected = digests[index] if digests else None
+                if expected is not None and not re.fullmatch(r"[0-9a-fA-F]*", expected):
+                    raise InputError(entry.member, "malformed FILEDIGESTS value")
+                check = DigestCheck(entry.data, entry.size, hashlib.new(algo), expected or None,
+                                    entry.member, f"FILEDIGESTS ({algo})")
+                entry.data = check
+            yield entry, key, nlink, info.size
+            if check is not None:
+                check.finish()
 
 
 def _entry(rec: CpioRecord, info: RpmFile, path: str, member: str) -> Entry:

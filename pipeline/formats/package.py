@@ -1,0 +1,57 @@
+"""A package file opened once: the bytes that are parsed are the bytes that are hashed.
+
+:class:`Package` reads the metadata on construction (``info``); :meth:`Package.entries` streams
+the payload, then reads whatever is left of the file and compares the sha256 of every byte read
+with the one the fetch stage verified. A file swapped or changed in a shared cache between
+verification and extraction is an error before anything is published, never a silent change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from ..errors import InputError
+from .compression import HashingReader, Limits
+from .deb import DebReader
+from .entry import Entry
+from .rpm import RpmReader
+
+
+class Package:
+    def __init__(self, path: str | os.PathLike[str], fmt: str, *, sha256: str | None = None,
+                 limits: Limits | None = None, name: str | None = None):
+        self.name = name or Path(path).name
+        self.expected = sha256
+        self.sha256: str | None = None  # of the bytes read, once entries() is through
+        self.size = 0
+        self._file = open(path, "rb")  # noqa: SIM115 - closed by close()/__exit__
+        self._hash = hashlib.sha256()
+        self._stream = HashingReader(self._file, self._hash)
+        try:
+            reader = DebReader if fmt == "deb" else RpmReader
+            self._reader = reader(self._stream, self.name, limits)
+        except BaseException:
+            self._file.close()
+            raise
+        self.info = self._reader.info
+
+    def entries(self) -> Iterator[Entry]:
+        yield from self._reader.entries()
+        self._stream.drain()
+        self.sha256, self.size = self._hash.hexdigest(), self._stream.size
+        if self.expected is not None and self.sha256 != self.expected:
+            raise InputError(self.name, f"the bytes read have sha256 {self.sha256}, not the "
+                             f"verified {self.expected}",
+                             "the file changed while it was read (a shared cache?); build again")
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> Package:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

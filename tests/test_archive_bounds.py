@@ -1,0 +1,176 @@
+"""Package archives are hostile: headers, names and decompression are bounded (issue 11 §3).
+
+Each build runs the CLI as a child process and measures the child's peak RSS with os.wait4:
+a pax header declaring 2 GiB or an xz bomb of 1 GiB of zeros is refused with a one-line error
+while the build stays under 100 MiB.
+"""
+
+from __future__ import annotations
+
+import io
+import lzma
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+from conftest import REPO, write_recipe
+from test_hostile import _ar, _tar, info
+
+from pipeline.errors import InputError
+from pipeline.formats.entry import shown
+from pipeline.formats.tar import tar_entries
+
+PEAK_RSS_LIMIT = 100 << 20
+
+
+def tar_header(name: bytes, typeflag: bytes, size: int, *, mode: int = 0o644,
+               linkname: bytes = b"") -> bytes:
+    """One ustar header block with a correct checksum (sizes tarfile would never write)."""
+    block = bytearray(512)
+    block[0:len(name[:100])] = name[:100]
+    block[100:108] = b"%07o\0" % mode
+    block[108:116] = b"0000000\0"
+    block[116:124] = b"0000000\0"
+    block[124:136] = b"%011o\0" % size if size < 8**11 else b"\x80" + size.to_bytes(11, "big")
+    block[136:148] = b"%011o\0" % 1700000000
+    block[156:157] = typeflag
+    block[157:157 + len(linkname[:100])] = linkname[:100]
+    block[257:265] = b"ustar\x0000"
+    block[148:156] = b" " * 8
+    block[148:156] = b"%06o\0 " % sum(block)
+    return bytes(block)
+
+
+def control_xz(package: str = "evil") -> bytes:
+    return lzma.compress(_tar([(info("./control"), f"Package: {package}\nVersion: 1\n"
+                               "Architecture: amd64\nMaintainer: x <x@example.invalid>\n"
+                               "Description: x\n".encode())]))
+
+
+def deb_with_data(path: Path, data_xz: bytes) -> Path:
+    path.write_bytes(_ar([("debian-binary", b"2.0\n"), ("control.tar.xz", control_xz()),
+                          ("data.tar.xz", data_xz)]))
+    return path
+
+
+def build_measured(tmp_path: Path, deb: Path, cache_dir: Path, extra: str = ""
+                   ) -> tuple[int, str, int]:
+    """(exit status, stderr, peak RSS in bytes) of ``build`` run as a child process."""
+    recipe = write_recipe(tmp_path / "r", f'[extension]\nname = "evil"\n[target]\nid = "debian"'
+                                          f'\n[[source]]\ndeb = "{deb}"\n{extra}')
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env.pop("SOURCE_DATE_EPOCH", None)
+    err = tmp_path / "stderr"
+    with open(err, "wb") as stderr:
+        proc = subprocess.Popen([sys.executable, "-m", "pipeline", "build", str(recipe), "-o",
+                                 str(tmp_path / "out"), "--cache-dir", str(cache_dir)],
+                                cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, err.read_text(), usage.ru_maxrss * 1024
+
+
+def assert_refused(code: int, stderr: str, rss: int, expected: str, out: Path) -> None:
+    assert code == 2, stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in stderr, stderr[:2000]
+    assert expected in errors[0], errors[0]
+    assert len(stderr) < 4000, len(stderr)
+    assert rss < PEAK_RSS_LIMIT, f"peak RSS {rss >> 20} MiB"
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_pax_header_declaring_2gib_is_refused_in_bounded_memory(tmp_path, cache_dir):
+    data = tar_header(b"././@PaxHeader", b"x", 2 << 30) + b"99999 path=" + b"a" * 4000
+    deb = deb_with_data(tmp_path / "pax.deb", lzma.compress(data))
+    code, stderr, rss = build_measured(tmp_path, deb, cache_dir)
+    assert_refused(code, stderr, rss, "pax header at offset 0 declares 2147483648 bytes",
+                   tmp_path / "out")
+    assert "pax.deb:data.tar.xz" in stderr
+
+
+def test_xz_bomb_is_refused_in_bounded_memory(tmp_path, cache_dir):
+    """1 GiB of zeros in one member: concatenated xz streams of 8 MiB each (fast to make)."""
+    zeros = lzma.compress(bytes(8 << 20), preset=1)
+    bomb = lzma.compress(tar_header(b"./usr/share/zeros", b"0", 1 << 30)) + zeros * 128
+    deb = deb_with_data(tmp_path / "bomb.deb", bomb)
+    assert len(bomb) < 1 << 20
+    code, stderr, rss = build_measured(tmp_path, deb, cache_dir)
+    assert_refused(code, stderr, rss, "expands more than 1000 times", tmp_path / "out")
+    assert "bomb.deb:data.tar.xz" in stderr and "limits.compression_ratio" in stderr
+
+
+def test_unpacked_budget_from_the_recipe(tmp_path, cache_dir):
+    payload = os.urandom(3 << 20)  # incompressible: the ratio is ~1, the budget decides
+    deb = deb_with_data(tmp_path / "big.deb", lzma.compress(_tar([(info("./usr/share/r"),
+                                                                   payload)]), preset=0))
+    code, stderr, rss = build_measured(tmp_path, deb, cache_dir, '[limits]\nunpacked = "1M"\n')
+    assert_refused(code, stderr, rss, "unpack to more than 1048576 bytes", tmp_path / "out")
+    code, stderr, _ = build_measured(tmp_path, deb, cache_dir, '[limits]\nunpacked = "8M"\n')
+    assert code == 0, stderr
+
+
+@pytest.mark.parametrize("typeflag, what", [(b"L", "GNU long name"), (b"K", "GNU long link")])
+def test_gnu_long_names_are_capped_before_reading(typeflag, what):
+    data = tar_header(b"././@LongLink", typeflag, 256 << 20)
+    with pytest.raises(InputError, match=f"{what}.* of 268435456 bytes \\(limit 4096\\)"):
+        list(tar_entries(io.BytesIO(data), "t.tar"))
+
+
+def test_names_longer_than_path_max_are_refused():
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        tf.addfile(tarfile.TarInfo("./usr/" + "d/" * 2100 + "f"), io.BytesIO(b""))
+    with pytest.raises(InputError, match="name of 4207 bytes \\(limit 4096\\)") as err:
+        list(tar_entries(io.BytesIO(buf.getvalue()), "t.tar"))
+    assert len(err.value.line()) < 400
+
+
+def test_bad_checksum_in_the_middle_is_an_error():
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tf:
+        for name in ("a", "b", "c"):
+            tf.addfile(tarfile.TarInfo(name), io.BytesIO(b""))
+    data = bytearray(buf.getvalue())
+    data[512 + 10] ^= 0x01  # in the name of member "b"
+    entries = tar_entries(io.BytesIO(bytes(data)), "p.deb:data.tar")
+    assert next(entries).path == "a"
+    with pytest.raises(InputError, match="tar header at offset 512 has a bad checksum"):
+        next(entries)
+
+
+def test_members_after_a_lone_zero_block_are_not_lost_silently():
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        tf.addfile(tarfile.TarInfo("a"), io.BytesIO(b""))
+    hidden = tar_header(b"hidden", b"0", 0)
+    data = buf.getvalue()[:512] + bytes(512) + hidden + bytes(1024)
+    with pytest.raises(InputError, match="data after the end-of-archive block at offset 512"):
+        list(tar_entries(io.BytesIO(data), "t.tar"))
+
+
+def test_non_file_with_data_and_unsupported_types_are_named():
+    data = tar_header(b"./usr/dir", b"5", 10) + bytes(512) + bytes(1024)
+    with pytest.raises(InputError, match=r"t.tar:./usr/dir: a dir entry with 10 data bytes"):
+        list(tar_entries(io.BytesIO(data), "t.tar"))
+    data = tar_header(b"./usr/sparse", b"S", 0) + bytes(1024)
+    with pytest.raises(InputError, match="unsupported tar member type: GNU sparse file"):
+        list(tar_entries(io.BytesIO(data), "t.tar"))
+
+
+def test_shown_escapes_and_truncates():
+    assert shown("a\nb\x00c\udce9\u202ed\\") == "a\\nb\\x00c\\xe9\\u202ed\\\\"
+    long = shown("x" * 10_000)
+    assert len(long) < 200 and long.endswith("…(10000 chars)")
+
+
+def test_hostile_name_is_escaped_and_cut_in_the_error(tmp_path, cache_dir):
+    """An absolute name of 4000 bytes with newlines: one short error line."""
+    name = "/" + "\n\x1b[31m" * 500
+    deb = deb_with_data(tmp_path / "n.deb", lzma.compress(_tar([(info(name), b"x")])))
+    code, stderr, rss = build_measured(tmp_path, deb, cache_dir)
+    assert_refused(code, stderr, rss, "absolute path", tmp_path / "out")
+    assert "\x1b" not in stderr and "\\n\\x1b[31m" in stderr
