@@ -14,9 +14,11 @@ other systemd-sysext/systemd-confext binaries (tests use systemd 254 that way).
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -32,6 +34,11 @@ READ_ONLY_WARNING = ("a merged extension is a read-only overlay: {hier} stay rea
                      "it is merged, and its files disappear on unmerge — keep state in /var "
                      "(or /etc for a sysext), never in the image")
 ROLLBACK = {False: "var/lib/sysext-pipeline/rollback", True: "run/sysext-pipeline/rollback"}
+#: Seconds ``systemd-KIND refresh`` may take before it is stopped.
+REFRESH_TIMEOUT = 300
+#: Prefix of install's staging entries in an extension directory ('.#' names are never
+#: discovered by systemd); a killed install leaves one behind, the next install sweeps it.
+STAGING_PREFIX = ".#sysext-pipeline-"
 
 
 def _say(line: str) -> None:
@@ -49,17 +56,38 @@ def merge_tool(kind: str) -> str:
     return tools.find(name)
 
 
-def refresh(kind: str, root: Path | None) -> str:
+def refresh(kind: str, root: Path | None, timeout: float | None = None) -> str:
     """``systemd-KIND refresh``, not through tools.run: it must see the caller's SYSTEMD_*
     variables that ``check`` modelled, and 252–255 exit 0 on an aborted merge (only the
-    output says ``Failed``)."""
+    output says ``Failed``). It runs in its own process group, stopped (all of it) after
+    ``timeout`` seconds (default :data:`REFRESH_TIMEOUT`) with an error that says so."""
     argv = [merge_tool(kind), "refresh"] + ([f"--root={root}"] if root else [])
-    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
-    output = (proc.stdout + proc.stderr).strip()
+    limit = REFRESH_TIMEOUT if timeout is None else timeout
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          stdin=subprocess.DEVNULL, start_new_session=True) as proc:
+        try:
+            out, _ = proc.communicate(timeout=limit)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            raise BuildError(argv[0], f"refresh did not finish within {limit:g} s: stopped",
+                             "the merge hangs (a stuck mount or overlay?); see journalctl, then "
+                             "run the refresh again") from None
+        except BaseException:  # interrupted: the merge must not go on without us
+            _kill_group(proc)
+            raise
+    output = out.decode(errors="replace").strip()
     if proc.returncode != 0 or "Failed" in output:
         raise BuildError(argv[0], f"refresh failed (exit {proc.returncode})",
                          " | ".join(output.splitlines()[-3:]) or "no output")
     return output
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.communicate()
 
 
 def enable(host: hostmod.Host, kind: str) -> str:
@@ -131,10 +159,42 @@ def place(source: Path, dest_dir: Path, file_name: str, rollback_dir: Path,
           replace: list[Path]) -> tuple[Path, list[Path]]:
     """Copy ``source`` into ``dest_dir/file_name`` atomically; earlier versions → rollback."""
     dest_dir.mkdir(parents=True, exist_ok=True)
+    lock = os.open(dest_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        # one install at a time per directory: under the lock, every staging entry is a dead
+        # install's (the kernel drops a killed process's lock)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        sweep_staging(dest_dir)
+        return _place_locked(source, dest_dir, file_name, rollback_dir, replace)
+    finally:
+        os.close(lock)
+
+
+def sweep_staging(directory: Path) -> list[str]:
+    """Remove ``STAGING_PREFIX*`` entries (killed installs' leftovers) from ``directory``: only
+    entries with that prefix, a symlink as itself (never followed). Call with the lock held."""
+    removed = []
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            if not entry.name.startswith(STAGING_PREFIX):
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
+            removed.append(entry.name)
+    if removed:
+        _say(f"removed {len(removed)} leftover(s) of an interrupted install from {directory}: "
+             + ", ".join(sorted(removed)[:3]) + (" …" if len(removed) > 3 else ""))
+    return removed
+
+
+def _place_locked(source: Path, dest_dir: Path, file_name: str, rollback_dir: Path,
+                  replace: list[Path]) -> tuple[Path, list[Path]]:
     dest = dest_dir / file_name
     kept = []
     # '.#' names are never discovered by systemd (image_name_is_valid), so the copy is invisible
-    tmp = Path(tempfile.mkdtemp(prefix=".#sysext-pipeline-", dir=dest_dir))
+    tmp = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=dest_dir))
     try:
         staged = tmp / file_name
         if source.is_dir():

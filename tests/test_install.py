@@ -221,3 +221,60 @@ def test_refuses_when_another_image_breaks_the_merge(tmp_path, root):
     forced = run_cli("install", str(good), "--root", str(root), "--systemd", "252", "--force",
                      "--no-refresh")
     assert forced.returncode == 0 and "breaks the whole merge" in forced.stderr
+
+
+def test_leftovers_of_a_killed_install_are_swept_and_nothing_else(tmp_path, root):
+    """What a SIGKILLed install leaves in the extension directory ('.#sysext-pipeline-*', a
+    directory with the half-copied image) goes on the next install; a symlink with that name is
+    removed as itself (its target outside survives), other names stay."""
+    image = build(tmp_path, "hello")
+    ext = root / "var/lib/extensions"
+    left = ext / ".#sysext-pipeline-k1ll3d"
+    left.mkdir()
+    (left / "hello.raw").write_bytes(b"half an image")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "sentinel").write_text("keep")
+    (ext / ".#sysext-pipeline-link").symlink_to(outside, target_is_directory=True)
+    (ext / ".#sysext-pipeline-file").write_bytes(b"x")
+    (ext / ".#someone-else").mkdir()
+    proc = run_cli("install", str(image), "--root", str(root))
+    assert proc.returncode == 0, proc.stderr
+    assert "removed 3 leftover(s) of an interrupted install" in proc.stderr
+    assert sorted(p.name for p in ext.iterdir()) == [".#someone-else", "hello.raw"]
+    assert (outside / "sentinel").read_text() == "keep"
+
+
+def test_a_hanging_refresh_is_stopped_by_its_timeout(tmp_path, monkeypatch):
+    """A systemd-sysext that never returns (and has a child of its own) is stopped, all of its
+    process group, with a one-line error naming the timeout."""
+    import time
+
+    from pipeline import install_cmd
+    from pipeline.errors import BuildError
+
+    fake = tmp_path / "systemd"
+    fake.mkdir()
+    pidfile = tmp_path / "pid"
+    tool = fake / "systemd-sysext"
+    tool.write_text(f"#!/bin/sh\necho $$ > {pidfile}\nsleep 600 &\nwait\n")
+    tool.chmod(0o755)
+    monkeypatch.setenv("SYSEXT_PIPELINE_SYSTEMD_DIR", str(fake))
+    start = time.monotonic()
+    with pytest.raises(BuildError, match=r"refresh did not finish within 1 s: stopped"):
+        install_cmd.refresh("sysext", tmp_path, timeout=1)
+    assert time.monotonic() - start < 10
+    group = int(pidfile.read_text())
+    assert _living_in_group(group) == []  # the shell and its sleep are gone (zombies at most)
+
+
+def _living_in_group(group: int) -> list[str]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == group and fields[0] != "Z":
+            found.append(stat.parent.name)
+    return found
