@@ -8,10 +8,14 @@ place only when the hash matches; a mismatch deletes the download.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import hashlib
 import http.client
 import os
 import shutil
+import stat
 import sys
 import tempfile
 import time
@@ -138,11 +142,47 @@ class NotInStore(BuildError):
 
 
 class Cache:
+    """The content-addressed cache: ``sha256/ab/abcd…`` plus ``locks/`` and ``tmp/``.
+
+    Safe to share between concurrent builds and machines (osbuild's fscache is the model):
+    every entry is read, created, replaced or removed only under an exclusive ``flock`` of its
+    lock file (``locks/ab/abcd….lock``), so one process downloads while the others wait and then
+    find it; the kernel drops the lock of a killed process. A file is hashed through the
+    descriptor it was opened with and is used (returned, renamed into place) only while that
+    descriptor still names the path. Downloads go to ``tmp/NAME/``, held by a lock file inside
+    it for as long as the download runs; a ``tmp/`` entry whose lock can be taken belongs to a
+    killed fetch and is swept. Lock files stay (empty, a few per package)."""
+
+    #: a ``tmp/.new-*`` directory is someone's tmpdir being made; older than this it is dead
+    NEW_GRACE = 60.0
+
     def __init__(self, root: Path):
         self.root = Path(root)
+        self._swept = False
 
     def path_for(self, sha256: str) -> Path:
         return self.root / "sha256" / sha256[:2] / sha256
+
+    @contextlib.contextmanager
+    def entry(self, sha256: str):
+        """Hold the entry's exclusive lock (blocking). A store nobody can write (read-only
+        media) is read unlocked: nobody can change it either."""
+        lock = self.root / "locks" / sha256[:2] / f"{sha256}.lock"
+        fd = None
+        try:
+            lock.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+        except OSError as err:
+            if err.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+                raise BuildError(str(lock), f"cannot lock the cache entry: {err.strerror}") \
+                    from None
+        try:
+            if fd is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            if fd is not None:
+                os.close(fd)
 
     def lookup(self, sha256: str | None) -> tuple[Path, int] | None:
         """(path, size) of the cached file with this hash, re-hashed first: the cache may be
@@ -155,43 +195,147 @@ class Cache:
         with the hash it really had): offline, the two need different fixes."""
         if sha256 is None:
             return StoreLookup("missing")
-        path = self.path_for(sha256)
-        if not path.is_file():
+        if not self.path_for(sha256).is_file():
             return StoreLookup("missing")
-        digest, size = hash_file(path)
-        if digest != sha256:
-            path.unlink(missing_ok=True)
-            return StoreLookup("corrupt", got=digest)
+        with self.entry(sha256):
+            return self._find_locked(sha256)
+
+    def _find_locked(self, sha256: str) -> StoreLookup:
+        path = self.path_for(sha256)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            return StoreLookup("missing")
+        except OSError as err:
+            if err.errno == errno.ELOOP:  # a symlink in a shared store: never followed
+                path.unlink(missing_ok=True)
+                return StoreLookup("corrupt", got="a symlink")
+            raise
+        with os.fdopen(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                return StoreLookup("missing")
+            digest, size = _hash_open(fh)
+            if digest != sha256:
+                if _same_file(fh, path):
+                    path.unlink(missing_ok=True)
+                return StoreLookup("corrupt", got=digest)
+            if not _same_file(fh, path):  # replaced meanwhile (not by us: we hold the lock)
+                return StoreLookup("corrupt", got="replaced while it was hashed")
         return StoreLookup("ok", path, size)
 
-    def tmpdir(self) -> Path:
+    @contextlib.contextmanager
+    def tmpdir(self):
+        """A fresh directory under ``tmp/``, locked while in use and removed afterwards;
+        leftovers of killed fetches are swept first (only those whose lock can be taken)."""
         tmp = self.root / "tmp"
         tmp.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(dir=tmp))
+        if not self._swept:
+            self._swept = True
+            self.sweep()
+        new = Path(tempfile.mkdtemp(prefix=".new-", dir=tmp))
+        fd = os.open(new / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            work = tmp / new.name[len(".new-"):]
+            os.rename(new, work)  # only now visible to a sweep, and already locked
+            try:
+                yield work
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+        finally:
+            os.close(fd)
+            shutil.rmtree(new, ignore_errors=True)  # only if the rename never happened
 
-    def store(self, file: Path, expected: str | None, what: str) -> tuple[Path, str, int]:
-        """Hash ``file``, check it, move it into the cache; a mismatch deletes it."""
-        digest, size = hash_file(file)
-        if expected is not None and digest != expected:
-            file.unlink()
-            raise InputError(what, f"sha256 mismatch: expected {expected}, got {digest}",
-                             "the file changed upstream or the pin is wrong; nothing was kept")
-        final = self.path_for(digest)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.chmod(file, 0o644)
-        os.replace(file, final)
+    def sweep(self) -> list[str]:
+        """Remove what killed fetches left in ``tmp/`` (names returned): a directory whose lock
+        nobody holds. A live fetch holds its lock, so it is never touched."""
+        tmp = self.root / "tmp"
+        removed = []
+        try:
+            names = sorted(os.listdir(tmp))
+        except FileNotFoundError:
+            return removed
+        for name in names:
+            path = tmp / name
+            if name.startswith(".new-"):  # being made; dead only when old
+                try:
+                    if time.time() - path.lstat().st_mtime < self.NEW_GRACE:
+                        continue
+                except FileNotFoundError:
+                    continue
+            if not path.is_dir() or path.is_symlink():
+                path.unlink(missing_ok=True)
+                removed.append(name)
+                continue
+            try:
+                fd = os.open(path / ".lock", os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+            except FileNotFoundError:
+                fd = None  # a directory of an older version, or half-made: nobody's
+            except OSError:
+                continue
+            try:
+                if fd is not None:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        continue  # alive
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(name)
+            finally:
+                if fd is not None:
+                    os.close(fd)
+        return removed
+
+    def store(self, file: Path, expected: str | None, what: str, *,
+              locked: bool = False) -> tuple[Path, str, int]:
+        """Hash ``file``, check it, move it into the cache; a mismatch deletes it. The bytes
+        hashed are the bytes renamed: hashed through one descriptor, renamed under the entry's
+        lock (``locked``: the caller holds the lock of ``expected``), and checked to be the
+        same inode, untouched, after the rename."""
+        with open(file, "rb") as fh:
+            digest, size = _hash_open(fh)
+            if expected is not None and digest != expected:
+                file.unlink()
+                raise InputError(what, f"sha256 mismatch: expected {expected}, got {digest}",
+                                 "the file changed upstream or the pin is wrong; nothing was kept")
+            before = os.fstat(fh.fileno())
+            final = self.path_for(digest)
+            with contextlib.nullcontext() if locked else self.entry(digest):
+                final.parent.mkdir(parents=True, exist_ok=True)
+                os.chmod(file, 0o644)
+                os.replace(file, final)
+                after = os.fstat(fh.fileno())
+                if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns) \
+                        or not _same_file(fh, final):
+                    final.unlink(missing_ok=True)
+                    raise BuildError(what, "the downloaded file changed while it was checked",
+                                     "is something else writing into the cache's tmp/?")
         return final, digest, size
+
+
+def _hash_open(fh) -> tuple[str, int]:
+    digest = hashlib.sha256()
+    size = 0
+    while chunk := fh.read(CHUNK):
+        digest.update(chunk)
+        size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def _same_file(fh, path: Path) -> bool:
+    """Whether ``path`` still names the file open as ``fh``."""
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fh.fileno())
+    return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
 
 
 def hash_file(path: Path) -> tuple[str, int]:
     """(sha256 hex, size) of ``path``, read in chunks: the one file hash every stage uses."""
-    digest = hashlib.sha256()
-    size = 0
     with open(path, "rb") as fh:
-        while chunk := fh.read(CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size
+        return _hash_open(fh)
 
 
 def fetch_all(sources, cache: Cache, *, offline: bool = False, progress=None) -> list[Fetched]:
@@ -215,16 +359,28 @@ def fetch_all(sources, cache: Cache, *, offline: bool = False, progress=None) ->
 
 def fetch_one(source: Source, cache: Cache, *, offline: bool = False, progress=None) -> Fetched:
     filename = _filename(source)
-    found = cache.find(source.sha256)
-    if found.status == "ok":
-        return Fetched(source, found.path, source.sha256, found.size, "cache", filename)
     if source.type != "apt" and not source.is_url:
+        found = cache.find(source.sha256)
+        if found.status == "ok":
+            return Fetched(source, found.path, source.sha256, found.size, "cache", filename)
         return _local(source, filename)
+    if source.sha256 is None:
+        return _download(source, cache, filename, progress, offline, None)
+    # One process downloads an entry while the others wait for it, then find it.
+    with cache.entry(source.sha256):
+        found = cache._find_locked(source.sha256)
+        if found.status == "ok":
+            return Fetched(source, found.path, source.sha256, found.size, "cache", filename)
+        return _download(source, cache, filename, progress, offline, found)
+
+
+def _download(source: Source, cache: Cache, filename: str, progress, offline: bool,
+              found: StoreLookup | None) -> Fetched:
     if offline:
+        found = found or StoreLookup("missing")
         raise NotInStore([(source.label or filename, "missing" if found.status == "missing" else
                            f"corrupt in the store (sha256 mismatch: got {found.got}; removed)")])
-    tmp = cache.tmpdir()
-    try:
+    with cache.tmpdir() as tmp:
         if source.type == "apt":
             downloaded, filename = _apt_download(source, tmp)
             origin = "apt"
@@ -233,9 +389,8 @@ def fetch_one(source: Source, cache: Cache, *, offline: bool = False, progress=N
             http_download(source.ref, downloaded, progress,
                           max_size=getattr(source, "size", None))  # a LockedSource
             origin = "download"
-        path, digest, size = cache.store(downloaded, source.sha256, filename)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        path, digest, size = cache.store(downloaded, source.sha256, filename,
+                                         locked=source.sha256 is not None)
     return Fetched(source, path, digest, size, origin, filename)
 
 

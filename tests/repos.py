@@ -238,6 +238,7 @@ ENDLESS_FAULTS = ("endless", "overlong", "huge-length")
 class Server:
     """Serve ``root`` on 127.0.0.1. ``faults[path]`` is a list consumed one per request:
     "404", "500", "reset" (half the body, then the connection dies), "wrong" (other bytes),
+    "stall" (half the body, a pause of ``stall`` seconds, the rest),
     and the ENDLESS_FAULTS, which send the file and then zeros until the client hangs up."""
 
     def __init__(self, root: Path):
@@ -299,6 +300,16 @@ class Server:
                     self.send_response(200)
                 self.send_header("Content-Length", str(len(data) - start))
                 self.end_headers()
+                if fault == "stall":  # half, a pause (server.stall seconds), the rest
+                    import time
+
+                    self.wfile.write(data[start:start + (len(data) - start) // 2])
+                    self.wfile.flush()
+                    with server.lock:
+                        server.stalled += 1
+                    time.sleep(server.stall)
+                    self.wfile.write(data[start + (len(data) - start) // 2:])
+                    return
                 if fault == "reset":
                     self.wfile.write(data[: len(data) // 2])
                     self.wfile.flush()
@@ -334,6 +345,8 @@ class Server:
                     pass  # the client cut it off
 
         self.sent = 0  # bytes written by the endless faults, for the tests to bound
+        self.stall = 5.0  # seconds the "stall" fault waits mid-body
+        self.stalled = 0  # how many responses have reached that pause
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,13 +114,10 @@ MAX_ROOT_FILE = 64 << 20
 
 
 def _get(url: str, cache: Cache) -> bytes:
-    tmp = cache.tmpdir()
-    try:
+    with cache.tmpdir() as tmp:
         http_download(url, tmp / "file", max_size=MAX_ROOT_FILE,
                       recorded_by="a repository root file may have")
         return (tmp / "file").read_bytes()
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _get_if_present(url: str, cache: Cache) -> bytes | None:
@@ -143,16 +139,15 @@ def _indexed(cache: Cache, urls: list[str], sha256: str, where: str,
         return cached[0]
     error = None
     for url in urls:
-        tmp = cache.tmpdir()
-        try:
-            http_download(url, tmp / "file", max_size=size, recorded_by="the root file records")
-            return cache.store(tmp / "file", sha256, where)[0]
-        except DownloadError as exc:
-            error = exc
-            if exc.status != 404:
-                raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        with cache.tmpdir() as tmp:
+            try:
+                http_download(url, tmp / "file", max_size=size,
+                              recorded_by="the root file records")
+                return cache.store(tmp / "file", sha256, where)[0]
+            except DownloadError as exc:
+                error = exc
+                if exc.status != 404:
+                    raise
     raise error
 
 
