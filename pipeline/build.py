@@ -8,9 +8,13 @@ against recording-only trees.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import json
 import os
-import tempfile
+import shutil
+import signal
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,11 +23,19 @@ from pathlib import Path
 from . import extract as extract_stage
 from . import layout, pitfalls
 from . import manifest as mf
-from .errors import InputError
+from .errors import BuildError, InputError
 from .fetch import Cache, Fetched, fetch_all, hash_file
 from .normalize import apply_times, choose_epoch
-from .outdir import open_dir, plain_name, remove_at, remove_path
-from .package import pack, replace_atomically
+from .outdir import (
+    WorkDir,
+    locked,
+    locked_workdir,
+    plain_name,
+    remove_at,
+    remove_path,
+    sweep,
+)
+from .package import pack
 from .recipe import Recipe
 from .staging import StagingTree
 from .systemd import release as sdrelease
@@ -188,22 +200,203 @@ def build(recipe: Recipe, output_dir: Path, cache: Cache, *, environ: dict | Non
               f"({origins.count('download') + origins.count('apt')} downloaded, "
               f"{origins.count('cache')} cached, {origins.count('local')} local)")
 
-    _remove_abandoned_workdirs(output_dir, recipe.name)
-    workdir = Path(tempfile.mkdtemp(prefix=f".{recipe.name}.build-{os.getpid()}-",
-                                    dir=output_dir))
-    trees: list[StagingTree] = []
+    warnings = prepare_output(output_dir, recipe.name)
+    _check_space(output_dir, sum(f.size for f in fetched) * STAGING_FACTOR,
+                 f"staging {len(fetched)} packages (estimated at {STAGING_FACTOR}× their size)")
+    with locked_workdir(output_dir, f".{recipe.name}.build-") as work:
+        workdir = work.path
+        trees: list[StagingTree] = []
 
-    def new_tree(kind: str) -> StagingTree:
-        trees.append(StagingTree(workdir / kind, owner_ids=os.geteuid() == 0))
-        return trees[-1]
+        def new_tree(kind: str) -> StagingTree:
+            trees.append(StagingTree(workdir / kind, owner_ids=os.geteuid() == 0))
+            return trees[-1]
 
+        try:
+            staged = stage(recipe, fetched, new_tree, environ)
+            result = _package_all(recipe, staged, output_dir, work, log, signer)
+        finally:
+            for tree in trees:
+                tree.close()
+    result.warnings[:0] = warnings
+    return result
+
+
+#: Bytes of free space staging needs per byte of package files (a package unpacks to at
+#: least about twice its compressed size); the estimate is checked before anything is unpacked.
+STAGING_FACTOR = 2
+
+
+def _check_space(directory: Path, needed: int, what: str) -> None:
+    """Refuse to start a step that cannot fit, naming the directory and the bytes."""
+    free = shutil.disk_usage(directory).free
+    if needed > free:
+        raise BuildError(str(directory), f"not enough free space for {what}: about {needed} "
+                         f"bytes needed ({_size(needed)}), {free} bytes free ({_size(free)})",
+                         "free some space or choose another output directory")
+
+
+def _crash_point(label: str) -> None:
+    """Testing hook: SIGKILL ourselves at a named point of publishing, to prove that a build
+    killed there is finished by the next one (SYSEXT_PIPELINE_CRASH_AT=label)."""
+    if os.environ.get("SYSEXT_PIPELINE_CRASH_AT") == label:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _journal(recipe_name: str) -> str:
+    return f".{recipe_name}.publish.json"
+
+
+def prepare_output(output_dir: Path, recipe_name: str) -> list[str]:
+    """Before a build: finish a publish that a killed build left half done, then remove what
+    killed builds of this recipe left (work trees whose lock is free, directory images moved
+    aside by older versions). Under the output directory's lock; the warnings."""
+    with locked(output_dir) as out_fd:
+        warnings = _roll_forward(out_fd, recipe_name)
+        sweep(output_dir, f".{recipe_name}.build-")
+        for name in sorted(own_names(recipe_name)):
+            sweep(output_dir, f".{name}.old-")
+    return warnings
+
+
+def _roll_forward(out_fd: int, recipe_name: str) -> list[str]:
+    """Finish the publish journal a killed build left (the caller holds the output lock, so
+    its writer is gone). A journal that is not one of ours is left alone, with a warning."""
+    journal = _journal(recipe_name)
     try:
-        staged = stage(recipe, fetched, new_tree, environ)
-        return _package_all(recipe, staged, output_dir, workdir, log, signer)
+        fd = os.open(journal, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
+                     dir_fd=out_fd)
+    except FileNotFoundError:
+        return []
+    except OSError as err:
+        return [f"{journal}: cannot read ({err.strerror}); left as it is"]
+    with os.fdopen(fd, "rb") as fh:
+        data = fh.read(1 << 20) if stat.S_ISREG(os.fstat(fh.fileno()).st_mode) else b""
+    try:
+        plan = json.loads(data)
+        work, steps = plan["workdir"], plan["steps"]
+    except (ValueError, TypeError, KeyError):
+        return [f"{journal}: not a publish journal of this tool; left as it is"]
+    allowed = {e for name in own_names(recipe_name) for e in image_entries(name)}
+    valid = plain_name(work) and work.startswith(f".{recipe_name}.build-") and \
+        isinstance(steps, list) and all(_valid_step(step, allowed) for step in steps)
+    if not valid:
+        return [f"{journal}: names entries this recipe does not make; left as it is"]
+    try:
+        work_fd = os.open(work, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                          dir_fd=out_fd)
+    except FileNotFoundError:
+        work_fd = None
+    try:
+        if work_fd is not None:
+            fcntl.flock(work_fd, fcntl.LOCK_EX)
+        _apply(out_fd, work_fd, steps)
+        os.unlink(journal, dir_fd=out_fd)
+        if work_fd is not None:
+            remove_at(out_fd, work)
     finally:
-        for tree in trees:
-            tree.close()
-        remove_tree(workdir)
+        if work_fd is not None:
+            os.close(work_fd)
+    return []
+
+
+def _valid_step(step, allowed: set[str]) -> bool:
+    if not isinstance(step, list) or not step:
+        return False
+    if step[0] == "move" and len(step) == 3:
+        return plain_name(step[1]) and step[2] in allowed
+    return step[0] == "retire" and len(step) == 2 and step[1] in allowed
+
+
+def _exists(name: str, dir_fd: int | None) -> os.stat_result | None:
+    if dir_fd is None:
+        return None
+    try:
+        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+
+
+def _apply(out_fd: int, work_fd: int | None, steps: list) -> None:
+    """Carry out publish steps; idempotent, so a killed run is finished by running it again.
+
+    ``move SRC DEST``: the work tree's SRC becomes the output's DEST (a directory, or anything
+    of another type, first moved aside into the work tree's ``.old``); a missing SRC was moved
+    already. ``retire DEST``: DEST is moved aside. What was moved aside goes with the work
+    tree."""
+    for i, (op, *names) in enumerate(steps):
+        dest = names[-1]
+        if op == "move":
+            src = _exists(names[0], work_fd)
+            if src is None:
+                continue
+            old = _exists(dest, out_fd)
+            if old is not None and (stat.S_ISDIR(old.st_mode) or stat.S_ISDIR(src.st_mode)):
+                _aside(out_fd, work_fd, dest)
+                _crash_point("aside")
+            os.rename(names[0], dest, src_dir_fd=work_fd, dst_dir_fd=out_fd)
+        elif _exists(dest, out_fd) is not None and work_fd is not None:
+            _aside(out_fd, work_fd, dest)
+        elif work_fd is None:  # the killed build's tree is gone: nowhere to move it aside to
+            if _exists(dest, out_fd) is not None:
+                remove_at(out_fd, dest)
+        _crash_point(f"publish-{i}")
+
+
+def _aside(out_fd: int, work_fd: int, name: str) -> None:
+    try:
+        os.mkdir(".old", 0o700, dir_fd=work_fd)
+    except FileExistsError:
+        pass
+    old_fd = os.open(".old", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     dir_fd=work_fd)
+    try:
+        remove_at(old_fd, name)
+        os.rename(name, name, src_dir_fd=out_fd, dst_dir_fd=old_fd)
+    finally:
+        os.close(old_fd)
+
+
+def _publish(output_dir: Path, work: WorkDir, recipe_name: str, steps: list,
+             made: set[str]) -> list[str]:
+    """Make the packed images, their companions and manifests appear: a journal of renames is
+    written first (one rename makes it appear), then carried out, then removed. A build killed
+    in between leaves the journal, and the next build of the recipe finishes it (images
+    before manifests; each manifest records its image's sha256, so a reader in between can
+    tell an image from the manifest of another build)."""
+    journal = _journal(recipe_name)
+    with locked(output_dir) as out_fd:
+        warnings = _roll_forward(out_fd, recipe_name)  # another build killed meanwhile
+        entries, retire_warnings = _retired(output_dir, recipe_name, made)
+        warnings += retire_warnings
+        manifests = [s for s in steps if s[0] == "move" and s[2].endswith(".manifest.json")]
+        steps = [s for s in steps if s not in manifests]
+        steps += [["retire", e] for e in entries]
+        steps += manifests
+        work_fd = os.open(work.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            text = json.dumps({"workdir": work.path.name, "steps": steps}).encode()
+            tmp = os.open("publish.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                          0o644, dir_fd=work_fd)
+            with os.fdopen(tmp, "wb") as fh:
+                fh.write(text)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.rename("publish.json", journal, src_dir_fd=work_fd, dst_dir_fd=out_fd)
+            _crash_point("journal")
+            try:
+                _apply(out_fd, work_fd, steps)
+            except BaseException:  # SIGTERM, Ctrl-C: finish (renames only), or leave it all
+                try:                # for the next build to finish
+                    _apply(out_fd, work_fd, steps)
+                except BaseException:
+                    work.keep = True
+                    raise
+                os.unlink(journal, dir_fd=out_fd)
+                raise
+            os.unlink(journal, dir_fd=out_fd)
+        finally:
+            os.close(work_fd)
+    return warnings
 
 
 def own_names(recipe_name: str) -> set[str]:
@@ -249,43 +442,10 @@ def _retired(output_dir: Path, recipe_name: str, made: set[str]) -> tuple[list[s
     return entries, warnings
 
 
-def _retire_companions(output_dir: Path, recipe_name: str, made: set[str]) -> list[str]:
-    """Remove the images of :func:`_retired` from ``output_dir`` (by name, never through a
-    symlink); the warnings."""
-    entries, warnings = _retired(output_dir, recipe_name, made)
-    if entries:
-        fd = open_dir(output_dir)
-        try:
-            for entry in entries:
-                remove_at(fd, entry)
-        finally:
-            os.close(fd)
-    return warnings
-
-
 def remove_tree(path: Path) -> None:
     """Delete a work tree even when a package made some of its directories read-only; a
     symlink is removed itself, never followed."""
     remove_path(path)
-
-
-def _remove_abandoned_workdirs(output_dir: Path, name: str) -> None:
-    """Work trees left by a build that was killed (SIGKILL, power loss): their process is gone."""
-    for old in output_dir.glob(f".{name}.build-*-*"):
-        pid = old.name.removeprefix(f".{name}.build-").split("-", 1)[0]
-        if not pid.isdigit() or _alive(int(pid)):
-            continue
-        remove_tree(old)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def load_recipe_signer(recipe: Recipe):
@@ -299,8 +459,9 @@ def load_recipe_signer(recipe: Recipe):
     return load_signer(recipe.signing["key"], recipe.signing["cert"], passphrase)
 
 
-def _package_all(recipe, staged: Staged, output_dir, workdir, log,
+def _package_all(recipe, staged: Staged, output_dir, work: WorkDir, log,
                  signer) -> BuildResult:
+    workdir = work.path
     report = staged.report
     counts = [(img, *extract_stage.stats(img.tree)) for img in staged.images]
     summary = "; ".join(f"{img.kind} {img.name}: {files} files, {_size(size)}"
@@ -316,6 +477,12 @@ def _package_all(recipe, staged: Staged, output_dir, workdir, log,
     log.stage("normalize", f"epoch {staged.epoch} ({staged.epoch_origin}), mtime policy "
               f"{recipe.mtime}; " + ", ".join(img.release_path for img in staged.images))
 
+    if recipe.format != "directory":  # a directory image is renamed into place: no space
+        tree_bytes = sum(size for _, _, size in counts)
+        needed = tree_bytes if recipe.compression == "none" else tree_bytes // 2
+        _check_space(output_dir, needed + (1 << 20),
+                     f"packing {_size(tree_bytes)} of files into {recipe.format} images "
+                     f"({recipe.compression})")
     packed = []
     for img in staged.images:
         file_list = mf.file_entries(img.tree.records)
@@ -361,19 +528,22 @@ def _package_all(recipe, staged: Staged, output_dir, workdir, log,
         manifest_tmp.write_bytes(mf.dumps(manifest))
         packed.append((img, result, final, manifest_tmp, manifest))
 
-    retire_warnings = _retire_companions(output_dir, recipe.name,
-                                         {img.name for img in staged.images})
+    steps: list[list[str]] = []
+    suffixes = {f"{img.name}{suffix}" for img in staged.images for suffix in COMPANION_SUFFIXES}
+    extras = {extra.name for _, result, *_ in packed for extra in result.extras}
+    for img, result, final, manifest_tmp, _manifest in packed:  # all packed: now publish
+        steps.append(["move", final.name, final.name])
+        other = image_filename("directory" if recipe.format != "directory" else "squashfs",
+                               img.name)
+        steps.append(["retire", other])  # the image in the other format, from an earlier build
+        steps += [["move", extra.name, extra.name] for extra in result.extras]
+        steps.append(["move", manifest_tmp.name, f"{img.name}.manifest.json"])
+    steps += [["retire", stale] for stale in sorted(suffixes - extras)]  # an earlier kind's
+    retire_warnings = _publish(output_dir, work, recipe.name, steps,
+                               {img.name for img in staged.images})
     images = []
-    for img, result, final, manifest_tmp, manifest in packed:  # all packed: now publish
+    for img, result, final, _manifest_tmp, manifest in packed:
         manifest_final = output_dir / f"{img.name}.manifest.json"
-        for extra in result.extras:
-            os.replace(extra, output_dir / extra.name)
-        for suffix in COMPANION_SUFFIXES:  # left from an earlier build of another kind
-            stale = output_dir / f"{img.name}{suffix}"
-            if stale.exists() and stale.name not in {e.name for e in result.extras}:
-                stale.unlink()
-        replace_atomically(result.path, final)
-        os.replace(manifest_tmp, manifest_final)
         images.append(ImageResult(img.kind, img.name, final, manifest_final, manifest,
                                   [output_dir / e.name for e in result.extras]))
         sha = manifest["image"]["sha256"]

@@ -107,8 +107,23 @@ def locked(path: str | os.PathLike) -> Iterator[int]:
         os.close(fd)
 
 
+class WorkDir(os.PathLike):
+    """A locked work directory; ``keep = True`` leaves it in place (unlocked) at the end, for
+    a later run to finish what it holds (a publish interrupted half way)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.keep = False
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def __truediv__(self, other) -> Path:
+        return self.path / other
+
+
 @contextmanager
-def locked_workdir(parent: str | os.PathLike, prefix: str) -> Iterator[Path]:
+def locked_workdir(parent: str | os.PathLike, prefix: str) -> Iterator[WorkDir]:
     """A fresh directory ``parent/prefix*`` locked for as long as the block runs, then removed.
 
     The lock is taken after the directory exists, so a sweeper may take it first and remove
@@ -120,11 +135,13 @@ def locked_workdir(parent: str | os.PathLike, prefix: str) -> Iterator[Path]:
         if _still_there(path, fd):
             break
         os.close(fd)
+    work = WorkDir(path)
     try:
-        yield path
+        yield work
     finally:
         try:
-            remove_path(path)
+            if not work.keep:
+                remove_path(path)
         finally:
             os.close(fd)
 

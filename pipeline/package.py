@@ -17,10 +17,13 @@ from pathlib import Path
 
 from . import tools
 from .errors import BuildError, InputError
-from .outdir import remove_path
+from .outdir import locked_workdir, sweep
 from .recipe import Recipe
 from .sorted_tree import sorted_copy
 from .staging import StagingTree
+
+#: Name prefix of a DDI build's scratch directory in the system's temporary directory.
+DDI_SCRATCH = "sysext-pipeline-ddi-"
 
 
 @dataclass(frozen=True)
@@ -72,9 +75,11 @@ def _ddi(recipe, fs_image: Path, out: Path, fs_tools, seed, arch, signer) -> Pac
                          "types are per architecture", 'set target.architecture, e.g. "x86-64"')
     # Scratch (padded data copy, verity tree) goes to the system's temporary directory:
     # veritysetup cannot update its header on some file systems (FUSE) the output may be on.
-    with tempfile.TemporaryDirectory(prefix="sysext-pipeline-ddi-") as scratch:
+    # Locked like every work tree (pipeline.outdir): a killed build's scratch is swept.
+    sweep(tempfile.gettempdir(), DDI_SCRATCH)
+    with locked_workdir(tempfile.gettempdir(), DDI_SCRATCH) as scratch:
         info = assemble_ddi(fs_image, out, arch=arch, fs_type=recipe.filesystem, seed=seed,
-                            signer=signer, workdir=Path(scratch))
+                            signer=signer, workdir=scratch.path)
     fs_image.unlink()
     extras = ()
     if signer is None:  # offline signing: what the signing host needs, next to the image
@@ -137,14 +142,3 @@ def _erofs(recipe: Recipe, tree: StagingTree, out: Path, epoch: int, seed: bytes
     with sorted_copy(tree, size) as root:
         tools.run("mkfs.erofs", [*args, out, root], what=f"packing {out.name}", tick=tick)
     return {"mkfs.erofs": tools.version("mkfs.erofs")}
-
-
-def replace_atomically(tmp: Path, final: Path) -> None:
-    """Put ``tmp`` at ``final``; a previous directory image is moved aside and then deleted."""
-    if final.is_dir() and not final.is_symlink():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.rename(final, old)
-        os.rename(tmp, final)
-        remove_path(old)
-    else:
-        os.replace(tmp, final)

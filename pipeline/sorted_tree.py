@@ -20,9 +20,14 @@ from pathlib import Path
 
 from .errors import BuildError
 from .formats import entry as E
+from .outdir import locked_workdir, sweep
 from .staging import StagingTree
 
 TMPFS_CANDIDATES = ("/dev/shm",)
+
+#: Name prefix of the copies; each is flock-ed while in use (pipeline.outdir), so the copy of a
+#: killed build is recognised and removed by the next one.
+PREFIX = ".sysext-pipeline-"
 
 
 def _tmpfs_base() -> Path:
@@ -52,13 +57,14 @@ def _creation_order_is_listing_order(base: Path) -> bool:
 def sorted_copy(tree: StagingTree, size_hint: int):
     """Yield a directory holding a copy of ``tree`` that lists every directory sorted."""
     base = _tmpfs_base()
+    sweep(base, PREFIX)  # copies of builds that were killed: their lock is free
     free = shutil.disk_usage(base).free
     if size_hint * 1.1 + (1 << 20) > free:
         raise BuildError("erofs", f"{base} has {free >> 20} MiB free, the tree needs "
                          f"{size_hint >> 20} MiB", "set SYSEXT_PIPELINE_TMPFS to a larger tmpfs")
-    forward = _creation_order_is_listing_order(base)
-    with tempfile.TemporaryDirectory(dir=base, prefix=".sysext-pipeline-") as work:
-        root = Path(work, "root")
+    with locked_workdir(base, PREFIX) as work:
+        forward = _creation_order_is_listing_order(work.path)
+        root = work / "root"
         root.mkdir()
         _copy(tree, root, forward)
         _check_sorted(root)
