@@ -20,6 +20,7 @@ from .formats.compression import CHUNK, DigestCheck, Limits
 from .formats.entry import shown
 from .formats.package import Package
 from .layout import Router
+from .pitfalls import special_of
 from .recipe import Recipe
 from .staging import MERGED_USR, StagingTree, canonical_path
 
@@ -140,7 +141,9 @@ def extract(recipe: Recipe, fetched: list[Fetched], tree_for: Callable[[str], St
         if route.dropped:
             report.dropped[extra.path] = f"{route.dropped} (recipe)"
         if route.image is not None:
-            tree_for(route.image).add(entry, route.path, 0, 0, "recipe")
+            tree = tree_for(route.image)
+            tree.records.special_policy = recipe.special_files
+            tree.add(entry, route.path, 0, 0, "recipe")
     return report
 
 
@@ -191,10 +194,12 @@ class _Package:
             route = self.router.route(path, entry, entry.member)
             if route.dropped:
                 report.dropped[path] = f"{route.dropped} ({self.origin})"
+            self._special(entry, path, route)
             if route.image is None:
                 self._skip(entry, path)
                 continue
             tree = self.tree_for(route.image)
+            tree.records.special_policy = self.recipe.special_files
             if entry.kind == E.HARDLINK:
                 self._add_link(entry, path, route.image, route.path, tree)
             else:
@@ -203,6 +208,28 @@ class _Package:
                 self.placed[path] = (route.image, route.path)
             if path in self.config:
                 tree.records[route.path].config = True
+
+    def _special(self, entry: E.Entry, path: str, route) -> None:
+        """setuid/setgid files and world-writable paths that reach the host, judged by the
+        recipe's policy.special_files: an error, a severe finding (the pitfalls read the
+        records; a tmpfiles.d directory has none, so it is remembered here), or nothing."""
+        if route.image is None and route.tmpfiles is None:
+            return
+        what = special_of(entry.kind, entry.mode)
+        policy = self.recipe.special_files
+        if what is None or policy == "allow":
+            return
+        if policy == "error":
+            raise InputError(entry.member, f"{what} (mode {entry.mode:04o}; "
+                             'policy.special_files = "error")',
+                             'fix the package, or review it and set policy.special_files = '
+                             '"warn" or "allow"')
+        if route.image is None:  # a tmpfiles.d line makes it at boot
+            for kind, lines in self.router.layout.tmpfiles.items():
+                if any(line is route.tmpfiles for line in lines):
+                    records = self.tree_for(kind).records
+                    records.special_policy = policy
+                    records.host_special[path] = what
 
     def _skip(self, entry: E.Entry, path: str) -> None:
         """Remember what a later hard link may need: the size and sha256 of the data."""

@@ -119,10 +119,20 @@ def find(kind: str, records: Mapping[str, Record], fields: Mapping[str, str],
             "confext mounts are noexec,nosuid: these executables and setuid/setgid files will "
             "not run from /etc", "ship them in a sysext (/usr) and keep only configuration here",
             [p for p, r in files.items() if r.mode & 0o7111])
-    else:
-        add("setuid", WARNING, "setuid/setgid files: sysext mounts keep suid, but check that "
-            "the host's policy (nosuid /usr, SELinux labels) lets them work", "drop the bit if "
-            "it is not needed", [p for p, r in files.items() if r.mode & 0o6000])
+    policy = getattr(records, "special_policy", "warn")
+    host_special = getattr(records, "host_special", {})
+    if kind != "confext" and policy != "allow":
+        add("setuid", SEVERE, "setuid/setgid files: they run with their owner's or group's "
+            "rights on every host that merges the image (sysext mounts keep suid)",
+            "drop the bit if it is not needed; after review, policy.special_files = \"allow\" "
+            "silences this and \"error\" refuses it",
+            [p for p, r in files.items() if r.mode & 0o6000])
+    if policy != "allow":
+        add("world-writable", SEVERE, "world-writable paths without the sticky bit: any user "
+            "on the host can replace or fill them", "fix the mode (or add the sticky bit to a "
+            "shared directory); policy.special_files = \"error\" refuses such packages",
+            [p for p, r in records.items() if world_writable(r.kind, r.mode)]
+            + [p for p, what in host_special.items() if what == "world-writable"])
     add("kernel-modules", WARNING,
         "kernel modules are bound to one kernel version and need depmod; they break on the "
         "next kernel update", "build one image per kernel (target.sysext_level or VERSION_ID "
@@ -189,6 +199,24 @@ def find(kind: str, records: Mapping[str, Record], fields: Mapping[str, str],
             "any-without-arch", WARNING, "ID=_any without ARCHITECTURE: binaries would merge "
             "on hosts of any architecture and any OS version", "set target.architecture"))
     return found
+
+
+def world_writable(kind: str, mode: int) -> bool:
+    """Writable by others, and not a sticky directory (a symlink's own mode means nothing)."""
+    if kind == E.SYMLINK or not mode & 0o002:
+        return False
+    return not (kind == E.DIR and mode & 0o1000)
+
+
+def special_of(kind: str, mode: int) -> str | None:
+    """What ``policy.special_files`` judges about an entry: setuid, setgid, world-writable."""
+    if kind in (E.FILE, E.HARDLINK) and mode & 0o4000:
+        return "setuid"
+    if kind in (E.FILE, E.HARDLINK) and mode & 0o2000:
+        return "setgid"
+    if world_writable(kind, mode):
+        return "world-writable"
+    return None
 
 
 def _dangles(path: str, target: str, provided: frozenset[str]) -> bool:

@@ -80,12 +80,23 @@ KEPT_XATTRS = ("security.capability",)
 REFUSED_XATTR_PREFIXES = ("trusted.", "security.")
 
 
+class Records(dict):
+    """Image path → Record, plus what the pitfalls need beyond the tree itself:
+    ``special_policy`` (the recipe's policy.special_files) and ``host_special``, paths the image
+    makes on the host at boot (tmpfiles.d ``d`` lines) with what is special about them."""
+
+    def __init__(self):
+        super().__init__()
+        self.special_policy = "warn"
+        self.host_special: dict[str, str] = {}
+
+
 class _Rules:
     """What may be written where, judged from the records alone — shared by the real writer
     and the recording one, so ``plan`` refuses exactly what ``build`` refuses."""
 
     def __init__(self):
-        self.records: dict[str, Record] = {}
+        self.records: Records = Records()
         self.replaced: list[str] = []  # paths a later source overwrote
         self.dropped_xattrs: list[str] = []  # "path: name" of attributes not carried
 

@@ -19,6 +19,7 @@ brp post-install scripts, debuginfo and build-id links switched off.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -125,11 +126,13 @@ def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
 
 def build_deb(outdir: str | os.PathLike[str], name: str, version: str, files: Iterable[PkgFile],
               *, arch: str = "amd64", compression: str = "xz", conffiles: Iterable[str] = (),
-              depends: str | None = None, fields: dict[str, str] | None = None) -> Path:
+              depends: str | None = None, fields: dict[str, str] | None = None,
+              md5sums: bool = True) -> Path:
     """Build ``name_version_arch.deb`` in ``outdir`` with ``dpkg-deb --build --root-owner-group``.
 
     Conffiles are the ``config`` entries plus ``conffiles``. ``compression`` is dpkg-deb's -Z.
     ``fields``: more control fields (Pre-Depends, Provides, Recommends, Conflicts, Multi-Arch…).
+    ``md5sums``: write DEBIAN/md5sums as dh_md5sums does (every regular file but conffiles).
     """
     if compression not in DEB_COMPRESSIONS:
         raise ValueError(f"dpkg-deb cannot compress with {compression!r}")
@@ -151,6 +154,13 @@ def build_deb(outdir: str | os.PathLike[str], name: str, version: str, files: It
         conf = [f.path for f in files if f.config] + list(conffiles)
         if conf:
             (control / "conffiles").write_text("".join(f"{p}\n" for p in conf))
+        if md5sums:
+            sums = [f"{hashlib.md5(p.read_bytes()).hexdigest()}  {p.relative_to(root)}\n"
+                    for p in sorted(root.rglob("*")) if p.is_file() and not p.is_symlink()
+                    and "/" + str(p.relative_to(root)) not in conf
+                    and p.relative_to(root).parts[0] != "DEBIAN"]
+            if sums:
+                (control / "md5sums").write_text("".join(sums))
         os.chmod(root, 0o755)
         out = outdir / f"{name}_{version}_{arch}.deb"
         _run(["dpkg-deb", "--build", "--root-owner-group", f"-Z{compression}", str(root),
@@ -200,6 +210,18 @@ def build_rpm(outdir: str | os.PathLike[str], name: str, version: str, files: It
         out = outdir / built[0].name
         shutil.move(built[0], out)
     return out
+
+
+def flip_byte(package: str | os.PathLike[str], marker: bytes, out: str | os.PathLike[str],
+              offset: int = 0) -> Path:
+    """Copy ``package`` to ``out`` with one bit of the byte at ``marker`` + ``offset`` flipped
+    (the marker must occur exactly once: use an uncompressed payload)."""
+    data = bytearray(Path(package).read_bytes())
+    if data.count(marker) != 1:
+        raise ValueError(f"{marker!r} occurs {data.count(marker)} times in {package}")
+    data[data.index(marker) + offset] ^= 0x01
+    Path(out).write_bytes(bytes(data))
+    return Path(out)
 
 
 def _spec(name: str, version: str, release: str, epoch: int | None, arch: str,
