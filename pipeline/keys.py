@@ -81,12 +81,15 @@ def key_algorithm(public_key) -> str:
 
 
 def read_passphrase(env_var: str | None = None, file: Path | None = None) -> bytes | None:
-    """The key passphrase from an environment variable or a file (one trailing newline dropped)."""
+    """The key passphrase from an environment variable (removed from the environment once
+    read) or a file (one trailing newline dropped)."""
     if env_var and file:
         raise InputError("passphrase", "given both as environment variable and as file",
                          "use one")
     if env_var:
-        value = os.environ.get(env_var)
+        # Taken out of the environment as it is read: no tool started afterwards (a packer, a
+        # hook, systemd-sysext) inherits the passphrase. Read it once per process.
+        value = os.environ.pop(env_var, None)
         if value is None:
             raise InputError(env_var, "environment variable not set", "export the passphrase")
         secret = value.encode()

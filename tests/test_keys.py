@@ -95,13 +95,13 @@ def test_passphrase_from_env_and_file(tmp_path, monkeypatch):
     keys.load_signer(tmp_path / "k", tmp_path / "c", secret)
     # other tools (an HSM host's openssl) read the same key with the same passphrase
     subprocess.run(["openssl", "pkey", "-in", tmp_path / "k", "-passin", "env:RELEASE_KEY_PASS",
-                    "-noout"], check=True)
+                    "-noout"], check=True, env={**os.environ, "RELEASE_KEY_PASS": "s3cret words"})
 
     with pytest.raises(InputError, match="wrong passphrase"):
         keys.load_signer(tmp_path / "k", tmp_path / "c", b"guess")
     with pytest.raises(InputError, match="encrypted and no passphrase"):
         keys.load_signer(tmp_path / "k", tmp_path / "c")
-    monkeypatch.delenv("RELEASE_KEY_PASS")
+    assert "RELEASE_KEY_PASS" not in os.environ  # read once, then gone
     with pytest.raises(InputError, match="RELEASE_KEY_PASS: environment variable not set"):
         keys.read_passphrase(env_var="RELEASE_KEY_PASS")
     with pytest.raises(InputError, match="both"):
@@ -218,3 +218,13 @@ def test_generate_where_it_cannot_is_a_one_line_error(tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr == f"error: {tmp_path / 'file'}: exists and is not a directory " \
         "(choose another path for the key)\n"
+
+
+def test_passphrase_variable_is_not_inherited_by_children(monkeypatch):
+    """Once read, the passphrase is gone from the environment: a child started afterwards
+    (any tool, even one started without pipeline.tools' clean environment) cannot see it."""
+    monkeypatch.setenv("RELEASE_KEY_PASS", "s3cret words")
+    assert keys.read_passphrase(env_var="RELEASE_KEY_PASS") == b"s3cret words"
+    child = subprocess.run(["env"], capture_output=True, text=True, check=True).stdout
+    assert "RELEASE_KEY_PASS" not in child and "s3cret" not in child
+    assert "RELEASE_KEY_PASS" not in os.environ
