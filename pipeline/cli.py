@@ -85,6 +85,7 @@ COMMANDS: dict[str, str] = {
     "check": "check_cmd", "troubleshooting": "check_cmd", "install": "install_cmd",
     "uninstall": "install_cmd", "rollback": "install_cmd", "doctor": "doctor_cmd",
     "lock": "lock_cmd", "fetch": "lock_cmd", "verify": "verify_cmd", "diff": "verify_cmd",
+    "explain": "explain_cmd",
 }
 
 
