@@ -229,23 +229,76 @@ def test_json_and_human_output(tmp_path, packages, cache_dir):
     assert proc.stdout == ""
 
 
-@pytest.mark.parametrize("fmt", ("squashfs", "directory"))
-def test_non_root_build_gives_same_bytes(tmp_path, packages, cache_dir, monkeypatch, fmt):
-    """Owners come from the records, not from disk: a build that cannot chown agrees."""
-    from pipeline import build as build_mod
-    from pipeline import recipe as recipe_mod
-    from pipeline.fetch import Cache
+def _world_readable_copy(work: Path, *packages: Path) -> list[Path]:
+    """Copies of ``packages`` that another user can read (pytest's tmp dirs are 0700)."""
+    copies = []
+    for package in packages:
+        copy = work / package.name
+        copy.write_bytes(package.read_bytes())
+        copy.chmod(0o644)
+        copies.append(copy)
+    return copies
 
-    path = write_recipe(tmp_path, recipe_text(packages, fmt))
-    recipe = recipe_mod.load(path)
-    as_root = build_mod.build(recipe, tmp_path / "root-out", Cache(cache_dir))
-    monkeypatch.setattr(build_mod.os, "geteuid", lambda: 1000)
-    as_user = build_mod.build(recipe, tmp_path / "user-out", Cache(cache_dir))
-    [root_image], [user_image] = as_root.images, as_user.images
-    assert user_image.manifest == root_image.manifest
+
+@pytest.mark.root
+@pytest.mark.parametrize("fmt", ("squashfs", "directory"))
+def test_non_root_build_gives_same_bytes(packages, unprivileged, fmt):
+    """A real build as ``nobody`` (setpriv; the world-readable venv and project copy of
+    tests/unprivileged.py): owners come from the records, not from disk, so it gives the root
+    build's bytes. Packages without file capabilities (those are refused, below)."""
+    work = unprivileged.make_workdir()
+    deb, zstd_deb = _world_readable_copy(work, packages["deb"], packages["deb-zstd"])
+    text = recipe_text({"deb": deb, "rpm": ""}, fmt).replace('[[source]]\nrpm = ""\n', "")
+    text = text.replace('[[source]]\ndeb = "', f'[[source]]\ndeb = "{zstd_deb}"\n\n'
+                        '[[source]]\ndeb = "', 1)
+    recipe = write_recipe(work / "recipe", text)
+    recipe.parent.chmod(0o755)
+    recipe.chmod(0o644)
+    # the same interpreter and project copy for both (the manifest records python's version)
+    as_root = unprivileged.run_cli("root", "build", str(recipe), "-o", str(work / "root-out"),
+                                   "--cache-dir", str(work / "root-cache"), "--json", cwd=work)
+    assert as_root.returncode == 0, as_root.stderr
+    as_user = unprivileged.run_cli("nobody", "build", str(recipe), "-o", str(work / "user-out"),
+                                   "--cache-dir", str(work / "cache"), "--json", cwd=work)
+    assert as_user.returncode == 0, as_user.stderr
+    [root_image], [user_image] = (json.loads(p.stdout)["images"] for p in (as_root, as_user))
+    root_manifest, user_manifest = (json.loads(Path(i["manifest"]).read_bytes())
+                                    for i in (root_image, user_image))
+    # The one allowed difference: the world-readable interpreter loads the system's libpython
+    # when nobody cannot read the original's (tests/unprivileged.py), so "python" may differ.
+    for manifest in (root_manifest, user_manifest):
+        manifest["tools"].pop("python")
+    assert user_manifest == root_manifest
+    assert Path(user_image["manifest"]).stat().st_uid == 65534  # really built by nobody
+    files = {f["path"] for f in root_manifest["files"]}
+    assert {"usr/bin/suid-tool", "usr/bin/z"} <= files
     if fmt == "squashfs":
-        assert user_image.manifest["image"]["sha256"] == \
-            hashlib.sha256(user_image.image.read_bytes()).hexdigest()
+        assert user_image["sha256"] == root_image["sha256"] == \
+            hashlib.sha256(Path(user_image["image"]).read_bytes()).hexdigest()
+        assert Path(user_image["image"]).read_bytes() == Path(root_image["image"]).read_bytes()
+    else:
+        assert "built without root" in as_user.stderr
+
+
+@pytest.mark.root
+def test_non_root_build_with_file_capabilities_is_refused(packages, unprivileged):
+    """A capability cannot be recorded without root: refused, naming the package and what to
+    do, and nothing is left in the output directory."""
+    work = unprivileged.make_workdir()
+    [rpm] = _world_readable_copy(work, packages["rpm"])
+    text = recipe_text({"deb": "", "rpm": rpm}, "squashfs").replace(
+        '[[source]]\ndeb = ""\n', "")
+    recipe = write_recipe(work / "recipe", text)
+    recipe.parent.chmod(0o755)
+    recipe.chmod(0o644)
+    out = work / "out"
+    proc = unprivileged.run_cli("nobody", "build", str(recipe), "-o", str(out), "--cache-dir",
+                                str(work / "cache"), cwd=work)
+    assert proc.returncode == 2, proc.stderr
+    [line] = proc.stderr.strip().splitlines()[-1:]
+    assert line.startswith("error: ") and rpm.name in line and "usr/bin/rping" in line
+    assert "security.capability" in line and "build as root" in line
+    assert list(out.iterdir()) == []
 
 
 def _one_package_recipe(tmp_path, pkg, extra="", kind='kind = "auto"\n'):
