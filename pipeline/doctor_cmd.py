@@ -425,15 +425,23 @@ def _runpath_has(host, tree: Path, runpath: str, origin: str, lib: str) -> bool:
 def cmd_doctor(args) -> int:
     host = host_from_args(args)
     findings, inventory = diagnose(host)
+    # -- explain's hook (pipeline/explain_cmd.py, H7): on a live host, the journal's last
+    # systemd-sysext/confext lines explained (rule, fix); not for --root trees
+    from .explain_cmd import doctor_human, doctor_report
+    journal = doctor_report(host) if host.root is None else None
+    # -- end of explain's hook
     if args.json:
         print(json.dumps({"schema": 1, "host": host.as_dict(), "images": inventory,
-                          "findings": [asdict(f) for f in findings]}, indent=2))
+                          "findings": [asdict(f) for f in findings],
+                          "journal": journal}, indent=2))
     else:
         for f in findings:
             line = f"{f.severity:7} {f.code}: {f.message}"
             if f.fix:
                 line += f"\n        fix: {f.fix}"
             print(line)
+        if host.root is None:  # explain's hook
+            print("\n".join(doctor_human(journal)))
     errors = sum(f.severity == ERROR for f in findings)
     warnings = sum(f.severity == WARNING for f in findings)
     print(f"{errors} error(s), {warnings} warning(s)", file=sys.stderr)

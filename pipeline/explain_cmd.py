@@ -248,7 +248,7 @@ def doctor_report(host) -> dict | None:
 
 def doctor_human(report: dict | None) -> list[str]:
     if report is None:
-        return ["journal: no journalctl here (explain a saved log with "
+        return ["journal: not readable here (no journalctl, or no journal; explain a saved log with "
                 "`sysext-pipeline explain --file LOG`)"]
     out = [f"journal: {report['journal_lines']} systemd-sysext/confext line(s) this boot; "
            f"merge: {report['merge']}"]
