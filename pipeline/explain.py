@@ -209,10 +209,12 @@ OUTCOMES: tuple[Outcome, ...] = (
     Outcome(r"Using extensions '(?P<names>.*)'\.", "these images merge (the others were skipped "
             "or broke the merge)", _cap(*CAPTURED) + "; " + _SYSEXT_C),
     Outcome(r"No suitable extensions found \((?P<count>\d+) ignored due to incompatible "
-            r"image\(s\)\)\.", "nothing merged: every image was skipped; run with "
-            "SYSTEMD_LOG_LEVEL=debug to see why each one was", _SYSEXT_C),
+            r"(?:version|image\(s\))\)\.", "nothing merged: every image was skipped; run "
+            "with SYSTEMD_LOG_LEVEL=debug to see why each one was",
+            "captured: real `merge` runs of systemd 252.38 ('…incompatible version'), 254.26, "
+            "257.13, 262.1 ('…incompatible image(s)')"),
     Outcome(r"No extensions found\.", "nothing merged: no image was discovered in the search "
-            "directories (see `check` for where this systemd looks)", _SYSEXT_C),
+            "directories (see `check` for where this systemd looks)", _cap(*CAPTURED)),
     Outcome(r"Merged extensions into '(?P<path>.*)'\.", "the merge of this hierarchy succeeded",
             _cap(*CAPTURED)),
     Outcome(r"'?\((?P<child>sd-merge|sd-sysext)\)'? failed with exit status (?P<status>\d+)\.",
@@ -225,16 +227,17 @@ OUTCOMES: tuple[Outcome, ...] = (
             _cap("257.13", "262.1")),
     Outcome(r"Hierarchy '(?P<path>.*)' is already merged\.", "`merge` does nothing while merged: "
             "use `refresh`", "captured: systemd-sysext 252.38 merge"),
-    Outcome(r"HIERARCHY\s+EXTENSIONS\s+SINCE", "`status` header", "captured: systemd-sysext "
-            "252.38 status"),
-    Outcome(r"(?P<path>/\S*)\s+none\s+-", "`status`: nothing is merged into this hierarchy "
-            "(not merged yet, or every image was skipped: run `refresh` with "
-            "SYSTEMD_LOG_LEVEL=debug and explain its output)", "captured: systemd-sysext 252.38 "
-            "status"),
-    Outcome(r"NAME\s+TYPE\s+PATH\s+TIME", "`list` header", "captured: systemd-sysext 252.38 list"),
+    Outcome(r"HIERARCHY\s+EXTENSIONS\s+SINCE", "`status` header",
+            "captured: `status` of systemd-sysext " + ", ".join(CAPTURED)),
+    Outcome(r"(?P<path>/\S*)\s+(?:none|-)\s+-", "`status`: nothing is merged into this "
+            "hierarchy (not merged yet, or every image was skipped: run `refresh` with "
+            "SYSTEMD_LOG_LEVEL=debug and explain its output)", "captured: `status` of "
+            "systemd-sysext 252.38, 254.26, 257.13 ('none'), 262.1 ('-')"),
+    Outcome(r"NAME\s+TYPE\s+PATH\s+TIME", "`list` header",
+            "captured: `list` of systemd-sysext " + ", ".join(CAPTURED)),
     Outcome(r"(?P<name>\S+)\s+(?P<type>raw|directory|subvolume|block)\s+(?P<path>/\S+)(\s.*)?",
             "`list`: systemd discovered this image (whether it merges is decided at merge "
-            "time: `check` it)", "captured: systemd-sysext 252.38 list"),
+            "time: `check` it)", "captured: `list` of systemd-sysext " + ", ".join(CAPTURED)),
 )
 
 #: Journal and syslog prefixes: 'Dec 04 18:00:00 host systemd-sysext[12]: ', ISO timestamps,

@@ -186,3 +186,38 @@ def test_force_line_from_the_real_binary(tmp_path):
     else:  # the rule table has no rule for it: the line is unknown, not guessed
         assert all(line.status == "unknown" for line in forced)
     assert result["images"]["foo"].merged
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("major", [252, pytest.param(254, marks=pytest.mark.network),
+                                   pytest.param(257, marks=pytest.mark.network),
+                                   pytest.param(262, marks=pytest.mark.network)])
+def test_outcome_lines_of_the_real_binaries(tmp_path, major):
+    """merge with only an ignored image, merge with none, status and list (default log level):
+    every line the real binary prints is explained, none unknown."""
+    import shlex
+
+    from merge import in_namespace
+    from prereq import missing
+    from systemd_versions import Unavailable, systemd_binary
+
+    try:
+        argv = shlex.join(systemd_binary(major, "systemd-sysext"))
+    except Unavailable as exc:
+        missing(f"systemd {major}: {exc}")
+    ignored = _root(tmp_path / "ignored", "ID=fedora\n")
+    empty = tmp_path / "empty"
+    (empty / "etc").mkdir(parents=True)
+    (empty / "usr/lib").mkdir(parents=True)
+    (empty / "etc/os-release").write_text("ID=debian\n")
+    proc = in_namespace(f"{argv} merge --root={ignored} && {argv} merge --root={empty} && "
+                        f"{argv} status --root={empty} && {argv} list --root={ignored}")
+    assert proc.returncode == 0, proc.stderr
+    lines = (proc.stderr + proc.stdout).splitlines()
+    result = explain.explain_text(lines)
+    unknown = [line.text for line in result["lines"] if line.status == "unknown"]
+    assert not unknown
+    assert result["merge"] == "nothing merged: every image was ignored"
+    meanings = " ".join(line.meaning for line in result["lines"])
+    assert "no image was discovered" in meanings and "nothing is merged into this" in meanings
+    assert "systemd discovered this image" in meanings
