@@ -21,6 +21,11 @@ from .formats import entry as E
 
 CHUNK = 1 << 20
 
+#: Longest name of one path component (Linux NAME_MAX).
+NAME_MAX = 255
+#: Largest owner id a file system stores ((uid_t)-1 means "unchanged" to chown).
+MAX_ID = 2**32 - 2
+
 #: Top-level directories that merged-/usr systems keep only as symlinks into /usr.
 MERGED_USR = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
 
@@ -58,6 +63,10 @@ def canonical_path(raw: str, member: str) -> str:
         raise InputError(member, "path has control characters or is not UTF-8",
                          "image paths must be printable UTF-8 (the manifest and the file "
                          "system tools depend on it)")
+    for part in parts:
+        if len(part.encode("utf-8", "surrogateescape")) > NAME_MAX:
+            raise InputError(member, f"a path component of {len(part.encode('utf-8', 'surrogateescape'))} bytes "
+                             f"(limit {NAME_MAX})", "no Linux file system stores such a name")
     if parts and parts[0] in MERGED_USR:
         parts.insert(0, "usr")
     return "/".join(parts)
@@ -89,6 +98,16 @@ class Records(dict):
         super().__init__()
         self.special_policy = "warn"
         self.host_special: dict[str, str] = {}
+
+
+def _check_capability(value: bytes, member: str) -> None:
+    """A security.capability value as the kernel accepts it (VFS_CAP_REVISION_1/2/3 with the
+    matching length, only the effective flag): anything else is refused naming the member."""
+    sizes = {0x01000000: 12, 0x02000000: 20, 0x03000000: 24}
+    magic = int.from_bytes(value[:4], "little") if len(value) >= 4 else 0
+    if sizes.get(magic & 0xFF000000) != len(value) or magic & 0x00FFFFFE:
+        raise InputError(member, f"malformed security.capability value ({len(value)} bytes)",
+                         "not a file capability the kernel would accept")
 
 
 class _Rules:
@@ -129,6 +148,9 @@ class _Rules:
             return target  # the same inode: one record object shared by both paths
         if entry.kind == E.SYMLINK and not entry.target:
             raise InputError(member, "symlink without a target")
+        for what, number in (("uid", uid), ("gid", gid)):
+            if not 0 <= number <= MAX_ID:
+                raise InputError(member, f"{what} {number} is out of range (0 to {MAX_ID})")
         record = new_record(entry, uid, gid, origin)
         record.xattrs = self._allowed_xattrs(record.xattrs, path, member)
         return record
@@ -137,6 +159,7 @@ class _Rules:
         kept = {}
         for key, value in sorted(xattrs.items()):
             if key in KEPT_XATTRS:
+                _check_capability(value, member)
                 kept[key] = value
             elif key.startswith(REFUSED_XATTR_PREFIXES):
                 raise InputError(member, f"carries the extended attribute {key}",

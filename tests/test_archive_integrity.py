@@ -303,3 +303,35 @@ def test_special_files_policy_error_and_allow(tmp_path, cache_dir):
     allowed = build(tmp_path, cache_dir, f'deb = "{deb}"', '[policy]\nspecial_files = "allow"')
     assert allowed.returncode == 0, allowed.stderr
     assert not [x for x in _findings(allowed) if re.search(r"setuid:|world-writable:", x)]
+
+
+def test_second_data_member_is_refused(tmp_path, cache_dir):
+    from test_archive_bounds import control_xz
+    from test_hostile import _ar
+    data = lzma.compress(_tar([(info("./usr/share/a"), b"a")]))
+    deb = tmp_path / "two.deb"
+    deb.write_bytes(_ar([("debian-binary", b"2.0\n"), ("control.tar.xz", control_xz()),
+                         ("data.tar.xz", data), ("data.tar.gz", b"x")]))
+    refused(build(tmp_path, cache_dir, f'deb = "{deb}"'), "two.deb:data.tar.gz",
+            "member after data.tar")
+
+
+@pytest.mark.parametrize("entry, words", [
+    ((info("./usr/share/" + "n" * 256), b"x"), ("a path component of 256 bytes",)),
+    ((info("./usr/share/c", xattrs={"security.capability": "garbage"}), b"x"),
+     ("malformed security.capability",)),
+])
+def test_names_and_capabilities_the_kernel_refuses_are_named(tmp_path, cache_dir, entry, words):
+    deb = hand_deb(tmp_path, "k.deb", [entry])
+    refused(build(tmp_path, cache_dir, f'deb = "{deb}"'), "k.deb:data.tar.xz:./usr/share/", *words)
+
+
+def test_owner_id_out_of_range_is_named(tmp_path, cache_dir):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tf:
+        ti = tarfile.TarInfo("./usr/share/u")
+        ti.uid, ti.size, ti.mtime = 1 << 40, 1, 1700000000
+        tf.addfile(ti, io.BytesIO(b"u"))
+    deb = deb_with_data(tmp_path / "uid.deb", lzma.compress(buf.getvalue()))
+    refused(build(tmp_path, cache_dir, f'deb = "{deb}"'), "uid.deb:data.tar.xz:./usr/share/u",
+            f"uid {1 << 40} is out of range")

@@ -146,8 +146,10 @@ class DebReader:
             more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
             raise InputError(f"{self.name}:md5sums", f"lists {shown(missing[0])}{more}, which "
                              f"{member.name} lacks", "the package is corrupt or incomplete")
-        for _ in self._members:  # whatever follows is read (and hashed), never used
-            pass
+        for extra in self._members:  # read (and hashed); only dpkg's "_" members may follow
+            if not extra.name.startswith("_"):
+                raise InputError(f"{self.name}:{shown(extra.name)}", "member after data.tar",
+                                 "dpkg refuses it: the package is corrupt or hostile")
 
 
 def parse_control(text: str) -> dict[str, str]:
