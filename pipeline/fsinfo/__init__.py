@@ -7,13 +7,15 @@ partition of a DDI.
   :func:`copy_range` for byte ranges (a partition is just a range of its disk image).
 - Its tree: :func:`walk_image` (manifest-shaped entries with sha256, streamed, in
   :func:`tree_key` order), :func:`list_image` (no contents), :func:`walk_dir` (a directory).
-- Its files: :func:`read_file` (one file's bytes), :func:`extract` (selected paths, with owners
-  and xattrs as far as the method allows), :func:`opened` (the whole tree as a directory).
+- Its files: :func:`read_file` (one file's bytes), :func:`extract` (selected paths: contents,
+  permission bits and symlinks, never devices, set-id bits or xattrs), :func:`opened` (the
+  whole tree as a directory).
 
-How — a mount in a private namespace as root, else unsquashfs or fsck.erofs — is decided in
-access.py only. Callers never run those tools or mount anything themselves. Callers reading an
-image they did not make (or could not verify) pass ``trusted=False``: it is then never mounted,
-only read by the userspace tools (a crafted file system must not reach the kernel's driver).
+How — for an image from anyone (the default), an unpacking by unsquashfs/fsck.erofs onto an
+inert tmpfs in a private namespace, erofs metadata parsed in Python (erofs.py); for the
+project's own fresh output (``trusted=True``), a read-only nodev,nosuid,noexec mount in a private
+namespace — is decided in access.py only. Callers never run those tools or mount anything
+themselves, and nothing an image carries (devices, set-id bits, capabilities) reaches the host.
 """
 
 from .access import FileSystem, View, extract, list_image, locate, opened, read_file, walk_image
