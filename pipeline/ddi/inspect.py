@@ -52,7 +52,7 @@ def inspect_image(path: Path, *, cert: Path | None = None) -> dict:
         if has_gpt(path):
             report.update(_inspect_ddi(path, certificate, Path(tmp)))
         else:
-            report.update(_inspect_plain(path, certificate))
+            report.update(_inspect_plain(path, certificate, Path(tmp)))
     report["manifest"] = _manifest_next_to(path)
     report["problems"] = problems(report)
     return report
@@ -122,7 +122,7 @@ def _inspect_ddi(path: Path, certificate, tmp: Path) -> dict:
     return report
 
 
-def _inspect_plain(path: Path, certificate) -> dict:
+def _inspect_plain(path: Path, certificate, tmp: Path) -> dict:
     fs_type = fsinfo.sniff(path)
     if fs_type is None:
         raise InputError(str(path), "not a squashfs, erofs or GPT disk image",
@@ -134,6 +134,8 @@ def _inspect_plain(path: Path, certificate) -> dict:
         roothash_file = Path(f"{base}.roothash")
         root_hash = roothash_file.read_text().strip() if roothash_file.exists() else None
         if root_hash:
+            # the private copy is what is verified and then read: nothing can change it between
+            path = fsinfo.copy_range(path, 0, None, tmp / "data")
             report["verity"] = _verity(path, verity_file, root_hash, roothash_file.name)
         else:
             report["verity"] = {"rootHash": None, "verified": False,
