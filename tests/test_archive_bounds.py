@@ -174,3 +174,18 @@ def test_hostile_name_is_escaped_and_cut_in_the_error(tmp_path, cache_dir):
     code, stderr, rss = build_measured(tmp_path, deb, cache_dir)
     assert_refused(code, stderr, rss, "absolute path", tmp_path / "out")
     assert "\x1b" not in stderr and "\\n\\x1b[31m" in stderr
+
+
+def test_rpm_header_value_counts_are_capped(tmp_path):
+    """A header may not list more values than any real package (it would cost memory)."""
+    from test_formats_rpm import header_blob
+
+    from pipeline.formats.rpm import MAX_COUNT, rpm_info
+
+    n = MAX_COUNT + 1
+    main = header_blob({1000: (6, "big"), 1001: (6, "1"), 1002: (6, "1"), 1022: (6, "x86_64"),
+                        1116: (4, (0,) * n), 1117: (8, ("f",) * n), 1118: (8, ("/usr/",))})
+    rpm = tmp_path / "many.rpm"
+    rpm.write_bytes(b"\xed\xab\xee\xdb\x03\x00\x00\x00" + b"\0" * 88 + header_blob({}) + main)
+    with pytest.raises(InputError, match=f"many.rpm:header:tag 111[67]: absurd value count {n}"):
+        rpm_info(rpm)

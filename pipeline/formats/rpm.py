@@ -35,6 +35,8 @@ LEAD_MAGIC = b"\xed\xab\xee\xdb"
 HEADER_MAGIC = b"\x8e\xad\xe8\x01"
 MAX_TAGS = 0xFFFF  # rpm's own limits (HEADER_TAGS_MAX, HEADER_DATA_MAX)
 MAX_STORE = 32 << 20  # rpm allows 256 MiB; the largest real headers are a few MiB
+MAX_COUNT = 1 << 17  # values of one tag: files of one package at most (the largest real
+#                      packages have tens of thousands); bounds the memory a header costs
 
 # Tag numbers (rpmtag.h)
 NAME, VERSION, RELEASE, EPOCH, ARCH = 1000, 1001, 1002, 1003, 1022
@@ -57,6 +59,19 @@ DIGEST_ALGOS = {1: "md5", 2: "sha1", 8: "sha256", 9: "sha384", 10: "sha512", 11:
 RPMFILE_CONFIG = 1 << 0
 RPMFILE_GHOST = 1 << 6
 S_IFMT, S_IFREG = 0o170000, 0o100000
+
+_WANTED = frozenset({
+    NAME, VERSION, RELEASE, EPOCH, ARCH, OLDFILENAMES, FILESIZES, FILEMODES, FILERDEVS,
+    FILEMTIMES, FILELINKTOS, FILEFLAGS, FILEUSERNAME, FILEGROUPNAME, FILEDEVICES, FILEINODES,
+    DIRINDEXES, BASENAMES, DIRNAMES, PAYLOADFORMAT, PAYLOADCOMPRESSOR, LONGFILESIZES, FILECAPS,
+    FILEDIGESTS, FILEDIGESTALGO, PAYLOADDIGEST, PAYLOADDIGESTALGO, *SCRIPTLETS,
+    SIG_SHA1, SIG_SHA256, SIG_SIZE, SIG_LONGSIZE, SIG_MD5,
+})  # fmt: skip
+
+#: Tags with one value per file, which file_table turns into RpmFile rows.
+_PER_FILE = (OLDFILENAMES, FILESIZES, FILEMODES, FILERDEVS, FILEMTIMES, FILELINKTOS, FILEFLAGS,
+             FILEUSERNAME, FILEGROUPNAME, FILEDEVICES, FILEINODES, DIRINDEXES, BASENAMES,
+             LONGFILESIZES, FILECAPS, FILEDIGESTS)
 
 # Header data types; numeric ones map to (element size, struct code).
 CHAR, INT8, INT16, INT32, INT64, STRING, BIN, STRING_ARRAY, I18NSTRING = range(1, 10)
@@ -108,6 +123,14 @@ def read_header(stream: BinaryIO, where: str) -> Header:
     header.md5 = hashlib.md5(intro + index + store)
     for i in range(count):
         tag, typ, offset, n = struct.unpack_from(">IIII", index, 16 * i)
+        if offset > len(store):
+            raise InputError(f"{where}:tag {tag}",
+                             f"offset {offset} beyond the {len(store)}-byte store")
+        if tag not in _WANTED:
+            continue  # never decoded: memory stays proportional to what is used
+        if n > MAX_COUNT:
+            raise InputError(f"{where}:tag {tag}", f"absurd value count {n} (limit {MAX_COUNT})",
+                             "more files than any real package has: a hostile header?")
         header[tag] = _value(store, typ, offset, n, f"{where}:tag {tag}")
     return header
 
@@ -128,11 +151,16 @@ def _value(store: bytes, typ: int, offset: int, n: int, where: str) -> tuple | b
         if typ == STRING and n != 1:
             raise InputError(where, f"string with count {n}")
         strings = []
+        seen: dict[bytes, str] = {}  # owners, link targets, empty digests repeat: one object
         for _ in range(n):
             end = store.find(b"\0", offset)
             if end < 0:
                 raise InputError(where, "unterminated string")
-            strings.append(store[offset:end].decode("utf-8", "surrogateescape"))
+            raw = store[offset:end]
+            text = seen.get(raw)
+            if text is None:
+                text = seen.setdefault(raw, raw.decode("utf-8", "surrogateescape"))
+            strings.append(text)
             offset = end + 1
         return tuple(strings)
     raise InputError(where, f"unknown tag type {typ}")
@@ -162,7 +190,7 @@ def read_headers(stream: BinaryIO, name: str) -> tuple[Header, Header]:
     return sig, header
 
 
-@dataclass
+@dataclass(slots=True)
 class RpmFile:
     """What the header says about one file; ``path`` is absolute, as ``rpm -qlp`` prints it."""
 
@@ -178,6 +206,7 @@ class RpmFile:
     caps: str
     link_key: tuple[int, int] | None  # (device, inode) shared with other payload files
     nlink: int
+    digest: str = ""  # FILEDIGESTS (hex), "" for what has none
 
 
 def file_table(header: Header) -> list[RpmFile]:
@@ -203,13 +232,14 @@ def file_table(header: Header) -> list[RpmFile]:
             if modes[i] & S_IFMT == S_IFREG and not flags[i] & RPMFILE_GHOST:
                 keys[i] = (dev, ino)
     links = Counter(k for k in keys if k is not None)
+    digests = header.array(FILEDIGESTS, n, "")
     columns = zip(paths, modes, sizes, header.array(FILEMTIMES, n, 0),
                   header.array(FILEUSERNAME, n), header.array(FILEGROUPNAME, n),
                   header.array(FILERDEVS, n, 0), flags, header.array(FILELINKTOS, n, ""),
                   header.array(FILECAPS, n, ""), keys)
     return [
-        RpmFile(p, m, s, t, u, g, r, f, lt, c, k if links[k] > 1 else None, links[k] or 1)
-        for p, m, s, t, u, g, r, f, lt, c, k in columns
+        RpmFile(p, m, s, t, u, g, r, f, lt, c, k if links[k] > 1 else None, links[k] or 1, d)
+        for (p, m, s, t, u, g, r, f, lt, c, k), d in zip(columns, digests)
     ]
 
 
@@ -260,6 +290,8 @@ class RpmReader:
         self._stream = stream
         self.files = file_table(self.header)
         self.info = _info(self.header, self.files)
+        for tag in _PER_FILE:  # now in self.files: not kept twice
+            self.header.pop(tag, None)
 
     def _digest(self, tag: int, default: int, what: str) -> str:
         number = self.header.get(tag, (default,))
@@ -319,10 +351,8 @@ class RpmReader:
         taken from the header; regular files are checked against FILEDIGESTS as they stream."""
         files = self.files
         by_path = {f.path: i for i, f in enumerate(files)}
-        digests = self.header.get(FILEDIGESTS)
-        if digests is not None and (isinstance(digests, bytes) or len(digests) != len(files)):
-            raise InputError(self.header.where, "FILEDIGESTS does not have one value per file")
-        algo = self._digest(FILEDIGESTALGO, 1, "file digest") if digests else "md5"
+        algo = self._digest(FILEDIGESTALGO, 1, "file digest") \
+            if any(f.digest for f in files) else "md5"
 
         def stripped_size(index: int) -> int:
             if not 0 <= index < len(files):
@@ -348,8 +378,8 @@ class RpmReader:
                 key, nlink = ("cpio", *rec.dev, rec.ino), rec.nlink  # no FILEINODES in the header
             check = None
             if entry.kind == FILE and entry.data is not None and (entry.size or key is None):
-                expected = digests[index] if digests else None
-                if expected is not None and not re.fullmatch(r"[0-9a-fA-F]*", expected):
+                expected = info.digest
+                if not re.fullmatch(r"[0-9a-fA-F]*", expected):
                     raise InputError(entry.member, "malformed FILEDIGESTS value")
                 check = DigestCheck(entry.data, entry.size, hashlib.new(algo), expected or None,
                                     entry.member, f"FILEDIGESTS ({algo})")
