@@ -277,3 +277,21 @@ def test_erofs_metadata_reader_survives_corruption(hostile, tmp_path):
             assert str(bad) in err.line()
             outcomes["refused"] += 1
     assert outcomes["refused"] > 0 and outcomes["read"] > 0, outcomes
+
+
+def test_temporary_directory_behind_a_symlink_with_a_space(hostile, tmp_path, monkeypatch):
+    """The mount check reads mountinfo, which names the real path (octal-escaped): a TMPDIR
+    that is a symlink, with a space in its name, must not make every read fail."""
+    import tempfile
+
+    from pipeline import fsinfo
+
+    real = tmp_path / "real dir"
+    real.mkdir()
+    (tmp_path / "link tmp").symlink_to(real)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "link tmp"))
+    for fs in ("squashfs", "erofs"):
+        for trusted in (False, True):
+            with fsinfo.opened(hostile[fs], trusted=trusted) as view:
+                assert (view.root / "usr/share/evil/README").read_text() == "one"
+    assert list(real.iterdir()) == []

@@ -351,6 +351,7 @@ def _mounted(fs: FileSystem) -> Iterator[Path | None]:
     argv = [tools.find("unshare"), "-m", "--propagation", "private", tools.find("sh"), "-c",
             _HOLD, "sh", tools.find("mount"), fs.type, options, os.path.abspath(fs.path)]
     with tempfile.TemporaryDirectory(prefix="sysext-mnt-") as mnt:
+        mnt = os.path.realpath(mnt)  # as mountinfo will name it
         holder = subprocess.Popen([*argv, mnt], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                   stderr=subprocess.DEVNULL, env=tools.clean_env())
         try:
@@ -383,7 +384,7 @@ def _unpacked(fs: FileSystem, paths: list[str] | None = None) -> Iterator[tuple[
         image = Path(os.path.abspath(fs.path))
         if fs.type == "erofs" and (fs.offset or fs.size is not None):
             image = copy_range(fs.path, fs.offset, fs.size, Path(tmp) / "fs.img")
-        mnt = Path(tmp) / "mnt"
+        mnt = Path(os.path.realpath(tmp)) / "mnt"  # as mountinfo will name it
         mnt.mkdir()
         holder = None
         if tools.have("unshare") and tools.have("mount") and tools.have("timeout"):
