@@ -262,15 +262,9 @@ def _roll_forward(out_fd: int, recipe_name: str) -> list[str]:
     """Finish the publish journal a killed build left (the caller holds the output lock, so
     its writer is gone). A journal that is not one of ours is left alone, with a warning."""
     journal = _journal(recipe_name)
-    try:
-        fd = os.open(journal, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
-                     dir_fd=out_fd)
-    except FileNotFoundError:
+    if _exists(journal, out_fd) is None:
         return []
-    except OSError as err:
-        return [f"{journal}: cannot read ({err.strerror}); left as it is"]
-    with os.fdopen(fd, "rb") as fh:
-        data = fh.read(1 << 20) if stat.S_ISREG(os.fstat(fh.fileno()).st_mode) else b""
+    data = _read_entry(out_fd, journal, 1 << 20) or b""
     try:
         plan = json.loads(data)
         work, steps = plan["workdir"], plan["steps"]
@@ -411,6 +405,37 @@ def image_entries(name: str) -> list[str]:
             *(f"{name}{suffix}" for suffix in COMPANION_SUFFIXES)]
 
 
+#: An earlier manifest larger than this is not read for its companions (a manifest lists every
+#: file of its image: 64 MiB is several hundred thousand files).
+MAX_OLD_MANIFEST = 64 << 20
+
+
+def _read_entry(directory: Path | int, name: str, limit: int) -> bytes | None:
+    """The bytes of the regular file ``name`` in ``directory`` (a path or a descriptor), never
+    through a symlink, never blocking on a FIFO; None when it is missing, not a regular file,
+    or over ``limit``."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(name, flags, dir_fd=directory) if isinstance(directory, int) else \
+            os.open(Path(directory) / name, flags)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
+            return None
+        chunks, size = [], 0
+        while size <= limit:
+            chunk = os.read(fd, min(1 << 20, limit + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    finally:
+        os.close(fd)
+    return None if size > limit else b"".join(chunks)
+
+
 def _retired(output_dir: Path, recipe_name: str, made: set[str]) -> tuple[list[str], list[str]]:
     """Entries of images an earlier build of this recipe made and this one does not (a recipe
     that made NAME and NAME-config and now makes one image: the other, left in the output
@@ -424,9 +449,12 @@ def _retired(output_dir: Path, recipe_name: str, made: set[str]) -> tuple[list[s
     warnings: list[str] = []
     for name in sorted(made):
         previous = output_dir / f"{name}.manifest.json"
+        data = _read_entry(output_dir, previous.name, MAX_OLD_MANIFEST)
+        if data is None:
+            continue
         try:
-            companions = mf.load(previous).get("companions", [])
-        except (OSError, ValueError, AttributeError):
+            companions = json.loads(data).get("companions", [])
+        except (ValueError, AttributeError):
             continue
         if not isinstance(companions, list):
             companions = [companions]

@@ -238,10 +238,12 @@ def test_work_tree_of_a_killed_build_is_removed_next_time(tmp_path, packages, ca
     (abandoned / "root" / "ro").mkdir(parents=True)
     (abandoned / "root" / "ro" / "f").write_text("x")
     (abandoned / "root" / "ro").chmod(0o555)
-    alive = out / f".keep.build-{os.getpid()}-abc"  # a build still running: left alone
+    alive = out / ".keep.build-abc"  # a build still running holds its tree's flock: left alone
     alive.mkdir()
     recipe = write_recipe(tmp_path / "r", f'[extension]\nname = "keep"\n[target]\nid = "debian"'
                                           f'\n[[source]]\ndeb = "{packages["deb"]}"\n')
-    assert run_cli("build", str(recipe), "-o", str(out), "--cache-dir", str(cache_dir)
-                   ).returncode == 0
+    from pipeline.outdir import locked
+    with locked(alive):
+        assert run_cli("build", str(recipe), "-o", str(out), "--cache-dir", str(cache_dir)
+                       ).returncode == 0
     assert not abandoned.exists() and alive.exists()

@@ -245,3 +245,26 @@ def test_live_work_tree_of_another_build_is_never_swept(tmp_path):
         holder.stdin.close()
         holder.wait()
     assert not live.exists()  # its owner removed it on exit
+
+
+@pytest.mark.parametrize("journal", [
+    {"workdir": "..", "steps": []},
+    {"workdir": ".t.build-x", "steps": [["retire", "../sentinel"]]},
+    {"workdir": ".t.build-x", "steps": [["move", "a", "/etc/passwd"]]},
+    {"workdir": ".t.build-x", "steps": [["retire", "other.raw"]]},
+    {"workdir": ".t.build-x/../..", "steps": [["retire", "t.raw"]]},
+    "not an object", None])
+def test_a_planted_journal_removes_nothing(tmp_path, journal):
+    """The journal lies in the output directory like the manifests: it is not trusted."""
+    out = tmp_path / "out"
+    (out / ".t.build-x").mkdir(parents=True)
+    (out / "other.raw").write_text("keep")
+    (out / "t.raw").write_text("keep")
+    (tmp_path / "sentinel").write_text("keep")
+    text = "{" if journal is None else json.dumps(journal)
+    (out / ".t.publish.json").write_text(text)
+    warnings = build_mod.prepare_output(out, "t")
+    assert len(warnings) == 1 and "left as it is" in warnings[0]
+    assert (tmp_path / "sentinel").read_text() == "keep"
+    assert (out / "other.raw").read_text() == (out / "t.raw").read_text() == "keep"
+    assert (out / ".t.publish.json").read_text() == text

@@ -106,3 +106,23 @@ def test_real_companion_is_retired(tmp_path, cache_dir):
     assert not os.path.lexists(out / "t-config")
     assert not os.path.lexists(out / "t-config.manifest.json")
     assert sorted(p.name for p in out.iterdir()) == ["t", "t.manifest.json"]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "zero-link", "directory"])
+def test_unreadable_old_manifest_neither_hangs_nor_is_followed(tmp_path, cache_dir, kind):
+    """An old NAME.manifest.json that is a FIFO, a symlink to /dev/zero or a directory: read
+    neither blocking nor through the link; the build replaces it."""
+    recipe, cache = _recipe(tmp_path, cache_dir)
+    out = tmp_path / "out"
+    out.mkdir()
+    old = out / "t.manifest.json"
+    if kind == "fifo":
+        os.mkfifo(old)
+    elif kind == "zero-link":
+        os.symlink("/dev/zero", old)
+    else:
+        (old / "inside").mkdir(parents=True)
+    proc = run_cli("build", str(recipe), "-o", str(out), "--cache-dir", str(cache))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(old.read_text())["name"] == "t"
+    assert sorted(p.name for p in out.iterdir()) == ["t", "t.manifest.json"]
