@@ -12,6 +12,7 @@ import ctypes.util
 import functools
 import hashlib
 import json
+import os
 import platform
 from pathlib import Path
 
@@ -19,11 +20,36 @@ from . import __version__
 from .formats import entry as E
 from .staging import Record
 
-SCHEMA = 1
+#: 2: files that are hard links of each other carry ``hardlink`` (the group's first path), so
+#: a hardlinked tree and a copied one differ in the file list and the tree hash.
+SCHEMA = 2
 
 
-def file_entries(records: dict[str, Record]) -> list[dict]:
-    """Every path in the image, sorted, with what `unsquashfs -lln` and friends would show."""
+def hardlink_groups(records: dict[str, Record], root: Path | None = None) -> dict[str, str]:
+    """Path → the first path (sorted) of its group, for every regular file that shares its
+    inode with another. From the tree on disk when ``root`` is given (what is packed), else
+    from the records (a hard link shares its target's record)."""
+    groups: dict[object, list[str]] = {}
+    for path in sorted(records):
+        record = records[path]
+        if record.kind != E.FILE:
+            continue
+        if root is not None:
+            st = os.lstat(Path(root) / path)
+            if st.st_nlink < 2:
+                continue
+            key = (st.st_dev, st.st_ino)
+        else:
+            key = id(record)
+        groups.setdefault(key, []).append(path)
+    return {path: members[0] for members in groups.values() if len(members) > 1
+            for path in members}
+
+
+def file_entries(records: dict[str, Record], root: Path | None = None) -> list[dict]:
+    """Every path in the image, sorted, with what `unsquashfs -lln` and friends would show;
+    members of a hard-link group name its first path in ``hardlink`` (see hardlink_groups)."""
+    links = hardlink_groups(records, root)
     entries = []
     for path in sorted(records):
         r = records[path]
@@ -32,6 +58,8 @@ def file_entries(records: dict[str, Record]) -> list[dict]:
         if r.kind == E.FILE:
             item["size"] = r.size
             item["sha256"] = r.sha256
+            if path in links:
+                item["hardlink"] = links[path]
         if r.kind == E.SYMLINK:
             item["target"] = r.target
         if r.xattrs:

@@ -62,7 +62,7 @@ def build(tmp_path: Path, packages, cache_dir, fmt: str, **kw) -> tuple[Path, di
 
 def walk(root: Path) -> dict[str, dict]:
     """The tree as the manifest describes it, read back from a real directory."""
-    found = {}
+    found, inodes = {}, {}
     for dirpath, dirnames, filenames in os.walk(root):
         for name in dirnames + filenames:
             full = Path(dirpath) / name
@@ -83,6 +83,11 @@ def walk(root: Path) -> dict[str, dict]:
             except OSError:
                 pass
             found[rel] = item
+            if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+                inodes.setdefault((st.st_dev, st.st_ino), []).append(rel)
+    for members in inodes.values():  # hard-link groups, as the manifest names them
+        for rel in members:
+            found[rel]["hardlink"] = min(members)
     return found
 
 

@@ -11,7 +11,7 @@ from ..errors import PipelineError
 from .report import TreeDiff, short
 
 TREE_ATTRIBUTES = ("type", "mode", "uid", "gid", "mtime", "size", "sha256", "target", "xattrs",
-                   "nlink", "rdev")
+                   "nlink", "rdev", "hardlink")
 
 
 def tree(d, data) -> TreeDiff | None:
@@ -26,14 +26,19 @@ def tree(d, data) -> TreeDiff | None:
                 return None
             streams.append(stream)
         manifest_based = any(kind == "manifest" for kind, _ in streams)
+        # Hard-link groups: manifests name them ("hardlink"), image walks count links
+        # ("nlink"); each is compared only where both sides have it.
         found = compare_trees(streams[0][1], streams[1][1], limit=d.limit,
-                              manifest_based=manifest_based)
+                              manifest_based=manifest_based,
+                              groups=all(kind == "manifest" for kind, _ in streams))
     except PipelineError as err:
         r.levels["tree"] = f"unreadable: {err.line()}"
         return None
     if manifest_based:
         found.notes.append("(a side's tree comes from its manifest: the root directory and "
-                           "hard-link counts are not compared)")
+                           "hard-link counts are not compared" + ("" if all(
+                               kind == "manifest" for kind, _ in streams) else
+                               ", nor hard-link groups") + ")")
     r.tree = found
     r.levels["tree"] = "same" if found.identical else "differs"
     for item in found.added:
@@ -60,10 +65,11 @@ def _stream(side, fs):
 
 
 def compare_trees(a: Iterable[dict], b: Iterable[dict], *, limit: int = 10,
-                  manifest_based: bool = False) -> TreeDiff:
-    """Merge two tree streams (both in fsinfo.tree_key order) into a TreeDiff."""
+                  manifest_based: bool = False, groups: bool = False) -> TreeDiff:
+    """Merge two tree streams (both in fsinfo.tree_key order) into a TreeDiff. ``groups``:
+    both are manifests, whose ``hardlink`` fields are compared."""
     found = TreeDiff(limit=limit)
-    ia, ib = _normalized(a, manifest_based), _normalized(b, manifest_based)
+    ia, ib = _normalized(a, manifest_based, groups), _normalized(b, manifest_based, groups)
     x, y = next(ia, None), next(ib, None)
     while x is not None or y is not None:
         kx = fsinfo.tree_key(x["path"]) if x is not None else None
@@ -96,10 +102,12 @@ def compare_trees(a: Iterable[dict], b: Iterable[dict], *, limit: int = 10,
     return found
 
 
-def _normalized(entries: Iterable[dict], manifest_based: bool) -> Iterator[dict]:
+def _normalized(entries: Iterable[dict], manifest_based: bool,
+                groups: bool = False) -> Iterator[dict]:
     for entry in entries:
         if manifest_based:
             if entry["path"] == fsinfo.ROOT:
                 continue
-            entry = {k: v for k, v in entry.items() if k != "nlink"}
+            entry = {k: v for k, v in entry.items()
+                     if k != "nlink" and (groups or k != "hardlink")}
         yield entry

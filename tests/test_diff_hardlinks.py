@@ -1,0 +1,77 @@
+"""Hard-link groups in the manifest (issue 11 §6): two manifests alone tell a hardlinked tree
+from a copied one — different file lists and tree hashes — and diff names the difference."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import run_cli, write_recipe
+from pkgfactory import build_deb, file, hardlink
+
+RECIPE = """
+[extension]
+name = "links"
+kind = "sysext"
+version = "1"
+
+[target]
+id = "_any"
+
+[[source]]
+deb = "{deb}"
+
+[image]
+format = "{fmt}"
+source_date_epoch = 1700000000
+"""
+
+
+def _build(tmp_path, label: str, files, fmt: str = "directory") -> dict:
+    deb = build_deb(tmp_path / label / "pkg", "links", "1.0", files, compression="none")
+    recipe = write_recipe(tmp_path / label, RECIPE.format(deb=deb, fmt=fmt))
+    out = tmp_path / label / "out"
+    proc = run_cli("build", str(recipe), "-o", str(out), "--cache-dir", str(tmp_path / "cache"))
+    assert proc.returncode == 0, proc.stderr
+    return json.loads((out / "links.manifest.json").read_text()) | {
+        "_path": str(out / "links.manifest.json")}
+
+
+def test_manifests_alone_tell_hardlinks_from_copies(tmp_path):
+    data = b"same bytes\n"
+    linked = _build(tmp_path, "linked", [file("/usr/bin/a", data, 0o755),
+                                         hardlink("/usr/bin/b", "/usr/bin/a")])
+    copied = _build(tmp_path, "copied", [file("/usr/bin/a", data, 0o755),
+                                         file("/usr/bin/b", data, 0o755)])
+    assert linked["schema"] == 2
+    files = {f["path"]: f for f in linked["files"]}
+    assert files["usr/bin/a"]["hardlink"] == files["usr/bin/b"]["hardlink"] == "usr/bin/a"
+    assert not any("hardlink" in f for f in copied["files"])
+    assert linked["image"]["tree_sha256"] != copied["image"]["tree_sha256"]
+    # diff of the two manifests alone (the images moved away) names the hard link.
+    a, b = tmp_path / "a.manifest.json", tmp_path / "b.manifest.json"
+    for src, dest in ((linked, a), (copied, b)):
+        manifest = {k: v for k, v in src.items() if k != "_path"}
+        dest.write_text(json.dumps(manifest))
+    # (The packages differ, which explains it first; --full goes on to the trees.)
+    proc = run_cli("diff", str(a), str(b), "--json", "--full")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["levels"]["tree"] == "differs", report["levels"]
+    changed = {c["path"]: c["attributes"] for c in report["tree"]["paths"]["changed"]}
+    assert changed == {"usr/bin/a": {"hardlink": ["usr/bin/a", None]},
+                       "usr/bin/b": {"hardlink": ["usr/bin/a", None]}}
+    text = run_cli("diff", str(a), str(b), "--full").stdout
+    assert "~ usr/bin/b: hardlink usr/bin/a → None" in text
+
+
+def test_hardlinks_survive_the_squashfs_image(tmp_path):
+    """The images agree with their manifests: the packed tree keeps the group (nlink 2)."""
+    from pipeline import fsinfo
+
+    data = b"x" * 100
+    linked = _build(tmp_path, "linked", [file("/usr/bin/a", data, 0o755),
+                                         hardlink("/usr/bin/b", "/usr/bin/a")], "squashfs")
+    image = tmp_path / "linked" / "out" / "links.raw"
+    walked = {e["path"]: e for e in fsinfo.walk_image(image)}
+    assert walked["usr/bin/a"].get("nlink") == walked["usr/bin/b"].get("nlink") == 2
+    assert {f["path"] for f in linked["files"] if "hardlink" in f} == {"usr/bin/a", "usr/bin/b"}
