@@ -280,9 +280,14 @@ def _roll_forward(out_fd: int, recipe_name: str) -> list[str]:
                           dir_fd=out_fd)
     except FileNotFoundError:
         work_fd = None
+    except OSError:  # a file or a symlink where the work tree should be: not ours
+        return [f"{journal}: {work} is not a work tree; left as it is"]
     try:
         if work_fd is not None:
-            fcntl.flock(work_fd, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(work_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # its build still runs (it gave up publishing): its turn
+                return [f"{journal}: its build ({work}) still holds its work tree; left as it is"]
         _apply(out_fd, work_fd, steps)
         os.unlink(journal, dir_fd=out_fd)
         if work_fd is not None:
@@ -295,6 +300,8 @@ def _roll_forward(out_fd: int, recipe_name: str) -> list[str]:
 
 def _valid_step(step, allowed: set[str]) -> bool:
     if not isinstance(step, list) or not step:
+        return False
+    if not all(isinstance(name, str) for name in step):
         return False
     if step[0] == "move" and len(step) == 3:
         return plain_name(step[1]) and step[2] in allowed

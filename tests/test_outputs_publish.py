@@ -253,13 +253,18 @@ def test_live_work_tree_of_another_build_is_never_swept(tmp_path):
     {"workdir": ".t.build-x", "steps": [["move", "a", "/etc/passwd"]]},
     {"workdir": ".t.build-x", "steps": [["retire", "other.raw"]]},
     {"workdir": ".t.build-x/../..", "steps": [["retire", "t.raw"]]},
-    "not an object", None])
+    {"workdir": ".t.build-file", "steps": [["retire", "t.raw"]]},
+    {"workdir": ".t.build-x", "steps": [["retire", ["t.raw"]]]},
+    {"workdir": ".t.build-x", "steps": [["move", {}, "t.raw"]]},
+    {"workdir": ".t.build-x", "steps": "retire"},
+    ["workdir"], "not an object", None])
 def test_a_planted_journal_removes_nothing(tmp_path, journal):
     """The journal lies in the output directory like the manifests: it is not trusted."""
     out = tmp_path / "out"
     (out / ".t.build-x").mkdir(parents=True)
     (out / "other.raw").write_text("keep")
     (out / "t.raw").write_text("keep")
+    (out / ".t.build-file").write_text("not a tree")
     (tmp_path / "sentinel").write_text("keep")
     text = "{" if journal is None else json.dumps(journal)
     (out / ".t.publish.json").write_text(text)
