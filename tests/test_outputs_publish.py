@@ -273,3 +273,33 @@ def test_a_planted_journal_removes_nothing(tmp_path, journal):
     assert (tmp_path / "sentinel").read_text() == "keep"
     assert (out / "other.raw").read_text() == (out / "t.raw").read_text() == "keep"
     assert (out / ".t.publish.json").read_text() == text
+
+
+def test_ddi_scratch_of_a_killed_build_is_swept(tmp_path, cache_dir):
+    """The DDI scratch directory lives in the system's temporary directory, locked like a work
+    tree: a build removes an abandoned one (lock free) and leaves a live one (lock held)."""
+    import tempfile
+
+    require_tool("systemd-repart", "systemd-repart")
+    require_tool("veritysetup", "cryptsetup-bin")
+    from pipeline.outdir import locked
+    from pipeline.package import DDI_SCRATCH
+
+    base = Path(tempfile.gettempdir())
+    dead = Path(tempfile.mkdtemp(prefix=DDI_SCRATCH, dir=base))
+    (dead / "data.padded").write_bytes(b"left by a killed build")
+    live = Path(tempfile.mkdtemp(prefix=DDI_SCRATCH, dir=base))
+    recipe = _recipe(tmp_path, _deb(tmp_path), "squashfs").read_text().replace(
+        'format = "squashfs"', 'format = "ddi"\nfilesystem = "squashfs"').replace(
+        'version_id = "12"', 'version_id = "12"\narchitecture = "x86-64"')
+    path = write_recipe(tmp_path / "ddi", recipe)
+    try:
+        with locked(live):
+            result = _build(path, tmp_path / "out", cache_dir, {"TMPDIR": str(base)})
+            assert live.exists()
+        assert not dead.exists()
+        assert Path(result["images"][0]["image"]).name == "t.raw"
+    finally:
+        for leftover in (dead, live):
+            if leftover.exists():
+                build_mod.remove_tree(leftover)
