@@ -86,3 +86,21 @@ def test_endless_body_of_unrecorded_size_is_cut_off(tmp_path, deb_archive, monke
         fetch_one(dataclasses.replace(source, size=None), cache)
     assert deb_archive.server.sent < (1 << 20) + SLACK
     _nothing_left(cache)
+
+
+def test_build_from_a_lock_cuts_off_an_endless_mirror(tmp_path, deb_archive, deb_recipe):
+    """End to end: the size the lock records reaches the download."""
+    from conftest import run_cli
+
+    recipe = deb_recipe(tmp_path / "r", deb_archive, ["app"])
+    env = {"SYSEXT_PIPELINE_CACHE": str(tmp_path / "cache")}
+    assert run_cli("lock", str(recipe), env=env).returncode == 0
+    source, path = _locked(deb_archive, "app")
+    deb_archive.server.faults[path] = ["endless"]
+    proc = run_cli("build", str(recipe), "-o", str(tmp_path / "out"), env=env)
+    assert proc.returncode == 2, proc.stderr  # not the recorded file: like a hash mismatch
+    assert f"the server sent more than the {source.size} bytes the lock records" in proc.stderr
+    assert deb_archive.server.sent < source.size + SLACK
+    cache = Cache(tmp_path / "cache")  # holds the lock's metadata, but not the cut-off file
+    assert not cache.path_for(source.sha256).exists()
+    assert not list((cache.root / "tmp").rglob("*"))

@@ -24,7 +24,7 @@ from functools import cmp_to_key
 from pathlib import Path
 
 from ..errors import InputError, PipelineError
-from ..fetch import Cache
+from ..fetch import Cache, LockedSource
 from ..recipe import Recipe, Source
 from . import debian, metadata, rpmmd
 from .model import Atom
@@ -133,8 +133,10 @@ def locked_sources(recipe: Recipe, *, offline: bool = False) -> list[Source]:
                     raise
                 roots[repo.name] = "https://unresolved.invalid"  # only the store can serve it
         url = f"{roots[repo.name]}/{urllib.parse.quote(pkg['path'], safe='/+~:@')}"
-        result.append(Source(type="deb" if repo.type == "deb" else "rpm", ref=url,
-                             sha256=pkg["sha256"], label=f"{repo.name}:{pkg['path']}"))
+        result.append(LockedSource(type="deb" if repo.type == "deb" else "rpm", ref=url,
+                             sha256=pkg["sha256"], label=f"{repo.name}:{pkg['path']}",
+                             size=pkg.get("size"), names=(pkg["name"],),
+                             version=pkg["version"], architecture=pkg["architecture"]))
     return result
 
 
