@@ -90,9 +90,10 @@ def _assert_clean(out: Path, fmt: str) -> None:
         assert manifest["image"]["sha256"] == _sha(out / image)
 
 
-@pytest.mark.parametrize("fmt", ["squashfs", "directory"])
+@pytest.mark.parametrize("fmt", ["squashfs", "erofs", "directory"])
 def test_four_builds_at_once_into_one_directory(tmp_path, cache_dir, fmt):
     require_tool("mksquashfs", "squashfs-tools")
+    require_tool("mkfs.erofs", "erofs-utils")
     recipe = _recipe(tmp_path, _deb(tmp_path), fmt)
     out = tmp_path / "out"
     procs = [_popen(recipe, out, cache_dir) for _ in range(4)]
