@@ -295,3 +295,26 @@ def test_temporary_directory_behind_a_symlink_with_a_space(hostile, tmp_path, mo
             with fsinfo.opened(hostile[fs], trusted=trusted) as view:
                 assert (view.root / "usr/share/evil/README").read_text() == "one"
     assert list(real.iterdir()) == []
+
+
+@pytest.mark.parametrize("options", [["-zlz4hc"], ["-zlz4", "-Eztailpacking"],
+                                     ["--chunksize=4096"]])
+def test_erofs_metadata_agrees_with_the_kernel(options, tmp_path):
+    """The Python description of an erofs tree (untrusted) equals what the kernel shows of the
+    same image mounted (trusted), for compressed, tail-packed and chunked images."""
+    require_root()
+    require_tool("mkfs.erofs", "erofs-utils")
+    from pipeline import fsinfo
+
+    tree = _plain_tree(tmp_path / "src", "x" * 9000)
+    os.symlink("../share/evil/README", tree / "usr/bin/readme")
+    os.link(tree / "usr/bin/su", tree / "usr/bin/su-again")
+    os.chmod(tree / "usr/bin/su", 0o4755)
+    os.setxattr(tree / "usr/bin/sg", "user.note", b"hello")
+    image = tmp_path / "x.raw"
+    subprocess.run(["mkfs.erofs", *options, str(image), str(tree)], check=True,
+                   capture_output=True)
+    untrusted = list(fsinfo.walk_image(image))
+    assert untrusted == list(fsinfo.walk_image(image, trusted=True))
+    su = next(e for e in untrusted if e["path"] == "usr/bin/su")
+    assert su["mode"] == "4755" and su["nlink"] == 2

@@ -30,6 +30,8 @@ _XATTR_PREFIXES = {1: "user.", 2: "system.posix_acl_access", 3: "system.posix_ac
 _FLAT_PLAIN, _FLAT_INLINE = 0, 2
 _MAX_DEPTH = 256
 _MAX_SYMLINK = 4096
+_DATA_FEATURES = ("0padding", "compr_cfgs/big_pcluster", "chunked_file", "device_table/compr_head2",
+                  "ztailpacking", "fragments/dedupe")
 _MAX_DIRECTORY = 64 << 20  # bytes of one directory: about a million entries
 
 
@@ -40,11 +42,12 @@ class Reader:
                  label: str | None = None):
         self.path, self.offset, self.label = Path(path), offset, label or str(path)
         sb = erofs_superblock(self.path, offset)
-        if sb["feature_incompat"] and any(
-                f not in ("0padding", "compr_cfgs/big_pcluster", "ztailpacking")
-                for f in sb["feature_incompat"]):
+        # the incompatible features change how regular files' data is stored, which is not
+        # read here; only long xattr name prefixes change the metadata
+        unknown = [f for f in sb["feature_incompat"] if f not in _DATA_FEATURES]
+        if unknown:
             raise InputError(self.label, "erofs features this reader does not know: "
-                             + ", ".join(sb["feature_incompat"]))
+                             + ", ".join(unknown), "erofs-utils 1.5 makes none of them")
         self.block = sb["block_size"]
         if not 512 <= self.block <= 65536:
             raise InputError(self.label, f"erofs block size {self.block} out of range")
