@@ -304,3 +304,26 @@ def test_variations_of_a_signed_ddi_need_no_key(tmp_path, packages, cache_dir):
     assert [(v["name"], v["status"]) for v in result["variations"]] == [
         ("recipe-path", "reproduced"), ("tz", "reproduced")]
     shutil.rmtree(proj / "out")
+
+
+def test_cert_of_someone_else_fails(tmp_path, packages, cache_dir):
+    """--cert names the certificate the user trusts: a signature by another is 'failed'; on an
+    image without verity or signature, asking for a certificate check fails too."""
+    require_tool("systemd-repart", "systemd-repart")
+    proj = tmp_path / "proj"
+    signer_files(proj, "release", "verify test")
+    signer_files(tmp_path / "other", "mallory", "mallory")
+    image = build(project(proj, packages, "ddi", sign="release"), proj / "out", cache_dir)
+    rc, result = verify_json(image.manifest_path, "--cache-dir", cache_dir, "--cert",
+                             tmp_path / "other" / "mallory.crt", cwd=tmp_path)
+    assert rc == 1 and result["status"] == "differs", result
+    assert result["signature"]["status"] == "failed"
+    assert "the manifest records" in result["signature"]["detail"]
+    rc, result = verify_json(image.manifest_path, "--cache-dir", cache_dir, "--cert",
+                             proj / "release.crt", cwd=tmp_path)
+    assert rc == 0 and "--cert" in result["signature"]["detail"], result
+    plain = build(project(tmp_path / "plain", packages, "squashfs"), tmp_path / "plain" / "out",
+                  cache_dir)
+    rc, result = verify_json(plain.manifest_path, "--cache-dir", cache_dir, "--cert",
+                             proj / "release.crt", cwd=tmp_path)
+    assert rc == 1 and result["signature"]["status"] == "failed", result
