@@ -12,13 +12,16 @@ The rebuild is always unsigned: whoever verifies must not need the private key, 
 signed offline (on another host, or by an HSM) could not be re-signed anyway. So verify compares
 what is signed — a DDI with its signature partition as zeros (the manifest's ``unsignedSha256``),
 a plain image with its ``NAME.verity`` and ``NAME.roothash`` — and then checks the original's
-signature on its own: over the rebuilt root hash, by the certificate the manifest records
-(verified with the certificate file the recipe names, when it is there). ECDSA signatures differ
-on every signing, so this is the only way they can be verified at all.
+signature on its own: over the rebuilt root hash, with the certificate the PKCS#7 carries whose
+sha256 is the fingerprint the manifest records (or the recipe's ``[sign] cert`` with that
+fingerprint, or the user's ``--cert``) — no keys/ directory needed. ECDSA signatures differ on
+every signing, so this is the only way they can be verified at all.
 
-Result: ``reproduced`` — the same unsigned bytes (a directory image: the same tree) and a
-signature that checks (or an unsigned image) — or ``differs`` with the explanation from
-pipeline/diff, tool-version differences first.
+Result: ``reproduced`` — the same unsigned bytes (a directory image: the same tree), an image
+that is what its own manifest records, and a signature that checks (or an unsigned image, or
+``--no-signature``, which is said) — ``incomplete`` when the signature could not be checked, or
+``differs`` with the explanation from pipeline/diff, tool-version differences first. Only
+``reproduced`` exits 0: nothing is called reproduced that was not checked.
 """
 
 from __future__ import annotations
