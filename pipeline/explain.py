@@ -518,7 +518,10 @@ def merge_outcome(lines: list[Line], summary: dict[str, ImageSummary]) -> str:
     if breakers:
         return f"nothing merged: {', '.join(breakers)} broke the merge"
     if merged:
-        return f"merged: {', '.join(merged)}"
+        ignored = [n for n, s in summary.items() if not s.merged and s.rules
+                   and all(RULES[r].verdict == IGNORED for r in s.rules)]
+        return f"merged: {', '.join(merged)}" + (f"; ignored: {', '.join(ignored)}"
+                                                  if ignored else "")
     if any(line.status == "outcome" and "count" in line.values for line in lines):
         return "nothing merged: every image was ignored"
     return "not said by these lines"

@@ -178,8 +178,12 @@ def human(result: dict, confirmed: list[dict] | None, verbose: bool) -> str:
             if line.image else "no image named"
         out.append(f"   {about}; printed by systemd {line.versions} ({line.source})")
         if len(line.rules) > 1:
-            out.append(f"   one of {len(line.rules)} rules print this text"
-                       + ("" if line.files_rule else " (explain --root DIR tells which)") + ":")
+            settled = result["images"].get(line.image or "")
+            settled = settled.rules[0] if settled and len(settled.rules) == 1 and \
+                settled.rules[0] in line.rules else None
+            out.append(f"   one of {len(line.rules)} rules print this text" + (
+                f" (with the image's other lines: {settled})" if settled else
+                "" if line.files_rule else " (explain --root DIR tells which)") + ":")
         for rule_id in line.rules:
             info = explain.rule_info(rule_id, line)
             out.append(f"   rule:   {rule_id} — {info['summary']} (systemd {info['rule_versions']})")

@@ -66,6 +66,9 @@ def _check_explained(case, root, image, version: str, log: str) -> list[str]:
     summary = result["images"].get(guess.name or "")
     named = {r for line in result["lines"] if line.status == "rule" for r in line.rules}
     problems = []
+    # the merge as a whole: what explain sums up is what happened
+    if result["merge"].startswith("nothing merged") != (guess.verdict == rules.BREAKS):
+        problems.append(f"merge summed up as {result['merge']!r}")
     if rule_id == "host.no-id":
         if "host.no-id" not in named:
             problems.append("no line explained as host.no-id")
