@@ -27,9 +27,12 @@ def _cap(*versions: str) -> str:
     return "captured: real `merge` runs of systemd " + ", ".join(versions)
 
 
-_EXT_UTIL = "source: src/shared/extension-util.c extension_release_validate() " \
-    "(extension-release.c in 252/253)"
-_SYSEXT_C = "source: src/sysext/sysext.c merge_subprocess()"
+#: systemd's source as read for the catalogue (the main branch at these commits: extension-util.c
+#: already matches ID_LIKE, i.e. 258-era; sysext.c is 256-era). The captured runs are what tie a
+#: text to a version; the source is a second witness for the same words.
+_EXT_UTIL = "source: src/shared/extension-util.c extension_release_validate() at systemd " \
+    "commit 009abdc (258-era; extension-release.c in 252/253)"
+_SYSEXT_C = "source: src/sysext/sysext.c merge_subprocess() at systemd commit 0021720 (256-era)"
 
 
 @dataclass(frozen=True)
@@ -89,7 +92,7 @@ T_OS_RELEASE_OLD = Text("Extension image contains /usr/lib/os-release file, whic
                         nameless=True)
 T_OS_RELEASE = Text("Extension contains '/usr/lib/os-release', which is not allowed, refusing.",
                     _NEW, _cap("254.26", "257.13", "262.1") + "; source: src/shared/"
-                    "extension-util.c extension_has_forbidden_content()", nameless=True)
+                    "extension-util.c extension_has_forbidden_content() at commit 009abdc", nameless=True)
 T_CONFLICT = Text("Conflicting content found in image {name}, refusing.", _NEW,
                   _cap("254.26", "257.13", "262.1"))
 T_MOUNT_NO_MEDIUM = Text("Failed to mount image: No medium found", _NEW,
