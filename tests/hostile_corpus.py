@@ -870,6 +870,8 @@ def generate(outside: str) -> list[Case]:
       header_lies={"type": {FILEFLAGS: 42}})
     P("header-string-count-2", [R("/usr/x")], "refused", "header",
       header_lies={"n": {NAME: 2}})
+    P("header-count-lies-short-unsigned", [R("/usr/x")], "refused", "", header_lies={"count": 3},
+      sha256_header=False, payload_digest=False)
     P("header-bad-magic", [R("/usr/x")], "refused", "header",
       header_lies={"magic": b"\x8e\xad\xe8\x02"})
     P("signature-bad-magic", [R("/usr/x")], "refused", "signature",
@@ -1056,6 +1058,28 @@ def generate(outside: str) -> list[Case]:
       note="dropped: it would hide the host's /usr/lib")
     D("lib-symlink-to-outside", [sl("./lib", out), f("./lib/pwned")], "accepted", "",
       "usr/lib/pwned", note="the /lib link is dropped, lib/ content goes to usr/lib")
+    # ---- files an extension could use to take over the host or the merge ---------------------
+    D("release-file-spoofed", [d("./usr"), d("./usr/lib"), d("./usr/lib/extension-release.d"),
+                               f("./usr/lib/extension-release.d/extension-release.hostile",
+                                 b"ID=_any\n")], "warned", "",
+      "usr/lib/extension-release.d/extension-release.hostile",
+      note="the pipeline writes its own release file last; the replacement is said")
+    D("release-dir-symlink", [d("./usr"), d("./usr/lib"),
+                              sl("./usr/lib/extension-release.d", out)], "refused",
+      "extension-release")
+    D("other-release-file", [d("./usr"), d("./usr/lib"), d("./usr/lib/extension-release.d"),
+                             f("./usr/lib/extension-release.d/extension-release.other",
+                               b"ID=_any\n")], "warned", "", "extension-release.other",
+      note="systemd reads it if the image is ever named 'other': at least say so")
+    D("confext-ld-so-preload", [d("./etc"), f("./etc/ld.so.preload", b"/tmp/evil.so\n")],
+      "warned", "", "shadows-host", "etc/ld.so.preload")
+    D("confext-shadow", [d("./etc"), f("./etc/shadow", b"root::0:0:::::\n", 0o640)], "warned",
+      "", "shadows-host", "etc/shadow")
+    D("confext-setuid", [d("./etc"), f("./etc/evil", b"\x7fELF", 0o4755)], "warned", "",
+      "confext-noexec", "etc/evil")
+    D("loader-shadowed", [d("./usr"), d("./usr/lib64"), f("./usr/lib64/ld-linux-x86-64.so.2",
+                                                            b"\x7fELF", 0o755)], "warned", "",
+      "shadows-host", "ld-linux")
     return cases
 
 
