@@ -300,10 +300,11 @@ class _Package:
         if name in mapping:
             return mapping[name]
         if number != 0:
-            self.report.unmapped_owners.add(f"{name}={number}")
+            self.report.unmapped_owners.add(f"{shown(name)}={number}")
             return number
-        raise InputError(member, f"owned by {table[:-1]} {name!r}, which [owners] does not map",
-                         f"add [owners] {table} = {{ {name} = <number on the target OS> }}")
+        raise InputError(member, f"owned by {table[:-1]} {shown(name)!r}, which [owners] does "
+                         "not map", f"add [owners] {table} = {{ {shown(name)} = <number on the "
+                         "target OS> }")
 
 
 def _as_file(link: E.Entry, size: int, data) -> E.Entry:

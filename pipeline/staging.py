@@ -18,6 +18,7 @@ from pathlib import Path
 
 from .errors import InputError
 from .formats import entry as E
+from .formats.entry import shown
 
 CHUNK = 1 << 20
 
@@ -59,17 +60,23 @@ def canonical_path(raw: str, member: str) -> str:
     parts = [p for p in raw.split("/") if p not in ("", ".")]
     if ".." in parts:
         raise InputError(member, "path contains '..'", "refusing to write outside the root")
-    if any(ord(c) < 0x20 or ord(c) == 0x7F or 0xDC80 <= ord(c) <= 0xDCFF for c in raw):
+    if _unprintable(raw):
         raise InputError(member, "path has control characters or is not UTF-8",
                          "image paths must be printable UTF-8 (the manifest and the file "
                          "system tools depend on it)")
     for part in parts:
         if len(part.encode("utf-8", "surrogateescape")) > NAME_MAX:
-            raise InputError(member, f"a path component of {len(part.encode('utf-8', 'surrogateescape'))} bytes "
-                             f"(limit {NAME_MAX})", "no Linux file system stores such a name")
+            size = len(part.encode("utf-8", "surrogateescape"))
+            raise InputError(member, f"a path component of {size} bytes (limit {NAME_MAX})",
+                             "no Linux file system stores such a name")
     if parts and parts[0] in MERGED_USR:
         parts.insert(0, "usr")
     return "/".join(parts)
+
+
+def _unprintable(text: str) -> bool:
+    """Control characters, or bytes that were not UTF-8 (surrogate-escaped by the readers)."""
+    return any(ord(c) < 0x20 or ord(c) == 0x7F or 0xDC80 <= ord(c) <= 0xDCFF for c in text)
 
 
 def new_record(entry: E.Entry, uid: int, gid: int, origin: str) -> Record:
@@ -131,23 +138,29 @@ class _Rules:
             parent = self.records.get("/".join(parts[:i]))
             if parent is not None and parent.kind != E.DIR:
                 what = "symlink" if parent.kind == E.SYMLINK else "file"
-                raise InputError(member, f"would write through the {what} {'/'.join(parts[:i])}",
+                through = shown("/".join(parts[:i]))
+                raise InputError(member, f"would write through the {what} {through}",
                                  "refusing to follow links while extracting")
         earlier = self.records.get(path)
         if earlier is not None and (earlier.kind == E.DIR) != (entry.kind == E.DIR):
             if earlier.kind == E.DIR:
-                raise InputError(member, f"{path} is a directory in an earlier entry",
+                raise InputError(member, f"{shown(path)} is a directory in an earlier entry",
                                  "a file cannot replace a directory")
-            raise InputError(member, f"{path} is a file in an earlier entry",
+            raise InputError(member, f"{shown(path)} is a file in an earlier entry",
                              "a directory cannot replace a file")
         if entry.kind == E.HARDLINK:
             target = self.records.get(canonical_path(entry.target or "", member))
             if target is None or target.kind != E.FILE:
-                raise InputError(member, f"hardlink to {entry.target!r}, which is not a file "
+                raise InputError(member, f"hardlink to {shown(entry.target or '')!r}, which is not a file "
                                  "extracted before it", "refusing links that leave the package")
             return target  # the same inode: one record object shared by both paths
         if entry.kind == E.SYMLINK and not entry.target:
             raise InputError(member, "symlink without a target")
+        if entry.kind == E.SYMLINK and _unprintable(entry.target or ""):
+            raise InputError(member, f"symlink target {shown(entry.target or '')!r} has control "
+                             "characters or is not UTF-8", "image paths and link targets must "
+                             "be printable UTF-8 (the manifest and the file system tools "
+                             "depend on it)")
         for what, number in (("uid", uid), ("gid", gid)):
             if not 0 <= number <= MAX_ID:
                 raise InputError(member, f"{what} {number} is out of range (0 to {MAX_ID})")
@@ -162,11 +175,11 @@ class _Rules:
                 _check_capability(value, member)
                 kept[key] = value
             elif key.startswith(REFUSED_XATTR_PREFIXES):
-                raise InputError(member, f"carries the extended attribute {key}",
+                raise InputError(member, f"carries the extended attribute {shown(key)}",
                                  "only security.capability is carried into an image; trusted.* "
                                  "and security.* attributes change how the host treats files")
             else:
-                self.dropped_xattrs.append(f"{path}: {key}")
+                self.dropped_xattrs.append(f"{path}: {shown(key)}")
         return kept
 
     def _implied_parents(self, path: str) -> None:

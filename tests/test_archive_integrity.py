@@ -320,6 +320,9 @@ def test_second_data_member_is_refused(tmp_path, cache_dir):
     ((info("./usr/share/" + "n" * 256), b"x"), ("a path component of 256 bytes",)),
     ((info("./usr/share/c", xattrs={"security.capability": "garbage"}), b"x"),
      ("malformed security.capability",)),
+    ((info("./usr/share/l", tarfile.SYMTYPE, linkname="x\ny\x1b"), None),
+     ("symlink target 'x\\\\ny\\\\x1b' has control characters",)),
+    ((info("./usr/share/o\u202e/../x"), b"x"), ("./usr/share/o\\u202e/../x", "'..'")),
 ])
 def test_names_and_capabilities_the_kernel_refuses_are_named(tmp_path, cache_dir, entry, words):
     deb = hand_deb(tmp_path, "k.deb", [entry])

@@ -304,7 +304,7 @@ class RpmReader:
         header = self.header
         payload_format = header.string(PAYLOADFORMAT, "cpio")
         if payload_format != "cpio":
-            raise InputError(header.where, f"unsupported payload format {payload_format!r}")
+            raise InputError(header.where, f"unsupported payload format {shown(payload_format)!r}")
         payload_digests = header.get(PAYLOADDIGEST)
         payload_algo = self._digest(PAYLOADDIGESTALGO, 8, "payload digest") \
             if payload_digests else "sha256"
@@ -447,7 +447,7 @@ def vfs_cap_from_text(text: str, where: str) -> bytes | None:
     for clause in text.lower().split():
         match = _CLAUSE.fullmatch(clause)
         if not match:
-            raise InputError(where, f"bad capability text {text!r}")
+            raise InputError(where, f"bad capability text {shown(text)!r}")
         caps = 0
         for cap in filter(None, match[1].split(",")):
             if cap == "all":
@@ -455,7 +455,7 @@ def vfs_cap_from_text(text: str, where: str) -> bytes | None:
             elif cap in _CAP_BITS:
                 caps |= _CAP_BITS[cap]
             else:
-                raise InputError(where, f"unknown capability {cap!r} in {text!r}")
+                raise InputError(where, f"unknown capability {shown(cap)!r} in {shown(text)!r}")
         caps = caps or _ALL_CAPS
         for op, flags in _ACTION.findall(match[2]):
             if op == "=":
