@@ -236,6 +236,13 @@ OUTCOMES: tuple[Outcome, ...] = (
             "hierarchy (not merged yet, or every image was skipped: run `refresh` with "
             "SYSTEMD_LOG_LEVEL=debug and explain its output)", "captured: `status` of "
             "systemd-sysext 252.38, 254.26, 257.13 ('none'), 262.1 ('-')"),
+    Outcome(r"(?P<path>/\S*)\s+(?P<merged>\S.*?)\s+\w{3} \d{4}-\d\d-\d\d [\d:]+ \S+",
+            "`status`: these extensions are merged into this hierarchy, since then",
+            "captured: `status` of systemd-sysext 257.13, 262.1"),
+    Outcome(r"Failed to open '(?P<path>/\S*)/\.systemd-(?:sysext|confext)/extensions': No such "
+            r"file or directory", "`status` cannot read what is merged there (seen with --root "
+            "on 252 and 254; the merge itself is fine)",
+            "captured: `status --root` of systemd-sysext 252.38, 254.26"),
     Outcome(r"NAME\s+TYPE\s+PATH\s+TIME", "`list` header",
             "captured: `list` of systemd-sysext " + ", ".join(CAPTURED)),
     Outcome(r"(?P<name>\S+)\s+(?P<type>raw|directory|subvolume|block)\s+(?P<path>/\S+)(\s.*)?",

@@ -210,14 +210,20 @@ def test_outcome_lines_of_the_real_binaries(tmp_path, major):
     (empty / "etc").mkdir(parents=True)
     (empty / "usr/lib").mkdir(parents=True)
     (empty / "etc/os-release").write_text("ID=debian\n")
+    good = _root(tmp_path / "good", "ID=_any\n")
+    (good / "var/lib/extensions/foo/usr/share").mkdir(parents=True)
+    (good / "var/lib/extensions/foo/usr/share/x").write_text("x\n")
     proc = in_namespace(f"{argv} merge --root={ignored} && {argv} merge --root={empty} && "
-                        f"{argv} status --root={empty} && {argv} list --root={ignored}")
+                        f"{argv} status --root={empty} && {argv} list --root={ignored} && "
+                        f"{argv} merge --root={good} && ({argv} status --root={good}; "
+                        f"{argv} merge --root={good}; true)")
     assert proc.returncode == 0, proc.stderr
     lines = (proc.stderr + proc.stdout).splitlines()
     result = explain.explain_text(lines)
     unknown = [line.text for line in result["lines"] if line.status == "unknown"]
     assert not unknown
-    assert result["merge"] == "nothing merged: every image was ignored"
+    assert result["merge"] == "merged: foo"
     meanings = " ".join(line.meaning for line in result["lines"])
     assert "no image was discovered" in meanings and "nothing is merged into this" in meanings
+    assert "every image was skipped" in meanings
     assert "systemd discovered this image" in meanings
