@@ -522,7 +522,7 @@ def generate(outside: str) -> list[Case]:
         add("rpm-" + name, "rpm", rpm(files, **kw), verdict, member, *expect, note=note)
 
     # ---- baselines: the same corpus machinery makes packages the pipeline accepts -----------
-    for codec in ("xz", "gzip", "zstd", "bzip2", "none"):
+    for codec in ("xz", "gzip", "zstd", "bzip2", "lzma", "none"):
         D(f"ok-{codec}", [d("./usr"), d("./usr/bin"), f("./usr/bin/ok", b"#!/bin/sh\n", 0o755)],
           "accepted", "", "usr/bin/ok", codec=codec)
     for codec in ("xz", "gzip", "zstd", "bzip2", "lzma", "none"):
@@ -926,6 +926,20 @@ def generate(outside: str) -> list[Case]:
           ar_members=[("debian-binary", b"2.0\n"),
                       ("control.tar.xz", compress(control_tar(), "xz")),
                       ("data.tar" + SUFFIX[codec], cut)])
+    # cut inside the tar/cpio stream, the compressed framing around it intact
+    body = tar([d("./"), d("./usr"), f("./usr/x", bytes(range(256)) * 40)], end=False)
+    for name, cut, member in [("tar-cut-in-header", 1024 + 200, "data.tar"),
+                              ("tar-cut-in-data", 1536 + 3000, "usr/x"),
+                              ("tar-cut-after-member", len(body), "data.tar")]:
+        D(name, [], "refused", member, data_member=compress(body[:cut], "xz"), sums=None)
+    rec = cpio_record("./usr/x", mode=S_IFREG | 0o644, data=bytes(range(256)) * 40, ino=1000)
+    for name, cut, member in [("cpio-cut-in-header", 60, "payload"),
+                              ("cpio-cut-in-name", 112, "payload"),
+                              ("cpio-cut-in-data", 2000, "usr/x"),
+                              ("cpio-cut-before-trailer", len(rec), "payload")]:
+        P(name, [R("/usr/x", data=bytes(range(256)) * 40)], "refused", member, cpio=rec[:cut])
+    P("longfilesize-huge", [R("/usr/x")], "refused", "usr/x",
+      header_edit=lambda t: (t.pop(FILESIZES), t.update({LONGFILESIZES: (INT64, (1 << 62,))})))
     lead, sig, hdr, payload = rpm([R("/usr/x", data=bytes(range(256)) * 40)], codec="none",
                                   parts=True, payload_digest=False)
     whole = lead + sig + hdr + payload
