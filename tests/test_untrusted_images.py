@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import stat
 import subprocess
@@ -318,3 +319,33 @@ def test_erofs_metadata_agrees_with_the_kernel(options, tmp_path):
     assert untrusted == list(fsinfo.walk_image(image, trusted=True))
     su = next(e for e in untrusted if e["path"] == "usr/bin/su")
     assert su["mode"] == "4755" and su["nlink"] == 2
+
+
+def test_root_without_cap_sys_admin_uses_a_user_namespace(hostile, tmp_path):
+    """Root in a container without CAP_SYS_ADMIN (capsh drops it for real) cannot make a mount
+    namespace; the unpacking then runs in a user namespace's private tmpfs, still never on the
+    host. erofs device nodes cannot be unpacked there: said in one line, not a traceback."""
+    require_tool("capsh", "libcap2-bin")
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    env = {**os.environ, "TMPDIR": str(tmpdir), "PYTHONPATH": str(REPO)}
+
+    def capped(*args: str) -> subprocess.CompletedProcess:
+        command = " ".join(shlex.quote(a) for a in (sys.executable, "-m", "pipeline", *args))
+        return subprocess.run(["capsh", "--drop=cap_sys_admin", "--", "-c", command],
+                              cwd=tmp_path, env=env, capture_output=True, text=True)
+
+    probe = subprocess.run(["capsh", "--drop=cap_sys_admin", "--", "-c", "unshare -m true"],
+                           capture_output=True, text=True)
+    assert probe.returncode != 0  # really no mount namespace for this root
+    inspect = capped("inspect", "--json", str(hostile["squashfs"]))
+    assert inspect.returncode == 0, inspect.stderr
+    assert json.loads(inspect.stdout)["filesystem"]["files"] == 4
+    diff = capped("diff", "--images-only", "--full", "--json", str(hostile["squashfs"]),
+                  str(hostile["squashfs2"]))
+    assert diff.returncode == 1 and "usr/share/evil/README" in diff.stdout, diff.stderr
+    erofs = capped("diff", "--images-only", "--full", str(hostile["erofs"]),
+                   str(hostile["erofs2"]))
+    assert "Traceback" not in erofs.stderr + erofs.stdout
+    assert "cannot unpack this image's device nodes here" in erofs.stdout + erofs.stderr
+    assert dangerous(tmp_path) == [] and list(tmpdir.iterdir()) == []

@@ -393,10 +393,15 @@ def _unpacked(fs: FileSystem, paths: list[str] | None = None) -> Iterator[tuple[
             image = copy_range(fs.path, fs.offset, fs.size, Path(tmp) / "fs.img")
         mnt = Path(os.path.realpath(tmp)) / "mnt"  # as mountinfo will name it
         mnt.mkdir()
-        holder = None
-        if tools.have("unshare") and tools.have("mount") and tools.have("timeout"):
+        holder, line, owners = None, b"", root
+        # as root: a mount namespace; else (a user, or root without CAP_SYS_ADMIN as in a
+        # container) a user namespace too, where owners other than ours cannot be set
+        variants = ([[]] if root else []) + [["-U", "-r"]]
+        if not (tools.have("unshare") and tools.have("mount") and tools.have("timeout")):
+            variants = []
+        for variant in variants:
             holder = subprocess.Popen(
-                [*_with_parent(), tools.find("unshare"), *([] if root else ["-U", "-r"]), "-m",
+                [*_with_parent(), tools.find("unshare"), *variant, "-m",
                  "--propagation", "private", tools.find("sh"), "-c", _HOLD_UNPACK, "sh",
                  tools.find("mount"),
                  "size=" + _TMPFS_SIZE + ",mode=0700," + ",".join(MOUNT_OPTIONS), str(mnt),
@@ -404,24 +409,30 @@ def _unpacked(fs: FileSystem, paths: list[str] | None = None) -> Iterator[tuple[
                  *_with_parent(), *_unpack_argv(fs, image, mnt / "tree", paths)],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                 env=tools.clean_env(), cwd="/")
+            line = holder.stdout.readline()
+            if line.startswith(b"unpacked "):
+                owners = root and not variant
+                break
+            _release(holder)
+            holder = None
         try:
-            line = holder.stdout.readline() if holder is not None else b""
-            if not line.startswith(b"unpacked "):  # no private namespace: plain, then cleaned
-                if holder is not None:
-                    _release(holder)
-                    holder = None
+            if holder is None:  # no private namespace at all: plain, then cleaned at once
                 tree = mnt / "tree"
-                proc = subprocess.run(_unpack_argv(fs, image, tree, paths),
-                                      capture_output=True, env=tools.clean_env(),
-                                      timeout=UNPACK_TIMEOUT, check=False)
+                try:
+                    proc = subprocess.run(_unpack_argv(fs, image, tree, paths),
+                                          capture_output=True, env=tools.clean_env(),
+                                          timeout=UNPACK_TIMEOUT, check=False)
+                    returncode, output = proc.returncode, (proc.stdout + proc.stderr)[-65536:]
+                except subprocess.TimeoutExpired:
+                    returncode, output = -9, b""
                 _strip_unsafe(tree)
-                _judge(fs, proc.returncode, (proc.stdout + proc.stderr)[-65536:], tree)
+                _judge(fs, returncode, output, tree)
                 yield tree, root
                 return
             inside = Path(f"/proc/{holder.pid}/root", str(mnt).lstrip("/"))
             _check_mount(holder.pid, str(mnt), fs.label)
             _judge(fs, int(line.split()[1]), _tail(inside / "log"), inside / "tree")
-            yield inside / "tree", root
+            yield inside / "tree", owners
         finally:
             if holder is not None:
                 _release(holder)
@@ -453,6 +464,10 @@ def _judge(fs: FileSystem, returncode: int, output: bytes, tree: Path) -> None:
     if returncode in (124, 128 + 9, -9):
         raise BuildError(fs.label, f"{tool} did not finish within {UNPACK_TIMEOUT} s: stopped")
     errors = [line for line in lines if line.startswith("<E>")]
+    if any("failed to create special file" in e for e in errors):
+        raise InputError(fs.label, "fsck.erofs cannot unpack this image's device nodes here "
+                         "(it needs root in the initial user namespace, with a private mount "
+                         "namespace)")
     if fs.type == "erofs" and (errors or returncode != 0 or not tree.is_dir()):
         raise InputError(fs.label, "corrupt erofs file system: fsck.erofs: "
                          + (" | ".join(e.removeprefix("<E> ") for e in errors[-3:])
