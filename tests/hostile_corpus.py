@@ -7,7 +7,8 @@ must do with it:
 
 - ``refused``: exit 2 with ONE ``error:`` line naming the package file and ``member``;
 - ``warned``: built, with a warning line containing every string of ``expect``;
-- ``accepted``: built (``expect`` strings, if any, must appear in the manifest's file list).
+- ``accepted``: built without findings; ``expect`` paths must be in the manifest's file list
+  (``!path``: must not be).
 
 The corpus is deterministic for a given ``outside`` directory (the place symlink and traversal
 cases aim at, which the test watches) and fast: the largest piece of work is compressing the
@@ -688,6 +689,24 @@ def generate(outside: str) -> list[Case]:
         "SCHILY.xattr.security.capability":
             b"\x01\x00\x00\x02\x00\x20\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00"})],
       "accepted", "", "usr/ping")
+    P("caps-on-symlink", [R("/usr/bin/l", S_IFLNK, b"", 0o777, "target", caps="cap_sys_admin=ep")],
+      "refused", "usr/bin/l")
+    P("caps-on-dir", [R("/usr/lib/d", S_IFDIR, b"", 0o755, caps="cap_sys_admin=ep")],
+      "accepted", "", "usr/lib/d", note="a capability on a directory is inert")
+    D("pax-caps-on-dir", [d("./usr"), d("./usr/d", pax={
+        "SCHILY.xattr.security.capability":
+            b"\x01\x00\x00\x02\x00\x20\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00"})],
+      "accepted", "", "usr/d", note="a capability on a directory is inert")
+    P("owner-name-control-chars", [R("/usr/x", user="ro\not\x1b[0m")], "refused", "usr/x")
+    P("ghost-in-payload", [R("/usr/x"), R("/usr/ghost", flags=64)], "accepted", "", "usr/x",
+      "!usr/ghost",
+      note="rpm never packs %ghost content; a payload that does is tolerated, not extracted")
+    P("symlink-escape-target", [R("/usr/link", S_IFLNK, b"", 0o777, up + "/sentinel")],
+      "accepted", "", "usr/link")
+    P("hardlink-through-symlink", [R("/usr/esc", S_IFLNK, b"", 0o777, out),
+                                   R("/usr/a", inode=9, data=b"a\n"),
+                                   R("/usr/esc/pwned", inode=9, data=b"a\n")], "refused",
+      "usr/esc")
     D("pax-caps-garbage", [d("./usr"), f("./usr/ping", pax={
         "SCHILY.xattr.security.capability": b"garbage"})], "refused", "usr/ping")
     D("xattr-overlay-opaque", [d("./usr"), d("./usr/lib", pax={
