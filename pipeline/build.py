@@ -520,7 +520,7 @@ def _package_all(recipe, staged: Staged, output_dir, work: WorkDir, log,
                      f"({recipe.compression})")
     packed = []
     for img in staged.images:
-        file_list = mf.file_entries(img.tree.records)
+        file_list = mf.file_entries(img.tree.records, img.tree.root)
         tree_sha256 = mf.tree_digest(file_list)
         final = output_dir / image_filename(recipe.format, img.name)
         seed = _image_seed(recipe, tree_sha256, staged.architecture, staged.epoch)
