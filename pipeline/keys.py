@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import datetime
 import errno
+import fcntl
 import hashlib
 import os
 import stat
@@ -282,11 +283,13 @@ def _make_parents(directory: Path, mode: int) -> None:
 def _create_exclusive(path: Path, data: bytes, mode: int) -> None:
     """Write ``data`` to a fresh temporary file (``mode`` from the start), then link it to ``path``."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    _sweep_temporaries(path)
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     except OSError as err:
         raise InputError(str(path), f"cannot create: {(err.strerror or str(err)).lower()}",
                          "check that the directory is writable") from None
+    fcntl.flock(fd, fcntl.LOCK_EX)  # held until written and linked: marks it as in use
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -300,3 +303,40 @@ def _create_exclusive(path: Path, data: bytes, mode: int) -> None:
         raise InputError(str(path), f"cannot write: {_why(tmp, err)}") from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _sweep_temporaries(path: Path) -> None:
+    """Remove ``.NAME.tmp-*`` files a killed ``keys generate`` left next to ``path`` (a
+    temporary key is a private key): regular files only, never through a symlink, and only
+    those whose flock is free (a generate still running holds its own)."""
+    try:
+        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        prefix = f".{path.name}.tmp-"
+        for name in os.listdir(dir_fd):
+            if not name.startswith(prefix):
+                continue
+            try:
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                             dir_fd=dir_fd)
+            except OSError:
+                continue
+            try:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    continue
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue
+                try:
+                    st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                if (st.st_dev, st.st_ino) == (os.fstat(fd).st_dev, os.fstat(fd).st_ino):
+                    os.unlink(name, dir_fd=dir_fd)
+            finally:
+                os.close(fd)
+    finally:
+        os.close(dir_fd)

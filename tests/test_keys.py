@@ -228,3 +228,26 @@ def test_passphrase_variable_is_not_inherited_by_children(monkeypatch):
     child = subprocess.run(["env"], capture_output=True, text=True, check=True).stdout
     assert "RELEASE_KEY_PASS" not in child and "s3cret" not in child
     assert "RELEASE_KEY_PASS" not in os.environ
+
+
+def test_temporary_key_of_a_killed_generate_is_swept(tmp_path):
+    """A killed ``keys generate`` leaves ``.NAME.tmp-PID`` (a private key): the next generate
+    for that name removes it, unless a running generate holds it (flock); links and other
+    names are left alone."""
+    import fcntl
+
+    stale = tmp_path / ".k.tmp-4242"
+    stale.write_bytes(b"-----BEGIN PRIVATE KEY-----\n")
+    held = tmp_path / ".k.tmp-4343"
+    held.write_bytes(b"in use")
+    outside = tmp_path / "outside"
+    outside.write_text("keep")
+    os.symlink(outside, tmp_path / ".k.tmp-link")
+    (tmp_path / ".other.tmp-1").write_text("keep")
+    with open(held, "rb") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        keys.generate(tmp_path / "k", tmp_path / "c", key_size=2048)
+    assert not stale.exists()
+    assert held.exists() and outside.read_text() == "keep"
+    assert (tmp_path / ".k.tmp-link").is_symlink() and (tmp_path / ".other.tmp-1").exists()
+    assert (tmp_path / "k").stat().st_mode & 0o777 == 0o600
