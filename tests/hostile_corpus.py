@@ -137,8 +137,13 @@ class T:
 
     def encode(self) -> bytes:
         out = b""
-        if self.pax:
-            body = pax_records(self.pax)
+        pax = dict(self.pax or {})
+        if len(_enc(self.name)) > 100 and "path" not in pax:  # as tar --format=pax writes it
+            pax["path"] = self.name
+        if len(_enc(self.linkname)) > 100 and "linkpath" not in pax:
+            pax["linkpath"] = self.linkname
+        if pax:
+            body = pax_records(pax)
             out += tar_header("./PaxHeaders/x", size=len(body), typ=b"x") + pad512(body)
         size = self.kw.pop("size", len(self.data))
         out += tar_header(self.name, size=size, typ=self.typ, mode=self.mode,
@@ -1091,6 +1096,23 @@ def generate(outside: str) -> list[Case]:
       note="dropped: it would hide the host's /usr/lib")
     D("lib-symlink-to-outside", [sl("./lib", out), f("./lib/pwned")], "accepted", "",
       "usr/lib/pwned", note="the /lib link is dropped, lib/ content goes to usr/lib")
+    # ---- odd link targets, odd shapes --------------------------------------------------------
+    D("symlink-target-5000", [d("./usr"), sl("./usr/l", "x", pax={"linkpath": "a/" * 2500})],
+      "refused", "usr/l")
+    D("symlink-target-newline", [d("./usr"), sl("./usr/l", "/etc/x\nsevere: fake finding")],
+      "refused", "usr/l")
+    D("symlink-target-not-utf8", [d("./usr"), sl("./usr/l", b"caf\xe9")], "refused", "usr/l")
+    D("mode-07777", [d("./usr"), f("./usr/x", b"x", 0o7777)], "warned", "", "setuid", "usr/x")
+    D("deep-nesting", [f("./usr/" + "d/" * 1000 + "x")], "accepted", "",
+      "usr/" + "d/" * 1000 + "x")
+    D("hardlink-with-data", [d("./usr"), f("./usr/a", b"a\n"),
+                             T("./usr/h", LNK, b"smuggled data\n", linkname="./usr/a")],
+      "refused", "usr/h")
+    D("symlink-with-data", [d("./usr"), T("./usr/l", SYM, b"smuggled data\n", 0o777, "a")],
+      "refused", "usr/l")
+    D("dir-with-data", [d("./usr"), T("./usr/d", DIR, b"smuggled data\n", 0o755),
+                        f("./usr/d/x")], "refused", "usr/d")
+
     # ---- files an extension could use to take over the host or the merge ---------------------
     D("release-file-spoofed", [d("./usr"), d("./usr/lib"), d("./usr/lib/extension-release.d"),
                                f("./usr/lib/extension-release.d/extension-release.hostile",
