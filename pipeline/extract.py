@@ -20,7 +20,7 @@ from .formats.compression import CHUNK, DigestCheck, Limits
 from .formats.entry import shown
 from .formats.package import Package
 from .layout import Router
-from .pitfalls import special_of
+from .pitfalls import RELEASE_DIRS, special_of
 from .recipe import Recipe
 from .staging import MERGED_USR, StagingTree, canonical_path
 
@@ -198,6 +198,10 @@ class _Package:
             if route.image is None:
                 self._skip(entry, path)
                 continue
+            if route.path in RELEASE_DIRS and entry.kind != E.DIR:
+                raise InputError(entry.member, f"a {entry.kind} at /{route.path}, where the "
+                                 "image's own extension-release file goes",
+                                 "exclude it with filter.exclude")
             tree = self.tree_for(route.image)
             tree.records.special_policy = self.recipe.special_files
             if entry.kind == E.HARDLINK:

@@ -43,6 +43,8 @@ HOST_CRITICAL_ETC = frozenset({
     "etc/os-release", "etc/passwd", "etc/shadow", "etc/group", "etc/gshadow",
     "etc/ld.so.preload", "etc/ld.so.conf", "etc/systemd/system.conf", "etc/fstab",
     "etc/machine-id"})
+#: Where systemd reads extension-release files; the pipeline writes the image's own.
+RELEASE_DIRS = ("usr/lib/extension-release.d", "etc/extension-release.d")
 #: Where a symlink can point into the host's state and configuration, which a sysext lacks.
 HOST_ONLY_TOPS = ("etc", "var", "srv")
 
@@ -133,6 +135,12 @@ def find(kind: str, records: Mapping[str, Record], fields: Mapping[str, str],
             "shared directory); policy.special_files = \"error\" refuses such packages",
             [p for p, r in records.items() if world_writable(r.kind, r.mode)]
             + [p for p, what in host_special.items() if what == "world-writable"])
+    add("foreign-release-file", SEVERE,
+        "release files the pipeline did not write: systemd reads extension-release.NAME as the "
+        "identity of any image named NAME (and this one's own file decides whether it merges)",
+        "exclude them with filter.exclude; the pipeline writes the image's release file",
+        [p for p, r in records.items() if p.startswith(tuple(d + "/" for d in RELEASE_DIRS))
+         and r.origin != "extension-release"])
     add("kernel-modules", WARNING,
         "kernel modules are bound to one kernel version and need depmod; they break on the "
         "next kernel update", "build one image per kernel (target.sysext_level or VERSION_ID "
