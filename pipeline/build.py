@@ -515,6 +515,8 @@ def _package_all(recipe, staged: Staged, output_dir, work: WorkDir, log,
     if recipe.format != "directory":  # a directory image is renamed into place: no space
         tree_bytes = sum(size for _, _, size in counts)
         needed = tree_bytes if recipe.compression == "none" else tree_bytes // 2
+        if recipe.format == "ddi":  # the file system image and the disk image side by side
+            needed *= 2
         _check_space(output_dir, needed + (1 << 20),
                      f"packing {_size(tree_bytes)} of files into {recipe.format} images "
                      f"({recipe.compression})")

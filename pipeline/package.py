@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import tempfile
 import uuid
 from dataclasses import dataclass, field
@@ -77,6 +78,12 @@ def _ddi(recipe, fs_image: Path, out: Path, fs_tools, seed, arch, signer) -> Pac
     # veritysetup cannot update its header on some file systems (FUSE) the output may be on.
     # Locked like every work tree (pipeline.outdir): a killed build's scratch is swept.
     sweep(tempfile.gettempdir(), DDI_SCRATCH)
+    needed = fs_image.stat().st_size * 9 // 8 + (1 << 20)  # a padded copy and its hash tree
+    free = shutil.disk_usage(tempfile.gettempdir()).free
+    if needed > free:
+        raise BuildError(tempfile.gettempdir(), f"not enough free space for the DDI's scratch "
+                         f"copy: about {needed} bytes needed, {free} bytes free",
+                         "free some space or set TMPDIR to a larger directory")
     with locked_workdir(tempfile.gettempdir(), DDI_SCRATCH) as scratch:
         info = assemble_ddi(fs_image, out, arch=arch, fs_type=recipe.filesystem, seed=seed,
                             signer=signer, workdir=scratch.path)

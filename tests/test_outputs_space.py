@@ -32,19 +32,24 @@ source_date_epoch = 1700000000
 """)
 
 
-def _build_on_tmpfs(tmp_path: Path, recipe: Path, cache_dir: Path, size: str):
-    """``build`` into DIR/out where DIR is a fresh tmpfs of ``size``, seen only by the build;
-    afterwards, what is left in DIR/out (listed from inside the namespace)."""
+def _build_on_tmpfs(tmp_path: Path, recipe: Path, cache_dir: Path, size: str,
+                    tmpdir: bool = False):
+    """``build`` into DIR/out where DIR is a fresh tmpfs of ``size``, seen only by the build
+    (with ``tmpdir``: the output goes to tmp_path/out and DIR is the build's TMPDIR);
+    afterwards, what is left in the output directory (listed from inside the namespace)."""
     require_root()
     require_tool("unshare", "util-linux")
     mnt = tmp_path / "small"
     mnt.mkdir()
+    out = tmp_path / "out" if tmpdir else mnt / "out"
     script = ('mount -t tmpfs -o size="$1" tmpfs "$2" && shift 2 && "$@"; rc=$?; '
               'echo "left:$(ls -A "$OUT")" >&2; exit $rc')
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OUT": str(mnt / "out")}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OUT": str(out)}
+    if tmpdir:
+        env["TMPDIR"] = str(mnt)
     return subprocess.run(
         ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh", size, str(mnt),
-         sys.executable, "-m", "pipeline", "build", str(recipe), "-o", str(mnt / "out"),
+         sys.executable, "-m", "pipeline", "build", str(recipe), "-o", str(out),
          "--cache-dir", str(cache_dir)], capture_output=True, text=True, env=env, cwd=REPO,
         timeout=300)
 
@@ -75,3 +80,24 @@ def test_packing_that_cannot_fit_is_refused_before_the_packer_runs(tmp_path, cac
                      r"images \(none\): about (\d+) bytes needed", error), error
     assert str(tmp_path / "small" / "out") in error
     assert "left:\n" in proc.stderr + "\n"  # the work tree is gone, nothing published
+
+
+@pytest.mark.root
+def test_ddi_scratch_that_cannot_fit_is_refused(tmp_path, cache_dir):
+    """The DDI's scratch (a padded copy of the file system and its verity tree) goes to TMPDIR:
+    checked there, named."""
+    require_tool("mksquashfs", "squashfs-tools")
+    require_tool("systemd-repart", "systemd-repart")
+    deb = build_deb(tmp_path / "pkg", "big", "1.0",
+                    [file("/usr/share/big/blob", os.urandom(3 << 20))], compression="none")
+    recipe = _recipe(tmp_path, deb)
+    text = recipe.read_text().replace('format = "squashfs"', 'format = "ddi"\n'
+                                      'filesystem = "squashfs"')
+    recipe.write_text(text.replace('version_id = "12"', 'version_id = "12"\n'
+                                   'architecture = "x86-64"'))
+    proc = _build_on_tmpfs(tmp_path, recipe, cache_dir, "2m", tmpdir=True)
+    assert proc.returncode == 1, proc.stderr
+    [error] = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert error.startswith(f"error: {tmp_path / 'small'}: not enough free space for the DDI's "
+                            "scratch copy: about "), error
+    assert "left:\n" in proc.stderr + "\n"
