@@ -48,11 +48,6 @@ CASES = {c.name: c for c in generate("/corpus/outside")}  # names and verdicts o
 
 #: Cases whose verdict the code does not meet yet: name → the precise gap (strict xfail).
 XFAIL: dict[str, str] = {
-    "deb-release-dir-symlink": (
-        "a package's symlink at usr/lib/extension-release.d stops the build when the pipeline "
-        "writes its own release file, with 'error: extension-release: would write through the "
-        "symlink …', which names neither the package nor its member (build.py/staging.py: the "
-        "link should be refused or dropped when the package writes it, naming the member)"),
     "rpm-caps-on-symlink": (
         "an RPM FILECAPS value on a symlink reaches setxattr through O_NOFOLLOW in staging.py: "
         "ELOOP becomes exit 1 'error: l: Too many levels of symbolic links', naming neither "
@@ -62,11 +57,6 @@ XFAIL: dict[str, str] = {
         "a valid 1000-level directory tree is built, then removing the work tree recurses once "
         "per level (outdir.py _empty): RecursionError traceback, exit 1, and the work tree "
         "is left in the output directory; removal must not recurse per directory level"),
-    "deb-other-release-file": (
-        "a package shipping usr/lib/extension-release.d/extension-release.OTHER (ID=_any) is "
-        "built without a word; systemd reads it as soon as the image is named OTHER "
-        "(pitfalls.py/layout.py: refuse or at least warn about release files the pipeline did "
-        "not write)"),
 }
 
 
