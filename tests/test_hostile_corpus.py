@@ -9,8 +9,8 @@ directory that symlink and traversal cases aim at. Asserted per case:
   naming it; ``accepted`` is exit 0 without warnings, the expected paths in the manifest;
 - no traceback, bounded stderr, no raw control character echoed from an archive;
 - nothing written outside the output directory: the ``outside`` tree (sentinels) is
-  byte-for-byte unchanged, the case directory holds nothing new but the cache, TMPDIR and HOME
-  stay empty;
+  byte-for-byte unchanged, the case directory holds nothing new, TMPDIR and HOME stay empty,
+  the cache holds at most the package itself;
 - no partial output: on refusal the output directory holds nothing (no image, manifest or work
   tree); on success exactly the image and its manifest;
 - peak RSS of the build (os.wait4 rusage of the child, its waited-for children included)
@@ -178,6 +178,11 @@ def _run_case(case: Case, base: Path, outside: Path, outside_before: dict) -> Re
     for sub in ("tmp", "home"):
         if os.listdir(work / sub):
             result.side_effects.append(f"{sub} not empty: {os.listdir(work / sub)}")
+    # the cache may hold the package itself (and empty lock files), nothing unpacked from it
+    for rel, entry in _tree(work / "cache").items():
+        if entry[0] == "file" and entry[2] not in (b"", case.data) or entry[0] in ("link",
+                                                                                   "other"):
+            result.side_effects.append(f"cache holds {rel!r}, which is not the package")
     if pkg.read_bytes() != case.data:
         result.side_effects.append("the package file changed")
     if any((out / name).is_dir() for name in result.out_entries):
