@@ -25,11 +25,13 @@ def _bootstrap() -> None:
     python = venv / "bin" / "python"
     if not python.exists():
         try:
-            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True,
+                           capture_output=True)  # Debian without python3-venv: install below
         except subprocess.CalledProcessError:
             shutil.rmtree(venv, ignore_errors=True)
             package = f"python3.{sys.version_info.minor}-venv"
             if os.geteuid() == 0 and shutil.which("apt-get"):
+                print(f"noxfile: installing {package} with apt-get (python venv support)")
                 _apt_install([], [[package, "python3-venv"]])
                 subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
             else:
@@ -58,8 +60,12 @@ def _apt_install(packages: list[str], alternatives: list[list[str]] | None = Non
         subprocess.run(["apt-get", "update", *quiet], check=False, env=env,
                        stdout=subprocess.DEVNULL)
     chosen = [next((p for p in group if _candidate(p)), group[0]) for group in groups]
-    subprocess.run(["apt-get", "install", "-y", *quiet, "--no-install-recommends",
-                    "--no-upgrade", *chosen], check=True, env=env, stdout=subprocess.DEVNULL)
+    proc = subprocess.run(["apt-get", "install", "-y", *quiet, "--no-install-recommends",
+                           "--no-upgrade", *chosen], env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+    if proc.returncode != 0:  # quiet unless it fails: then everything apt and dpkg said
+        sys.stderr.write(proc.stdout)
+        raise subprocess.CalledProcessError(proc.returncode, proc.args)
 
 
 try:
@@ -173,7 +179,14 @@ def tests(session: nox.Session) -> None:
     """The test suite, with real tools (nox -s tests [-- PYTEST ARGS])."""
     ensure_system_packages(session, "tests")
     session.install("-e", ".[test]")
-    session.run("pytest", *(session.posargs or ["-q"]))
+    from nox.command import CommandFailed
+
+    try:
+        session.run("pytest", *(session.posargs or ["-q"]))
+    except CommandFailed as exc:
+        if getattr(exc, "return_code", None) == 5:  # pytest: nothing collected
+            session.error("pytest collected no tests (exit 5): the selection matched nothing")
+        raise
 
 
 @nox.session
@@ -290,10 +303,26 @@ def _mounts_under(path: Path) -> list[str]:
     return [line.split()[4] for line in lines if (line.split()[4] + "/").startswith(prefix)]
 
 
+#: Host apt settings the fresh tree inherits: those that describe the archive the host reaches.
+_APT_SETTINGS = ("Acquire::Check-Valid-Until", "Acquire::Check-Date")
+
+
+def _copy_apt_settings(tree: Path) -> None:
+    lines = []
+    for key in _APT_SETTINGS:
+        proc = subprocess.run(["apt-config", "shell", "V", key], capture_output=True, text=True)
+        value = proc.stdout.strip().partition("=")[2].strip("'\"")
+        if proc.returncode == 0 and value in ("true", "false"):
+            lines.append(f'{key} "{value}";\n')
+    if lines:
+        (tree / "etc/apt/apt.conf.d/90host-archive").write_text("".join(lines))
+
+
 _FRESH_SCRIPT = r"""
 set -eu
 tree=$1; shift
 mount --make-rprivate /
+mount --bind "$tree" "$tree"  # the chroot's / is a mount point, as on a machine (unshare -m)
 mount -t proc proc "$tree/proc"
 mount --rbind /sys "$tree/sys"
 mount --rbind /dev "$tree/dev"
@@ -335,11 +364,23 @@ def fresh(session: nox.Session) -> None:
     try:
         session.run("tar", "-xf", str(tarball), "-C", str(tree), external=True, silent=True)
         shutil.copy("/etc/resolv.conf", tree / "etc" / "resolv.conf")
+        # The network this host is on: its local CA certificates (a TLS-inspecting proxy's, for
+        # example), as a machine on this network would have them. No other host state goes in.
+        # And the host's apt settings for an archive snapshot (a frozen mirror's Release files
+        # are past their Valid-Until): only these keys, read with apt-config.
+        _copy_apt_settings(tree)
+        local_cas = sorted(Path("/usr/local/share/ca-certificates").glob("*.crt"))
+        for cert in local_cas:
+            shutil.copy(cert, tree / "usr/local/share/ca-certificates" / cert.name)
         clone = "/root/sysext-pipeline"
         session.run("git", "clone", "--quiet", "--no-hardlinks", str(HERE), f"{tree}{clone}",
                     external=True)
         head = subprocess.run(["git", "-C", str(HERE), "rev-parse", "--short", "HEAD"],
                               capture_output=True, text=True).stdout.strip()
+        if local_cas:
+            setup = "update-ca-certificates >/dev/null"
+            session.run("unshare", "-m", "--propagation", "private", "sh", "-c", _FRESH_SCRIPT,
+                        "fresh", str(tree), setup, external=True, silent=True)
         for command in commands:
             session.log(f"fresh [{head}]: {command}")
             log = work / f"{command.split()[-1]}.log"
