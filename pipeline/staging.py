@@ -166,6 +166,9 @@ class _Rules:
                 raise InputError(member, f"{what} {number} is out of range (0 to {MAX_ID})")
         record = new_record(entry, uid, gid, origin)
         record.xattrs = self._allowed_xattrs(record.xattrs, path, member)
+        if record.xattrs and entry.kind == E.SYMLINK:  # the kernel has no xattrs on links
+            raise InputError(member, "file capabilities on a symlink",
+                             "capabilities apply to regular files only")
         return record
 
     def _allowed_xattrs(self, xattrs: dict[str, bytes], path: str, member: str) -> dict:

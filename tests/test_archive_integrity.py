@@ -338,3 +338,19 @@ def test_owner_id_out_of_range_is_named(tmp_path, cache_dir):
     deb = deb_with_data(tmp_path / "uid.deb", lzma.compress(buf.getvalue()))
     refused(build(tmp_path, cache_dir, f'deb = "{deb}"'), "uid.deb:data.tar.xz:./usr/share/u",
             f"uid {1 << 40} is out of range")
+
+
+@pytest.mark.parametrize("control, words", [
+    (b"Package: ev\x1bil\nVersion: 1\nArchitecture: amd64\n", "Package 'ev\\\\x1bil'"),
+    (b"Package: evil\nVersion: " + b"1" * 5000 + b"\nArchitecture: amd64\n", "Version '111"),
+    (b"Package: evil\nVersion: 1\nArchitecture: am d64\n", "Architecture 'am d64'"),
+])
+def test_deb_identity_fields_are_what_dpkg_accepts(tmp_path, control, words):
+    from test_hostile import _ar
+    deb = tmp_path / "id.deb"
+    deb.write_bytes(_ar([("debian-binary", b"2.0\n"),
+                         ("control.tar.xz", lzma.compress(_tar([(info("./control"), control)]))),
+                         ("data.tar.xz", lzma.compress(_tar([])))]))
+    with pytest.raises(InputError, match=re.escape(words)) as err:
+        Package(deb, "deb")
+    assert err.value.where == "id.deb:control" and len(err.value.line()) < 400

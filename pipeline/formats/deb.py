@@ -27,6 +27,13 @@ MAX_CONTROL_FILE = 4 << 20  # control/conffiles are a few KiB; refuse to buffer 
 
 MAX_MD5SUMS = 16 << 20  # a few MiB for the largest packages (100k files)
 _MD5_LINE = re.compile(r"^([0-9a-fA-F]{32}) [ *](.+)$")
+#: What dpkg accepts in the identity fields (deb-control(5), deb-version(7)); these end up in
+#: messages, the manifest and every record's origin, so nothing else passes.
+_FIELD_RULES = {
+    "Package": re.compile(r"^[a-z0-9][a-z0-9+.-]{0,253}$"),
+    "Version": re.compile(r"^([0-9]+:)?[A-Za-z0-9][A-Za-z0-9.+~:_-]{0,255}$"),
+    "Architecture": re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$"),
+}
 
 
 def read_deb(path: str | os.PathLike[str], limits: Limits | None = None) -> Iterator[Entry]:
@@ -108,6 +115,10 @@ class DebReader:
         missing = [k for k in ("Package", "Version", "Architecture") if not fields.get(k)]
         if missing:
             raise InputError(f"{name}:control", f"missing field(s) {', '.join(missing)}")
+        for key, rule in _FIELD_RULES.items():
+            if not rule.match(fields[key]):
+                raise InputError(f"{name}:control", f"{key} {shown(fields[key])!r} is not a "
+                                 f"valid {key.lower()}", "dpkg would refuse this package")
         return PackageInfo(
             name=fields["Package"],
             version=fields["Version"],

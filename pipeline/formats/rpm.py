@@ -73,6 +73,9 @@ _PER_FILE = (OLDFILENAMES, FILESIZES, FILEMODES, FILERDEVS, FILEMTIMES, FILELINK
              FILEUSERNAME, FILEGROUPNAME, FILEDEVICES, FILEINODES, DIRINDEXES, BASENAMES,
              LONGFILESIZES, FILECAPS, FILEDIGESTS)
 
+#: NAME, VERSION, RELEASE, ARCH: they end up in messages, the manifest and every record's origin.
+_IDENTITY = re.compile(r"^[^\s/\x00-\x1f\x7f\udc80-\udcff]{1,256}$")
+
 # Header data types; numeric ones map to (element size, struct code).
 CHAR, INT8, INT16, INT32, INT64, STRING, BIN, STRING_ARRAY, I18NSTRING = range(1, 10)
 _INT_TYPES = {CHAR: (1, "B"), INT8: (1, "B"), INT16: (2, "H"), INT32: (4, "I"), INT64: (8, "Q")}
@@ -250,6 +253,12 @@ def _info(header: Header, files: list[RpmFile]) -> PackageInfo:
         version = f"{epoch[0]}:{version}"
     if not header.string(NAME) or not header.string(VERSION):
         raise InputError(header.where, "missing NAME or VERSION")
+    for tag, label in ((NAME, "NAME"), (VERSION, "VERSION"), (RELEASE, "RELEASE"),
+                       (ARCH, "ARCH")):
+        value = header.string(tag)
+        if value and not _IDENTITY.match(value):
+            raise InputError(header.where, f"{label} {shown(value)!r} has whitespace, '/', "
+                             "control characters or is too long", "rpm would refuse it")
     config = tuple(
         f.path for f in files if f.flags & RPMFILE_CONFIG and not f.flags & RPMFILE_GHOST
     )
