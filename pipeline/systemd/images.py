@@ -1,7 +1,9 @@
 """An extension image as systemd-sysext sees it: its release files, os-release and entries.
 
-The file system is read through pipeline/fsinfo/ (which picks a read-only mount in a private
-namespace, unsquashfs or fsck.erofs, and finds a DDI's root/usr partition); this module adds
+The file system is read through pipeline/fsinfo/ as an image from anyone (unpacked by unsquashfs
+or fsck.erofs onto an inert tmpfs in a private namespace, never mounted; it finds a DDI's
+root/usr partition); :func:`extract` copies out contents, never devices, set-id bits or
+capabilities. This module adds
 systemd's view of it: a ``NAME.v/`` directory picks the newest ``NAME_VERSION[_ARCH].raw`` (or
 directory) inside, as systemd 256+ does, and paths resolve inside the image the way systemd's
 chase() does, so a symlinked release directory is found where systemd would find it.
