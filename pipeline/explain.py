@@ -228,6 +228,12 @@ OUTCOMES: tuple[Outcome, ...] = (
             _cap(*CAPTURED)),
     Outcome(r"Failed to merge hierarchies", "the merge failed: nothing merged, exit status 1",
             _cap("257.13", "262.1")),
+    Outcome(r"Unmerged '(?P<path>.*)'\.", "the previous merge of this hierarchy was removed "
+            "(refresh and unmerge do this first)", _cap(*CAPTURED) + " (refresh, unmerge)"),
+    Outcome(r"Skipping extension refresh because no change was found, use --always-refresh=yes "
+            r"to always do a refresh\.", "refresh did nothing: the images did not change since "
+            "the last merge, which stays as it is", _cap("262.1") + " (refresh; 257.13 always "
+            "refreshes)"),
     Outcome(r"Hierarchy '(?P<path>.*)' is already merged\.", "`merge` does nothing while merged: "
             "use `refresh`", "captured: systemd-sysext 252.38 merge"),
     Outcome(r"HIERARCHY\s+EXTENSIONS\s+SINCE", "`status` header",

@@ -264,6 +264,16 @@ def doctor_human(report: dict | None) -> list[str]:
 
 # ---- the command -------------------------------------------------------------------------------
 
+def _image_arg(arg: str, root: str | None) -> Path | None:
+    if "\n" in arg or not arg or " " in arg.strip():
+        return None
+    candidates = [Path(root) / arg.lstrip("/")] if root and arg.startswith("/") else []
+    for path in [*candidates, Path(arg)]:
+        if os.path.lexists(path):
+            return path
+    return None
+
+
 def cmd_explain(args) -> int:
     from .check_cmd import host_from_args
 
@@ -271,9 +281,10 @@ def cmd_explain(args) -> int:
     images: list[Path] = [Path(p) for p in args.image or []]
     for arg in args.text:
         # explain --root DIR IMAGE… TEXT…: an argument naming an existing path is an image
-        if (args.root or images) and "\n" not in arg and os.path.exists(arg) and \
-                not arg.startswith(("'", '"')):
-            images.append(Path(arg))
+        # (inside DIR first: /var/lib/extensions/foo.raw means the tree's)
+        path = _image_arg(arg, args.root) if (args.root or images) else None
+        if path is not None:
+            images.append(path)
         else:
             lines.extend(arg.splitlines() or [""])
     if args.file:

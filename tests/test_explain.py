@@ -133,7 +133,7 @@ def test_root_confirms_or_disagrees(tmp_path, release, agrees):
     explained = data["lines"][0]
     assert explained["agrees"] is agrees
     assert explained["files_rule"] == ("match.version-id" if agrees else "match.version-id-ok")
-    image = str(root / "var/lib/extensions/foo")
+    image = "/var/lib/extensions/foo"  # as the tree sees it
     human = run("--root", str(root), "--systemd", "252", image, line)
     assert human.returncode == 0, human.stderr
     assert ("the log agrees" if agrees else "the log DISAGREES") in human.stdout
@@ -216,7 +216,8 @@ def test_outcome_lines_of_the_real_binaries(tmp_path, major):
     proc = in_namespace(f"{argv} merge --root={ignored} && {argv} merge --root={empty} && "
                         f"{argv} status --root={empty} && {argv} list --root={ignored} && "
                         f"{argv} merge --root={good} && ({argv} status --root={good}; "
-                        f"{argv} merge --root={good}; true)")
+                        f"{argv} merge --root={good}; true) && {argv} refresh --root={good} && "
+                        f"{argv} refresh --root={good} && {argv} unmerge --root={good}")
     assert proc.returncode == 0, proc.stderr
     lines = (proc.stderr + proc.stdout).splitlines()
     result = explain.explain_text(lines)
@@ -226,4 +227,5 @@ def test_outcome_lines_of_the_real_binaries(tmp_path, major):
     meanings = " ".join(line.meaning for line in result["lines"])
     assert "no image was discovered" in meanings and "nothing is merged into this" in meanings
     assert "every image was skipped" in meanings
+    assert "the previous merge of this hierarchy was removed" in meanings
     assert "systemd discovered this image" in meanings
