@@ -337,3 +337,36 @@ def test_corpus_baselines_are_real_packages(tmp_path):
     assert len(truncated) >= 10
     for name in truncated:
         assert run("dpkg-deb", "--contents", str(write(name))).returncode != 0, name
+
+
+#: One refused case per kind of refusal: ``plan`` must refuse it with the build's own line.
+PLAN_SAMPLE = [
+    "deb-traversal-dotdot", "deb-absolute-file", "deb-write-through-symlink-abs",
+    "deb-hardlink-dotdot", "deb-chardev", "deb-fifo", "deb-xattr-overlay-opaque",
+    "deb-name-newline", "deb-name-latin1", "deb-tar-checksum-bad-middle", "deb-pax-size-2g",
+    "deb-gnu-longname-size-2g", "deb-bomb-xz-128m", "deb-md5sums-wrong", "deb-two-data-members",
+    "deb-release-dir-symlink", "rpm-filedigest-wrong", "rpm-payloaddigest-wrong",
+    "rpm-sha256header-wrong", "rpm-header-file-not-in-payload", "rpm-type-lie",
+    "rpm-cpio-namesize-huge", "rpm-truncated-cpio-data", "rpm-bomb-bzip2-32m",
+    "rpm-caps-bad-text", "rpm-os-release",
+]
+
+
+@pytest.mark.parametrize("case", PLAN_SAMPLE)
+def test_plan_refuses_what_build_refuses(results, tmp_path, case):
+    """``plan`` runs the build's own reading and judgement: the same refusal, the same line,
+    and nothing written but its cache."""
+    c = results[case].case
+    assert c.verdict == "refused"
+    pkg = tmp_path / c.filename
+    pkg.write_bytes(c.data)
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(_recipe(c, pkg))
+    env = dict(os.environ, PYTHONPATH=str(REPO), TMPDIR=str(tmp_path))
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "plan", str(recipe), "--cache-dir",
+                           str(tmp_path / "cache")], capture_output=True, text=True, env=env,
+                          cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    build_error = _lines(results[case].stderr, "error:")
+    assert _lines(proc.stderr, "error:") == build_error, (proc.stderr, build_error)
+    assert set(os.listdir(tmp_path)) <= {"cache", c.filename, "recipe.toml"}
