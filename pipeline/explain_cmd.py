@@ -176,6 +176,10 @@ def human(result: dict, confirmed: list[dict] | None, verbose: bool) -> str:
         about = f"image {line.image!r}" + (" (the image being mounted just before)"
                                            if line.image_from == "context" else "") \
             if line.image else "no image named"
+        if all(rules.RULES[r].verdict == rules.MERGES for r in line.rules) and not verbose:
+            out.append(f"   {about}: merges ({', '.join(line.rules)}; systemd "
+                       f"{line.versions})" + (f"\n   files:  {line.note}" if line.note else ""))
+            continue
         out.append(f"   {about}; printed by systemd {line.versions} ({line.source})")
         if len(line.rules) > 1:
             settled = result["images"].get(line.image or "")
