@@ -14,6 +14,7 @@ is never touched. A pid in a directory name would say nothing across PID namespa
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import stat
@@ -62,25 +63,60 @@ def remove_at(dir_fd: int, name: str) -> bool:
     return True
 
 
-def _empty(fd: int) -> None:
+def _empty(top: int) -> None:
+    """Remove everything under the directory open at ``top``, depth first, without recursion
+    (a package may nest directories deeper than Python's stack) and holding one descriptor at
+    a time: a level is left through ``..``, checked to be the directory it came from."""
+    cur = os.open(".", _DIR_FLAGS, dir_fd=top)
+    levels: list[tuple[list[str], str, tuple[int, int]]] = []
+    try:
+        pending = _clear_files(cur)
+        while True:
+            if pending:
+                name = pending.pop()
+                sub = os.open(name, _DIR_FLAGS, dir_fd=cur)
+                levels.append((pending, name, _ident(cur)))
+                os.close(cur)
+                cur = sub
+                pending = _clear_files(cur)
+                continue
+            if not levels:
+                return
+            pending, name, ident = levels.pop()
+            parent = os.open("..", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=cur)
+            os.close(cur)
+            cur = parent
+            if _ident(cur) != ident:
+                raise OSError(errno.ESTALE, "a directory was moved while it was being removed",
+                              name)
+            os.rmdir(name, dir_fd=cur)
+    finally:
+        os.close(cur)
+
+
+def _ident(fd: int) -> tuple[int, int]:
+    st = os.fstat(fd)
+    return st.st_dev, st.st_ino
+
+
+def _clear_files(fd: int) -> list[str]:
+    """Unlink every non-directory in the directory open at ``fd`` (made writable first when
+    it is ours and read-only); the names of its subdirectories."""
     st = os.fstat(fd)
     if st.st_mode & 0o300 != 0o300:
         try:
             os.fchmod(fd, stat.S_IMODE(st.st_mode) | 0o700)
         except PermissionError:
             pass  # not ours; the unlinks below say what is wrong
+    subdirs = []
     with os.scandir(fd) as listing:
         entries = [(e.name, e.is_dir(follow_symlinks=False)) for e in listing]
     for name, is_dir in entries:
         if is_dir:
-            sub = os.open(name, _DIR_FLAGS, dir_fd=fd)
-            try:
-                _empty(sub)
-            finally:
-                os.close(sub)
-            os.rmdir(name, dir_fd=fd)
+            subdirs.append(name)
         else:
             os.unlink(name, dir_fd=fd)
+    return subdirs
 
 
 def remove_path(path: str | os.PathLike) -> bool:
