@@ -441,8 +441,9 @@ def _unpacked(fs: FileSystem, paths: list[str] | None = None) -> Iterator[tuple[
 def _unpack_argv(fs: FileSystem, image: Path, dest: Path,
                  paths: list[str] | None) -> list[str]:
     if fs.type == "squashfs":
+        # -da/-fr: unsquashfs's data and fragment caches default to 256 MiB each
         return [tools.find("unsquashfs"), "-quiet", "-no-progress", "-no-exit-code",
-                *_offset(fs), "-d", str(dest), str(image),
+                "-da", "16", "-fr", "16", *_offset(fs), "-d", str(dest), str(image),
                 *(p.lstrip("/") for p in paths or ())]
     return [tools.find("fsck.erofs"), f"--extract={dest}", "--overwrite", str(image)]
 
