@@ -79,28 +79,35 @@ def _copy(tree: StagingTree, root: Path, forward: bool) -> None:
     linked: dict[int, Path] = {}  # hardlink groups share one Record object
     dirs: list[tuple[Path, object]] = []
 
-    def fill(rel: str) -> None:
-        names = sorted(children.get(rel, ()), key=os.fsencode, reverse=not forward)
-        for name in names:
-            path = f"{rel}/{name}" if rel else name
-            record = tree.records[path]
-            src, dst = tree.root / path, root / path
-            if record.kind == E.DIR:
-                dst.mkdir()
-                dirs.append((dst, record))
-                fill(path)
-                continue
-            if record.kind == E.SYMLINK:
-                os.symlink(os.readlink(src), dst)
-            elif id(record) in linked:
-                os.link(linked[id(record)], dst)
-                continue
-            else:
-                shutil.copyfile(src, dst, follow_symlinks=False)
-                linked[id(record)] = dst
-            _metadata(src, dst, record, tree.owner_ids)
+    def listing(rel: str):
+        return iter(sorted(children.get(rel, ()), key=os.fsencode, reverse=not forward))
 
-    fill("")
+    # Depth first, each directory's entries in listing order; a stack, not recursion: a
+    # package may nest directories deeper than Python's stack.
+    stack = [("", listing(""))]
+    while stack:
+        rel, names = stack[-1]
+        name = next(names, None)
+        if name is None:
+            stack.pop()
+            continue
+        path = f"{rel}/{name}" if rel else name
+        record = tree.records[path]
+        src, dst = tree.root / path, root / path
+        if record.kind == E.DIR:
+            dst.mkdir()
+            dirs.append((dst, record))
+            stack.append((path, listing(path)))
+            continue
+        if record.kind == E.SYMLINK:
+            os.symlink(os.readlink(src), dst)
+        elif id(record) in linked:
+            os.link(linked[id(record)], dst)
+            continue
+        else:
+            shutil.copyfile(src, dst, follow_symlinks=False)
+            linked[id(record)] = dst
+        _metadata(src, dst, record, tree.owner_ids)
     for dst, record in reversed(dirs):  # children first: creating entries touches the parent
         _metadata(tree.root / dst.relative_to(root), dst, record, tree.owner_ids)
     os.chmod(root, 0o755)
@@ -121,8 +128,13 @@ def _metadata(src: Path, dst: Path, record, owners: bool) -> None:
 
 
 def _check_sorted(root: Path) -> None:
-    for dirpath, _dirs, _files in os.walk(root):
-        listing = os.listdir(dirpath)
+    pending = [root]
+    while pending:  # not os.walk: it recurses
+        dirpath = pending.pop()
+        with os.scandir(dirpath) as entries:
+            found = [(e.name, e.is_dir(follow_symlinks=False)) for e in entries]
+        listing = [name for name, _ in found]
         if listing != sorted(listing, key=os.fsencode):
             raise BuildError("erofs", f"the tmpfs copy of {dirpath} does not list sorted",
                              "set SYSEXT_PIPELINE_TMPFS to a tmpfs directory")
+        pending += [dirpath / name for name, is_dir in found if is_dir]
