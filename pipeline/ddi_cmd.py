@@ -198,6 +198,7 @@ def register(sub) -> None:
                        "(exit 1 when verity, the partition UUIDs, the signature or the file "
                        "system fail; an image is mounted only if verified and signed by --cert)")
     p.add_argument("image", type=Path)
-    p.add_argument("--cert", type=Path, help="check the signature against this certificate")
+    p.add_argument("--cert", type=Path, help="check the signature against this certificate "
+                   "(an image without a signature then fails)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_inspect)
