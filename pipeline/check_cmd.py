@@ -59,6 +59,8 @@ def with_host_facts(image: images.Image, host: hostmod.Host,
     facts = image.facts
     if name_override is not None:
         facts = replace(facts, name_override=name_override)
+    if image.picked_from is not None:
+        facts = replace(facts, v_directory=image.picked_from.name)
     state = signature.state(image.path, host.base)
     if state.status != signature.UNSIGNED:
         certs = ", ".join(host.host_path(c) for c in state.certificates)
@@ -69,25 +71,25 @@ def with_host_facts(image: images.Image, host: hostmod.Host,
     return facts
 
 
-def evaluate_entry(host: hostmod.Host, entry: hostmod.Installed,
-                   *, with_entries: bool = False) -> tuple[images.Image | None, rules.Verdict]:
+def evaluate_entry(host: hostmod.Host, entry: hostmod.Installed, *, with_entries: bool = False,
+                   force: bool = False) -> tuple[images.Image | None, rules.Verdict]:
     """An installed entry's own verdict (as doctor and the merge-breaker scan see it); image
     None when the entry is not an image systemd discovers (its verdict says why)."""
     if entry.name is None and not entry.path.is_dir():
         return None, rules.evaluate(rules.ImageFacts(entry.path.name, False, {}), host.facts(),
-                                    entry.kind, rules.Place(entry.directory))
+                                    entry.kind, rules.Place(entry.directory), force)
     image = images.read(entry.path, with_entries=with_entries, architecture=host.architecture)
     facts = with_host_facts(image, host, entry.name if image.picked_from is not None else None)
     shadow = host.host_path(entry.shadowed_by) if entry.shadowed_by else None
     return image, rules.evaluate(facts, host.facts(), entry.kind,
-                                 rules.Place(entry.directory, shadow))
+                                 rules.Place(entry.directory, shadow), force)
 
 
-def merge_breakers(host: hostmod.Host, kind: str,
-                   cache: dict | None = None) -> list[tuple[Path, rules.Verdict]]:
+def merge_breakers(host: hostmod.Host, kind: str, cache: dict | None = None,
+                   force: bool = False) -> list[tuple[Path, rules.Verdict]]:
     """The images in ``kind``'s search directories that break the whole merge (systemd reads
     every discovered image before merging any: one bad raw image stops them all)."""
-    key = (kind, str(host.base), host.version, host.initrd)
+    key = (kind, str(host.base), host.version, host.initrd, force)
     if cache is not None and key in cache:
         return cache[key]
     found = []
@@ -95,7 +97,7 @@ def merge_breakers(host: hostmod.Host, kind: str,
         if entry.name is None or entry.shadowed_by is not None:
             continue
         try:
-            _, verdict = evaluate_entry(host, entry)
+            _, verdict = evaluate_entry(host, entry, force=force)
         except PipelineError:  # unreadable: doctor reports it; no guess here
             continue
         if verdict.verdict == rules.BREAKS:
@@ -126,19 +128,31 @@ def apply_breakers(verdict: rules.Verdict, path: Path, host: hostmod.Host,
     return result
 
 
+def empty_v_directory(path: Path, host: hostmod.Host) -> images.Image | None:
+    """A ``NAME.v/`` directory with no entry systemd 256+ would pick, as an image to judge."""
+    if not (path.is_dir() and path.name.endswith(".v")) or \
+            images.pick_from_v(path, host.architecture) is not None:
+        return None
+    name = rules.v_directory_image_name(path.name)
+    facts = rules.ImageFacts(path.name, True, {}, name_override=name, v_directory=path.name,
+                             v_empty=True)
+    return images.Image(path, "directory", facts, guessed_kind=None)
+
+
 def check_one(path: Path, host: hostmod.Host, kind: str | None = None,
-              cache: dict | None = None) -> Result:
-    image = images.read(path, architecture=host.architecture)
+              cache: dict | None = None, force: bool = False) -> Result:
+    image = empty_v_directory(Path(path), host) or images.read(path,
+                                                               architecture=host.architecture)
     dir_kind, place = place_of(Path(path), host)
     use_kind = kind or dir_kind or image.guessed_kind or "sysext"
     # systemd names a .v/ pick after the directory
     facts = with_host_facts(image, host, rules.v_directory_image_name(image.picked_from.name)
                             if image.picked_from is not None else None)
-    verdict = rules.evaluate(facts, host.facts(), use_kind, place)
+    verdict = rules.evaluate(facts, host.facts(), use_kind, place, force)
     if place.directory is not None and rules.ships_tool(use_kind, host.version):
         verdict = apply_breakers(verdict, Path(path), host,
-                                 merge_breakers(host, use_kind, cache))
-    if image.picked_from is not None:
+                                 merge_breakers(host, use_kind, cache, force))
+    if image.picked_from is not None and rules.reads_v_directories(host.version):
         verdict.notes.append(f"picked {image.path.name} from {image.picked_from.name}/ (the "
                              "newest NAME_VERSION entry, as systemd 256+ does)")
     if dir_kind and image.kind and image.kind != dir_kind:
@@ -151,7 +165,8 @@ def check_one(path: Path, host: hostmod.Host, kind: str | None = None,
                              f" (install puts it in {rules.install_dir(use_kind)})")
     others = {}
     for version in VERSION_POINTS:
-        other = rules.evaluate(facts, replace(host.facts(), version=version), use_kind, place)
+        other = rules.evaluate(facts, replace(host.facts(), version=version), use_kind, place,
+                               force)
         label = f"{version[0]}.x" if version[1] == rules.LATEST_POINT else \
             rules.format_version(version)
         others[label] = f"{other.verdict} ({other.rule.id})"

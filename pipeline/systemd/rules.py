@@ -10,7 +10,9 @@ forbidden content → ``extension_release_validate``) and returns the first rule
 Sources: ``src/shared/extension-util.c`` (``extension-release.c`` in 252/253),
 ``src/basic/os-util.c`` (release-file lookup), ``src/shared/discover-image.c`` (search paths,
 image names), ``src/shared/dissect-image.c`` (raw image metadata), ``src/sysext/sysext.c``; every
-rule marked *tested* is checked against the real systemd-sysext 252 and 254 in the test suite.
+rule marked *tested* is checked against the real systemd-sysext/-confext 252, 254, 257 and 262,
+with and without ``--force``, in the test suite (tests/test_check_matrix.py); :data:`NOT_SHOWN_HERE`
+says why the others cannot be.
 """
 
 from __future__ import annotations
@@ -76,9 +78,10 @@ class Span:
         lo_major, lo_point = self.lo
         if self.hi is None:
             return f"{lo_major}+" if lo_point == 0 else f"{lo_major}.{lo_point}+"
-        hi = format_version(self.hi)
-        lo = str(lo_major) if lo_point == 0 and self.hi[1] == LATEST_POINT \
-            else f"{lo_major}.{lo_point}"
+        whole = lo_point == 0 and self.hi[1] == LATEST_POINT  # whole series: 252–253
+        hi = format_version(self.hi) if whole or self.hi[1] != LATEST_POINT \
+            else f"{self.hi[0]}.x"
+        lo = str(lo_major) if whole else f"{lo_major}.{lo_point}"
         return lo if lo == hi else f"{lo}–{hi}"
 
 
@@ -105,13 +108,27 @@ class Rule:
     fix: str
     kinds: tuple[str, ...] = ("sysext", "confext")
     formats: tuple[str, ...] = ("raw", "directory")
-    tested: bool = True  # predicted == real systemd-sysext 252 / systemd-sysext+confext 254
+    tested: bool = True  # predicted == the real systemd-sysext/-confext 252, 254, 257, 262
+    #: ``--force`` skips this rule (the extension-release validation, and on 252/253 the
+    #: usr/lib/os-release refusal that lives there): the image merges anyway
+    forced: bool = False
+    #: a "breaks" rule that fails while reading image metadata, before the merge child: exit 1
+    #: on every version (otherwise the merge child fails: 252–255 exit 0, 256+ exit 1)
+    fatal: bool = False
 
     def applies(self, version: Version) -> bool:
         return any(version in s for s in self.versions)
 
     def versions_text(self) -> str:
         return ", ".join(s.text() for s in self.versions)
+
+    def exit_status(self, version: Version) -> int | None:
+        """systemd-sysext's exit status when this rule breaks the merge (None: it does not)."""
+        if self.verdict != BREAKS:
+            return None
+        if self.fatal:
+            return 1
+        return 1 if since("exit.merge-failure", version) else 0
 
 
 def _rules(*rules: Rule) -> dict[str, Rule]:
@@ -140,7 +157,7 @@ RULES: dict[str, Rule] = _rules(
          "(no systemd-confext binary)",
          "the confext's files never appear in /etc",
          "upgrade systemd to 254+ (Debian 12: bookworm-backports), or ship the files another way",
-         kinds=("confext",)),
+         kinds=("confext",), tested=False),
     # ---- discovery -------------------------------------------------------------------------
     Rule("discovery.not-raw", "file name", IGNORED, ALL,
          "Regular files are discovered only when their name ends in .raw.",
@@ -169,14 +186,14 @@ RULES: dict[str, Rule] = _rules(
          "(not discovered)",
          "nothing from the .v/ directory merges",
          "put NAME_VERSION.raw (or NAME_VERSION/ for a .v/ of directories) inside it",
-         tested=False),
+         ),
     Rule("discovery.v-unsupported", "NAME.v/ directory", IGNORED, (span("252", "255"),),
          "NAME.v/ and NAME.raw.v/ directories are understood from 256 on; older versions "
          "treat NAME.v/ as a directory image of that name (without release data: ignored).",
          "Extension '{name}' carries no release data, ignoring.",
          "nothing merges from the .v/ directory",
          "install the newest NAME_VERSION.raw directly as NAME.raw on systemd < 256",
-         formats=("directory",), tested=False),
+         formats=("directory",), forced=True),
     # ---- metadata: which release file --------------------------------------------------------
     Rule("release.missing-raw", "release file", BREAKS, ALL,
          "A raw image without a release file this version accepts (and without os-release) "
@@ -184,31 +201,32 @@ RULES: dict[str, Rule] = _rules(
          _NO_MEDIUM,
          "`Failed to read metadata for image …: No medium found`, exit 1, no extension merged, "
          "--force does not help",
-         _RELEASE_FIX, formats=("raw",)),
+         _RELEASE_FIX, formats=("raw",), fatal=True),
     Rule("release.not-unique", "release file", BREAKS, ALL,
          "The exact release file is missing and more than one other extension-release.* file "
          "qualifies as a fallback.",
          "Failed to read metadata for image {name}: Name not unique on network",
          "`… Name not unique on network`, exit 1, no extension merged",
-         "keep exactly one release file, named extension-release.{name}", formats=("raw",)),
+         "keep exactly one release file, named extension-release.{name}", formats=("raw",),
+         fatal=True),
     Rule("release.missing-dir", "release file", IGNORED, ALL,
          "A directory image without a release file this version accepts is skipped.",
          "Extension '{name}' carries no release data, ignoring.",
          "`No suitable extensions found (1 ignored …)`; files missing",
-         _RELEASE_FIX, formats=("directory",)),
+         _RELEASE_FIX, formats=("directory",), forced=True),
     Rule("release.os-tree-raw", "release file", IGNORED, ALL,
          "A raw image that carries an os-release but no release file this version accepts is "
          "read as an OS image (no metadata error), then skipped.",
          "Extension '{name}' carries no release data, ignoring.",
          "files missing, nothing logged at the default level",
-         _RELEASE_FIX, formats=("raw",)),
+         _RELEASE_FIX, formats=("raw",), forced=True),
     Rule("release.wrong-kind", "release file location", IGNORED, (span("255"),),
          "The image carries only the other kind's release file (usr/lib/… is sysext, etc/… "
          "is confext): there is no release data for this kind.",
          "Extension '{name}' carries no release data, ignoring.",
          "the image is skipped by the tool you expected to merge it",
          "write the release file where the kind expects it: {release_path}", formats=("raw",),
-         tested=False),
+         forced=True),
     Rule("release.wrong-kind-254", "release file location", MERGES, (span("254", "254"),),
          "systemd 254 reads a raw image's release file from usr/lib/… or else etc/…, whatever "
          "the kind: the other kind's release data is validated as if it were this kind's and the "
@@ -242,18 +260,20 @@ RULES: dict[str, Rule] = _rules(
          "Extension image contains /usr/lib/os-release file, which is not allowed (it may "
          "carry /etc/os-release), refusing.",
          "nothing merged although systemd-sysext exits 0",
-         "drop usr/lib/os-release from the image (the build refuses it)", kinds=("sysext",)),
+         "drop usr/lib/os-release from the image (the build refuses it)", kinds=("sysext",),
+         forced=True),
     Rule("content.os-release-dir", "usr/lib/os-release", BREAKS, (span("254"),),
          "A directory sysext that contains usr/lib/os-release makes reading its metadata fail.",
          _NO_MEDIUM,
          "`Failed to read metadata for image …: No medium found`, exit 1",
          "drop usr/lib/os-release from the image (the build refuses it)", kinds=("sysext",),
-         formats=("directory",)),
+         formats=("directory",), fatal=True),
     Rule("content.os-release-raw", "usr/lib/os-release", IGNORED, (span("254"),),
          "A raw image that contains usr/lib/os-release is skipped (sysext and confext alike).",
          "Extension contains '/usr/lib/os-release', which is not allowed, refusing.",
          "`No suitable extensions found (1 ignored …)`",
-         "drop usr/lib/os-release from the image (the build refuses it)", formats=("raw",)),
+         "drop usr/lib/os-release from the image (the build refuses it)", formats=("raw",),
+         forced=True),
     # ---- activation and the other images --------------------------------------------------------
     Rule("signature.untrusted", "signature", BREAKS, (span("252", "258"),),
          "A signed image (verity signature partition or NAME.roothash.p7s) whose signature no "
@@ -275,24 +295,25 @@ RULES: dict[str, Rule] = _rules(
     Rule("match.no-release-data", "release file", IGNORED, ALL,
          "The release file is empty.",
          "Extension '{name}' carries no release data, ignoring.",
-         "files missing", "write ID= (and VERSION_ID= or a level) into {release_path}"),
+         "files missing", "write ID= (and VERSION_ID= or a level) into {release_path}",
+         forced=True),
     Rule("match.scope", "{KIND}_SCOPE", IGNORED, ALL,
          "{KIND}_SCOPE (default 'system portable'; present but empty = nothing) must contain "
          "the host scope: 'initrd' in the initrd, else 'system'.",
          "Extension '{name}' is not suitable for scope {host}, ignoring.",
          "extension missing in the initrd (or only there)",
-         "set {KIND}_SCOPE to include '{host}' (build: target.scope)"),
+         "set {KIND}_SCOPE to include '{host}' (build: target.scope)", forced=True),
     Rule("match.architecture", "ARCHITECTURE", IGNORED, ALL,
          "ARCHITECTURE, when set and not _any, must equal the host's in systemd spelling "
          "(x86-64, arm64); checked before ID, so ID=_any does not bypass it.",
          "Extension '{name}' is for architecture '{image}', but deployed on top of '{host}'.",
          "files missing; `x86_64`/`amd64`/`aarch64` never match",
-         "set ARCHITECTURE={host} (systemd spelling) or _any"),
+         "set ARCHITECTURE={host} (systemd spelling) or _any", forced=True),
     Rule("match.id-missing", "ID", IGNORED, ALL,
          "The release file has no ID=.",
          "Extension '{name}' does not contain ID in release file but requested to match "
          "'{host}' or be '_any'",
-         "files missing", "set ID={host} (or ID=_any for static payloads)"),
+         "files missing", "set ID={host} (or ID=_any for static payloads)", forced=True),
     Rule("match.id-any", "ID", MERGES, ALL,
          "ID=_any matches every host and skips all version checks.",
          "Extension '{name}' matches '_any' OS.",
@@ -302,17 +323,17 @@ RULES: dict[str, Rule] = _rules(
          "ID must equal the host's ID (the host's ID_LIKE is not consulted before 257.8/258).",
          "Extension '{name}' is for OS '{image}', but deployed on top of '{host}'.",
          "files missing on a derivative distribution",
-         "set ID={host} (build: target.id)"),
+         "set ID={host} (build: target.id)", forced=True),
     Rule("match.id-like", "ID", IGNORED, (span("257.8"),),
          "ID must equal the host's ID or one of the words of the host's ID_LIKE (257.8 "
          "backport, 258+); the extension's own ID_LIKE is never read.",
          "Extension '{name}' is for OS '{image}', but deployed on top of '{host}'.",
-         "files missing", "set ID={host} (build: target.id)", tested=False),
+         "files missing", "set ID={host} (build: target.id)", forced=True),
     Rule("match.id-like-ok", "ID", MERGES, (span("257.8"),),
          "The extension's ID is one of the host's ID_LIKE words (257.8 backport, 258+).",
          "Version info of extension '{name}' matches host.",
          "(works; on older systemd it is ignored)",
-         "for older hosts set ID to the host's own ID", tested=False),
+         "for older hosts set ID to the host's own ID"),
     Rule("match.rolling", "VERSION_ID", MERGES, ALL,
          "The host has neither VERSION_ID nor a level (rolling release): any version matches.",
          "No version info on the host (rolling release?), but ID in {name} matched.",
@@ -322,7 +343,7 @@ RULES: dict[str, Rule] = _rules(
          "VERSION_ID is not compared.",
          "Extension '{name}' is for API level '{image}', but running on API level '{host}'",
          "files missing after an OS update that bumped the level",
-         "set {KIND}_LEVEL={host} (build: target.{kind}_level)"),
+         "set {KIND}_LEVEL={host} (build: target.{kind}_level)", forced=True),
     Rule("match.level-ok", "{KIND}_LEVEL", MERGES, ALL,
          "Host and extension levels are equal; VERSION_ID is not compared.",
          "Version info of extension '{name}' matches host.", "(works)", "none needed"),
@@ -332,24 +353,44 @@ RULES: dict[str, Rule] = _rules(
          "Extension '{name}' is for OS '{image}', but deployed on top of '{host}'.",
          "a confext that matches by level merges on 254.6+ but not on 254.0–254.5",
          "also set VERSION_ID={host}, or use systemd 254.6+", kinds=("confext",),
-         tested=False),
+         tested=False, forced=True),
     Rule("match.version-id-missing", "VERSION_ID", IGNORED, ALL,
          "The host has VERSION_ID (and no level on both sides): the extension needs one too.",
          "Extension '{name}' does not contain VERSION_ID in release file but requested to "
          "match '{host}'",
-         "files missing", "set VERSION_ID={host} (build: target.version_id)"),
+         "files missing", "set VERSION_ID={host} (build: target.version_id)", forced=True),
     Rule("match.version-id", "VERSION_ID", IGNORED, ALL,
          "VERSION_ID is compared as an exact string: '12' ≠ '12.1', '40' ≠ '40.1'.",
          "Extension '{name}' is for OS '{image}', but deployed on top of '{host}'.",
          "files missing after an OS upgrade",
-         "rebuild with VERSION_ID={host}, or use a {KIND}_LEVEL on both sides"),
+         "rebuild with VERSION_ID={host}, or use a {KIND}_LEVEL on both sides", forced=True),
     Rule("match.version-id-ok", "VERSION_ID", MERGES, ALL,
          "VERSION_ID equals the host's.",
          "Version info of extension '{name}' matches host.", "(works)", "none needed"),
+    Rule("match.forced", "--force", MERGES, ALL,
+         "--force skips the extension-release validation (scope, architecture, ID, "
+         "VERSION_ID, levels; on 252/253 also the usr/lib/os-release refusal): the image merges "
+         "whatever its release file says — but not without one in a raw image, and not past "
+         "the 254+ metadata checks.",
+         "(merged without validation)",
+         "merges only because of --force (a refresh without it drops the image)",
+         "fix what the validation refuses, so the image merges without --force"),
     Rule("match.host-level-only", "{KIND}_LEVEL", MERGES, ALL,
          "The host has a level but no VERSION_ID, and the extension no level: it merges.",
          "Version info of extension '{name}' matches host.", "(works)", "none needed"),
 )
+
+
+#: Rules no binary this project runs (252.38, 254.26, 257.13, 262.1, on a kernel without
+#: device-mapper) can show, with the reason; docs/troubleshooting.md lists them.
+NOT_SHOWN_HERE: dict[str, str] = {
+    "release.name-reduced": "only 254.11–254.14, 255.5–255.8 and 256.0 accept it; the Debian "
+                            "archive has 254.26, 257.13 and 262.1",
+    "match.confext-level-bug": "only 254.0–254.5; the Debian archive has 254.26",
+    "signature.untrusted": "activating a signed image needs device-mapper (dm-verity), which "
+                           "the test machines' kernel lacks; the rule is read from sysext.c",
+    "host.no-confext": "there is no systemd-confext binary to run on 252/253",
+}
 
 
 def rule(rule_id: str) -> Rule:
@@ -359,34 +400,78 @@ def rule(rule_id: str) -> Rule:
 
 # ---- discovery: search paths and names -------------------------------------------------------
 
+@dataclass(frozen=True)
+class Change:
+    """A behaviour (not a verdict) that depends on the version; the code asks :func:`since`."""
+
+    id: str
+    versions: tuple[Span, ...]
+    summary: str
+
+    def applies(self, version: Version) -> bool:
+        return any(version in s for s in self.versions)
+
+
+CHANGES: dict[str, Change] = {c.id: c for c in (
+    Change("name.class-suffix", (span("255"),),
+           "NAME.sysext.raw / NAME.confext.raw (and directories NAME.sysext/, NAME.confext/) are "
+           "discovered as NAME"),
+    Change("release.raw-name-from-file", (span("252", "254"),),
+           "a raw image's release file is looked up under its file name without .raw/.img/.xz/"
+           "… (foo.sysext.raw: extension-release.foo.sysext)"),
+    Change("release.raw-name-from-discovered", (span("255", "257"),),
+           "a raw image's release file is looked up under its discovered name without .img/"
+           ".xz/… (foo.sysext.raw: extension-release.foo; foo.img.raw: extension-release.foo; "
+           "seen on 257.13)"),
+    Change("release.raw-name-discovered", (span("258"),),
+           "a raw image's release file is looked up under its discovered name exactly "
+           "(foo.img.raw: extension-release.foo.img; seen on 262.1, assumed from 258)"),
+    Change("metadata.either-kind", (span("254"),),
+           "reading a raw image's metadata accepts the release file of either kind (the image "
+           "is judged in the merge child); 252/253 read only the kind's own"),
+    Change("exit.merge-failure", (span("256"),),
+           "a merge that fails in the merge child exits 1; 252–255 exit 0 (failures reading "
+           "image metadata exit 1 on every version)"),
+)}
+
+
+def since(change_id: str, version: Version) -> bool:
+    """Whether ``version`` behaves as :data:`CHANGES` ``change_id`` says."""
+    return CHANGES[change_id].applies(version)
+
+
+#: Where systemd-sysext/-confext look, in order: (kind, directory, versions outside the initrd,
+#: versions in the initrd); discover-image.c image_search_path(_initrd).
+_NEVER: tuple[Span, ...] = ()
+SEARCH_PATHS: tuple[tuple[str, str, tuple[Span, ...], tuple[Span, ...]], ...] = (
+    ("sysext", "/etc/extensions", ALL, ALL),
+    ("sysext", "/run/extensions", ALL, ALL),
+    ("sysext", "/var/lib/extensions", ALL, ALL),
+    ("sysext", "/usr/local/lib/extensions", (span("252", "253"),), (span("252", "253"),)),
+    ("sysext", "/usr/lib/extensions", (span("252", "253"),), (span("252", "253"),)),
+    ("sysext", "/.extra/sysext", _NEVER, (span("254"),)),
+    ("sysext", "/.extra/global_sysext", _NEVER, (span("258"),)),
+    ("confext", "/run/confexts", (span("254"),), (span("254"),)),
+    ("confext", "/var/lib/confexts", (span("254"),), (span("254"),)),
+    ("confext", "/usr/local/lib/confexts", (span("254"),), (span("254"),)),
+    # in the initrd /.extra/confext takes the place of /usr/lib/confexts (256+)
+    ("confext", "/usr/lib/confexts", (span("254"),), (span("254", "255"),)),
+    ("confext", "/.extra/confext", _NEVER, (span("256"),)),
+    ("confext", "/.extra/global_confext", _NEVER, (span("258"),)),
+)
 #: The versions at which :func:`search_dirs` changes (each holds until the next one).
-SEARCH_DIRS_CHANGE = (252, 254, 256, 258)
+SEARCH_DIRS_CHANGE = tuple(sorted({s.lo[0] for *_, normal, initrd in SEARCH_PATHS
+                                   for s in normal + initrd} | {
+    s.hi[0] + 1 for *_, normal, initrd in SEARCH_PATHS for s in normal + initrd
+    if s.hi is not None}))
 #: Where systemd looks for certificates that verify signed images (verity.d), in its order.
 VERITY_DIRS = ("/etc/verity.d", "/run/verity.d", "/usr/local/lib/verity.d", "/usr/lib/verity.d")
 
 
 def search_dirs(kind: str, version: Version, initrd: bool = False) -> tuple[str, ...]:
     """Directories ``systemd-sysext``/``systemd-confext`` search, in order (first name wins)."""
-    major = version[0]
-    if kind == "sysext":
-        if major <= 253:
-            return ("/etc/extensions", "/run/extensions", "/var/lib/extensions",
-                    "/usr/local/lib/extensions", "/usr/lib/extensions")
-        dirs = ("/etc/extensions", "/run/extensions", "/var/lib/extensions")
-        if initrd:
-            dirs += ("/.extra/sysext",)
-            if major >= 258:
-                dirs += ("/.extra/global_sysext",)
-        return dirs
-    if major <= 253:
-        return ()
-    if initrd and major >= 256:
-        # discover-image.c image_search_path_initrd: /usr/lib/confexts is replaced, not extended
-        dirs = ("/run/confexts", "/var/lib/confexts", "/usr/local/lib/confexts", "/.extra/confext")
-        if major >= 258:
-            dirs += ("/.extra/global_confext",)
-        return dirs
-    return ("/run/confexts", "/var/lib/confexts", "/usr/local/lib/confexts", "/usr/lib/confexts")
+    return tuple(d for k, d, normal, in_initrd in SEARCH_PATHS
+                 if k == kind and any(version in s for s in (in_initrd if initrd else normal)))
 
 
 def install_dir(kind: str, runtime: bool = False) -> str:
@@ -426,15 +511,28 @@ def discovered_name(file_name: str, is_dir: bool, kind: str, version: Version) -
         if not name.endswith(".raw"):
             return None
         name = name[: -len(".raw")]
-    if version[0] >= 255:  # discover-image.c extract_pretty(): the class suffix is optional
+    if since("name.class-suffix", version):  # extract_image_basename(): optional class suffix
         suffix = "." + kind
         if name.endswith(suffix):
             name = name[: -len(suffix)]
     return name
 
 
+def raw_release_name(file_name: str, kind: str, version: Version) -> str:
+    """The NAME in extension-release.NAME that systemd ``version`` looks up for the raw image
+    ``file_name``: image_read_metadata() names the dissected image after the file (≤254) or
+    after the discovered name (255+, which drops .sysext/.confext; ≤257 then strip
+    raw_strip_suffixes() from it)."""
+    if since("release.raw-name-from-file", version):
+        return raw_lookup_name(file_name)
+    name = discovered_name(file_name, False, kind, version) or raw_lookup_name(file_name)
+    if since("release.raw-name-from-discovered", version):
+        return raw_lookup_name(name)
+    return name
+
+
 def raw_lookup_name(file_name: str) -> str:
-    """dissect-image.c: the name a raw image's release file is looked up by (raw_strip_suffixes)."""
+    """dissect-image.c raw_strip_suffixes(): the file name without .raw, .img, .xz, …"""
     name = file_name
     changed = True
     while changed:
@@ -524,6 +622,10 @@ class ImageFacts:
     has_etc_os_release: bool = False
     kind: str | None = None  # detected kind (where the release files are)
     name_override: str | None = None  # systemd's name when picked from a NAME.v/ directory
+    #: the NAME.v/ or NAME.raw.v/ directory the image was picked from (what ≤255 see: a
+    #: directory image of that name); ``v_empty``: nothing in it fits (256+ skip it)
+    v_directory: str | None = None
+    v_empty: bool = False
     #: signature.py's status (unsigned | trusted | untrusted; None: not looked at) and, for the
     #: verdict, (what carries the signature, the host's certificates as text)
     signature: str | None = None
@@ -561,12 +663,14 @@ class Verdict:
     notes: list[str] = field(default_factory=list)
     summary: str = ""  # the rule's summary with {KIND} filled in for this kind
     expected: str | None = None  # what systemd looked for (release rules): not a host value
+    #: how systemd-KIND merge ends when the verdict breaks the merge (0 or 1; None otherwise)
+    systemd_exit: int | None = None
 
     def as_dict(self) -> dict:
         return {
             "verdict": self.verdict, "rule": self.rule.id, "kind": self.kind, "name": self.name,
             "field": self.field, "image_value": self.image_value, "host_value": self.host_value,
-            "expected": self.expected,
+            "expected": self.expected, "systemd_exit": self.systemd_exit,
             "versions": self.rule.versions_text(), "systemd_log": self.message, "fix": self.fix,
             "summary": self.summary or self.rule.summary, "notes": list(self.notes),
         }
@@ -580,12 +684,28 @@ class Verdict:
         return f"image {q(self.image_value)}, host {q(self.host_value)}"
 
 
-def evaluate(image: ImageFacts, host: HostFacts, kind: str, place: Place | None = None) -> Verdict:
-    """What systemd ``host.version`` does with ``image`` as a ``kind`` (first deciding rule).
+def evaluate(image: ImageFacts, host: HostFacts, kind: str, place: Place | None = None,
+             force: bool = False) -> Verdict:
+    """What systemd ``host.version`` does with ``image`` as a ``kind`` (first deciding rule);
+    ``force``: what ``systemd-KIND --force`` does (the rules marked ``forced`` are skipped).
 
     Activation comes last: an image that would merge is mounted, and a signed one that no
     installed certificate verifies fails there (signature.untrusted, ≤258)."""
+    verdict = _evaluate_forced(image, host, kind, place, force)
+    verdict.systemd_exit = verdict.rule.exit_status(host.version)
+    return verdict
+
+
+def _evaluate_forced(image: ImageFacts, host: HostFacts, kind: str, place: Place | None,
+                     force: bool) -> Verdict:
     verdict = _evaluate(image, host, kind, place)
+    if force and verdict.rule.forced:
+        r = RULES["match.forced"]
+        verdict = Verdict(MERGES, r, kind, verdict.name, r.field, verdict.image_value,
+                          verdict.host_value, r.log, r.fix,
+                          verdict.notes + [f"without --force: {verdict.verdict} "
+                                           f"({verdict.rule.id}: {verdict.summary})"],
+                          r.summary, verdict.expected)
     if verdict.verdict == MERGES and image.signature == "untrusted":
         r = RULES["signature.untrusted"]
         carrier, certs = image.signature_info
@@ -608,17 +728,27 @@ def broken_by_other(own: Verdict, culprit: str, other: Verdict) -> Verdict:
     values = {"kind": own.kind, "culprit": culprit, "culprit_fix": other.fix}
     return Verdict(BREAKS, r, own.kind, own.name, r.field, f"{own.verdict} ({own.rule.id})",
                    f"{culprit} ({other.verdict}: {other.rule.id})", other.message,
-                   r.fix.format(**values), own.notes, r.summary.format(**values))
+                   r.fix.format(**values), own.notes, r.summary.format(**values),
+                   systemd_exit=other.systemd_exit)
 
 
 def _evaluate(image: ImageFacts, host: HostFacts, kind: str, place: Place | None) -> Verdict:
     version = host.version
     place = place or Place()
-    name = discovered_name(image.file_name, image.is_dir, kind, version)
+    picked_too_old = image.v_directory is not None and not reads_v_directories(version)
+    if picked_too_old:  # a directory image named like the .v/ directory
+        name = discovered_name(image.v_directory, True, kind, version)
+    else:
+        name = discovered_name(image.file_name, image.is_dir, kind, version)
     if image.name_override and reads_v_directories(version):
         name = image.name_override
-    picked_too_old = image.name_override is not None and not reads_v_directories(version)
-    release_path = release_file_path(kind, name or image.file_name)
+    # the one name systemd looks the release file up under: what "expected" names, too
+    lookup_name = name
+    if not image.is_dir and not picked_too_old and name is not None:
+        lookup_name = raw_release_name(image.file_name, kind, version)
+        if image.name_override and reads_v_directories(version):
+            lookup_name = raw_release_name(image.name_override + ".raw", kind, version)
+    release_path = release_file_path(kind, lookup_name or image.file_name)
     ctx = {"name": name or image.file_name, "release_path": release_path, "kind": kind,
            "KIND": kind.upper(), "root": host.root,
            "install_dir": install_dir(kind), "search_dirs": ", ".join(search_dirs(
@@ -640,8 +770,9 @@ def _evaluate(image: ImageFacts, host: HostFacts, kind: str, place: Place | None
     if not host.os_release.get("ID"):
         return decide("host.no-id", host_value="")
     if picked_too_old:
-        return decide("discovery.v-unsupported", image.name_override + ".v/",
-                      format_version(version))
+        return decide("discovery.v-unsupported", image.v_directory + "/", format_version(version))
+    if image.v_empty:
+        return decide("discovery.v-empty", image.v_directory + "/")
     if name is None:
         return decide("discovery.not-raw", image.file_name)
     if not image_name_is_valid(name):
@@ -657,19 +788,18 @@ def _evaluate(image: ImageFacts, host: HostFacts, kind: str, place: Place | None
     other = image.release.get(other_kind, {})
     forbidden = image.has_usr_lib_os_release
     os_tree = image.has_usr_lib_os_release or image.has_etc_os_release
-    major = version[0]
+    either_kind = since("metadata.either-kind", version)
 
     # -- metadata (discover-image.c image_read_metadata) --
     data: ReleaseFile | None
     if image.is_dir:
-        if forbidden and kind == "sysext" and major >= 254:
+        if forbidden and _applies("content.os-release-dir", kind, "directory", version):
             return decide("content.os-release-dir", "present")
         found = lookup_release(own, name, version)
         data = found.file
     else:
-        lookup_name = raw_lookup_name(image.file_name)
         found = lookup_release(own, lookup_name, version)
-        if major <= 253:
+        if not either_kind:
             if found.how == "not-unique":
                 return decide("release.not-unique", ", ".join(sorted(own)))
             if found.file is None and not os_tree:
@@ -694,7 +824,8 @@ def _evaluate(image: ImageFacts, host: HostFacts, kind: str, place: Place | None
                 return decide("release.not-unique", ", ".join(sorted(own or other)))
             if sys_found.file is None and conf_found.file is None:  # an OS tree, no release
                 return decide("release.os-tree-raw", _present(own, other), expected=release_path)
-            if major == 254:  # one release file, sysext first, whatever the kind
+            if RULES["release.wrong-kind-254"].applies(version):
+                # one release file, sysext first, whatever the kind
                 data = sys_found.file or conf_found.file
                 if found.file is None and data is not None:
                     verdict = _validate(data, host, kind, decide)
@@ -709,16 +840,22 @@ def _evaluate(image: ImageFacts, host: HostFacts, kind: str, place: Place | None
         notes.append(f"release file extension-release.{found.file.suffix} accepted by rule "
                      f"release.{found.how} ({RULES['release.' + found.how].versions_text()})")
 
-    if forbidden and major <= 253 and kind == "sysext":
+    if forbidden and _applies("content.os-release-252", kind, None, version):
         return decide("content.os-release-252", "present")
     if data is None:
         if image.is_dir:
             return decide("release.missing-dir", _present(own, other), expected=release_path)
-        if major <= 253:
+        if not either_kind:
             return decide("release.os-tree-raw", _present(own, other), expected=release_path)
     if data is None or not data.fields:
         return decide("match.no-release-data")
     return _validate(data, host, kind, decide)
+
+
+def _applies(rule_id: str, kind: str, fmt: str | None, version: Version) -> bool:
+    """Whether rule ``rule_id`` holds for this kind, format (None: any) and version."""
+    r = RULES[rule_id]
+    return kind in r.kinds and (fmt is None or fmt in r.formats) and r.applies(version)
 
 
 def _present(own: Mapping, other: Mapping) -> str:
@@ -750,12 +887,23 @@ def _validate(data: ReleaseFile, host: HostFacts, kind: str, decide) -> Verdict:
     like = host.os_release.get("ID_LIKE", "").split()
     id_like_rule = RULES["match.id-like"].applies(version)
     if ext_id != host_id:
-        if id_like_rule and ext_id in like:
-            pass
-        else:
+        host_text = host_id + (f" (ID_LIKE={' '.join(like)})" if like else "")
+        if not (id_like_rule and ext_id in like):
             rule_id = "match.id-like" if id_like_rule else "match.id"
-            host_text = host_id + (f" (ID_LIKE={' '.join(like)})" if like else "")
             return decide(rule_id, ext_id, host_text)
+        verdict = _validate_version(fields, host, kind, decide)
+        if verdict.verdict != MERGES:
+            return verdict
+        merged = decide("match.id-like-ok", ext_id, host_text)
+        merged.notes.append(f"and then {verdict.rule.id}: {verdict.values_text()}")
+        return merged
+    return _validate_version(fields, host, kind, decide)
+
+
+def _validate_version(fields: Mapping[str, str], host: HostFacts, kind: str, decide) -> Verdict:
+    """extension_release_validate() after the ID matched: VERSION_ID and levels."""
+    version = host.version
+    prefix = kind.upper()
     host_version = host.os_release.get("VERSION_ID", "")
     level_key = f"{prefix}_LEVEL"
     host_level = host.os_release.get(level_key, "")
@@ -839,7 +987,9 @@ def troubleshooting_rows() -> list[dict[str, str]]:
     for r in RULES.values():
         if r.verdict == MERGES and r.id not in ("release.wrong-kind-254", "match.id-any"):
             continue
-        rows.append({"symptom": r.symptom, "rule": r.id, "field": r.field, "verdict": r.verdict,
+        marks = [m for m, on in (("exit 1", r.fatal), ("forced", r.forced)) if on]
+        verdict = r.verdict + (f" ({', '.join(marks)})" if marks else "")
+        rows.append({"symptom": r.symptom, "rule": r.id, "field": r.field, "verdict": verdict,
                      "versions": r.versions_text(), "log": r.log, "fix": r.fix,
                      "summary": r.summary})
     return rows
@@ -865,7 +1015,10 @@ def troubleshooting_markdown() -> str:
         "",
         "Verdicts: **merges**; **ignored** (skipped, the other extensions still merge); "
         "**breaks the merge** (nothing merges: the command fails, or aborts while still "
-        "exiting 0 on 252–255).",
+        "exiting 0 on 252–255). How a broken merge ends: the rules marked *exit 1* fail while "
+        "reading image metadata and exit 1 on every version; the others fail in the merge "
+        "child, which 252–255 swallow (exit 0) and 256+ report (exit 1) — `check --json` says "
+        "it as `systemd_exit`. `--force` (`check --force`) skips the rules marked *forced*.",
         "",
         "## An image does not merge",
         "",
@@ -895,6 +1048,16 @@ def troubleshooting_markdown() -> str:
         if r.versions != ALL:
             out.append(f"| `{r.id}` | {r.versions_text()} | "
                        f"{_cell(r.summary.format(KIND='SYSEXT/CONFEXT', kind='sysext'))} |")
+    for c in CHANGES.values():
+        out.append(f"| ({c.id}) | {', '.join(x.text() for x in c.versions)} | "
+                   f"{_cell(c.summary)} |")
+    out += ["", "## Rules the test suite cannot show with a real systemd", "",
+            "Every other rule is checked against the real systemd-sysext/-confext 252.38, "
+            "254.26, 257.13 and 262.1 (with and without `--force`) by "
+            "tests/test_check_matrix.py. These are modelled from systemd's source only:", "",
+            "| rule | why not |", "|---|---|"]
+    for rule_id, reason in NOT_SHOWN_HERE.items():
+        out.append(f"| `{rule_id}` | {_cell(reason)} |")
     out += ["", "Search directories (first image of a name wins; `check` reports "
             "`discovery.not-searched` and `discovery.shadowed`):", "",
             "| systemd | sysext | confext |", "|---|---|---|"]
