@@ -1010,8 +1010,8 @@ def troubleshooting_markdown() -> str:
         "systemd skips a mismatching image with a debug-level log line only, and some mistakes "
         "abort the whole merge. `sysext-pipeline check IMAGE` names the rule below that decides "
         "an image (with the field, both values and the fix); `sysext-pipeline doctor` checks a "
-        "whole host. To see systemd's own reasoning: `SYSTEMD_LOG_LEVEL=debug systemd-sysext "
-        "refresh`.",
+        "whole host. To see systemd's own reasoning, and the rule behind each of its lines: "
+        "`SYSTEMD_LOG_LEVEL=debug systemd-sysext refresh 2>&1 | sysext-pipeline explain -`.",
         "",
         "Verdicts: **merges**; **ignored** (skipped, the other extensions still merge); "
         "**breaks the merge** (nothing merges: the command fails, or aborts while still "
