@@ -47,17 +47,7 @@ STDERR_LIMIT = 64 << 10
 CASES = {c.name: c for c in generate("/corpus/outside")}  # names and verdicts only
 
 #: Cases whose verdict the code does not meet yet: name → the precise gap (strict xfail).
-XFAIL: dict[str, str] = {
-    "rpm-caps-on-symlink": (
-        "an RPM FILECAPS value on a symlink reaches setxattr through O_NOFOLLOW in staging.py: "
-        "ELOOP becomes exit 1 'error: l: Too many levels of symbolic links', naming neither "
-        "package nor member; it should be refused (capabilities apply to regular files only) "
-        "naming the member"),
-    "deb-deep-nesting": (
-        "a valid 1000-level directory tree is built, then removing the work tree recurses once "
-        "per level (outdir.py _empty): RecursionError traceback, exit 1, and the work tree "
-        "is left in the output directory; removal must not recurse per directory level"),
-}
+XFAIL: dict[str, str] = {}
 
 
 @dataclass
