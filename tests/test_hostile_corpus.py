@@ -23,6 +23,7 @@ The cases run in WORKERS lanes (threads, one build process each); each lane has 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -62,6 +63,7 @@ class Result:
     manifest: dict | None = None
     side_effects: list[str] = field(default_factory=list)
     image: dict[str, str] = field(default_factory=dict)  # path → type letter, from unsquashfs
+    image_sha256: str = ""
 
 
 def _tree(root: Path) -> dict[str, tuple]:
@@ -156,6 +158,7 @@ def _run_case(case: Case, base: Path, outside: Path, outside_before: dict) -> Re
         result.manifest = json.loads(manifest.read_text())
     if (out / "hostile.raw").is_file():
         result.image = _image_listing(out / "hostile.raw")
+        result.image_sha256 = hashlib.sha256((out / "hostile.raw").read_bytes()).hexdigest()
     # Nothing outside the output directory: the outside tree, the case directory, TMPDIR, HOME.
     after = _tree(outside)
     if after != outside_before:
@@ -259,6 +262,9 @@ def test_hostile_case(results, case):
     # the image holds exactly what the manifest lists, and only directories, files and links
     assert set(r.image) == paths, f"image and manifest differ: {set(r.image) ^ paths}; {what}"
     assert set(r.image.values()) <= {"d", "-", "l"}, f"{r.image}; {what}"
+    # the manifest describes this image, made from these package bytes
+    assert r.manifest["image"]["sha256"] == r.image_sha256, what
+    assert [i["sha256"] for i in r.manifest["inputs"]] == [hashlib.sha256(c.data).hexdigest()]
     if c.verdict == "warned":
         assert any(all(n in line for n in c.expect) for line in findings), \
             f"no warning naming {c.expect}: {what}"
