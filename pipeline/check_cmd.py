@@ -15,10 +15,9 @@ from .systemd.release import RELEASE_DIRS
 
 #: Exit code when an image does not merge (0: all merge; 1/2 stay errors).
 NOT_MERGING = 3
-#: Versions shown in "on other systemd versions" (the points where rules change).
-VERSION_POINTS = tuple(map(rules.parse_version, (
-    "252", "253", "254.5", "254.14", "254", "255.8", "255", "256.0", "256", "257.7", "257", "258",
-    "259", "260", "261", "262")))
+#: Where the outcome can change: every bound of every rule and behaviour span, point releases
+#: (254.6, 254.11, 255.9, 257.8, …) included; each holds until the next one.
+VERSION_POINTS = rules.version_bounds()
 
 
 @dataclass
@@ -28,13 +27,16 @@ class Result:
     kind: str
     place: rules.Place
     verdict: rules.Verdict
-    other_versions: dict[str, str]
+    other_versions: list[dict]  # {"from", "to", "verdict", "rule", "systemd_exit"}
+    force: bool = False
+    picks_v: bool = True  # the judged version picks from NAME.v/ directories (256+)
 
     def as_dict(self, host: hostmod.Host) -> dict:
         data = {"image": str(self.path), "format": self.image.format, "kind": self.kind,
                 "detected_kind": self.image.kind, "systemd": rules.format_version(host.version),
-                "installed_in": self.place.directory, **self.verdict.as_dict()}
-        if self.image.picked_from:
+                "force": self.force, "installed_in": self.place.directory,
+                **self.verdict.as_dict()}
+        if self.image.picked_from and rules.reads_v_directories(host.version):
             data["picked_from"] = str(self.image.picked_from)
             data["picked"] = str(self.image.path)
         data["other_versions"] = self.other_versions
@@ -163,36 +165,62 @@ def check_one(path: Path, host: hostmod.Host, kind: str | None = None,
         verdict.notes.append(f"not installed: systemd looks in "
                              f"{', '.join(rules.search_dirs(use_kind, host.version, host.initrd))}"
                              f" (install puts it in {rules.install_dir(use_kind)})")
-    others = {}
+    outcomes = []
     for version in VERSION_POINTS:
         other = rules.evaluate(facts, replace(host.facts(), version=version), use_kind, place,
                                force)
-        label = f"{version[0]}.x" if version[1] == rules.LATEST_POINT else \
-            rules.format_version(version)
-        others[label] = f"{other.verdict} ({other.rule.id})"
-    return Result(Path(path), image, use_kind, place, verdict, _compress(others))
+        outcomes.append((version, (other.verdict, other.rule.id, other.systemd_exit)))
+    return Result(Path(path), image, use_kind, place, verdict, version_ranges(outcomes), force,
+                  rules.reads_v_directories(host.version))
 
 
-def _compress(others: dict[str, str]) -> dict[str, str]:
-    """Collapse neighbouring versions with the same outcome: {'252.x–253.x': …}."""
-    out: dict[str, str] = {}
-    items = list(others.items())
-    start = 0
-    for i in range(1, len(items) + 1):
-        if i == len(items) or items[i][1] != items[start][1]:
-            first, last = items[start][0], items[i - 1][0]
-            out[first if first == last else f"{first}–{last}"] = items[start][1]
-            start = i
-    return out
+def version_ranges(outcomes: list[tuple[rules.Version, tuple]]) -> list[dict]:
+    """Neighbouring versions with the same outcome as one range with exact bounds:
+    [{"from": "254.0", "to": "254.5", "verdict": …, "rule": …, "systemd_exit": …}, …];
+    ``to`` is "N.x" when the range ends with the whole N series."""
+    ranges: list[dict] = []
+    for i, (version, outcome) in enumerate(outcomes):
+        if ranges and ranges[-1]["_outcome"] == outcome:
+            continue
+        ranges.append({"from": f"{version[0]}.{version[1]}", "_outcome": outcome,
+                       "_start": i})
+    for n, entry in enumerate(ranges):
+        end = ranges[n + 1]["_start"] if n + 1 < len(ranges) else None
+        if end is None:
+            entry["to"] = f"{rules.NEWEST}.x"
+        else:
+            major, point = outcomes[end][0]
+            entry["to"] = f"{major}.{point - 1}" if point else f"{major - 1}.x"
+    return [{"from": e["from"], "to": e["to"], "verdict": e["_outcome"][0],
+             "rule": e["_outcome"][1], "systemd_exit": e["_outcome"][2]} for e in ranges]
+
+
+def range_text(entry: dict) -> str:
+    """'254.0–254.5', '252.0–253.x' shown as '252–253', a single series as '254'."""
+    lo, hi = entry["from"], entry["to"]
+    if lo.endswith(".0") and hi.endswith(".x"):
+        lo, hi = lo[:-2], hi[:-2]
+    return lo if lo == hi else f"{lo}–{hi}"
+
+
+def ending(verdict: str, systemd_exit: int | None, kind: str) -> str:
+    """How systemd-KIND merge ends for a verdict that breaks the merge."""
+    if verdict != rules.BREAKS or systemd_exit is None:
+        return verdict
+    how = "exits 0: the merge fails, but 252–255 swallow the failure" if systemd_exit == 0 \
+        else "exits 1"
+    return f"{verdict} (systemd-{kind} {how})"
 
 
 def human(result: Result) -> str:
     v = result.verdict
-    head = f"{result.path} ({result.kind}, {result.image.format}): {v.verdict}"
+    head = (f"{result.path} ({result.kind}, {result.image.format}): "
+            f"{ending(v.verdict, v.systemd_exit, result.kind)}"
+            f"{' with --force' if result.force else ''}")
     lines = [head]
     detail = f"  rule:    {v.rule.id} — {v.summary} (systemd {v.rule.versions_text()})"
     lines.append(detail)
-    if result.image.picked_from is not None:
+    if result.image.picked_from is not None and result.picks_v:
         lines.append(f"  picked:  {result.image.path}")
     if v.field:
         lines.append(f"  field:   {v.field}: {v.values_text()}")
@@ -203,9 +231,13 @@ def human(result: Result) -> str:
     for note in v.notes:
         lines.append(f"  note:    {note}")
     changes = result.other_versions
-    if len({o.split(' ')[0] for o in changes.values()}) > 1 or len(changes) > 1:
-        lines.append("  other systemd versions: " + "; ".join(f"{k}: {o}" for k, o in
-                                                            changes.items()))
+    if len(changes) > 1:
+        lines.append("  systemd versions:")
+        for entry in changes:
+            exit_text = "" if entry["systemd_exit"] is None else \
+                f", exit {entry['systemd_exit']}"
+            lines.append(f"    {range_text(entry)}: {entry['verdict']} ({entry['rule']}"
+                         f"{exit_text})")
     return "\n".join(lines)
 
 
@@ -229,7 +261,7 @@ def host_from_args(args) -> hostmod.Host:
 def cmd_check(args) -> int:
     host = host_from_args(args)
     cache: dict = {}
-    results = [check_one(Path(p), host, args.kind, cache) for p in args.images]
+    results = [check_one(Path(p), host, args.kind, cache, args.force) for p in args.images]
     if args.json:
         print(json.dumps({"schema": 1, "host": host.as_dict(),
                           "images": [r.as_dict(host) for r in results]}, indent=2))
@@ -262,6 +294,9 @@ def register(sub) -> None:
     p.add_argument("--kind", choices=("sysext", "confext"),
                    help="judge as this kind (default: from where the image is or its release "
                         "file)")
+    p.add_argument("--force", action="store_true",
+                   help="judge as systemd-sysext/-confext --force does (the extension-release "
+                        "validation skipped)")
     p.add_argument("--json", action="store_true", help="machine-readable result on stdout")
     p.set_defaults(func=cmd_check)
 

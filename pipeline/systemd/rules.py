@@ -393,6 +393,20 @@ NOT_SHOWN_HERE: dict[str, str] = {
 }
 
 
+def version_bounds() -> tuple[Version, ...]:
+    """Every version where some rule or behaviour starts or stops holding (x.0 of each series
+    from OLDEST to NEWEST too), sorted: between two of them nothing changes."""
+    points = {(major, 0) for major in range(OLDEST, NEWEST + 1)}
+    spans = [s for r in RULES.values() for s in r.versions]
+    spans += [s for c in CHANGES.values() for s in c.versions]
+    spans += [s for *_, normal, initrd in SEARCH_PATHS for s in normal + initrd]
+    for s in spans:
+        points.add(s.lo)
+        if s.hi is not None:
+            points.add((s.hi[0] + 1, 0) if s.hi[1] == LATEST_POINT else (s.hi[0], s.hi[1] + 1))
+    return tuple(sorted(p for p in points if (OLDEST, 0) <= p <= (NEWEST, LATEST_POINT)))
+
+
 def rule(rule_id: str) -> Rule:
     """The rule ``rule_id``, for other modules (this one indexes :data:`RULES` directly)."""
     return RULES[rule_id]
@@ -701,7 +715,7 @@ def _evaluate_forced(image: ImageFacts, host: HostFacts, kind: str, place: Place
     verdict = _evaluate(image, host, kind, place)
     if force and verdict.rule.forced:
         r = RULES["match.forced"]
-        verdict = Verdict(MERGES, r, kind, verdict.name, r.field, verdict.image_value,
+        verdict = Verdict(MERGES, r, kind, verdict.name, verdict.field, verdict.image_value,
                           verdict.host_value, r.log, r.fix,
                           verdict.notes + [f"without --force: {verdict.verdict} "
                                            f"({verdict.rule.id}: {verdict.summary})"],
