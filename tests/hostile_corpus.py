@@ -1113,6 +1113,30 @@ def generate(outside: str) -> list[Case]:
     D("dir-with-data", [d("./usr"), T("./usr/d", DIR, b"smuggled data\n", 0o755),
                         f("./usr/d/x")], "refused", "usr/d")
 
+    # ---- memory: sizes declared by headers, before any data --------------------------------
+    P("header-store-256m-declared", [R("/usr/x")], "refused", "header",
+      header_lies={"size": 0x0FFFFFF0})
+    P("signature-store-256m-declared", [R("/usr/x")], "refused", "signature",
+      sig_lies={"size": 0x0FFFFFF0})
+    P("header-index-1m-declared", [R("/usr/x")], "refused", "header",
+      header_lies={"count": 0xFFFF})
+    D("control-huge-md5sums", [f("./usr/x")], "refused", "md5sums",
+      ar_members=[("debian-binary", b"2.0\n"),
+                  ("control.tar.xz", zeros_stream(
+                      tar_header("./", typ=DIR, mode=0o755) + tar_header("./control",
+                                                                         size=len(CONTROL))
+                      + pad512(CONTROL) + tar_header("./md5sums", size=64 * MiB), 64 * MiB,
+                      b"\0" * 1024, "xz")),
+                  ("data.tar.xz", compress(tar([f("./usr/x")]), "xz"))])
+    D("control-traversal-member", [f("./usr/x")], "accepted", "", "usr/x",
+      ar_members=[("debian-binary", b"2.0\n"),
+                  ("control.tar.xz", compress(control_tar(extra=[f("../../pwned-control")]),
+                                              "xz")),
+                  ("data.tar.xz", compress(tar([d("./"), f("./usr/x")]), "xz"))],
+      note="control.tar is read, never extracted")
+    D("control-field-escape", [f("./usr/x")], "refused", "control",
+      control=CONTROL.replace(b"Version: 1.0", b"Version: 1.0\x1b]0;pwned\x07"))
+
     # ---- files an extension could use to take over the host or the merge ---------------------
     D("release-file-spoofed", [d("./usr"), d("./usr/lib"), d("./usr/lib/extension-release.d"),
                                f("./usr/lib/extension-release.d/extension-release.hostile",
