@@ -16,6 +16,10 @@ directory that symlink and traversal cases aim at. Asserted per case:
 - peak RSS of the build (os.wait4 rusage of the child, its waited-for children included)
   under 100 MiB.
 
+Also: the image holds exactly what its manifest lists (unsquashfs), the manifest names the
+image's sha256 and the package's; ``plan`` refuses a sample with the build's own line; the
+corpus's baselines are read by the real tools (dpkg-deb, rpm, rpm2cpio).
+
 The cases run in WORKERS lanes (threads, one build process each); each lane has its own
 ``outside`` directory and corpus, so a write outside is pinned to the case that made it.
 ``HOSTILE_CORPUS_DUMP=FILE`` writes every case's exit code, stderr tail, RSS and time as JSON.
