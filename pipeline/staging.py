@@ -55,6 +55,9 @@ def canonical_path(raw: str, member: str) -> str:
     components are refused rather than "fixed", because a package that ships them is broken or
     hostile and the user should know.
     """
+    if len(raw) > E.MAX_NAME or len(raw.encode("utf-8", "surrogateescape")) > E.MAX_NAME:
+        raise InputError(member, f"a path of {len(raw.encode('utf-8', 'surrogateescape'))} "
+                         f"bytes (limit {E.MAX_NAME})", "no Linux path is that long")
     if raw.startswith("/"):
         raise InputError(member, "absolute path in archive", "refusing to write outside the root")
     parts = [p for p in raw.split("/") if p not in ("", ".")]
@@ -156,6 +159,10 @@ class _Rules:
             return target  # the same inode: one record object shared by both paths
         if entry.kind == E.SYMLINK and not entry.target:
             raise InputError(member, "symlink without a target")
+        if entry.kind == E.SYMLINK and len((entry.target or "").encode(
+                "utf-8", "surrogateescape")) >= E.MAX_NAME:
+            raise InputError(member, f"symlink target of {len(entry.target or '')} characters "
+                             f"(limit {E.MAX_NAME - 1} bytes)", "no Linux symlink is that long")
         if entry.kind == E.SYMLINK and _unprintable(entry.target or ""):
             raise InputError(member, f"symlink target {shown(entry.target or '')!r} has control "
                              "characters or is not UTF-8", "image paths and link targets must "

@@ -56,6 +56,16 @@ def deb_with_data(path: Path, data_xz: bytes) -> Path:
     return path
 
 
+#: Runs a command and prints its exit status and peak RSS (KiB). A child forked from the test
+#: process would report the test process's own peak: Linux folds the pre-exec address space's
+#: high-water mark into ru_maxrss (exec_mmap), and pytest may hold 140 MiB by then. Forked from
+#: this small interpreter instead, the build's number is its own (plus a few MiB at most).
+MEASURE = ("import os, subprocess, sys\n"
+           "p = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL)\n"
+           "_, status, usage = os.wait4(p.pid, 0)\n"
+           "print(os.waitstatus_to_exitcode(status), usage.ru_maxrss)\n")
+
+
 def build_measured(tmp_path: Path, deb: Path, cache_dir: Path, extra: str = ""
                    ) -> tuple[int, str, int]:
     """(exit status, stderr, peak RSS in bytes) of ``build`` run as a child process."""
@@ -65,12 +75,13 @@ def build_measured(tmp_path: Path, deb: Path, cache_dir: Path, extra: str = ""
     env.pop("SOURCE_DATE_EPOCH", None)
     err = tmp_path / "stderr"
     with open(err, "wb") as stderr:
-        proc = subprocess.Popen([sys.executable, "-m", "pipeline", "build", str(recipe), "-o",
-                                 str(tmp_path / "out"), "--cache-dir", str(cache_dir)],
-                                cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, err.read_text(), usage.ru_maxrss * 1024
+        proc = subprocess.run([sys.executable, "-c", MEASURE, sys.executable, "-m", "pipeline",
+                               "build", str(recipe), "-o", str(tmp_path / "out"),
+                               "--cache-dir", str(cache_dir)],
+                              cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=stderr,
+                              check=True, text=True)
+    code, rss_kib = map(int, proc.stdout.split())
+    return code, err.read_text(), rss_kib * 1024
 
 
 def assert_refused(code: int, stderr: str, rss: int, expected: str, out: Path) -> None:
