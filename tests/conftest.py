@@ -81,3 +81,114 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None,
     preexec = (lambda: os.umask(umask)) if umask is not None else None
     return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=cwd or REPO,
                           env=full_env, capture_output=True, text=True, preexec_fn=preexec)
+
+
+# --- the `root` marker, kept true -----------------------------------------------------------
+# A test needs root when it, a fixture it uses, or a helper either calls (followed through the
+# modules of tests/) calls prereq.require_root, os.chown, or runs unshare/setpriv/losetup.
+# Such tests get the `root` marker at collection (so `-m "not root"` selects exactly what runs
+# without root), and prereq.require_root fails a test that reached it without the marker.
+
+_ROOT_CALLS = {("prereq", "require_root"), ("os", "chown")}
+_ROOT_COMMANDS = {"unshare", "setpriv", "losetup"}
+_ROOT_FIXTURES = {"unprivileged"}
+
+
+class _RootAnalysis:
+    def __init__(self) -> None:
+        self.modules: dict[str, tuple[dict, dict] | None] = {}
+        self.memo: dict[tuple[str, str], bool] = {}
+
+    def _module(self, name: str):
+        import ast
+
+        if name not in self.modules:
+            path = Path(__file__).parent / f"{name}.py"
+            if not path.is_file():
+                self.modules[name] = None
+            else:
+                tree = ast.parse(path.read_text())
+                defs = {n.name: n for n in ast.walk(tree)
+                        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+                imports: dict[str, tuple[str, str | None]] = {}
+                for node in ast.walk(tree):  # imports inside functions count too
+                    if isinstance(node, ast.ImportFrom) and node.module:
+                        for alias in node.names:
+                            imports[alias.asname or alias.name] = (node.module, alias.name)
+                    elif isinstance(node, ast.Import):
+                        for alias in node.names:
+                            imports[alias.asname or alias.name] = (alias.name, None)
+                self.modules[name] = (defs, imports)
+        return self.modules[name]
+
+    def needs(self, module: str, function: str) -> bool:
+        key = (module, function)
+        if key in _ROOT_CALLS:
+            return True
+        if key in self.memo:
+            return self.memo[key]
+        self.memo[key] = False  # cycles: assume no until shown otherwise
+        found = self._module(module)
+        if found is None or function not in found[0]:
+            return False
+        self.memo[key] = self._body_needs(module, found, found[0][function])
+        return self.memo[key]
+
+    def _body_needs(self, module: str, found, node) -> bool:
+        import ast
+
+        defs, imports = found
+        for sub in ast.walk(node):
+            if isinstance(sub, ast.Constant) and sub.value in _ROOT_COMMANDS:
+                return True
+            if not isinstance(sub, ast.Call):
+                continue
+            func = sub.func
+            if isinstance(func, ast.Name):
+                name = func.id
+                if name in defs and defs[name] is not node and self.needs(module, name):
+                    return True
+                if name in imports and imports[name][1] is not None and \
+                        self.needs(imports[name][0], imports[name][1]):
+                    return True
+            elif isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name):
+                target = imports.get(func.value.id, (func.value.id, None))
+                if target[1] is None and self.needs(target[0], func.attr):
+                    return True
+        return False
+
+    def item_needs(self, item) -> bool:
+        function = getattr(item, "function", None)
+        if function is None:
+            return False
+        if self.needs(function.__module__, function.__name__):
+            return True
+        info = getattr(item, "_fixtureinfo", None)
+        for name in getattr(item, "fixturenames", ()):
+            if name in _ROOT_FIXTURES:
+                return True
+            for fixturedef in (info.name2fixturedefs.get(name, ()) if info else ()):
+                func = getattr(fixturedef, "func", None)
+                if func is not None and self.needs(func.__module__, func.__name__):
+                    return True
+        return False
+
+
+def pytest_collection_modifyitems(config, items):
+    analysis = _RootAnalysis()
+    for item in items:
+        if item.get_closest_marker("root") is None and analysis.item_needs(item):
+            item.add_marker(pytest.mark.root)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    import prereq
+
+    prereq.CURRENT_ITEM = item
+
+
+def pytest_runtest_teardown(item):
+    import prereq
+
+    prereq.CURRENT_ITEM = None

@@ -27,6 +27,14 @@ def require_tool(tool: str, package: str) -> str:
     return path
 
 
+#: The test being run (set by conftest), so that require_root can check its marker.
+CURRENT_ITEM = None
+
+
 def require_root() -> None:
+    item = CURRENT_ITEM
+    if item is not None and item.get_closest_marker("root") is None:
+        pytest.fail(f"{item.nodeid} needs root but has no root marker: add @pytest.mark.root "
+                    "(tests/conftest.py marks what it can see calling require_root)")
     if os.geteuid() != 0:
         missing("needs root (mount namespaces, loop devices)")

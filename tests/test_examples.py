@@ -9,19 +9,17 @@ from pathlib import Path
 import pytest
 from conftest import REPO, run_cli
 from merge import in_namespace
-from prereq import missing, require_tool
+from prereq import require_tool
 
 
 @pytest.fixture(scope="session")
-def apt_cache() -> Path:
-    """Package cache kept across test runs, so reruns need no network (it is keyed by sha256:
-    sharing it is safe)."""
-    path = Path.home() / ".cache" / "sysext-pipeline-tests" / "packages"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+def apt_cache(tmp_path_factory) -> Path:
+    """The session's package cache (never the invoking user's home)."""
+    return tmp_path_factory.mktemp("apt-cache")
 
 
 @pytest.mark.network
+@pytest.mark.root
 def test_default_recipe_builds_reproducibly_and_runs(tmp_path, apt_cache):
     require_tool("mksquashfs", "squashfs-tools")
     results = []
@@ -29,8 +27,8 @@ def test_default_recipe_builds_reproducibly_and_runs(tmp_path, apt_cache):
         proc = run_cli("build", str(REPO / "recipes/debug-tools.toml"), "-o",
                        str(tmp_path / f"out{n}"), "--cache-dir", str(apt_cache), "--json",
                        umask=0o002 if n else 0o022, env={"TZ": "Asia/Kolkata" if n else "UTC"})
-        if proc.returncode != 0 and "apt-get download failed" in proc.stderr:
-            missing(f"package archive unreachable: {proc.stderr.strip()}")
+        # A failure is the build's own message (a version the archive no longer has is not
+        # "archive unreachable").
         assert proc.returncode == 0, proc.stderr
         [image] = json.loads(proc.stdout)["images"]
         results.append(image)

@@ -67,6 +67,7 @@ def build(tmp_path: Path, text: str, cache_dir) -> dict:
     return result
 
 
+@pytest.mark.network  # systemd 254 comes from bookworm-backports
 def test_auto_splits_and_both_merge(tmp_path, mixed_deb, cache_dir, systemd254):
     result = build(tmp_path, recipe(mixed_deb), cache_dir)
     images = {i["kind"]: i for i in result["images"]}

@@ -80,10 +80,21 @@ def _open_up(root: Path) -> None:
                 os.chmod(path, (mode | 0o444 | (0o111 if mode & 0o100 else 0)) & 0o7777)
 
 
+_IDENTITY = "import sys; print(sys.prefix, sys.version)"
+
+
 def _runs_as(user: str | int, python: str) -> bool:
-    proc = subprocess.run([*_setpriv(user), python, "-c", "import sys"],
-                          capture_output=True, env={"PATH": "/usr/bin:/bin"}, cwd="/")
-    return proc.returncode == 0
+    """``user`` can read ``python`` and runs the very same interpreter (prefix and version) as
+    we do: a binary under an unreadable directory may still start but then find another
+    interpreter's library and standard library."""
+    env = {"PATH": "/usr/bin:/bin"}
+    ours = subprocess.run([python, "-c", _IDENTITY], capture_output=True, text=True, env=env,
+                          cwd="/")
+    theirs = subprocess.run([*_setpriv(user), python, "-c", _IDENTITY], capture_output=True,
+                            text=True, env=env, cwd="/")
+    readable = subprocess.run([*_setpriv(user), "test", "-r", python], env=env, cwd="/")
+    return (ours.returncode == theirs.returncode == readable.returncode == 0
+            and ours.stdout == theirs.stdout)
 
 
 def _base_interpreter(user: str | int) -> str | None:
@@ -144,10 +155,10 @@ class UnprivilegedEnv:
         of this interpreter's site-packages minus the editable install of the checkout."""
         version = f"{sys.version_info.major}.{sys.version_info.minor}"
         (venv / "bin").mkdir(parents=True)
+        full = subprocess.run([str(base), "-c", "import platform; print(platform.python_version())"],
+                              capture_output=True, text=True, check=True).stdout.strip()
         (venv / "pyvenv.cfg").write_text(
-            f"home = {base.parent}\ninclude-system-site-packages = false\n"
-            f"version = {sys.version_info.major}.{sys.version_info.minor}."
-            f"{sys.version_info.micro}\n")
+            f"home = {base.parent}\ninclude-system-site-packages = false\nversion = {full}\n")
         python = venv / "bin" / "python"
         python.symlink_to(base)
         (venv / "bin" / f"python{version}").symlink_to("python")
@@ -186,14 +197,16 @@ class UnprivilegedEnv:
         full.update(env or {})
         return full
 
-    def run_python(self, user: str | int, *args: str, cwd: Path | str | None = None,
+    def run_python(self, user: str | int | None, *args: str, cwd: Path | str | None = None,
                    env: dict | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
-        """``python ARGS`` as ``user`` (a name or a uid) with the world-readable interpreter."""
-        return subprocess.run([*_setpriv(user), str(self.python), *args],
+        """``python ARGS`` as ``user`` (a name or a uid; None: this process's user, for a run
+        whose children switch user themselves) with the world-readable interpreter."""
+        prefix = _setpriv(user) if user is not None else []
+        return subprocess.run([*prefix, str(self.python), *args],
                               cwd=str(cwd or self.root), env=self.environment(env),
                               capture_output=True, text=True, timeout=timeout)
 
-    def run_cli(self, user: str | int, *args: str, cwd: Path | str | None = None,
+    def run_cli(self, user: str | int | None, *args: str, cwd: Path | str | None = None,
                 env: dict | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
         """``python -m pipeline ARGS`` as ``user``: a separate process, real exit code."""
         return self.run_python(user, "-m", "pipeline", *args, cwd=cwd, env=env, timeout=timeout)
