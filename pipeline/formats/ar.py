@@ -13,6 +13,7 @@ from typing import BinaryIO
 
 from ..errors import InputError
 from .compression import LimitedReader, read_exact, read_upto
+from .entry import shown
 
 MAGIC = b"!<arch>\n"
 HEADER_SIZE = 60
@@ -50,12 +51,12 @@ def read_ar(stream: BinaryIO, where: str) -> Iterator[ArMember]:
             size=size,
             mtime=_number(header[16:28], 10, where, name),
             mode=_number(header[40:48], 8, where, name),
-            data=LimitedReader(stream, size, f"{where}:{name}"),
+            data=LimitedReader(stream, size, f"{where}:{shown(name)}"),
         )
         yield member
         member.data.skip_rest()
         if size % 2:
-            read_exact(stream, 1, f"{where}:{name}", "padding")
+            read_exact(stream, 1, f"{where}:{shown(name)}", "padding")
 
 
 def _number(field: bytes, base: int, where: str, name: str) -> int:
@@ -65,7 +66,8 @@ def _number(field: bytes, base: int, where: str, name: str) -> int:
     try:
         value = int(text, base)
     except ValueError:
-        raise InputError(f"{where}:{name}", f"bad number {text!r} in ar header") from None
+        raise InputError(f"{where}:{shown(name)}", f"bad number {shown(text)!r} in ar header") \
+            from None
     if value < 0:
-        raise InputError(f"{where}:{name}", f"negative number {text!r} in ar header")
+        raise InputError(f"{where}:{shown(name)}", f"negative number {text!r} in ar header")
     return value

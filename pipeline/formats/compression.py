@@ -23,6 +23,7 @@ from typing import BinaryIO
 import pyzstd
 
 from ..errors import InputError
+from .entry import shown
 
 CHUNK = 1 << 20  # 1 MiB: big enough for throughput, small enough to keep memory flat
 
@@ -124,7 +125,7 @@ def open_decompressed(stream: BinaryIO, name_or_magic: str, where: str = "",
     where = where or name_or_magic
     claimed = codec_name(name_or_magic)
     if claimed is None:
-        raise InputError(where, f"unsupported compression {name_or_magic!r}",
+        raise InputError(where, f"unsupported compression {shown(name_or_magic)!r}",
                          "supported: gzip, bzip2, xz, lzma, zstd, none")
     head = read_upto(stream, PEEK)
     src = _Prefixed(head, stream)

@@ -92,7 +92,7 @@ class DebReader:
         control: str | None = None
         conffiles: list[str] = []
         scripts: list[str] = []
-        where = f"{name}:{member.name}"
+        where = f"{name}:{shown(member.name)}"
         for entry in tar_entries(_decompressed(member, name, self.limits), where):
             base = entry.path.removeprefix("./")
             if entry.kind == FILE and base in MAINTAINER_SCRIPTS:
@@ -132,7 +132,7 @@ class DebReader:
         member = self._next_member("data.tar")
         if member is None:
             raise InputError(self.name, "no data.tar member", "not a binary package?")
-        where = f"{self.name}:{member.name}"
+        where = f"{self.name}:{shown(member.name)}"
         seen: dict[str, str] = {}  # md5sums path → md5 of what was extracted there
         for entry in tar_entries(_decompressed(member, self.name, self.limits), where):
             key = _md5_key(entry.path)
@@ -156,7 +156,7 @@ class DebReader:
         if missing:
             more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
             raise InputError(f"{self.name}:md5sums", f"lists {shown(missing[0])}{more}, which "
-                             f"{member.name} lacks", "the package is corrupt or incomplete")
+                             f"{shown(member.name)} lacks", "the package is corrupt or incomplete")
         for extra in self._members:  # read (and hashed); only dpkg's "_" members may follow
             if not extra.name.startswith("_"):
                 raise InputError(f"{self.name}:{shown(extra.name)}", "member after data.tar",
@@ -209,4 +209,4 @@ def _md5sums(text: str, member: str) -> dict[str, str]:
 
 
 def _decompressed(member: ArMember, name: str, limits: Limits):
-    return open_decompressed(member.data, member.name, f"{name}:{member.name}", limits)
+    return open_decompressed(member.data, member.name, f"{name}:{shown(member.name)}", limits)
