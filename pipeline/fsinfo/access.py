@@ -38,7 +38,7 @@ import stat
 import subprocess
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -168,26 +168,32 @@ def walk_image(source: Path | str | FileSystem, *, hashes: bool = True,
 
 def _walk_erofs(fs: FileSystem, hashes: bool) -> Iterator[dict]:
     """An untrusted erofs tree: every entry from the on-disk metadata (pure Python, see
-    erofs.py: exact modes, owners and xattrs, which fsck.erofs 1.5 loses), file contents
-    hashed from the private unpacking."""
-    with ErofsReader(fs.path, fs.offset, fs.size, fs.label) as reader:
-        if not hashes:
-            for _path, entry in reader.walk():
-                yield entry
-            return
-        with _unpacked(fs) as (tree, _owners):
-            for path, entry in reader.walk():
-                if entry["type"] == "file":
-                    full = tree / path
-                    try:
-                        regular = stat.S_ISREG(os.lstat(full).st_mode)
-                    except OSError:
-                        regular = False
-                    if not regular:
-                        raise InputError(f"{fs.label}: {path}", "corrupt erofs file system: "
-                                         "listed as a file, not extracted as one")
-                    entry["sha256"] = hash_file(full)[0]
-                yield entry
+    erofs.py: exact modes, owners and xattrs, which fsck.erofs 1.5 loses); uncompressed files
+    hashed from the image directly, compressed ones from a private unpacking, made only when
+    the first one is met (fsck.erofs 1.5 holds a whole file in memory)."""
+    with ErofsReader(fs.path, fs.offset, fs.size, fs.label) as reader, ExitStack() as stack:
+        tree = None
+        for path, entry, ino in reader.walk_inodes():
+            if hashes and entry["type"] == "file":
+                digest = reader.file_sha256(ino)
+                if digest is None:
+                    if tree is None:
+                        tree, _owners = stack.enter_context(_unpacked(fs))
+                    digest = _hash_unpacked(fs, tree, path)
+                entry["sha256"] = digest
+            yield entry
+
+
+def _hash_unpacked(fs: FileSystem, tree: Path, path: str) -> str:
+    full = tree / path
+    try:
+        regular = stat.S_ISREG(os.lstat(full).st_mode)
+    except OSError:
+        regular = False
+    if not regular:
+        raise InputError(f"{fs.label}: {path}", "corrupt erofs file system: listed as a file, "
+                         "not extracted as one")
+    return hash_file(full)[0]
 
 
 def _can_mount() -> bool:

@@ -6,12 +6,14 @@ erofs-utils' ``erofs_fs.h``), without the kernel and without extracting anything
 fsck.erofs 1.5 extracts no xattrs and loses set-id bits (it chowns after chmod), so an untrusted
 erofs image's tree is described from here, and only file contents come from its extraction.
 Directories and symlinks are never compressed (flat plain or flat inline layout); a regular
-file's data is not read here. Every offset and length is checked against the image: a crafted
+file's data is hashed here when it is stored flat too, else (compressed, chunked) it is left to
+fsck.erofs. Every offset and length is checked against the image: a crafted
 image is an InputError naming it, never a read outside it, a loop, or an unbounded allocation.
 """
 
 from __future__ import annotations
 
+import hashlib
 import stat
 import struct
 from collections.abc import Iterator
@@ -35,6 +37,26 @@ _DATA_FEATURES = ("0padding", "compr_cfgs/big_pcluster", "chunked_file", "device
 _MAX_DIRECTORY = 64 << 20  # bytes of one directory: about a million entries
 
 
+def _crc32c_table() -> list[int]:
+    table = []
+    for n in range(256):
+        c = n
+        for _ in range(8):
+            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+        table.append(c)
+    return table
+
+
+_CRC32C = _crc32c_table()
+
+
+def _crc32c(data: bytes, crc: int = 0xFFFFFFFF) -> int:
+    """CRC-32C (Castagnoli) as the kernel's crc32c(~0, …): no final inversion."""
+    for byte in data:
+        crc = _CRC32C[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+    return crc
+
+
 class Reader:
     """One erofs file system at ``offset`` of ``path`` (``label`` names it in errors)."""
 
@@ -55,9 +77,25 @@ class Reader:
         self.xattr_base = sb["xattr_blkaddr"] * self.block
         self.root_nid = sb["root_nid"]
         self.build_time = sb["build_time"]
+        self._digests: dict[int, str] = {}
+        self._counted: set[int] = set()
+        self._hashed = 0  # bytes of data read or hashed, against the image's size
         self.fh = open(self.path, "rb")  # noqa: SIM115 - closed by close()
         end = self.fh.seek(0, 2)
         self.limit = min(end - offset, size) if size is not None else end - offset
+        if "sb_csum" in sb["feature_compat"]:
+            self._check_superblock(int(sb["checksum"], 16))
+
+    def _check_superblock(self, expected: int) -> None:
+        """The superblock's crc32c, as the kernel checks it (over the rest of the first block
+        from byte 1024, the checksum field zeroed)."""
+        length = self.block - 1024 if self.block > 1024 else self.block
+        raw = bytearray(self._read(1024, length))
+        raw[4:8] = bytes(4)
+        if _crc32c(raw) != expected:
+            self.close()
+            raise InputError(self.label, "corrupt erofs file system: superblock checksum "
+                             "mismatch")
 
     def close(self) -> None:
         self.fh.close()
@@ -106,6 +144,12 @@ class Reader:
                              f"claims {size} bytes")
         if size == 0:
             return b""
+        if ino["nid"] not in self._counted:  # see file_sha256: nothing is read twice over
+            self._counted.add(ino["nid"])
+            self._hashed += size
+            if self._hashed > self.limit:
+                raise InputError(self.label, "corrupt erofs file system: its inodes claim "
+                                 "more data than the image holds")
         if ino["layout"] == _FLAT_PLAIN:
             return self._read(ino["i_u"] * self.block, size)
         if ino["layout"] == _FLAT_INLINE:
@@ -179,11 +223,43 @@ class Reader:
                 out.append((name.decode("utf-8", "surrogateescape"), nid))
         return sorted(out)
 
+    def file_sha256(self, ino: dict) -> str | None:
+        """sha256 of an uncompressed regular file's data, streamed (None: compressed or
+        chunked, which only fsck.erofs reads)."""
+        size, layout = ino["size"], ino["layout"]
+        if layout not in (_FLAT_PLAIN, _FLAT_INLINE):
+            return None
+        if ino["nid"] in self._digests:  # hard links: one inode, hashed once
+            return self._digests[ino["nid"]]
+        # distinct inodes never share flat data: more than the image holds is a crafted
+        # image making us hash the same bytes over and over
+        self._hashed += size
+        if self._hashed > self.limit:
+            raise InputError(self.label, "corrupt erofs file system: its files claim more "
+                             "data than the image holds")
+        digest = hashlib.sha256()
+        full = size if layout == _FLAT_PLAIN else size // self.block * self.block
+        start = ino["i_u"] * self.block
+        done = 0
+        while done < full:
+            chunk = min(1 << 20, full - done)
+            digest.update(self._read(start + done, chunk))
+            done += chunk
+        if full < size:
+            digest.update(self._read(ino["inline_at"], size - full))
+        self._digests[ino["nid"]] = digest.hexdigest()
+        return self._digests[ino["nid"]]
+
     def walk(self) -> Iterator[tuple[str, dict]]:
         """(path, entry without sha256) of every inode reachable from the root, in
         tree_key order (the root first, as ``.``)."""
+        for path, entry, _ino in self.walk_inodes():
+            yield path, entry
+
+    def walk_inodes(self) -> Iterator[tuple[str, dict, dict]]:
+        """(path, entry, inode) as :meth:`walk`."""
         root = self.inode(self.root_nid)
-        yield ROOT, self._entry(ROOT, root)
+        yield ROOT, self._entry(ROOT, root), root
         stack = [iter(self._kids(root, "", 0))]
         seen_dirs = {self.root_nid}
         while stack:
@@ -193,7 +269,7 @@ class Reader:
                 continue
             path, ino = item
             entry = self._entry(path, ino)
-            yield path, entry
+            yield path, entry, ino
             if entry["type"] == "dir":
                 if ino["nid"] in seen_dirs or len(stack) >= _MAX_DEPTH:
                     raise InputError(self.label, f"corrupt erofs file system: {path} loops "
