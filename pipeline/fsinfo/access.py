@@ -185,11 +185,20 @@ def _walk_erofs(fs: FileSystem, hashes: bool) -> Iterator[dict]:
 
 
 def _hash_unpacked(fs: FileSystem, tree: Path, path: str) -> str:
-    full = tree / path
-    try:
-        regular = stat.S_ISREG(os.lstat(full).st_mode)
-    except OSError:
-        regular = False
+    """sha256 of ``path`` in the unpacked tree, reached through real directories only (an
+    inconsistent image must not lead the hash out of the tree through a symlink)."""
+    full = tree
+    regular = True
+    for i, part in enumerate(path.split("/")):
+        full = full / part
+        try:
+            mode = os.lstat(full).st_mode
+        except OSError:
+            regular = False
+            break
+        if not (stat.S_ISDIR(mode) if i < path.count("/") else stat.S_ISREG(mode)):
+            regular = False
+            break
     if not regular:
         raise InputError(f"{fs.label}: {path}", "corrupt erofs file system: listed as a file, "
                          "not extracted as one")

@@ -221,7 +221,12 @@ class Reader:
                     raise InputError(self.label, "corrupt erofs file system: directory name "
                                      f"{name[:64]!r}")
                 out.append((name.decode("utf-8", "surrogateescape"), nid))
-        return sorted(out)
+        out.sort()
+        for (a, _), (b, _) in zip(out, out[1:]):
+            if a == b:
+                raise InputError(self.label, f"corrupt erofs file system: {a[:64]!r} twice in one "
+                                 "directory")
+        return out
 
     def file_sha256(self, ino: dict) -> str | None:
         """sha256 of an uncompressed regular file's data, streamed (None: compressed or
