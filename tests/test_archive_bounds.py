@@ -103,10 +103,13 @@ def test_pax_header_declaring_2gib_is_refused_in_bounded_memory(tmp_path, cache_
     assert "pax.deb:data.tar.xz" in stderr
 
 
-def test_xz_bomb_is_refused_in_bounded_memory(tmp_path, cache_dir):
-    """1 GiB of zeros in one member: concatenated xz streams of 8 MiB each (fast to make)."""
+@pytest.mark.parametrize("header", [True, False], ids=["in-a-member", "bare"])
+def test_xz_bomb_is_refused_in_bounded_memory(tmp_path, cache_dir, header):
+    """1 GiB of zeros, in one tar member or bare (the tar ends at the first zero block, and
+    what follows the end must be read too): concatenated xz streams of 8 MiB each."""
     zeros = lzma.compress(bytes(8 << 20), preset=1)
-    bomb = lzma.compress(tar_header(b"./usr/share/zeros", b"0", 1 << 30)) + zeros * 128
+    bomb = (lzma.compress(tar_header(b"./usr/share/zeros", b"0", 1 << 30)) if header else b"") \
+        + zeros * 128
     deb = deb_with_data(tmp_path / "bomb.deb", bomb)
     assert len(bomb) < 1 << 20
     code, stderr, rss = build_measured(tmp_path, deb, cache_dir)
