@@ -203,3 +203,17 @@ def test_rpm_header_value_counts_are_capped(tmp_path):
     rpm.write_bytes(b"\xed\xab\xee\xdb\x03\x00\x00\x00" + b"\0" * 88 + header_blob({}) + main)
     with pytest.raises(InputError, match=f"many.rpm:header:tag 111[67]: absurd value count {n}"):
         rpm_info(rpm)
+
+
+@pytest.mark.parametrize("typeflag", [b"x", b"g"])
+def test_many_pax_headers_add_up_to_the_same_cap(typeflag):
+    """Many small pax headers (distinct keys) before one member cost no more than one big one."""
+    def pax_header(i: int) -> bytes:
+        record = b"user.k%07d=" % i + b"v" * 60000 + b"\n"
+        record = b"%d " % (len(record) + 6) + record
+        body = record + bytes(-len(record) % 512)
+        return tar_header(b"././@PaxHeader", typeflag, len(record)) + body
+
+    data = b"".join(pax_header(i) for i in range(40)) + tar_header(b"f", b"0", 0) + bytes(1024)
+    with pytest.raises(InputError, match="pax headers at offset .* add up to more than 1048576"):
+        list(tar_entries(io.BytesIO(data), "t.tar"))

@@ -123,12 +123,11 @@ class _TarReader:
                                      f"bytes (limit {MAX_PAX})", "a hostile or corrupt archive")
                 records = _pax_records(self._read(size, "pax header"), self.where, at)
                 self._skip(-size % BLOCK, "padding")
-                if typeflag == b"x":
-                    pax.update(records)
-                else:
-                    self.global_pax.update(records)
-                    if sum(len(k) + len(v) for k, v in self.global_pax.items()) > MAX_PAX:
-                        raise InputError(self.where, f"global pax headers exceed {MAX_PAX} bytes")
+                target = pax if typeflag == b"x" else self.global_pax
+                target.update(records)
+                if sum(len(k) + len(v) for k, v in target.items()) > MAX_PAX:
+                    raise InputError(self.where, f"pax headers at offset {at} add up to more "
+                                     f"than {MAX_PAX} bytes", "a hostile or corrupt archive")
                 continue
             if typeflag in (b"L", b"K"):
                 if size > MAX_NAME + 1:
