@@ -123,7 +123,8 @@ def extract(recipe: Recipe, fetched: list[Fetched], tree_for: Callable[[str], St
     """Write every package entry and recipe file to ``tree_for(kind)`` as ``router`` says."""
     report = ExtractReport()
     exclude = glob_regex(recipe.exclude)
-    limits = Limits(unpacked=recipe.unpacked_limit, ratio=recipe.ratio_limit)
+    limits = Limits(unpacked=recipe.unpacked_limit, ratio=recipe.ratio_limit,
+                    entries=recipe.entries_limit)
 
     for item in fetched:
         with open_package(item, limits) as package:
@@ -169,6 +170,7 @@ class _Package:
     def extract(self, entries) -> None:
         report = self.report
         for entry in entries:
+            self.limits.count_entry(entry.member)
             path = canonical_path(entry.path, entry.member)
             if not path:
                 if entry.kind == E.DIR:

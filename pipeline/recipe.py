@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError
-from .formats.compression import DEFAULT_RATIO, DEFAULT_UNPACKED, RATIO_FLOOR
+from .formats.compression import DEFAULT_ENTRIES, DEFAULT_RATIO, DEFAULT_UNPACKED, RATIO_FLOOR
 from .systemd import release as sdrelease
 
 if sys.version_info >= (3, 11):
@@ -240,6 +240,9 @@ SCHEMA: tuple[Key, ...] = (
     Key("limits", "compression_ratio", int, "How many times a compressed package member may "
         f"expand once it produced {RATIO_FLOOR >> 20} MiB. Default {DEFAULT_RATIO}.", "5000",
         default=DEFAULT_RATIO, check=_ratio_check),
+    Key("limits", "entries", int, "How many archive entries (files, directories, links) all "
+        f"packages of a build may hold together. Default {DEFAULT_ENTRIES}.", "2000000",
+        default=DEFAULT_ENTRIES, check=_ratio_check),
 )
 
 SOURCE_KEYS = {
@@ -353,6 +356,7 @@ class Recipe:
     special_files: str = "warn"
     unpacked_limit: int = DEFAULT_UNPACKED
     ratio_limit: int = DEFAULT_RATIO
+    entries_limit: int = DEFAULT_ENTRIES
 
     @property
     def directory(self) -> Path:
@@ -523,6 +527,7 @@ def _build(path: Path, digest: str, data: dict) -> Recipe:
         special_files=values["policy.special_files"],
         unpacked_limit=parse_size(values["limits.unpacked"]) or DEFAULT_UNPACKED,
         ratio_limit=values["limits.compression_ratio"],
+        entries_limit=values["limits.entries"],
     )
 
 

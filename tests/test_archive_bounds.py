@@ -217,3 +217,14 @@ def test_many_pax_headers_add_up_to_the_same_cap(typeflag):
     data = b"".join(pax_header(i) for i in range(40)) + tar_header(b"f", b"0", 0) + bytes(1024)
     with pytest.raises(InputError, match="pax headers at offset .* add up to more than 1048576"):
         list(tar_entries(io.BytesIO(data), "t.tar"))
+
+
+def test_entry_budget_from_the_recipe(tmp_path, cache_dir):
+    """Empty entries cost no bytes but memory: their number is budgeted too."""
+    entries = [(info(f"./usr/share/e/{i}"), b"") for i in range(30)]
+    deb = deb_with_data(tmp_path / "many.deb", lzma.compress(_tar(entries)))
+    code, stderr, rss = build_measured(tmp_path, deb, cache_dir, "[limits]\nentries = 20\n")
+    assert_refused(code, stderr, rss, "more than 20 entries", tmp_path / "out")
+    assert "many.deb:data.tar.xz:./usr/share/e/" in stderr and "limits.entries" in stderr
+    code, stderr, _ = build_measured(tmp_path, deb, cache_dir, "[limits]\nentries = 40\n")
+    assert code == 0, stderr

@@ -55,8 +55,11 @@ PEEK = 512 + 8
 DEFAULT_UNPACKED = 8 << 30
 #: ... and no compressed member may expand more than this many times ...
 DEFAULT_RATIO = 1000
-#: ... once it has produced this much (small, very compressible members are normal).
+#: ... once it has produced this much (small, very compressible members are normal) ...
 RATIO_FLOOR = 32 << 20
+#: ... and all packages together may hold this many entries (each costs memory while the
+#: build runs; the largest real packages have about a hundred thousand).
+DEFAULT_ENTRIES = 1_000_000
 
 
 @dataclass
@@ -66,7 +69,16 @@ class Limits:
     unpacked: int = DEFAULT_UNPACKED
     ratio: int = DEFAULT_RATIO
     ratio_floor: int = RATIO_FLOOR
+    entries: int = DEFAULT_ENTRIES
     used: int = 0
+    counted: int = 0  # entries so far
+
+    def count_entry(self, where: str) -> None:
+        self.counted += 1
+        if self.counted > self.entries:
+            raise InputError(where, f"the packages hold more than {self.entries} entries "
+                             "(the build's budget)",
+                             "if genuine, raise limits.entries in the recipe")
 
     def spend(self, n: int, where: str) -> None:
         self.used += n
