@@ -55,13 +55,14 @@ def cmd_sign(args) -> int:
             "certificateFingerprint": found.certificate_fingerprint,
             "signatureAlgorithm": found.signature_algorithm,
             "signatureFile": found.signature_path.name,
-        })
+        }, signer=signer)
         _warn(found.warnings)
         print(f"signed {found.roothash_path} → {found.signature_path}: root hash "
               f"{found.root_hash}, certificate {found.certificate_fingerprint}", file=sys.stderr)
         return 0
     info = sign_ddi(image, **options)
-    _update_manifest(image, "ddi", info.root_hash, info.to_manifest(), info.sha256)
+    _update_manifest(image, "ddi", info.root_hash, info.to_manifest(), info.sha256,
+                     signer=signer)
     _warn(info.warnings)
     print(f"signed {image}: root hash {info.root_hash}, certificate "
           f"{info.certificate_fingerprint}, sha256 {info.sha256}", file=sys.stderr)
@@ -74,7 +75,7 @@ def _warn(warnings) -> None:
 
 
 def _update_manifest(image: Path, section: str, root_hash: str, fields: dict,
-                     sha256: str | None = None) -> None:
+                     sha256: str | None = None, signer=None) -> None:
     """Keep NAME.manifest.json true after signing, so that it equals a signed build's: the
     ``section`` (``ddi``: replaced; ``verity``: its signature fields updated) and, for a DDI,
     the image hash. A manifest that describes another root hash (a different build next to this
@@ -96,6 +97,9 @@ def _update_manifest(image: Path, section: str, root_hash: str, fields: dict,
         data[section].update(fields)
     if sha256 is not None:
         data.setdefault("image", {})["sha256"] = sha256
+    from . import provenance
+
+    provenance.after_signing(path.parent, data, signer)  # SBOM + provenance (W3)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_bytes(mf.dumps(data))
     tmp.replace(path)

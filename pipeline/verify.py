@@ -421,8 +421,16 @@ def verify(path: str | Path, *, recipe: str | Path | None = None, cache_dir: str
         # The image given must be what its own manifest says (sha256, detached files): a
         # reproduced manifest next to another image is not a reproduced image.
         consistent = not [u for u in report.unverified if u["side"] == "a"]
-        if not (same and consistent) or (signature and signature.status == "failed"):
+        provenance = None if no_signature else _check_provenance(target, recipe_path, cert)
+        if provenance is not None:
+            notes.append(f"provenance {provenance[0]}: {provenance[1]}")
+        if not (same and consistent) or (signature and signature.status == "failed") or \
+                (provenance and provenance[0] == "failed"):
             status = "differs"
+        elif provenance and provenance[0] == "not checked":
+            status = "incomplete"
+            notes.append("the provenance signature was not checked: give the signer's "
+                         "certificate with --cert FILE, or --no-signature")
         elif signature and signature.status == "not checked" and not no_signature:
             status = "incomplete"
             notes.append("not everything was checked: give the signer's certificate with "
@@ -453,6 +461,21 @@ def verify(path: str | Path, *, recipe: str | Path | None = None, cache_dir: str
     finally:
         if not keep:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _check_provenance(target: Target, recipe_path: Path, cert) -> tuple[str, str] | None:
+    """The NAME.provenance.json the manifest points to, checked (pipeline/provenance.py) with
+    ``--cert`` or the recipe's ``[sign] cert``."""
+    from . import provenance
+    from .keys import load_certificate
+
+    certificates = []
+    if cert is not None:
+        certificates.append(load_certificate(Path(cert)))
+    cert_path = (_recipe_signing(recipe_path) or {}).get("cert")
+    if cert is None and cert_path is not None and Path(cert_path).is_file():
+        certificates.append(load_certificate(Path(cert_path)))
+    return provenance.check(target.manifest, target.manifest_path, certificates)
 
 
 def _signed(manifest: dict) -> bool:

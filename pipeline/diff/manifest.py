@@ -144,6 +144,11 @@ def unsigned_view(manifest: dict) -> dict:
                 part["sha256"] = None
         if m.get("image"):
             m["image"]["sha256"] = ddi.get("unsignedSha256")
+        for key, field in (("sbom", "sha256"), ("provenance", "statement_sha256")):
+            if isinstance(m.get(key), dict):  # they name the signed image's sha256
+                m[key][field] = None
+    if isinstance(m.get("provenance"), dict):  # who signed NAME.provenance.json
+        m["provenance"]["certificateFingerprint"] = None
     verity = m.get("verity")
     if verity:
         for key in ("signatureFile", "certificateFingerprint", "signatureAlgorithm"):
