@@ -32,7 +32,7 @@ def cmd_build(args) -> int:
     recipe = recipe_mod.load(args.recipe)
     cache = Cache(default_cache_dir(args.cache_dir))
     result = build(recipe, Path(args.output_dir), cache, offline=args.offline,
-                   unsigned=args.unsigned,
+                   unsigned=args.unsigned, force=args.force,
                    log=Log(None if args.quiet else _human,
                            tty=sys.stderr if sys.stderr.isatty() else None),
                    progress=describe_progress())
@@ -42,6 +42,10 @@ def cmd_build(args) -> int:
         _human(f"warning: {warning}")
     if args.json:
         print(json.dumps(build_summary(result), indent=2, sort_keys=True))
+    elif result.up_to_date:
+        if not args.quiet:
+            for image in result.images:
+                _human(f"up to date: {image.image} ({image.kind})")
     elif not args.quiet:
         for image in result.images:
             _human(f"built {image.image} ({image.kind})")
@@ -66,7 +70,7 @@ def build_summary(result) -> dict:
         })
     return {"decision": result.decision, "images": images, "warnings": result.warnings,
             "dropped": len(result.images[0].manifest["dropped"]) if result.images else 0,
-            "timings": result.timings}
+            "timings": result.timings, "up_to_date": result.up_to_date}
 
 
 def cmd_recipe_reference(args) -> int:
@@ -111,6 +115,8 @@ def parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--unsigned", action="store_true", help="ignore [sign]: a DDI gets an empty "
                    "signature partition and NAME.roothash for `sysext-pipeline sign` elsewhere")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
+    p.add_argument("--force", action="store_true", help="rebuild even when the output is up to "
+                   "date (the manifest's input digest and image sha256 match)")
     p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("recipe-reference", help="print the recipe reference (docs/recipes.md)")
