@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import extract as extract_stage
-from . import layout, pitfalls, provenance
+from . import layout, pitfalls, provenance, uptodate
 from . import manifest as mf
 from .errors import BuildError, InputError
 from .fetch import Cache, Fetched, fetch_all, hash_file
@@ -70,6 +70,7 @@ class Staged:
     epoch_origin: str
     architecture: str | None
     package_facts: list = field(default_factory=list)  # SBOM facts per input (provenance.py)
+    digest_base: dict | None = None  # what the manifest's input_digest covers (uptodate.py)
 
 
 @dataclass
@@ -89,6 +90,7 @@ class BuildResult:
     warnings: list[str] = field(default_factory=list)
     findings: list[pitfalls.Finding] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    up_to_date: bool = False  # nothing was built: the output already is what these inputs make
 
 
 class Log:
@@ -184,9 +186,10 @@ def stage(recipe: Recipe, fetched: list[Fetched], new_tree: Callable[[str], Stag
 
 def build(recipe: Recipe, output_dir: Path, cache: Cache, *, environ: dict | None = None,
           offline: bool = False, unsigned: bool = False, log: Log | None = None,
-          progress=None) -> BuildResult:
+          progress=None, force: bool = False) -> BuildResult:
     """Build every image of ``recipe`` into ``output_dir``. ``unsigned`` skips [sign] (for
-    offline signing with ``sysext-pipeline sign``)."""
+    offline signing with ``sysext-pipeline sign``). Unless ``force``, an output that already
+    is what these inputs make is left as it is (``up_to_date`` in the result)."""
     environ = dict(os.environ if environ is None else environ)
     signer = None if unsigned else load_recipe_signer(recipe)
     log = log or Log()
@@ -203,6 +206,12 @@ def build(recipe: Recipe, output_dir: Path, cache: Cache, *, environ: dict | Non
               f"{origins.count('cache')} cached, {origins.count('local')} local)")
 
     warnings = prepare_output(output_dir, recipe.name)
+    digest_base = uptodate.parts(recipe, fetched, environ)
+    if not force:
+        current = _up_to_date(output_dir, recipe.name, digest_base, signer, log)
+        if current is not None:
+            current.warnings[:0] = warnings
+            return current
     _check_space(output_dir, sum(f.size for f in fetched) * STAGING_FACTOR,
                  f"staging {len(fetched)} packages (estimated at {STAGING_FACTOR}× their size)")
     with locked_workdir(output_dir, f".{recipe.name}.build-") as work:
@@ -215,6 +224,7 @@ def build(recipe: Recipe, output_dir: Path, cache: Cache, *, environ: dict | Non
 
         try:
             staged = stage(recipe, fetched, new_tree, environ)
+            staged.digest_base = digest_base
             staged.package_facts = provenance.read_facts(fetched, staged.report.packages)
             result = _package_all(recipe, staged, output_dir, work, log, signer)
         finally:
@@ -222,6 +232,36 @@ def build(recipe: Recipe, output_dir: Path, cache: Cache, *, environ: dict | Non
                 tree.close()
     result.warnings[:0] = warnings
     return result
+
+
+def _up_to_date(output_dir: Path, recipe_name: str, digest_base: dict, signer,
+                log: Log) -> BuildResult | None:
+    """The result of a build that finds its output already made from these inputs (read and
+    hashed under the output directory's lock, nothing touched), else None."""
+    with locked(output_dir):
+        found = uptodate.check(output_dir, recipe_name, digest_base,
+                               signer.fingerprint if signer is not None else None)
+    if found is None:
+        return None
+    images = []
+    for image, manifest_path, manifest in found:
+        verity = manifest.get("verity") or {}
+        extras = [output_dir / verity[key] for key in ("verityFile", "roothashFile",
+                                                       "signatureFile") if verity.get(key)]
+        if manifest.get("ddi") and signer is None:
+            extras.append(output_dir / f"{manifest['name']}.roothash")
+        images.append(ImageResult(manifest.get("kind"), manifest["name"], image, manifest_path,
+                                  manifest, extras))
+    log.stage("up-to-date", ", ".join(str(i.image) for i in images))
+    return BuildResult(images, found[0][2].get("decision", ""), timings=log.timings,
+                       up_to_date=True)
+
+
+def _input_digest(digest_base: dict | None, tool_versions: dict) -> dict:
+    """The manifest's ``input_digest`` field (none when the caller gave no digest base)."""
+    if digest_base is None:
+        return {}
+    return {uptodate.FIELD: uptodate.digest(digest_base, tool_versions)}
 
 
 #: Bytes of free space staging needs per byte of package files (a package unpacks to at
@@ -550,6 +590,7 @@ def _package_all(recipe, staged: Staged, output_dir, work: WorkDir, log,
             "mtime_policy": recipe.mtime,
             "policy": {"etc": recipe.etc_policy, "var": recipe.var_policy},
             "tools": mf.tool_versions(result.tools),
+            **_input_digest(staged.digest_base, mf.tool_versions(result.tools)),
             "extension_release": {"path": img.release_path, "fields": img.fields,
                                   "sha256": hashlib.sha256(img.release_bytes).hexdigest()},
             "dropped": dict(sorted(report.dropped.items())),
