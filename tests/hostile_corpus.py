@@ -1072,6 +1072,15 @@ def generate(outside: str) -> list[Case]:
                                sl("./usr/x", "y")], "refused", "data.tar")
     D("pax-global-size-2g", [pax_header_declaring(2 * GiB, b"g", b"x" * 100), f("./usr/x")],
       "refused", "data.tar")
+    def chain(keys):
+        return b"".join(tar_header("./PaxHeaders/x", size=len(body), typ=b"x") + pad512(body)
+                        for body in [pax_records({k: "c" * (600 << 10)}) for k in keys])
+
+    D("pax-headers-chained", [d("./usr"), chain(["c1", "c2", "c3"]), f("./usr/x")], "refused",
+      "data.tar", note="three 600 KiB pax headers before one member: each under the cap, "
+      "together over")
+    D("pax-headers-chained-same-key", [d("./usr"), chain(["comment"] * 3), f("./usr/x")],
+      "accepted", "", "usr/x", note="a repeated record replaces the earlier one: still bounded")
     D("pax-size-negative", [d("./usr"), pax_header_declaring(-1 << 40, body=b"x" * 10),
                             f("./usr/x")], "refused", "data.tar")
     D("pax-record-length-lies", [d("./usr"), f("./usr/x", pax={})], "refused", "data.tar",
