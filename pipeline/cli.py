@@ -93,9 +93,37 @@ COMMANDS: dict[str, str] = {
 }
 
 
-def parser(command: str | None = None) -> argparse.ArgumentParser:
+#: Each command's one-line help, for the top-level ``--help`` without importing any command
+#: module (startup stays near a bare interpreter's); a test checks it against the modules.
+SUMMARIES: dict[str, str] = {
+    "check": "will an image merge on a host? (and why not)",
+    "troubleshooting": "print the troubleshooting guide (docs/troubleshooting.md)",
+    "keys": "signing keys",
+    "sign": "fill the signature partition of a DDI built --unsigned (no other byte changes), or "
+            "write NAME.roothash.p7s; the verity data is checked first and NAME.manifest.json "
+            "updated",
+    "inspect": "partitions, verity, signature and release of any image (exit 1 when verity, the "
+               "partition UUIDs, the signature or the file system fail; an image is mounted "
+               "only if verified and signed by --cert)",
+    "doctor": "diagnose extensions on a host (or --root tree)",
+    "explain": "explain systemd-sysext/confext messages: rule, field, fix",
+    "install": "check, place, refresh and enable an extension image",
+    "uninstall": "remove an installed extension (kept for rollback)",
+    "rollback": "put back the version an install replaced",
+    "lock": "resolve packages sources into RECIPE.lock",
+    "fetch": "download every file the recipes need into a store",
+    "plan": "what build will make and where it will merge, from the recipe and the package "
+            "cache (no network, nothing written)",
+    "verify": "rebuild from what a manifest records and compare byte for byte",
+    "diff": "explain why two images or manifests differ",
+}
+
+
+def parser(command: str | None = None, *, summaries: bool = False) -> argparse.ArgumentParser:
     """The full parser; with ``command``, only that command's module is imported (others
-    stay unregistered, which only --help would notice)."""
+    stay unregistered, which only --help would notice). ``summaries``: no command module at
+    all, every command only named with its :data:`SUMMARIES` line (top-level --help,
+    --version)."""
     top = argparse.ArgumentParser(
         prog="sysext-pipeline", epilog=EPILOG,
         description="Build reproducible systemd-sysext/confext images from RPM and DEB packages.")
@@ -122,6 +150,11 @@ def parser(command: str | None = None) -> argparse.ArgumentParser:
     p = sub.add_parser("recipe-reference", help="print the recipe reference (docs/recipes.md)")
     p.set_defaults(func=cmd_recipe_reference)
 
+    if summaries:
+        for name, summary in SUMMARIES.items():
+            sub.add_parser(name, help=summary)
+        return top
+
     import importlib
 
     wanted = {COMMANDS[command]} if command in COMMANDS else \
@@ -145,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     if "--debug" in argv:  # accepted anywhere, not only before the command
         argv = ["--debug", *(a for a in argv if a != "--debug")]
     command = next((a for a in argv if not a.startswith("-")), None)
-    args = parser(command).parse_args(argv)
+    args = parser(command, summaries=command is None).parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate)
     try:
         return args.func(args)
