@@ -23,6 +23,10 @@ from .recipe import Recipe
 from .sorted_tree import sorted_copy
 from .staging import StagingTree
 
+#: mksquashfs's cache budget: without it, mksquashfs takes a quarter of the machine's memory
+#: (932 MiB of RSS at a 1 GB payload); 128M keeps its peak near 80 MiB at the same speed.
+SQUASHFS_MEM = "128M"
+
 #: Name prefix of a DDI build's scratch directory in the system's temporary directory.
 DDI_SCRATCH = "sysext-pipeline-ddi-"
 
@@ -105,7 +109,8 @@ def _squashfs(recipe: Recipe, tree: StagingTree, out: Path, epoch: int, tick) ->
             record = tree.records[path]
             fh.write(f"{_pseudo_quote(path)} m {record.mode:04o} {record.uid} {record.gid}\n")
     args = [tree.root, out, "-noappend", "-no-progress", "-quiet", "-mkfs-time", str(epoch),
-            "-root-mode", "0755", "-root-uid", "0", "-root-gid", "0", "-pf", pseudo, "-xattrs"]
+            "-root-mode", "0755", "-root-uid", "0", "-root-gid", "0", "-pf", pseudo, "-xattrs",
+            "-mem", SQUASHFS_MEM]  # bounded memory; the image bytes do not depend on it
     args += _squashfs_compression(recipe)
     try:
         tools.run("mksquashfs", args, what=f"packing {out.name}", tick=tick)
