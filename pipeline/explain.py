@@ -505,7 +505,9 @@ def summarize(lines: list[Line]) -> dict[str, ImageSummary]:
         elif line.status == "outcome" and "names" in line.values:
             for printed in line.values["names"].split("', '"):
                 # 262 names them by file name ('foo.sysext.raw'), ≤254 keep '.sysext' in names
-                variants = dict.fromkeys((printed.removesuffix(".raw"), _image_name(printed)))
+                # and 257+ print the file picked from a NAME.v/ directory ('foo_1.2.raw')
+                variants = dict.fromkeys((printed.removesuffix(".raw"), _image_name(printed),
+                                          rules.reduced_image_name(printed)))
                 known = [n for n in variants if n in out] or list(variants)[:1]
                 for name in known:
                     s = out.setdefault(name, ImageSummary(name, []))

@@ -70,6 +70,9 @@ def confirm(result: dict, host, kind: str | None, images: list[Path]) -> list[di
     for path in images:
         for k in kinds:
             name = rules.discovered_name(path.name, path.is_dir(), k, host.version)
+            if path.is_dir() and path.name.endswith(".v") and \
+                    rules.reads_v_directories(host.version):
+                name = rules.v_directory_image_name(path.name)
             if name:
                 given.setdefault(name, path)
     cache: dict = {}
