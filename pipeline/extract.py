@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import re
+import urllib.parse
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -75,25 +76,50 @@ def open_package(fetched: Fetched, limits: Limits | None = None) -> Package:
 
 def check_identity(item: Fetched, info) -> None:
     """What the file says it is must be what the recipe (or lock) names: a cached sha256 never
-    changes what a recipe means (``apt = "jqq"`` with jq's sha256 is an error, not jq)."""
+    changes what a recipe means (``apt = "jqq"`` with jq's sha256 is an error, not jq). For a
+    file or URL the name is the claim when it follows the format's convention (an archive's
+    ``jq_1.6-2.1_amd64.deb``); the epoch is not in file names and is then not compared."""
     source = item.source
-    name = source.ref.split(":", 1)[0] if source.type == "apt" else \
-        (source.names[0] if len(source.names) == 1 else None)
-    arch = source.ref.split(":", 1)[1] if source.type == "apt" and ":" in source.ref else \
-        getattr(source, "architecture", None)
+    if source.type == "apt":
+        name, _, arch = source.ref.partition(":")
+        version, epoch = source.version, True
+    elif len(source.names) == 1:  # a lock entry
+        name, version, arch, epoch = (source.names[0], source.version,
+                                      getattr(source, "architecture", None), True)
+    else:
+        claimed = _claimed_by_filename(item.filename, source.format)
+        if claimed is None:
+            return
+        (name, version, arch), epoch = claimed, False
+    have = _version(info.version) if epoch else _version(info.version).split(":", 1)[-1]
     wanted = []
-    if name is not None and info.name != name:
+    if name and info.name != name:
         wanted.append(f"name {name}")
-    if source.version is not None and _version(info.version) != _version(source.version):
-        wanted.append(f"version {source.version}")
-    if arch is not None and info.architecture != arch:
+    if version is not None and have != _version(version):
+        wanted.append(f"version {version}")
+    if arch and info.architecture != arch:
         wanted.append(f"architecture {arch}")
     if wanted:
+        what = "file name" if not epoch else "source entry"
         raise InputError(f"source {shown(_source_label(source))}",
                          f"the file is {shown(info.name)} {shown(info.version)} "
-                         f"({shown(info.architecture)}), not {', '.join(wanted)}",
-                         "fix the source entry (or its sha256): the package must be the one "
-                         "it names")
+                         f"({shown(info.architecture)}), not {', '.join(shown(w) for w in wanted)}",
+                         f"fix the {what} (or its sha256): the package must be the one it names")
+
+
+_RPM_FILE = re.compile(r"^(.+)-([^-]+)-([^-]+)\.([^.]+)\.rpm$")
+
+
+def _claimed_by_filename(filename: str, fmt: str) -> tuple[str, str, str] | None:
+    """(name, version without epoch, architecture) a package file's name claims when it follows
+    its format's convention (``jq_1.6-2.1_amd64.deb``, ``jq-1.6-9.fc39.x86_64.rpm``; what
+    archives and the build tools name them); None for any other name."""
+    filename = urllib.parse.unquote(filename)
+    if fmt == "deb" and filename.endswith(".deb"):
+        parts = filename[: -len(".deb")].split("_")
+        return (parts[0], parts[1], parts[2]) if len(parts) == 3 and all(parts) else None
+    match = _RPM_FILE.match(filename) if fmt == "rpm" else None
+    return (match[1], f"{match[2]}-{match[3]}", match[4]) if match else None
 
 
 def _version(version: str) -> str:

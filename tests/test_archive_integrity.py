@@ -368,3 +368,19 @@ def test_deb_identity_fields_are_what_dpkg_accepts(tmp_path, control, words):
     with pytest.raises(InputError, match=re.escape(words)) as err:
         Package(deb, "deb")
     assert err.value.where == "id.deb:control" and len(err.value.line()) < 400
+
+
+def test_file_name_in_the_archive_convention_is_a_claim(tmp_path, cache_dir, packages):
+    """jq_1.6_amd64.deb names a package: a file so named that is another one is refused; a
+    name outside the convention claims nothing."""
+    lying = tmp_path / "files" / "other-tool_1.0-1_amd64.deb"
+    lying.parent.mkdir()
+    shutil.copy(packages["deb"], lying)
+    refused(build(tmp_path, cache_dir, f'deb = "{lying}"'),
+            "the file is hello-tools 1.0-1 (amd64), not name other-tool", "fix the file name")
+    plain = tmp_path / "files" / "anything.deb"
+    shutil.copy(packages["deb"], plain)
+    assert build(tmp_path, cache_dir, f'deb = "{plain}"').returncode == 0
+    rpm = tmp_path / "files" / "rtools-2.0-2.x86_64.rpm"  # the real one is release 1
+    shutil.copy(packages["rpm"], rpm)
+    refused(build(tmp_path, cache_dir, f'rpm = "{rpm}"'), "not version 2.0-2")
