@@ -308,7 +308,9 @@ def cmd_explain(args) -> int:
     confirmed = confirm(result, host, args.kind, images) if host is not None and (
         args.root or images) else None
     if args.json:
-        print(json.dumps(as_json(result, confirmed, host), indent=2))
+        body = as_json(result, confirmed, host)
+        print(json.dumps(body, separators=(",", ":")) if args.json == "short" else
+              json.dumps(body, indent=2))
     else:
         if host is not None:
             print(f"systemd {rules.format_version(version)} ({host.version_source})"
@@ -338,11 +340,16 @@ def register(sub) -> None:
     p.add_argument("--kind", choices=("sysext", "confext"),
                    help="the lines come from this tool (default: from journal prefixes)")
     p.add_argument("--verbose", "-v", action="store_true", help="list the unknown lines too")
-    p.add_argument("--json", action="store_true", help="machine-readable result on stdout")
+    # --json, --json=pretty|short|off: the form every command takes
+    p.add_argument("--json", nargs="?", const="pretty", default=None, metavar="MODE",
+                   help="machine-readable result on stdout (pretty, short)")
     p.set_defaults(func=_dispatch)
 
 
 def _dispatch(args) -> int:
+    if args.json not in (None, "pretty", "short", "off"):  # `--json TEXT`: the text is a line
+        args.text, args.json = [args.json, *args.text], "pretty"
+    args.json = None if args.json == "off" else args.json
     if args.text == ["-"] and not args.file:
         args.text, args.file = [], "-"
     elif "-" in args.text:
