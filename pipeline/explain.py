@@ -399,7 +399,14 @@ def _strip(raw: str) -> tuple[str, str | None]:
 
 def explain_lines(lines: Iterable[str], version: rules.Version | None = None,
                   kind: str | None = None) -> list[Line]:
-    """Each line matched against the catalogue (of ``version`` only, when given)."""
+    """Each line matched against the catalogue (of ``version`` only, when given). Without
+    ``kind``, a log whose journal prefixes and mount lines all name one tool is that tool's."""
+    lines = list(lines)
+    if kind is None:
+        seen = {_strip(raw)[1] for raw in lines} - {None}
+        seen |= {"confext" if m.group("dir") == "confexts" else "sysext"
+                 for raw in lines for rx in _CONTEXT if (m := rx.search(raw))}
+        kind = seen.pop() if len(seen) == 1 else None
     out: list[Line] = []
     context: str | None = None
     for number, raw in enumerate(lines, 1):

@@ -63,6 +63,18 @@ def test_journal_prefix_kind_and_values():
     assert info["effect"].startswith("this image is ignored")
 
 
+def test_the_tool_of_a_whole_log_narrows_the_rules():
+    """One confext journal line makes the unprefixed lines confext's too: a sysext-only rule
+    (a directory with usr/lib/os-release) is no longer offered."""
+    lines = ["Dec 04 18:00:01 web1 systemd-confext[812]: Using extensions 'a'.",
+             "Failed to read metadata for image b: No medium found"]
+    explained = explain.explain_lines(lines, (257, 13))
+    assert explained[1].kind == "confext"
+    assert explained[1].rules == ["release.missing-raw"]
+    both = explain.explain_lines(lines[1:], (257, 13))[0]
+    assert set(both.rules) == {"release.missing-raw", "content.os-release-dir"}
+
+
 def test_unknown_lines_are_unknown_not_guessed():
     lines = explain.explain_lines(["Extension 'x' is probably broken somehow.",
                                    "Mounting /proc/self/fd/3 (squashfs) on /mnt",
