@@ -89,7 +89,7 @@ COMMANDS: dict[str, str] = {
     "check": "check_cmd", "troubleshooting": "check_cmd", "install": "install_cmd",
     "uninstall": "install_cmd", "rollback": "install_cmd", "doctor": "doctor_cmd",
     "lock": "lock_cmd", "fetch": "lock_cmd", "verify": "verify_cmd", "diff": "verify_cmd",
-    "explain": "explain_cmd",
+    "explain": "explain_cmd", "publish": "publish_cmd", "sign-feed": "publish_cmd",
 }
 
 
@@ -116,6 +116,10 @@ SUMMARIES: dict[str, str] = {
             "cache (no network, nothing written)",
     "verify": "rebuild from what a manifest records and compare byte for byte",
     "diff": "explain why two images or manifests differ",
+    "publish": "add built images to a systemd-sysupdate feed directory (versioned names, "
+               "SHA256SUMS + OpenPGP signature, transfer files, index.json)",
+    "sign-feed": "sign a feed's SHA256SUMS (publish --unsigned): with a key, or a detached "
+                 "signature made elsewhere, checked first",
 }
 
 

@@ -20,6 +20,14 @@ def _passphrase_args(p) -> None:
 def cmd_keys_generate(args) -> int:
     from .keys import generate, read_passphrase
 
+    if args.openpgp is not None:  # the feed's OpenPGP key (pipeline/publish.py)
+        from .publish import generate_openpgp
+
+        fpr = generate_openpgp(args.openpgp, args.subject.removeprefix("CN="))
+        print(f"OpenPGP key {fpr} in {args.openpgp} (mode 0700; no passphrase: keep the "
+              "directory private or offline)", file=sys.stderr)
+        return 0
+
     passphrase = read_passphrase(args.passphrase_env, args.passphrase_file)
     signer = generate(args.key, args.cert, subject=args.subject, days=args.days,
                       passphrase=passphrase)
@@ -180,6 +188,9 @@ def register(sub) -> None:
     g.add_argument("--subject", default="CN=sysext-pipeline release signing",
                    help="certificate subject, e.g. 'CN=Example release,O=Example'")
     g.add_argument("--days", type=int, default=3650, help="validity in days (default 3650)")
+    g.add_argument("--openpgp", type=Path, metavar="GNUPGHOME", help="instead: an OpenPGP "
+                   "RSA-4096 signing key (for publish's SHA256SUMS.gpg) in a new GnuPG home "
+                   "directory (0700); --subject is its user id")
     _passphrase_args(g)
     g.set_defaults(func=cmd_keys_generate)
 
