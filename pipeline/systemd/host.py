@@ -99,7 +99,7 @@ def in_initrd(root: Path | None, version: rules.Version) -> bool:
     if env is not None and env.strip().lower() in ("1", "yes", "true", "on", "0", "no",
                                                    "false", "off"):
         return env.strip().lower() in ("1", "yes", "true", "on")
-    if root is not None and version[0] >= 259:
+    if root is not None and rules.since("scope.initrd-from-root", version):
         return (Path(root) / "etc/initrd-release").exists()
     return Path("/etc/initrd-release").exists()
 

@@ -449,6 +449,10 @@ CHANGES: dict[str, Change] = {c.id: c for c in (
     Change("metadata.either-kind", (span("254"),),
            "reading a raw image's metadata accepts the release file of either kind (the image "
            "is judged in the merge child); 252/253 read only the kind's own"),
+    Change("scope.initrd-from-root", (span("259"),),
+           "with --root the initrd scope comes from /etc/initrd-release inside the root (seen "
+           "on 262.1: SYSTEMD_IN_INITRD=1 alone no longer makes it the initrd); ≤258 ask the "
+           "running system"),
     Change("exit.merge-failure", (span("256"),),
            "a merge that fails in the merge child exits 1; 252–255 exit 0 (failures reading "
            "image metadata exit 1 on every version)"),
