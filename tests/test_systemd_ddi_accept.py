@@ -1,5 +1,6 @@
 """A DDI and a signature that systemd itself accepts: systemd-dissect 252/254/257/262 read our
-signed DDI, and systemd-sysext checks its PKCS#7 signature the way it does before activating it.
+signed DDI and find detached verity files, and systemd-sysext checks the PKCS#7 signature of
+both the way it does before activating it.
 
 The kernel here has loop devices but no device-mapper: systemd-dissect works on a loop device
 (partition table, designators, verity "signed", the extension-release it mounts and reads), and
@@ -14,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -23,8 +25,8 @@ from merge import make_root
 from prereq import missing, require_root, require_tool
 from test_ddi import SEED, need_tools, new_fs_image, new_signer
 
-from pipeline import check_cmd
-from pipeline.ddi import assemble_ddi
+from pipeline import check_cmd, keys
+from pipeline.ddi import assemble_ddi, detached_verity
 from pipeline.systemd import host as hostmod
 from pipeline.systemd import rules
 
@@ -50,6 +52,37 @@ def signed(tmp_path_factory):
     info = assemble_ddi(new_fs_image(d / "fs"), image, arch="x86-64", fs_type="squashfs",
                         seed=SEED, signer=signer, workdir=d)
     return image, info, d / "keys/release.crt", d / "other/release.crt"
+
+
+@pytest.fixture(scope="module")
+def detached(tmp_path_factory, signed):
+    """A plain squashfs demo.raw with demo.verity, demo.roothash and demo.roothash.p7s."""
+    _, _, cert, other = signed
+    d = tmp_path_factory.mktemp("detached")
+    image = d / "demo.raw"
+    shutil.copyfile(new_fs_image(d / "fs"), image)
+    signer = keys.load_signer(cert.with_name("release.key"), cert)
+    info = detached_verity(image, seed=SEED, signer=signer, workdir=d)
+    return image, info, cert, other
+
+
+@pytest.fixture(params=["ddi", "detached"])
+def carrier(request):
+    """The signed image either way systemd takes one: a DDI, or detached verity files."""
+    return request.getfixturevalue("signed" if request.param == "ddi" else "detached")
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_dissect_finds_detached_verity(detached, version):
+    require_root()
+    image, _, _, _ = detached
+    proc = subprocess.run([*binary(version, "systemd-dissect"), "--json=short", str(image)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert [m["verity"] for m in data["mounts"]] == ["external"]
+    assert (data.get("sysextRelease") or data.get("extensionRelease")) == [
+        "ID=debian", "VERSION_ID=12"]
 
 
 @pytest.mark.parametrize("version", VERSIONS)
@@ -98,7 +131,8 @@ def merge_log(version: int, root: Path, cert: Path | None) -> tuple[int, str]:
 
 def _root(tmp_path: Path, image: Path, cert: Path | None, version: int) -> Path:
     root = make_root(tmp_path / "root", "ID=debian\nVERSION_ID=12\n")
-    (root / "var/lib/extensions/demo.raw").write_bytes(image.read_bytes())
+    for path in image.parent.glob("demo.*"):  # the image and any detached verity files
+        (root / "var/lib/extensions" / path.name).write_bytes(path.read_bytes())
     if cert is not None and version >= 258:
         (root / "etc/verity.d").mkdir()
         (root / "etc/verity.d/demo.crt").write_bytes(cert.read_bytes())
@@ -107,8 +141,8 @@ def _root(tmp_path: Path, image: Path, cert: Path | None, version: int) -> Path:
 
 @pytest.mark.parametrize("version", VERSIONS)
 @pytest.mark.parametrize("who", ["signer", "someone-else", "nobody"])
-def test_signature_checked_as_systemd_sysext_does(signed, tmp_path, version, who):
-    image, _, cert, other = signed
+def test_signature_checked_as_systemd_sysext_does(carrier, tmp_path, version, who):
+    image, _, cert, other = carrier
     given = {"signer": cert, "someone-else": other, "nobody": None}[who]
     root = _root(tmp_path, image, given, version)
     rc, log = merge_log(version, root, given)
