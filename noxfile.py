@@ -116,6 +116,7 @@ SYSTEM_PACKAGES: list[tuple[str, list[str], set[str]]] = [
     ("xz", ["xz-utils"], {"tests"}),
     ("file", ["file"], {"tests"}),
     ("setcap", ["libcap2-bin"], {"tests"}),  # file capabilities on test packages
+    ("capsh", ["libcap2-bin"], {"tests"}),  # root without CAP_SYS_ADMIN
     ("strace", ["strace"], {"tests"}),  # how often extraction opens a package
     # the locale variation (et_EE.UTF-8) is generated with localedef from these charmaps
     ("/usr/share/i18n/charmaps/UTF-8.gz", ["locales"], {"tests"}),
