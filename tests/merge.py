@@ -22,10 +22,16 @@ def in_namespace(script: str, env: dict | None = None) -> subprocess.CompletedPr
 
 
 def merge_root(root: Path, then: str = "true", tool: str = "systemd-sysext",
-               env: dict | None = None) -> subprocess.CompletedProcess:
-    """``tool merge --root=ROOT`` followed by ``then`` (a shell snippet) in the same namespace."""
-    require_tool(tool, "systemd")
-    cmd = f"{tool} merge --root={shlex.quote(str(root))} && {then}"
+               env: dict | None = None, argv: list[str] | None = None
+               ) -> subprocess.CompletedProcess:
+    """``tool merge --root=ROOT`` followed by ``then`` (a shell snippet) in the same namespace.
+
+    ``argv``: run that instead of the host's ``tool``, e.g.
+    ``systemd_versions.systemd_binary(262, "systemd-confext")``."""
+    if argv is None:
+        require_tool(tool, "systemd")
+        argv = [tool]
+    cmd = f"{shlex.join(argv)} merge --root={shlex.quote(str(root))} && {then}"
     return in_namespace(cmd, env=env)
 
 

@@ -34,3 +34,21 @@ def test_confext_knows_what_it_is_when_run_through_the_loader(tmp_path):
         out = subprocess.run([*argv(version, "systemd-confext"), "--help"], capture_output=True,
                              text=True).stdout
         assert "systemd-confext [OPTION" in out and "systemd-sysext [" not in out, out[:300]
+
+
+@pytest.mark.network
+def test_merge_root_runs_another_version(tmp_path):
+    """tests/merge.py's merge_root with an argv prefix: the real 262 merges a directory
+    extension into a --root tree and its file shows under /usr."""
+    from merge import make_root, merge_root
+
+    root = make_root(tmp_path / "root", "ID=debian\nVERSION_ID=12\n")
+    ext = root / "var/lib/extensions/hello"
+    (ext / "usr/lib/extension-release.d").mkdir(parents=True)
+    (ext / "usr/lib/extension-release.d/extension-release.hello").write_text("ID=_any\n")
+    (ext / "usr/share").mkdir()
+    (ext / "usr/share/hello").write_text("from 262\n")
+    proc = merge_root(root, f"cat {root}/usr/share/hello",
+                      argv=argv(262, "systemd-sysext"))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "from 262\n"
