@@ -1,12 +1,15 @@
-"""`check` must predict what the real systemd-sysext/systemd-confext do.
+"""`check` must predict what the real systemd-sysext/systemd-confext do, on every version we run.
 
-A generated matrix of cases (every rule in pipeline/systemd/rules.py that 252/254 exercise, raw
-squashfs images and directories, sysext and confext) is built once; each case gets its own OS
-tree (--root) with the image in a search directory plus a known-good *control* extension. Then
-one private mount namespace per binary runs ``merge --root`` over every case tree, and the real
-verdict is read back: control and image in "Using extensions …" → merges; control only →
-ignored; neither (or a failed command) → breaks the merge. The prediction comes from the same
-code the CLI uses (check_cmd.check_one), with the binary's own version.
+A generated matrix of cases (every rule in pipeline/systemd/rules.py a real binary can show, raw
+squashfs/erofs images, directories and NAME.v/ directories, sysext and confext) is built once;
+each case gets its own OS tree (--root) with the image in a search directory plus a known-good
+*control* extension. Then one private mount namespace per binary runs ``merge --root`` (and
+``merge --force --root``) over every case tree, and the real verdict is read back: control and
+image in "Using extensions …" → merges; control only → ignored; neither (or a failed command) →
+breaks the merge, whose exit status must be the ``systemd_exit`` check predicts. The binaries:
+the host's 252 and 254 (bookworm-backports), 257 (trixie), 262 (sid) fetched once and cached by
+tests/systemd_versions.py. The prediction comes from the same code the CLI uses
+(check_cmd.check_one), with the binary's own version.
 """
 
 from __future__ import annotations
