@@ -20,8 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import elfarch, layout, pitfalls, provenance, uptodate
 from . import extract as extract_stage
-from . import layout, pitfalls, provenance, uptodate
 from . import manifest as mf
 from .errors import BuildError, InputError
 from .fetch import Cache, Fetched, fetch_all, hash_file
@@ -647,6 +647,11 @@ def _package_all(recipe, staged: Staged, output_dir, work: WorkDir, log,
                         f"{os.geteuid()}, while the manifest records the owners the packages "
                         "ask for (root); copy it as root with the manifest's owners, or build "
                         "as root")
+    for img in staged.images:  # compiled code for another architecture (pipeline/elfarch.py)
+        elf = elfarch.warning(elfarch.mismatches(img.tree.records, img.tree.root,
+                                                 staged.architecture), staged.architecture)
+        if elf:
+            warnings.append(f"{img.name}: {elf}")
     xattrs = [x for img in staged.images for x in img.tree.dropped_xattrs]
     if xattrs:
         warnings.append(f"extended attributes not carried (only security.capability is): "
