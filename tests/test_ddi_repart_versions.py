@@ -8,10 +8,16 @@ set, the disk size pinned). Needs the network once (the binaries are cached afte
 
 from __future__ import annotations
 
+import json
+import os
+import shlex
+import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 import systemd_versions
+from conftest import REPO, run_cli
 from prereq import missing, require_tool
 from test_ddi import SEED, make_tree, need_tools, new_fs_image, new_signer, sha256
 
@@ -85,3 +91,32 @@ def test_unsigned_bytes_unchanged_by_pinning(squashfs, tmp_path):
         assemble_ddi(squashfs, out, arch="x86-64", fs_type="squashfs", seed=SEED, signer=None,
                      workdir=out.parent, repart=repart(version))
         assert sha256(out) == UNSIGNED_SHA256, version
+
+
+@pytest.mark.network
+def test_recipe_ddi_has_one_sha256_with_every_repart(tmp_path, cache_dir):
+    """recipes/debug-tools-ddi.toml itself (signed, erofs), built by the CLI with each
+    systemd-repart first on PATH: one sha256, and the manifest names the repart that ran."""
+    need_tools()
+    require_tool("mkfs.erofs", "erofs-utils")
+    shutil.copytree(REPO / "recipes", tmp_path / "recipes")
+    keys = run_cli("keys", "generate", cwd=tmp_path)
+    assert keys.returncode == 0, keys.stderr
+    digests = {}
+    for version in VERSIONS:
+        wrapper = tmp_path / f"bin{version}" / "systemd-repart"
+        wrapper.parent.mkdir()
+        argv = repart(version)
+        wrapper.write_text(f"#!/bin/sh\nexec {shlex.join([argv.path, *argv.args])} \"$@\"\n")
+        wrapper.chmod(0o755)
+        out = tmp_path / f"out{version}"
+        proc = run_cli("build", str(tmp_path / "recipes/debug-tools-ddi.toml"), "-o", str(out),
+                       "--cache-dir", str(cache_dir), "--json", cwd=tmp_path,
+                       env={"PATH": f"{wrapper.parent}:{os.environ['PATH']}"})
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        [image] = json.loads(proc.stdout)["images"]
+        manifest = json.loads(Path(image["manifest"]).read_text())
+        assert str(version) in json.dumps(manifest).split('"systemd-repart": "')[1][:8]
+        digests[version] = image["sha256"]
+    print("debug-tools-ddi: " + ", ".join(f"repart {v} {d}" for v, d in digests.items()))
+    assert len(set(digests.values())) == 1, digests
