@@ -269,13 +269,17 @@ _CONTEXT = (re.compile(r" on /run/systemd/sysext/(?P<dir>extensions|confexts)/(?
 
 def _compile(template: str) -> re.Pattern:
     out = ""
+    previous = ""
     for part in re.split(r"(\{\w+\})", template):
         m = re.fullmatch(r"\{(\w+)\}", part)
         if m:
             key = m.group(1)
-            out += f"(?P<{key}>.*?)" if key != "scope" else r"(?P<host>\S+)"
+            # a quoted value stops at the quote: no backtracking across a line of quotes
+            out += r"(?P<host>\S+)" if key == "scope" else f"(?P<{key}>[^']*)" \
+                if previous.endswith("'") else f"(?P<{key}>.*?)"
         else:
             out += re.escape(part).replace("…", "(?:…|\\.\\.\\.)")
+            previous = part
     return re.compile(out)
 
 
@@ -386,6 +390,8 @@ def rule_info(rule_id: str, line: Line | None = None) -> dict:
 
 def _strip(raw: str) -> tuple[str, str | None]:
     text = raw.rstrip("\r\n")
+    if len(text) > MAX_LINE:  # not a systemd message: not parsed at all
+        return text, None
     m = _PREFIX.match(text)
     kind = None
     if m and (m.group("ident") in _IDENTS):
@@ -397,6 +403,11 @@ def _strip(raw: str) -> tuple[str, str | None]:
     return text.strip(), kind
 
 
+#: Longer lines are unknown without being matched (systemd's messages are far shorter, and the
+#: patterns' lazy groups must not meet a megabyte of quotes).
+MAX_LINE = 4096
+
+
 def explain_lines(lines: Iterable[str], version: rules.Version | None = None,
                   kind: str | None = None) -> list[Line]:
     """Each line matched against the catalogue (of ``version`` only, when given). Without
@@ -405,7 +416,8 @@ def explain_lines(lines: Iterable[str], version: rules.Version | None = None,
     if kind is None:
         seen = {_strip(raw)[1] for raw in lines} - {None}
         seen |= {"confext" if m.group("dir") == "confexts" else "sysext"
-                 for raw in lines for rx in _CONTEXT if (m := rx.search(raw))}
+                 for raw in lines if len(raw) <= MAX_LINE for rx in _CONTEXT
+                 if (m := rx.search(raw))}
         kind = seen.pop() if len(seen) == 1 else None
     out: list[Line] = []
     context: str | None = None
@@ -413,12 +425,12 @@ def explain_lines(lines: Iterable[str], version: rules.Version | None = None,
         text, line_kind = _strip(raw)
         line = Line(number, raw.rstrip("\n"), text, "blank" if not text else "unknown",
                     kind=line_kind or kind)
-        for rx in _CONTEXT:
+        for rx in _CONTEXT if len(text) <= MAX_LINE else ():
             m = rx.search(text)
             if m:
                 context = m.group("name")
                 line.kind = line.kind or ("confext" if m.group("dir") == "confexts" else "sysext")
-        if text:
+        if text and len(text) <= MAX_LINE:
             _match(line, version, context)
         out.append(line)
     return out

@@ -83,6 +83,17 @@ def test_unknown_lines_are_unknown_not_guessed():
     assert all(not line.rules for line in lines)
 
 
+def test_hostile_lines_stay_fast():
+    import time
+
+    start = time.monotonic()
+    lines = ["Extension '" + "'," * 2000 + "' is for OS '" + "x'" * 20,
+             "Extension '" + "' is for OS '" * 3000, "x" * 10_000_000]
+    explained = explain.explain_lines(lines)
+    assert [line.status for line in explained] == ["unknown"] * 3
+    assert time.monotonic() - start < 1
+
+
 def test_text_of_another_version_is_said_so():
     old = "Extension 'foo' carries no extension-release data, ignoring extension."
     assert explain.explain_lines([old], (252, 38))[0].status == "rule"
