@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from dataclasses import dataclass, replace
@@ -242,12 +241,12 @@ def human(result: Result) -> str:
 
 
 def add_host_arguments(p) -> None:
-    p.add_argument("--root", help="check against this OS tree instead of the running host")
+    from . import clikit
+
+    clikit.add_root(p)
     p.add_argument("--os-release", help="use this os-release file for the host")
     p.add_argument("--arch", help="host architecture (systemd spelling: x86-64, arm64, ...)")
-    p.add_argument("--systemd", help="systemd version to model: 254.5 is that point release, "
-                   "254 the newest 254.x (default: the one installed in the host or root, where "
-                   "a version without a point, e.g. 254-1, is 254.0)")
+    clikit.add_systemd(p)
     p.add_argument("--initrd", action="store_true", default=None,
                    help="judge as systemd does in the initrd (scope 'initrd')")
 
@@ -262,9 +261,17 @@ def cmd_check(args) -> int:
     host = host_from_args(args)
     cache: dict = {}
     results = [check_one(Path(p), host, args.kind, cache, args.force) for p in args.images]
+    ok = all(r.verdict.verdict == rules.MERGES for r in results)
     if args.json:
-        print(json.dumps({"schema": 1, "host": host.as_dict(),
-                          "images": [r.as_dict(host) for r in results]}, indent=2))
+        from . import clikit
+
+        bad = [str(p) for p, r in zip(args.images, results)
+               if r.verdict.verdict != rules.MERGES]
+        return clikit.emit(args, {"host": host.as_dict(),
+                                  "images": [r.as_dict(host) for r in results]},
+                           0 if ok else NOT_MERGING,
+                           {"message": "some images do not merge", "subject": ", ".join(bad),
+                            "field": None, "hint": None})
     else:
         hdr = (f"host: {host.os_release.fields.get('ID', '(no ID)')} "
                f"{host.os_release.fields.get('VERSION_ID', '')} {host.architecture}, systemd "
@@ -273,8 +280,7 @@ def cmd_check(args) -> int:
         print(hdr)
         for r in results:
             print(human(r))
-    ok = all(r.verdict.verdict == rules.MERGES for r in results)
-    if not ok and not args.json:
+    if not ok:
         print("some images do not merge", file=sys.stderr)
     return 0 if ok else NOT_MERGING
 
@@ -285,9 +291,9 @@ def cmd_troubleshooting(args) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("check", help="will an image merge on a host? (and why not)",
-                       epilog="exit codes: 0 every image merges, 3 some do not, "
-                              "1/2 errors")
+    from . import clikit
+
+    p = sub.add_parser("check", help="will an image merge on a host? (and why not)")
     p.add_argument("images", nargs="+", metavar="IMAGE",
                    help="raw image, directory or NAME.v/ directory")
     add_host_arguments(p)
@@ -297,7 +303,7 @@ def register(sub) -> None:
     p.add_argument("--force", action="store_true",
                    help="judge as systemd-sysext/-confext --force does (the extension-release "
                         "validation skipped)")
-    p.add_argument("--json", action="store_true", help="machine-readable result on stdout")
+    clikit.add_json(p)
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("troubleshooting",

@@ -1,23 +1,66 @@
 """Command line: ``sysext-pipeline COMMAND …`` (also ``python -m pipeline``).
 
-Exit codes: 0 success, 1 build failure (a tool, the network), 2 bad input (recipe, archive,
-hash, usage). Errors print one line, ``error: <where>: <what> (<hint>)``; ``--debug`` adds the
-traceback.
+Exit codes: the classes of :mod:`pipeline.errors` (0 ok, 1 may be transient: retry, 2 the input
+is wrong: fix it, 3 verdict: no). Errors print one line, ``error: <where>: <what> (<hint>)``;
+``--debug`` adds the traceback; with ``--json`` every outcome is one JSON object on stdout
+(:mod:`pipeline.clikit`).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import sys
 from pathlib import Path
 
-from . import __version__
-from .errors import PipelineError
+from . import __version__, clikit
+from .errors import EXIT_CLASSES, EXIT_TEXT, INPUT, RETRY, PipelineError
 
-EPILOG = "exit codes: 0 ok, 1 build failure, 2 bad input (recipe, archive, hash, usage)"
+EPILOG = EXIT_TEXT
+
+#: What exit 3 (a verdict) means for the commands that give one; every other command never
+#: exits 3.
+VERDICTS = {
+    "check": "some image will not merge",
+    "install": "the image would not merge, or another image breaks the merge (--force)",
+    "doctor": "errors found",
+    "inspect": "verity, the partition UUIDs, the signature or the file system fail",
+    "verify": "differs, or could not be fully checked (the signature)",
+    "diff": "the two differ",
+}
+
+#: The top-level --help lists the commands in these groups (any other command under "More").
+GROUPS = {
+    "Build": ("plan", "build", "lock", "fetch"),
+    "Trust": ("keys", "sign", "inspect"),
+    "Reproduce": ("verify", "diff"),
+    "Host": ("check", "install", "uninstall", "rollback", "doctor", "explain"),
+    "Docs": ("recipe-reference", "troubleshooting"),
+}
+
+
+def epilog(command: str | None = None) -> str:
+    """The exit-code epilog every --help prints (one text, generated from the classes)."""
+    lines = ["exit codes:"] + [f"  {code}  {text}" for code, text in EXIT_CLASSES.items()]
+    if command in VERDICTS:
+        lines.append(f"  here 3 means: {VERDICTS[command]}")
+    elif command is not None:
+        lines[-1] += " (not given by this command)"
+    return "\n".join(lines)
+
+
+def grouped_commands(summaries: dict[str, str]) -> str:
+    grouped = {name for names in GROUPS.values() for name in names}
+    groups = dict(GROUPS)
+    more = tuple(n for n in summaries if n not in grouped)
+    if more:
+        groups["More"] = more
+    lines = []
+    for group, names in groups.items():
+        lines.append(f"{group}:")
+        lines += [f"  {name:<17} {summaries[name]}" for name in names if name in summaries]
+    return "\n".join(lines)
 
 
 def _human(line: str) -> None:
@@ -30,6 +73,7 @@ def cmd_build(args) -> int:
     from .fetch import Cache, default_cache_dir, describe_progress
 
     recipe = recipe_mod.load(args.recipe)
+    preflight(Path(args.output_dir))
     cache = Cache(default_cache_dir(args.cache_dir))
     result = build(recipe, Path(args.output_dir), cache, offline=args.offline,
                    unsigned=args.unsigned, force=args.force,
@@ -41,8 +85,8 @@ def cmd_build(args) -> int:
     for warning in result.warnings:
         _human(f"warning: {warning}")
     if args.json:
-        print(json.dumps(build_summary(result), indent=2, sort_keys=True))
-    elif result.up_to_date:
+        return clikit.emit(args, build_summary(result))
+    if result.up_to_date:
         if not args.quiet:
             for image in result.images:
                 _human(f"up to date: {image.image} ({image.kind})")
@@ -69,8 +113,31 @@ def build_summary(result) -> dict:
             "extra_files": [str(p) for p in image.extras],
         })
     return {"decision": result.decision, "images": images, "warnings": result.warnings,
-            "dropped": len(result.images[0].manifest["dropped"]) if result.images else 0,
+            "dropped": dict(result.images[0].manifest["dropped"]) if result.images else {},
             "timings": result.timings, "up_to_date": result.up_to_date}
+
+
+def preflight(output_dir: Path) -> None:
+    """Before anything is fetched: the output directory is (or can be) a writable directory and
+    SOURCE_DATE_EPOCH, when set, is a valid epoch."""
+    from .errors import InputError
+
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    if epoch is not None and not (epoch.isascii() and epoch.isdigit()):
+        raise InputError("SOURCE_DATE_EPOCH", f"{epoch[:40]!r} is not a number of seconds since "
+                         "1970", "unset it or set it to e.g. $(git log -1 --format=%ct)")
+    existing = output_dir
+    while not existing.exists() and not existing.is_symlink() and existing != existing.parent:
+        existing = existing.parent
+    if existing.is_symlink() and not existing.exists():
+        raise InputError(str(existing), "is a dangling symbolic link",
+                         "give -o a directory")
+    if not existing.is_dir():
+        raise InputError(str(existing), "is not a directory",
+                         "-o/--output-dir names the directory the image goes to")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(str(existing), "is not writable by this user",
+                         "give -o a directory you can write to")
 
 
 def cmd_recipe_reference(args) -> int:
@@ -102,7 +169,7 @@ SUMMARIES: dict[str, str] = {
     "sign": "fill the signature partition of a DDI built --unsigned (no other byte changes), or "
             "write NAME.roothash.p7s; the verity data is checked first and NAME.manifest.json "
             "updated",
-    "inspect": "partitions, verity, signature and release of any image (exit 1 when verity, the "
+    "inspect": "partitions, verity, signature and release of any image (exit 3 when verity, the "
                "partition UUIDs, the signature or the file system fail; an image is mounted "
                "only if verified and signed by --cert)",
     "doctor": "diagnose extensions on a host (or --root tree)",
@@ -128,36 +195,40 @@ def parser(command: str | None = None, *, summaries: bool = False) -> argparse.A
     stay unregistered, which only --help would notice). ``summaries``: no command module at
     all, every command only named with its :data:`SUMMARIES` line (top-level --help,
     --version)."""
-    top = argparse.ArgumentParser(
-        prog="sysext-pipeline", epilog=EPILOG,
+    top = clikit.ArgumentParser(
+        prog="sysext-pipeline", formatter_class=clikit.Formatter,
+        epilog=grouped_commands({"build": BUILD_HELP, "recipe-reference": REFERENCE_HELP,
+                                 **SUMMARIES}) + "\n\n" + epilog()
+        + "\n\nRun `sysext-pipeline COMMAND --help` for a command's options.",
         description="Build reproducible systemd-sysext/confext images from RPM and DEB packages.")
     top.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    top.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    top.add_argument("--debug", action="store_true", help=clikit.HELP["debug"])
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                             help=argparse.SUPPRESS)
+    top.usage = "%(prog)s [-h] [--version] [--debug] COMMAND ..."  # after: commands' prog
 
-    p = sub.add_parser("build", help="build the image a recipe describes", epilog=EPILOG)
+    p = sub.add_parser("build", help=BUILD_HELP)
     p.add_argument("recipe", help="recipe file (TOML), see docs/recipes.md")
     p.add_argument("-o", "--output-dir", default="out", help="where the image and manifest go "
-                   "(default: ./out)")
-    p.add_argument("--json", action="store_true", help="print a machine-readable result on stdout")
-    p.add_argument("--cache-dir", "--store", dest="cache_dir", help="package cache or offline "
-                   "store (default: $SYSEXT_PIPELINE_CACHE or $XDG_CACHE_HOME/sysext-pipeline)")
+                   "(default: ./out; checked before anything is fetched)")
+    clikit.add_json(p)
+    clikit.add_cache_dir(p)
     p.add_argument("--offline", action="store_true", help="use only the cache/store, never the "
                    "network (a missing file is an error naming the package)")
     p.add_argument("--unsigned", action="store_true", help="ignore [sign]: a DDI gets an empty "
                    "signature partition and NAME.roothash for `sysext-pipeline sign` elsewhere")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
+    clikit.add_quiet(p)
     p.add_argument("--force", action="store_true", help="rebuild even when the output is up to "
                    "date (the manifest's input digest and image sha256 match)")
     p.set_defaults(func=cmd_build)
 
-    p = sub.add_parser("recipe-reference", help="print the recipe reference (docs/recipes.md)")
+    p = sub.add_parser("recipe-reference", help=REFERENCE_HELP)
     p.set_defaults(func=cmd_recipe_reference)
 
     if summaries:
         for name, summary in SUMMARIES.items():
             sub.add_parser(name, help=summary)
-        return top
+        return _finish(sub, top)
 
     import importlib
 
@@ -165,7 +236,31 @@ def parser(command: str | None = None, *, summaries: bool = False) -> argparse.A
         set() if command in ("build", "recipe-reference") else set(COMMANDS.values())
     for name in sorted(wanted):
         importlib.import_module(f"pipeline.{name}").register(sub)
+    return _finish(sub, top)
+
+
+def _finish(sub, top) -> argparse.ArgumentParser:
+    """What every command shares, added once here: --debug (also accepted before the command),
+    the exit-code epilog and the help formatter."""
+    for name, p in sub.choices.items():
+        _share(p, name)
     return top
+
+
+def _share(p, name: str) -> None:
+    p.formatter_class = clikit.Formatter
+    p.epilog = epilog(name)
+    if "--debug" not in p._option_string_actions:
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help=clikit.HELP["debug"])
+    for action in p._actions:  # nested commands (keys generate)
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _share(child, name)
+
+
+BUILD_HELP = "build the image a recipe describes"
+REFERENCE_HELP = "print the recipe reference (docs/recipes.md)"
 
 
 class Terminated(KeyboardInterrupt):
@@ -178,29 +273,66 @@ def _terminate(signum, frame):
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "--debug" in argv:  # accepted anywhere, not only before the command
-        argv = ["--debug", *(a for a in argv if a != "--debug")]
+    argv = clikit.normalise_argv(list(sys.argv[1:] if argv is None else argv))
+    mode = clikit.json_requested(argv)
     command = next((a for a in argv if not a.startswith("-")), None)
-    args = parser(command, summaries=command is None).parse_args(argv)
+    try:
+        args = parser(command, summaries=command is None).parse_args(argv)
+    except clikit.Usage as exc:
+        exc.parser.print_usage(sys.stderr)
+        print(f"{exc.parser.prog}: error: {exc.message}", file=sys.stderr)
+        if mode:
+            clikit.failure({"message": exc.message, "subject": exc.parser.prog, "field": None,
+                            "hint": f"see `{exc.parser.prog} --help`"}, INPUT, mode)
+        return INPUT
+    except ModuleNotFoundError as exc:
+        return _missing_module(exc, mode)
     signal.signal(signal.SIGTERM, _terminate)
+    mode = getattr(args, "json", None)
     try:
         return args.func(args)
     except PipelineError as exc:
         if args.debug:
             raise
         print(f"error: {exc.line()}", file=sys.stderr)
+        if mode:
+            clikit.failure(exc.as_json(), exc.exit_code, mode)
         return exc.exit_code
     except BrokenPipeError:  # `… | head`: the reader has gone; nothing more to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except ModuleNotFoundError as exc:
+        if args.debug:
+            raise
+        return _missing_module(exc, mode)
     except OSError as exc:  # the disk, permissions, a path that is not a directory, …
         if args.debug:
             raise
         where = exc.filename or "system"
         print(f"error: {where}: {exc.strerror or exc}", file=sys.stderr)
-        return 1
+        if mode:
+            clikit.failure({"message": exc.strerror or str(exc), "subject": str(where),
+                            "field": None, "hint": None}, RETRY, mode)
+        return RETRY
     except KeyboardInterrupt as exc:
-        print("error: terminated" if isinstance(exc, Terminated) else "error: interrupted",
-              file=sys.stderr)
-        return 143 if isinstance(exc, Terminated) else 130
+        text = "terminated" if isinstance(exc, Terminated) else "interrupted"
+        code = 143 if isinstance(exc, Terminated) else 130
+        print(f"error: {text}", file=sys.stderr)
+        if mode:
+            clikit.failure({"message": text, "subject": None, "field": None, "hint": None},
+                           code, mode)
+        return code
+
+
+def _missing_module(exc: ModuleNotFoundError, mode: str | None) -> int:
+    """A third-party module that is not installed (outside the venv): one line naming it."""
+    name = (exc.name or "").partition(".")[0]
+    if not name or name == "pipeline":
+        raise exc
+    hint = ("install the project's dependencies: `pip install .` (or `pipx install .`), or run "
+            "from the venv `python3 noxfile.py -s build` makes (. .nox/build/bin/activate)")
+    print(f"error: the Python module {name!r} is not installed ({hint})", file=sys.stderr)
+    if mode:
+        clikit.failure({"message": f"the Python module {name!r} is not installed",
+                        "subject": name, "field": None, "hint": hint}, INPUT, mode)
+    return INPUT

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
-from .errors import InputError
+from . import clikit
+from .errors import VERDICT, InputError
 
 DEFAULT_KEY, DEFAULT_CERT = Path("keys/release.key"), Path("keys/release.crt")
 
@@ -35,6 +35,10 @@ def cmd_keys_generate(args) -> int:
     print(f"cert {args.cert} (sha256 {signer.fingerprint})", file=sys.stderr)
     print("install the certificate on hosts as /etc/verity.d/NAME.crt to trust signed images",
           file=sys.stderr)
+    if args.json:
+        return clikit.emit(args, {"key": str(args.key), "cert": str(args.cert),
+                                  "encrypted": bool(passphrase),
+                                  "fingerprint": signer.fingerprint})
     return 0
 
 
@@ -67,6 +71,12 @@ def cmd_sign(args) -> int:
         _warn(found.warnings)
         print(f"signed {found.roothash_path} → {found.signature_path}: root hash "
               f"{found.root_hash}, certificate {found.certificate_fingerprint}", file=sys.stderr)
+        if args.json:
+            return clikit.emit(args, {
+                "image": str(image), "format": "verity", "root_hash": found.root_hash,
+                "certificate_fingerprint": found.certificate_fingerprint,
+                "signature_file": str(found.signature_path), "sha256": None,
+                "warnings": list(found.warnings)})
         return 0
     info = sign_ddi(image, **options)
     _update_manifest(image, "ddi", info.root_hash, info.to_manifest(), info.sha256,
@@ -74,6 +84,11 @@ def cmd_sign(args) -> int:
     _warn(info.warnings)
     print(f"signed {image}: root hash {info.root_hash}, certificate "
           f"{info.certificate_fingerprint}, sha256 {info.sha256}", file=sys.stderr)
+    if args.json:
+        return clikit.emit(args, {
+            "image": str(image), "format": "ddi", "root_hash": info.root_hash,
+            "certificate_fingerprint": info.certificate_fingerprint, "signature_file": None,
+            "sha256": info.sha256, "warnings": list(info.warnings)})
     return 0
 
 
@@ -117,11 +132,27 @@ def cmd_inspect(args) -> int:
     from .ddi import inspect_image
 
     report = inspect_image(args.image, cert=args.cert)
+    problems = report["problems"]
     if args.json:
-        print(json.dumps(report, indent=2, sort_keys=True))
-    else:
-        print(render(report))
-    return 1 if report["problems"] else 0
+        error = {"message": f"{len(problems)} problem{'s' if len(problems) > 1 else ''}: "
+                            f"{problems[0] if problems else ''}",
+                 "subject": str(args.image), "field": None, "hint": None}
+        return clikit.emit(args, snake_case(report), VERDICT if problems else 0, error)
+    print(render(report))
+    return VERDICT if problems else 0
+
+
+def snake_case(value):
+    """inspect's report with snake_case keys (``diskUuid`` → ``disk_uuid``) for --json; the
+    manifest's own format is a separate contract and keeps its keys."""
+    import re
+
+    if isinstance(value, dict):
+        return {re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", k).lower() if isinstance(k, str) else k:
+                snake_case(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [snake_case(v) for v in value]
+    return value
 
 
 def render(report: dict) -> str:
@@ -188,6 +219,7 @@ def register(sub) -> None:
     g.add_argument("--subject", default="CN=sysext-pipeline release signing",
                    help="certificate subject, e.g. 'CN=Example release,O=Example'")
     g.add_argument("--days", type=int, default=3650, help="validity in days (default 3650)")
+    clikit.add_json(g)
     g.add_argument("--openpgp", type=Path, metavar="GNUPGHOME", help="instead: an OpenPGP "
                    "RSA-4096 signing key (for publish's SHA256SUMS.gpg) in a new GnuPG home "
                    "directory (0700); --subject is its user id")
@@ -197,7 +229,7 @@ def register(sub) -> None:
     p = sub.add_parser("sign", help="fill the signature partition of a DDI built --unsigned "
                        "(no other byte changes), or write NAME.roothash.p7s; the verity data "
                        "is checked first and NAME.manifest.json updated")
-    p.add_argument("image", type=Path)
+    p.add_argument("image", type=Path, help="the image (NAME.raw) to sign")
     p.add_argument("--key", type=Path, help="private key (PEM)")
     p.add_argument("--cert", type=Path, help="its certificate (PEM)")
     p.add_argument("--signature", type=Path, metavar="P7S", help="a detached DER PKCS#7 "
@@ -207,13 +239,14 @@ def register(sub) -> None:
                    "certificate (without it, sign refuses to; re-signing with the same "
                    "certificate needs no --force)")
     _passphrase_args(p)
+    clikit.add_json(p)
     p.set_defaults(func=cmd_sign)
 
     p = sub.add_parser("inspect", help="partitions, verity, signature and release of any image "
-                       "(exit 1 when verity, the partition UUIDs, the signature or the file "
+                       "(exit 3 when verity, the partition UUIDs, the signature or the file "
                        "system fail; an image is mounted only if verified and signed by --cert)")
-    p.add_argument("image", type=Path)
+    p.add_argument("image", type=Path, help="a raw image (DDI, squashfs, erofs) or directory")
     p.add_argument("--cert", type=Path, help="check the signature against this certificate "
                    "(an image without a signature then fails)")
-    p.add_argument("--json", action="store_true")
+    clikit.add_json(p)
     p.set_defaults(func=cmd_inspect)

@@ -12,7 +12,6 @@ extension need and that neither the extensions nor the host provide.
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import struct
 import sys
@@ -21,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .check_cmd import add_host_arguments, apply_breakers, evaluate_entry, host_from_args
-from .errors import PipelineError
+from .errors import VERDICT, PipelineError
 from .systemd import host as hostmod
 from .systemd import images, rules, signature
 from .systemd.release import HIERARCHIES
@@ -430,10 +429,19 @@ def cmd_doctor(args) -> int:
     from .explain_cmd import doctor_human, doctor_report
     journal = doctor_report(host) if host.root is None else None
     # -- end of explain's hook
+    errors = sum(f.severity == ERROR for f in findings)
+    warnings = sum(f.severity == WARNING for f in findings)
     if args.json:
-        print(json.dumps({"schema": 1, "host": host.as_dict(), "images": inventory,
-                          "findings": [asdict(f) for f in findings],
-                          "journal": journal}, indent=2))
+        from . import clikit
+
+        print(f"{errors} error(s), {warnings} warning(s)", file=sys.stderr)
+        first = next((f for f in findings if f.severity == ERROR), None)
+        return clikit.emit(args, {"host": host.as_dict(), "images": inventory,
+                                  "findings": [asdict(f) for f in findings],
+                                  "journal": journal}, VERDICT if errors else 0,
+                           {"message": f"{errors} error(s): {first.message}" if first else "",
+                            "subject": first.code if first else None, "field": None,
+                            "hint": first.fix if first else None})
     else:
         for f in findings:
             line = f"{f.severity:7} {f.code}: {f.message}"
@@ -442,15 +450,14 @@ def cmd_doctor(args) -> int:
             print(line)
         if host.root is None:  # explain's hook
             print("\n".join(doctor_human(journal)))
-    errors = sum(f.severity == ERROR for f in findings)
-    warnings = sum(f.severity == WARNING for f in findings)
     print(f"{errors} error(s), {warnings} warning(s)", file=sys.stderr)
-    return 1 if errors else 0
+    return VERDICT if errors else 0
 
 
 def register(sub) -> None:
-    p = sub.add_parser("doctor", help="diagnose extensions on a host (or --root tree)",
-                       epilog="exit codes: 0 no errors found, 1 errors found, 2 bad input")
+    from . import clikit
+
+    p = sub.add_parser("doctor", help="diagnose extensions on a host (or --root tree)")
     add_host_arguments(p)
-    p.add_argument("--json", action="store_true", help="machine-readable findings on stdout")
+    clikit.add_json(p)
     p.set_defaults(func=cmd_doctor)

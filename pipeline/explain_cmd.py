@@ -6,7 +6,6 @@ diagnosis is checked against the files, as ``check`` judges them, and a disagree
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -21,6 +20,7 @@ from .systemd import rules
 #: Bounds for --file / stdin: systemd's debug output of a refresh is a few thousand lines.
 MAX_BYTES = 64 * 1024 * 1024
 MAX_LINES = 200_000
+_CHUNK = 64 * 1024
 
 
 def read_lines(source: str) -> list[str]:
@@ -35,12 +35,21 @@ def read_lines(source: str) -> list[str]:
         lines: list[str] = []
         size = 0
         with stream if source != "-" else _nullcontext(stream):
-            for line in stream:
-                size += len(line)
-                lines.append(line)
+            while True:
+                chunk = stream.readline(_CHUNK)  # never a whole newline-free gigabyte
+                if not chunk:
+                    break
+                size += len(chunk)
                 if size > MAX_BYTES or len(lines) > MAX_LINES:
                     raise InputError(where, f"more than {MAX_LINES} lines or "
                                      f"{MAX_BYTES // 2**20} MiB", "pass the systemd-sysext part")
+                if lines and not lines[-1].endswith("\n"):  # the rest of a long line
+                    if len(lines[-1]) <= explain.MAX_LINE:
+                        lines[-1] += chunk
+                    elif chunk.endswith("\n"):  # the long line ends here; its middle is dropped
+                        lines[-1] += "\n"
+                    continue
+                lines.append(chunk)
     except UnicodeDecodeError as exc:  # stdin in a strict locale
         raise InputError(where, f"not text: {exc.reason}") from None
     return lines
@@ -308,9 +317,9 @@ def cmd_explain(args) -> int:
     confirmed = confirm(result, host, args.kind, images) if host is not None and (
         args.root or images) else None
     if args.json:
-        body = as_json(result, confirmed, host)
-        print(json.dumps(body, separators=(",", ":")) if args.json == "short" else
-              json.dumps(body, indent=2))
+        from . import clikit  # the shared envelope: schema, ok, exit
+
+        return clikit.emit(args, as_json(result, confirmed, host))
     else:
         if host is not None:
             print(f"systemd {rules.format_version(version)} ({host.version_source})"

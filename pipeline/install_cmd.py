@@ -15,7 +15,6 @@ other systemd-sysext/systemd-confext binaries (tests use systemd 254 that way).
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import shutil
 import signal
@@ -24,8 +23,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from . import tools
-from .errors import BuildError, InputError
+from . import clikit, tools
+from .errors import BuildError, InputError, VerdictError
 from .systemd import host as hostmod
 from .systemd import images, rules
 from .systemd.release import HIERARCHIES
@@ -271,8 +270,8 @@ def cmd_install(args) -> int:
     warnings: list[str] = []
     if verdict.verdict != rules.MERGES:
         text = _refusal(verdict, host.version)
-        if not args.force:
-            raise InputError(str(source), text, f"fix: {verdict.fix}; or --force")
+        if not args.force:  # the same verdict as check's: exit 3
+            raise VerdictError(str(source), text, f"fix: {verdict.fix}; or --force")
         warnings.append(f"--force: {text}")
     dest_dir = host.base / directory.lstrip("/")
     # every version of this extension in the target directory is replaced (and one kept)
@@ -283,7 +282,7 @@ def cmd_install(args) -> int:
         text = (f"another image breaks the whole merge, so nothing (this one included) would "
                 f"merge: {culprits}")
         if not args.force:
-            raise InputError(str(source), text, "fix or remove it first; or --force")
+            raise VerdictError(str(source), text, "fix or remove it first; or --force")
         warnings.append(f"--force: {text.upper()[:1] + text[1:]}")
     rollback_dir = host.base / ROLLBACK[args.runtime] / kind
     dest, kept = place(source, dest_dir, file_name, rollback_dir, same_dir)
@@ -326,10 +325,10 @@ def cmd_install(args) -> int:
     for warning in warnings:
         _say(f"warning: {warning}")
     if args.json:
-        print(json.dumps({"schema": 1, "installed": str(dest), "kind": kind, "name": name,
-                          "previous": [str(k) for k in kept], "refreshed": refreshed,
-                          "enabled": enabled, "visible": visible, "warnings": warnings,
-                          "check": verdict.as_dict()}, indent=2))
+        return clikit.emit(args, {"installed": str(dest), "kind": kind, "name": name,
+                                  "previous": [str(k) for k in kept], "refreshed": refreshed,
+                                  "enabled": enabled, "visible": visible, "warnings": warnings,
+                                  "check": verdict.as_dict()})
     return 0
 
 
@@ -385,8 +384,8 @@ def cmd_uninstall(args) -> int:
             refreshed.append(kind)
             _say(f"refreshed: systemd-{kind} refresh")
     if args.json:
-        print(json.dumps({"schema": 1, "removed": [str(p) for _, p in removed],
-                          "left": [str(p) for p in left], "refreshed": refreshed}, indent=2))
+        return clikit.emit(args, {"removed": [str(p) for _, p in removed],
+                                  "left": [str(p) for p in left], "refreshed": refreshed})
     return 0
 
 
@@ -410,8 +409,13 @@ def cmd_rollback(args) -> int:
                     os.rename(prev, held)
                     dest, kept = place(held, directory, prev.name, rollback_dir, current)
                 _say(f"rolled back: {dest}" + (f" (current kept: {kept[0]})" if kept else ""))
-                if _refreshes(args, root):
+                refreshed = _refreshes(args, root)
+                if refreshed:
                     refresh(kind, root)
+                if args.json:
+                    return clikit.emit(args, {"restored": str(dest), "kind": kind,
+                                              "name": pname, "kept": [str(k) for k in kept],
+                                              "refreshed": bool(refreshed)})
                 return 0
     raise InputError(args.name, "no previous version kept", "install keeps one on replacement")
 
@@ -419,36 +423,34 @@ def cmd_rollback(args) -> int:
 def register(sub) -> None:
     p = sub.add_parser("install", help="check, place, refresh and enable an extension image")
     p.add_argument("image", help="raw image or directory (NAME.raw / NAME)")
-    p.add_argument("--root", help="install into this OS tree")
+    clikit.add_root(p)
     p.add_argument("--runtime", action="store_true",
                    help="until reboot only: /run/extensions (/run/confexts)")
     p.add_argument("--enable", action="store_true",
                    help="enable systemd-sysext.service/systemd-confext.service")
-    p.add_argument("--no-refresh", action="store_true", help="do not run `refresh`")
-    p.add_argument("--refresh", action="store_true",
-                   help="with --root: merge into the tree now (in this mount namespace)")
+    clikit.add_refresh(p)
     p.add_argument("--force", action="store_true", help="install even if it would not merge")
     p.add_argument("--kind", choices=("sysext", "confext"), help="default: detected")
-    p.add_argument("--systemd", help="systemd version to judge by (default: installed)")
-    p.add_argument("--json", action="store_true", help="machine-readable result on stdout")
+    clikit.add_systemd(p)
+    clikit.add_json(p)
     p.set_defaults(func=cmd_install)
 
     p = sub.add_parser("uninstall", help="remove an installed extension (kept for rollback)")
     p.add_argument("name", help="extension name: NAME of NAME.raw, or of NAME_VERSION.raw "
                    "(every version of it goes)")
-    p.add_argument("--root", help="the OS tree")
-    p.add_argument("--kind", choices=("sysext", "confext"))
-    p.add_argument("--no-refresh", action="store_true")
-    p.add_argument("--refresh", action="store_true", help="with --root: refresh the tree now")
-    p.add_argument("--systemd", help="systemd version (default: installed)")
-    p.add_argument("--json", action="store_true")
+    clikit.add_root(p)
+    p.add_argument("--kind", choices=("sysext", "confext"),
+                   help="only this kind (default: both)")
+    clikit.add_refresh(p)
+    clikit.add_systemd(p)
+    clikit.add_json(p)
     p.set_defaults(func=cmd_uninstall)
 
     p = sub.add_parser("rollback", help="put back the version an install replaced")
-    p.add_argument("name")
-    p.add_argument("--root")
-    p.add_argument("--no-refresh", action="store_true")
-    p.add_argument("--refresh", action="store_true")
-    p.add_argument("--systemd")
+    p.add_argument("name", help="extension name: NAME of NAME.raw, or of NAME_VERSION.raw")
+    clikit.add_root(p)
+    clikit.add_refresh(p)
+    clikit.add_systemd(p)
+    clikit.add_json(p)
     p.set_defaults(func=cmd_rollback)
 

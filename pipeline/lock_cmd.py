@@ -8,10 +8,10 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 
+from . import clikit
 from .errors import InputError
 
 
@@ -70,7 +70,7 @@ def cmd_lock(args) -> int:
             say(f"locked {written}: {len(data['package'])} packages, {size >> 10} KiB "
                 f"({'changed' if changed else 'unchanged'}, {seconds:.1f}s)")
     if args.json:
-        print(json.dumps(results, indent=2, sort_keys=True))
+        return clikit.emit(args, {"recipes": results})
     return 0
 
 
@@ -95,8 +95,8 @@ def cmd_fetch(args) -> int:
                "downloaded": len(fetched) - origins.count("cache"),
                "present": origins.count("cache")}
     if args.json:
-        print(json.dumps(summary, indent=2, sort_keys=True))
-    elif not args.quiet:
+        return clikit.emit(args, summary)
+    if not args.quiet:
         _human(f"store {cache.root}: {summary['files']} files, {summary['bytes'] >> 10} KiB "
                f"({summary['downloaded']} downloaded, {summary['present']} already there)")
     return 0
@@ -109,19 +109,18 @@ def register(sub) -> None:
     p.add_argument("recipe", nargs="+", help="recipe file(s)")
     p.add_argument("--update", action="append", default=[], metavar="NAME",
                    help="move only NAME (repeatable); every other package keeps its version")
-    p.add_argument("--cache-dir", "--store", dest="cache_dir", help="metadata and package "
-                   "cache (default: $SYSEXT_PIPELINE_CACHE or $XDG_CACHE_HOME/sysext-pipeline)")
-    p.add_argument("--json", action="store_true", help="print a machine-readable result")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
+    clikit.add_cache_dir(p)
+    clikit.add_json(p)
+    clikit.add_quiet(p)
     p.set_defaults(func=cmd_lock)
 
     p = sub.add_parser("fetch", help="download every file the recipes need into a store",
                        epilog=EPILOG)
     p.add_argument("recipe", nargs="+", help="recipe file(s); packages sources need a fresh lock")
-    p.add_argument("--store", "--cache-dir", dest="cache_dir", required=True, metavar="DIR",
-                   help="content-addressed store to fill (share it: rsync, NFS, CI cache)")
-    p.add_argument("--json", action="store_true", help="print a machine-readable result")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
+    clikit.add_cache_dir(p, required=True, help="content-addressed store to fill (share it: "
+                         "rsync, NFS, CI cache)")
+    clikit.add_json(p)
+    clikit.add_quiet(p)
     p.set_defaults(func=cmd_fetch)
 
 

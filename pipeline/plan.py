@@ -8,7 +8,6 @@ systemd rule model that ``check`` uses.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from collections import defaultdict
@@ -231,9 +230,10 @@ def cmd_plan(args) -> int:
     cache = Cache(default_cache_dir(args.cache_dir))
     plan = make_plan(recipe, cache)
     if args.json:
-        print(json.dumps(plan, indent=2, sort_keys=True))
-    else:
-        print(render(plan), file=sys.stdout)
+        from . import clikit
+
+        return clikit.emit(args, plan)
+    print(render(plan), file=sys.stdout)
     return 0
 
 
@@ -242,10 +242,8 @@ def register(sub) -> None:
                        "recipe and the package cache (no network, nothing written)")
     p.add_argument("recipe", help="the recipe file (TOML); see `sysext-pipeline "
                    "recipe-reference`")
-    p.add_argument("--json", action="store_true",
-                   help="print the plan as JSON on stdout (decision, images, extension-release "
-                   "files, matching hosts, commands, warnings)")
-    p.add_argument("--cache-dir", metavar="DIR",
-                   help="package cache to read (default as for build: $SYSEXT_PIPELINE_CACHE, "
-                   "else $XDG_CACHE_HOME/sysext-pipeline, else ~/.cache/sysext-pipeline)")
+    from . import clikit
+
+    clikit.add_json(p)
+    clikit.add_cache_dir(p)
     p.set_defaults(func=cmd_plan)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import sys
 
-EPILOG = ("exit codes: 0 reproduced/identical (and every image is what its manifest, verity "
-          "tree and signature say), 1 differs, does not verify or was not fully checked (or a "
-          "build failed), 2 bad input")
+from . import clikit
+from .errors import VERDICT
+
+EPILOG = None  # the exit codes: pipeline/cli.py adds them to every command
 
 
 def _human(line: str) -> None:
@@ -23,12 +23,15 @@ def cmd_verify(args) -> int:
                                offline=args.offline, keep=args.keep, limit=args.limit,
                                work_dir=args.work_dir, vary=args.vary, log=log,
                                cert=args.cert, no_signature=args.no_signature)
+    code = 0 if result.ok else VERDICT
     if args.json:
-        print(verify_mod.dumps(result))
-    else:
-        for line in verify_mod.human_lines(result):
-            print(line)
-    return 0 if result.ok else 1
+        body = result.to_json()
+        return clikit.emit(args, body, code, {
+            "message": body["status"], "subject": str(args.target),
+            "field": None, "hint": None})
+    for line in verify_mod.human_lines(result):
+        print(line)
+    return code
 
 
 def cmd_diff(args) -> int:
@@ -36,13 +39,15 @@ def cmd_diff(args) -> int:
 
     report = diff_mod.diff(args.a, args.b, limit=args.limit, full=args.full,
                            use_manifests=not args.images_only)
+    code = 0 if report.ok else VERDICT
     if args.json:
-        print(json.dumps(report.to_json(), indent=2, sort_keys=True))
-    else:
-        print(f"A: {report.a}\nB: {report.b}")
-        for line in report.lines(verbose=args.full):
-            print(line)
-    return 0 if report.ok else 1
+        return clikit.emit(args, report.to_json(), code, {
+            "message": "the two differ", "subject": f"{args.a} {args.b}", "field": None,
+            "hint": None})
+    print(f"A: {report.a}\nB: {report.b}")
+    for line in report.lines(verbose=args.full):
+        print(line)
+    return code
 
 
 def register(sub) -> None:
@@ -59,21 +64,20 @@ def register(sub) -> None:
                     "the unsigned bytes are compared and the original's signature is checked "
                     "with the certificate it carries, pinned by the fingerprint the manifest "
                     "records (or --cert). Prints 'reproduced' (exit 0), 'incomplete' (the "
-                    "signature could not be checked; exit 1 unless --no-signature) or 'differs' "
-                    "(exit 1) with diff's explanation; an image that is not what its own "
+                    "signature could not be checked; exit 3 unless --no-signature) or 'differs' "
+                    "(exit 3) with diff's explanation; an image that is not what its own "
                     "manifest describes differs.")
     p.add_argument("target", help="NAME.manifest.json, or the image NAME.raw / directory NAME "
                    "(its manifest must be next to it)")
     p.add_argument("--recipe", help="the recipe (default: found by its recorded sha256)")
-    p.add_argument("--cache-dir", help="package cache (default: $SYSEXT_PIPELINE_CACHE or "
-                   "$XDG_CACHE_HOME/sysext-pipeline)")
+    clikit.add_cache_dir(p)
     p.add_argument("--offline", action="store_true", help="use only the cache, never the network")
     p.add_argument("--cert", metavar="FILE",
                    help="check the signature with this certificate (default: the certificate "
                    "the signature carries, pinned by the fingerprint the manifest records)")
     p.add_argument("--no-signature", action="store_true",
                    help="do not check the signature (said in the output); without it, a "
-                   "signature that cannot be checked makes verify exit 1")
+                   "signature that cannot be checked makes verify exit 3")
     p.add_argument("--vary", action="append", metavar="LIST",
                    help=f"also rebuild under varied environments: all, or any of "
                    f"{', '.join(NAMES)} (comma-separated, repeatable)")
@@ -81,8 +85,8 @@ def register(sub) -> None:
     p.add_argument("--work-dir", help="where the temporary rebuild directory goes (default: "
                    "$TMPDIR)")
     p.add_argument("--limit", type=int, default=10, help="paths shown per kind of difference")
-    p.add_argument("--json", action="store_true", help="machine-readable result on stdout")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
+    clikit.add_json(p)
+    clikit.add_quiet(p)
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser(
@@ -98,5 +102,5 @@ def register(sub) -> None:
     p.add_argument("--images-only", action="store_true",
                    help="ignore manifests next to the images")
     p.add_argument("--limit", type=int, default=10, help="paths shown per kind of difference")
-    p.add_argument("--json", action="store_true", help="machine-readable result on stdout")
+    clikit.add_json(p)
     p.set_defaults(func=cmd_diff)

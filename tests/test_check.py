@@ -290,7 +290,7 @@ cert = "{keys / 'k.crt'}"
     assert later["verdict"] == "merges" and "259+ falls back" in " ".join(later["notes"])
     refused = run_cli("install", str(out / "signedtool.raw"), "--root", str(root),
                       "--systemd", "252")
-    assert refused.returncode == 2 and "signature.untrusted" in refused.stderr
+    assert refused.returncode == 3 and "signature.untrusted" in refused.stderr
     (root / "etc/verity.d").mkdir()
     (root / "etc/verity.d/release.crt").write_bytes((keys / "k.crt").read_bytes())
     good = judge("--systemd", "252")
@@ -305,7 +305,7 @@ cert = "{keys / 'k.crt'}"
     assert "signature.verified" in codes and "signature.untrusted" not in codes
     (root / "etc/verity.d/release.crt").unlink()
     proc = run_cli("doctor", "--root", str(root), "--systemd", "252", "--json")
-    assert proc.returncode == 1
+    assert proc.returncode == 3
     [untrusted] = [f for f in json.loads(proc.stdout)["findings"]
                    if f["code"] == "signature.untrusted"]
     assert untrusted["severity"] == "error" and "verity.d" in untrusted["fix"]

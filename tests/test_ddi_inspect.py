@@ -76,9 +76,9 @@ def test_partition_uuid_not_from_root_hash_fails(signed, signer, tmp_path):
     # The tree still verifies against the signed root hash, and the signature verifies: only
     # systemd 258+, which takes the root hash from the UUIDs, would refuse it. That is a failure.
     assert report["verity"]["verified"] is True and report["signature"]["verified"] is True
-    assert report["verity"]["uuidsMatchRootHash"] is False
-    assert report["verity"]["rootHashFromUuids"].startswith("11111111222233334444555555555555")
-    assert human.returncode == 1
+    assert report["verity"]["uuids_match_root_hash"] is False
+    assert report["verity"]["root_hash_from_uuids"].startswith("11111111222233334444555555555555")
+    assert human.returncode == 3
     assert "FAILED: the partition UUIDs spell root hash 1111111122223333" in human.stdout
     assert "systemd 258+" in human.stdout and "— verified\n" not in human.stdout
     assert any("partition UUIDs" in p for p in report["problems"])
@@ -111,7 +111,7 @@ def test_corrupt_erofs_partition_says_what_failed(erofs_fs, tmp_path):
     fs = report["filesystem"]
     assert fs["type"] == "erofs" and "corrupt erofs file system" in fs["error"]
     assert "checksum" in fs["error"] and str(tmp_path) not in fs["error"]
-    assert human.returncode == 1
+    assert human.returncode == 3
     assert "file system: erofs — NOT readable (corrupt erofs file system" in human.stdout
     assert "None" not in human.stdout
 
@@ -124,7 +124,7 @@ def test_corrupt_erofs_partition_says_what_failed(erofs_fs, tmp_path):
     human, report = inspect_cli(wiped)
     assert report["filesystem"]["type"] is None
     assert "neither squashfs nor erofs" in report["filesystem"]["error"]
-    assert human.returncode == 1 and "file system: unknown — NOT readable" in human.stdout
+    assert human.returncode == 3 and "file system: unknown — NOT readable" in human.stdout
 
 
 # --- finding 10: an untrusted file system never reaches the kernel ----------------------------
@@ -156,7 +156,7 @@ def test_untrusted_erofs_is_read_in_userspace(erofs_fs, signer, tmp_path):
     assert report["verity"]["verified"] is False
     assert report["filesystem"]["readWith"] == "fsck.erofs"
     human = run_cli("inspect", str(tampered), "--cert", str(signer.cert_path))
-    assert human.returncode == 1 and "not mounted: untrusted image" in human.stdout
+    assert human.returncode == 3 and "not mounted: untrusted image" in human.stdout
 
 
 # --- issue 11 §7: --cert with nothing to verify is a failure ----------------------------------
@@ -169,7 +169,7 @@ def test_cert_given_but_image_unsigned_fails(signer, tmp_path):
         plain, _ = inspect_cli(image)
         assert plain.returncode == 0, plain.stdout  # nothing asked, nothing failed
         human, report = inspect_cli(image, "--cert", str(signer.cert_path))
-        assert human.returncode == 1, human.stdout
+        assert human.returncode == 3, human.stdout
         assert report["problems"] == [f"no signature to check against {signer.cert_path}: "
                                       "the image is not signed"]
         assert f"FAILED: no signature to check against {signer.cert_path}" in human.stdout

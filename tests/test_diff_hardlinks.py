@@ -54,7 +54,7 @@ def test_manifests_alone_tell_hardlinks_from_copies(tmp_path):
         dest.write_text(json.dumps(manifest))
     # (The packages differ, which explains it first; --full goes on to the trees.)
     proc = run_cli("diff", str(a), str(b), "--json", "--full")
-    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert proc.returncode == 3, proc.stdout + proc.stderr
     report = json.loads(proc.stdout)
     assert report["levels"]["tree"] == "differs", report["levels"]
     changed = {c["path"]: c["attributes"] for c in report["tree"]["paths"]["changed"]}

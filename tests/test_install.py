@@ -110,7 +110,7 @@ def test_uninstall_unmerges(tmp_path, root):
 def test_refuses_image_that_would_not_merge(tmp_path, root):
     image = build(tmp_path, "old", version_id="11")
     proc = run_cli("install", str(image), "--root", str(root), "--systemd", "252")
-    assert proc.returncode == 2
+    assert proc.returncode == 3  # the verdict check gives: will not merge
     assert "match.version-id" in proc.stderr and "VERSION_ID" in proc.stderr
     assert "VERSION_ID=12" in proc.stderr  # the fix names the host's value
     assert not (root / "var/lib/extensions/old.raw").exists()
@@ -125,7 +125,7 @@ def test_refuses_when_shadowed_by_earlier_directory(tmp_path, root):
     image = build(tmp_path, "shadow")
     (root / "etc/extensions/shadow").mkdir(parents=True)
     proc = run_cli("install", str(image), "--root", str(root), "--systemd", "252")
-    assert proc.returncode == 2
+    assert proc.returncode == 3
     assert "discovery.shadowed" in proc.stderr and "/etc/extensions/shadow" in proc.stderr
 
 
@@ -215,7 +215,7 @@ def test_refuses_when_another_image_breaks_the_merge(tmp_path, root):
     good = build(tmp_path, "fine")
     shutil.copy(build(tmp_path, "other"), root / "var/lib/extensions/broken.raw")
     proc = run_cli("install", str(good), "--root", str(root), "--systemd", "252")
-    assert proc.returncode == 2
+    assert proc.returncode == 3
     assert "/var/lib/extensions/broken.raw (release.missing-raw" in proc.stderr
     assert not (root / "var/lib/extensions/fine.raw").exists()
     forced = run_cli("install", str(good), "--root", str(root), "--systemd", "252", "--force",

@@ -39,7 +39,7 @@ def test_lock_build_and_stale(tmp_path, deb_archive, deb_recipe):
     assert len(data["repository"][0]["metadata_sha256"]) == 64
 
     again = run_cli("lock", str(recipe), "--json", env=_env(tmp_path))
-    assert again.returncode == 0 and json.loads(again.stdout)[0]["changed"] is False
+    assert again.returncode == 0 and json.loads(again.stdout)["recipes"][0]["changed"] is False
     assert lock.read_text() == text  # byte for byte
 
     out = tmp_path / "out"

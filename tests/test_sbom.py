@@ -178,7 +178,7 @@ def test_signed_provenance_verifies_and_a_corrupt_signature_fails(sbom_packages,
     envelope["signatures"][0]["sig"] = base64.b64encode(bytes(sig)).decode()
     prov.write_text(json.dumps(envelope))
     proc = run_cli(*args)
-    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert proc.returncode == 3, proc.stdout + proc.stderr
     assert "does not verify" in proc.stdout
 
 

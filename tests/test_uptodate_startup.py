@@ -37,4 +37,5 @@ def test_version_and_help_import_no_command_module(flag):
                           cwd=REPO, check=True)
     code, modules = json.loads(proc.stdout.strip().splitlines()[-1])
     assert code == 0
-    assert set(modules) <= {"pipeline", "pipeline.cli", "pipeline.errors"}, modules
+    assert set(modules) <= {"pipeline", "pipeline.cli", "pipeline.errors", "pipeline.clikit"}, \
+        modules
