@@ -94,6 +94,21 @@ def test_hostile_lines_stay_fast():
     assert time.monotonic() - start < 1
 
 
+def test_long_and_huge_input_files(tmp_path):
+    """A newline-free file is read in pieces (unknown, exit 0); past 64 MiB it is refused."""
+    long = tmp_path / "long.log"
+    long.write_text("x" * 3_000_000 + "\nUsing extensions 'a'.\n")
+    proc = run("--file", str(long), "--json")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert [line["status"] for line in data["lines"]] == ["unknown", "outcome"]
+    huge = tmp_path / "huge.log"
+    with open(huge, "wb") as f:
+        f.truncate(65 * 1024 * 1024)  # sparse: no disk used
+    proc = run("--file", str(huge))
+    assert proc.returncode == 2 and "MiB" in proc.stderr and str(huge) in proc.stderr
+
+
 def test_text_of_another_version_is_said_so():
     old = "Extension 'foo' carries no extension-release data, ignoring extension."
     assert explain.explain_lines([old], (252, 38))[0].status == "rule"
