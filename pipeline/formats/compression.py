@@ -15,6 +15,8 @@ import bz2
 import gzip
 import io
 import lzma
+import queue
+import threading
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -153,7 +155,8 @@ def open_decompressed(stream: BinaryIO, name_or_magic: str, where: str = "",
             raise InputError(where, f"not a {claimed} stream (bad magic {head[:6].hex()})")
     if codec == "none":
         return _Guarded(io.BufferedReader(src, CHUNK), where, limits, None)
-    return _Guarded(_OPENERS[codec](io.BufferedReader(src, CHUNK)), where, limits, src)
+    return _Guarded(_ReadAhead(_OPENERS[codec](io.BufferedReader(src, CHUNK))), where, limits,
+                    src)
 
 
 _OPENERS: dict[str, Callable[[BinaryIO], BinaryIO]] = {
@@ -190,6 +193,96 @@ class _Prefixed(io.RawIOBase):
         b[: len(data)] = data
         self.consumed += len(data)
         return len(data)
+
+
+#: Decompressed pieces a read-ahead thread may hold before the reader takes them, and their
+#: size: at most about 1 MiB decompressed ahead per stream.
+READ_AHEAD = 4
+AHEAD_PIECE = CHUNK // 4
+
+
+class _ReadAhead(io.RawIOBase):
+    """Decompresses ``inner`` in a thread of its own, up to :data:`READ_AHEAD` chunks ahead of
+    the reader: lzma, zlib, bz2 and pyzstd release the GIL, so a package's decompression runs on
+    one core while its entries are parsed and written on the other. The reader sees the same
+    bytes in the same order; an exception of the decoder (or of the compressed stream under it)
+    is raised in the reader, where it would have been raised without the thread.
+
+    The thread alone reads the compressed stream until the decoder's end, which is also the end
+    of the compressed member (every decoder here reads to the end of its input), so the stream
+    is never read from two threads. A reader that stops early (closed, or collected) stops the
+    thread."""
+
+    def __init__(self, inner: BinaryIO):
+        self._queue: queue.Queue = queue.Queue(READ_AHEAD)
+        self._stop = threading.Event()
+        self._buf = b""
+        self._pos = 0
+        self._done = False
+        self._thread = threading.Thread(target=_pump, args=(inner, self._queue, self._stop),
+                                        name="decompress", daemon=True)
+        self._thread.start()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:  # type: ignore[override]
+        data = self.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0:
+            return b"".join(iter(lambda: self.read(CHUNK), b""))
+        if self._pos >= len(self._buf):
+            if self._done:
+                return b""
+            item = self._queue.get()
+            if item is None or isinstance(item, BaseException):
+                self._done = True
+                self._thread.join()
+                if item is None:
+                    return b""
+                raise item
+            self._buf, self._pos = item, 0
+        if self._pos == 0 and size >= len(self._buf):
+            data = self._buf  # a whole chunk: no copy
+        else:
+            data = self._buf[self._pos:self._pos + size]
+        self._pos += len(data)
+        return data
+
+    def close(self) -> None:
+        if not self._done:
+            self._done = True
+            self._stop.set()
+            while self._thread.is_alive():  # unblock a put() waiting for room
+                try:
+                    self._queue.get(timeout=0.05)
+                except queue.Empty:
+                    pass
+        super().close()
+
+
+def _pump(inner: BinaryIO, out: queue.Queue, stop: threading.Event) -> None:
+    """The read-ahead thread: decompressed chunks, then None (the end) or the exception."""
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                out.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    try:
+        while not stop.is_set():
+            data = inner.read(AHEAD_PIECE)
+            if not put(data or None) or not data:
+                return
+    except BaseException as exc:  # handed to the reader, which raises it as it would have
+        put(exc)
 
 
 class _Guarded(io.RawIOBase):
