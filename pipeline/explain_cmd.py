@@ -6,6 +6,7 @@ diagnosis is checked against the files, as ``check`` judges them, and a disagree
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import shutil
@@ -25,7 +26,8 @@ _CHUNK = 64 * 1024
 
 def read_lines(source: str) -> list[str]:
     """The lines of ``source`` (a file, or '-' for stdin), bounded."""
-    stream = sys.stdin if source == "-" else None
+    stream = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="replace") \
+        if source == "-" and hasattr(sys.stdin, "buffer") else sys.stdin if source == "-" else None
     where = "stdin" if source == "-" else source
     try:
         if stream is None:

@@ -142,6 +142,10 @@ def test_cli_stdin_json_and_exit_codes():
     assert data["lines"][0]["rules"][0]["rule"] == "match.architecture"
     assert data["lines"][0]["rules"][0]["fix"] == "set ARCHITECTURE=x86-64 (systemd spelling) or _any"
     assert data["unknown"] == [2]
+    binary = subprocess.run([sys.executable, "-m", "pipeline", "explain", "-"],
+                            input=b"\xff\xfe Using extensions 'a'.\nUsing extensions 'b'.\n",
+                            capture_output=True, cwd=Path(__file__).parent.parent, timeout=60)
+    assert binary.returncode == 0 and b"merge: merged: b" in binary.stdout, binary.stderr
     bad = run("--file", "/nonexistent/log")
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "/nonexistent/log" in bad.stderr
     empty = run()
