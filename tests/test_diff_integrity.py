@@ -26,7 +26,7 @@ def diff_json(a, b, *args) -> dict:
     proc = run_cli("diff", str(a), str(b), "--json", *args)
     assert proc.returncode in (0, 3), proc.stderr
     data = json.loads(proc.stdout)
-    assert proc.returncode == (0 if data["ok"] else 1)
+    assert proc.returncode == (0 if data["ok"] else 3)
     return data
 
 

@@ -45,7 +45,7 @@ def test_differs_when_the_image_was_replaced(tmp_path, packages, cache_dir):
                   tmp_path / "other" / "out", cache_dir)
     shutil.copy(other.image, image.image)  # the manifest stays: the image is not what it says
     rc, result = verify_json(image.manifest_path, "--cache-dir", cache_dir)
-    assert rc == 1 and result["status"] == "differs"
+    assert rc == 3 and result["status"] == "differs"
     assert "not the image its manifest describes" in result["notes"][0]
     assert result["diff"]["explained_at"] == "tree"
     assert "usr/share/hello/extra.txt" in result["diff"]["tree"]["paths"]["removed"]
@@ -66,7 +66,7 @@ def test_tool_version_is_said_first(tmp_path, packages, cache_dir):
     manifest["tools"]["mksquashfs"] = "4.6.1"
     image.manifest_path.write_text(json.dumps(manifest))
     rc, result = verify_json(image.manifest_path, "--cache-dir", cache_dir)
-    assert rc == 1 and result["status"] == "differs"
+    assert rc == 3 and result["status"] == "differs"
     assert result["notes"][0].startswith("mksquashfs 4.5.1 here, 4.6.1 in the manifest: "
                                          "different bytes are expected")
     assert "the file trees are identical" in result["diff"]["summary"]
@@ -89,7 +89,7 @@ def test_recipe_lookup(tmp_path, packages, cache_dir):
     # Another recipe given explicitly: said, rebuilt, and the difference explained.
     changed = project(tmp_path / "changed", packages, "directory", extra=EXTRA)
     rc, result = verify_json(image.manifest_path, "--recipe", changed, "--cache-dir", cache_dir)
-    assert rc == 1 and any("is not the recorded recipe" in n for n in result["notes"])
+    assert rc == 3 and any("is not the recorded recipe" in n for n in result["notes"])
     assert result["diff"]["explained_at"] == "tree"
 
 

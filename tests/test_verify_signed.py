@@ -115,7 +115,7 @@ def test_corrupted_signature_fails_without_keys(tmp_path, packages, cache_dir):
     _rewrite_signature(image.image, lambda der: der[:-1] + bytes([der[-1] ^ 0x01]))
     _fix_manifest_sha(image)
     rc, result = verify_json(image.manifest_path, "--cache-dir", cache_dir, cwd=tmp_path)
-    assert rc == 1 and result["status"] == "differs", result
+    assert rc == 3 and result["status"] == "differs", result
     assert result["signature"]["status"] == "failed"
     assert "does not verify with the certificate it carries" in result["signature"]["detail"]
     # Explicitly not checking it: exit 0, and the output says what was not checked.
@@ -152,7 +152,7 @@ def test_signature_without_certificates_is_not_checked(tmp_path, packages, cache
     cert = proj.parent / "release.crt.elsewhere"
     (proj / "release.crt").rename(cert)
     rc, result = verify_json(image.manifest_path, "--cache-dir", cache_dir, cwd=tmp_path)
-    assert rc == 1 and result["status"] == "incomplete", result
+    assert rc == 3 and result["status"] == "incomplete", result
     assert result["signature"]["status"] == "not checked"
     text = run_cli("verify", str(image.manifest_path), "--cache-dir", str(cache_dir),
                    cwd=tmp_path).stdout
@@ -180,7 +180,7 @@ def test_image_not_matching_its_manifest_is_not_reproduced(tmp_path, packages, c
         fh.seek(found.signature.offset)
         fh.write(b" " + raw[:-1])
     rc, result = verify_json(image.manifest_path, "--cache-dir", cache_dir, cwd=tmp_path)
-    assert rc == 1 and result["status"] == "differs", result
+    assert rc == 3 and result["status"] == "differs", result
     assert any("not the image its manifest describes" in n for n in result["notes"])
 
 
@@ -201,7 +201,7 @@ def test_signature_by_someone_else_differs(tmp_path, packages, cache_dir):
         fh.write(sig.partition_content(root_hash, mallory.fingerprint, der,
                                        found.signature.size))
     rc, result = verify_json(image.manifest_path, "--cache-dir", cache_dir, cwd=tmp_path)
-    assert rc == 1 and result["status"] == "differs"
+    assert rc == 3 and result["status"] == "differs"
     assert result["signature"]["status"] == "failed"
     assert "the manifest records" in result["signature"]["detail"]
     # The unsigned content is the rebuild's: the signature is the only thing wrong (and the
@@ -237,7 +237,7 @@ def test_detached_verity_signed(tmp_path, packages, cache_dir):
     data[90] ^= 0xFF
     verity.write_bytes(bytes(data))
     rc, result = verify_json(image.manifest_path, "--cache-dir", cache_dir, cwd=tmp_path)
-    assert rc == 1 and result["status"] == "differs"
+    assert rc == 3 and result["status"] == "differs"
     assert result["diff"]["explained_at"] == "container"
     assert "hello.verity does not verify" in result["diff"]["summary"]
 
@@ -253,7 +253,7 @@ def test_detached_signature_swapped(tmp_path, packages, cache_dir):
     image.image.with_name("hello.roothash.p7s").write_bytes(
         sig.sign_root_hash(root_hash, mallory)[0])
     rc, result = verify_json(image.manifest_path, "--cache-dir", cache_dir, cwd=tmp_path)
-    assert rc == 1 and result["signature"]["status"] == "failed", result
+    assert rc == 3 and result["signature"]["status"] == "failed", result
 
 
 def test_same_bytes_other_tool_version_says_one_thing(tmp_path, packages, cache_dir):
@@ -316,7 +316,7 @@ def test_cert_of_someone_else_fails(tmp_path, packages, cache_dir):
     image = build(project(proj, packages, "ddi", sign="release"), proj / "out", cache_dir)
     rc, result = verify_json(image.manifest_path, "--cache-dir", cache_dir, "--cert",
                              tmp_path / "other" / "mallory.crt", cwd=tmp_path)
-    assert rc == 1 and result["status"] == "differs", result
+    assert rc == 3 and result["status"] == "differs", result
     assert result["signature"]["status"] == "failed"
     assert "the manifest records" in result["signature"]["detail"]
     rc, result = verify_json(image.manifest_path, "--cache-dir", cache_dir, "--cert",
@@ -326,4 +326,4 @@ def test_cert_of_someone_else_fails(tmp_path, packages, cache_dir):
                   cache_dir)
     rc, result = verify_json(plain.manifest_path, "--cache-dir", cache_dir, "--cert",
                              proj / "release.crt", cwd=tmp_path)
-    assert rc == 1 and result["signature"]["status"] == "failed", result
+    assert rc == 3 and result["signature"]["status"] == "failed", result
