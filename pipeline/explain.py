@@ -333,6 +333,7 @@ class Line:
     files_rule: str | None = None
     agrees: bool | None = None
     note: str = ""
+    version: rules.Version | None = None  # the systemd version the lines were read for
 
     def as_dict(self) -> dict:
         data = {"line": self.number, "text": self.text, "status": self.status, "kind": self.kind,
@@ -344,15 +345,19 @@ class Line:
         return data
 
 
-def effect(rule: rules.Rule) -> str:
-    """What the rule's verdict means for the rest of the merge."""
+def effect(rule: rules.Rule, version: rules.Version | None = None) -> str:
+    """What the rule's verdict means for the rest of the merge (exit status from the rule
+    table: ``fatal`` rules fail while reading metadata, the others in the merge child)."""
     if rule.verdict == MERGES:
         return "this image merges"
     if rule.verdict == IGNORED:
         return "this image is ignored; the other images still merge"
-    if rule.id in ("release.missing-raw", "release.not-unique", "content.os-release-dir"):
+    if rule.fatal:
         return "nothing merges: reading the image's metadata fails and the command exits 1 " \
-            "(every version; --force does not help)"
+            "(every version)"
+    if version is not None:
+        return f"nothing merges: the merge fails; systemd {rules.format_version(version)} " \
+            f"exits {rule.exit_status(version)}"
     return "nothing merges: the merge fails; systemd-sysext/confext still exits 0 on 252–255, " \
         "1 on 256+"
 
@@ -385,7 +390,8 @@ def rule_info(rule_id: str, line: Line | None = None) -> dict:
                 values["release_path"] = release_path(kind, line.image)
     return {"rule": r.id, "verdict": r.verdict, "field": r.field.format_map(values),
             "summary": r.summary.format_map(values), "rule_versions": r.versions_text(),
-            "effect": effect(r), "fix": r.fix.format_map(values)}
+            "effect": effect(r, line.version if line else None),
+            "fix": r.fix.format_map(values)}
 
 
 def _strip(raw: str) -> tuple[str, str | None]:
@@ -424,7 +430,7 @@ def explain_lines(lines: Iterable[str], version: rules.Version | None = None,
     for number, raw in enumerate(lines, 1):
         text, line_kind = _strip(raw)
         line = Line(number, raw.rstrip("\n"), text, "blank" if not text else "unknown",
-                    kind=line_kind or kind)
+                    kind=line_kind or kind, version=version)
         for rx in _CONTEXT if len(text) <= MAX_LINE else ():
             m = rx.search(text)
             if m:
@@ -473,7 +479,7 @@ def _match(line: Line, version: rules.Version | None, context: str | None) -> No
             line.image, line.image_from = _image_name(base), "line"
         elif text.nameless and context:
             line.image, line.image_from = context, "context"
-        line.meaning = "; ".join(sorted({effect(RULES[i]) for i in ids}))
+        line.meaning = "; ".join(sorted({effect(RULES[i], version) for i in ids}))
         return
     if other_version:
         text = other_version[0]

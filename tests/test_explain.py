@@ -75,6 +75,17 @@ def test_the_tool_of_a_whole_log_narrows_the_rules():
     assert set(both.rules) == {"release.missing-raw", "content.os-release-dir"}
 
 
+def test_exit_status_of_a_broken_merge_by_version():
+    line = "'ID' field not found or empty in 'os-release' data of OS tree '/': Invalid argument"
+    old = explain.explain_lines([line], (254, 26))[0]
+    new = explain.explain_lines([line], (257, 13))[0]
+    assert old.rules == new.rules == ["host.no-id"]
+    assert old.meaning.endswith("exits 0") and new.meaning.endswith("exits 1")
+    fatal = explain.explain_lines(["Failed to read metadata for image b: Name not unique on "
+                                   "network"], (252, 38))[0]
+    assert fatal.rules == ["release.not-unique"] and "exits 1" in fatal.meaning
+
+
 def test_unknown_lines_are_unknown_not_guessed():
     lines = explain.explain_lines(["Extension 'x' is probably broken somehow.",
                                    "Mounting /proc/self/fd/3 (squashfs) on /mnt",
