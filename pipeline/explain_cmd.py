@@ -296,7 +296,7 @@ def cmd_explain(args) -> int:
     from .check_cmd import host_from_args
 
     lines: list[str] = []
-    images: list[Path] = [Path(p) for p in args.image or []]
+    images: list[Path] = [_image_arg(p, args.root) or Path(p) for p in args.image or []]
     for arg in args.text:
         # explain --root DIR IMAGE… TEXT…: an argument naming an existing path is an image
         # (inside DIR first: /var/lib/extensions/foo.raw means the tree's)

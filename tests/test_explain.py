@@ -194,9 +194,8 @@ def test_root_confirms_or_disagrees(tmp_path, release, agrees):
 
 def test_image_never_named_is_said(tmp_path):
     root = _root(tmp_path, "ID=debian\nVERSION_ID=12\n")
-    image = str(root / "var/lib/extensions/foo")
-    proc = run("--root", str(root), "--systemd", "254", "--json", image,
-               "Using extensions 'other'.")
+    proc = run("--root", str(root), "--systemd", "254", "--json", "--image",
+               "/var/lib/extensions/foo", "Using extensions 'other'.")
     data = json.loads(proc.stdout)
     assert data["files"][0]["files_rule"] == "match.version-id-ok"
     assert data["files"][0]["agrees"] is False
