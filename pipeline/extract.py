@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from .errors import InputError
 from .fetch import Fetched
 from .formats import entry as E
-from .formats.compression import CHUNK, DigestCheck, Limits
+from .formats.compression import AHEAD_PIECE, CHUNK, DigestCheck, Limits, read_ahead
 from .formats.entry import shown
 from .formats.package import Package
 from .layout import Router
@@ -152,13 +152,24 @@ def extract(recipe: Recipe, fetched: list[Fetched], tree_for: Callable[[str], St
     limits = Limits(unpacked=recipe.unpacked_limit, ratio=recipe.ratio_limit,
                     entries=recipe.entries_limit)
 
-    for item in fetched:
-        with open_package(item, limits) as package:
-            info = package.info
-            check_identity(item, info)
-            report.packages.append(package_record(item, info))
-            _Package(item, info, recipe, exclude, router, tree_for, report, limits).extract(
-                package.entries())
+    with read_ahead(EXTRACT_READ_AHEAD // AHEAD_PIECE):
+        upcoming = _Ahead(fetched[0], limits) if fetched else None
+        try:
+            for i, item in enumerate(fetched):
+                current, upcoming = upcoming, None
+                try:
+                    info = current.info()
+                    check_identity(item, info)
+                    report.packages.append(package_record(item, info))
+                    if i + 1 < len(fetched):  # its payload decompresses while this one is written
+                        upcoming = _Ahead(fetched[i + 1], limits)
+                    _Package(item, info, recipe, exclude, router, tree_for, report,
+                             limits).extract(current.entries())
+                finally:
+                    current.close()
+        finally:
+            if upcoming is not None:
+                upcoming.close()
 
     for extra in recipe.files:
         content = extra.content if extra.content is not None else extra.source.read_bytes()
@@ -172,6 +183,48 @@ def extract(recipe: Recipe, fetched: list[Fetched], tree_for: Callable[[str], St
             tree.records.special_policy = recipe.special_files
             tree.add(entry, route.path, 0, 0, "recipe")
     return report
+
+
+#: How far the next package's payload may decompress ahead of its turn (and the current one's
+#: ahead of its writer): two packages in flight, both cores busy, memory bounded.
+EXTRACT_READ_AHEAD = 16 << 20
+
+
+class _Ahead:
+    """A package opened before its turn, its payload's first entry read, which starts its
+    decompression thread (pipeline.formats.compression). Its entries are consumed strictly in
+    order when its turn comes, so the trees are written exactly as without it; an error met
+    early is raised at its turn (the earlier package's own error comes first)."""
+
+    def __init__(self, item: Fetched, limits: Limits):
+        self._package = None
+        self._entries = None
+        self._first: list[E.Entry] = []
+        self._error: InputError | None = None
+        try:
+            self._package = open_package(item, limits)
+            self._entries = self._package.entries()
+            self._first = [entry for entry in (next(self._entries, None),) if entry is not None]
+        except InputError as exc:
+            self._error = exc
+
+    def info(self):
+        if self._package is None:
+            raise self._error
+        return self._package.info
+
+    def entries(self):
+        if self._error is not None:
+            raise self._error
+        yield from self._first
+        self._first = []
+        yield from self._entries
+
+    def close(self) -> None:
+        if self._entries is not None:
+            self._entries.close()  # stops its decompression thread before the file closes
+        if self._package is not None:
+            self._package.close()
 
 
 class _Package:

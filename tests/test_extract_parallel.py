@@ -72,3 +72,67 @@ def test_the_budget_still_stops_a_bomb():
             pass
     del reader
     assert not _settle()
+
+
+def _deb(tmp_path, name: str, content: bytes):
+    from pkgfactory import build_deb, file
+
+    return build_deb(tmp_path, name, "1.0", [file(f"/usr/share/{name}/data", content)],
+                     compression="xz")
+
+
+def _corrupt(deb, out):
+    """The deb with a byte in the middle of its (xz) data.tar changed."""
+    data = bytearray(deb.read_bytes())
+    at = data.rindex(b"data.tar.xz")
+    data[at + 60 + (len(data) - at - 60) // 2] ^= 0xFF
+    out.write_bytes(bytes(data))
+    return out
+
+
+def _build(tmp_path, cache_dir, debs):
+    from conftest import run_cli, write_recipe
+
+    sources = "".join(f'[[source]]\ndeb = "{d}"\n\n' for d in debs)
+    recipe = write_recipe(tmp_path / "recipe", f"""[extension]
+name = "two"
+kind = "sysext"
+version = "1"
+
+[target]
+id = "debian"
+version_id = "12"
+architecture = "x86-64"
+
+{sources}[image]
+format = "directory"
+source_date_epoch = 1700000000
+""")
+    return run_cli("build", str(recipe), "-o", str(tmp_path / "out"), "--cache-dir",
+                   str(cache_dir), "--json")
+
+
+def test_two_packages_in_flight_write_what_one_at_a_time_writes(tmp_path, cache_dir):
+    """The next package decompresses while the current one is written: same tree, in the
+    recipe's order (the later package wins on a shared path), and an error is the one the first
+    broken package in order gives."""
+    rng = random.Random(3)
+    a = _deb(tmp_path, "alpha", rng.randbytes(CHUNK // 2) + bytes(3 * CHUNK))
+    b = _deb(tmp_path, "beta", rng.randbytes(CHUNK // 2))
+    proc = _build(tmp_path / "ok", cache_dir, [a, b])
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "ok" / "out" / "two" / "usr" / "share"
+    assert sorted(p.name for p in out.iterdir()) == ["alpha", "beta"]
+    assert (out / "alpha" / "data").stat().st_size == CHUNK // 2 + 3 * CHUNK
+
+    broken_b = _corrupt(b, tmp_path / "beta-broken.deb")
+    proc = _build(tmp_path / "second", cache_dir, [a, broken_b])
+    assert proc.returncode == 2
+    assert "beta" in proc.stderr and "alpha" not in proc.stderr, proc.stderr
+
+    broken_a = _corrupt(a, tmp_path / "alpha-broken.deb")
+    proc = _build(tmp_path / "both", cache_dir, [broken_a, broken_b])
+    assert proc.returncode == 2
+    assert "alpha" in proc.stderr and "beta" not in proc.stderr, proc.stderr
+    assert not (tmp_path / "both" / "out" / "two").exists()
+    assert not _settle()

@@ -12,6 +12,8 @@ The compressor is chosen from the *magic bytes* first; the name (``data.tar.xz``
 from __future__ import annotations
 
 import bz2
+import contextlib
+import contextvars
 import gzip
 import io
 import lzma
@@ -199,6 +201,18 @@ class _Prefixed(io.RawIOBase):
 #: size: at most about 1 MiB decompressed ahead per stream.
 READ_AHEAD = 4
 AHEAD_PIECE = CHUNK // 4
+_depth: contextvars.ContextVar[int] = contextvars.ContextVar("read_ahead", default=READ_AHEAD)
+
+
+@contextlib.contextmanager
+def read_ahead(pieces: int):
+    """Streams opened inside decompress up to ``pieces`` × :data:`AHEAD_PIECE` ahead (the
+    extract stage lets the next package run far ahead while the current one is written)."""
+    token = _depth.set(pieces)
+    try:
+        yield
+    finally:
+        _depth.reset(token)
 
 
 class _ReadAhead(io.RawIOBase):
@@ -214,7 +228,7 @@ class _ReadAhead(io.RawIOBase):
     thread."""
 
     def __init__(self, inner: BinaryIO):
-        self._queue: queue.Queue = queue.Queue(READ_AHEAD)
+        self._queue: queue.Queue = queue.Queue(_depth.get())
         self._stop = threading.Event()
         self._buf = b""
         self._pos = 0
