@@ -1,11 +1,26 @@
-"""Benchmark: the example recipe vs. the same payload through the plain tools, in one run.
+"""Benchmark (issue 14): sysext-pipeline vs. the same work through the plain tools, in one run.
 
-Both sides start from a warm package cache and produce a squashfs with the same compressor and
-level. The baseline is what a careful person would type: ``dpkg-deb -x`` per package,
-``find | xargs touch`` for the time stamps, ``mksquashfs`` with the same options. Printed: the
-best of N wall times for each, their ratio, and the peak RSS of the largest process of each.
+Full mode (the default) builds the 51-package Debian 12 payload named in
+``../shared/bench/payload51.txt`` (names only: resolved and locked through the project's own
+resolver against the build host's apt sources, fetched into the package cache once), and
+measures, over ``--rounds`` interleaved rounds (plain, ours, plain, ours, …, so drift hits both
+sides alike), min and median wall time of each side and their ratio:
 
-    nox -s bench [-- --rounds 5 --recipe recipes/debug-tools.toml]
+- extraction: a ``directory`` build vs ``dpkg-deb -x`` per package + ``touch`` of every path;
+- squashfs zstd 15 and zstd 3, erofs lz4hc, and the signed erofs DDI vs the same operations by
+  hand (``dpkg-deb -x``, ``touch``, ``mksquashfs``/``mkfs.erofs``, ``veritysetup format``,
+  ``openssl cms -sign``);
+- a no-op rebuild (up to date), ``plan`` on the cached recipe, ``--version``/``--help`` startup;
+- peak memory of the whole process tree (sum of RSS over every process, sampled, plus what the
+  build put on /dev/shm), per format;
+- with ``--scale-mb 100,500,1000``: a synthetic payload of generated packages of that size,
+  squashfs zstd 3, for the ratio's growth.
+
+It writes ``bench/results.json`` and ``bench/results.md`` and prints one line per target with
+"met" or the distance. ``--quick`` is the old 9-package comparison (the example recipe, one
+squashfs build, best of N).
+
+    nox -s bench [-- --rounds 5] [-- --quick]
 """
 
 from __future__ import annotations
@@ -14,9 +29,12 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -25,6 +43,375 @@ sys.path.insert(0, str(REPO))
 from pipeline import recipe as recipe_mod  # noqa: E402
 from pipeline.fetch import Cache, default_cache_dir, fetch_all  # noqa: E402
 
+PAYLOAD = REPO.parent / "shared" / "bench" / "payload51.txt"
+OUT = REPO / "bench"
+EPOCH = 1700000000
+
+
+# --- measuring ---------------------------------------------------------------------------------
+
+def ours_env() -> dict:
+    """Our commands run as an installed tool would: byte code cached (in bench/pycache)."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONPYCACHEPREFIX=str(OUT / "pycache"))
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
+
+
+def timed(cmd: list[str], env: dict | None = None) -> float:
+    start = time.monotonic()
+    proc = subprocess.run(cmd, env=env, capture_output=True)
+    took = time.monotonic() - start
+    if proc.returncode != 0:
+        sys.exit(f"benchmark command failed: {' '.join(map(str, cmd))[:300]}\n"
+                 f"{proc.stderr.decode(errors='replace')[-2000:]}")
+    return took
+
+
+def _tree_rss_kib(session: int) -> int:
+    total = 0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as fh:
+                fields = fh.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == session:  # field 6 (session), counted after "pid (comm)"
+            total += int(fields[21]) * (os.sysconf("SC_PAGE_SIZE") // 1024)
+    return total
+
+
+def _shm_used_kib() -> int:
+    st = os.statvfs("/dev/shm")
+    return (st.f_blocks - st.f_bfree) * st.f_frsize // 1024
+
+
+def peak_memory(cmd: list[str], env: dict | None = None) -> dict:
+    """Peak of (sum of RSS over the command's whole process tree) and of /dev/shm growth,
+    sampled every 20 ms in a session of its own (not a timed round: sampling costs CPU)."""
+    shm0 = _shm_used_kib()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    peak = {"rss": 0, "shm": 0, "total": 0}
+    done = threading.Event()
+
+    def sample():
+        while not done.is_set():
+            rss, shm = _tree_rss_kib(proc.pid), max(0, _shm_used_kib() - shm0)
+            peak["rss"], peak["shm"] = max(peak["rss"], rss), max(peak["shm"], shm)
+            peak["total"] = max(peak["total"], rss + shm)
+            done.wait(0.02)
+
+    thread = threading.Thread(target=sample)
+    thread.start()
+    _, err = proc.communicate()
+    done.set()
+    thread.join()
+    if proc.returncode != 0:
+        sys.exit(f"benchmark command failed: {' '.join(map(str, cmd))[:300]}\n"
+                 f"{err.decode(errors='replace')[-2000:]}")
+    return {k: round(v / 1024, 1) for k, v in peak.items()}  # MiB
+
+
+def summary(times: list[float]) -> dict:
+    return {"min": round(min(times), 3), "median": round(statistics.median(times), 3),
+            "runs": [round(t, 3) for t in times]}
+
+
+def compare(plain_cmd, ours_cmd, rounds: int, env: dict, before=None) -> dict:
+    plain, ours = [], []
+    for _ in range(rounds):
+        if before:
+            before()
+        plain.append(timed(plain_cmd))
+        if before:
+            before()
+        ours.append(timed(ours_cmd, env))
+    p, o = summary(plain), summary(ours)
+    return {"plain": p, "ours": o, "ratio_min": round(o["min"] / p["min"], 3),
+            "ratio_median": round(o["median"] / p["median"], 3)}
+
+
+# --- the plain side ----------------------------------------------------------------------------
+
+def plain_script(debs: list[Path], work: Path, pack: str) -> list[str]:
+    root = work / "plain-root"
+    lines = ["set -e", f"rm -rf {root} {work}/plain.*", f"mkdir {root}"]
+    lines += [f"dpkg-deb -x {deb} {root}" for deb in debs]
+    lines.append(f"find {root} -exec touch -h -d @{EPOCH} {{}} +")
+    if pack.startswith("squashfs"):
+        level = pack.split("-")[1]
+        lines.append(f"mksquashfs {root} {work}/plain.raw -noappend -no-progress -quiet "
+                     f"-all-root -mkfs-time {EPOCH} -comp zstd -Xcompression-level {level}")
+    elif pack in ("erofs", "ddi"):
+        lines.append(f"mkfs.erofs --quiet -zlz4hc,9 -T {EPOCH} --all-root {work}/plain.raw "
+                     f"{root}")
+    if pack == "ddi":  # verity over the file system, the root hash signed (CMS, as for a DDI)
+        lines += [f"veritysetup format {work}/plain.raw {work}/plain.verity "
+                  f"--root-hash-file {work}/plain.roothash >/dev/null",
+                  f"openssl cms -sign -binary -noattr -outform DER -in {work}/plain.roothash "
+                  f"-signer {work}/keys/release.crt -inkey {work}/keys/release.key "
+                  f"-out {work}/plain.p7s"]
+    return ["sh", "-c", "\n".join(lines)]
+
+
+# --- recipes -----------------------------------------------------------------------------------
+
+IMAGES = {
+    "extraction": 'format = "directory"',
+    "squashfs-15": 'format = "squashfs"\ncompression = "zstd"\ncompression_level = 15',
+    "squashfs-3": 'format = "squashfs"\ncompression = "zstd"\ncompression_level = 3',
+    "erofs": 'format = "erofs"\ncompression = "lz4hc"\ncompression_level = 9',
+    "ddi": 'format = "ddi"\nfilesystem = "erofs"\ncompression = "lz4hc"\ncompression_level = 9',
+}
+
+
+def payload_recipe(work: Path, names: list[str], image: str) -> Path:
+    """A recipe for the payload in ``work`` (one per image kind, sharing one lock's content)."""
+    sign = '\n[sign]\nkey = "keys/release.key"\ncert = "keys/release.crt"\n' \
+        if image == "ddi" else ""
+    text = f"""[extension]
+name = "bench"
+kind = "sysext"
+version = "1"
+
+[target]
+id = "debian"
+version_id = "12"
+architecture = "x86-64"
+base = "base/debian-12-minimal.txt"
+
+[[repository]]
+type = "deb"
+mirror = "host"
+suite = "bookworm"
+components = ["main"]
+architectures = ["amd64"]
+
+[[repository]]
+type = "deb"
+mirror = "host"
+suite = "bookworm-updates"
+
+[[repository]]
+type = "deb"
+mirror = "host"
+suite = "bookworm-security"
+
+[[source]]
+packages = {json.dumps(names)}
+
+[policy]
+etc = "drop"
+
+[image]
+{IMAGES[image]}
+source_date_epoch = {EPOCH}
+{sign}"""
+    path = work / f"bench-{image}.toml"
+    path.write_text(text)
+    return path
+
+
+def lock_recipe(path: Path, cache: Cache) -> None:
+    """Lock once (network), then reuse the lock while the recipe's bytes stay the same."""
+    lock = path.with_suffix(".lock")
+    if lock.exists():
+        return
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "lock", str(path)],
+                          env=ours_env(), capture_output=True, text=True)
+    if proc.returncode != 0 or not lock.exists():
+        sys.exit(f"lock failed for {path}: {proc.stderr[-2000:]}")
+
+
+def keys(work: Path) -> None:
+    if (work / "keys/release.key").exists():
+        return
+    subprocess.run([sys.executable, "-m", "pipeline", "keys", "generate", "--key",
+                    str(work / "keys/release.key"), "--cert", str(work / "keys/release.crt"),
+                    "--subject", "CN=bench"], env=ours_env(), check=True, capture_output=True)
+
+
+# --- full mode ---------------------------------------------------------------------------------
+
+def full(args) -> dict:
+    names = [line.strip() for line in PAYLOAD.read_text().splitlines() if line.strip()]
+    cache = Cache(default_cache_dir(args.cache_dir))
+    work = OUT / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    keys(work)
+    (work / "base").mkdir(exist_ok=True)
+    shutil.copyfile(REPO / "recipes/base/debian-12-minimal.txt",
+                    work / "base/debian-12-minimal.txt")
+    env = ours_env()
+    results: dict = {"payload": {"packages": len(names), "list": str(PAYLOAD.name)},
+                     "rounds": args.rounds, "cpus": os.cpu_count(), "times": {},
+                     "memory_mib": {}}
+    recipes = {image: payload_recipe(work, names, image) for image in IMAGES}
+    for path in recipes.values():
+        lock_recipe(path, cache)
+    recipe = recipe_mod.load(recipes["squashfs-3"])
+    from pipeline.resolve.lock import expand_sources
+
+    fetched = fetch_all(expand_sources(recipe), cache)  # warm the cache outside the measurement
+    debs = [f.path for f in fetched]
+    results["payload"]["bytes"] = sum(f.size for f in fetched)
+    results["payload"]["locked_packages"] = len(fetched)  # the names plus what they pull in
+    out = work / "out"
+
+    def ours(image: str, *extra: str) -> list[str]:
+        return [sys.executable, "-m", "pipeline", "build", str(recipes[image]), "-q", "-o",
+                str(out / image), "--cache-dir", str(cache.root), "--force", *extra]
+
+    for image in IMAGES:
+        if image in args.skip:
+            continue
+        print(f"… {image}", file=sys.stderr, flush=True)
+        results["times"][image] = compare(plain_script(debs, work, image), ours(image),
+                                          args.rounds, env)
+    # up to date: the squashfs-3 output exists from the rounds above
+    noop = [c for c in ours("squashfs-3") if c != "--force"]
+    timed(noop, env)
+    results["times"]["noop-rebuild"] = summary([timed(noop, env) for _ in range(args.rounds)])
+    plan = [sys.executable, "-m", "pipeline", "plan", str(recipes["squashfs-3"]), "--cache-dir",
+            str(cache.root)]
+    results["times"]["plan"] = summary([timed(plan, env) for _ in range(args.rounds)])
+    for what in ("--version", "--help"):
+        results["times"][f"startup {what}"] = summary(
+            [timed([sys.executable, "-m", "pipeline", what], env) for _ in range(args.rounds)])
+    results["times"]["bare python"] = summary(
+        [timed([sys.executable, "-c", "pass"], env) for _ in range(args.rounds)])
+    for image in IMAGES:
+        if image in args.skip:
+            continue
+        print(f"… memory {image}", file=sys.stderr, flush=True)
+        results["memory_mib"][image] = {"ours": peak_memory(ours(image), env),
+                                        "plain": peak_memory(plain_script(debs, work, image))}
+    for mb in args.scale_mb:
+        print(f"… scale {mb} MB", file=sys.stderr, flush=True)
+        results.setdefault("scaling", {})[str(mb)] = scale(work, mb, cache, args.rounds, env)
+    return results
+
+
+def scale(work: Path, mb: int, cache: Cache, rounds: int, env: dict) -> dict:
+    """A synthetic payload of ``mb`` MB in generated packages (half text-like, half random),
+    squashfs zstd 3 against the plain tools, plus peak memory of both."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from pkgfactory import build_deb, file
+
+    pkgdir = work / f"scale-{mb}"
+    debs = sorted(pkgdir.glob("*.deb")) if pkgdir.exists() else []
+    if not debs:
+        pkgdir.mkdir(parents=True, exist_ok=True)
+        rng = __import__("random").Random(mb)
+        per_pkg, size = 20 << 20, 0
+        n = 0
+        while size < mb << 20:
+            files, pkg_size = [], 0
+            while pkg_size < per_pkg:
+                length = rng.randint(4 << 10, 2 << 20)
+                word = bytes(rng.getrandbits(8) for _ in range(64))
+                content = (word * (length // 128 + 1))[:length // 2] + \
+                    rng.randbytes(length - length // 2)
+                files.append(file(f"/usr/share/bench{n}/f{len(files)}", content))
+                pkg_size += length
+            debs.append(build_deb(pkgdir, f"bench{n}", "1.0", files, compression="xz"))
+            size += pkg_size
+            n += 1
+    lines = ["[extension]", 'name = "scale"', 'kind = "sysext"', 'version = "1"', "",
+             "[target]", 'id = "debian"', 'version_id = "12"', 'architecture = "x86-64"', ""]
+    for deb in debs:
+        lines += ["[[source]]", f'deb = "{deb}"', ""]
+    lines += ["[image]", IMAGES["squashfs-3"], f"source_date_epoch = {EPOCH}"]
+    recipe = work / f"scale-{mb}.toml"
+    recipe.write_text("\n".join(lines) + "\n")
+    ours = [sys.executable, "-m", "pipeline", "build", str(recipe), "-q", "-o",
+            str(work / "out" / f"scale-{mb}"), "--cache-dir", str(cache.root), "--force"]
+    plain = plain_script(debs, work, "squashfs-3")
+    result = compare(plain, ours, rounds, env)
+    result["memory_mib"] = {"ours": peak_memory(ours, env), "plain": peak_memory(plain)}
+    return result
+
+
+# --- targets -----------------------------------------------------------------------------------
+
+def targets(results: dict) -> list[str]:
+    t, lines = results["times"], []
+
+    def ratio_line(label, key, limit):
+        if key not in t:
+            return f"{label}: not measured"
+        got = t[key]["ratio_median"]
+        verdict = "met" if got <= limit else f"missed by {got - limit:.2f}×"
+        return f"{label}: {got:.2f}× (target ≤ {limit}×) — {verdict}"
+
+    def seconds_line(label, key, limit):
+        if key not in t:
+            return f"{label}: not measured"
+        got = t[key]["median"]
+        verdict = "met" if got <= limit else f"missed by {got - limit:.2f} s"
+        return f"{label}: {got:.2f} s (target ≤ {limit} s) — {verdict}"
+
+    lines.append(ratio_line("1 extraction vs dpkg-deb -x + touch", "extraction", 0.8))
+    for key in ("squashfs-15", "squashfs-3", "erofs"):
+        lines.append(ratio_line(f"2 end to end {key}", key, 1.0))
+    lines.append(ratio_line("2 end to end signed erofs DDI", "ddi", 0.8))
+    lines.append(seconds_line("3 up to date", "noop-rebuild", 0.5))
+    lines.append(seconds_line("4 startup --version", "startup --version", 0.1))
+    lines.append(seconds_line("4 startup --help", "startup --help", 0.1))
+    lines.append(seconds_line("4 plan on a cached recipe", "plan", 0.5))
+    memory = results.get("memory_mib", {})
+    scaled = results.get("scaling", {})
+    worst = max([m["ours"]["total"] for m in memory.values()] +
+                [s["memory_mib"]["ours"]["total"] for s in scaled.values()], default=None)
+    largest = max(map(int, scaled), default=None)
+    where = f"at {largest} MB" if largest else "at the 51-package payload only"
+    if worst is None:
+        lines.append("5 flat memory: not measured")
+    else:
+        verdict = "met" if worst <= 256 else f"missed by {worst - 256:.0f} MiB"
+        lines.append(f"5 flat memory {where}: {worst:.0f} MiB peak (tree RSS + tmpfs; target "
+                     f"≤ 256 MiB at 1 GB) — {verdict}")
+    if len(scaled) >= 2:
+        sizes = sorted(scaled, key=int)
+        small, big = scaled[sizes[0]]["ratio_median"], scaled[sizes[-1]]["ratio_median"]
+        verdict = "met" if big <= small * 1.05 else f"missed: {big:.2f}× vs {small:.2f}×"
+        lines.append(f"6 linear cost: {sizes[0]} MB {small:.2f}×, {sizes[-1]} MB {big:.2f}× — "
+                     f"{verdict}")
+    else:
+        lines.append("6 linear cost: not measured (--scale-mb 100,1000)")
+    lines.append("7 catalogue build: not measured (build takes one recipe; no -j yet)")
+    return lines
+
+
+def markdown(results: dict, lines: list[str]) -> str:
+    out = [f"# Benchmark ({results['payload']['packages']} names, "
+           f"{results['payload'].get('locked_packages', '?')} packages locked, "
+           f"{results['payload'].get('bytes', 0) / 2**20:.1f} MiB of .deb; "
+           f"{results['rounds']} interleaved rounds, {results['cpus']} CPUs)", "",
+           "| work | plain min / median s | ours min / median s | ratio (median) |",
+           "|---|---|---|---|"]
+    for key, value in results["times"].items():
+        if "plain" in value:
+            out.append(f"| {key} | {value['plain']['min']:.2f} / {value['plain']['median']:.2f} "
+                       f"| {value['ours']['min']:.2f} / {value['ours']['median']:.2f} "
+                       f"| {value['ratio_median']:.2f}× |")
+        else:
+            out.append(f"| {key} | | {value['min']:.3f} / {value['median']:.3f} | |")
+    out += ["", "| peak memory MiB (tree RSS + tmpfs) | plain | ours |", "|---|---|---|"]
+    for key, value in results.get("memory_mib", {}).items():
+        out.append(f"| {key} | {value['plain']['total']} | {value['ours']['total']} "
+                   f"(RSS {value['ours']['rss']}, tmpfs {value['ours']['shm']}) |")
+    for mb, value in results.get("scaling", {}).items():
+        out.append(f"| scale {mb} MB squashfs-3: ratio {value['ratio_median']:.2f}× | "
+                   f"{value['memory_mib']['plain']['total']} | "
+                   f"{value['memory_mib']['ours']['total']} |")
+    out += ["", "## Targets", ""] + [f"- {line}" for line in lines]
+    return "\n".join(out) + "\n"
+
+
+# --- quick mode: the example recipe, as before -------------------------------------------------
 
 def measured(cmd: list[str], env: dict | None = None) -> tuple[float, int]:
     """Wall seconds and peak RSS (KiB) of the largest process of ``cmd``'s tree.
@@ -53,26 +440,20 @@ def baseline_script(debs: list[Path], recipe, epoch: int, work: Path) -> list[st
     return ["sh", "-c", "\n".join(lines)]
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--recipe", default=str(REPO / "recipes/debug-tools.toml"))
-    parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
-
+def quick(args) -> int:
     recipe = recipe_mod.load(args.recipe)
-    cache = Cache(default_cache_dir())
+    cache = Cache(default_cache_dir(args.cache_dir))
     fetched = fetch_all(recipe.sources, cache)  # warm the cache outside the measurement
     work = Path(tempfile.mkdtemp(prefix="sysext-bench-"))
     try:
         ours_cmd = [sys.executable, "-m", "pipeline", "build", args.recipe, "-q", "-o",
-                    str(work / "out"), "--cache-dir", str(cache.root)]
-        env = dict(os.environ, PYTHONPATH=str(REPO))
+                    str(work / "out"), "--cache-dir", str(cache.root), "--force"]
         epoch = recipe.source_date_epoch or 1700000000
         plain_cmd = baseline_script([f.path for f in fetched], recipe, epoch, work)
         ours, plain = [], []
         for _ in range(args.rounds):  # interleaved, so drift hits both sides alike
             plain.append(measured(plain_cmd))
-            ours.append(measured(ours_cmd, env))
+            ours.append(measured(ours_cmd, ours_env()))
         best_ours, best_plain = min(t for t, _ in ours), min(t for t, _ in plain)
         rss_ours, rss_plain = max(r for _, r in ours), max(r for _, r in plain)
         size_ours = (work / "out" / f"{recipe.name}.raw").stat().st_size
@@ -91,6 +472,33 @@ def main() -> int:
           f"{size_ours / 2**20:>11.2f}")
     print(f"ratio pipeline/baseline: time {best_ours / best_plain:.2f}x, "
           f"peak RSS {rss_ours / rss_plain:.2f}x")
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="the 9-package example recipe only")
+    parser.add_argument("--recipe", default=str(REPO / "recipes/debug-tools.toml"),
+                        help="--quick: the recipe")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="interleaved rounds (default 5; --quick: 3)")
+    parser.add_argument("--cache-dir", help="package cache (default: the build's default)")
+    parser.add_argument("--scale-mb", type=lambda s: [int(x) for x in s.split(",") if x],
+                        default=[], help="synthetic payload sizes, e.g. 100,500,1000")
+    parser.add_argument("--skip", type=lambda s: s.split(","), default=[],
+                        help=f"image kinds to leave out ({', '.join(IMAGES)})")
+    args = parser.parse_args()
+    if args.quick:
+        args.rounds = args.rounds or 3
+        return quick(args)
+    args.rounds = args.rounds or 5
+    results = full(args)
+    lines = targets(results)
+    OUT.mkdir(exist_ok=True)
+    (OUT / "results.json").write_text(json.dumps({**results, "targets": lines}, indent=2) + "\n")
+    text = markdown(results, lines)
+    (OUT / "results.md").write_text(text)
+    print(text)
     return 0
 
 
