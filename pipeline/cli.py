@@ -70,10 +70,19 @@ def _human(line: str) -> None:
 def cmd_build(args) -> int:
     from . import recipe as recipe_mod
     from .build import Log, build
+    from .errors import InputError
     from .fetch import Cache, default_cache_dir, describe_progress
 
     recipe = recipe_mod.load(args.recipe)
     preflight(Path(args.output_dir))
+    if recipe.signing and not args.unsigned:
+        for what in ("key", "cert"):
+            path = Path(recipe.signing[what])
+            if not path.exists() and not path.is_symlink():
+                raise InputError(f"{recipe.path}: sign.{what}", f"{path}: no such file",
+                                 "make a key with `sysext-pipeline keys generate --key "
+                                 f"{recipe.signing['key']} --cert {recipe.signing['cert']}`, or "
+                                 "`build --unsigned` and `sysext-pipeline sign` the image later")
     cache = Cache(default_cache_dir(args.cache_dir))
     result = build(recipe, Path(args.output_dir), cache, offline=args.offline,
                    unsigned=args.unsigned, force=args.force,

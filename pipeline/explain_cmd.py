@@ -351,9 +351,11 @@ def register(sub) -> None:
     p.add_argument("--kind", choices=("sysext", "confext"),
                    help="the lines come from this tool (default: from journal prefixes)")
     p.add_argument("--verbose", "-v", action="store_true", help="list the unknown lines too")
-    # --json, --json=pretty|short|off: the form every command takes
+    # --json, --json=pretty|short|off: the form every command takes (text: pipeline/clikit.py)
+    from . import clikit
+
     p.add_argument("--json", nargs="?", const="pretty", default=None, metavar="MODE",
-                   help="machine-readable result on stdout (pretty, short)")
+                   help=clikit.HELP["json"])
     p.set_defaults(func=_dispatch)
 
 

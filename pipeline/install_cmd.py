@@ -245,7 +245,9 @@ def _refreshes(args, root: Path | None) -> bool:
 
 
 def _refusal(verdict: rules.Verdict, version: rules.Version) -> str:
-    return (f"would be {verdict.verdict} by systemd {rules.format_version(version)}: "
+    would = "would break the merge" if verdict.verdict == rules.BREAKS else \
+        f"would be {verdict.verdict}"
+    return (f"{would} under systemd {rules.format_version(version)}: "
             f"{verdict.summary} [{verdict.rule.id}; {verdict.field}: {verdict.values_text()}]")
 
 

@@ -109,6 +109,7 @@ def test_check_doctor_install_uninstall_rollback(world, tmp_path):
     # install refusing a non-merging image: the same verdict, the same exit as check
     refused = validate("install", run_cli("install", str(old), *host, "--json"), 3)
     assert "match.version-id" in refused["error"]["message"] + refused["error"]["hint"]
+    assert refused["error"]["message"].startswith("would be ignored under systemd 252: ")
     assert not (root / "var/lib/extensions/tool.raw").exists()
 
     validate("install", run_cli("install", str(v1), *host, "--json"), 0)
