@@ -18,6 +18,7 @@ import os
 import re
 import shlex
 import subprocess
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -301,12 +302,23 @@ def run_real(argv: list[str], cases: list[tuple[Case, Path]],
             parts.append(f"echo '@@@ {case.id}' >&2; {initrd} SYSTEMD_LOG_LEVEL=debug "
                          f"{binary} merge {shlex.join(extra)} --root={shlex.quote(str(root))} "
                          ">&2; echo \"@@rc=$?\" >&2")
-        procs.append(subprocess.Popen(
+        # Each namespace logs to a file, never a pipe: a merge holds the host-wide lock on
+        # /dev/loop-control while it logs, so a pipe nobody reads yet (namespaces are read one
+        # after another) would stop every other merge on the machine.
+        log_file = tempfile.TemporaryFile(mode="w+")
+        procs.append((subprocess.Popen(
             ["unshare", "-m", "--propagation", "private", "sh", "-c", "; ".join(parts)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+            stdout=subprocess.DEVNULL, stderr=log_file, text=True), log_file))
     logs: dict[str, str] = {}
-    for proc in procs:
-        _, stderr = proc.communicate(timeout=600)
+    for proc, log_file in procs:
+        with log_file:
+            try:
+                proc.wait(timeout=600)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                raise
+            log_file.seek(0)
+            stderr = log_file.read()
         current = None
         for line in stderr.splitlines():
             if line.startswith("@@@ "):
