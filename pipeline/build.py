@@ -212,6 +212,7 @@ def build(recipe: Recipe, output_dir: Path, cache: Cache, *, environ: dict | Non
         if current is not None:
             current.warnings[:0] = warnings
             return current
+        _refuse_replacing_signed(output_dir, recipe.name)
     _check_space(output_dir, sum(f.size for f in fetched) * STAGING_FACTOR,
                  f"staging {len(fetched)} packages (estimated at {STAGING_FACTOR}× their size)")
     with locked_workdir(output_dir, f".{recipe.name}.build-") as work:
@@ -232,6 +233,22 @@ def build(recipe: Recipe, output_dir: Path, cache: Cache, *, environ: dict | Non
                 tree.close()
     result.warnings[:0] = warnings
     return result
+
+
+def _refuse_replacing_signed(output_dir: Path, name: str) -> None:
+    """A signed image is replaced only with --force, as mkosi's -f (issue 16 §5)."""
+    try:
+        manifest = json.loads((output_dir / f"{name}.manifest.json").read_bytes())
+    except (OSError, ValueError):
+        return
+    if not isinstance(manifest, dict):
+        return
+    if any(isinstance(manifest.get(s), dict) and manifest[s].get("certificateFingerprint")
+           for s in ("ddi", "verity")):
+        image = (manifest.get("image") or {}).get("file") or name
+        raise InputError(str(output_dir / str(image)), "is a signed image and this build "
+                         "(other inputs) would replace it", "pass --force to replace it, or "
+                         "build into another -o directory")
 
 
 def _up_to_date(output_dir: Path, recipe_name: str, digest_base: dict, signer,

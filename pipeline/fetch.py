@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import tools
-from .errors import BuildError, InputError
+from .errors import INPUT, BuildError, InputError
 from .recipe import Source
 
 CHUNK = 1 << 20
@@ -415,6 +415,8 @@ class DownloadError(BuildError):
 
     def __init__(self, where: str, what: str, status: int | None, hint: str | None = None):
         self.status = status
+        if status is not None and 400 <= status < 500 and status not in (408, 429):
+            self.exit_code = INPUT  # not there (404), refused: the recorded URL is wrong
         super().__init__(where, what, hint)
 
 
@@ -517,14 +519,21 @@ def _check_space(directory: Path, needed: int) -> None:
                          f"bytes ({free} free)", "free space, or use --cache-dir elsewhere")
 
 
+#: apt-get's words for a package or version the archive does not have (not a network error)
+APT_NOT_THERE = ("Unable to locate package", "Can't find a source to download version",
+                 "Version '", "has no installation candidate")
+
+
 def _apt_download(source: Source, tmp: Path) -> tuple[Path, str]:
     """``apt-get download NAME=VERSION`` through the build host's own apt configuration."""
     spec = f"{source.ref}={source.version}"
     try:
         tools.run("apt-get", ["download", "-q", spec], cwd=tmp, what=f"downloading {spec}")
     except BuildError as exc:
-        raise BuildError(spec, "apt-get download failed", f"{exc.hint}; is the version still "
-                         "in the archive, and has 'apt-get update' run?") from None
+        gone = any(text in (exc.hint or "") for text in APT_NOT_THERE)  # fix the input: exit 2
+        raise (InputError if gone else BuildError)(
+            spec, "apt-get download failed", f"{exc.hint}; is the version still in the "
+            "archive, and has 'apt-get update' run?") from None
     debs = sorted(tmp.glob("*.deb"))
     if len(debs) != 1:
         raise BuildError(spec, f"apt-get download produced {len(debs)} files, expected one")

@@ -221,8 +221,14 @@ def test_detached_verity_for_squashfs(tmp_path, packages, cache_dir, keypair):
                     roothash.read_text().strip()], check=True, capture_output=True)
     manifest = json.loads(Path(result["manifest"]).read_text())
     assert manifest["verity"]["rootHash"] == roothash.read_text().strip()
+    # A signed image is replaced only with --force (issue 16 §5, mkosi's -f): nothing touched
+    recipe = tmp_path / "recipe" / "recipe.toml"
+    refused = run_cli("build", str(recipe), "-o", str(tmp_path / "out"), "--cache-dir",
+                      str(cache_dir), "--unsigned")
+    assert refused.returncode == 2 and f"{image}: is a signed image" in refused.stderr
+    assert "--force" in refused.stderr and p7s.is_file()
     # Rebuilt unsigned: the stale signature must not stay behind.
-    build(tmp_path, text, cache_dir, "--unsigned")
+    build(tmp_path, text, cache_dir, "--unsigned", "--force")
     assert not p7s.exists() and roothash.is_file()
 
 

@@ -1,0 +1,157 @@
+"""Issue 16 §3/§5/§6/§8: exit classes printed by every --help, verbs grouped, options described,
+preflight before any fetch, a missing dependency in one line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from conftest import REPO, run_cli, write_recipe
+
+from pipeline import cli
+from pipeline.errors import EXIT_CLASSES
+
+pytest_plugins = ["repos"]  # the archive server (a 404)
+
+# a source that can only be fetched from the network (nothing listens on port 9 of localhost):
+# any preflight error must come before it is tried
+UNFETCHABLE = """
+[extension]
+name = "pre"
+kind = "sysext"
+[target]
+id = "debian"
+version_id = "12"
+architecture = "x86-64"
+[[source]]
+deb = "http://127.0.0.1:9/pre_1.0_amd64.deb"
+sha256 = "0000000000000000000000000000000000000000000000000000000000000000"
+[image]
+source_date_epoch = 1700000000
+"""
+
+
+def _commands(parser: argparse.ArgumentParser, prefix=()):
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield (*prefix, name), sub
+                yield from _commands(sub, (*prefix, name))
+
+
+def test_every_help_ends_with_the_exit_classes():
+    commands = dict(_commands(cli.parser()))
+    assert {("build",), ("keys", "generate"), ("rollback",), ("explain",)} <= set(commands)
+    for name, sub in commands.items():
+        text = " ".join(sub.format_help().split())
+        assert "exit codes:" in text, name
+        for code, meaning in EXIT_CLASSES.items():
+            assert f"{code} {meaning}" in text, (name, code)
+        verdict = cli.VERDICTS.get(name[0])
+        assert f"here 3 means: {verdict}" in text if verdict else \
+            "(not given by this command)" in text, name
+
+
+#: publish/sign-feed (W3, this session) keep their own --json (the feed's index, whose "schema"
+#: is index.json's) until they take the envelope: listed here so that the gap stays visible
+OWN_JSON = {"publish", "sign-feed"}
+
+
+def test_every_option_has_help_and_shared_ones_agree():
+    seen: dict[str, str] = {}
+    for name, sub in _commands(cli.parser()):
+        if name[0] in OWN_JSON:
+            continue
+        for action in sub._actions:
+            if not action.option_strings or isinstance(action, argparse._HelpAction):
+                continue
+            assert action.help, (name, action.option_strings)
+            for flag in ("--json", "--cache-dir", "--root", "--systemd", "--quiet", "--debug"):
+                if flag in action.option_strings and flag != "--cache-dir":
+                    # one spelling and one text everywhere (fetch's store is described as such)
+                    assert seen.setdefault(flag, action.help) == action.help, (name, flag)
+        if name[-1] not in ("keys", "recipe-reference", "troubleshooting"):
+            assert "--json" in sub._option_string_actions, name  # --json on every verb
+
+
+def test_top_level_help_groups_the_verbs():
+    proc = run_cli("--help")
+    assert proc.returncode == 0
+    text = proc.stdout
+    order = [text.index(f"\n{group}:\n") for group in cli.GROUPS]
+    assert order == sorted(order)
+    build, trust = text.index("\nBuild:\n"), text.index("\nTrust:\n")
+    assert build < text.index("  lock ") < trust < text.index("  sign ")
+    assert "exit codes:" in text and "3  verdict" in text
+
+
+def test_output_dir_that_is_a_file_is_refused_before_fetching(tmp_path):
+    recipe = write_recipe(tmp_path / "r", UNFETCHABLE)
+    target = tmp_path / "out"
+    target.write_text("not a directory")
+    proc = run_cli("build", str(recipe), "-o", str(target), "--cache-dir", str(tmp_path / "c"))
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr == f"error: {target}: is not a directory (-o/--output-dir names the " \
+                          "directory the image goes to)\n"
+    assert target.read_text() == "not a directory" and not (tmp_path / "c").exists()
+    below = run_cli("build", str(recipe), "-o", str(target / "sub"), "--cache-dir",
+                    str(tmp_path / "c"))
+    assert below.returncode == 2 and f"error: {target}: is not a directory" in below.stderr
+
+
+def test_invalid_source_date_epoch_is_refused_before_fetching(tmp_path):
+    recipe = write_recipe(tmp_path / "r", UNFETCHABLE)
+    proc = run_cli("build", str(recipe), "-o", str(tmp_path / "out"), "--cache-dir",
+                   str(tmp_path / "c"), env={"SOURCE_DATE_EPOCH": "yesterday"})
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("error: SOURCE_DATE_EPOCH: 'yesterday' is not a number")
+    assert "fetch" not in proc.stderr and not (tmp_path / "c").exists()
+
+
+def test_missing_dependency_is_one_line(tmp_path):
+    """Without site-packages (python -S: the real condition outside the venv) a command that
+    needs pyzstd says so in one line, with how to install it."""
+    recipe = write_recipe(tmp_path / "r", UNFETCHABLE)
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-S", "-m", "pipeline", "build", str(recipe), "-o",
+                           str(tmp_path / "out")], capture_output=True, text=True, env=env,
+                          cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("error: the Python module 'pyzstd' is not installed (")
+    assert "pipx install ." in proc.stderr
+    top = subprocess.run([sys.executable, "-S", "-m", "pipeline", "--help"],
+                         capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert top.returncode == 0 and "Build:" in top.stdout
+
+
+def test_missing_signing_key_says_how_to_get_one(tmp_path):
+    text = UNFETCHABLE.replace("source_date_epoch = 1700000000",
+                               'format = "ddi"\nsource_date_epoch = 1700000000\n'
+                               '[sign]\nkey = "keys/release.key"\ncert = "keys/release.crt"')
+    recipe = write_recipe(tmp_path / "r", text)
+    proc = run_cli("build", str(recipe), "-o", str(tmp_path / "out"), "--cache-dir",
+                   str(tmp_path / "c"), "--json=short")
+    assert proc.returncode == 2, proc.stderr
+    error = json.loads(proc.stdout)["error"]
+    assert (error["subject"], error["field"]) == (str(recipe), "sign.key")
+    assert "sysext-pipeline keys generate --key" in error["hint"]
+    assert "`build --unsigned` and `sysext-pipeline sign`" in error["hint"]
+    assert not (tmp_path / "c").exists()  # nothing fetched
+
+
+def test_a_file_the_archive_does_not_have_is_fixed_not_retried(tmp_path, deb_archive):
+    """HTTP 404 for a recorded URL: exit 2 (fix the recipe or lock), not 1 (retry)."""
+    url = f"{deb_archive.server.url}/pool/stable/nothing_1.0_amd64.deb"
+    recipe = write_recipe(tmp_path / "r", UNFETCHABLE.replace("http://127.0.0.1:9/pre_1.0_amd64.deb",
+                                                              url))
+    proc = run_cli("build", str(recipe), "-o", str(tmp_path / "out"), "--cache-dir",
+                   str(tmp_path / "c"), "--json")
+    assert proc.returncode == 2, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["exit"] == 2 and "HTTP 404" in data["error"]["message"]
+    assert deb_archive.server.paths() == ["/pool/stable/nothing_1.0_amd64.deb"]  # tried once
