@@ -85,8 +85,8 @@ def test_plan_help_describes_every_argument():
     assert proc.returncode == 0
     text = " ".join(proc.stdout.split())
     assert "recipe the recipe file (TOML)" in text
-    assert "--json print the plan as JSON" in text
-    assert "--cache-dir DIR package cache to read" in text
+    assert "--json [MODE] print one JSON object on stdout" in text  # the shared wording
+    assert "--cache-dir DIR, --store DIR package cache or offline store" in text
 
 
 def test_severe_findings_are_not_printed_as_errors(tmp_path, cache_dir):
