@@ -95,6 +95,11 @@ def test_build_and_plan(world, tmp_path):
     assert plan["dropped"] == built["dropped"]
     failure("plan", run_cli("plan", str(tmp_path / "missing.toml"), "--json"))
     failure("build", run_cli("build", str(tmp_path / "missing.toml"), "--json"))
+    bad = write_recipe(tmp_path / "bad", recipe_text().replace('version = "1"',
+                                                                'version = "1"\nbogus = 1'))
+    error = failure("build", run_cli("build", str(bad), "--json"))["error"]
+    assert error == {"message": "unknown key", "subject": str(bad), "field": "extension.bogus",
+                     "hint": "allowed: name, kind, version"}
 
 
 def test_check_doctor_install_uninstall_rollback(world, tmp_path):
