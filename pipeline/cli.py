@@ -90,9 +90,9 @@ def cmd_build(args) -> int:
                            tty=sys.stderr if sys.stderr.isatty() else None),
                    progress=describe_progress())
     for finding in result.findings:
-        _human(f"{finding.severity}: {finding.line()}")
+        _human(f"{clikit.label(finding.severity)} {finding.line()}")
     for warning in result.warnings:
-        _human(f"warning: {warning}")
+        _human(f"{clikit.label('warning')} {warning}")
     if args.json:
         return clikit.emit(args, build_summary(result))
     if result.up_to_date:
@@ -303,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     except PipelineError as exc:
         if args.debug:
             raise
-        print(f"error: {exc.line()}", file=sys.stderr)
+        print(f"{clikit.label('error')} {exc.line()}", file=sys.stderr)
         if mode:
             clikit.failure(exc.as_json(), exc.exit_code, mode)
         return exc.exit_code
@@ -318,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         where = exc.filename or "system"
-        print(f"error: {where}: {exc.strerror or exc}", file=sys.stderr)
+        print(f"{clikit.label('error')} {where}: {exc.strerror or exc}", file=sys.stderr)
         if mode:
             clikit.failure({"message": exc.strerror or str(exc), "subject": str(where),
                             "field": None, "hint": None}, RETRY, mode)
@@ -326,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as exc:
         text = "terminated" if isinstance(exc, Terminated) else "interrupted"
         code = 143 if isinstance(exc, Terminated) else 130
-        print(f"error: {text}", file=sys.stderr)
+        print(f"{clikit.label('error')} {text}", file=sys.stderr)
         if mode:
             clikit.failure({"message": text, "subject": None, "field": None, "hint": None},
                            code, mode)
@@ -340,7 +340,8 @@ def _missing_module(exc: ModuleNotFoundError, mode: str | None) -> int:
         raise exc
     hint = ("install the project's dependencies: `pip install .` (or `pipx install .`), or run "
             "from the venv `python3 noxfile.py -s build` makes (. .nox/build/bin/activate)")
-    print(f"error: the Python module {name!r} is not installed ({hint})", file=sys.stderr)
+    print(f"{clikit.label('error')} the Python module {name!r} is not installed ({hint})",
+          file=sys.stderr)
     if mode:
         clikit.failure({"message": f"the Python module {name!r} is not installed",
                         "subject": name, "field": None, "hint": hint}, INPUT, mode)

@@ -159,5 +159,25 @@ class ArgumentParser(argparse.ArgumentParser):
         raise Usage(self, message)
 
 
+#: SGR colours of the prefixes a person should not miss (issue 16 §8)
+COLOURS = {"error": "1;31", "severe": "1;35", "warning": "1;33"}
+
+
+def label(word: str, stream=None) -> str:
+    """``word:`` coloured when ``stream`` (stderr) is a terminal, NO_COLOR is unset or empty
+    (no-color.org) and TERM is not dumb."""
+    import os
+
+    stream = stream or sys.stderr
+    plain = f"{word}:"
+    if word not in COLOURS or os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":
+        return plain
+    try:
+        tty = stream.isatty()
+    except (AttributeError, ValueError):
+        return plain
+    return f"\033[{COLOURS[word]}m{plain}\033[0m" if tty else plain
+
+
 def human(line: str) -> None:
     print(line, file=sys.stderr, flush=True)

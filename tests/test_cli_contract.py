@@ -155,3 +155,35 @@ def test_a_file_the_archive_does_not_have_is_fixed_not_retried(tmp_path, deb_arc
     data = json.loads(proc.stdout)
     assert data["exit"] == 2 and "HTTP 404" in data["error"]["message"]
     assert deb_archive.server.paths() == ["/pool/stable/nothing_1.0_amd64.deb"]  # tried once
+
+
+def _stderr_on_a_terminal(*args: str, env: dict) -> bytes:
+    """Run the CLI with stderr on a real pseudo-terminal; what it wrote there."""
+    import pty
+    import subprocess
+
+    master, slave = pty.openpty()
+    full = {**os.environ, "PYTHONPATH": str(REPO), "TERM": "xterm", **env}
+    full = {k: v for k, v in full.items() if v is not None}
+    proc = subprocess.run([sys.executable, "-m", "pipeline", *args], stderr=slave,
+                          stdout=subprocess.DEVNULL, env=full, cwd=REPO)
+    os.close(slave)
+    out = b""
+    try:
+        while chunk := os.read(master, 4096):
+            out += chunk
+    except OSError:  # EIO: the terminal's other side is closed
+        pass
+    os.close(master)
+    assert proc.returncode == 2
+    return out
+
+
+def test_error_is_coloured_on_a_terminal_unless_no_color(tmp_path):
+    missing = str(tmp_path / "nope.raw")
+    coloured = _stderr_on_a_terminal("inspect", missing, env={"NO_COLOR": None})
+    assert coloured.startswith(b"\x1b[1;31merror:\x1b[0m " + missing.encode()), coloured
+    plain = _stderr_on_a_terminal("inspect", missing, env={"NO_COLOR": "1"})
+    assert plain.startswith(b"error: " + missing.encode()) and b"\x1b" not in plain
+    piped = run_cli("inspect", missing)  # not a terminal: never coloured
+    assert piped.stderr.startswith("error: ") and "\x1b" not in piped.stderr
