@@ -26,6 +26,10 @@ def cmd_keys_generate(args) -> int:
         fpr = generate_openpgp(args.openpgp, args.subject.removeprefix("CN="))
         print(f"OpenPGP key {fpr} in {args.openpgp} (mode 0700; no passphrase: keep the "
               "directory private or offline)", file=sys.stderr)
+        if args.json:
+            return clikit.emit(args, {"key": str(args.openpgp), "cert": None,
+                                      "encrypted": False, "fingerprint": fpr,
+                                      "openpgp": True})
         return 0
 
     passphrase = read_passphrase(args.passphrase_env, args.passphrase_file)

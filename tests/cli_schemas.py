@@ -93,7 +93,7 @@ BODIES: dict[str, dict] = {
     "sign": {"image": S, "format": {"enum": ["ddi", "verity"]}, "root_hash": S,
              "certificate_fingerprint": S, "signature_file": opt(S), "sha256": opt(S),
              "warnings": arr(S)},
-    "keys-generate": {"key": S, "cert": S, "encrypted": B, "fingerprint": S},
+    "keys-generate": {"key": S, "cert": opt(S), "encrypted": B, "fingerprint": S},
     "explain": {"lines": arr(SNAKE), "unknown": arr(INT), "images": ARR,
                 "merge": {"type": ["string", "object", "null"]},
                 "files": opt(ARR), "host": opt(HOST)},
@@ -103,6 +103,7 @@ BODIES: dict[str, dict] = {
 OPTIONAL: dict[str, dict] = {
     "inspect": {k: opt(SNAKE) for k in ("verity", "signature", "filesystem", "manifest")}
     | {"partitions": arr(SNAKE), "disk_uuid": opt(S), "certificate": opt(S)},
+    "keys-generate": {"openpgp": B},  # --openpgp: key is the GnuPG home, cert null
 }
 
 #: outputs whose members depend on what is inspected: open, but every member is snake_case

@@ -157,6 +157,9 @@ def test_keys_sign_inspect(world, tmp_path):
     assert len(generated["fingerprint"]) == 64 and generated["encrypted"] is False
     again = run_cli("keys", "generate", "--key", str(key), "--cert", str(cert), "--json")
     failure("keys-generate", again)  # never overwrites
+    gpg = validate("keys-generate", run_cli("keys", "generate", "--openpgp",
+                                            str(tmp_path / "gnupg"), "--json"), 0)
+    assert gpg["openpgp"] is True and gpg["cert"] is None and len(gpg["fingerprint"]) == 40
 
     rdir = tmp_path / "ddi"
     recipe = write_recipe(rdir, recipe_text(fmt="ddi"))
