@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
+
+from . import clikit
 
 
 def cmd_publish(args) -> int:
@@ -12,8 +13,8 @@ def cmd_publish(args) -> int:
 
     index = publish(args.images, args.feed, args.url, gnupghome=args.gnupghome, key=args.key,
                     unsigned=args.unsigned, instances=args.instances_max)
-    if args.json:
-        print(json.dumps(index, indent=2, sort_keys=True))
+    if args.json:  # the envelope (pipeline/clikit.py) around index.json's content
+        return clikit.emit(args, {"feed": str(args.feed), "index": index})
     else:
         for image in index["images"]:
             print(f"{args.feed}/{image['file']} ({image['version']}, sha256 "
@@ -31,6 +32,9 @@ def cmd_sign_feed(args) -> int:
     sign_feed(args.feed, gnupghome=args.gnupghome, key=args.key, signature=args.signature,
               keyring=args.keyring)
     print(f"signed {args.feed}/SHA256SUMS → SHA256SUMS.gpg", file=sys.stderr)
+    if args.json:
+        return clikit.emit(args, {"feed": str(args.feed),
+                                  "signature": str(args.feed / "SHA256SUMS.gpg")})
     return 0
 
 
@@ -48,8 +52,7 @@ def register(sub) -> None:
                    "later with sign-feed, e.g. on an offline machine)")
     p.add_argument("--instances-max", type=int, default=2, metavar="N",
                    help="versions a host keeps (InstancesMax=, default 2)")
-    p.add_argument("--json", nargs="?", const="pretty", metavar="MODE",
-                   help="print the feed's index as JSON")
+    clikit.add_json(p)  # {"feed", "index": index.json's content} in the envelope
     p.set_defaults(func=cmd_publish)
 
     s = sub.add_parser("sign-feed", help="sign a feed's SHA256SUMS (publish --unsigned): with a "
@@ -61,4 +64,5 @@ def register(sub) -> None:
                    "--detach-sign SHA256SUMS)")
     s.add_argument("--keyring", type=Path, help="public key to check --signature with "
                    "(default: the feed's import-pubring.gpg)")
+    clikit.add_json(s)
     s.set_defaults(func=cmd_sign_feed)

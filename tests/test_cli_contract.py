@@ -54,9 +54,8 @@ def test_every_help_ends_with_the_exit_classes():
             "(not given by this command)" in text, name
 
 
-#: publish/sign-feed (W3, this session) keep their own --json (the feed's index, whose "schema"
-#: is index.json's) until they take the envelope: listed here so that the gap stays visible
-OWN_JSON = {"publish", "sign-feed"}
+#: commands with their own --json (none: publish and sign-feed took the envelope too)
+OWN_JSON: set[str] = set()
 
 
 def test_every_option_has_help_and_shared_ones_agree():

@@ -225,3 +225,21 @@ def test_schemas_are_current():
         assert path.read_text() == cli_schemas.render(command), f"regenerate {path}"
     names = {p.name for p in SCHEMAS.glob("*.schema.json")}
     assert names == {f"{c}.schema.json" for c in cli_schemas.BODIES}
+
+
+def test_publish_and_sign_feed(world, tmp_path):
+    _, image, _ = world["images"]["v1"]
+    feed = tmp_path / "feed"
+    url = "http://updates.example.invalid/feed"
+    published = validate("publish", run_cli("publish", str(image), "--feed", str(feed), "--url",
+                                            url, "--unsigned", "--json"), 0)
+    assert published["index"]["signed"] is False and published["index"]["url"] == url
+    failure("publish", run_cli("publish", str(tmp_path / "none.raw"), "--feed",
+                               str(tmp_path / "f2"), "--url", url, "--json"))
+    gnupg = tmp_path / "gnupg"
+    validate("keys-generate", run_cli("keys", "generate", "--openpgp", str(gnupg), "--json"), 0)
+    signed = validate("sign-feed", run_cli("sign-feed", str(feed), "--gnupghome", str(gnupg),
+                                           "--json"), 0)
+    assert Path(signed["signature"]).is_file()
+    failure("sign-feed", run_cli("sign-feed", str(tmp_path / "nofeed"), "--gnupghome",
+                                 str(gnupg), "--json"))
