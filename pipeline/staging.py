@@ -224,8 +224,29 @@ class StagingTree(_Rules):
         os.chmod(self.root, 0o755)  # mkdtemp-like 0700 would be recorded in the image
         self._root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
         self.owner_ids = owner_ids  # chown on disk (only possible as root)
+        self._last: tuple[str, int] | None = None  # see _parent
+
+    def _parent(self, path: str, member: str) -> tuple[int, str]:
+        """Like :meth:`_open_parent`, but the descriptor stays open for the next entry in the
+        same directory (archives list siblings together): one open per run of siblings instead
+        of one per path component per entry. Owned by the tree, never closed by the caller.
+        Staging never removes or replaces a directory (only non-directories are unlinked), so
+        the descriptor keeps naming the directory it was opened as."""
+        parent, _, name = path.rpartition("/")
+        if self._last is not None and self._last[0] == parent:
+            return self._last[1], name
+        fd, name = self._open_parent(path, member)
+        self._forget_parent()
+        self._last = (parent, fd)
+        return fd, name
+
+    def _forget_parent(self) -> None:
+        if self._last is not None:
+            os.close(self._last[1])
+            self._last = None
 
     def close(self) -> None:
+        self._forget_parent()
         if self._root_fd >= 0:
             os.close(self._root_fd)
             self._root_fd = -1
@@ -266,30 +287,27 @@ class StagingTree(_Rules):
             return  # the archive's own "./": the root's mode is ours to decide
         member = entry.member or path
         record = self.judge(entry, path, uid, gid, origin)
-        dfd, name = self._open_parent(path, member)
-        try:
-            if path in self.records and entry.kind != E.DIR:
-                os.unlink(name, dir_fd=dfd)
-                self.replaced.append(path)
-            if entry.kind == E.DIR:
-                try:
-                    os.mkdir(name, 0o755, dir_fd=dfd)
-                except FileExistsError:
-                    pass
-            elif entry.kind == E.SYMLINK:
-                os.symlink(entry.target, name, dir_fd=dfd)
-            elif entry.kind == E.HARDLINK:
-                sfd, sname = self._open_parent(canonical_path(entry.target, member), member)
-                try:
-                    os.link(sname, name, src_dir_fd=sfd, dst_dir_fd=dfd, follow_symlinks=False)
-                finally:
-                    os.close(sfd)
-            else:
-                record.size, record.sha256 = self._write_file(dfd, name, entry, member)
-            if entry.kind != E.HARDLINK:
-                self._apply_metadata(dfd, name, record, member)
-        finally:
-            os.close(dfd)
+        dfd, name = self._parent(path, member)
+        if path in self.records and entry.kind != E.DIR:
+            os.unlink(name, dir_fd=dfd)
+            self.replaced.append(path)
+        if entry.kind == E.DIR:
+            try:
+                os.mkdir(name, 0o755, dir_fd=dfd)
+            except FileExistsError:
+                pass
+        elif entry.kind == E.SYMLINK:
+            os.symlink(entry.target, name, dir_fd=dfd)
+        elif entry.kind == E.HARDLINK:
+            sfd, sname = self._open_parent(canonical_path(entry.target, member), member)
+            try:
+                os.link(sname, name, src_dir_fd=sfd, dst_dir_fd=dfd, follow_symlinks=False)
+            finally:
+                os.close(sfd)
+        else:
+            record.size, record.sha256 = self._write_file(dfd, name, entry, member)
+        if entry.kind != E.HARDLINK:
+            self._apply_metadata(dfd, name, record, member)
         self._implied_parents(path)
         self.records[path] = record
 
