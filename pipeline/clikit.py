@@ -179,5 +179,10 @@ def label(word: str, stream=None) -> str:
     return f"\033[{COLOURS[word]}m{plain}\033[0m" if tty else plain
 
 
+def count(n: int, word: str, plural: str | None = None) -> str:
+    """``1 file``, ``2 files`` (issue 16 §8: no "1 files")."""
+    return f"{n} {word if n == 1 else plural or word + 's'}"
+
+
 def human(line: str) -> None:
     print(line, file=sys.stderr, flush=True)

@@ -196,7 +196,7 @@ def render(report: dict) -> str:
         else:
             how = f"read with {fs.get('readWith')} in userspace" + (
                 "" if fs.get("trusted") else "; not mounted: untrusted image")
-        lines.append(f"  file system: {fs.get('type')}, {fs.get('files')} files, "
+        lines.append(f"  file system: {fs.get('type')}, {clikit.count(fs.get('files'), 'file')}, "
                      f"{fs.get('bytes')} bytes ({how})")
         release = fs.get("release") or {}
         if release:

@@ -67,7 +67,8 @@ def cmd_lock(args) -> int:
             for move in moves:
                 say(f"  {move}")
             size = sum(p["size"] for p in data["package"])
-            say(f"locked {written}: {len(data['package'])} packages, {size >> 10} KiB "
+            say(f"locked {written}: {clikit.count(len(data['package']), 'package')}, "
+                f"{size >> 10} KiB "
                 f"({'changed' if changed else 'unchanged'}, {seconds:.1f}s)")
     if args.json:
         return clikit.emit(args, {"recipes": results})
@@ -97,7 +98,8 @@ def cmd_fetch(args) -> int:
     if args.json:
         return clikit.emit(args, summary)
     if not args.quiet:
-        _human(f"store {cache.root}: {summary['files']} files, {summary['bytes'] >> 10} KiB "
+        _human(f"store {cache.root}: {clikit.count(summary['files'], 'file')}, "
+               f"{summary['bytes'] >> 10} KiB "
                f"({summary['downloaded']} downloaded, {summary['present']} already there)")
     return 0
 

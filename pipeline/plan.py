@@ -13,7 +13,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from . import layout, pitfalls
+from . import clikit, layout, pitfalls
 from .build import image_filename, stage
 from .errors import BuildError
 from .fetch import Cache, default_cache_dir, fetch_one
@@ -201,7 +201,8 @@ def render(plan: dict) -> str:
         lines += ["", f"{img['kind']} {img['name']} → {img['file']} ({img['format']}), merges "
                   f"into {' and '.join(img['merge_targets'])}"]
         for row in img["layout"]:
-            lines.append(f"  {row['dir'] + '/':<44}{row['files']:>6} files {row['bytes']:>12} B")
+            files = "file " if row["files"] == 1 else "files"
+            lines.append(f"  {row['dir'] + '/':<44}{row['files']:>6} {files} {row['bytes']:>12} B")
         lines.append(f"  /{img['extension_release']['path']}:")
         lines += [f"    {line}" for line in img["extension_release"]["content"].splitlines()]
         if img["tmpfiles"]:
@@ -214,7 +215,7 @@ def render(plan: dict) -> str:
             lines.append(f"  {warning['severity']}: {warning['code']}: {warning['message']} — "
                          f"fix: {warning['fix']}")
     if plan["dropped"]:
-        lines += ["", f"not in any image ({len(plan['dropped'])} paths):"]
+        lines += ["", f"not in any image ({clikit.count(len(plan['dropped']), 'path')}):"]
         lines += [f"  /{p}: {why}" for p, why in list(plan["dropped"].items())[:15]]
         if len(plan["dropped"]) > 15:
             lines.append(f"  … and {len(plan['dropped']) - 15} more (--json lists all)")
@@ -230,8 +231,6 @@ def cmd_plan(args) -> int:
     cache = Cache(default_cache_dir(args.cache_dir))
     plan = make_plan(recipe, cache)
     if args.json:
-        from . import clikit
-
         return clikit.emit(args, plan)
     print(render(plan), file=sys.stdout)
     return 0
@@ -242,8 +241,6 @@ def register(sub) -> None:
                        "recipe and the package cache (no network, nothing written)")
     p.add_argument("recipe", help="the recipe file (TOML); see `sysext-pipeline "
                    "recipe-reference`")
-    from . import clikit
-
     clikit.add_json(p)
     clikit.add_cache_dir(p)
     p.set_defaults(func=cmd_plan)

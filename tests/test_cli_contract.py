@@ -186,3 +186,22 @@ def test_error_is_coloured_on_a_terminal_unless_no_color(tmp_path):
     assert plain.startswith(b"error: " + missing.encode()) and b"\x1b" not in plain
     piped = run_cli("inspect", missing)  # not a terminal: never coloured
     assert piped.stderr.startswith("error: ") and "\x1b" not in piped.stderr
+
+
+def test_one_file_is_one_file(tmp_path):
+    recipe = write_recipe(tmp_path / "r", """
+[extension]
+name = "one"
+kind = "sysext"
+[target]
+id = "debian"
+version_id = "12"
+architecture = "x86-64"
+[files]
+"usr/bin/one" = { content = "#!/bin/sh\\n", mode = "0755" }
+[image]
+source_date_epoch = 1700000000
+""")
+    proc = run_cli("plan", str(recipe))
+    assert proc.returncode == 0, proc.stderr
+    assert "     1 file " in proc.stdout and "1 files" not in proc.stdout
