@@ -316,7 +316,7 @@ def scale(work: Path, mb: int, cache: Cache, rounds: int, env: dict) -> dict:
                     rng.randbytes(length - length // 2)
                 files.append(file(f"/usr/share/bench{n}/f{len(files)}", content))
                 pkg_size += length
-            debs.append(build_deb(pkgdir, f"bench{n}", "1.0", files, compression="xz"))
+            debs.append(build_deb(pkgdir, f"bench{n}", "1.0", files, compression="gzip"))
             size += pkg_size
             n += 1
     lines = ["[extension]", 'name = "scale"', 'kind = "sysext"', 'version = "1"', "",
