@@ -218,8 +218,9 @@ def reprotest(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Example recipe vs. the plain tools (times, ratio, peak memory), then diff's memory on
-    500 MB images against 50 MB ones, all in the same run."""
+    """Issue 14's benchmark: the payload51 recipe vs. the plain tools (interleaved rounds;
+    bench/results.json and results.md, one line per target; ``-- --quick``: the 9-package
+    example recipe only), then diff's memory on 500 MB images against 50 MB ones."""
     ensure_system_packages(session, "build")
     session.install("-e", ".")
     session.run("python", "tests/bench.py", *session.posargs)
