@@ -217,7 +217,10 @@ def _merge_findings(host, kind, merging, entries, findings, breakers=()) -> None
     merged_names = {n for s in states if s.merged for n in s.extensions}
     want = {name for name, _ in merging}
     since = max((s.since for s in states if s.merged and s.since), default=None)
+    # the fixes name the tree doctor looked at (issue 16 §8: doctor --root suggests --root)
+    where = f" --root={host.root}" if host.root is not None else ""
     tool = f"systemd-{kind}"
+    refresh = f"{tool} refresh{where}"
     if breakers:  # a refresh cannot help before the culprit is fixed: name it
         culprits = "; ".join(f"{path} ({v.rule.id}): {v.fix}" for path, v in breakers)
         findings.append(Finding(ERROR, "merge.broken-by-other",
@@ -225,24 +228,24 @@ def _merge_findings(host, kind, merging, entries, findings, breakers=()) -> None
                                 f"break{'s' if len(breakers) == 1 else ''} the whole merge"
                                 + (f" (also keeping {', '.join(sorted(want))} out)"
                                    if want else ""),
-                                f"fix or remove {culprits}; then {tool} refresh"))
+                                f"fix or remove {culprits}; then {refresh}"))
     elif merged_names or want:
         if not merged_names:
             findings.append(Finding(WARNING, "merge.not-merged",
                                     f"{', '.join(sorted(want))} would merge but nothing is "
-                                    f"merged now", f"{tool} refresh"))
+                                    f"merged now", refresh))
         elif merged_names != want:
             findings.append(Finding(WARNING, "merge.stale",
                                     f"merged now: {', '.join(sorted(merged_names))}; on disk "
                                     f"and matching: {', '.join(sorted(want)) or 'none'}",
-                                    f"{tool} refresh"))
+                                    refresh))
         elif since is not None:
             newer = [host.host_path(e.path) for e in entries if e.name in want and
                      e.path.exists() and e.path.stat().st_mtime > since + 1]
             if newer:
                 findings.append(Finding(WARNING, "merge.stale",
                                         f"changed since the last merge: {', '.join(newer)}",
-                                        f"{tool} refresh"))
+                                        refresh))
     for state in states:
         if state.merged:
             findings.append(Finding(INFO, "merge.read-only",
@@ -256,7 +259,7 @@ def _merge_findings(host, kind, merging, entries, findings, breakers=()) -> None
                                 f"{hostmod.UNITS[kind]} is not enabled: "
                                 f"{', '.join(sorted({e.name for e in persistent}))} will not "
                                 "be merged after a reboot",
-                                f"systemctl enable {hostmod.UNITS[kind]}"))
+                                f"systemctl{where} enable {hostmod.UNITS[kind]}"))
     elif enabled:
         findings.append(Finding(INFO, "service.enabled", f"{hostmod.UNITS[kind]} is enabled"))
     for hierarchy in HIERARCHIES[kind]:

@@ -49,7 +49,10 @@ def test_verdicts_shadowing_and_disabled_service(tmp_path):
     assert by_path["/etc/extensions/old"]["rule"] == "release.missing-dir"
     assert by_path["/var/lib/extensions/notes.txt"]["rule"] == "discovery.not-raw"
     assert "service.disabled" in found and "good" in found["service.disabled"][0]["message"]
-    assert found["merge.not-merged"][0]["fix"] == "systemd-sysext refresh"
+    # the fixes name the tree doctor looked at (issue 16 §8)
+    assert found["merge.not-merged"][0]["fix"] == f"systemd-sysext refresh --root={root}"
+    assert found["service.disabled"][0]["fix"] == \
+        f"systemctl --root={root} enable systemd-sysext.service"
     assert all(f["fix"] for f in report["findings"] if f["severity"] != "info")
 
 
