@@ -144,6 +144,9 @@ def preflight(output_dir: Path) -> None:
     if not existing.is_dir():
         raise InputError(str(existing), "is not a directory",
                          "-o/--output-dir names the directory the image goes to")
+    if os.statvfs(existing).f_flag & os.ST_RDONLY:
+        raise InputError(str(existing), "is on a read-only file system",
+                         "give -o a directory you can write to")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise InputError(str(existing), "is not writable by this user",
                          "give -o a directory you can write to")

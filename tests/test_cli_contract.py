@@ -205,3 +205,28 @@ source_date_epoch = 1700000000
     proc = run_cli("plan", str(recipe))
     assert proc.returncode == 0, proc.stderr
     assert "     1 file " in proc.stdout and "1 files" not in proc.stdout
+
+
+def test_output_dir_on_a_read_only_mount_is_named_before_fetching(tmp_path):
+    """-o below a read-only mount: the error names the directory given, not a hidden work
+    directory inside it, and comes before any fetch."""
+    import shlex
+    import subprocess
+
+    from prereq import require_root, require_tool
+
+    require_root()
+    require_tool("unshare", "util-linux")
+    recipe = write_recipe(tmp_path / "r", UNFETCHABLE)
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    argv = [sys.executable, "-m", "pipeline", "build", str(recipe), "-o", str(ro / "out"),
+            "--cache-dir", str(tmp_path / "c")]
+    inner = f"mount -t tmpfs -o ro tmpfs {shlex.quote(str(ro))} && " \
+            f"PYTHONPATH={shlex.quote(str(REPO))} {shlex.join(argv)}"
+    proc = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", inner],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr == f"error: {ro}: is on a read-only file system (give -o a directory " \
+                          "you can write to)\n"
+    assert not (tmp_path / "c").exists()
