@@ -8,6 +8,7 @@ import json
 import os
 import sys
 
+import pytest
 from conftest import REPO, run_cli, write_recipe
 
 from pipeline import cli
@@ -230,3 +231,23 @@ def test_output_dir_on_a_read_only_mount_is_named_before_fetching(tmp_path):
     assert proc.stderr == f"error: {ro}: is on a read-only file system (give -o a directory " \
                           "you can write to)\n"
     assert not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize("package,version,said", [
+    ("nonesuch-w1-pkg", "1.0", "Unable to locate package nonesuch-w1-pkg"),
+    ("coreutils", "0.0.0-not-in-any-archive", "Version '0.0.0-not-in-any-archive'"),
+])
+def test_a_package_or_version_apt_does_not_know_is_exit_2(tmp_path, package, version, said):
+    """apt-get's own answer from the host's package lists (no download happens): fix the
+    recipe, do not retry."""
+    from prereq import require_tool
+
+    require_tool("apt-get", "apt")
+    text = UNFETCHABLE.replace('deb = "http://127.0.0.1:9/pre_1.0_amd64.deb"',
+                               f'apt = "{package}"\nversion = "{version}"')
+    recipe = write_recipe(tmp_path / "r", text)
+    proc = run_cli("build", str(recipe), "-o", str(tmp_path / "out"), "--cache-dir",
+                   str(tmp_path / "c"), "--json")
+    assert proc.returncode == 2, proc.stderr
+    error = json.loads(proc.stdout)["error"]
+    assert error["subject"] == f"{package}={version}" and said in error["hint"], error
