@@ -19,8 +19,18 @@ PLAIN = random.Random(7).randbytes(CHUNK) + bytes(2 * CHUNK)
 XZ = lzma.compress(PLAIN, preset=0)
 
 
+#: Decompression threads alive before the current test (other tests' are not ours to judge).
+_EARLIER: set[int | None] = set()
+
+
+@pytest.fixture(autouse=True)
+def _baseline():
+    _EARLIER.clear()
+    _EARLIER.update(t.ident for t in threading.enumerate() if t.name == "decompress")
+
+
 def _decompress_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == "decompress"]
+    return [t for t in threading.enumerate() if t.name == "decompress" and t.ident not in _EARLIER]
 
 
 def _settle(timeout: float = 5.0) -> list[threading.Thread]:
