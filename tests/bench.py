@@ -366,11 +366,17 @@ def targets(results: dict) -> list[str]:
     worst = max([m["ours"]["total"] for m in memory.values()] +
                 [s["memory_mib"]["ours"]["total"] for s in scaled.values()], default=None)
     largest = max(map(int, scaled), default=None)
-    where = f"at {largest} MB" if largest else "at the 51-package payload only"
+    where = f"(squashfs up to {largest} MB, every format at the payload)" if largest else \
+        "(every format at the payload only)"
+    copying = sorted(k for k, m in memory.items() if m["ours"]["shm"] > 0.5 * m["ours"]["total"])
     if worst is None:
         lines.append("5 flat memory: not measured")
     else:
         verdict = "met" if worst <= 256 else f"missed by {worst - 256:.0f} MiB"
+        if copying:  # a tmpfs copy of the whole tree grows with the payload (not scaled here)
+            verdict = (f"not met for {', '.join(copying)}: the sorted tmpfs copy is the whole "
+                       f"tree ({max(memory[k]['ours']['shm'] for k in copying):.0f} MiB here), "
+                       "so about 1 GiB at 1 GB")
         lines.append(f"5 flat memory {where}: {worst:.0f} MiB peak (tree RSS + tmpfs; target "
                      f"≤ 256 MiB at 1 GB) — {verdict}")
     if len(scaled) >= 2:
