@@ -10,12 +10,12 @@ from __future__ import annotations
 import io
 import lzma
 import os
-import subprocess
 import sys
 import tarfile
 from pathlib import Path
 
 import pytest
+from childrss import run_measured
 from conftest import REPO, write_recipe
 from test_hostile import _ar, _tar, info
 
@@ -60,12 +60,6 @@ def deb_with_data(path: Path, data_xz: bytes) -> Path:
 #: process would report the test process's own peak: Linux folds the pre-exec address space's
 #: high-water mark into ru_maxrss (exec_mmap), and pytest may hold 140 MiB by then. Forked from
 #: this small interpreter instead, the build's number is its own (plus a few MiB at most).
-MEASURE = ("import os, subprocess, sys\n"
-           "p = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL)\n"
-           "_, status, usage = os.wait4(p.pid, 0)\n"
-           "print(os.waitstatus_to_exitcode(status), usage.ru_maxrss)\n")
-
-
 def build_measured(tmp_path: Path, deb: Path, cache_dir: Path, extra: str = ""
                    ) -> tuple[int, str, int]:
     """(exit status, stderr, peak RSS in bytes) of ``build`` run as a child process."""
@@ -75,12 +69,9 @@ def build_measured(tmp_path: Path, deb: Path, cache_dir: Path, extra: str = ""
     env.pop("SOURCE_DATE_EPOCH", None)
     err = tmp_path / "stderr"
     with open(err, "wb") as stderr:
-        proc = subprocess.run([sys.executable, "-c", MEASURE, sys.executable, "-m", "pipeline",
-                               "build", str(recipe), "-o", str(tmp_path / "out"),
-                               "--cache-dir", str(cache_dir)],
-                              cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=stderr,
-                              check=True, text=True)
-    code, rss_kib = map(int, proc.stdout.split())
+        code, rss_kib, _ = run_measured(
+            [sys.executable, "-m", "pipeline", "build", str(recipe), "-o", str(tmp_path / "out"),
+             "--cache-dir", str(cache_dir)], cwd=REPO, env=env, stderr=stderr, timeout=600)
     return code, err.read_text(), rss_kib * 1024
 
 

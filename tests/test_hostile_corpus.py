@@ -30,16 +30,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from childrss import run_measured
 from hostile_corpus import Case, generate
 from prereq import require_tool
 
@@ -133,24 +132,16 @@ def _run_case(case: Case, base: Path, outside: Path, outside_before: dict) -> Re
     env.pop("SYSEXT_PIPELINE_CACHE", None)
     start = time.monotonic()
     with open(work / "stderr", "w+b") as err:
-        proc = subprocess.Popen(
+        code, rss_kib, cpu = run_measured(
             [sys.executable, "-m", "pipeline", "build", str(recipe), "-o", str(out),
              "--cache-dir", str(work / "cache"), "-q"],
-            cwd=work, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
-            start_new_session=True)
-        timer = threading.Timer(BUILD_TIMEOUT, lambda: os.killpg(proc.pid, signal.SIGKILL))
-        timer.start()
-        try:
-            _, status, usage = os.wait4(proc.pid, 0)
-        finally:
-            timer.cancel()
-        proc.returncode = os.waitstatus_to_exitcode(status)
+            cwd=work, env=env, stderr=err, timeout=BUILD_TIMEOUT)
         err.seek(0)
         raw = err.read(STDERR_LIMIT + 1)
     result.seconds = time.monotonic() - start
-    result.returncode = proc.returncode
-    result.rss_kib = usage.ru_maxrss
-    result.cpu = usage.ru_utime + usage.ru_stime
+    result.returncode = code
+    result.rss_kib = rss_kib
+    result.cpu = cpu
     result.stderr = raw.decode("utf-8", "replace")
     if len(raw) > STDERR_LIMIT:
         result.side_effects.append(f"stderr longer than {STDERR_LIMIT} bytes")
