@@ -176,6 +176,19 @@ def build(session: nox.Session) -> None:
     session.run("sysext-pipeline", "build", *args)
 
 
+def _kernel_deselection(session: nox.Session) -> list[str]:
+    """Tests marked ``device_mapper`` merge a signed DDI through dm-verity: a kernel without
+    device-mapper cannot run them at all (no package installs it), so they are deselected there,
+    said in one line, rather than failed; everywhere else they run."""
+    try:
+        os.close(os.open("/dev/mapper/control", os.O_RDWR))
+    except OSError:
+        session.log("this kernel has no device-mapper (/dev/mapper/control): deselecting the "
+                    "tests marked device_mapper (merging a signed DDI through dm-verity)")
+        return ["-m", "not device_mapper"]
+    return []
+
+
 @nox.session
 def tests(session: nox.Session) -> None:
     """The test suite, with real tools (nox -s tests [-- PYTEST ARGS])."""
@@ -184,7 +197,7 @@ def tests(session: nox.Session) -> None:
     from nox.command import CommandFailed
 
     try:
-        session.run("pytest", *(session.posargs or ["-q"]))
+        session.run("pytest", *(session.posargs or ["-q", *_kernel_deselection(session)]))
     except CommandFailed as exc:
         if getattr(exc, "return_code", None) == 5:  # pytest: nothing collected
             session.error("pytest collected no tests (exit 5): the selection matched nothing")
