@@ -17,7 +17,14 @@ from dataclasses import dataclass, field
 from .errors import InputError
 from .fetch import Fetched
 from .formats import entry as E
-from .formats.compression import AHEAD_PIECE, CHUNK, DigestCheck, Limits, read_ahead
+from .formats.compression import (
+    AHEAD_PIECE,
+    CHUNK,
+    DigestCheck,
+    Limits,
+    read_ahead,
+    read_upto,
+)
 from .formats.entry import shown
 from .formats.package import Package
 from .layout import Router
@@ -33,6 +40,8 @@ class ExtractReport:
     excluded: int = 0
     unmapped_owners: set[str] = field(default_factory=set)
     newest_mtime: int | None = None
+    #: package name → its usr/share/doc/NAME/copyright, kept for the SBOM's licence (sbom.py)
+    copyrights: dict[str, bytes] = field(default_factory=dict)
 
 
 def glob_regex(patterns: Iterable[str]) -> re.Pattern | None:
@@ -62,6 +71,9 @@ def glob_regex(patterns: Iterable[str]) -> re.Pattern | None:
         parts.append(rx)
     return re.compile("^(?:" + "|".join(parts) + ")$") if parts else None
 
+
+#: Largest copyright file kept for the SBOM (sbom.py reads the licence from it).
+COPYRIGHT_LIMIT = 1 << 20
 
 #: Times squashfs and erofs images can hold (unsigned 32-bit seconds: 1970 to 2106).
 MAX_MTIME = 2**32 - 1
@@ -251,6 +263,11 @@ class _Package:
         for entry in entries:
             self.limits.count_entry(entry.member)
             path = canonical_path(entry.path, entry.member)
+            if entry.kind == E.FILE and entry.size <= COPYRIGHT_LIMIT and \
+                    path == f"usr/share/doc/{self.info.name}/copyright":  # for the SBOM
+                data = read_upto(entry.data, entry.size)
+                report.copyrights[self.info.name] = data
+                entry.data = io.BytesIO(data)
             if not path:
                 if entry.kind == E.DIR:
                     continue  # the archive's own "./": the root's mode is ours to decide

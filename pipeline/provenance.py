@@ -136,11 +136,12 @@ def lock_parameter(recipe) -> dict | None:
     return {"file": lock.name, "sha256": hashlib.sha256(data).hexdigest()}
 
 
-def read_facts(fetched, packages: list[dict]) -> list[sbom.PackageFacts]:
-    """The SBOM facts of every fetched package (``packages``: the manifest's inputs, in the
-    same order)."""
-    return [sbom.package_facts(f.path, f.source.format, p["name"], f.sha256, f.filename)
-            for f, p in zip(fetched, packages)]
+def read_facts(fetched, report) -> list[sbom.PackageFacts]:
+    """The SBOM facts of every fetched package (``report``: the extraction's, whose packages
+    are the manifest's inputs in the same order, with the copyright files it kept)."""
+    return [sbom.package_facts(f.path, f.source.format, f.sha256, f.filename,
+                               report.copyrights.get(p["name"]))
+            for f, p in zip(fetched, report.packages)]
 
 
 def write_companions(workdir: Path, manifest: dict, recipe, facts, signer) -> list[Path]:

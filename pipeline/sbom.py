@@ -11,9 +11,10 @@ machine-readable (DEP-5), from the RPM License tag, else NOASSERTION. A licence 
 SPDX identifier becomes a ``LicenseRef-`` with its text in ``hasExtractedLicensingInfos``, so the
 document stays valid for SPDX validators.
 
-The facts come from a second, bounded read of each package file (its control member or header,
-and for a deb the copyright file in data.tar — read until that file, then the rest only hashed);
-the sha256 of every byte read must be the one the fetch stage verified.
+The facts come from a second, bounded read of each package file's metadata (a deb's control
+member — data.tar is not decompressed again: extraction kept the copyright file — or an rpm's
+header; the rest of the file is only hashed): the sha256 of every byte read must be the one the
+fetch stage verified.
 """
 
 from __future__ import annotations
@@ -79,13 +80,15 @@ class PackageFacts:
 
 # --- reading the facts ---------------------------------------------------------------------
 
-def package_facts(path: Path, fmt: str, name: str, sha256: str, filename: str) -> PackageFacts:
+def package_facts(path: Path, fmt: str, sha256: str, filename: str,
+                  copyright_text: bytes | None = None) -> PackageFacts:
     """The facts of one package file (``fmt`` deb or rpm), read with bounded memory; the bytes
-    read must hash to ``sha256`` (what the fetch stage verified)."""
+    read must hash to ``sha256`` (what the fetch stage verified). ``copyright_text``: a deb's
+    usr/share/doc/NAME/copyright, as extraction found it."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         stream = HashingReader(fh, digest)
-        facts = _deb_facts(stream, filename, name) if fmt == "deb" else \
+        facts = _deb_facts(stream, filename, copyright_text) if fmt == "deb" else \
             _rpm_facts(stream, filename)
         stream.drain()
     if digest.hexdigest() != sha256:
@@ -95,11 +98,9 @@ def package_facts(path: Path, fmt: str, name: str, sha256: str, filename: str) -
     return facts
 
 
-def _deb_facts(stream, filename: str, name: str) -> PackageFacts:
+def _deb_facts(stream, filename: str, copyright_bytes: bytes | None) -> PackageFacts:
     limits = Limits()
     control = ""
-    copyright_text = None
-    wanted = {f"usr/share/doc/{name}/copyright"}
     for member in read_ar(stream, filename):
         where = f"{filename}:{member.name}"
         if member.name.startswith("control.tar"):
@@ -108,15 +109,9 @@ def _deb_facts(stream, filename: str, name: str) -> PackageFacts:
                 if entry.kind == FILE and entry.path.removeprefix("./") == "control" and \
                         entry.size <= MAX_TEXT:
                     control = read_upto(entry.data, entry.size).decode("utf-8", "replace")
-        elif member.name.startswith("data.tar"):
-            for entry in tar_entries(open_decompressed(member.data, member.name, where, limits),
-                                     where):
-                path = entry.path.removeprefix("./").removeprefix("/")
-                if path in wanted and entry.kind == FILE and entry.size <= MAX_TEXT:
-                    copyright_text = read_upto(entry.data, entry.size).decode("utf-8", "replace")
-                    break  # the rest of the file is only hashed
-            break
+            break  # data.tar: only hashed (extraction kept the copyright file)
     fields = parse_control(control) if control else {}
+    copyright_text = copyright_bytes.decode("utf-8", "replace") if copyright_bytes else None
     license_, text = debian_license(copyright_text) if copyright_text else (None, "")
     return PackageFacts(supplier=supplier(fields.get("Maintainer")), license=license_,
                         license_text=text, homepage=fields.get("Homepage") or None)
