@@ -27,10 +27,12 @@ from .errors import BuildError, InputError
 from .fetch import Cache, Fetched, fetch_all, hash_file
 from .normalize import apply_times, choose_epoch
 from .outdir import (
+    MAX_MANIFEST,
     WorkDir,
     locked,
     locked_workdir,
     plain_name,
+    read_entry,
     remove_at,
     remove_path,
     sweep,
@@ -237,9 +239,10 @@ def build(recipe: Recipe, output_dir: Path, cache: Cache, *, environ: dict | Non
 
 def _refuse_replacing_signed(output_dir: Path, name: str) -> None:
     """A signed image is replaced only with --force, as mkosi's -f (issue 16 §5)."""
+    data = read_entry(output_dir, f"{name}.manifest.json", MAX_MANIFEST)
     try:
-        manifest = json.loads((output_dir / f"{name}.manifest.json").read_bytes())
-    except (OSError, ValueError):
+        manifest = json.loads(data) if data is not None else None
+    except ValueError:
         return
     if not isinstance(manifest, dict):
         return
@@ -324,7 +327,7 @@ def _roll_forward(out_fd: int, recipe_name: str) -> list[str]:
     journal = _journal(recipe_name)
     if _exists(journal, out_fd) is None:
         return []
-    data = _read_entry(out_fd, journal, 1 << 20) or b""
+    data = read_entry(out_fd, journal, 1 << 20) or b""
     try:
         plan = json.loads(data)
         work, steps = plan["workdir"], plan["steps"]
@@ -472,35 +475,6 @@ def image_entries(name: str) -> list[str]:
             *(f"{name}{suffix}" for suffix in COMPANION_SUFFIXES)]
 
 
-#: An earlier manifest larger than this is not read for its companions (a manifest lists every
-#: file of its image: 64 MiB is several hundred thousand files).
-MAX_OLD_MANIFEST = 64 << 20
-
-
-def _read_entry(directory: Path | int, name: str, limit: int) -> bytes | None:
-    """The bytes of the regular file ``name`` in ``directory`` (a path or a descriptor), never
-    through a symlink, never blocking on a FIFO; None when it is missing, not a regular file,
-    or over ``limit``."""
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-    try:
-        fd = os.open(name, flags, dir_fd=directory) if isinstance(directory, int) else \
-            os.open(Path(directory) / name, flags)
-    except OSError:
-        return None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
-            return None
-        chunks, size = [], 0
-        while size <= limit:
-            chunk = os.read(fd, min(1 << 20, limit + 1 - size))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-    finally:
-        os.close(fd)
-    return None if size > limit else b"".join(chunks)
 
 
 def _retired(output_dir: Path, recipe_name: str, made: set[str]) -> tuple[list[str], list[str]]:
@@ -516,7 +490,7 @@ def _retired(output_dir: Path, recipe_name: str, made: set[str]) -> tuple[list[s
     warnings: list[str] = []
     for name in sorted(made):
         previous = output_dir / f"{name}.manifest.json"
-        data = _read_entry(output_dir, previous.name, MAX_OLD_MANIFEST)
+        data = read_entry(output_dir, previous.name, MAX_MANIFEST)
         if data is None:
             continue
         try:

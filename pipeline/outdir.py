@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import os
 import stat
 import tempfile
@@ -232,3 +233,60 @@ def sweep(parent: str | os.PathLike, prefix: str) -> list[str]:
     finally:
         os.close(parent_fd)
     return removed
+
+
+#: A manifest larger than this is not read (it lists every file of its image: 64 MiB is several
+#: hundred thousand files).
+MAX_MANIFEST = 64 << 20
+
+
+def open_entry(directory: str | os.PathLike | int, name: object) -> int | None:
+    """A read descriptor of the regular file ``name`` directly in ``directory`` (a path or a
+    descriptor): never through a symlink, never blocking on a FIFO or a device; None for
+    anything else, including names with a separator. Files in an output directory are read
+    through this: another user or an earlier hostile manifest may have planted anything there."""
+    if not plain_name(name):
+        return None
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(name, flags, dir_fd=directory) if isinstance(directory, int) else \
+            os.open(Path(directory) / name, flags)
+    except OSError:
+        return None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
+    return fd
+
+
+def read_entry(directory: str | os.PathLike | int, name: object, limit: int) -> bytes | None:
+    """The bytes of the regular file ``name`` (see :func:`open_entry`); None when it is not
+    one, or over ``limit`` bytes."""
+    fd = open_entry(directory, name)
+    if fd is None:
+        return None
+    try:
+        if os.fstat(fd).st_size > limit:
+            return None
+        chunks, size = [], 0
+        while size <= limit:
+            chunk = os.read(fd, min(1 << 20, limit + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    finally:
+        os.close(fd)
+    return None if size > limit else b"".join(chunks)
+
+
+def hash_entry(directory: str | os.PathLike | int, name: object) -> str | None:
+    """sha256 of the regular file ``name`` (see :func:`open_entry`), or None."""
+    fd = open_entry(directory, name)
+    if fd is None:
+        return None
+    digest = hashlib.sha256()
+    with os.fdopen(fd, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -205,9 +205,9 @@ def _replace(path: Path, data: bytes) -> None:
 
 def load(path: Path) -> tuple[bytes, dict | None]:
     """(the statement's canonical bytes, the envelope or None) of a provenance file."""
-    from .build import _read_entry
+    from .outdir import read_entry
 
-    data = _read_entry(path.parent, path.name, MAX_PROVENANCE)
+    data = read_entry(path.parent, path.name, MAX_PROVENANCE)
     if data is None:
         raise InputError(str(path), "missing, not a regular file or too large")
     try:

@@ -37,6 +37,7 @@ from pathlib import Path
 
 from .errors import BuildError, InputError
 from .fetch import hash_file
+from .outdir import MAX_MANIFEST
 
 SUMS, SIGNATURE, INDEX, KEYRING = "SHA256SUMS", "SHA256SUMS.gpg", "index.json", \
     "import-pubring.gpg"
@@ -44,7 +45,6 @@ SUMS, SIGNATURE, INDEX, KEYRING = "SHA256SUMS", "SHA256SUMS.gpg", "index.json", 
 VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.+~^-]{0,63}$")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.+-]{0,127}$")
 DEFAULT_INSTANCES = 2
-MAX_MANIFEST = 64 << 20
 
 
 def _image_and_manifest(path: Path) -> tuple[Path, Path, dict]:

@@ -22,6 +22,7 @@ import platform
 from pathlib import Path
 
 from . import __version__
+from .outdir import MAX_MANIFEST, hash_entry, read_entry
 
 #: The manifest field (a sha256 hex digest).
 FIELD = "input_digest"
@@ -68,19 +69,13 @@ def digest(base: dict, tool_versions: dict) -> str:
                           .encode()).hexdigest()
 
 
-def _sha256(path: Path) -> str | None:
-    from .fetch import hash_file
-
+def _load(directory: Path, name: str) -> dict | None:
+    """The manifest ``name`` in the output directory, read like every file there: a plain
+    name, a regular file, no symlink, no FIFO, size-capped (see outdir.open_entry)."""
+    data = read_entry(directory, name, MAX_MANIFEST)
     try:
-        return hash_file(path)[0]
-    except OSError:
-        return None
-
-
-def _load(path: Path) -> dict | None:
-    try:
-        data = json.loads(path.read_bytes())
-    except (OSError, ValueError):
+        data = json.loads(data) if data is not None else None
+    except ValueError:
         return None
     return data if isinstance(data, dict) else None
 
@@ -100,24 +95,24 @@ def _companions_ok(directory: Path, manifest: dict, fingerprint: str | None) -> 
     if isinstance(verity, dict):
         verity_file = verity.get("verityFile")
         if not isinstance(verity_file, str) or \
-                _sha256(directory / verity_file) != verity.get("veritySha256"):
+                hash_entry(directory, verity_file) != verity.get("veritySha256"):
             return False
         for key in ("roothashFile", "signatureFile"):
             if (verity.get(key) or fingerprint) and \
-                    not (directory / str(verity.get(key))).is_file():
+                    hash_entry(directory, verity.get(key)) is None:
                 return False
     if isinstance(manifest.get("ddi"), dict) and fingerprint is None and \
-            not (directory / f"{name}.roothash").is_file():  # an unsigned DDI's companion
+            hash_entry(directory, f"{name}.roothash") is None:  # an unsigned DDI's companion
         return False
     sbom = manifest.get("sbom")
     if sbom is not None and (not isinstance(sbom, dict) or not isinstance(sbom.get("file"), str)
-                             or _sha256(directory / sbom["file"]) != sbom.get("sha256")):
+                             or hash_entry(directory, sbom["file"]) != sbom.get("sha256")):
         return False
     provenance = manifest.get("provenance")
     if provenance is not None:
         if not isinstance(provenance, dict) or not isinstance(provenance.get("file"), str) or \
                 provenance.get("certificateFingerprint") != fingerprint or \
-                not (directory / provenance["file"]).is_file():
+                hash_entry(directory, provenance["file"]) is None:
             return False
     return True
 
@@ -127,7 +122,7 @@ def check(output_dir: Path, recipe_name: str, base: dict, fingerprint: str | Non
     """The (image, manifest path, manifest) of every image when the output is up to date for
     these inputs, else None. Reads and hashes; changes nothing."""
     output_dir = Path(output_dir)
-    first = _load(output_dir / f"{recipe_name}.manifest.json")
+    first = _load(output_dir, f"{recipe_name}.manifest.json")
     if first is None:
         return None
     companions = first.get("companions")
@@ -138,7 +133,7 @@ def check(output_dir: Path, recipe_name: str, base: dict, fingerprint: str | Non
         if "/" in name or name.startswith("."):
             return None
         path = output_dir / f"{name}.manifest.json"
-        manifest = first if name == recipe_name else _load(path)
+        manifest = first if name == recipe_name else _load(output_dir, path.name)
         if manifest is None or manifest.get("name") != name:
             return None
         recorded = manifest.get(FIELD)
@@ -152,7 +147,7 @@ def check(output_dir: Path, recipe_name: str, base: dict, fingerprint: str | Non
         file, sha = image.get("file"), image.get("sha256")
         if not isinstance(file, str) or not isinstance(sha, str) or "/" in file:
             return None  # a directory image records no sha256: never "up to date"
-        if _sha256(output_dir / file) != sha:
+        if hash_entry(output_dir, file) != sha:
             return None
         if not _companions_ok(output_dir, manifest, fingerprint):
             return None
