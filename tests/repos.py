@@ -263,20 +263,22 @@ class Server:
                     server.requests.append((path, self.headers.get("Range")))
                     fault = server.faults.get(path, [None]).pop(0) if server.faults.get(path) \
                         else None
-                    server.active += 1
-                    server.max_active = max(server.max_active, server.active)
-                try:
-                    self._serve(path, fault)
-                finally:
-                    with server.lock:
-                        server.active -= 1
+                self._serve(path, fault)
 
             def _serve(self, path, fault):
                 import time
                 import urllib.parse
 
                 if server.delay:
+                    # requests counted while they wait, before anything is sent: once the
+                    # response is on its way the client may start its next request before this
+                    # thread runs again, and counting until then would see one too many
+                    with server.lock:
+                        server.active += 1
+                        server.max_active = max(server.max_active, server.active)
                     time.sleep(server.delay)
+                    with server.lock:
+                        server.active -= 1
                 local = server.root / urllib.parse.unquote(path).lstrip("/")
                 if fault in ("404", "500") or not local.is_file():
                     code = 500 if fault == "500" else 404
