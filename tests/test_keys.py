@@ -237,7 +237,7 @@ def test_temporary_key_of_a_killed_generate_is_swept(tmp_path):
     import fcntl
 
     stale = tmp_path / ".k.tmp-4242"
-    stale.write_bytes(b"-----BEGIN PRIVATE KEY-----\n")
+    stale.write_bytes(b"half-written key\n")
     held = tmp_path / ".k.tmp-4343"
     held.write_bytes(b"in use")
     outside = tmp_path / "outside"
