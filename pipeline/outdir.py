@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
 import os
 import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from .digest import hash_open
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -285,8 +286,5 @@ def hash_entry(directory: str | os.PathLike | int, name: object) -> str | None:
     fd = open_entry(directory, name)
     if fd is None:
         return None
-    digest = hashlib.sha256()
     with os.fdopen(fd, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hash_open(fh)[0]

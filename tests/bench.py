@@ -41,7 +41,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from pipeline import recipe as recipe_mod  # noqa: E402
-from pipeline.fetch import Cache, default_cache_dir, fetch_all  # noqa: E402
+from pipeline.sources.fetch import Cache, default_cache_dir, fetch_all  # noqa: E402
 
 PAYLOAD = REPO.parent / "shared" / "bench" / "payload51.txt"
 OUT = REPO / "bench"
@@ -252,7 +252,7 @@ def full(args) -> dict:
     for path in recipes.values():
         lock_recipe(path, cache)
     recipe = recipe_mod.load(recipes["squashfs-3"])
-    from pipeline.resolve.lock import expand_sources
+    from pipeline.sources.lock import expand_sources
 
     fetched = fetch_all(expand_sources(recipe), cache)  # warm the cache outside the measurement
     debs = [f.path for f in fetched]

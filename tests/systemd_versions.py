@@ -28,7 +28,7 @@ import tempfile
 from pathlib import Path
 
 from pipeline.errors import InputError
-from pipeline.resolve import metadata
+from pipeline.sources import metadata
 
 _CACHE_BASE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") \
     / "sysext-pipeline-tests"

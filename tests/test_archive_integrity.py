@@ -154,10 +154,10 @@ def test_extract_opens_each_package_once(tmp_path, plain_deb):
     """Python's audit hook sees every open(): extract opens the package file once, plus once
     more only for a hard link to an excluded file (streamed, checked against the first read)."""
     from pipeline import recipe as recipe_mod
-    from pipeline.extract import extract
-    from pipeline.fetch import Fetched
-    from pipeline.layout import Router
-    from pipeline.staging import StagingTree
+    from pipeline.sources.fetch import Fetched
+    from pipeline.stages.extract import extract
+    from pipeline.stages.layout import Router
+    from pipeline.stages.staging import StagingTree
 
     copy = tmp_path / "once.deb"
     shutil.copy(plain_deb, copy)

@@ -16,7 +16,7 @@ from pkgfactory import build_deb, file
 from prereq import require_root, require_tool
 from test_build import walk
 
-from pipeline.ddi.gpt import read_gpt
+from pipeline.image.ddi.gpt import read_gpt
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, run_cli
 
-from pipeline.fetch import Cache
+from pipeline.sources.fetch import Cache
 
 pytest_plugins = ["repos"]  # the archive, key and server fixtures
 
@@ -151,7 +151,7 @@ def test_sweep_takes_only_unlocked_leftovers(tmp_path):
 def test_corrupt_entry_is_replaced_under_its_lock(tmp_path, deb_archive, damage):
     """A damaged entry in a shared store (bit rot, or a symlink planted into it) is never used:
     removed under its lock and fetched again."""
-    from pipeline.fetch import LockedSource, fetch_one
+    from pipeline.sources.fetch import LockedSource, fetch_one
 
     deb = next((deb_archive.root / "pool" / "stable").glob("prelib_*.deb"))
     sha = hashlib.sha256(deb.read_bytes()).hexdigest()

@@ -80,7 +80,7 @@ def test_usable_home_is_used(tmp_path):
     home = tmp_path / "home"
     home.mkdir()
     env = dict(os.environ, PYTHONPATH=str(REPO), **_env(tmp_path, str(home)))
-    code = "from pipeline.fetch import default_cache_dir as d; print(d())"
+    code = "from pipeline.sources.fetch import default_cache_dir as d; print(d())"
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                           text=True, check=True)
     assert proc.stdout.strip() == str(home / ".cache" / "sysext-pipeline")

@@ -27,8 +27,8 @@ import systemd_versions
 from merge import make_root
 from prereq import missing, require_root, require_tool
 
-from pipeline import check_cmd
-from pipeline.systemd import host as hostmod
+from pipeline.commands import check as check_cmd
+from pipeline.host import facts as hostmod
 from pipeline.systemd import rules
 
 HOST = "ID=debian\nVERSION_ID=12\n"

@@ -11,7 +11,7 @@ import sys
 import pytest
 from conftest import REPO, run_cli, write_recipe
 
-from pipeline import cli
+from pipeline.commands import cli
 from pipeline.errors import EXIT_CLASSES
 
 pytest_plugins = ["repos"]  # the archive server (a 404)

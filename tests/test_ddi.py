@@ -27,9 +27,9 @@ from cryptography.x509.oid import NameOID
 from prereq import require_tool
 
 from pipeline import keys
-from pipeline.ddi import assemble_ddi, detached_verity, inspect_image, sign_ddi
-from pipeline.ddi.gpt import read_gpt
 from pipeline.errors import InputError
+from pipeline.image.ddi import assemble_ddi, detached_verity, inspect_image, sign_ddi
+from pipeline.image.ddi.gpt import read_gpt
 from pipeline.systemd import partitions
 
 SEED = hashlib.sha256(b"test inputs").digest()

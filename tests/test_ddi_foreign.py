@@ -14,7 +14,7 @@ import pytest
 from prereq import require_root
 from test_ddi import cut, make_tree, need_tools, new_signer, sfdisk_table
 
-from pipeline.ddi import inspect_image
+from pipeline.image.ddi import inspect_image
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,9 @@ import zlib
 import pytest
 from prereq import require_tool
 
-from pipeline.ddi import signature as sig
-from pipeline.ddi.gpt import read_gpt
 from pipeline.errors import InputError
+from pipeline.image.ddi import signature as sig
+from pipeline.image.ddi.gpt import read_gpt
 from pipeline.systemd import partitions
 
 # From SYSTEMD.md's DDI table (itself from the Discoverable Partitions Specification).

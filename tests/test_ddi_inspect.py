@@ -18,8 +18,8 @@ from conftest import run_cli
 from prereq import require_tool
 from test_ddi import SEED, build, make_tree, need_tools, new_fs_image, new_signer
 
-from pipeline.ddi import assemble_ddi, inspect_image, sign_ddi
 from pipeline.errors import InputError
+from pipeline.image.ddi import assemble_ddi, inspect_image, sign_ddi
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from conftest import REPO, run_cli
 from prereq import missing, require_tool
 from test_ddi import SEED, make_tree, need_tools, new_fs_image, new_signer, sha256
 
-from pipeline.ddi import Repart, assemble_ddi, inspect_image
+from pipeline.image.ddi import Repart, assemble_ddi, inspect_image
 
 VERSIONS = systemd_versions.VERSIONS
 #: The unsigned x86-64 DDI of test_ddi's squashfs tree, as repart 252 wrote it before the

@@ -14,8 +14,8 @@ import pytest
 from conftest import run_cli
 from test_ddi import SEED, build, need_tools, new_fs_image, new_signer
 
-from pipeline.ddi import detached_verity, inspect_image, sign_ddi, sign_detached
 from pipeline.errors import InputError
+from pipeline.image.ddi import detached_verity, inspect_image, sign_ddi, sign_detached
 
 
 @pytest.fixture(scope="module")

@@ -16,11 +16,11 @@ from pkgfactory import build_deb
 from prereq import require_root, require_tool
 from verify_helpers import build, flip_byte, project, repack_squashfs, signer_files
 
-from pipeline import diff as diff_mod
-from pipeline import fsinfo
-from pipeline.ddi.assemble import find_verity_set
-from pipeline.ddi.gpt import read_gpt
-from pipeline.fetch import hash_file
+from pipeline.digest import hash_file
+from pipeline.image import fsinfo
+from pipeline.image.ddi.gpt import read_gpt
+from pipeline.image.ddi.reader import find_verity_set
+from pipeline.reproduce import diff as diff_mod
 
 EXTRA = '[files]\n"usr/share/hello/extra.txt" = { content = "extra\\n"%s }\n'
 

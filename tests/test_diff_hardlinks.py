@@ -66,7 +66,7 @@ def test_manifests_alone_tell_hardlinks_from_copies(tmp_path):
 
 def test_hardlinks_survive_the_squashfs_image(tmp_path):
     """The images agree with their manifests: the packed tree keeps the group (nlink 2)."""
-    from pipeline import fsinfo
+    from pipeline.image import fsinfo
 
     data = b"x" * 100
     linked = _build(tmp_path, "linked", [file("/usr/bin/a", data, 0o755),

@@ -14,9 +14,9 @@ from pkgfactory import build_deb, file
 from prereq import require_tool
 from verify_helpers import build, flip_byte, project, signer_files
 
-from pipeline.ddi import signature as sig
-from pipeline.ddi.assemble import find_verity_set
-from pipeline.ddi.gpt import read_gpt
+from pipeline.image.ddi import signature as sig
+from pipeline.image.ddi.gpt import read_gpt
+from pipeline.image.ddi.reader import find_verity_set
 from pipeline.keys import load_signer
 
 EXTRA = '[files]\n"usr/share/hello/extra.txt" = { content = "extra\\n" }\n'

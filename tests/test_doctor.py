@@ -15,7 +15,7 @@ from pkgfactory import build_deb, file
 from prereq import missing, require_tool
 from test_install import build, cli
 
-from pipeline.doctor_cmd import elf_dynamic
+from pipeline.commands.doctor import elf_dynamic
 
 
 def doctor_json(root: Path, *extra: str) -> dict:

@@ -9,8 +9,8 @@ import hashlib
 
 import pytest
 
-from pipeline import fetch
-from pipeline.fetch import Cache, LockedSource, TooLarge, fetch_one, http_download
+from pipeline.sources import fetch
+from pipeline.sources.fetch import Cache, LockedSource, TooLarge, fetch_one, http_download
 
 pytest_plugins = ["repos"]  # the archive, key and server fixtures
 

@@ -14,7 +14,7 @@ from conftest import REPO, run_cli, write_recipe
 from pkgfactory import build_deb, file
 from prereq import require_tool
 
-from pipeline import elfarch
+from pipeline.formats import elf as elfarch
 
 
 def elf_header(machine: int, cls: int = 2, data: int = 1) -> bytes:

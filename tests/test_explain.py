@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import explain
-from pipeline.systemd import rules
+from pipeline.systemd import explain, rules
 
 CAPTURED = [rules.parse_version(v) for v in explain.CAPTURED]
 
@@ -204,7 +203,7 @@ def test_image_never_named_is_said(tmp_path):
 
 def test_doctor_reports_the_journal_on_a_live_host():
     """doctor's hook: the journal part is there (this machine's journal may be empty)."""
-    from pipeline import explain_cmd
+    from pipeline.commands import explain as explain_cmd
 
     lines = explain_cmd.journal_lines()
     proc = subprocess.run([sys.executable, "-m", "pipeline", "doctor", "--json"],

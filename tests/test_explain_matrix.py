@@ -17,9 +17,9 @@ import pytest
 from prereq import missing
 from test_check_matrix import matrix, predicted, real_verdict, run_real  # noqa: F401
 
-from pipeline import explain, explain_cmd
-from pipeline.systemd import host as hostmod
-from pipeline.systemd import rules
+from pipeline.commands import explain as explain_cmd
+from pipeline.host import facts as hostmod
+from pipeline.systemd import explain, rules
 
 #: The point releases the catalogue was captured from, by major (what the matrix fetches).
 POINT = {252: "252.38", 254: "254.26", 257: "257.13", 262: "262.1"}

@@ -16,7 +16,7 @@ from pkgfactory import diff_snapshots, snapshot_dir, snapshot_entries, unpack_de
 from prereq import missing, require_tool
 
 from pipeline.formats.rpm import read_rpm, rpm_info
-from pipeline.resolve import metadata
+from pipeline.sources import metadata
 
 PACKAGE = "golang-github-sassoftware-go-rpmutils-dev"
 SUITE = "trixie"

@@ -1,4 +1,4 @@
-"""pipeline/fsinfo/: every way of reading an image agrees with the manifest of a real build.
+"""pipeline/image/fsinfo/: every way of reading an image agrees with the manifest of a real build.
 
 Each image (squashfs, erofs, and a DDI of each) is read by every method the module can choose —
 a mount in a private namespace (root), the tools as root (mount refused), and the tools as a
@@ -19,10 +19,10 @@ import pytest
 from prereq import require_root, require_tool
 from verify_helpers import build, project
 
-from pipeline import diff as diff_mod
-from pipeline import fsinfo
+from pipeline.digest import hash_file
 from pipeline.errors import InputError
-from pipeline.fetch import hash_file
+from pipeline.image import fsinfo
+from pipeline.reproduce import diff as diff_mod
 
 KINDS = ("squashfs", "erofs", "ddi-squashfs", "ddi-erofs")
 

@@ -250,7 +250,7 @@ def test_a_hanging_refresh_is_stopped_by_its_timeout(tmp_path, monkeypatch):
     process group, with a one-line error naming the timeout."""
     import time
 
-    from pipeline import install_cmd
+    from pipeline.commands import install as install_cmd
     from pipeline.errors import BuildError
 
     fake = tmp_path / "systemd"

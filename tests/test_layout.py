@@ -21,7 +21,7 @@ from merge import in_namespace, make_root
 from pkgfactory import build_deb, config, directory, file, symlink
 from prereq import missing, require_tool
 
-from pipeline import layout
+from pipeline.stages import layout
 
 MIXED = [
     file("/usr/bin/mixed-tool", b"#!/bin/sh\necho mixed\n", 0o755),

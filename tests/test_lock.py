@@ -9,7 +9,7 @@ import sys
 from conftest import run_cli
 
 from pipeline import recipe as recipe_mod
-from pipeline.resolve.lock import read_lock
+from pipeline.sources.lock import read_lock
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -108,7 +108,7 @@ def test_shipped_example_lock_is_fresh():
     """recipes/debug-tools-resolved.lock matches its recipe and base list (no network)."""
     from conftest import REPO
 
-    from pipeline.resolve.lock import check_fresh
+    from pipeline.sources.lock import check_fresh
 
     recipe = recipe_mod.load(REPO / "recipes/debug-tools-resolved.toml")
     data = read_lock(recipe)

@@ -17,7 +17,7 @@ from conftest import REPO, write_recipe
 from pkgfactory import build_deb, file
 from prereq import require_tool
 
-from pipeline import build as build_mod
+from pipeline.stages import build as build_mod
 
 EPOCH = 1700000000
 FAST = 'compression = "none"\n'  # the build after a killed one: only its cleanup matters
@@ -288,7 +288,7 @@ def test_ddi_scratch_of_a_killed_build_is_swept(tmp_path, cache_dir):
     require_tool("systemd-repart", "systemd-repart")
     require_tool("veritysetup", "cryptsetup-bin")
     from pipeline.outdir import locked
-    from pipeline.package import DDI_SCRATCH
+    from pipeline.stages.package import DDI_SCRATCH
 
     base = Path(tempfile.gettempdir())
     dead = Path(tempfile.mkdtemp(prefix=DDI_SCRATCH, dir=base))

@@ -36,7 +36,7 @@ def _build(recipe: Path, out: Path, cache_dir: Path):
 
 def _published(out: Path) -> list[str]:
     """The output directory's entries, without the files every image has next to it."""
-    from pipeline.build import COMPANION_SUFFIXES
+    from pipeline.stages.build import COMPANION_SUFFIXES
 
     return sorted(p.name for p in out.iterdir()
                   if p.name not in {f"t{suffix}" for suffix in COMPANION_SUFFIXES})

@@ -9,8 +9,8 @@ from conftest import run_cli, write_recipe
 from pkgfactory import build_deb, config, file, symlink
 
 from pipeline.formats import entry as E
-from pipeline.pitfalls import find
-from pipeline.staging import Record
+from pipeline.stages.pitfalls import find
+from pipeline.stages.staging import Record
 
 DEBIAN = {"ID": "debian", "VERSION_ID": "12", "ARCHITECTURE": "x86-64"}
 

@@ -109,7 +109,7 @@ def test_feed_layout_sums_and_signature(images, gpg_home, tmp_path):
     proc = publish(feed, "http://updates.example.invalid/feed", images["1"],
                    extra=["--gnupghome", str(gpg_home), "--json"])
     assert proc.returncode == 0, proc.stderr
-    index = json.loads(proc.stdout)["index"]  # the envelope (pipeline/clikit.py) around it
+    index = json.loads(proc.stdout)["index"]  # the envelope (pipeline/commands/clikit.py) around it
     [entry] = index["images"]
     assert entry["file"] == "feedtool_1_x86-64.raw"
     raw = images["1"].with_name("feedtool.raw")

@@ -191,10 +191,10 @@ def test_command_table_matches_what_modules_register():
     import argparse
     import importlib
 
-    from pipeline import cli
+    from pipeline.commands import cli
 
     for module in set(cli.COMMANDS.values()):
         sub = argparse.ArgumentParser().add_subparsers()
-        importlib.import_module(f"pipeline.{module}").register(sub)
+        importlib.import_module(f"pipeline.commands.{module}").register(sub)
         registered = set(sub.choices) - {"generate"}  # a sub-action of `keys`
         assert registered == {c for c, m in cli.COMMANDS.items() if m == module}, module

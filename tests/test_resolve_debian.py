@@ -9,9 +9,9 @@ import pytest
 
 from pipeline import recipe as recipe_mod
 from pipeline.errors import InputError
-from pipeline.fetch import Cache
-from pipeline.resolve import debian, metadata
-from pipeline.resolve.lock import dumps, lock_recipe
+from pipeline.sources import debian, metadata
+from pipeline.sources.fetch import Cache
+from pipeline.sources.lock import dumps, lock_recipe
 
 VERSIONS = [
     ("1.0", "1.0", 0), ("1.0", "1.1", -1), ("1.0~rc1", "1.0", -1), ("1.0", "1.0+b1", -1),

@@ -23,11 +23,11 @@ import pytest
 from prereq import missing, require_tool
 
 from pipeline import recipe as recipe_mod
-from pipeline.fetch import Cache
-from pipeline.resolve import metadata
-from pipeline.resolve.lock import _family, lock_recipe
-from pipeline.resolve.model import Atom
-from pipeline.resolve.solver import Base, Index, resolve
+from pipeline.sources import metadata
+from pipeline.sources.fetch import Cache
+from pipeline.sources.lock import _family, lock_recipe
+from pipeline.sources.model import Atom
+from pipeline.sources.solver import Base, Index, resolve
 
 WANTED = ["strace", "gdb", "tcpdump", "jq"]
 SUITES = ["bookworm", "bookworm-security"]

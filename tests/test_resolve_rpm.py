@@ -10,9 +10,9 @@ from conftest import run_cli
 
 from pipeline import recipe as recipe_mod
 from pipeline.errors import InputError
-from pipeline.fetch import Cache
-from pipeline.resolve import rpmmd
-from pipeline.resolve.lock import dumps, lock_recipe
+from pipeline.sources import rpmmd
+from pipeline.sources.fetch import Cache
+from pipeline.sources.lock import dumps, lock_recipe
 
 VERSIONS = [
     ("1.0", "1.0", 0), ("1.0", "1.1", -1), ("1.0~rc1", "1.0", -1), ("1.0^git1", "1.0", 1),

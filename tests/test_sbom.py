@@ -16,7 +16,7 @@ from conftest import run_cli, write_recipe
 from pkgfactory import build_deb, build_rpm, file
 from prereq import require_tool
 
-from pipeline import sbom
+from pipeline.release import sbom
 
 COPYRIGHT = b"""Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
 Upstream-Name: jqish

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from conftest import run_cli
 
-from pipeline import fetch
 from pipeline.errors import InputError
-from pipeline.fetch import Cache, DownloadError, fetch_all, fetch_one, http_download
 from pipeline.recipe import Source
+from pipeline.sources import fetch
+from pipeline.sources.fetch import Cache, DownloadError, fetch_all, fetch_one, http_download
 
 pytest_plugins = ["repos"]  # the archive, key and server fixtures
 

@@ -9,7 +9,7 @@ import json
 from conftest import run_cli
 from test_check import squashfs
 
-from pipeline import check_cmd
+from pipeline.commands import check as check_cmd
 from pipeline.systemd import rules
 
 

@@ -25,9 +25,10 @@ from merge import make_root
 from prereq import missing, require_root, require_tool
 from test_ddi import SEED, need_tools, new_fs_image, new_signer
 
-from pipeline import check_cmd, keys
-from pipeline.ddi import assemble_ddi, detached_verity
-from pipeline.systemd import host as hostmod
+from pipeline import keys
+from pipeline.commands import check as check_cmd
+from pipeline.host import facts as hostmod
+from pipeline.image.ddi import assemble_ddi, detached_verity
 from pipeline.systemd import rules
 
 VERSIONS = [pytest.param(v, marks=[pytest.mark.network] if v != 252 else [], id=str(v))

@@ -230,7 +230,7 @@ def test_every_command_reads_hostile_images_without_privileges(hostile, fs, tmp_
 def test_copying_out_drops_what_the_host_must_not_get(hostile, tmp_path):
     """fsinfo.extract (doctor's copy) of the whole tree: files and symlinks arrive, devices,
     FIFOs, set-id bits and capabilities do not."""
-    from pipeline import fsinfo
+    from pipeline.image import fsinfo
 
     for fs in ("squashfs", "erofs"):
         dest = fsinfo.extract(hostile[fs], tmp_path / fs)
@@ -255,7 +255,7 @@ def test_erofs_metadata_reader_survives_corruption(hostile, tmp_path):
     import random
 
     from pipeline.errors import InputError
-    from pipeline.fsinfo.erofs import Reader, _crc32c
+    from pipeline.image.fsinfo.erofs import Reader, _crc32c
 
     original = hostile["erofs"].read_bytes()
     with Reader(hostile["erofs"]) as reader:
@@ -289,7 +289,7 @@ def test_temporary_directory_behind_a_symlink_with_a_space(hostile, tmp_path, mo
     that is a symlink, with a space in its name, must not make every read fail."""
     import tempfile
 
-    from pipeline import fsinfo
+    from pipeline.image import fsinfo
 
     real = tmp_path / "real dir"
     real.mkdir()
@@ -309,7 +309,7 @@ def test_erofs_metadata_agrees_with_the_kernel(options, tmp_path):
     same image mounted (trusted), for compressed, tail-packed and chunked images."""
     require_root()
     require_tool("mkfs.erofs", "erofs-utils")
-    from pipeline import fsinfo
+    from pipeline.image import fsinfo
 
     tree = _plain_tree(tmp_path / "src", "x" * 9000)
     os.symlink("../share/evil/README", tree / "usr/bin/readme")

@@ -15,7 +15,7 @@ import pytest
 from test_ddi import build, new_fs_image, new_signer
 
 from pipeline.errors import InputError
-from pipeline.systemd import signature
+from pipeline.host import signature
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ def _helps(parser: argparse.ArgumentParser) -> dict[str, str]:
 
 
 def test_summaries_are_the_commands_own_help_lines():
-    from pipeline import cli
+    from pipeline.commands import cli
 
     full = _helps(cli.parser())
     quick = _helps(cli.parser(summaries=True))
@@ -37,5 +37,5 @@ def test_version_and_help_import_no_command_module(flag):
                           cwd=REPO, check=True)
     code, modules = json.loads(proc.stdout.strip().splitlines()[-1])
     assert code == 0
-    assert set(modules) <= {"pipeline", "pipeline.cli", "pipeline.errors", "pipeline.clikit"}, \
+    assert set(modules) <= {"pipeline", "pipeline.commands.cli", "pipeline.errors", "pipeline.commands.clikit"}, \
         modules

@@ -15,7 +15,7 @@ from conftest import run_cli
 from prereq import missing, require_tool
 from verify_helpers import build, project, signer_files
 
-from pipeline.vary import NAMES
+from pipeline.reproduce.vary import NAMES
 
 FORMATS = ("squashfs", "erofs", "directory", "ddi")
 

@@ -95,7 +95,7 @@ def test_recipe_lookup(tmp_path, packages, cache_dir):
 
 def test_offline_rebuild_uses_the_cache_by_recorded_hash(tmp_path, packages, cache_dir):
     """Local package files gone: the cache (filled from the store by sha256) still serves."""
-    from pipeline.fetch import Cache
+    from pipeline.sources.fetch import Cache
 
     recipe = project(tmp_path / "proj", packages, "squashfs")
     image = build(recipe, tmp_path / "proj" / "out", cache_dir)

@@ -13,9 +13,9 @@ from conftest import run_cli
 from prereq import require_tool
 from verify_helpers import build, ecdsa_signer_files, project, signer_files
 
-from pipeline.ddi import signature as sig
-from pipeline.ddi.assemble import find_verity_set
-from pipeline.ddi.gpt import read_gpt
+from pipeline.image.ddi import signature as sig
+from pipeline.image.ddi.gpt import read_gpt
+from pipeline.image.ddi.reader import find_verity_set
 from pipeline.keys import load_signer
 
 
@@ -97,7 +97,7 @@ def _rewrite_signature(image: Path, change) -> None:
 def _fix_manifest_sha(image) -> None:
     """Record the tampered image's sha256 in its manifest (as an attacker who rewrites both
     would), so that only the signature can give it away."""
-    from pipeline.fetch import hash_file
+    from pipeline.digest import hash_file
 
     manifest = json.loads(image.manifest_path.read_text())
     manifest["image"]["sha256"] = hash_file(image.image)[0]

@@ -143,7 +143,7 @@ class UnprivilegedEnv:
             shutil.rmtree(root, ignore_errors=True)
             raise
         env = cls(root, python, src)
-        probe = env.run_python(user, "-c", "import pipeline.cli, cryptography, pyzstd")
+        probe = env.run_python(user, "-c", "import pipeline.commands.cli, cryptography, pyzstd")
         if probe.returncode != 0:
             env.cleanup()
             missing(f"{user} cannot import the project from {root}: {probe.stderr.strip()}")

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from pipeline import keys
 from pipeline import recipe as recipe_mod
-from pipeline.build import build as run_build
-from pipeline.fetch import Cache
+from pipeline.sources.fetch import Cache
+from pipeline.stages.build import build as run_build
 
 
 def recipe_text(fmt: str, *, epoch: int | None = 1700000000, deb: str = "hello-tools.deb",

@@ -1,1 +1,6 @@
-"""One model of systemd: release files, matching rules, search paths, partition types."""
+"""Wing ``systemd``: the pure model of systemd — release files, matching rules by version, search
+paths, partition types, and the messages systemd prints (``explain``).
+
+No I/O on a host or an image: the facts come from :mod:`pipeline.host`. Imports only
+``errors``.
+"""

@@ -1,0 +1,247 @@
+"""``plan``: what a build will make and what will happen on hosts, before anything is built.
+
+It runs the build's own :func:`pipeline.stages.build.stage` against recording-only trees, from the
+recipe and the package cache (never the network), so the decision, layout, release files and
+warnings it prints are the ones the build then produces. Host consequences come from the same
+systemd rule model that ``check`` uses.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+from ..errors import BuildError
+from ..formats import entry as E
+from ..sources.fetch import Cache, default_cache_dir, fetch_one
+from ..stages import layout, pitfalls
+from ..stages.build import image_filename, stage
+from ..stages.staging import RecordingTree
+from ..systemd import rules
+from ..systemd.release import HIERARCHIES
+from . import clikit
+
+CAUTION = ("An extension is a read-only overlay: everything in it vanishes on unmerge or when "
+           "the image is removed. Keep state in /var and host configuration in /etc, never in "
+           "the image.")
+
+
+def make_plan(recipe, cache: Cache) -> dict:
+    available, missing = [], []
+    from ..sources.lock import expand_sources
+
+    for source in expand_sources(recipe, offline=True):
+        try:
+            available.append(fetch_one(source, cache, offline=True))
+        except BuildError:  # not cached: the plan says what it would fetch
+            missing.append(source)
+    staged = stage(recipe, available, lambda kind: RecordingTree(), dict(os.environ))
+    images = [_image(recipe, img) for img in staged.images]
+    undecided = _undecided(recipe, missing)
+    return {
+        "recipe": str(recipe.path),
+        "decision": None if undecided else staged.decision,
+        "undecided": undecided,
+        "complete": not missing,
+        "would_fetch": [_source_text(s) for s in missing],
+        "packages": staged.report.packages,
+        "dropped": dict(sorted(staged.report.dropped.items())),
+        "excluded_count": staged.report.excluded,
+        "source_date_epoch": staged.epoch,
+        "images": images,
+        "matching": {img["name"]: _matching(img) for img in images},
+        "commands": _commands(recipe, images),
+        "cautions": [CAUTION],
+    }
+
+
+def _undecided(recipe, missing: list) -> str | None:
+    """Why the images cannot be decided yet, or None.
+
+    With packages missing from the cache the payload is partly unknown: ``kind = auto`` (and a
+    pinned sysext with ``policy.etc = "confext"``, which may gain a companion confext) decides
+    from that payload, so the plan must not claim what the cached part alone suggests — an
+    "empty payload" may well be two images once the packages are there. A pinned kind without
+    a companion is decided whatever the packages hold.
+    """
+    if not missing:
+        return None
+    if recipe.kind == "confext" or (recipe.kind == "sysext" and recipe.etc_policy != "confext"):
+        return None
+    return (f"undecided until {len(missing)} package(s) not in the cache are fetched "
+            f"(kind = {recipe.kind}: which images are made depends on their content); the "
+            "images below show only the cached packages")
+
+
+def _source_text(source) -> str:
+    if source.type == "apt":
+        return f"apt {source.ref}={source.version} (sha256 {source.sha256})"
+    return f"{source.type} {source.ref}"
+
+
+def _image(recipe, img) -> dict:
+    tops: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    seen = set()
+    for path, record in img.tree.records.items():
+        if record.kind != E.FILE or id(record) in seen:
+            continue
+        seen.add(id(record))
+        top = "/".join(path.split("/")[:-1][:3])
+        tops[top][0] += 1
+        tops[top][1] += record.size
+    tmpfiles = layout.tmpfiles_path(img.kind, recipe.name)
+    return {
+        "kind": img.kind,
+        "name": img.name,
+        "file": image_filename(recipe.format, img.name),
+        "format": recipe.format,
+        "merge_targets": list(HIERARCHIES[img.kind]),
+        "layout": [{"dir": d, "files": n, "bytes": b} for d, (n, b) in sorted(tops.items())],
+        "extension_release": {"path": img.release_path, "content": img.release_bytes.decode(),
+                              "fields": img.fields},
+        "tmpfiles": tmpfiles if tmpfiles in img.tree.records else None,
+        "units": pitfalls.unit_paths(img.kind, img.tree.records),
+        "warnings": [f.to_json() for f in img.findings],
+    }
+
+
+def _hosts(fields: dict, kind: str) -> list[tuple[str, dict, str, rules.Version, bool]]:
+    """Hosts worth showing: the intended one and the near misses people actually hit."""
+    v252, v254, v257, v258 = map(rules.parse_version, ("252", "254", "257", "258"))
+    ident = fields.get("ID", "debian")
+    ident = "debian" if ident == "_any" else ident
+    vid = fields.get("VERSION_ID")
+    arch = fields.get("ARCHITECTURE") or "x86-64"
+    arch = "x86-64" if arch == "_any" else arch
+    level_key = f"{kind.upper()}_LEVEL"
+    base = {"ID": ident, **({"VERSION_ID": vid} if vid else {})}
+    other_arch = "arm64" if arch != "arm64" else "x86-64"
+    first = f"{ident} {vid} {arch}" if vid else f"{ident} {arch}" if fields.get("ID") == "_any" \
+        else f"{ident} {arch} without VERSION_ID (a rolling release)"
+    hosts = [(first, base, arch, v252, False)]
+    if vid:
+        hosts.append((f"{ident} {vid}.x point release whose os-release keeps VERSION_ID={vid} "
+                       "(as Debian's does)", base, arch, v254, False))
+        hosts.append((f"{ident} with VERSION_ID={vid}.1 (minor versions in VERSION_ID)",
+                      {**base, "VERSION_ID": f"{vid}.1"}, arch, v254, False))
+        try:
+            nxt = str(int(vid.split(".")[0]) + 1)
+            hosts.append((f"{ident} {nxt} (next release)", {**base, "VERSION_ID": nxt}, arch,
+                          v257, False))
+        except ValueError:
+            pass
+    elif fields.get("ID") != "_any":
+        # No VERSION_ID in the image: systemd merges it only where the host has none either
+        # (a rolling release); show a versioned host, which is what most hosts are.
+        hosts.append((f"{ident} with VERSION_ID=1 (a versioned release)",
+                      {**base, "VERSION_ID": "1"}, arch, v254, False))
+    if fields.get(level_key):
+        hosts.append((f"{ident} with {level_key}={fields[level_key]}",
+                      {**base, "VERSION_ID": "999", level_key: fields[level_key]}, arch,
+                      v257, False))
+    hosts.append((f"{ident} {vid or ''} {other_arch}".replace("  ", " "), base, other_arch,
+                  v257, False))
+    derived = {"ID": f"{ident}-derivative", "ID_LIKE": ident, **({"VERSION_ID": vid} if vid
+                                                                 else {})}
+    hosts.append((f"a derivative with ID_LIKE={ident}, systemd 257", derived, arch, (257, 0),
+                  False))
+    hosts.append((f"a derivative with ID_LIKE={ident}, systemd 258", derived, arch, v258,
+                  False))
+    hosts.append((f"{ident} {vid or ''} initrd".replace("  ", " "), base, arch, v257, True))
+    return hosts
+
+
+def _matching(img: dict) -> list[dict]:
+    kind, name, fields = img["kind"], img["name"], img["extension_release"]["fields"]
+    facts = rules.ImageFacts(file_name=img["file"] if img["format"] != "directory" else name,
+                             is_dir=img["format"] == "directory",
+                             release={kind: {name: rules.ReleaseFile(name, fields)}}, kind=kind)
+    result = []
+    for label, os_release, arch, version, initrd in _hosts(fields, kind):
+        if not rules.ships_tool(kind, version):
+            version = rules.parse_version("254")  # the first with systemd-confext
+        host = rules.HostFacts(os_release=os_release, architecture=arch, version=version,
+                               initrd=initrd)
+        verdict = rules.evaluate(facts, host, kind)
+        result.append({"host": label, "systemd": rules.format_version(version),
+                       "verdict": verdict.verdict, "rule": verdict.rule.id,
+                       "why": "" if verdict.verdict == rules.MERGES else
+                       f"{verdict.field}: {verdict.values_text()} ({verdict.summary})",
+                       "fix": verdict.fix if verdict.verdict != rules.MERGES else ""})
+    return result
+
+
+def _commands(recipe, images: list[dict]) -> list[str]:
+    out = recipe.path.parent.parent / "out" if recipe.path.parent.name == "recipes" else \
+        Path("out")
+    commands = [f"sysext-pipeline build {recipe.path}"]
+    for img in images:
+        tool = f"systemd-{img['kind']}"
+        directory = rules.install_dir(img["kind"])
+        commands.append(f"sysext-pipeline install {out / img['file']} --enable   # or: cp "
+                        f"{out / img['file']} {directory}/ && {tool} refresh && "
+                        f"systemctl enable {tool}.service")
+        if img["tmpfiles"]:
+            commands.append(f"systemd-tmpfiles --create /{img['tmpfiles']}   # at boot this "
+                            "runs by itself")
+        if img["units"]:
+            commands.append("systemctl daemon-reload   # units in the image")
+        commands.append(f"{tool} status && cat /{img['extension_release']['path']}   # confirm")
+    return commands
+
+
+def render(plan: dict) -> str:
+    lines = [f"plan for {plan['recipe']}", "",
+             f"decision: {plan['decision'] or plan['undecided']}"]
+    if plan["would_fetch"]:
+        lines.append("not in the cache (layout below is incomplete; build would fetch):")
+        lines += [f"  {s}" for s in plan["would_fetch"]]
+    for img in plan["images"]:
+        lines += ["", f"{img['kind']} {img['name']} → {img['file']} ({img['format']}), merges "
+                  f"into {' and '.join(img['merge_targets'])}"]
+        for row in img["layout"]:
+            files = "file " if row["files"] == 1 else "files"
+            lines.append(f"  {row['dir'] + '/':<44}{row['files']:>6} {files} {row['bytes']:>12} B")
+        lines.append(f"  /{img['extension_release']['path']}:")
+        lines += [f"    {line}" for line in img["extension_release"]["content"].splitlines()]
+        if img["tmpfiles"]:
+            lines.append(f"  /{img['tmpfiles']}: state and factory files for the host")
+        lines.append("  on hosts:")
+        for row in plan["matching"][img["name"]]:
+            why = f" — {row['why']}" if row["why"] else ""
+            lines.append(f"    {row['host']} (systemd {row['systemd']}): {row['verdict']}{why}")
+        for warning in img["warnings"]:
+            lines.append(f"  {warning['severity']}: {warning['code']}: {warning['message']} — "
+                         f"fix: {warning['fix']}")
+    if plan["dropped"]:
+        lines += ["", f"not in any image ({clikit.count(len(plan['dropped']), 'path')}):"]
+        lines += [f"  /{p}: {why}" for p, why in list(plan["dropped"].items())[:15]]
+        if len(plan["dropped"]) > 15:
+            lines.append(f"  … and {len(plan['dropped']) - 15} more (--json lists all)")
+    lines += ["", "commands:"] + [f"  {c}" for c in plan["commands"]]
+    lines += ["", f"caution: {plan['cautions'][0]}"]
+    return "\n".join(lines)
+
+
+def cmd_plan(args) -> int:
+    from .. import recipe as recipe_mod
+
+    recipe = recipe_mod.load(args.recipe)
+    cache = Cache(default_cache_dir(args.cache_dir))
+    plan = make_plan(recipe, cache)
+    if args.json:
+        return clikit.emit(args, plan)
+    print(render(plan), file=sys.stdout)
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("plan", help="what build will make and where it will merge, from the "
+                       "recipe and the package cache (no network, nothing written)")
+    p.add_argument("recipe", help="the recipe file (TOML); see `sysext-pipeline "
+                   "recipe-reference`")
+    clikit.add_json(p)
+    clikit.add_cache_dir(p)
+    p.set_defaults(func=cmd_plan)

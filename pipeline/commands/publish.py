@@ -1,0 +1,68 @@
+"""CLI: ``publish`` (a systemd-sysupdate feed from built images) and ``sign-feed``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from . import clikit
+
+
+def cmd_publish(args) -> int:
+    from ..release.feed import publish
+
+    index = publish(args.images, args.feed, args.url, gnupghome=args.gnupghome, key=args.key,
+                    unsigned=args.unsigned, instances=args.instances_max)
+    if args.json:  # the envelope (pipeline/commands/clikit.py) around index.json's content
+        return clikit.emit(args, {"feed": str(args.feed), "index": index})
+    else:
+        for image in index["images"]:
+            print(f"{args.feed}/{image['file']} ({image['version']}, sha256 "
+                  f"{image['sha256'][:16]}…)", file=sys.stderr)
+        print(f"{'signed' if index['signed'] else 'UNSIGNED (run sign-feed)'}: "
+              f"{args.feed}/SHA256SUMS; hosts install {args.feed}/sysupdate.d/NAME.transfer "
+              "(systemd >= 257) or sysupdate.d/legacy/NAME.conf and import-pubring.gpg as "
+              "/etc/systemd/import-pubring.gpg", file=sys.stderr)
+    return 0
+
+
+def cmd_sign_feed(args) -> int:
+    from ..release.feed import sign_feed
+
+    sign_feed(args.feed, gnupghome=args.gnupghome, key=args.key, signature=args.signature,
+              keyring=args.keyring)
+    print(f"signed {args.feed}/SHA256SUMS → SHA256SUMS.gpg", file=sys.stderr)
+    if args.json:
+        return clikit.emit(args, {"feed": str(args.feed),
+                                  "signature": str(args.feed / "SHA256SUMS.gpg")})
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("publish", help="add built images to a systemd-sysupdate feed directory "
+                       "(versioned names, SHA256SUMS + OpenPGP signature, transfer files, "
+                       "index.json)")
+    p.add_argument("images", type=Path, nargs="+", help="NAME.raw or NAME.manifest.json")
+    p.add_argument("--feed", type=Path, required=True, help="the feed directory (created)")
+    p.add_argument("--url", required=True, help="where hosts fetch the feed (http(s) URL)")
+    p.add_argument("--gnupghome", type=Path, help="GnuPG home with the release OpenPGP key "
+                   "(keys generate --openpgp DIR)")
+    p.add_argument("--key", help="which key of it (fingerprint; default its only one)")
+    p.add_argument("--unsigned", action="store_true", help="leave SHA256SUMS unsigned (sign it "
+                   "later with sign-feed, e.g. on an offline machine)")
+    p.add_argument("--instances-max", type=int, default=2, metavar="N",
+                   help="versions a host keeps (InstancesMax=, default 2)")
+    clikit.add_json(p)  # {"feed", "index": index.json's content} in the envelope
+    p.set_defaults(func=cmd_publish)
+
+    s = sub.add_parser("sign-feed", help="sign a feed's SHA256SUMS (publish --unsigned): with a "
+                       "key, or a detached signature made elsewhere, checked first")
+    s.add_argument("feed", type=Path)
+    s.add_argument("--gnupghome", type=Path, help="GnuPG home with the release key")
+    s.add_argument("--key", help="which key of it (fingerprint)")
+    s.add_argument("--signature", type=Path, help="SHA256SUMS.gpg made elsewhere (gpg "
+                   "--detach-sign SHA256SUMS)")
+    s.add_argument("--keyring", type=Path, help="public key to check --signature with "
+                   "(default: the feed's import-pubring.gpg)")
+    clikit.add_json(s)
+    s.set_defaults(func=cmd_sign_feed)

@@ -1,0 +1,386 @@
+"""Level 2: what wraps the file system — a DDI's GPT, partitions, verity superblock, root hash and
+signature partition; a plain image's detached ``NAME.verity``/``.roothash``/``.roothash.p7s``.
+From the image files when both sides have them, else from the manifests' ``ddi``/``verity``.
+
+What is a cause here: a different target architecture (partition types), other partition labels
+or flags, other verity parameters, a different signer, a data partition that differs under the
+same root hash, a hash tree that differs over the same data. What only follows: partition
+contents (explained by the file system levels below), and everything derived from the seed or
+from sizes (disk and partition UUIDs, verity salt and UUID, root hash, LBAs), which any other
+difference changes too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ...digest import hash_file
+from ...errors import InputError
+from ...image import fsinfo
+from ...image.ddi.signature import signer_of
+from .report import short
+
+#: A verity superblock's fields: derived ones follow from the seed or the data's size.
+VERITY_FIELDS = ("salt", "uuid", "algorithm", "data_block_size", "hash_block_size", "data_blocks",
+                 "version", "hash_type")
+VERITY_DERIVED = ("salt", "uuid", "data_blocks")
+#: The manifest's spelling of the same fields.
+VERITY_MANIFEST = {"salt": "salt", "superblockUuid": "uuid", "hashAlgorithm": "algorithm",
+                   "dataBlockSize": "data_block_size", "hashBlockSize": "hash_block_size"}
+#: Causes that account for the signature alone, not for a data partition that differs too.
+SIGNATURE_FIELDS = ("signature.present", "signature.certificate_fingerprint", "signature.bytes")
+
+
+def compare(d):
+    """Compare the containers; returns ((image, offset, size) of A's file system, same for B)
+    when both file systems can be read from image files and differ, else (None, None)."""
+    a, b, r = d.a, d.b, d.r
+    if a.is_file and b.is_file:
+        ga, gb = a.is_ddi, b.is_ddi
+        if ga and gb:
+            return _ddi_images(d)
+        if ga != gb:
+            r.levels["container"] = "differs"
+            r.add("container", "format", "ddi" if ga else "plain", "ddi" if gb else "plain",
+                  "one image is a DDI, the other a plain file system")
+            return None, None
+        fs = (a.image, 0, None), (b.image, 0, None)
+        if not compare_detached(d):
+            r.levels.setdefault("container", "differs")
+        else:
+            r.levels["container"] = "n/a: plain file system images"
+        return fs
+    ma, mb = a.manifest or {}, b.manifest or {}
+    if ma.get("ddi") and mb.get("ddi"):
+        _ddi_manifests(d, ma["ddi"], mb["ddi"])
+    elif not compare_detached(d):
+        r.levels.setdefault("container", "differs")
+    else:
+        r.levels["container"] = "n/a"
+    return None, None
+
+
+# -- detached verity ----------------------------------------------------------------------------
+
+@dataclass
+class _Detached:
+    """One side's detached verity, from its files (the truth when present) or its manifest."""
+
+    source: str  # "files" | "manifest"
+    verity_path: Path | None
+    verity_sha: str | None
+    root_hash: str | None
+    signed: bool
+    signer: str | None
+    signature: bytes | None
+    params: dict
+
+
+def _detached_view(side) -> _Detached | None:
+    from ...image.ddi.verity import SUPERBLOCK_SIZE, parse_superblock
+
+    if side.is_ddi:
+        return None  # its verity is inside; a NAME.roothash next to it is for offline signing
+    if side.is_file:
+        vf, rf = side.detached(".verity"), side.detached(".roothash")
+        pf = side.detached(".roothash.p7s")
+        if vf is None and rf is None and pf is None:
+            return None
+        params = {}
+        sb = parse_superblock(fsinfo.read_range(vf, 0, SUPERBLOCK_SIZE)) if vf else None
+        if sb is not None:
+            params = {f: getattr(sb, f) for f in VERITY_FIELDS}
+            params["salt"] = sb.salt.hex()
+        der = pf.read_bytes() if pf else None
+        return _Detached("files", vf, hash_file(vf)[0] if vf else None,
+                         rf.read_text(errors="replace").strip().lower() if rf else None,
+                         pf is not None, signer_of(der) if der else None, der, params)
+    m = (side.manifest or {}).get("verity")
+    if not m:
+        return None
+    params = {ours: (m.get("verity") or {}).get(theirs) for theirs, ours in VERITY_MANIFEST.items()}
+    return _Detached("manifest", None, m.get("veritySha256"), m.get("rootHash"),
+                     bool(m.get("signatureFile") or m.get("certificateFingerprint")),
+                     m.get("certificateFingerprint"), None, params)
+
+
+def detached_same(d) -> bool:
+    """Whether both sides' detached verity agree (for two plain images whose bytes are equal):
+    image bytes alone do not make two builds identical when their .verity or .p7s differ."""
+    return compare_detached(d, record=False)
+
+
+def compare_detached(d, *, record: bool = True) -> bool:
+    """Compare NAME.verity/.roothash/.roothash.p7s (or the manifests' ``verity``); record the
+    differences when ``record``; return whether they are the same."""
+    r = d.r
+    la, lb = r.labels
+    va, vb = _detached_view(d.a), _detached_view(d.b)
+    findings: list[tuple] = []
+
+    def add(*args, **kw):
+        findings.append((args, kw))
+
+    if va is None and vb is None:
+        return True
+    if va is None or vb is None:
+        add("container", "verity.file", va is not None, vb is not None,
+            f"detached verity (NAME.verity) only {la if vb is None else lb}")
+    else:
+        if not d.unsigned:
+            _compare_signers(add, r.labels, (va.signed, va.signer, va.signature, va.root_hash),
+                             (vb.signed, vb.signer, vb.signature, vb.root_hash))
+        keys = [k for k in VERITY_FIELDS if k in va.params and k in vb.params]
+        params_differ = False
+        for key in keys:
+            x, y = va.params[key], vb.params[key]
+            if x != y:
+                params_differ = True
+                add("container", f"verity.{key}", x, y,
+                    f"detached verity superblock {key} {short(x)} → {short(y)}",
+                    derived=key in VERITY_DERIVED)
+        if va.root_hash != vb.root_hash:
+            add("container", "root_hash", va.root_hash, vb.root_hash,
+                f"root hash {short(va.root_hash)} → {short(vb.root_hash)}", derived=True)
+        if va.verity_sha != vb.verity_sha:
+            if va.verity_path and vb.verity_path and not params_differ and d.same_bytes:
+                off = fsinfo.first_difference(va.verity_path, vb.verity_path)
+                add("container", "verity.tree", None, off,
+                    f"{vb.verity_path.name} differs at byte {off} with the same image and "
+                    "verity parameters: one hash tree was modified")
+            else:
+                add("container", "verity.tree", va.verity_sha, vb.verity_sha,
+                    "the verity hash trees differ", derived=True)
+    if record:
+        for args, kw in findings:
+            r.add(*args, **kw)
+        if findings:
+            r.levels["container"] = "differs (detached verity)"
+    return not findings
+
+
+# -- DDIs from the image files ------------------------------------------------------------------
+
+def _ddi_images(d):
+    from ...image.ddi.gpt import read_gpt
+    from ...image.ddi.reader import find_verity_set, hash_image
+    from ...image.ddi.verity import SUPERBLOCK_SIZE, parse_superblock
+
+    r, add = d.r, d.r.add
+    la, lb = r.labels
+    ia, ib = d.a.image, d.b.image
+    ta, tb = read_gpt(ia), read_gpt(ib)
+    va, vb = find_verity_set(ta), find_verity_set(tb)
+    ha = hash_image(ia, ta, None)[0]
+    hb = hash_image(ib, tb, None)[0]
+    before = len(r.findings)
+    for fld in ("disk_uuid", "sector_size", "first_usable_lba", "last_usable_lba"):
+        x, y = getattr(ta, fld), getattr(tb, fld)
+        if x != y:
+            add("container", f"gpt.{fld}", x, y, f"GPT {fld} {x} → {y}",
+                derived=fld != "sector_size")
+
+    pa = {_name(p): p for p in ta.partitions}
+    pb = {_name(p): p for p in tb.partitions}
+    data_differs = hash_differs = False
+    for n in list(pa) + [n for n in pb if n not in pa]:
+        x, y = pa.get(n), pb.get(n)
+        if x is None or y is None:
+            add("container", f"partitions.{n}", x and x.index, y and y.index,
+                f"partition {n} only {la if y is None else lb}")
+            continue
+        is_sig = va is not None and x == va.signature
+        if x.type_uuid != y.type_uuid:
+            _type_finding(r, n, x.type_uuid, y.type_uuid)
+        for fld in ("uuid", "name", "first_lba", "last_lba", "attributes"):
+            if getattr(x, fld) != getattr(y, fld):
+                add("container", f"partitions.{n}.{fld}", getattr(x, fld), getattr(y, fld),
+                    f"partition {n} {fld} {short(getattr(x, fld))} → {short(getattr(y, fld))}",
+                    derived=fld in ("uuid", "first_lba", "last_lba"))
+        if ha[x.index] != hb[y.index] and not (is_sig and d.unsigned):
+            add("container", f"partitions.{n}.sha256", ha[x.index], hb[y.index],
+                f"partition {n} content differs (sha256 {short(ha[x.index])} → "
+                f"{short(hb[y.index])})", explains=False)
+            if va and vb and x == va.data:
+                data_differs = True
+            if va and vb and x == va.hash:
+                hash_differs = True
+    if va is None or vb is None:
+        if len(r.findings) > before:
+            r.levels["container"] = "differs"
+            for f in r.findings[before:]:
+                f.explains, f.derived = True, False  # no verity to reason with: say what is
+        else:
+            r.levels["container"] = "same"
+        return None, None
+
+    rha, rhb = va.root_hash_from_uuids(), vb.root_hash_from_uuids()
+    if rha != rhb:
+        add("container", "root_hash", rha, rhb, f"root hash {short(rha)} → {short(rhb)}",
+            derived=True)
+    sba = parse_superblock(fsinfo.read_range(ia, va.hash.offset, SUPERBLOCK_SIZE))
+    sbb = parse_superblock(fsinfo.read_range(ib, vb.hash.offset, SUPERBLOCK_SIZE))
+    params_differ = False
+    if sba and sbb:
+        for fld in VERITY_FIELDS:
+            x, y = getattr(sba, fld), getattr(sbb, fld)
+            if x != y:
+                x, y = (x.hex(), y.hex()) if isinstance(x, bytes) else (x, y)
+                params_differ = True
+                add("container", f"verity.{fld}", x, y,
+                    f"verity superblock {fld} {short(x)} → {short(y)}",
+                    derived=fld in VERITY_DERIVED)
+    elif bool(sba) != bool(sbb):
+        add("container", "verity.superblock", bool(sba), bool(sbb),
+            "verity superblock present in one image only")
+    if not d.unsigned:
+        _ddi_signatures(d, va, vb)
+
+    if data_differs:
+        x, y = va.data, vb.data
+        if rha == rhb:
+            off = fsinfo.first_difference(ia, ib, x.offset, y.offset, min(x.size, y.size))
+            where = ""
+            try:
+                sb = fsinfo.superblock(ia, x.offset)
+                where = f", in the {fsinfo.region(sb, off)}" if off is not None else ""
+            except InputError:
+                pass
+            add("container", f"partitions.{_name(x)}.data", None, off,
+                f"data partition {_name(x)} differs at byte {off}{where} but the root hash is "
+                "the same: one image's data no longer matches its verity tree (corrupted or "
+                "modified after the build)")
+        r.levels["container"] = "differs"
+        return (ia, x.offset, x.size), (ib, y.offset, y.size)
+    if hash_differs and not params_differ and va.hash.size == vb.hash.size:
+        hash_name = _name(va.hash)
+        off = fsinfo.first_difference(ia, ib, va.hash.offset, vb.hash.offset, va.hash.size)
+        add("container", f"partitions.{hash_name}.tree", None, off,
+            f"the verity hash tree differs at byte {off} of partition {hash_name} with the "
+            "same data and verity parameters: one image's hash tree is corrupted or modified"
+            + (" (the root hash differs too)" if rha != rhb else ""))
+    r.levels["container"] = "differs" if len(r.findings) > before else "same"
+    return None, None
+
+
+def _ddi_signatures(d, va, vb) -> None:
+    from ...image.ddi.signature import parse_partition
+
+    r = d.r
+    la, lb = r.labels
+    ia, ib = d.a.image, d.b.image
+    raw_a = fsinfo.read_range(ia, va.signature.offset, va.signature.size) if va.signature \
+        else None
+    raw_b = fsinfo.read_range(ib, vb.signature.offset, vb.signature.size) if vb.signature \
+        else None
+    if raw_a == raw_b:
+        return
+    try:
+        ba = parse_partition(raw_a, f"{la} signature") if raw_a is not None else None
+        bb = parse_partition(raw_b, f"{lb} signature") if raw_b is not None else None
+    except InputError as err:
+        r.add("container", "signature", None, None, f"signature unreadable: {err.line()}")
+        return
+    _compare_signers(r.add, r.labels,
+                     (ba is not None, ba and ba.fingerprint, ba and ba.der, ba and ba.root_hash),
+                     (bb is not None, bb and bb.fingerprint, bb and bb.der, bb and bb.root_hash))
+
+
+def _compare_signers(add, labels, a, b) -> None:
+    """Two signatures as (signed, signer fingerprint, DER or None, signed root hash): who
+    signed is a cause; what is signed follows from the root hash."""
+    (sa, fa, da, ha), (sb, fb, db, hb) = a, b
+    la, lb = labels
+    if sa != sb:
+        add("container", "signature.present", sa, sb,
+            f"signed only {la if sa else lb} (the other is unsigned, e.g. built for offline "
+            "signing)")
+    elif sa and fa != fb:
+        add("container", "signature.certificate_fingerprint", fa, fb,
+            f"different signer: certificate {short(fa)} → {short(fb)}")
+    elif sa and da is not None and db is not None and da != db:
+        if ha == hb:
+            add("container", "signature.bytes", None, None,
+                "same signer and root hash, different signature bytes (ECDSA signatures differ "
+                "on every signing; compare the unsigned image sha256)")
+        else:
+            add("container", "signature.root_hash", ha, hb,
+                f"the same signer signs another root hash {short(ha)} → {short(hb)}",
+                derived=True)
+
+
+def _type_finding(r, n: str, xa: str, xb: str) -> None:
+    from ...systemd import partitions as parts
+
+    fa, fb = parts.lookup(xa), parts.lookup(xb)
+    if fa and fb and fa[0] == fb[0] and fa[1] != fb[1]:
+        r.add("container", f"partitions.{n}.type_uuid", xa, xb,
+              f"different target architecture: {fa[1]} → {fb[1]} (partition {n} type)")
+    else:
+        r.add("container", f"partitions.{n}.type_uuid", xa, xb,
+              f"partition {n} type {short(xa)} → {short(xb)}")
+
+
+def _name(p) -> str:
+    from ...systemd import partitions as parts
+
+    found = parts.lookup(p.type_uuid)
+    return found[0] if found else f"partition{p.index}"
+
+
+# -- DDIs from the manifests --------------------------------------------------------------------
+
+def _ddi_manifests(d, da: dict, db: dict) -> None:
+    r, add = d.r, d.r.add
+    la, lb = r.labels
+    before = len(r.findings)
+    if da.get("diskUuid") != db.get("diskUuid"):
+        add("container", "gpt.disk_uuid", da.get("diskUuid"), db.get("diskUuid"),
+            f"GPT disk_uuid {da.get('diskUuid')} → {db.get('diskUuid')}", derived=True)
+    key = lambda p: p.get("designator") or p.get("label")  # noqa: E731
+    pa = {key(p): p for p in da.get("partitions") or []}
+    pb = {key(p): p for p in db.get("partitions") or []}
+    for n in list(pa) + [n for n in pb if n not in pa]:
+        x, y = pa.get(n), pb.get(n)
+        if x is None or y is None:
+            add("container", f"partitions.{n}", bool(x), bool(y),
+                f"partition {n} only {la if y is None else lb}")
+            continue
+        if x.get("typeUuid") != y.get("typeUuid"):
+            _type_finding(r, n, x["typeUuid"], y["typeUuid"])
+        for fld in ("uuid", "label", "offset", "size", "flags"):
+            if x.get(fld) != y.get(fld):
+                add("container", f"partitions.{n}.{fld}", x.get(fld), y.get(fld),
+                    f"partition {n} {fld} {short(x.get(fld))} → {short(y.get(fld))}",
+                    derived=fld in ("uuid", "offset", "size"))
+        is_sig = str(n).endswith("-verity-sig")
+        if x.get("sha256") != y.get("sha256") and not (is_sig and d.unsigned):
+            add("container", f"partitions.{n}.sha256", x.get("sha256"), y.get("sha256"),
+                f"partition {n} content differs", explains=False)
+    vpa, vpb = da.get("verity") or {}, db.get("verity") or {}
+    for theirs in sorted(set(vpa) | set(vpb)):
+        ours = VERITY_MANIFEST.get(theirs, theirs)
+        if vpa.get(theirs) != vpb.get(theirs):
+            add("container", f"verity.{ours}", vpa.get(theirs), vpb.get(theirs),
+                f"verity {ours} {short(vpa.get(theirs))} → {short(vpb.get(theirs))}",
+                derived=ours in VERITY_DERIVED)
+    if da.get("rootHash") != db.get("rootHash"):
+        add("container", "root_hash", da.get("rootHash"), db.get("rootHash"),
+            f"root hash {short(da.get('rootHash'))} → {short(db.get('rootHash'))}", derived=True)
+    if not d.unsigned:
+        fa, fb = da.get("certificateFingerprint"), db.get("certificateFingerprint")
+        same_unsigned = da.get("unsignedSha256") == db.get("unsignedSha256")
+        _compare_signers(add, r.labels,
+                         (bool(fa), fa, da.get("sha256") if same_unsigned else None,
+                          da.get("rootHash")),
+                         (bool(fb), fb, db.get("sha256") if same_unsigned else None,
+                          db.get("rootHash")))
+    r.levels["container"] = "differs" if len(r.findings) > before else "same"
+
+
+def data_differs(r) -> bool:
+    """Whether the container level found the data (root/usr) partitions or the plain file
+    systems different: then the levels below explain them."""
+    return any(f.field in ("partitions.root.sha256", "partitions.usr.sha256")
+               for f in r.at("container"))

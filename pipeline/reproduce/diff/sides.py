@@ -1,0 +1,156 @@
+"""The two things ``diff`` compares: an image (file or directory), its manifest, or both; and what
+each side says about itself (its hashes, its detached verity files, whether it still matches its
+own manifest)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ...digest import hash_file
+from ...errors import InputError
+
+#: The files systemd picks up next to a plain NAME.raw (detached verity), by manifest key.
+DETACHED = (("verityFile", ".verity"), ("roothashFile", ".roothash"),
+            ("signatureFile", ".roothash.p7s"))
+
+
+@dataclass
+class Side:
+    """One thing being compared: an image (file or directory), its manifest, or both."""
+
+    given: str
+    manifest: dict | None = None
+    manifest_path: Path | None = None
+    image: Path | None = None
+    _hashes: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def is_dir(self) -> bool:
+        return self.image is not None and self.image.is_dir()
+
+    @property
+    def is_file(self) -> bool:
+        return self.image is not None and self.image.is_file()
+
+    @property
+    def is_ddi(self) -> bool:
+        if self.is_file:
+            from ...image.ddi.gpt import has_gpt
+
+            return has_gpt(self.image)
+        return bool((self.manifest or {}).get("ddi"))
+
+    def recorded(self, key: str):
+        """A field of the manifest's ``image`` object (None without a manifest)."""
+        return ((self.manifest or {}).get("image") or {}).get(key)
+
+    def sha256(self, *, unsigned: bool = False) -> str | None:
+        """The image's sha256 (a DDI with ``unsigned``: with its signature partition zeroed):
+        computed from the file when there is one, else what the manifest records."""
+        if not self.is_file:
+            if unsigned and (self.manifest or {}).get("ddi"):
+                return self.manifest["ddi"].get("unsignedSha256")
+            return self.recorded("sha256")
+        key = "unsigned" if unsigned and self.is_ddi else "whole"
+        if key not in self._hashes:
+            if key == "unsigned":
+                from ...image.ddi.gpt import read_gpt
+                from ...image.ddi.reader import find_verity_set, hash_image
+
+                table = read_gpt(self.image)
+                found = find_verity_set(table)
+                _, whole, zeroed = hash_image(self.image, table, found.signature if found
+                                              else None)
+                self._hashes["whole"], self._hashes["unsigned"] = whole, zeroed
+            else:
+                self._hashes["whole"] = hash_file(self.image)[0]
+        return self._hashes[key]
+
+    def detached(self, suffix: str) -> Path | None:
+        """``NAME.verity``/``.roothash``/``.roothash.p7s`` next to a plain ``NAME.raw``, if there."""
+        if not self.is_file or not self.image.name.endswith(".raw"):
+            return None
+        path = self.image.with_name(self.image.name[:-len(".raw")] + suffix)
+        return path if path.is_file() else None
+
+
+def load_side(path: str | Path, *, use_manifest: bool = True) -> Side:
+    """An image path (its ``NAME.manifest.json`` is used when present) or a manifest path (its
+    image is used when it sits next to it)."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(str(p), "no such file or directory")
+    side = Side(str(p))
+    if p.is_file() and _looks_like_json(p):
+        side.manifest, side.manifest_path = _load_manifest(p), p
+        name = (side.manifest.get("image") or {}).get("file")
+        if name and (p.parent / name).exists():
+            side.image = p.parent / name
+        return side
+    side.image = p
+    stem = p.name[:-len(".raw")] if p.name.endswith(".raw") else p.name
+    candidate = p.parent / f"{stem}.manifest.json"
+    if use_manifest and candidate.is_file():
+        side.manifest, side.manifest_path = _load_manifest(candidate), candidate
+    return side
+
+
+def own_manifest_mismatches(side: Side, name: str | None = None) -> list[str]:
+    """Where an image no longer is what its own manifest says (image sha256; detached verity
+    files): the first thing to know about a side, since every other comparison of it trusts
+    those hashes. Sentences naming the file (``name``, default the path given)."""
+    manifest = side.manifest or {}
+    if not side.is_file or not manifest:
+        return []
+    name = name or side.given
+    out = []
+    recorded = side.recorded("sha256")
+    if recorded:
+        actual = side.sha256()
+        if actual != recorded:
+            out.append(f"{name} is not the image its manifest describes (sha256 {actual[:12]}…, "
+                       f"the manifest records {recorded[:12]}…): changed after the build")
+    verity = manifest.get("verity") or {}
+    if verity:
+        folder = side.image.parent
+        vfile = verity.get("verityFile")
+        if vfile and not (folder / vfile).is_file():
+            out.append(f"{vfile}, which the manifest of {name} names, is missing")
+        elif vfile and verity.get("veritySha256") and \
+                hash_file(folder / vfile)[0] != verity["veritySha256"]:
+            out.append(f"{vfile} is not the verity tree the manifest of {name} records (sha256 "
+                       "differs): changed after the build")
+        rfile = verity.get("roothashFile")
+        if rfile and (folder / rfile).is_file():
+            text = (folder / rfile).read_text(errors="replace").strip().lower()
+            if text != verity.get("rootHash"):
+                out.append(f"{rfile} holds root hash {text[:12]}…, the manifest of {name} "
+                           f"records {str(verity.get('rootHash'))[:12]}…")
+        sfile = verity.get("signatureFile")
+        if sfile and not (folder / sfile).is_file():
+            out.append(f"{sfile}, which the manifest of {name} names, is missing")
+        elif sfile and verity.get("certificateFingerprint"):
+            from ...image.ddi.signature import signer_of
+
+            found = signer_of((folder / sfile).read_bytes())
+            if found and found != verity["certificateFingerprint"]:
+                out.append(f"{sfile} is signed by certificate {found[:12]}…, the manifest of "
+                           f"{name} records {verity['certificateFingerprint'][:12]}…")
+    return out
+
+
+def _looks_like_json(p: Path) -> bool:
+    with open(p, "rb") as fh:
+        return fh.read(64).lstrip()[:1] == b"{"
+
+
+def _load_manifest(p: Path) -> dict:
+    try:
+        data = json.loads(p.read_text())
+    except (OSError, ValueError) as err:
+        raise InputError(str(p), f"not a readable manifest: {err}") from None
+    if not isinstance(data, dict) or "schema" not in data:
+        raise InputError(str(p), "not a sysext-pipeline manifest (no schema field)")
+    return data

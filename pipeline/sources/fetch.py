@@ -1,0 +1,541 @@
+"""Fetch stage: every source becomes a verified file in a content-addressed cache.
+
+The cache is keyed by sha256 only (``<cache>/sha256/ab/abcd…``), so a file is fetched once, is
+safe to share between machines and recipes, and a pinned hash makes the network unnecessary on a
+rebuild. Downloads land under a temporary name, are hashed while written, and are renamed into
+place only when the hash matches; a mismatch deletes the download.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import http.client
+import os
+import shutil
+import stat
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import tools
+from ..digest import hash_file, hash_open
+from ..errors import INPUT, BuildError, InputError
+from ..recipe import Source
+
+CHUNK = 1 << 20
+PARALLEL = 4  # concurrent downloads (bounded: mirrors throttle, CI runners share links)
+ATTEMPTS = 4  # tries per URL before the error
+RETRY_DELAY = 0.5  # seconds before the 2nd try; doubles each time
+TIMEOUT = 60  # seconds without a byte before a try counts as failed
+
+
+def default_cache_dir(given: str | os.PathLike | None = None) -> Path:
+    """The package cache: ``given`` (--cache-dir/--store), else $SYSEXT_PIPELINE_CACHE, else
+    $XDG_CACHE_HOME/sysext-pipeline, else ~/.cache/sysext-pipeline.
+
+    The last two are only used when they can be made without creating anything above them: a
+    missing or unusable $HOME (``HOME=/nonexistent`` for system users and in containers) never
+    makes the tool create ``/nonexistent/.cache`` as root. Then the run gets a temporary cache
+    (said on stderr, removed at exit)."""
+    if given:
+        return Path(given)
+    if os.environ.get("SYSEXT_PIPELINE_CACHE"):
+        return Path(os.environ["SYSEXT_PIPELINE_CACHE"])
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    if xdg and os.path.isabs(xdg):  # the XDG spec: a relative value is ignored
+        base, name = Path(xdg), "$XDG_CACHE_HOME"
+        why = _unusable(base / "sysext-pipeline", base, base.parent)
+    else:
+        home = os.environ["HOME"] if "HOME" in os.environ else os.path.expanduser("~")
+        base, name = Path(home or ".") / ".cache", "$HOME"
+        why = f"{home!r} is not an absolute path" if not os.path.isabs(home) else \
+            _unusable(base / "sysext-pipeline", base, Path(home))
+    if why is None:
+        return base / "sysext-pipeline"
+    return _temporary_cache(f"{name}: {why}")
+
+
+#: The per-process temporary cache (one for every caller: verify and its variations share it).
+_TEMPORARY: list[Path] = []
+
+
+def _unusable(cache: Path, base: Path, parent: Path) -> str | None:
+    """Why ``cache`` cannot be used without creating more than ``base`` inside an existing,
+    writable ``parent`` (None: it can)."""
+    for path in (cache, base, parent):
+        if path.is_dir():
+            if path == parent or os.access(path, os.W_OK | os.X_OK):
+                break
+            return f"{path} is not writable"
+        if path.exists() or path.is_symlink():
+            return f"{path} is not a directory"
+    else:
+        return f"{parent} does not exist"
+    if path == parent and not os.access(parent, os.W_OK | os.X_OK):
+        return f"{parent} is not writable"
+    return None
+
+
+def _temporary_cache(why: str) -> Path:
+    if not _TEMPORARY:
+        import atexit
+
+        path = Path(tempfile.mkdtemp(prefix="sysext-pipeline-cache-"))
+        atexit.register(shutil.rmtree, path, ignore_errors=True)
+        _TEMPORARY.append(path)
+        print(f"warning: no usable package cache: {why}; using a temporary cache for this run "
+              f"({path}, removed at exit; set SYSEXT_PIPELINE_CACHE or give --cache-dir to keep "
+              "downloads)", file=sys.stderr, flush=True)
+    return _TEMPORARY[0]
+
+
+@dataclass(frozen=True)
+class LockedSource(Source):
+    """A package file a lock names (resolve/lock.py): ``size`` is the size the lock records,
+    which bounds its download (a mirror that sends more is cut off)."""
+
+    size: int | None = None
+
+
+@dataclass(frozen=True)
+class Fetched:
+    source: Source
+    path: Path  # verified file (in the cache, or the recipe's local file)
+    sha256: str
+    size: int
+    origin: str  # "cache" | "download" | "apt" | "local"
+    filename: str  # the package's own file name, for the manifest and messages
+
+
+@dataclass(frozen=True)
+class StoreLookup:
+    status: str  # ok | missing | corrupt
+    path: Path | None = None
+    size: int = 0
+    got: str | None = None  # corrupt: the sha256 the file really had
+
+
+class NotInStore(BuildError):
+    """--offline and files are not usable from the store: ``problems`` is [(name, why)], why
+    'missing' or 'corrupt …' (a corrupt file is removed: the next fetch replaces it)."""
+
+    def __init__(self, problems: list[tuple[str, str]]):
+        self.problems = problems
+        if len(problems) == 1:
+            name, why = problems[0]
+            where = name
+            what = ("not in the cache/store" if why == "missing" else why) + \
+                " and --offline was given"
+        else:
+            where = "--offline"
+            what = (f"{len(problems)} files are not usable from the cache/store: "
+                    + "; ".join(f"{n} ({'missing' if w == 'missing' else w})"
+                                for n, w in problems))
+        super().__init__(where, what, "fill it first: sysext-pipeline fetch RECIPE --store DIR")
+
+
+class Cache:
+    """The content-addressed cache: ``sha256/ab/abcd…`` plus ``locks/`` and ``tmp/``.
+
+    Safe to share between concurrent builds and machines (osbuild's fscache is the model):
+    every entry is read, created, replaced or removed only under an exclusive ``flock`` of its
+    lock file (``locks/ab/abcd….lock``), so one process downloads while the others wait and then
+    find it; the kernel drops the lock of a killed process. A file is hashed through the
+    descriptor it was opened with and is used (returned, renamed into place) only while that
+    descriptor still names the path. Downloads go to ``tmp/NAME/``, held by a lock file inside
+    it for as long as the download runs; a ``tmp/`` entry whose lock can be taken belongs to a
+    killed fetch and is swept. Lock files stay (empty, a few per package)."""
+
+    #: a ``tmp/.new-*`` directory is someone's tmpdir being made; older than this it is dead
+    NEW_GRACE = 60.0
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self._swept = False
+
+    def path_for(self, sha256: str) -> Path:
+        return self.root / "sha256" / sha256[:2] / sha256
+
+    @contextlib.contextmanager
+    def entry(self, sha256: str):
+        """Hold the entry's exclusive lock (blocking). A store nobody can write (read-only
+        media) is read unlocked: nobody can change it either."""
+        lock = self.root / "locks" / sha256[:2] / f"{sha256}.lock"
+        fd = None
+        try:
+            lock.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+        except OSError as err:
+            if err.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+                raise BuildError(str(lock), f"cannot lock the cache entry: {err.strerror}") \
+                    from None
+        try:
+            if fd is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            if fd is not None:
+                os.close(fd)
+
+    def lookup(self, sha256: str | None) -> tuple[Path, int] | None:
+        """(path, size) of the cached file with this hash, re-hashed first: the cache may be
+        shared (NFS, rsync, CI cache), so a file is trusted only then; a corrupt one is removed."""
+        found = self.find(sha256)
+        return (found.path, found.size) if found.status == "ok" else None
+
+    def find(self, sha256: str | None) -> StoreLookup:
+        """Like :meth:`lookup`, but says whether a missing file was absent or corrupt (removed,
+        with the hash it really had): offline, the two need different fixes."""
+        if sha256 is None:
+            return StoreLookup("missing")
+        if not self.path_for(sha256).is_file():
+            return StoreLookup("missing")
+        with self.entry(sha256):
+            return self._find_locked(sha256)
+
+    def _find_locked(self, sha256: str) -> StoreLookup:
+        path = self.path_for(sha256)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            return StoreLookup("missing")
+        except OSError as err:
+            if err.errno == errno.ELOOP:  # a symlink in a shared store: never followed
+                path.unlink(missing_ok=True)
+                return StoreLookup("corrupt", got="a symlink")
+            raise
+        with os.fdopen(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                return StoreLookup("missing")
+            digest, size = hash_open(fh)
+            if digest != sha256:
+                if _same_file(fh, path):
+                    path.unlink(missing_ok=True)
+                return StoreLookup("corrupt", got=digest)
+            if not _same_file(fh, path):  # replaced meanwhile (not by us: we hold the lock)
+                return StoreLookup("corrupt", got="replaced while it was hashed")
+        return StoreLookup("ok", path, size)
+
+    @contextlib.contextmanager
+    def tmpdir(self):
+        """A fresh directory under ``tmp/``, locked while in use and removed afterwards;
+        leftovers of killed fetches are swept first (only those whose lock can be taken)."""
+        tmp = self.root / "tmp"
+        tmp.mkdir(parents=True, exist_ok=True)
+        if not self._swept:
+            self._swept = True
+            self.sweep()
+        new = Path(tempfile.mkdtemp(prefix=".new-", dir=tmp))
+        fd = os.open(new / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            work = tmp / new.name[len(".new-"):]
+            os.rename(new, work)  # only now visible to a sweep, and already locked
+            try:
+                yield work
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+        finally:
+            os.close(fd)
+            shutil.rmtree(new, ignore_errors=True)  # only if the rename never happened
+
+    def sweep(self) -> list[str]:
+        """Remove what killed fetches left in ``tmp/`` (names returned): a directory whose lock
+        nobody holds. A live fetch holds its lock, so it is never touched."""
+        tmp = self.root / "tmp"
+        removed = []
+        try:
+            names = sorted(os.listdir(tmp))
+        except FileNotFoundError:
+            return removed
+        for name in names:
+            path = tmp / name
+            if name.startswith(".new-"):  # being made; dead only when old
+                try:
+                    if time.time() - path.lstat().st_mtime < self.NEW_GRACE:
+                        continue
+                except FileNotFoundError:
+                    continue
+            if not path.is_dir() or path.is_symlink():
+                path.unlink(missing_ok=True)
+                removed.append(name)
+                continue
+            try:
+                fd = os.open(path / ".lock", os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+            except FileNotFoundError:
+                fd = None  # a directory of an older version, or half-made: nobody's
+            except OSError:
+                continue
+            try:
+                if fd is not None:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        continue  # alive
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(name)
+            finally:
+                if fd is not None:
+                    os.close(fd)
+        return removed
+
+    def store(self, file: Path, expected: str | None, what: str, *,
+              locked: bool = False) -> tuple[Path, str, int]:
+        """Hash ``file``, check it, move it into the cache; a mismatch deletes it. The bytes
+        hashed are the bytes renamed: hashed through one descriptor, renamed under the entry's
+        lock (``locked``: the caller holds the lock of ``expected``), and checked to be the
+        same inode, untouched, after the rename."""
+        with open(file, "rb") as fh:
+            digest, size = hash_open(fh)
+            if expected is not None and digest != expected:
+                file.unlink()
+                raise InputError(what, f"sha256 mismatch: expected {expected}, got {digest}",
+                                 "the file changed upstream or the pin is wrong; nothing was kept")
+            before = os.fstat(fh.fileno())
+            final = self.path_for(digest)
+            with contextlib.nullcontext() if locked else self.entry(digest):
+                final.parent.mkdir(parents=True, exist_ok=True)
+                os.chmod(file, 0o644)
+                os.replace(file, final)
+                after = os.fstat(fh.fileno())
+                if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns) \
+                        or not _same_file(fh, final):
+                    final.unlink(missing_ok=True)
+                    raise BuildError(what, "the downloaded file changed while it was checked",
+                                     "is something else writing into the cache's tmp/?")
+        return final, digest, size
+
+
+def _same_file(fh, path: Path) -> bool:
+    """Whether ``path`` still names the file open as ``fh``."""
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fh.fileno())
+    return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
+
+
+def fetch_all(sources, cache: Cache, *, offline: bool = False, progress=None) -> list[Fetched]:
+    """Fetch every source, at most PARALLEL at a time; results in order. Files the store lacks
+    offline are named all together (one error); otherwise the first error in order."""
+    sources = list(sources)
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=max(1, min(PARALLEL, len(sources)))) as pool:
+        futures = [pool.submit(fetch_one, s, cache, offline=offline, progress=progress)
+                   for s in sources]
+        errors = [f.exception() for f in futures]
+    absent = [e for e in errors if isinstance(e, NotInStore)]
+    if absent:
+        raise NotInStore([p for e in absent for p in e.problems])
+    for error in errors:
+        if error is not None:
+            raise error
+    return [f.result() for f in futures]
+
+
+def fetch_one(source: Source, cache: Cache, *, offline: bool = False, progress=None) -> Fetched:
+    filename = _filename(source)
+    if source.type != "apt" and not source.is_url:
+        found = cache.find(source.sha256)
+        if found.status == "ok":
+            return Fetched(source, found.path, source.sha256, found.size, "cache", filename)
+        return _local(source, filename)
+    if source.sha256 is None:
+        return _download(source, cache, filename, progress, offline, None)
+    # One process downloads an entry while the others wait for it, then find it.
+    with cache.entry(source.sha256):
+        found = cache._find_locked(source.sha256)
+        if found.status == "ok":
+            return Fetched(source, found.path, source.sha256, found.size, "cache", filename)
+        return _download(source, cache, filename, progress, offline, found)
+
+
+def _download(source: Source, cache: Cache, filename: str, progress, offline: bool,
+              found: StoreLookup | None) -> Fetched:
+    if offline:
+        found = found or StoreLookup("missing")
+        raise NotInStore([(source.label or filename, "missing" if found.status == "missing" else
+                           f"corrupt in the store (sha256 mismatch: got {found.got}; removed)")])
+    with cache.tmpdir() as tmp:
+        if source.type == "apt":
+            downloaded, filename = _apt_download(source, tmp)
+            origin = "apt"
+        else:
+            downloaded = tmp / "download"
+            http_download(source.ref, downloaded, progress,
+                          max_size=getattr(source, "size", None))  # a LockedSource
+            origin = "download"
+        path, digest, size = cache.store(downloaded, source.sha256, filename,
+                                         locked=source.sha256 is not None)
+    return Fetched(source, path, digest, size, origin, filename)
+
+
+def _filename(source: Source) -> str:
+    if source.type == "apt":
+        return f"{source.ref}={source.version}"
+    return source.ref.rstrip("/").rsplit("/", 1)[-1]
+
+
+def _local(source: Source, filename: str) -> Fetched:
+    path = Path(source.ref)
+    if not path.is_file():
+        raise InputError(source.ref, "package file not found")
+    digest, size = hash_file(path)
+    if source.sha256 is not None and digest != source.sha256:
+        raise InputError(source.ref, f"sha256 mismatch: expected {source.sha256}, got {digest}")
+    return Fetched(source, path, digest, size, "local", filename)
+
+
+class DownloadError(BuildError):
+    """A download that failed for good; ``status`` is the HTTP status (None: no answer)."""
+
+    def __init__(self, where: str, what: str, status: int | None, hint: str | None = None):
+        self.status = status
+        if status is not None and 400 <= status < 500 and status not in (408, 429):
+            self.exit_code = INPUT  # not there (404), refused: the recorded URL is wrong
+        super().__init__(where, what, hint)
+
+
+#: A download whose size nothing records (a recipe URL, repository metadata) and whose server
+#: announces none is cut off here; one that announces more is refused before a byte is read.
+MAX_UNKNOWN_SIZE = 4 << 30
+
+
+class TooLarge(InputError):
+    """The server sends (or announces) more than the download may be — the bytes are not the
+    recorded file, as with a hash mismatch: never retried."""
+
+
+def http_download(url: str, dest: Path, progress=None, attempts: int | None = None, *,
+                  max_size: int | None = None, recorded_by: str = "the lock records") -> None:
+    """Download ``url`` to ``dest``: retries with backoff on 5xx, timeouts and resets.
+
+    An interrupted transfer resumes with a Range request when the server honours it (206 with
+    the right offset) and restarts from zero otherwise. 4xx fails at once. The error names the
+    URL's path and the last status. ``dest`` may hold a partial file afterwards: callers
+    download into a temporary directory and hash before anything reaches the cache.
+
+    Bounded: never more than ``max_size`` bytes (the size the lock records; else
+    MAX_UNKNOWN_SIZE) and never more than the Content-Length the server announced; a server
+    that announces more than the bound is refused before the body is read, one that sends more
+    is cut off (TooLarge, not retried), and an announced size that does not fit the free space
+    of ``dest``'s directory is an error naming it. Nothing is hashed after it filled the disk.
+    """
+    attempts = attempts or ATTEMPTS
+    where = urllib.parse.urlsplit(url).path or url
+    limit = MAX_UNKNOWN_SIZE if max_size is None else max(0, max_size)
+    bound = (f"the {limit} bytes {recorded_by}" if max_size is not None else
+             f"the {limit} bytes allowed for a download of unrecorded size")
+    host = f"from {urllib.parse.urlsplit(url).netloc or url}"
+    last, status = "no answer", None
+    for attempt in range(1, attempts + 1):
+        have = dest.stat().st_size if dest.exists() else 0
+        if have > limit:
+            dest.unlink()
+            have = 0
+        headers = {"User-Agent": "sysext-pipeline"}
+        if have:
+            headers["Range"] = f"bytes={have}-"
+        try:
+            request = urllib.request.Request(url, headers=headers)
+            with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
+                code = getattr(response, "status", 200)
+                resumed = have and code == 206 and response.headers.get(
+                    "Content-Range", "").startswith(f"bytes {have}-")
+                announced = _content_length(response, where)
+                done = have if resumed else 0
+                total = announced + done if announced is not None else 0
+                if total > limit:
+                    raise TooLarge(where, f"the server announces {total} bytes, more than "
+                                   f"{bound}", host)
+                if announced is not None:
+                    _check_space(dest.parent, announced)
+                with open(dest, "ab" if resumed else "wb") as out:
+                    # what arrived is kept on a reset; at most one byte past the bound is read
+                    while chunk := response.read1(min(CHUNK, limit - done + 1)):
+                        done += len(chunk)
+                        if done > limit:
+                            out.close()
+                            dest.unlink(missing_ok=True)
+                            raise TooLarge(where, f"the server sent more than {bound}: cut "
+                                           "off", host)
+                        out.write(chunk)
+                        if progress:
+                            progress(url, done, total)
+                if total and done < total:
+                    raise ConnectionResetError(f"connection closed after {done} of {total} bytes")
+            return
+        except urllib.error.HTTPError as exc:
+            status, last = exc.code, f"HTTP {exc.code} {exc.reason}"
+            if exc.code == 416 and have:  # our partial file is useless: start again
+                dest.unlink(missing_ok=True)
+            elif exc.code < 500 and exc.code not in (408, 429):
+                raise DownloadError(where, f"download failed: {last}", status, host) from None
+        except (urllib.error.URLError, OSError, TimeoutError, http.client.HTTPException) as exc:
+            status, last = None, str(getattr(exc, "reason", exc)) or type(exc).__name__
+        if attempt < attempts:
+            time.sleep(RETRY_DELAY * 2 ** (attempt - 1))
+    raise DownloadError(where, f"download failed after {attempts} tries: {last}", status, host)
+
+
+def _content_length(response, where: str) -> int | None:
+    value = response.headers.get("Content-Length")
+    if value is None:
+        return None
+    if not value.strip().isdigit():
+        raise DownloadError(where, f"the server sent an invalid Content-Length {value[:40]!r}",
+                            None)
+    return int(value)
+
+
+def _check_space(directory: Path, needed: int) -> None:
+    free = shutil.disk_usage(directory).free
+    if needed > free:
+        raise BuildError(str(directory), f"not enough free space for a download of {needed} "
+                         f"bytes ({free} free)", "free space, or use --cache-dir elsewhere")
+
+
+#: apt-get's words for a package or version the archive does not have (not a network error)
+APT_NOT_THERE = ("Unable to locate package", "Can't find a source to download version",
+                 "Version '", "has no installation candidate")
+
+
+def _apt_download(source: Source, tmp: Path) -> tuple[Path, str]:
+    """``apt-get download NAME=VERSION`` through the build host's own apt configuration."""
+    spec = f"{source.ref}={source.version}"
+    try:
+        tools.run("apt-get", ["download", "-q", spec], cwd=tmp, what=f"downloading {spec}")
+    except BuildError as exc:
+        gone = any(text in (exc.hint or "") for text in APT_NOT_THERE)  # fix the input: exit 2
+        raise (InputError if gone else BuildError)(
+            spec, "apt-get download failed", f"{exc.hint}; is the version still in the "
+            "archive, and has 'apt-get update' run?") from None
+    debs = sorted(tmp.glob("*.deb"))
+    if len(debs) != 1:
+        raise BuildError(spec, f"apt-get download produced {len(debs)} files, expected one")
+    name = debs[0].name.replace("%3a", ":")
+    return debs[0], name
+
+
+def describe_progress(stream=sys.stderr):
+    """A download progress callback that draws only on a TTY (CI logs stay plain)."""
+    if not stream.isatty():
+        return None
+
+    def show(url, done, total):
+        name = url.rsplit("/", 1)[-1][:40]
+        pct = f"{100 * done // total:3d}%" if total else f"{done >> 10} KiB"
+        stream.write(f"\r  {name} {pct}")
+        if total and done >= total:
+            stream.write("\n")
+
+    return show
