@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import recipes_kit
 from pkgfactory import build_deb, build_rpm, config, file, ghost, hardlink, symlink
 from prereq import require_tool
 from unprivileged import UnprivilegedEnv
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = recipes_kit.REPO
 
 HELLO = b"#!/bin/sh\necho hello from the extension\n"
 
@@ -65,6 +64,8 @@ def cache_dir(tmp_path_factory) -> Path:
 
 
 def write_recipe(directory: Path, body: str, name: str = "recipe.toml") -> Path:
+    """A recipe from its literal TOML text (for tests whose point is the text); a recipe built
+    from a dict goes through ``make_recipe`` / ``recipes_kit.write_recipe_dict``."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / name
     path.write_text(body)
@@ -72,15 +73,21 @@ def write_recipe(directory: Path, body: str, name: str = "recipe.toml") -> Path:
 
 
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None,
-            umask: int | None = None) -> subprocess.CompletedProcess:
-    """Run ``python -m pipeline ARGS`` as a user would (a separate process, real exit code)."""
-    full_env = dict(os.environ)
-    full_env["PYTHONPATH"] = str(REPO)
-    full_env.pop("SOURCE_DATE_EPOCH", None)
-    full_env.update(env or {})
-    preexec = (lambda: os.umask(umask)) if umask is not None else None
-    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=cwd or REPO,
-                          env=full_env, capture_output=True, text=True, preexec_fn=preexec)
+            umask: int | None = None, in_process: bool = False) -> recipes_kit.CliResult:
+    """Run ``python -m pipeline ARGS`` as a user would (a separate process, real exit code);
+    see recipes_kit.run_cli."""
+    return recipes_kit.run_cli(*args, cwd=cwd, env=env, umask=umask, in_process=in_process)
+
+
+@pytest.fixture
+def make_recipe(tmp_path) -> Callable[..., Path]:
+    """``make_recipe(spec, directory=None, name="recipe.toml")``: the dict ``spec`` (see
+    ``recipes_kit.recipe``) written as TOML under the test's tmp_path; returns the path."""
+
+    def make(spec: dict, directory: Path | None = None, name: str = "recipe.toml") -> Path:
+        return recipes_kit.write_recipe_dict(directory or tmp_path / "recipe", spec, name)
+
+    return make
 
 
 # --- the `root` marker, kept true -----------------------------------------------------------
