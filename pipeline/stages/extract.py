@@ -74,7 +74,11 @@ MAX_MTIME = 2**32 - 1
 
 def open_package(fetched: Fetched, limits: Limits | None = None) -> Package:
     """The fetched file, opened once: its sha256 is checked against what fetch verified over
-    the very bytes that are parsed (at the end of ``entries()``)."""
+    the very bytes that are parsed (at the end of ``entries()``). A ``fetched`` with its own
+    ``open_package`` (``plan``'s file-list cache, pipeline/commands/plan.py) opens through it."""
+    opener = getattr(fetched, "open_package", None)
+    if opener is not None:
+        return opener(limits)
     return Package(fetched.path, fetched.source.format, sha256=fetched.sha256, limits=limits,
                    name=fetched.filename)
 
