@@ -242,14 +242,10 @@ def human(result: Result) -> str:
 
 
 def add_host_arguments(p) -> None:
+    """The shared host options (declared once in :func:`clikit.add_host`)."""
     from . import clikit
 
-    clikit.add_root(p)
-    p.add_argument("--os-release", help="use this os-release file for the host")
-    p.add_argument("--arch", help="host architecture (systemd spelling: x86-64, arm64, ...)")
-    clikit.add_systemd(p)
-    p.add_argument("--initrd", action="store_true", default=None,
-                   help="judge as systemd does in the initrd (scope 'initrd')")
+    clikit.add_host(p)
 
 
 def host_from_args(args) -> hostmod.Host:
@@ -298,9 +294,8 @@ def register(sub) -> None:
     p.add_argument("images", nargs="+", metavar="IMAGE",
                    help="raw image, directory or NAME.v/ directory")
     add_host_arguments(p)
-    p.add_argument("--kind", choices=("sysext", "confext"),
-                   help="judge as this kind (default: from where the image is or its release "
-                        "file)")
+    clikit.add_kind(p, "judge as this kind (default: from where the image is or its release "
+                       "file)")
     p.add_argument("--force", action="store_true",
                    help="judge as systemd-sysext/-confext --force does (the extension-release "
                         "validation skipped)")

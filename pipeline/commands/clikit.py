@@ -31,6 +31,14 @@ HELP = {
     "systemd": "systemd version to model: 254.5 is that point release, 254 the newest 254.x "
                "(default: the one installed in the host or --root, where a version without a "
                "point, e.g. 254-1, is 254.0)",
+    "os_release": "use this os-release file for the host (default: the host's or --root's "
+                  "etc/os-release, else usr/lib/os-release)",
+    "arch": "host architecture in systemd's spelling: x86-64, arm64, ... (default: the "
+            "running machine's)",
+    "initrd": "judge as systemd does in the initrd (scope 'initrd')",
+    "offline": "use only the cache/store, never the network (a missing file is an error "
+               "naming the package)",
+    "limit": "paths shown per kind of difference (default: 10)",
     "quiet": "no progress lines on stderr",
     "debug": "show tracebacks on errors",
     "no_refresh": "do not run `systemd-sysext/-confext refresh` afterwards",
@@ -65,6 +73,32 @@ def add_root(p, help: str | None = None) -> None:
 
 def add_systemd(p) -> None:
     p.add_argument("--systemd", metavar="VERSION", help=HELP["systemd"])
+
+
+def add_host(p) -> None:
+    """The host to judge against: ``--root``, ``--os-release``, ``--arch``, ``--systemd``,
+    ``--initrd`` (check, doctor, explain)."""
+    add_root(p)
+    p.add_argument("--os-release", metavar="FILE", help=HELP["os_release"])
+    p.add_argument("--arch", metavar="ARCH", help=HELP["arch"])
+    add_systemd(p)
+    p.add_argument("--initrd", action="store_true", default=None, help=HELP["initrd"])
+
+
+KINDS = ("sysext", "confext")
+
+
+def add_kind(p, help: str) -> None:
+    """``--kind sysext|confext``; what it means differs per command (``help``)."""
+    p.add_argument("--kind", choices=KINDS, help=help)
+
+
+def add_offline(p) -> None:
+    p.add_argument("--offline", action="store_true", help=HELP["offline"])
+
+
+def add_limit(p) -> None:
+    p.add_argument("--limit", type=int, default=10, metavar="N", help=HELP["limit"])
 
 
 def add_refresh(p) -> None:

@@ -338,8 +338,7 @@ def register(sub) -> None:
                     "status, list, journal, SYSTEMD_LOG_LEVEL=debug): the rule, the field, the "
                     "systemd versions that print them, what they mean for the merge and the fix. "
                     "E.g. SYSTEMD_LOG_LEVEL=debug systemd-sysext refresh 2>&1 | sysext-pipeline "
-                    "explain -",
-        epilog="exit codes: 0 explained (unknown lines are said to be unknown), 2 bad input")
+                    "explain -")
     p.add_argument("text", nargs="*", metavar="TEXT",
                    help="log lines ('-': read stdin); with --root, an existing path is an image "
                         "to check against")
@@ -347,14 +346,11 @@ def register(sub) -> None:
     p.add_argument("--image", action="append", help="an image to check the diagnosis against "
                    "(with --root: judged inside that tree)")
     add_host_arguments(p)
-    p.add_argument("--kind", choices=("sysext", "confext"),
-                   help="the lines come from this tool (default: from journal prefixes)")
-    p.add_argument("--verbose", "-v", action="store_true", help="list the unknown lines too")
-    # --json, --json=pretty|short|off: the form every command takes (text: pipeline/commands/clikit.py)
     from . import clikit
 
-    p.add_argument("--json", nargs="?", const="pretty", default=None, metavar="MODE",
-                   help=clikit.HELP["json"])
+    clikit.add_kind(p, "the lines come from this tool (default: from journal prefixes)")
+    p.add_argument("--verbose", "-v", action="store_true", help="list the unknown lines too")
+    clikit.add_json(p)
     p.set_defaults(func=_dispatch)
 
 

@@ -434,7 +434,8 @@ def register(sub) -> None:
                    help="enable systemd-sysext.service/systemd-confext.service")
     clikit.add_refresh(p)
     p.add_argument("--force", action="store_true", help="install even if it would not merge")
-    p.add_argument("--kind", choices=("sysext", "confext"), help="default: detected")
+    clikit.add_kind(p, "install as this kind (default: from the image's extension-release "
+                       "file, else its contents)")
     clikit.add_systemd(p)
     clikit.add_json(p)
     p.set_defaults(func=cmd_install)
@@ -443,8 +444,7 @@ def register(sub) -> None:
     p.add_argument("name", help="extension name: NAME of NAME.raw, or of NAME_VERSION.raw "
                    "(every version of it goes)")
     clikit.add_root(p)
-    p.add_argument("--kind", choices=("sysext", "confext"),
-                   help="only this kind (default: both)")
+    clikit.add_kind(p, "only this kind (default: both)")
     clikit.add_refresh(p)
     clikit.add_systemd(p)
     clikit.add_json(p)

@@ -57,7 +57,7 @@ def register(sub) -> None:
 
     s = sub.add_parser("sign-feed", help="sign a feed's SHA256SUMS (publish --unsigned): with a "
                        "key, or a detached signature made elsewhere, checked first")
-    s.add_argument("feed", type=Path)
+    s.add_argument("feed", type=Path, help="the feed directory `publish --unsigned` wrote")
     s.add_argument("--gnupghome", type=Path, help="GnuPG home with the release key")
     s.add_argument("--key", help="which key of it (fingerprint)")
     s.add_argument("--signature", type=Path, help="SHA256SUMS.gpg made elsewhere (gpg "

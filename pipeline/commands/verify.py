@@ -71,7 +71,7 @@ def register(sub) -> None:
                    "(its manifest must be next to it)")
     p.add_argument("--recipe", help="the recipe (default: found by its recorded sha256)")
     clikit.add_cache_dir(p)
-    p.add_argument("--offline", action="store_true", help="use only the cache, never the network")
+    clikit.add_offline(p)
     p.add_argument("--cert", metavar="FILE",
                    help="check the signature with this certificate (default: the certificate "
                    "the signature carries, pinned by the fingerprint the manifest records)")
@@ -84,7 +84,7 @@ def register(sub) -> None:
     p.add_argument("--keep", action="store_true", help="keep the rebuild's directory")
     p.add_argument("--work-dir", help="where the temporary rebuild directory goes (default: "
                    "$TMPDIR)")
-    p.add_argument("--limit", type=int, default=10, help="paths shown per kind of difference")
+    clikit.add_limit(p)
     clikit.add_json(p)
     clikit.add_quiet(p)
     p.set_defaults(func=cmd_verify)
@@ -101,6 +101,6 @@ def register(sub) -> None:
     p.add_argument("--full", action="store_true", help="go on through every level")
     p.add_argument("--images-only", action="store_true",
                    help="ignore manifests next to the images")
-    p.add_argument("--limit", type=int, default=10, help="paths shown per kind of difference")
+    clikit.add_limit(p)
     clikit.add_json(p)
     p.set_defaults(func=cmd_diff)
