@@ -4,8 +4,8 @@ Debian 12 ships systemd 252. The Debian archive this machine reaches has 254
 (bookworm-backports), 257 (trixie) and 262 (sid). Their .debs are fetched by apt with a private
 configuration whose only source is that suite on the *host's own* mirror (read from the host's
 apt sources at run time, so no mirror name is written down here), unpacked with ``dpkg-deb -x``
-into a cache directory keyed by the major version (``~/.cache/sysext-pipeline-tests/systemd-N``
-or ``$XDG_CACHE_HOME/sysext-pipeline-tests/systemd-N``) that later runs reuse, and never
+into a cache directory keyed by the major version (``systemd-N`` under
+:data:`testcache.TEST_CACHE`, never the invoking user's home) that later runs reuse, and never
 installed. 257 and 262 need a newer C library than bookworm's: their suite's own libc and the
 libraries systemd links are unpacked next to them and the binaries run through that dynamic
 loader; 254 runs with the host's.
@@ -27,11 +27,12 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from testcache import TEST_CACHE
+
 from pipeline.errors import InputError
 from pipeline.sources import metadata
 
-_CACHE_BASE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") \
-    / "sysext-pipeline-tests"
+_CACHE_BASE = TEST_CACHE
 DEFAULT_CACHE = _CACHE_BASE / "systemd-254"  # kept for older callers
 _KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 #: The libraries systemd ≥257 and its dlopen()ed helpers need from their own suite (anything

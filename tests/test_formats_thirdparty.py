@@ -3,7 +3,7 @@
 Debian trixie's ``golang-github-sassoftware-go-rpmutils-dev`` ships them. The host may only know
 bookworm, so a private apt configuration points at the host's *own* Debian mirror (read from
 its sources at run time: the repository never names a mirror) with suite trixie. The .deb is
-cached under ~/.cache/sysext-pipeline-tests, so only the first run touches the network.
+cached under the tests' own cache (tests/testcache.py), so only the first run touches the network.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from pkgfactory import diff_snapshots, snapshot_dir, snapshot_entries, unpack_deb, unpack_rpm
 from prereq import missing, require_tool
+from testcache import TEST_CACHE
 
 from pipeline.formats.rpm import read_rpm, rpm_info
 from pipeline.sources import metadata
@@ -53,7 +54,7 @@ def apt_download(dest: Path, work: Path) -> Path:
 def thirdparty_rpms(tmp_path_factory) -> list[Path]:
     require_tool("apt-get", "apt")
     require_tool("dpkg-deb", "dpkg")
-    cache = Path.home() / ".cache" / "sysext-pipeline-tests" / "go-rpmutils"
+    cache = TEST_CACHE / "go-rpmutils"
     cache.mkdir(parents=True, exist_ok=True)
     debs = sorted(cache.glob(f"{PACKAGE}_*.deb"))
     if not debs:
