@@ -30,6 +30,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 #: ``[target]`` of most test recipes.
 DEBIAN_12 = {"id": "debian", "version_id": "12"}
+#: The ``source_date_epoch`` the tests pin.
+EPOCH = 1700000000
 
 
 # --- TOML writing -----------------------------------------------------------------------------
@@ -177,6 +179,10 @@ class CliResult:
         [image] = self.images
         return image
 
+    @property
+    def image_path(self) -> Path:
+        return Path(self.image["image"])
+
     def manifest(self, image: dict | None = None) -> dict:
         return json.loads(Path((image or self.image)["manifest"]).read_text())
 
@@ -233,3 +239,9 @@ def build_cli(recipe: Path, out: Path, *args: str, cache_dir: Path | None = None
     if expect is not None:
         assert result.code == expect, result.stderr
     return result
+
+
+def build_recipe(directory: Path, spec: dict[str, Any], *args: str, **kw: Any) -> CliResult:
+    """``spec`` written to ``directory/recipe.toml`` and built into ``directory/out``
+    (:func:`build_cli`'s keywords apply)."""
+    return build_cli(write_recipe_dict(directory, spec), directory / "out", *args, **kw)

@@ -9,11 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import REPO, run_cli, write_recipe
+from conftest import REPO, run_cli
 from merge import in_namespace, make_root
 from pkgfactory import build_deb, file
 from prereq import missing, require_tool
-from test_install import build, cli
+from recipes_kit import EPOCH, build_recipe, recipe
+from test_install import cli, tool_image
 
 from pipeline.commands.doctor import elf_dynamic
 
@@ -22,6 +23,14 @@ def doctor_json(root: Path, *extra: str) -> dict:
     proc = run_cli("doctor", "--root", str(root), "--systemd", "252", "--json", *extra)
     assert proc.returncode in (0, 3), proc.stderr
     return json.loads(proc.stdout)
+
+
+def image(directory: Path, name: str, *, files: dict[str, str] | None = None,
+          deb: Path | None = None) -> Path:
+    """An image of ``files`` (path: one line of text) or of ``deb``, built with the real CLI."""
+    spec = recipe(name, sources=[deb] if deb else (), image={"source_date_epoch": EPOCH},
+                  files={p: {"content": f"{t}\n"} for p, t in files.items()} if files else None)
+    return build_recipe(directory, spec).image_path
 
 
 def codes(report: dict) -> dict[str, list[dict]]:
@@ -35,8 +44,8 @@ def test_verdicts_shadowing_and_disabled_service(tmp_path):
     root = make_root(tmp_path / "root", "ID=debian\nVERSION_ID=12\n")
     (root / "usr/lib/systemd/system").mkdir(parents=True)
     (root / "usr/lib/systemd/system/systemd-sysext.service").write_text("[Install]\n")
-    good = build(tmp_path, "good")
-    old = build(tmp_path, "old", version_id="11")
+    good = tool_image(tmp_path, "good")
+    old = tool_image(tmp_path, "old", version_id="11")
     shutil.copy(good, root / "var/lib/extensions")
     shutil.copy(old, root / "var/lib/extensions")
     (root / "etc/extensions/old").mkdir(parents=True)  # masks old.raw
@@ -62,22 +71,8 @@ def test_stale_merge_and_conflict_between_two_extensions(tmp_path):
     (root / "usr/bin/shared-tool").write_text("host copy\n")
     images = []
     for name, payload in (("alpha", "from-alpha"), ("beta", "from-beta")):
-        rdir = tmp_path / name
-        text = f"""
-[extension]
-name = "{name}"
-[target]
-id = "debian"
-version_id = "12"
-[files]
-"usr/bin/shared-tool" = {{ content = "{payload}\\n" }}
-"usr/bin/{name}-only" = {{ content = "x\\n" }}
-[image]
-source_date_epoch = 1700000000
-"""
-        proc = run_cli("build", str(write_recipe(rdir, text)), "-o", str(rdir / "out"), "--json")
-        assert proc.returncode == 0, proc.stderr
-        images.append(rdir / "out" / f"{name}.raw")
+        images.append(image(tmp_path / name, name, files={"usr/bin/shared-tool": payload,
+                                                          f"usr/bin/{name}-only": "x"}))
     shutil.copy(images[0], root / "var/lib/extensions")
     # merge alpha, then add beta: the merge is stale; beta wins the shared file once merged
     proc = in_namespace(
@@ -97,7 +92,7 @@ source_date_epoch = 1700000000
 def test_host_file_covered_when_not_merged(tmp_path):
     root = make_root(tmp_path / "root", "ID=debian\nVERSION_ID=12\n")
     (root / "usr/bin/hello-tool").write_text("host\n")
-    shutil.copy(build(tmp_path, "hello"), root / "var/lib/extensions")
+    shutil.copy(tool_image(tmp_path, "hello"), root / "var/lib/extensions")
     found = codes(doctor_json(root))
     assert found["conflict.host"][0]["subject"] == "/usr/bin/hello-tool"
 
@@ -109,25 +104,12 @@ def test_missing_library_of_a_real_binary(tmp_path):
     assert "libc.so.6" in needed and len(needed) >= 2
     deb = build_deb(tmp_path / "debs", "lstool", "1.0", [
         file("/usr/bin/lstool", ls.read_bytes(), 0o755)])
-    rdir = tmp_path / "r"
-    text = f"""
-[extension]
-name = "lstool"
-[target]
-id = "debian"
-version_id = "12"
-[[source]]
-deb = "{deb}"
-[image]
-source_date_epoch = 1700000000
-"""
-    proc = run_cli("build", str(write_recipe(rdir, text)), "-o", str(rdir / "out"), "--json")
-    assert proc.returncode == 0, proc.stderr
+    lstool = image(tmp_path / "r", "lstool", deb=deb)
     root = make_root(tmp_path / "root", "ID=debian\nVERSION_ID=12\n")
     libdir = root / "usr/lib/x86_64-linux-gnu"
     libdir.mkdir(parents=True)
     (libdir / "libc.so.6").write_bytes(b"stand-in")  # the host provides libc, nothing else
-    shutil.copy(rdir / "out/lstool.raw", root / "var/lib/extensions")
+    shutil.copy(lstool, root / "var/lib/extensions")
     report = doctor_json(root)
     missing = {f["subject"]: f for f in report["findings"] if f["code"] == "library.missing"}
     assert set(missing) == set(needed) - {"libc.so.6"}
@@ -157,48 +139,16 @@ def test_libraries_shipped_as_symlinks_and_sonames_count(tmp_path):
         file(f"{libdir}/libpcre2-8.so.0.real", pcre.read_bytes(), 0o644),
         file("/usr/bin/xztool", Path(shutil.which("xz")).resolve().read_bytes(), 0o755),
         symlink(f"{libdir}/liblzma.so.5", "liblzma.so.5.not-shipped")])
-    rdir = tmp_path / "r"
-    text = f"""
-[extension]
-name = "lstool"
-[target]
-id = "debian"
-version_id = "12"
-[[source]]
-deb = "{deb}"
-[image]
-source_date_epoch = 1700000000
-"""
-    proc = run_cli("build", str(write_recipe(rdir, text)), "-o", str(rdir / "out"), "--json")
-    assert proc.returncode == 0, proc.stderr
+    lstool = image(tmp_path / "r", "lstool", deb=deb)
     root = make_root(tmp_path / "root", "ID=debian\nVERSION_ID=12\n")
     (root / libdir.lstrip("/")).mkdir(parents=True)
     for lib in ("libc.so.6", "ld-linux-x86-64.so.2"):
         (root / libdir.lstrip("/") / lib).write_bytes(b"stand-in")
-    shutil.copy(rdir / "out/lstool.raw", root / "var/lib/extensions")
+    shutil.copy(lstool, root / "var/lib/extensions")
     report = doctor_json(root)
     missing = {f["subject"] for f in report["findings"] if f["code"] == "library.missing"}
     assert missing == {"liblzma.so.5"}
 
-
-
-def _image_with(tmp: Path, name: str, files: dict[str, str]) -> Path:
-    rdir = tmp / f"img-{name}"
-    lines = "\n".join(f'"{path}" = {{ content = "{text}\\n" }}' for path, text in files.items())
-    text = f"""
-[extension]
-name = "{name}"
-[target]
-id = "debian"
-version_id = "12"
-[files]
-{lines}
-[image]
-source_date_epoch = 1700000000
-"""
-    proc = run_cli("build", str(write_recipe(rdir, text)), "-o", str(rdir / "out"), "--json")
-    assert proc.returncode == 0, proc.stderr
-    return rdir / "out" / f"{name}.raw"
 
 
 def test_immutable_hierarchies_only_matter_when_one_must_be_created(tmp_path):
@@ -210,7 +160,7 @@ def test_immutable_hierarchies_only_matter_when_one_must_be_created(tmp_path):
     require_tool("systemd-sysext", "systemd")
     require_tool("chattr", "e2fsprogs")
     root = make_root(tmp_path / "root", "ID=debian\nVERSION_ID=12\n")
-    shutil.copy(_image_with(tmp_path, "usronly", {"usr/share/usronly/mark": "x"}),
+    shutil.copy(image(tmp_path / "img-usronly", "usronly", files= {"usr/share/usronly/mark": "x"}),
                 root / "var/lib/extensions")
     if subprocess.run(["chattr", "+i", str(root / "usr")]).returncode != 0:
         missing("chattr +i is not supported on this file system")
@@ -221,7 +171,7 @@ def test_immutable_hierarchies_only_matter_when_one_must_be_created(tmp_path):
         assert "hierarchy.immutable" not in codes(doctor_json(root))
         subprocess.run(["chattr", "-i", str(root / "usr")], check=True)
         (root / "opt").rmdir()
-        shutil.copy(_image_with(tmp_path, "withopt", {"opt/withopt/mark": "y"}),
+        shutil.copy(image(tmp_path / "img-withopt", "withopt", files= {"opt/withopt/mark": "y"}),
                     root / "var/lib/extensions")
         subprocess.run(["chattr", "+i", str(root)], check=True)
         proc = in_namespace(f"systemd-sysext merge --root={root}")
@@ -255,21 +205,7 @@ def test_an_image_whose_files_cannot_be_copied_is_named_not_dropped(tmp_path):
     for lib in ("libc.so.6", "libpcre2-8.so.0", "ld-linux-x86-64.so.2"):
         (root / libdir.lstrip("/") / lib).write_bytes(b"stand-in")
     for name, deb in (("lstool", tool), ("zlibs", libs)):
-        rdir = tmp_path / name
-        text = f"""
-[extension]
-name = "{name}"
-[target]
-id = "debian"
-version_id = "12"
-[[source]]
-deb = "{deb}"
-[image]
-source_date_epoch = 1700000000
-"""
-        proc = run_cli("build", str(write_recipe(rdir, text)), "-o", str(rdir / "out"))
-        assert proc.returncode == 0, proc.stderr
-        shutil.copy(rdir / "out" / f"{name}.raw", root / "var/lib/extensions")
+        shutil.copy(image(tmp_path / name, name, deb=deb), root / "var/lib/extensions")
     assert not codes(doctor_json(root)).get("library.missing")  # with room: all provided
 
     small = tmp_path / "small-tmp"

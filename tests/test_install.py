@@ -10,42 +10,24 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, run_cli, write_recipe
+from conftest import REPO, run_cli
 from merge import in_namespace, make_root
 from prereq import missing, require_tool
+from recipes_kit import EPOCH, build_recipe, recipe
 
 
-def recipe(name: str, kind: str = "sysext", version_id: str = "12", payload: str = "v1",
-           fmt: str = "squashfs") -> str:
+def tool_image(tmp: Path, name: str, kind: str = "sysext", version_id: str = "12",
+               payload: str = "v1", fmt: str = "squashfs") -> Path:
+    """An image NAME with one tool (usr/bin/NAME-tool, or etc/NAME-tool for a confext) that
+    echoes ``payload``, built with the real CLI under ``tmp``."""
     path = "usr/bin" if kind == "sysext" else "etc"
-    return f"""
-[extension]
-name = "{name}"
-kind = "{kind}"
-version = "1"
-
-[target]
-id = "debian"
-version_id = "{version_id}"
-{'architecture = "x86-64"' if kind == "sysext" else ""}
-
-[files]
-"{path}/{name}-tool" = {{ content = "#!/bin/sh\\necho {payload}\\n", mode = "0755" }}
-
-[image]
-format = "{fmt}"
-source_date_epoch = 1700000000
-"""
-
-
-def build(tmp: Path, name: str, **kw) -> Path:
-    rdir = tmp / f"recipe-{name}-{kw.get('payload', 'v1')}-{kw.get('version_id', '12')}"
-    path = write_recipe(rdir, recipe(name, **kw))
-    out = rdir / "out"
-    proc = run_cli("build", str(path), "-o", str(out), "--json")
-    assert proc.returncode == 0, proc.stderr
-    data = json.loads(proc.stdout)
-    return Path(data["images"][0]["image"] if "images" in data else data["image"])
+    target = {"id": "debian", "version_id": version_id,
+              "architecture": "x86-64" if kind == "sysext" else None}
+    spec = recipe(name, kind=kind, version="1", target=target,
+                  files={f"{path}/{name}-tool": {"content": f"#!/bin/sh\necho {payload}\n",
+                                                 "mode": "0755"}},
+                  image={"format": fmt, "source_date_epoch": EPOCH})
+    return build_recipe(tmp / f"recipe-{name}-{payload}-{version_id}", spec).image_path
 
 
 def cli(*args: str, env: dict | None = None) -> str:
@@ -67,8 +49,8 @@ def root(tmp_path) -> Path:
 
 def test_install_merges_enables_and_keeps_previous(tmp_path, root):
     require_tool("systemd-sysext", "systemd")
-    v1 = build(tmp_path, "hello", payload="v1")
-    v2 = build(tmp_path, "hello", payload="v2")
+    v1 = tool_image(tmp_path, "hello", payload="v1")
+    v2 = tool_image(tmp_path, "hello", payload="v2")
     proc = in_namespace(
         cli("install", str(v1), "--root", str(root), "--refresh", "--enable", "--json")
         + f" && {root}/usr/bin/hello-tool && "
@@ -95,7 +77,7 @@ def test_install_merges_enables_and_keeps_previous(tmp_path, root):
 
 def test_uninstall_unmerges(tmp_path, root):
     require_tool("systemd-sysext", "systemd")
-    image = build(tmp_path, "gone")
+    image = tool_image(tmp_path, "gone")
     proc = in_namespace(
         cli("install", str(image), "--root", str(root), "--refresh")
         + f" && test -x {root}/usr/bin/gone-tool && "
@@ -108,7 +90,7 @@ def test_uninstall_unmerges(tmp_path, root):
 
 
 def test_refuses_image_that_would_not_merge(tmp_path, root):
-    image = build(tmp_path, "old", version_id="11")
+    image = tool_image(tmp_path, "old", version_id="11")
     proc = run_cli("install", str(image), "--root", str(root), "--systemd", "252")
     assert proc.returncode == 3  # the verdict check gives: will not merge
     assert "match.version-id" in proc.stderr and "VERSION_ID" in proc.stderr
@@ -122,7 +104,7 @@ def test_refuses_image_that_would_not_merge(tmp_path, root):
 
 
 def test_refuses_when_shadowed_by_earlier_directory(tmp_path, root):
-    image = build(tmp_path, "shadow")
+    image = tool_image(tmp_path, "shadow")
     (root / "etc/extensions/shadow").mkdir(parents=True)
     proc = run_cli("install", str(image), "--root", str(root), "--systemd", "252")
     assert proc.returncode == 3
@@ -130,7 +112,7 @@ def test_refuses_when_shadowed_by_earlier_directory(tmp_path, root):
 
 
 def test_runtime_install_goes_to_run(tmp_path, root):
-    image = build(tmp_path, "rt")
+    image = tool_image(tmp_path, "rt")
     proc = run_cli("install", str(image), "--root", str(root), "--runtime", "--no-refresh",
                    "--systemd", "252", "--json")
     assert proc.returncode == 0, proc.stderr
@@ -145,7 +127,7 @@ def test_confext_install_with_systemd_254(tmp_path, root):
         sd = systemd_254()
     except Unavailable as exc:
         missing(f"systemd 254: {exc}")
-    image = build(tmp_path, "conf", kind="confext")
+    image = tool_image(tmp_path, "conf", kind="confext")
     env = {"SYSEXT_PIPELINE_SYSTEMD_DIR": str(sd / "bin"), "LD_LIBRARY_PATH": library_path(sd)}
     proc = in_namespace(cli("install", str(image), "--root", str(root), "--refresh", "--enable",
                             "--systemd", "254", "--json", env=env)
@@ -165,7 +147,7 @@ def _listing(directory: Path) -> list[str]:
 def test_versioned_file_names_are_one_extension(tmp_path, root):
     """hello_1.raw then hello_2.raw: the second replaces the first (kept for rollback), and
     uninstall/rollback take the base name, as systemd's NAME_VERSION convention reads it."""
-    v1, v2 = build(tmp_path, "hello_1"), build(tmp_path, "hello_2")
+    v1, v2 = tool_image(tmp_path, "hello_1"), tool_image(tmp_path, "hello_2")
     ext, kept = root / "var/lib/extensions", root / "var/lib/sysext-pipeline/rollback/sysext"
     for image in (v1, v2):
         proc = run_cli("install", str(image), "--root", str(root), "--systemd", "252",
@@ -192,8 +174,8 @@ def _failing_systemd(tmp: Path) -> dict:
 
 
 def test_failed_refresh_puts_the_previous_version_back(tmp_path, root):
-    v1 = build(tmp_path, "undo", payload="v1")
-    v2 = build(tmp_path, "undo", payload="v2")
+    v1 = tool_image(tmp_path, "undo", payload="v1")
+    v2 = tool_image(tmp_path, "undo", payload="v2")
     env = _failing_systemd(tmp_path)
     placed = root / "var/lib/extensions/undo.raw"
     proc = run_cli("install", str(v1), "--root", str(root), "--systemd", "252", "--no-refresh")
@@ -204,7 +186,7 @@ def test_failed_refresh_puts_the_previous_version_back(tmp_path, root):
     assert "restored the previous version (undo.raw)" in proc.stderr
     assert placed.read_bytes() == v1.read_bytes()
     # nothing there before: the new image goes again
-    fresh = build(tmp_path, "first")
+    fresh = tool_image(tmp_path, "first")
     proc = run_cli("install", str(fresh), "--root", str(root), "--systemd", "252", "--refresh",
                    env=env)
     assert proc.returncode == 1 and "removed the new image first.raw again" in proc.stderr
@@ -212,8 +194,8 @@ def test_failed_refresh_puts_the_previous_version_back(tmp_path, root):
 
 
 def test_refuses_when_another_image_breaks_the_merge(tmp_path, root):
-    good = build(tmp_path, "fine")
-    shutil.copy(build(tmp_path, "other"), root / "var/lib/extensions/broken.raw")
+    good = tool_image(tmp_path, "fine")
+    shutil.copy(tool_image(tmp_path, "other"), root / "var/lib/extensions/broken.raw")
     proc = run_cli("install", str(good), "--root", str(root), "--systemd", "252")
     assert proc.returncode == 3
     assert "/var/lib/extensions/broken.raw (release.missing-raw" in proc.stderr
@@ -227,7 +209,7 @@ def test_leftovers_of_a_killed_install_are_swept_and_nothing_else(tmp_path, root
     """What a SIGKILLed install leaves in the extension directory ('.#sysext-pipeline-*', a
     directory with the half-copied image) goes on the next install; a symlink with that name is
     removed as itself (its target outside survives), other names stay."""
-    image = build(tmp_path, "hello")
+    image = tool_image(tmp_path, "hello")
     ext = root / "var/lib/extensions"
     left = ext / ".#sysext-pipeline-k1ll3d"
     left.mkdir()
