@@ -280,21 +280,28 @@ def dearmor(data: bytes) -> bytes:
     return out
 
 
-def gpg_verify(keyring: Path, signed: bytes, signature: bytes | None, where: str) -> bytes:
-    """Verify with ``gpgv`` against ``keyring`` only; return the signed text gpgv vouches for.
+def gpg_verify(keyring: Path | list[Path], signed: bytes, signature: bytes | None,
+               where: str) -> bytes:
+    """Verify with ``gpgv`` against ``keyring`` only (one file, or several whose keys are all
+    trusted, as apt's trusted.gpg.d); return the signed text gpgv vouches for.
 
     ``signature=None``: ``signed`` is clear-signed (InRelease) and gpgv's ``--output`` is the
     content (never our own parse of the clear-signed text). Otherwise a detached signature.
     """
-    try:
-        key_bytes = Path(keyring).read_bytes()
-    except OSError as exc:
-        raise InputError(str(keyring), f"cannot read keyring: {exc.strerror}") from None
+    rings = keyring if isinstance(keyring, list) else [keyring]
+    key_bytes = b""
+    for ring_file in rings:
+        try:
+            key_bytes += dearmor(Path(ring_file).read_bytes())
+        except OSError as exc:
+            raise InputError(str(ring_file), f"cannot read keyring: {exc.strerror}") from None
+    label = str(rings[0]) if len(rings) == 1 else \
+        f"{rings[0].parent}/{{{','.join(r.name for r in rings)}}}"
     with tempfile.TemporaryDirectory(prefix="sysext-gpgv-") as tmp:
         home = Path(tmp)
         home.chmod(0o700)
         ring = home / "keyring.gpg"
-        ring.write_bytes(dearmor(key_bytes))
+        ring.write_bytes(key_bytes)
         data = home / "data"
         data.write_bytes(signed)
         args = ["--homedir", home, "--keyring", ring, "--status-fd", "1"]
@@ -309,7 +316,7 @@ def gpg_verify(keyring: Path, signed: bytes, signature: bytes | None, where: str
             proc = tools.run("gpgv", args, what="verifying the signature")
         except BuildError as exc:
             raise InputError(where, "signature verification failed",
-                             f"not signed by a key in {keyring}: {exc.hint}") from None
+                             f"not signed by a key in {label}: {exc.hint}") from None
         if b"[GNUPG:] VALIDSIG" not in proc.stdout:
-            raise InputError(where, "no valid signature", f"gpgv did not vouch for it ({keyring})")
+            raise InputError(where, "no valid signature", f"gpgv did not vouch for it ({label})")
         return (home / "out").read_bytes() if signature is None else signed

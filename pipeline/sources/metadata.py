@@ -95,14 +95,24 @@ def base_url(repo: Repository) -> str:
     return expand(repo.url, where).rstrip("/")
 
 
-def _keyring(repo: Repository, recipe_dir: Path) -> Path | None:
+def _keyring(repo: Repository, recipe_dir: Path, apt_etc: Path = APT_ETC
+             ) -> Path | list[Path] | None:
     if repo.keyring:
         return (recipe_dir / expand(repo.keyring, f"repository {repo.name}.keyring")).resolve()
     if repo.type == "deb" and repo.url == "host":
-        signed = host_mirror(repo.suite)[1]
+        signed = host_mirror(repo.suite, apt_etc)[1]
         if signed:
             return Path(signed)
+        return apt_trusted_keyrings(apt_etc) or None
     return None
+
+
+def apt_trusted_keyrings(apt_etc: Path = APT_ETC) -> list[Path]:
+    """What apt trusts for a source without Signed-By: trusted.gpg and trusted.gpg.d/*.gpg|*.asc
+    (a minimal or container Debian has its archive keys only there)."""
+    rings = [apt_etc / "trusted.gpg"] + sorted(
+        p for p in (apt_etc / "trusted.gpg.d").glob("*") if p.suffix in (".gpg", ".asc"))
+    return [p for p in rings if p.is_file()]
 
 
 # --- fetching ----------------------------------------------------------------------------------
