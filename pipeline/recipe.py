@@ -83,7 +83,12 @@ MODE_RE = re.compile(r"^0?[0-7]{3,4}$")
 
 @dataclass(frozen=True)
 class Key:
-    """One recipe key: its TOML type, default, check and the words the reference prints."""
+    """One recipe key: its TOML type, default, check and the words the reference prints.
+
+    In an array-of-tables section (``[[source]]``, ``[[repository]]``) or a table of tables
+    (``[files]``) each entry has a *kind*, chosen by its ``selects`` key(s): ``deb = "x.deb"``
+    makes a ``file`` or ``url`` source, ``type = "rpm-md"`` an rpm-md repository. ``applies``
+    names the kinds a key may appear in (empty: all), ``required_for`` those that need it."""
 
     section: str
     name: str
@@ -93,10 +98,32 @@ class Key:
     default: Any = None
     required: bool = False
     check: Callable[[Any], str | None] | None = None  # returns a complaint, or None when fine
+    applies: tuple[str, ...] = ()
+    required_for: tuple[str, ...] = ()
+    misapplied: str | None = None  # the complaint when in a kind it does not apply to
+    items: Callable[[Any], str | None] | None = None  # a table's values: a complaint per entry
+    selects: Callable[[Any], str] | None = None  # value → the entry's kind
+    #: selecting keys: value, recipe directory → Source fields (ref, label, names)
+    to_source: Callable[[Any, Path], dict] | None = None
+    #: selecting keys: (kind, value) → how a message names the entry, and the hint for a key
+    #: the kind needs
+    words: Callable[[str, Any], tuple[str, str | None]] | None = None
 
     @property
     def path(self) -> str:
         return f"{self.section}.{self.name}"
+
+
+@dataclass(frozen=True)
+class Section:
+    """A top-level table of a recipe: ``table`` (``[image]``), ``array`` (``[[source]]``, any
+    number of entries) or ``map`` (``[files]``: entries keyed by a name the recipe chooses)."""
+
+    name: str
+    shape: str
+    title: str
+    doc: str = ""
+    hint: str | None = None  # for an entry that is not a table
 
 
 def _one_of(choices):
@@ -245,50 +272,201 @@ SCHEMA: tuple[Key, ...] = (
         default=DEFAULT_ENTRIES, check=_ratio_check),
 )
 
-SOURCE_KEYS = {
-    "deb": "A .deb: a path relative to the recipe, or an http(s) URL (then `sha256` is required).",
-    "rpm": "An .rpm: a path relative to the recipe, or an http(s) URL (then `sha256` is required).",
-    "apt": "A Debian package name fetched through the build host's apt configuration "
-           "(`apt-get download NAME=VERSION`); needs `version` and `sha256`.",
-    "packages": "Package names resolved with their dependencies from the `[[repository]]` "
-                "tables into the lock file (`sysext-pipeline lock`); build uses exactly the "
-                "locked files. Debian names may carry `:arch`; rpm names may be file paths.",
-    "recommends": "With `packages`: also follow Recommends (rpm: weak dependencies), for the "
-                  "whole resolution. Default false.",
-    "version": "Exact package version (apt sources).",
-    "sha256": "Expected sha256 of the package file; checked before anything is extracted.",
-}
-FILES_KEYS = {
-    "from": "File in the recipe's directory (or below it) to copy; a path that leads outside, "
-            "also through a symlink, is an error. Exactly one of `from` or `content`.",
-    "content": "Literal file content (UTF-8).",
-    "mode": 'Octal permission string, default "0644".',
-}
-REPOSITORY_KEYS = {
-    "name": "Name the lock refers to (default: the suite for deb, `rpm-md` for rpm-md); unique.",
-    "type": "`deb` (a Debian/Ubuntu archive) or `rpm-md` (repomd.xml: Fedora, CentOS, openSUSE).",
-    "mirror": "deb: the archive root: `host` (the build host's apt sources, matched by suite), "
-              "an http(s) URL, or `$ENV_VAR` (expanded at lock/build time, never stored).",
-    "suite": "deb: the suite or codename (`bookworm`, `bookworm-updates`).",
-    "components": 'deb: components, default `["main"]`.',
-    "architectures": 'deb: default `["amd64"]` (the first is native; `all` is implied); rpm-md: '
-                     'default `["x86_64"]` (`noarch` is implied).',
-    "keyring": "deb: OpenPGP keyring (binary or armored) InRelease/Release.gpg must verify "
-               "against (gpgv). Default with `mirror = \"host\"`: the apt source's Signed-By.",
-    "baseurl": "rpm-md: the directory holding repodata/; `$ENV_VAR` parts are expanded.",
-    "gpgkey": "rpm-md: OpenPGP key; when given, repodata/repomd.xml.asc must verify against it.",
-    "allow_unsigned": "deb: accept a Release without a signature check when no keyring is "
-                      "known (the Packages hashes are still checked). Default false.",
-}
-OWNERS_KEYS = {
-    "users": "Table user name → numeric uid for files a package owns by a non-root name.",
-    "groups": "Table group name → numeric gid.",
-}
+# --- [[source]], [[repository]], [files], [owners] --------------------------------------------
+
+
+def _source_ref_check(value: str) -> str | None:
+    if "://" in value and not value.startswith(("http://", "https://")):
+        return "is not supported: only http(s) URLs and local paths are"
+    return None if value else "is empty: a path relative to the recipe, or an http(s) URL"
+
+
+def _file_or_url(value: str) -> str:
+    return "url" if value.startswith(("http://", "https://")) else "file"
+
+
+def _file_or_url_source(value: str, base: Path) -> dict:
+    if _file_or_url(value) == "url":
+        return {"ref": value}
+    # the label is the path as written: the manifest must not depend on the build's path
+    return {"ref": str((base / value).resolve()), "label": value}
+
+
+def _file_or_url_words(kind: str, value: str) -> tuple[str, str | None]:
+    if kind == "url":
+        return f"the URL {value}", "sha256sum the file once; every build checks it"
+    return f"the file {value}", None
+
+
+def _debian_name_check(value: str) -> str | None:
+    return None if re.match(r"^[a-z0-9][a-z0-9+.-]+(:[a-z0-9-]+)?$", value) else \
+        "is not a Debian package name"
+
+
+def _apt_words(kind: str, value: str) -> tuple[str, str | None]:
+    return (f"apt source {value!r}",
+            f"apt-cache policy {value} shows versions; the lock command pins them")
+
+
+def _package_names_check(value: list) -> str | None:
+    if value and all(isinstance(n, str) and re.fullmatch(r"[A-Za-z0-9_/][A-Za-z0-9_+.:/()-]*", n)
+                     for n in value):
+        return None
+    return 'is not a non-empty list of package names (e.g. packages = ["strace", "jq"])'
+
+
+def _sha256_check(value: str) -> str | None:
+    return None if SHA256_RE.match(value) else "must be 64 lowercase hex digits"
+
+
+def _strings_check(value: list) -> str | None:
+    return None if value and all(isinstance(v, str) and v for v in value) else \
+        "must be a non-empty list of strings"
+
+
+def _url_check(host: bool):
+    def check(value: str) -> str | None:
+        if (host and value == "host") or value.startswith("$") or \
+                re.match(r"^https?://[^/\s]+", value):
+            return None
+        return "is not " + ("host, " if host else "") + "an http(s) URL or $ENV_VAR"
+
+    return check
+
+
+REPOSITORY_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
+REPOSITORY_TYPES = ("deb", "rpm-md")
+
+
+def _repository_name_check(value: str) -> str | None:
+    return None if REPOSITORY_NAME_RE.fullmatch(value) else \
+        "must be letters, digits and ._+- only, starting with a letter or digit"
+
+
+def _mode_check(value: str) -> str | None:
+    return None if MODE_RE.match(value) else 'is not an octal mode string (e.g. "0755")'
+
+
+def _id_check(value) -> str | None:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**32:
+        return None
+    return "must be a numeric id between 0 and 2^32-1"
+
+
+_PINNED = "does not apply to {shown} sources (the lock pins them)"
+
+SCHEMA += (
+    Key("source", "deb", str, "A .deb: a path relative to the recipe (a `file` source), or an "
+        "http(s) URL (a `url` source; then `sha256` is required).",
+        '"pkgs/jq_1.6-2.1_amd64.deb"', check=_source_ref_check, selects=_file_or_url,
+        to_source=_file_or_url_source, words=_file_or_url_words),
+    Key("source", "rpm", str, "An .rpm: a path relative to the recipe, or an http(s) URL (then "
+        "`sha256` is required).", '"https://example.org/jq-1.7.1-8.fc40.x86_64.rpm"',
+        check=_source_ref_check, selects=_file_or_url, to_source=_file_or_url_source,
+        words=_file_or_url_words),
+    Key("source", "apt", str, "A Debian package name fetched through the build host's apt "
+        "configuration (`apt-get download NAME=VERSION`); needs `version` and `sha256`.",
+        '"jq"', check=_debian_name_check, selects=lambda value: "apt",
+        to_source=lambda value, base: {"ref": value}, words=_apt_words),
+    Key("source", "packages", list, "Package names resolved with their dependencies from the "
+        "`[[repository]]` tables into the lock file (`sysext-pipeline lock`); build uses "
+        "exactly the locked files. Debian names may carry `:arch`; rpm names may be file "
+        "paths.", '["strace", "jq"]', check=_package_names_check,
+        selects=lambda value: "packages",
+        to_source=lambda value, base: {"ref": "", "names": tuple(value)}),
+    Key("source", "recommends", bool, "With `packages`: also follow Recommends (rpm: weak "
+        "dependencies), for the whole resolution.", "true", default=False,
+        applies=("packages",), misapplied="only applies to packages sources"),
+    Key("source", "version", str, "Exact package version (apt sources).", '"1.6-2.1+deb12u1"',
+        applies=("apt",), required_for=("apt",),
+        misapplied="only applies to apt sources (the {shown} file is exact)"),
+    Key("source", "sha256", str, "Expected sha256 of the package file; checked before anything "
+        "is extracted. Required for `url` and `apt` sources.",
+        '"' + "0123456789abcdef" * 4 + '"', check=_sha256_check,
+        applies=("file", "url", "apt"), required_for=("url", "apt"), misapplied=_PINNED),
+    Key("repository", "type", str, "`deb` (a Debian/Ubuntu archive) or `rpm-md` (repomd.xml: "
+        "Fedora, CentOS, openSUSE).", '"deb"', required=True,
+        check=_one_of(REPOSITORY_TYPES), selects=lambda value: value),
+    Key("repository", "name", str, "Name the lock refers to (default: the suite for deb, "
+        "`rpm-md` for rpm-md); unique.", '"bookworm"', check=_repository_name_check),
+    Key("repository", "mirror", str, "deb: the archive root: `host` (the build host's apt "
+        "sources, matched by suite), an http(s) URL, or `$ENV_VAR` (expanded at lock/build "
+        "time, never stored).", '"host"', applies=("deb",), required_for=("deb",),
+        check=_url_check(host=True)),
+    Key("repository", "suite", str, "deb: the suite or codename (`bookworm`, "
+        "`bookworm-updates`).", '"bookworm"', applies=("deb",), required_for=("deb",)),
+    Key("repository", "components", list, "deb: the archive components to read.",
+        '["main", "contrib"]', default=("main",), applies=("deb",), check=_strings_check),
+    Key("repository", "architectures", list, 'deb: default `["amd64"]` (the first is native; '
+        '`all` is implied); rpm-md: default `["x86_64"]` (`noarch` is implied).',
+        '["amd64", "i386"]', check=_strings_check),
+    Key("repository", "keyring", str, "deb: OpenPGP keyring (binary or armored) "
+        "InRelease/Release.gpg must verify against (gpgv). Default with `mirror = \"host\"`: "
+        "the apt source's Signed-By.", '"keys/debian-archive.gpg"', applies=("deb",)),
+    Key("repository", "baseurl", str, "rpm-md: the directory holding repodata/; `$ENV_VAR` parts "
+        "are expanded.", '"$FEDORA_MIRROR/releases/40/Everything/x86_64/os"',
+        applies=("rpm-md",), required_for=("rpm-md",), check=_url_check(host=False)),
+    Key("repository", "gpgkey", str, "rpm-md: OpenPGP key; when given, repodata/repomd.xml.asc "
+        "must verify against it.", '"keys/fedora-40.asc"', applies=("rpm-md",)),
+    Key("repository", "allow_unsigned", bool, "deb: accept a Release without a signature check "
+        "when no keyring is known (the Packages hashes are still checked).", "true",
+        default=False, applies=("deb",)),
+    Key("files", "from", str, "File in the recipe's directory (or below it) to copy; a path that "
+        "leads outside, also through a symlink, is an error. Exactly one of `from` or "
+        "`content`.", '"files/agent.conf"', selects=lambda value: "from"),
+    Key("files", "content", str, "Literal file content (UTF-8).", '"key = value\\n"',
+        selects=lambda value: "content"),
+    Key("files", "mode", str, "Octal permission string.", '"0755"', default="0644",
+        check=_mode_check),
+    Key("owners", "users", dict, "Table user name → numeric uid for files a package owns by a "
+        "non-root name.", "{ _apt = 42 }", default={}, items=_id_check),
+    Key("owners", "groups", dict, "Table group name → numeric gid.", "{ systemd-journal = 101 }",
+        default={}, items=_id_check),
+)
+
+SECTIONS: tuple[Section, ...] = (
+    Section("extension", "table", "[extension]"),
+    Section("target", "table", "[target]"),
+    Section("policy", "table", "[policy]"),
+    Section("sign", "table", "[sign]"),
+    Section("filter", "table", "[filter]"),
+    Section("image", "table", "[image]"),
+    Section("limits", "table", "[limits]"),
+    Section("source", "array", "[[source]] (any number, applied in order)",
+            "Each source is exactly one of `deb`, `rpm`, `apt` or `packages`; that key decides "
+            "its kind (`file`, `url`, `apt`, `packages`) and which other keys apply.",
+            "write [[source]] for each package"),
+    Section("repository", "array", "[[repository]] (where packages sources are resolved)",
+            "`type` decides which keys apply (those marked deb: or rpm-md:).",
+            "write [[repository]] for each one"),
+    Section("files", "map", '[files] ("path/in/image" = { ... })',
+            "Each entry is a table with exactly one of `from` or `content`.",
+            '{ from = "files/x", mode = "0644" }'),
+    Section("owners", "table", "[owners]"),
+)
+_EXTRA_KEYS: list[Key] = []  # source kinds registered at run time (sources/kinds.py)
+
+
+def add_key(key: Key) -> None:
+    """Declare one more key (a selecting ``[[source]]`` key of a source kind registered at run
+    time: ``sources.kinds.register``)."""
+    if any(k.path == key.path for k in keys()):
+        raise ValueError(f"{key.path} is already declared")
+    _EXTRA_KEYS.append(key)
+
+
+def remove_key(key: Key) -> None:
+    _EXTRA_KEYS.remove(key)
+
+
+def keys(section: str | None = None) -> list[Key]:
+    """The schema's keys (all, or one section's), in declaration order."""
+    return [k for k in (*SCHEMA, *_EXTRA_KEYS) if section is None or k.section == section]
 
 
 @dataclass(frozen=True)
 class Source:
-    type: str  # "deb" | "rpm" | "apt" | "packages" (resolved through the lock)
+    type: str  # the recipe key: "deb" | "rpm" | "apt" | "packages" (resolved through the lock)
     ref: str  # URL, absolute path, or apt package name ("" for packages)
     sha256: str | None
     version: str | None = None
@@ -297,6 +475,14 @@ class Source:
     label: str | None = None  # how the manifest names it: repository:path, or a local path
     #                           as the recipe wrote it
     architecture: str | None = None  # locked packages: the architecture the lock says
+    #: how it is fetched, locked, named and read: a name in sources/kinds.py's registry
+    #: ("file", "url", "apt", "packages", "locked"); derived from type and ref when not given
+    kind: str = ""
+
+    def __post_init__(self):
+        if not self.kind:
+            derived = self.type if self.type in ("apt", "packages") else _file_or_url(self.ref)
+            object.__setattr__(self, "kind", derived)
 
     @property
     def is_url(self) -> bool:
@@ -412,34 +598,21 @@ def _build(path: Path, digest: str, data: dict) -> Recipe:
     def fail(key: str, what: str, hint: str | None = None):
         raise InputError(f"{where}: {key}", what, hint)
 
-    known_sections = {k.section for k in SCHEMA} | {"source", "files", "owners", "repository"}
-    for section, body in data.items():
-        if section not in known_sections:
-            fail(section, "unknown section", f"allowed: {', '.join(sorted(known_sections))}")
-        if section not in ("source", "repository") and not isinstance(body, dict):
-            fail(section, "must be a table")
+    shapes = {section.name: section for section in SECTIONS}
+    for name, body in data.items():
+        if name not in shapes:
+            fail(name, "unknown section", f"allowed: {', '.join(sorted(shapes))}")
+        if shapes[name].shape == "array":
+            if not isinstance(body, list):
+                fail(name, "must be an array of tables", shapes[name].hint)
+        elif not isinstance(body, dict):
+            fail(name, "must be a table")
 
     values: dict[str, Any] = {}
-    for section in {k.section for k in SCHEMA}:
-        body = data.get(section, {})
-        keys = {k.name: k for k in SCHEMA if k.section == section}
-        for name in body:
-            if name not in keys:
-                fail(f"{section}.{name}", "unknown key", f"allowed: {', '.join(keys)}")
-        for name, key in keys.items():
-            if name not in body:
-                if key.required:
-                    fail(key.path, "missing", f"example: {name} = {key.example}")
-                values[key.path] = key.default
-                continue
-            value = body[name]
-            if not isinstance(value, key.type) or (key.type is int and isinstance(value, bool)):
-                fail(key.path, f"must be {_a(_type_name(key.type))}, not {_type_name(type(value))}",
-                     f"example: {name} = {key.example}")
-            problem = key.check(value) if key.check else None
-            if problem:
-                fail(key.path, f"{value!r} {problem}")
-            values[key.path] = value
+    for section in SECTIONS:
+        if section.shape == "table":
+            table = _table(data.get(section.name, {}), section.name, fail)
+            values.update({f"{section.name}.{name}": v for name, v in table.values.items()})
 
     kind = values["extension.kind"]
     etc_policy = values["policy.etc"] or ("confext" if kind == "auto" else "drop")
@@ -488,12 +661,8 @@ def _build(path: Path, digest: str, data: dict) -> Recipe:
             fail("image.compression_level", f"{level} is out of range for {fs} {compression}",
                  f"allowed: {low}-{high}")
 
-    owners = data.get("owners", {})
-    for name in owners:
-        if name not in OWNERS_KEYS:
-            fail(f"owners.{name}", "unknown key", f"allowed: {', '.join(OWNERS_KEYS)}")
-    users = _id_table(owners.get("users", {}), "owners.users", fail)
-    groups = _id_table(owners.get("groups", {}), "owners.groups", fail)
+    users = dict(values["owners.users"])
+    groups = dict(values["owners.groups"])
     sources = tuple(_sources(data.get("source", []), path.parent, fail))
     repositories = tuple(_repositories(data.get("repository", []), fail))
     if any(s.type == "packages" for s in sources) and not repositories:
@@ -543,169 +712,149 @@ def _a(noun: str) -> str:
     return f"an {noun}" if noun[0] in "aeiou" else f"a {noun}"
 
 
-def _id_table(table, key, fail) -> dict[str, int]:
-    if not isinstance(table, dict):
-        fail(key, "must be a table of name = number")
-    for name, value in table.items():
-        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**32:
-            fail(f"{key}.{name}", "must be a numeric id between 0 and 2^32-1")
-    return dict(table)
+@dataclass
+class _Entry:
+    """One table checked against its section's keys: the values (defaults filled in for the
+    keys that apply), its kind and the selecting key."""
+
+    values: dict[str, Any]
+    kind: str | None = None
+    selector: Key | None = None
 
 
-def _sources(items, base: Path, fail) -> list[Source]:
-    if not isinstance(items, list):
-        fail("source", "must be an array of tables", "write [[source]] for each package")
+def _table(body: dict, section: str, fail, where: str | None = None) -> _Entry:
+    """Check ``body`` against the section's keys, in this order: unknown keys; the kind (the
+    one selecting key); then each key: applies to the kind, type, value, each table entry;
+    then the keys the kind needs. ``where`` is the dotted path of ``body`` (``source[0]``)."""
+    where = where or section
+    declared = {k.name: k for k in keys(section)}
+    for name in body:
+        if name not in declared:
+            fail(f"{where}.{name}", "unknown key", f"allowed: {', '.join(declared)}")
+    selecting = [k for k in declared.values() if k.selects]
+    entry = _Entry({})
+    if selecting:
+        present = [k for k in selecting if k.name in body]
+        if len(selecting) > 1 and len(present) != 1:
+            fail(where, f"needs exactly one of {', '.join(k.name for k in selecting)}")
+        if not present:
+            key = selecting[0]
+            fail(f"{where}.{key.name}", "missing", f"example: {key.name} = {key.example}")
+        entry.selector = present[0]
+        entry.values[entry.selector.name] = _value(body, entry.selector, where, fail)
+        entry.kind = entry.selector.selects(entry.values[entry.selector.name])
+    shown = entry.selector.name if entry.selector and len(selecting) > 1 else entry.kind
+    for key in declared.values():
+        if key is entry.selector or key.selects:
+            continue
+        applies = not key.applies or entry.kind in key.applies
+        if key.name not in body:
+            if key.required:
+                fail(f"{where}.{key.name}", "missing", f"example: {key.name} = {key.example}")
+            entry.values[key.name] = key.default if applies else None
+            continue
+        if not applies:
+            fail(f"{where}.{key.name}", (key.misapplied or "does not apply to {shown} "
+                                        + _noun(section)).format(shown=shown, kind=entry.kind))
+        entry.values[key.name] = _value(body, key, where, fail)
+    needed = [k.name for k in declared.values()
+              if entry.kind in k.required_for and k.name not in body]
+    if needed:
+        value = entry.values[entry.selector.name]
+        words, hint = entry.selector.words(entry.kind, value) if entry.selector.words else \
+            (f"{shown} {_noun(section)} {value!r}", None)
+        if len(needed) == 1:
+            key = declared[needed[0]]
+            fail(f"{where}.{key.name}", f"required for {words}" if entry.selector.words else
+                 "missing", hint or f"example: {key.name} = {key.example}")
+        fail(where, f"{words} needs {' and '.join(needed)}", hint)
+    return entry
+
+
+def _noun(section: str) -> str:
+    return {"source": "sources", "repository": "repositories"}.get(section, "entries")
+
+
+def _value(body: dict, key: Key, where: str, fail):
+    value = body[key.name]
+    path = f"{where}.{key.name}"
+    if not isinstance(value, key.type) or (key.type is int and isinstance(value, bool)):
+        fail(path, f"must be {_a(_type_name(key.type))}, not {_type_name(type(value))}",
+             f"example: {key.name} = {key.example}")
+    problem = key.check(value) if key.check else None
+    if problem:
+        fail(path, f"{value!r} {problem}")
+    if key.items:
+        for name, item in value.items():
+            problem = key.items(item)
+            if problem:
+                fail(f"{path}.{name}", f"{item!r} {problem}")
+    return value
+
+
+def _sources(items: list, base: Path, fail) -> list[Source]:
     result = []
     for index, item in enumerate(items):
-        key = f"source[{index}]"
+        where = f"source[{index}]"
         if not isinstance(item, dict):
-            fail(key, "must be a table")
-        for name in item:
-            if name not in SOURCE_KEYS:
-                fail(f"{key}.{name}", "unknown key", f"allowed: {', '.join(SOURCE_KEYS)}")
-        types = [t for t in ("deb", "rpm", "apt", "packages") if t in item]
-        if len(types) != 1:
-            fail(key, "needs exactly one of deb, rpm, apt, packages")
-        stype = types[0]
-        if stype == "packages":
-            result.append(_packages_source(item, key, fail))
-            continue
-        if "recommends" in item:
-            fail(f"{key}.recommends", "only applies to packages sources")
-        ref = item[stype]
-        for name in (stype, "sha256", "version"):
-            if name in item and not isinstance(item[name], str):
-                fail(f"{key}.{name}", "must be a string")
-        label = None
-        sha = item.get("sha256")
-        if sha is not None and not SHA256_RE.match(sha):
-            fail(f"{key}.sha256", "must be 64 lowercase hex digits")
-        version = item.get("version")
-        if stype == "apt":
-            if not re.match(r"^[a-z0-9][a-z0-9+.-]+(:[a-z0-9-]+)?$", ref):
-                fail(f"{key}.apt", f"{ref!r} is not a Debian package name")
-            if not version or not sha:
-                fail(key, f"apt source {ref!r} needs version and sha256",
-                     f"apt-cache policy {ref} shows versions; the lock command pins them")
-        else:
-            if version is not None:
-                fail(f"{key}.version", f"only applies to apt sources (the {stype} file is exact)")
-            if ref.startswith(("http://", "https://")):
-                if not sha:
-                    fail(f"{key}.sha256", f"required for the URL {ref}")
-            elif "://" in ref:
-                fail(f"{key}.{stype}", "only http(s) URLs and local paths are supported")
-            else:
-                label = ref  # as written: the manifest must not depend on the build's path
-                ref = str((base / ref).resolve())
-        result.append(Source(type=stype, ref=ref, sha256=sha, version=version, label=label))
+            fail(where, "must be a table")
+        entry = _table(item, "source", fail, where)
+        fields = entry.selector.to_source(entry.values[entry.selector.name], base)
+        result.append(Source(type=entry.selector.name, kind=entry.kind,
+                             sha256=entry.values.get("sha256"),
+                             version=entry.values.get("version"),
+                             recommends=bool(entry.values.get("recommends")), **fields))
     return result
 
 
-def _packages_source(item: dict, key: str, fail) -> Source:
-    names = item["packages"]
-    if not isinstance(names, list) or not names or not all(
-            isinstance(n, str) and re.fullmatch(r"[A-Za-z0-9_/][A-Za-z0-9_+.:/()-]*", n)
-            for n in names):
-        fail(f"{key}.packages", "must be a non-empty list of package names",
-             'e.g. packages = ["strace", "jq"]')
-    for name in ("sha256", "version"):
-        if name in item:
-            fail(f"{key}.{name}", "does not apply to packages sources (the lock pins them)")
-    recommends = item.get("recommends", False)
-    if not isinstance(recommends, bool):
-        fail(f"{key}.recommends", "must be a boolean")
-    return Source(type="packages", ref="", sha256=None, names=tuple(names),
-                  recommends=recommends)
-
-
-def _repositories(items, fail) -> list[Repository]:
-    if not isinstance(items, list):
-        fail("repository", "must be an array of tables", "write [[repository]] for each one")
+def _repositories(items: list, fail) -> list[Repository]:
     result: list[Repository] = []
     for index, item in enumerate(items):
-        key = f"repository[{index}]"
+        where = f"repository[{index}]"
         if not isinstance(item, dict):
-            fail(key, "must be a table")
-        for name, value in item.items():
-            if name not in REPOSITORY_KEYS:
-                fail(f"{key}.{name}", "unknown key", f"allowed: {', '.join(REPOSITORY_KEYS)}")
-            want = list if name in ("components", "architectures") else \
-                bool if name == "allow_unsigned" else str
-            if not isinstance(value, want) or (want is list and not (
-                    value and all(isinstance(v, str) and v for v in value))):
-                fail(f"{key}.{name}", f"must be {_a(_type_name(want))}"
-                     + (" of strings" if want is list else ""))
-        rtype = item.get("type")
-        if rtype not in ("deb", "rpm-md"):
-            fail(f"{key}.type", f"{rtype!r} must be one of 'deb', 'rpm-md'")
-        allowed = {"deb": {"mirror", "suite", "components", "architectures", "keyring",
-                           "allow_unsigned"},
-                   "rpm-md": {"baseurl", "gpgkey", "architectures"}}[rtype] | {"name", "type"}
-        for name in item:
-            if name not in allowed:
-                fail(f"{key}.{name}", f"does not apply to {rtype} repositories")
-        url_key = "mirror" if rtype == "deb" else "baseurl"
-        url = item.get(url_key)
-        if not url:
-            fail(f"{key}.{url_key}", "missing", 'e.g. mirror = "host"' if rtype == "deb" else
-                 'e.g. baseurl = "$FEDORA_MIRROR/releases/40/Everything/x86_64/os"')
-        if not (url == "host" and rtype == "deb" or url.startswith("$") or
-                re.match(r"^https?://[^/\s]+", url)):
-            fail(f"{key}.{url_key}", f"{url!r} is not "
-                 + ("host, " if rtype == "deb" else "") + "an http(s) URL or $ENV_VAR")
-        if rtype == "deb" and not item.get("suite"):
-            fail(f"{key}.suite", "missing", 'e.g. suite = "bookworm"')
-        name = item.get("name") or (item["suite"] if rtype == "deb" else "rpm-md")
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", name):
-            fail(f"{key}.name", f"{name!r}: letters, digits and ._+- only")
+            fail(where, "must be a table")
+        entry = _table(item, "repository", fail, where)
+        v, rtype = entry.values, entry.kind
+        name = v["name"] or (v["suite"] if rtype == "deb" else "rpm-md")
+        problem = _repository_name_check(name)
+        if problem:  # a default name from the suite
+            fail(f"{where}.name", f"{name!r} {problem}", "set name explicitly")
         if any(r.name == name for r in result):
-            fail(f"{key}.name", f"{name!r} is used twice", "give each repository its own name")
-        default_arch = ["amd64"] if rtype == "deb" else ["x86_64"]
+            fail(f"{where}.name", f"{name!r} is used twice", "give each repository its own name")
+        default_arch = ("amd64",) if rtype == "deb" else ("x86_64",)
         result.append(Repository(
-            name=name, type=rtype, url=url, suite=item.get("suite"),
-            components=tuple(item.get("components", ["main"] if rtype == "deb" else [])),
-            architectures=tuple(item.get("architectures", default_arch)),
-            keyring=item.get("keyring") or item.get("gpgkey"),
-            allow_unsigned=item.get("allow_unsigned", False)))
+            name=name, type=rtype, url=v["mirror"] or v["baseurl"], suite=v["suite"],
+            components=tuple(v["components"] or ()),
+            architectures=tuple(v["architectures"] or default_arch),
+            keyring=v["keyring"] or v["gpgkey"], allow_unsigned=bool(v["allow_unsigned"])))
     return result
 
 
-def _files(table, base: Path, fail) -> list[ExtraFile]:
+def _files(table: dict, base: Path, fail) -> list[ExtraFile]:
     result = []
     for dest, spec in table.items():
-        key = f"files.{dest!r}"
+        where = f"files.{dest!r}"
         if not isinstance(spec, dict):
-            fail(key, "must be a table", '{ from = "files/x", mode = "0644" }')
-        for name in spec:
-            if name not in FILES_KEYS:
-                fail(f"{key}.{name}", "unknown key", f"allowed: {', '.join(FILES_KEYS)}")
-        if ("from" in spec) == ("content" in spec):
-            fail(key, "needs exactly one of from, content")
-        mode = spec.get("mode", "0644")
-        if not isinstance(mode, str) or not MODE_RE.match(mode):
-            fail(f"{key}.mode", f"{mode!r} is not an octal mode string", 'e.g. "0755"')
+            fail(where, "must be a table", '{ from = "files/x", mode = "0644" }')
+        entry = _table(spec, "files", fail, where)
+        mode = int(entry.values["mode"], 8)
         path = dest.strip("/")
         if not path or any(part in ("", ".", "..") for part in path.split("/")):
-            fail(key, "must be a relative path inside the image, without . or .. parts")
-        if "from" in spec:
-            if not isinstance(spec["from"], str):
-                fail(f"{key}.from", "must be a string")
-            # Only the recipe's own directory: `from = "../../../etc/shadow"` (or a symlink
-            # pointing out) would put the build host's files into the image.
-            src = (base / spec["from"]).resolve()
-            if not src.is_relative_to(base.resolve()):
-                fail(f"{key}.from", f"{spec['from']!r} is outside the recipe's directory "
-                     f"{base.resolve()} (after resolving symlinks)",
-                     "copy the file next to the recipe")
-            if not src.is_file():
-                fail(f"{key}.from", f"{src} is not a file")
-            result.append(ExtraFile(path=path, mode=int(mode, 8), source=src))
-        else:
-            if not isinstance(spec["content"], str):
-                fail(f"{key}.content", "must be a string")
-            result.append(ExtraFile(path=path, mode=int(mode, 8),
-                                    content=spec["content"].encode()))
+            fail(where, "must be a relative path inside the image, without . or .. parts")
+        if entry.kind == "content":
+            result.append(ExtraFile(path=path, mode=mode,
+                                    content=entry.values["content"].encode()))
+            continue
+        # Only the recipe's own directory: `from = "../../../etc/shadow"` (or a symlink
+        # pointing out) would put the build host's files into the image.
+        written = entry.values["from"]
+        src = (base / written).resolve()
+        if not src.is_relative_to(base.resolve()):
+            fail(f"{where}.from", f"{written!r} is outside the recipe's directory "
+                 f"{base.resolve()} (after resolving symlinks)", "copy the file next to the recipe")
+        if not src.is_file():
+            fail(f"{where}.from", f"{src} is not a file")
+        result.append(ExtraFile(path=path, mode=mode, source=src))
     return result
 
 
@@ -726,26 +875,28 @@ def reference_markdown() -> str:
         "both files.",
         "",
     ]
-    for section in dict.fromkeys(k.section for k in SCHEMA):
-        lines += [f"## [{section}]", "", "| key | type | default | example | meaning |",
-                  "|---|---|---|---|---|"]
-        for k in SCHEMA:
-            if k.section != section:
-                continue
-            default = "required" if k.required else ("—" if k.default in (None, ()) else
-                                                     f"`{_toml(k.default)}`")
-            lines.append(f"| `{k.name}` | {_type_name(k.type)} | {default} | `{k.example}` | "
-                         f"{k.doc} |")
-        lines.append("")
-    for title, keys in (("[[source]] (any number, applied in order)", SOURCE_KEYS),
-                        ("[[repository]] (where packages sources are resolved)",
-                         REPOSITORY_KEYS),
-                        ('[files] ("path/in/image" = { ... })', FILES_KEYS),
-                        ("[owners]", OWNERS_KEYS)):
-        lines += [f"## {title}", "", "| key | meaning |", "|---|---|"]
-        lines += [f"| `{name}` | {doc} |" for name, doc in keys.items()]
+    for section in SECTIONS:
+        lines += [f"## {section.title}", ""]
+        if section.doc:
+            lines += [section.doc, ""]
+        lines += ["| key | type | default | example | meaning |", "|---|---|---|---|---|"]
+        for k in keys(section.name):
+            lines.append(f"| `{k.name}` | {_type_name(k.type)} | {_default_text(k)} | "
+                         f"`{k.example}` | {k.doc} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def _default_text(key: Key) -> str:
+    if key.required:
+        return "required"
+    if key.required_for:
+        return "required for " + ", ".join(key.required_for)
+    if key.selects and len([k for k in keys(key.section) if k.selects]) > 1:
+        return "one of " + ", ".join(f"`{k.name}`" for k in keys(key.section) if k.selects)
+    if key.default in (None, (), {}):
+        return "—"
+    return f"`{_toml(key.default)}`"
 
 
 def _toml(value) -> str:
@@ -753,4 +904,6 @@ def _toml(value) -> str:
         return "true" if value else "false"
     if isinstance(value, str):
         return f'"{value}"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
     return str(value)

@@ -234,7 +234,7 @@ def test_packages_source_validation(tmp_path):
     path.write_text(head + '[[source]]\npackages = ["a b"]\n')
     with pytest.raises(InputError, match="non-empty list of package names"):
         recipe_mod.load(path)
-    path.write_text(head + '[[source]]\napt = "a"\nversion = "1"\nsha256 = "' + "0" * 64 +
+    path.write_text(head + '[[source]]\napt = "jq"\nversion = "1"\nsha256 = "' + "0" * 64 +
                     '"\nrecommends = true\n')
     with pytest.raises(InputError, match="only applies to packages"):
         recipe_mod.load(path)
