@@ -84,8 +84,9 @@ class ImageResult:
     name: str
     image: Path
     manifest_path: Path
-    manifest: dict
+    manifest: dict  # the manifest's JSON (model.to_json())
     extras: list[Path] = field(default_factory=list)  # NAME.verity, NAME.roothash, …
+    model: mf.Manifest | None = None  # the manifest, read through pipeline/stages/manifest.py
 
 
 @dataclass
@@ -267,24 +268,32 @@ def _up_to_date(output_dir: Path, recipe_name: str, digest_base: dict, signer,
     if found is None:
         return None
     images = []
-    for image, manifest_path, manifest in found:
-        verity = manifest.get("verity") or {}
-        extras = [output_dir / verity[key] for key in ("verityFile", "roothashFile",
-                                                       "signatureFile") if verity.get(key)]
-        if manifest.get("ddi") and signer is None:
-            extras.append(output_dir / f"{manifest['name']}.roothash")
-        images.append(ImageResult(manifest.get("kind"), manifest["name"], image, manifest_path,
-                                  manifest, extras))
+    for image, manifest_path, model in found:
+        verity = model.verity
+        extras = [output_dir / file for file in (verity.verity_file, verity.roothash_file,
+                                                 verity.signature_file) if file] \
+            if verity else []
+        if model.ddi and signer is None:
+            extras.append(output_dir / f"{model.name}.roothash")
+        images.append(ImageResult(model.kind, model.name, image, manifest_path,
+                                  model.to_json(), extras, model))
     log.stage("up-to-date", ", ".join(str(i.image) for i in images))
-    return BuildResult(images, found[0][2].get("decision", ""), timings=log.timings,
-                       up_to_date=True)
+    return BuildResult(images, found[0][2].decision, timings=log.timings, up_to_date=True)
 
 
-def _input_digest(digest_base: dict | None, tool_versions: dict) -> dict:
+def _input_digest(digest_base: dict | None, tool_versions: dict) -> str | None:
     """The manifest's ``input_digest`` field (none when the caller gave no digest base)."""
     if digest_base is None:
-        return {}
-    return {uptodate.FIELD: uptodate.digest(digest_base, tool_versions)}
+        return None
+    return uptodate.digest(digest_base, tool_versions)
+
+
+def _packed_sections(sections: dict, name: str) -> dict:
+    """The format's manifest sections from the package stage (``ddi``, ``verity``), read into
+    the model (checked like any manifest: a field the model does not know fails here)."""
+    kinds = {"ddi": mf.Ddi, "verity": mf.DetachedVerity}
+    return {key: kinds[key].from_json(value, f"{name}.manifest.json", key)
+            for key, value in sections.items()}
 
 
 #: Bytes of free space staging needs per byte of package files (a package unpacks to at
@@ -570,48 +579,45 @@ def _package_all(recipe, staged: Staged, output_dir, work: WorkDir, log,
         image_sha, image_size = (None, None) if recipe.format == "directory" else \
             hash_file(result.path)
         companions = [o.name for o in staged.images if o is not img]
-        manifest = {
-            "schema": mf.SCHEMA,
-            "name": img.name,
-            "kind": img.kind,
-            "version": recipe.version,
-            "companions": companions,
-            "decision": staged.decision,
-            "recipe": {"file": recipe.path.name, "sha256": recipe.sha256},
-            "inputs": report.packages,
-            "source_date_epoch": staged.epoch,
-            "source_date_epoch_origin": staged.epoch_origin,
-            "mtime_policy": recipe.mtime,
-            "policy": {"etc": recipe.etc_policy, "var": recipe.var_policy},
-            "tools": mf.tool_versions(result.tools),
-            **_input_digest(staged.digest_base, mf.tool_versions(result.tools)),
-            "extension_release": {"path": img.release_path, "fields": img.fields,
-                                  "sha256": hashlib.sha256(img.release_bytes).hexdigest()},
-            "dropped": dict(sorted(report.dropped.items())),
-            "excluded_count": report.excluded,
-            "warnings": [f.to_json() for f in img.findings],
-            "image": {"file": final.name, "format": recipe.format,
-                      "filesystem": None if recipe.format == "directory" else recipe.filesystem,
-                      "verity": recipe.verity,
-                      "compression": recipe.compression,
-                      "compression_level": recipe.compression_level,
-                      "size": image_size, "sha256": image_sha,
-                      "tree_sha256": tree_sha256},
-            "files": file_list,
-            **result.manifest,
-        }
-        # SBOM + provenance, published with the image (pipeline/release/provenance.py)
+        tools = mf.tool_versions(result.tools)
+        model = mf.Manifest(
+            schema=mf.SCHEMA, name=img.name, kind=img.kind, version=recipe.version,
+            companions=companions, decision=staged.decision,
+            recipe=mf.RecipeRef(recipe.path.name, recipe.sha256),
+            inputs=[mf.Input(**p) for p in report.packages],
+            source_date_epoch=staged.epoch, source_date_epoch_origin=staged.epoch_origin,
+            mtime_policy=recipe.mtime,
+            policy=mf.Policy(recipe.etc_policy, recipe.var_policy),
+            tools=tools, input_digest=_input_digest(staged.digest_base, tools),
+            extension_release=mf.ExtensionRelease(
+                img.release_path, dict(img.fields),
+                hashlib.sha256(img.release_bytes).hexdigest()),
+            dropped=dict(sorted(report.dropped.items())),
+            excluded_count=report.excluded,
+            warnings=[mf.Pitfall(**f.to_json()) for f in img.findings],
+            image=mf.Image(final.name, recipe.format,
+                           None if recipe.format == "directory" else recipe.filesystem,
+                           recipe.verity, recipe.compression, recipe.compression_level,
+                           image_size, image_sha, tree_sha256),
+            files=file_list, **_packed_sections(result.manifest, img.name))
+        # SBOM + provenance, published with the image (pipeline/release/provenance.py), which
+        # reads the manifest's JSON and names the files in it
+        manifest, manifest_tmp_name = model.to_json(), f"{img.name}.manifest.json"
         release_files[img.name] = provenance.write_companions(
             workdir, manifest, recipe, staged.package_facts, signer)
+        model.sbom = mf.Sbom.from_json(manifest["sbom"], manifest_tmp_name, "sbom")
+        model.provenance = mf.Provenance.from_json(manifest["provenance"], manifest_tmp_name,
+                                                   "provenance")
+        manifest = model.to_json()
         manifest_tmp = workdir / f"{img.name}.manifest.json"
         manifest_tmp.write_bytes(mf.dumps(manifest))
-        packed.append((img, result, final, manifest_tmp, manifest))
+        packed.append((img, result, final, manifest_tmp, model, manifest))
 
     steps: list[list[str]] = []
     suffixes = {f"{img.name}{suffix}" for img in staged.images for suffix in COMPANION_SUFFIXES}
     extras = {extra.name for _, result, *_ in packed for extra in result.extras}
     extras |= {path.name for paths in release_files.values() for path in paths}
-    for img, result, final, manifest_tmp, _manifest in packed:  # all packed: now publish
+    for img, result, final, manifest_tmp, *_ in packed:  # all packed: now publish
         steps.append(["move", final.name, final.name])
         other = image_filename("directory" if recipe.format != "directory" else "squashfs",
                                img.name)
@@ -623,13 +629,13 @@ def _package_all(recipe, staged: Staged, output_dir, work: WorkDir, log,
     retire_warnings = _publish(output_dir, work, recipe.name, steps,
                                {img.name for img in staged.images})
     images = []
-    for img, result, final, _manifest_tmp, manifest in packed:
+    for img, result, final, _manifest_tmp, model, manifest in packed:
         manifest_final = output_dir / f"{img.name}.manifest.json"
         images.append(ImageResult(img.kind, img.name, final, manifest_final, manifest,
-                                  [output_dir / e.name for e in result.extras]))
-        sha = manifest["image"]["sha256"]
-        shown = f"sha256 {sha[:16]}…, {_size(manifest['image']['size'])}" if sha else \
-            f"tree {manifest['image']['tree_sha256'][:16]}…"
+                                  [output_dir / e.name for e in result.extras], model))
+        sha = model.image.sha256
+        shown = f"sha256 {sha[:16]}…, {_size(model.image.size)}" if sha else \
+            f"tree {model.image.tree_sha256[:16]}…"
         log.stage("package", f"{final} ({img.kind}, {recipe.format}, {recipe.compression}; "
                   f"{shown})")
     warnings = list(retire_warnings)

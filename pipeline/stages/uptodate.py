@@ -22,7 +22,9 @@ import platform
 from pathlib import Path
 
 from .. import __version__
+from ..errors import InputError
 from ..outdir import MAX_MANIFEST, hash_entry, read_entry
+from . import manifest as mf
 
 #: The manifest field (a sha256 hex digest).
 FIELD = "input_digest"
@@ -40,7 +42,6 @@ def lock_sha256(recipe) -> str | None:
 def current_tool_versions(names) -> dict[str, str | None]:
     """The versions of ``names`` (a manifest's ``tools`` keys) on this machine now."""
     from .. import tools
-    from . import manifest as mf
 
     libraries = mf.library_versions()
     found: dict[str, str | None] = {}
@@ -69,83 +70,65 @@ def digest(base: dict, tool_versions: dict) -> str:
                           .encode()).hexdigest()
 
 
-def _load(directory: Path, name: str) -> dict | None:
-    """The manifest ``name`` in the output directory, read like every file there: a plain
-    name, a regular file, no symlink, no FIFO, size-capped (see outdir.open_entry)."""
+def _load(directory: Path, name: str) -> mf.Manifest | None:
+    """The manifest ``name`` in the output directory, read like every file there (a plain
+    name, a regular file, no symlink, no FIFO, size-capped: see outdir.open_entry) and checked
+    by the model; None when it is missing or not a valid manifest (then: rebuild)."""
     data = read_entry(directory, name, MAX_MANIFEST)
-    try:
-        data = json.loads(data) if data is not None else None
-    except ValueError:
+    if data is None:
         return None
-    return data if isinstance(data, dict) else None
+    try:
+        return mf.read(Path(directory) / name, data)
+    except InputError:
+        return None  # not a manifest we can trust to skip a build: build
 
 
-def _companions_ok(directory: Path, manifest: dict, fingerprint: str | None) -> bool:
+def _companions_ok(directory: Path, manifest: mf.Manifest, fingerprint: str | None) -> bool:
     """Every companion the manifest names is there (with its recorded sha256), and each signed
     part was signed by the key this build would use (None: unsigned)."""
-    name = manifest.get("name")
-    for section in ("ddi", "verity"):
-        part = manifest.get(section)
-        if part is None:
-            continue
-        if not isinstance(part, dict) or "certificateFingerprint" not in part or \
-                part["certificateFingerprint"] != fingerprint:
+    for part in (manifest.ddi, manifest.verity):
+        if part is not None and part.certificate_fingerprint != fingerprint:
             return False
-    verity = manifest.get("verity")
-    if isinstance(verity, dict):
-        verity_file = verity.get("verityFile")
-        if not isinstance(verity_file, str) or \
-                hash_entry(directory, verity_file) != verity.get("veritySha256"):
+    verity = manifest.verity
+    if verity is not None:
+        if hash_entry(directory, verity.verity_file) != verity.verity_sha256:
             return False
-        for key in ("roothashFile", "signatureFile"):
-            if (verity.get(key) or fingerprint) and \
-                    hash_entry(directory, verity.get(key)) is None:
+        for file in (verity.roothash_file, verity.signature_file):
+            if (file or fingerprint) and hash_entry(directory, file) is None:
                 return False
-    if isinstance(manifest.get("ddi"), dict) and fingerprint is None and \
-            hash_entry(directory, f"{name}.roothash") is None:  # an unsigned DDI's companion
+    if manifest.ddi is not None and fingerprint is None and \
+            hash_entry(directory, f"{manifest.name}.roothash") is None:  # an unsigned DDI's
         return False
-    sbom = manifest.get("sbom")
-    if sbom is not None and (not isinstance(sbom, dict) or not isinstance(sbom.get("file"), str)
-                             or hash_entry(directory, sbom["file"]) != sbom.get("sha256")):
+    sbom = manifest.sbom
+    if sbom is not None and hash_entry(directory, sbom.file) != sbom.sha256:
         return False
-    provenance = manifest.get("provenance")
-    if provenance is not None:
-        if not isinstance(provenance, dict) or not isinstance(provenance.get("file"), str) or \
-                provenance.get("certificateFingerprint") != fingerprint or \
-                hash_entry(directory, provenance["file"]) is None:
-            return False
+    provenance = manifest.provenance
+    if provenance is not None and (provenance.certificate_fingerprint != fingerprint or
+                                   hash_entry(directory, provenance.file) is None):
+        return False
     return True
 
 
 def check(output_dir: Path, recipe_name: str, base: dict, fingerprint: str | None,
-          ) -> list[tuple[Path, Path, dict]] | None:
+          ) -> list[tuple[Path, Path, mf.Manifest]] | None:
     """The (image, manifest path, manifest) of every image when the output is up to date for
     these inputs, else None. Reads and hashes; changes nothing."""
     output_dir = Path(output_dir)
     first = _load(output_dir, f"{recipe_name}.manifest.json")
     if first is None:
         return None
-    companions = first.get("companions")
-    if not isinstance(companions, list) or not all(isinstance(c, str) for c in companions):
-        return None
     found = []
-    for name in [recipe_name, *companions]:
+    for name in [recipe_name, *first.companions]:
         if "/" in name or name.startswith("."):
             return None
         path = output_dir / f"{name}.manifest.json"
         manifest = first if name == recipe_name else _load(output_dir, path.name)
-        if manifest is None or manifest.get("name") != name:
+        if manifest is None or manifest.name != name or manifest.input_digest is None:
             return None
-        recorded = manifest.get(FIELD)
-        tools = manifest.get("tools")
-        image = manifest.get("image")
-        if not isinstance(recorded, str) or not isinstance(tools, dict) or \
-                not isinstance(image, dict):
+        if digest(base, current_tool_versions(manifest.tools)) != manifest.input_digest:
             return None
-        if digest(base, current_tool_versions(tools)) != recorded:
-            return None
-        file, sha = image.get("file"), image.get("sha256")
-        if not isinstance(file, str) or not isinstance(sha, str) or "/" in file:
+        file, sha = manifest.image.file, manifest.image.sha256
+        if sha is None or "/" in file:
             return None  # a directory image records no sha256: never "up to date"
         if hash_entry(output_dir, file) != sha:
             return None
