@@ -80,49 +80,29 @@ nox.options.reuse_existing_virtualenvs = True
 
 DEFAULT_RECIPE = "recipes/debug-tools.toml"
 
-#: Every system package the project and its tests need, in one table: a probe (a command on
-#: PATH, or an absolute path the package installs), the Debian package(s) providing it (the first
-#: one the archive has wins: names differ between releases) and the sessions that need it.
-SYSTEM_PACKAGES: list[tuple[str, list[str], set[str]]] = [
-    ("mksquashfs", ["squashfs-tools"], {"build", "tests"}),
-    ("mkfs.erofs", ["erofs-utils"], {"build", "tests"}),
-    ("systemd-repart", ["systemd-repart", "systemd"], {"build", "tests"}),
-    ("veritysetup", ["cryptsetup-bin"], {"build", "tests"}),
-    ("sfdisk", ["fdisk"], {"build", "tests"}),
-    ("unsquashfs", ["squashfs-tools"], {"tests"}),
-    ("fsck.erofs", ["erofs-utils"], {"tests"}),
-    ("dump.erofs", ["erofs-utils"], {"tests"}),
-    ("dpkg-deb", ["dpkg"], {"tests"}),
-    ("rpmbuild", ["rpm"], {"tests"}),
-    ("rpm2cpio", ["rpm2cpio", "rpm"], {"tests"}),
-    ("cpio", ["cpio"], {"tests"}),
-    ("openssl", ["openssl"], {"tests"}),
-    ("unshare", ["util-linux"], {"tests", "fresh"}),
-    ("setpriv", ["util-linux"], {"tests"}),
-    ("taskset", ["util-linux"], {"tests"}),
-    ("losetup", ["mount"], {"tests"}),
-    ("systemd-sysext", ["systemd"], {"tests"}),
-    ("systemd-tmpfiles", ["systemd"], {"tests"}),
-    ("apt-ftparchive", ["apt-utils"], {"tests"}),
-    ("dpkg-scanpackages", ["dpkg-dev"], {"tests"}),
-    ("createrepo_c", ["createrepo-c"], {"tests"}),
-    ("faketime", ["faketime"], {"tests"}),
-    ("disorderfs", ["disorderfs"], {"tests"}),
-    ("fusermount", ["fuse3", "fuse"], {"tests"}),
-    ("gpg", ["gnupg"], {"tests"}),
-    ("gpgv", ["gpgv"], {"tests"}),
-    ("ps", ["procps"], {"tests"}),
-    ("chattr", ["e2fsprogs"], {"tests"}),
-    ("xz", ["xz-utils"], {"tests"}),
-    ("file", ["file"], {"tests"}),
-    ("setcap", ["libcap2-bin"], {"tests"}),  # file capabilities on test packages
-    ("capsh", ["libcap2-bin"], {"tests"}),  # root without CAP_SYS_ADMIN
-    ("strace", ["strace"], {"tests"}),  # how often extraction opens a package
-    # the locale variation (et_EE.UTF-8) is generated with localedef from these charmaps
-    ("/usr/share/i18n/charmaps/UTF-8.gz", ["locales"], {"tests"}),
-    ("mmdebstrap", ["mmdebstrap"], {"fresh"}),
-    ("git", ["git"], {"fresh"}),
-]
+def _system_packages() -> list[tuple[str, list[str], set[str]]]:
+    """Every system package the project and its tests need, read from the one table of external
+    tools (``TOOLS`` in pipeline/tools.py, which only needs the standard library): a probe (a
+    command on PATH, or an absolute path the package installs), the Debian package(s) providing
+    it (the first one the archive has wins: names differ between releases) and the sessions that
+    need it (build: a ``build`` verb uses it; tests: anything but the fresh session; fresh)."""
+    sys.path.insert(0, str(HERE))
+    try:
+        from pipeline.tools import TOOLS
+    finally:
+        sys.path.remove(str(HERE))
+    rows = []
+    for tool in TOOLS:
+        sessions = {"tests"} if any(use != "fresh" for use in tool.uses) else set()
+        if any(use.partition(":")[0] == "build" for use in tool.uses):
+            sessions.add("build")
+        if "fresh" in tool.uses:
+            sessions.add("fresh")
+        rows.append((tool.name, list(tool.packages), sessions))
+    return rows
+
+
+SYSTEM_PACKAGES: list[tuple[str, list[str], set[str]]] = _system_packages()
 
 
 def _present(probe: str) -> bool:

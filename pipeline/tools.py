@@ -14,34 +14,120 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 from .errors import BuildError
 
-#: Debian package that provides each tool, for the "install it" hint.
-TOOL_PACKAGES = {
-    "mksquashfs": "squashfs-tools",
-    "unsquashfs": "squashfs-tools",
-    "mkfs.erofs": "erofs-utils",
-    "fsck.erofs": "erofs-utils",
-    "dump.erofs": "erofs-utils",
-    "systemd-repart": "systemd-repart",
-    "veritysetup": "cryptsetup-bin",
-    "apt-get": "apt",
-    "dpkg-deb": "dpkg",
-    "rpmbuild": "rpm",
-    "openssl": "openssl",
-    "sfdisk": "fdisk",
-}
+#: ``TOOL --version`` and the first dotted number in its answer
+DEFAULT_PROBE = (("--version",), r"(\d+(?:\.\d+)+\S*)")
 
-#: How to ask each tool for its version, and the pattern that finds the number in the answer.
-_VERSION_PROBES = {
-    "mksquashfs": (["-version"], r"version\s+(\S+)"),
+
+@dataclass(frozen=True)
+class Tool:
+    """One external program: where it comes from, how old it may be, how to ask its version and
+    who needs it. ``uses`` names verbs (``check``), a verb with a feature of its input
+    (``build:erofs``: build needs it for an erofs image; :func:`preflight` checks these before
+    work starts), or a nox session (``tests``, ``fresh``: only the test suite needs it)."""
+
+    name: str  # a command on PATH, or an absolute path a package installs (noxfile probes)
+    packages: tuple[str, ...]  # Debian packages providing it; the first one the archive has wins
+    uses: tuple[str, ...]
+    why: str
+    minimum: str | None = None  # the oldest version the project works with, when it matters
+    #: (arguments, pattern whose group 1 is the version); None: not asked
+    probe: tuple[tuple[str, ...], str] | None = DEFAULT_PROBE
+    optional: bool = False  # used when present; its absence is no reason to refuse work
+
+
+_READ = ("check", "install", "doctor", "inspect", "verify", "diff")  # verbs that read images
+_SYSTEMD = (("--version",), r"systemd\s+(\d+\S*)")
+
+#: Every external tool the program and its tests use, in one table: behind :func:`find`'s hint,
+#: :func:`version` (the manifest's tool versions), :func:`preflight`, ``doctor``, the README's
+#: list (:func:`markdown_table`, kept current by a test) and noxfile.py's SYSTEM_PACKAGES.
+TOOLS: tuple[Tool, ...] = (
+    # squashfs-tools 4.5: -root-uid/-root-gid (owners of the image root)
+    Tool("mksquashfs", ("squashfs-tools",), ("build:squashfs",), "packs squashfs images",
+         "4.5", (("-version",), r"version\s+(\S+)")),
+    Tool("unsquashfs", ("squashfs-tools",), _READ, "reads squashfs images (never mounted)",
+         probe=(("-version",), r"version\s+(\S+)")),
     # mkfs.erofs 1.5 has no --version; it prints its version before failing on a missing source.
-    "mkfs.erofs": (["/nonexistent/probe.img", "/nonexistent/probe"], r"mkfs\.erofs\s+(\d\S*)"),
-    "systemd-repart": (["--version"], r"systemd\s+(\d+\S*)"),
-    "veritysetup": (["--version"], r"veritysetup\s+(\S+)"),
-}
+    # 1.5: -T and --all-root as the bytes depend on them (older releases differ)
+    Tool("mkfs.erofs", ("erofs-utils",), ("build:erofs",), "packs erofs images", "1.5",
+         (("/nonexistent/probe.img", "/nonexistent/probe"), r"mkfs\.erofs\s+(\d\S*)")),
+    Tool("fsck.erofs", ("erofs-utils",), _READ, "reads erofs images (never mounted)",
+         probe=(("-V",), r"fsck\.erofs\s+(\d\S*)")),
+    # 252: the oldest systemd whose DDIs the matrix tests (tests/test_check_matrix.py)
+    Tool("systemd-repart", ("systemd-repart", "systemd"), ("build:ddi",),
+         "writes the GPT of a DDI", "252", _SYSTEMD),
+    Tool("veritysetup", ("cryptsetup-bin",), ("build:ddi", "build:verity", *_READ),
+         "makes and checks dm-verity hash trees", probe=(("--version",),
+                                                         r"veritysetup\s+(\S+)")),
+    Tool("openssl", ("openssl",), ("inspect", "verify", "check", "doctor", "install"),
+         "checks the PKCS#7 signature of a signed image",
+         probe=(("version",), r"OpenSSL\s+(\S+)")),
+    Tool("apt-get", ("apt",), ("build:apt", "lock:apt", "fetch:apt"),
+         "downloads `apt = ...` sources through the host's apt configuration"),
+    Tool("gpgv", ("gpgv",), ("lock", "sign-feed"),
+         "checks Release files of signed repositories and feed signatures"),
+    Tool("gpg", ("gnupg",), ("publish", "sign-feed", "keys"),
+         "signs a feed's SHA256SUMS; keys generate --openpgp"),
+    Tool("systemctl", ("systemd",), ("install", "doctor", "check"),
+         "asks the running systemd's version; install --enable", None, _SYSTEMD),
+    Tool("systemd-sysext", ("systemd",), ("install", "uninstall", "rollback"),
+         "refreshes the merged sysexts", None, _SYSTEMD),
+    Tool("unshare", ("util-linux",), (*_READ, "fresh"),
+         "a private mount namespace for reading images; the fresh session's chroot"),
+    Tool("mount", ("mount",), _READ, "mounts a verified, signed image read-only, as root"),
+    Tool("setpriv", ("util-linux",), ("build",),
+         "makes every tool die with the build (--pdeathsig); optional", optional=True),
+    Tool("sfdisk", ("fdisk",), ("tests",), "tests read a DDI's partition table with it", None,
+         None),
+    Tool("dump.erofs", ("erofs-utils",), ("tests",), "tests read erofs superblocks", None,
+         (("-V",), r"dump\.erofs\s+(\d\S*)")),
+    Tool("dpkg-deb", ("dpkg",), ("tests",), "tests make .deb packages"),
+    Tool("rpmbuild", ("rpm",), ("tests",), "tests make .rpm packages"),
+    Tool("rpm2cpio", ("rpm2cpio", "rpm"), ("tests",), "tests compare RPM payloads", None, None),
+    Tool("cpio", ("cpio",), ("tests",), "tests compare RPM payloads"),
+    Tool("taskset", ("util-linux",), ("tests",), "tests pin a build to one CPU"),
+    Tool("losetup", ("mount",), ("tests",), "tests attach DDIs to loop devices"),
+    Tool("systemd-tmpfiles", ("systemd",), ("tests",), "tests set up --root trees", None,
+         _SYSTEMD),
+    Tool("apt-ftparchive", ("apt-utils",), ("tests",), "tests serve deb repositories"),
+    Tool("dpkg-scanpackages", ("dpkg-dev",), ("tests",), "tests serve deb repositories"),
+    Tool("createrepo_c", ("createrepo-c",), ("tests",), "tests serve rpm-md repositories"),
+    Tool("faketime", ("faketime",), ("tests",), "verify --vary time"),
+    Tool("disorderfs", ("disorderfs",), ("tests",), "verify --vary the directory order"),
+    Tool("fusermount", ("fuse3", "fuse"), ("tests",), "unmounts disorderfs", None, None),
+    Tool("ps", ("procps",), ("tests",), "tests look for leftover processes"),
+    Tool("chattr", ("e2fsprogs",), ("tests",), "tests make immutable directories"),
+    Tool("xz", ("xz-utils",), ("tests",), "tests compress packages"),
+    Tool("file", ("file",), ("tests",), "tests identify written files"),
+    Tool("setcap", ("libcap2-bin",), ("tests",), "file capabilities on test packages", None,
+         None),
+    Tool("capsh", ("libcap2-bin",), ("tests",), "root without CAP_SYS_ADMIN in tests", None,
+         None),
+    Tool("strace", ("strace",), ("tests",), "tests count how often extraction opens a package"),
+    Tool("/usr/share/i18n/charmaps/UTF-8.gz", ("locales",), ("tests",),
+         "verify --vary locale generates et_EE.UTF-8 from it", None, None),
+    Tool("mmdebstrap", ("mmdebstrap",), ("fresh",), "the fresh session's clean Debian tree"),
+    Tool("git", ("git",), ("fresh",), "the fresh session clones the repository"),
+)
+
+BY_NAME: dict[str, Tool] = {tool.name: tool for tool in TOOLS}
+
+#: Debian package that provides each tool, for the "install it" hint.
+TOOL_PACKAGES = {tool.name: tool.packages[0] for tool in TOOLS}
+
+
+def install_hint(tool: str) -> str:
+    row = BY_NAME.get(tool)
+    packages = row.packages if row else (tool,)
+    text = f"apt-get install {packages[0]}"
+    if len(packages) > 1:
+        text += f" (where the archive has no {packages[0]}: {packages[1]})"
+    return text
 
 
 def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -64,8 +150,7 @@ def find(tool: str) -> str:
     """Absolute path of ``tool``, or a BuildError that names the package to install."""
     path = shutil.which(tool, path=clean_env()["PATH"] + ":/usr/sbin:/sbin")
     if path is None:
-        package = TOOL_PACKAGES.get(tool, tool)
-        raise BuildError(tool, "not found", f"install it: apt-get install {package}")
+        raise BuildError(tool, "not found", f"install it: {install_hint(tool)}")
     return path
 
 
@@ -171,7 +256,10 @@ def version(tool: str) -> str | None:
         path = find(tool)
     except BuildError:
         return None
-    args, pattern = _VERSION_PROBES.get(tool, (["--version"], r"(\d+(?:\.\d+)+\S*)"))
+    row = BY_NAME.get(tool)
+    if row is not None and row.probe is None:
+        return None
+    args, pattern = row.probe if row is not None else DEFAULT_PROBE
     try:
         proc = subprocess.run([path, *args], env=clean_env(), capture_output=True, check=False,
                               timeout=60)
@@ -189,3 +277,114 @@ def have(tool: str) -> bool:
     except BuildError:
         return False
     return True
+
+
+def _numbers(text: str) -> tuple[int, ...] | None:
+    match = re.match(r"\d+(?:\.\d+)*", text)
+    return tuple(int(n) for n in match.group(0).split(".")) if match else None
+
+
+def older(found: str, minimum: str) -> bool:
+    """Whether version ``found`` (as a probe reports it: ``4.5.1``, ``252.38-1``, ``1.5``) is
+    older than ``minimum``; a version without a leading number is not judged (False)."""
+    have, need = _numbers(found), _numbers(minimum)
+    if have is None or need is None:
+        return False
+    width = max(len(have), len(need))
+    return have + (0,) * (width - len(have)) < need + (0,) * (width - len(need))
+
+
+@dataclass(frozen=True)
+class Status:
+    tool: Tool
+    path: str | None
+    version: str | None
+
+    @property
+    def too_old(self) -> bool:
+        return bool(self.path and self.version and self.tool.minimum
+                    and older(self.version, self.tool.minimum))
+
+    @property
+    def ok(self) -> bool:
+        return self.path is not None and not self.too_old
+
+
+def status(name: str | Tool) -> Status:
+    """Whether the tool (a name in :data:`TOOLS`, or a row) is installed, and its version when
+    the row has a minimum."""
+    row = name if isinstance(name, Tool) else BY_NAME[name]
+    try:
+        path = find(row.name)
+    except BuildError:
+        return Status(row, None, None)
+    return Status(row, path, version(row.name) if row.minimum else None)
+
+
+def needed(verb: str, features: Iterable[str] = (), table: Sequence[Tool] = TOOLS) -> list[Tool]:
+    """The tools ``verb`` needs for an input with these ``features`` (``build`` of an erofs DDI:
+    features ``{"ddi", "erofs"}``)."""
+    wanted = {verb, *(f"{verb}:{feature}" for feature in features)}
+    return [tool for tool in table if wanted & set(tool.uses) and not tool.optional]
+
+
+def build_features(image_format: str, filesystem: str, verity: str) -> set[str]:
+    """What of a recipe decides the tools ``build`` needs (its ``[image]`` format, file system
+    and verity)."""
+    if image_format == "directory":
+        return {"directory"}
+    return {image_format, filesystem} | ({"verity"} if verity == "detached" else set())
+
+
+def preflight(verb: str, features: Iterable[str] = (), table: Sequence[Tool] = TOOLS) -> None:
+    """Before any work: every tool ``verb`` needs for ``features`` is installed and new enough,
+    else ONE BuildError naming all that are missing or too old and the packages to install."""
+    features = sorted(set(features))
+    bad = [s for s in map(status, needed(verb, features, table)) if not s.ok]
+    if not bad:
+        return
+    missing = [s.tool for s in bad if s.path is None]
+    old = [s for s in bad if s.path is not None]
+    parts = []
+    if missing:
+        parts.append(f"not installed: {', '.join(t.name for t in missing)}")
+    parts += [f"{s.tool.name} {s.version} is older than {s.tool.minimum}" for s in old]
+    wanted = ", ".join(f for f in features if any(f"{verb}:{f}" in s.tool.uses for s in bad))
+    packages = []
+    for s in bad:
+        hint = s.tool.packages[0] + (f" (>= {s.tool.minimum})" if s in old else "")
+        if hint not in packages:
+            packages.append(hint)
+    raise BuildError(verb, f"{'; '.join(parts)}, needed by {verb}"
+                     + (f" ({wanted})" if wanted else ""),
+                     f"install: apt-get install {' '.join(packages)}")
+
+
+def markdown_table(kind: str = "program") -> str:
+    """The README's list of system tools: ``program`` rows (a verb uses them) or ``tests``."""
+    rows = [t for t in TOOLS if any(":" in u or u not in ("tests", "fresh") for u in t.uses)]
+    if kind == "tests":
+        rows = [t for t in TOOLS if t not in rows]
+    lines = ["| tool | Debian package | minimum | needed by | for |", "|---|---|---|---|---|"]
+    for t in rows:
+        uses = ", ".join(u.replace(":", " (") + ")" if ":" in u else u for u in t.uses)
+        lines.append(f"| `{t.name}` | {' or '.join(t.packages)} | {t.minimum or '—'} | {uses} "
+                     f"| {t.why} |")
+    return "\n".join(lines)
+
+
+README_BEGIN = "<!-- tools:begin (generated: TOOLS in pipeline/tools.py) -->"
+README_END = "<!-- tools:end -->"
+
+
+def readme_block() -> str:
+    """The README's system tool section, between :data:`README_BEGIN` and :data:`README_END`."""
+    return "\n".join([
+        README_BEGIN,
+        "System tools (one table, `TOOLS` in pipeline/tools.py; `build` checks the ones its recipe "
+        "needs, and their minimum versions, before fetching anything; `doctor` reports those the "
+        "host-side commands lack):",
+        "", markdown_table(), "",
+        "The tests also need these (`python3 noxfile.py -s tests` installs whatever is missing as "
+        "root, or names the packages):",
+        "", markdown_table("tests"), README_END])

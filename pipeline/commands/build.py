@@ -46,6 +46,10 @@ def cmd_build(args) -> int:
 
     recipe = recipe_mod.load(args.recipe)
     preflight(Path(args.output_dir))
+    from .. import tools  # a missing or too-old tool: one line before anything is fetched
+
+    tools.preflight("build", tools.build_features(recipe.format, recipe.filesystem,
+                                                  recipe.verity))
     if recipe.signing and not args.unsigned:
         for what in ("key", "cert"):
             path = Path(recipe.signing[what])

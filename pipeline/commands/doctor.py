@@ -425,9 +425,41 @@ def _runpath_has(host, tree: Path, runpath: str, origin: str, lib: str) -> bool:
     return (tree / path / lib).exists() or (host.base / path / lib).exists()
 
 
+#: the verbs that read and judge images on a host: doctor reports the tools they lack
+HOST_VERBS = ("check", "install", "doctor", "inspect")
+
+
+def tool_findings() -> list[Finding]:
+    """The external tools (pipeline/tools.py ``TOOLS``) the host-side commands need and this
+    machine lacks or has too old; they are of the machine running doctor, not of --root."""
+    from .. import tools
+
+    found = []
+    seen = set()
+    for verb in HOST_VERBS:
+        for tool in tools.needed(verb):
+            if tool.name in seen:
+                continue
+            seen.add(tool.name)
+            state = tools.status(tool.name)
+            users = ", ".join(v for v in HOST_VERBS if v in tool.uses)
+            if state.path is None:
+                found.append(Finding(WARNING, "tool.missing", f"{tool.name} is not installed: "
+                                     f"{users} cannot use it ({tool.why})",
+                                     tools.install_hint(tool.name), tool.name))
+            elif state.too_old:
+                found.append(Finding(WARNING, "tool.too-old", f"{tool.name} {state.version} is "
+                                     f"older than {tool.minimum} ({tool.why})",
+                                     tools.install_hint(tool.name), tool.name))
+    return found
+
+
 def cmd_doctor(args) -> int:
+    from . import clikit
+
     host = host_from_args(args)
     findings, inventory = diagnose(host)
+    findings += tool_findings()
     # -- explain's hook (pipeline/commands/explain.py, H7): on a live host, the journal's last
     # systemd-sysext/confext lines explained (rule, fix); not for --root trees
     from .explain import doctor_human, doctor_report
@@ -435,15 +467,14 @@ def cmd_doctor(args) -> int:
     # -- end of explain's hook
     errors = sum(f.severity == ERROR for f in findings)
     warnings = sum(f.severity == WARNING for f in findings)
+    counts = f"{clikit.count(errors, 'error')}, {clikit.count(warnings, 'warning')}"
     if args.json:
-        from . import clikit
-
-        print(f"{errors} error(s), {warnings} warning(s)", file=sys.stderr)
+        print(counts, file=sys.stderr)
         first = next((f for f in findings if f.severity == ERROR), None)
         return clikit.emit(args, {"host": host.as_dict(), "images": inventory,
                                   "findings": [asdict(f) for f in findings],
                                   "journal": journal}, VERDICT if errors else 0,
-                           {"message": f"{errors} error(s): {first.message}" if first else "",
+                           {"message": f"{clikit.count(errors, 'error')}: {first.message}" if first else "",
                             "subject": first.code if first else None, "field": None,
                             "hint": first.fix if first else None})
     else:
@@ -454,7 +485,7 @@ def cmd_doctor(args) -> int:
             print(line)
         if host.root is None:  # explain's hook
             print("\n".join(doctor_human(journal)))
-    print(f"{errors} error(s), {warnings} warning(s)", file=sys.stderr)
+    print(counts, file=sys.stderr)
     return VERDICT if errors else 0
 
 
