@@ -28,6 +28,7 @@ KINDS = ("auto", "sysext", "confext")
 ETC_POLICIES = ("confext", "factory", "drop", "error")
 VAR_POLICIES = ("tmpfiles", "drop", "error")
 SPECIAL_POLICIES = ("warn", "error", "allow")
+EMPTY_POLICIES = ("error", "allow")
 _SIZE_RE = re.compile(r"^([0-9]+)([KMGT]?)$")
 _SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
@@ -88,7 +89,8 @@ class Key:
     In an array-of-tables section (``[[source]]``, ``[[repository]]``) or a table of tables
     (``[files]``) each entry has a *kind*, chosen by its ``selects`` key(s): ``deb = "x.deb"``
     makes a ``file`` or ``url`` source, ``type = "rpm-md"`` an rpm-md repository. ``applies``
-    names the kinds a key may appear in (empty: all), ``required_for`` those that need it."""
+    names the kinds a key may appear in (empty: all but ``not_for``), ``required_for`` those that
+    need it."""
 
     section: str
     name: str
@@ -99,6 +101,7 @@ class Key:
     required: bool = False
     check: Callable[[Any], str | None] | None = None  # returns a complaint, or None when fine
     applies: tuple[str, ...] = ()
+    not_for: tuple[str, ...] = ()  # kinds it does not apply to (when ``applies`` is empty)
     required_for: tuple[str, ...] = ()
     misapplied: str | None = None  # the complaint when in a kind it does not apply to
     items: Callable[[Any], str | None] | None = None  # a table's values: a complaint per entry
@@ -260,6 +263,10 @@ SCHEMA: tuple[Key, ...] = (
         "the sticky bit in the packages: `warn` (a severe finding, the default), `error` "
         "(refused, naming each path), `allow` (no finding). Device nodes are always refused.",
         '"error"', default="warn", check=_one_of(SPECIAL_POLICIES)),
+    Key("policy", "empty", str, "an image that would hold nothing but its extension-release file "
+        "(every path dropped, excluded or absent): `error` (the default: the build stops and "
+        "says so) or `allow` (build it, e.g. a placeholder).", '"allow"', default="error",
+        check=_one_of(EMPTY_POLICIES)),
     Key("limits", "unpacked", (int, str), "Budget of bytes all packages of a build may "
         f"decompress to (a bomb is stopped there): bytes or `\"16G\"`. Default "
         f"`\"{DEFAULT_UNPACKED >> 30}G\"`.", '"16G"', default=DEFAULT_UNPACKED,
@@ -383,7 +390,7 @@ SCHEMA += (
     Key("source", "sha256", str, "Expected sha256 of the package file; checked before anything "
         "is extracted. Required for `url` and `apt` sources.",
         '"' + "0123456789abcdef" * 4 + '"', check=_sha256_check,
-        applies=("file", "url", "apt"), required_for=("url", "apt"), misapplied=_PINNED),
+        not_for=("packages",), required_for=("url", "apt"), misapplied=_PINNED),
     Key("repository", "type", str, "`deb` (a Debian/Ubuntu archive) or `rpm-md` (repomd.xml: "
         "Fedora, CentOS, openSUSE).", '"deb"', required=True,
         check=_one_of(REPOSITORY_TYPES), selects=lambda value: value),
@@ -540,6 +547,7 @@ class Recipe:
     mtime: str = "set"
     repositories: tuple[Repository, ...] = ()
     special_files: str = "warn"
+    empty_payload: str = "error"  # policy.empty
     unpacked_limit: int = DEFAULT_UNPACKED
     ratio_limit: int = DEFAULT_RATIO
     entries_limit: int = DEFAULT_ENTRIES
@@ -694,6 +702,7 @@ def _build(path: Path, digest: str, data: dict) -> Recipe:
         source_date_epoch=values["image.source_date_epoch"],
         mtime=values["image.mtime"],
         special_files=values["policy.special_files"],
+        empty_payload=values["policy.empty"],
         unpacked_limit=parse_size(values["limits.unpacked"]) or DEFAULT_UNPACKED,
         ratio_limit=values["limits.compression_ratio"],
         entries_limit=values["limits.entries"],
@@ -747,7 +756,7 @@ def _table(body: dict, section: str, fail, where: str | None = None) -> _Entry:
     for key in declared.values():
         if key is entry.selector or key.selects:
             continue
-        applies = not key.applies or entry.kind in key.applies
+        applies = entry.kind in key.applies if key.applies else entry.kind not in key.not_for
         if key.name not in body:
             if key.required:
                 fail(f"{where}.{key.name}", "missing", f"example: {key.name} = {key.example}")

@@ -77,6 +77,7 @@ def cmd_lock(args) -> int:
 
 def cmd_fetch(args) -> int:
     from .. import recipe as recipe_mod
+    from ..sources import kinds
     from ..sources.fetch import describe_progress, fetch_all
     from ..sources.lock import expand_sources
 
@@ -85,7 +86,7 @@ def cmd_fetch(args) -> int:
     for name in args.recipe:
         recipe = recipe_mod.load(name)
         for source in expand_sources(recipe):
-            if source.sha256 is None or not (source.is_url or source.type == "apt"):
+            if source.sha256 is None or not kinds.of(source).stored:
                 continue  # local files live with the recipe, not in the store
             sources.setdefault(source.sha256, source)
     fetched = fetch_all(list(sources.values()), cache,

@@ -96,10 +96,11 @@ def _recipe_path(ctx: Context) -> Plan | str:
     """Copy the directory holding the recipe and every local file it names (packages, [files],
     keys) elsewhere, keeping their relative places, and build from the copy."""
     from .. import recipe as recipe_mod
+    from ..sources import kinds
 
     recipe = recipe_mod.load(ctx.recipe)
     used = [ctx.recipe.resolve()]
-    used += [Path(s.ref) for s in recipe.sources if s.type in ("deb", "rpm") and not s.is_url]
+    used += [path for s in recipe.sources for path in kinds.of(s).recipe_files(s)]
     used += [Path(f.source) for f in recipe.files if f.source is not None]
     used += [Path(v) for k, v in (getattr(recipe, "signing", None) or {}).items()
              if k in ("key", "cert", "passphrase_file") and v]

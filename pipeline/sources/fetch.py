@@ -28,6 +28,7 @@ from .. import tools
 from ..digest import hash_file, hash_open
 from ..errors import INPUT, BuildError, InputError
 from ..recipe import Source
+from . import kinds
 
 CHUNK = 1 << 20
 PARALLEL = 4  # concurrent downloads (bounded: mirrors throttle, CI runners share links)
@@ -98,9 +99,10 @@ def _temporary_cache(why: str) -> Path:
 
 @dataclass(frozen=True)
 class LockedSource(Source):
-    """A package file a lock names (resolve/lock.py): ``size`` is the size the lock records,
+    """A package file a lock names (sources/lock.py): ``size`` is the size the lock records,
     which bounds its download (a mirror that sends more is cut off)."""
 
+    kind: str = "locked"
     size: int | None = None
 
 
@@ -110,7 +112,7 @@ class Fetched:
     path: Path  # verified file (in the cache, or the recipe's local file)
     sha256: str
     size: int
-    origin: str  # "cache" | "download" | "apt" | "local"
+    origin: str  # "cache", or the kind's origin: "download" | "apt" | "local"
     filename: str  # the package's own file name, for the manifest and messages
 
 
@@ -343,56 +345,61 @@ def fetch_all(sources, cache: Cache, *, offline: bool = False, progress=None) ->
 
 
 def fetch_one(source: Source, cache: Cache, *, offline: bool = False, progress=None) -> Fetched:
-    filename = _filename(source)
-    if source.type != "apt" and not source.is_url:
+    kind = kinds.of(source)
+    filename = kind.filename(source)
+    if kind.download is None:
+        if kind.resolved:
+            raise InputError(f"source {filename}", f"a {kind.name} source is not fetched itself",
+                             "expand it through the lock first (sources.lock.expand_sources)")
         found = cache.find(source.sha256)
         if found.status == "ok":
             return Fetched(source, found.path, source.sha256, found.size, "cache", filename)
-        return _local(source, filename)
+        return _local(source, filename, kind.origin)
     if source.sha256 is None:
-        return _download(source, cache, filename, progress, offline, None)
+        return _download(source, kind, cache, filename, progress, offline, None)
     # One process downloads an entry while the others wait for it, then find it.
     with cache.entry(source.sha256):
         found = cache._find_locked(source.sha256)
         if found.status == "ok":
             return Fetched(source, found.path, source.sha256, found.size, "cache", filename)
-        return _download(source, cache, filename, progress, offline, found)
+        return _download(source, kind, cache, filename, progress, offline, found)
 
 
-def _download(source: Source, cache: Cache, filename: str, progress, offline: bool,
-              found: StoreLookup | None) -> Fetched:
+class _Net:
+    """The transports a kind's download may use (kinds.Net)."""
+
+    def __init__(self, progress):
+        self.progress = progress
+
+    def http(self, url: str, dest: Path, max_size: int | None = None) -> Path:
+        http_download(url, dest, self.progress, max_size=max_size)
+        return dest
+
+    def apt(self, source: Source, tmp: Path) -> tuple[Path, str]:
+        return _apt_download(source, tmp)
+
+
+def _download(source: Source, kind: kinds.SourceKind, cache: Cache, filename: str, progress,
+              offline: bool, found: StoreLookup | None) -> Fetched:
     if offline:
         found = found or StoreLookup("missing")
         raise NotInStore([(source.label or filename, "missing" if found.status == "missing" else
                            f"corrupt in the store (sha256 mismatch: got {found.got}; removed)")])
     with cache.tmpdir() as tmp:
-        if source.type == "apt":
-            downloaded, filename = _apt_download(source, tmp)
-            origin = "apt"
-        else:
-            downloaded = tmp / "download"
-            http_download(source.ref, downloaded, progress,
-                          max_size=getattr(source, "size", None))  # a LockedSource
-            origin = "download"
+        downloaded, filename = kind.download(source, tmp, _Net(progress))
         path, digest, size = cache.store(downloaded, source.sha256, filename,
                                          locked=source.sha256 is not None)
-    return Fetched(source, path, digest, size, origin, filename)
+    return Fetched(source, path, digest, size, kind.origin, filename)
 
 
-def _filename(source: Source) -> str:
-    if source.type == "apt":
-        return f"{source.ref}={source.version}"
-    return source.ref.rstrip("/").rsplit("/", 1)[-1]
-
-
-def _local(source: Source, filename: str) -> Fetched:
+def _local(source: Source, filename: str, origin: str) -> Fetched:
     path = Path(source.ref)
     if not path.is_file():
         raise InputError(source.ref, "package file not found")
     digest, size = hash_file(path)
     if source.sha256 is not None and digest != source.sha256:
         raise InputError(source.ref, f"sha256 mismatch: expected {source.sha256}, got {digest}")
-    return Fetched(source, path, digest, size, "local", filename)
+    return Fetched(source, path, digest, size, origin, filename)
 
 
 class DownloadError(BuildError):

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from ..errors import InputError, PipelineError
 from ..recipe import Recipe, Source
-from . import debian, metadata, rpmmd
+from . import debian, kinds, metadata, rpmmd
 from .fetch import Cache, LockedSource
 from .model import Atom
 from .solver import Base, Family, Index, resolve
@@ -45,7 +45,8 @@ def lock_path(recipe: Recipe) -> Path:
 
 
 def packages_sources(recipe: Recipe) -> list[Source]:
-    return [s for s in recipe.sources if s.type == "packages"]
+    """The sources ``lock`` resolves (kinds with ``resolved``)."""
+    return [s for s in recipe.sources if kinds.of(s).resolved]
 
 
 # --- inputs and staleness ----------------------------------------------------------------------
@@ -141,12 +142,13 @@ def locked_sources(recipe: Recipe, *, offline: bool = False) -> list[Source]:
 
 
 def expand_sources(recipe: Recipe, *, offline: bool = False) -> list[Source]:
-    """The recipe's sources with every ``packages`` source replaced by the locked files (at the
-    position of the first one; later ones are already part of the same closure)."""
+    """The recipe's sources with every ``packages`` source (every kind ``lock`` resolves)
+    replaced by the locked files (at the position of the first one; later ones are already part
+    of the same closure)."""
     result: list[Source] = []
     done = False
     for source in recipe.sources:
-        if source.type != "packages":
+        if not kinds.of(source).resolved:
             result.append(source)
         elif not done:
             result.extend(locked_sources(recipe, offline=offline))
