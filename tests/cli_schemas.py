@@ -107,6 +107,7 @@ OPTIONAL: dict[str, dict] = {
     "inspect": {k: opt(SNAKE) for k in ("verity", "signature", "filesystem", "manifest")}
     | {"partitions": arr(SNAKE), "disk_uuid": opt(S), "certificate": opt(S)},
     "keys-generate": {"openpgp": B},  # --openpgp: key is the GnuPG home, cert null
+    "install": {"feed": SNAKE},  # install --feed: what was set up (pipeline/release/feed.py)
 }
 
 #: outputs whose members depend on what is inspected: open, but every member is snake_case

@@ -254,6 +254,10 @@ def _refusal(verdict: rules.Verdict, version: rules.Version) -> str:
 
 
 def cmd_install(args) -> int:
+    if args.feed:  # set the host up for a feed instead (pipeline/commands/publish.py)
+        from .publish import cmd_install_feed
+
+        return cmd_install_feed(args)
     from .check import merge_breakers, with_host_facts
 
     root, host = _host(args)
@@ -436,6 +440,9 @@ def register(sub) -> None:
     p.add_argument("--force", action="store_true", help="install even if it would not merge")
     clikit.add_kind(p, "install as this kind (default: from the image's extension-release "
                        "file, else its contents)")
+    p.add_argument("--feed", action="store_true", help="IMAGE is a feed (a directory made by "
+                   "publish, or its URL): install its transfer files and release key so that "
+                   "systemd-sysupdate keeps the host updated from it")
     clikit.add_systemd(p)
     clikit.add_json(p)
     p.set_defaults(func=cmd_install)

@@ -38,6 +38,40 @@ def cmd_sign_feed(args) -> int:
     return 0
 
 
+def cmd_install_feed(args) -> int:
+    """``install --feed FEED``: set the host (or --root) up to update from a feed."""
+    from ..host import facts as hostmod
+    from ..release.feed import host_setup
+
+    root = Path(args.root) if args.root else None
+    host = hostmod.detect(root, systemd=args.systemd)
+    done = host_setup(args.image, host.base, host.version[0])
+    where = f" in {root}" if root else ""
+    for path in done["written"]:
+        print(f"wrote {path}{where}", file=sys.stderr)
+    for path in done["removed"]:
+        print(f"removed {path}{where} (the other layout: both would be read)", file=sys.stderr)
+    warnings = []
+    if done["new_key_fingerprints"]:
+        warnings.append(f"the release key was taken from the feed ({done['key']}, fingerprint "
+                        f"{', '.join(done['new_key_fingerprints'])}): compare it with the "
+                        "release machine's, or put that key into /etc/systemd/import-pubring.gpg "
+                        "before install --feed")
+    if not done["written"] and not done["removed"]:
+        print(f"already set up{where}: nothing changed", file=sys.stderr)
+    print(f"systemd {host.version[0]} ({done['layout']}): `systemd-sysupdate update` installs "
+          f"the newest version from {done['url']}; enable systemd-sysupdate.timer to do it "
+          "regularly, and refresh systemd-sysext after it", file=sys.stderr)
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if args.json:  # install's members (the first transfer file as "installed") and the setup
+        return clikit.emit(args, {"installed": done["transfers"][0], "kind": done["kinds"][0],
+                                  "name": done["extensions"][0], "previous": done["removed"],
+                                  "refreshed": False, "enabled": None, "visible": [],
+                                  "warnings": warnings, "check": {}, "feed": done})
+    return 0
+
+
 def register(sub) -> None:
     p = sub.add_parser("publish", help="add built images to a systemd-sysupdate feed directory "
                        "(versioned names, SHA256SUMS + OpenPGP signature, transfer files, "

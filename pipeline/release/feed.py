@@ -36,7 +36,7 @@ import tempfile
 from pathlib import Path
 
 from ..digest import hash_file
-from ..errors import BuildError, InputError
+from ..errors import BuildError, InputError, VerdictError
 from ..outdir import MAX_MANIFEST
 
 SUMS, SIGNATURE, INDEX, KEYRING = "SHA256SUMS", "SHA256SUMS.gpg", "index.json", \
@@ -147,18 +147,28 @@ def _write_bytes(feed: Path, name: str, data: bytes) -> None:
     _write(feed, name, lambda fh: fh.write(data))
 
 
-def transfer(name: str, arch: str, url: str, instances: int, legacy: bool = False) -> str:
+#: Where each kind's versions land on a host (``NAME.raw.v/`` below it; legacy: ``DIR.d/``).
+TARGET_DIRS = {"sysext": "/var/lib/extensions", "confext": "/var/lib/confexts"}
+
+
+def transfer(name: str, arch: str, url: str, instances: int, legacy: bool = False,
+             kind: str | None = "sysext") -> str:
     source = url if url.endswith("/") else url + "/"
-    head = (f"# {name}: installed by systemd-sysupdate from {source} (sysext-pipeline publish)\n"
+    directory = TARGET_DIRS.get(kind or "sysext", TARGET_DIRS["sysext"])
+    head = (f"{MARK_PREFIX}{name}{MARK_SUFFIX}{source} (sysext-pipeline publish)\n"
             "[Transfer]\nVerify=yes\n\n[Source]\nType=url-file\n"
             f"Path={source}\nMatchPattern={name}_@v_{arch}.raw\n\n[Target]\n"
             "Type=regular-file\n")
     if legacy:  # systemd 254-256: no NAME.raw.v/ in systemd-sysext; a symlink names the current
-        target = (f"Path=/var/lib/extensions.d/\nMatchPattern={name}_@v.raw\n"
-                  f"CurrentSymlink=/var/lib/extensions/{name}.raw\n")
+        target = (f"Path={directory}.d/\nMatchPattern={name}_@v.raw\n"
+                  f"CurrentSymlink={directory}/{name}.raw\n")
     else:
-        target = f"Path=/var/lib/extensions/{name}.raw.v/\nMatchPattern={name}_@v.raw\n"
+        target = f"Path={directory}/{name}.raw.v/\nMatchPattern={name}_@v.raw\n"
     return head + target + f"InstancesMax={instances}\n"
+
+
+#: The first line of every transfer file publish writes: how install recognises its own.
+MARK_PREFIX, MARK_SUFFIX = "# ", ": installed by systemd-sysupdate from "
 
 
 def _load_index(feed: Path) -> list[dict]:
@@ -213,11 +223,13 @@ def publish(images: list[Path], feed: Path, url: str, *, gnupghome: Path | None 
     names = sorted({(i["name"], i["architecture"]) for i in index})
     sysupdate = feed / "sysupdate.d"
     (sysupdate / "legacy").mkdir(parents=True, exist_ok=True)
+    kinds = {i["name"]: i.get("kind") for i in index}
     for name, arch in names:
-        _write_bytes(sysupdate, f"{name}.transfer", transfer(name, arch, url, instances).encode())
+        _write_bytes(sysupdate, f"{name}.transfer",
+                     transfer(name, arch, url, instances, kind=kinds[name]).encode())
         _write_bytes(sysupdate / "legacy", f"{name}.conf",
-                     transfer(name, arch, url, instances, legacy=True).encode())
-    document = {"schema": 1, "url": url, "images": index,
+                     transfer(name, arch, url, instances, legacy=True, kind=kinds[name]).encode())
+    document = {"schema": 1, "url": url, "images": index, "instances_max": instances,
                 "transfers": {f"{n}": {"systemd>=257": f"sysupdate.d/{n}.transfer",
                                        "systemd<257": f"sysupdate.d/legacy/{n}.conf"}
                               for n, _ in names}}
@@ -329,3 +341,230 @@ def check_signature(sums: Path, signature: bytes, keyring: Path, *, where: str) 
         except BuildError as err:
             raise InputError(where, "does not verify SHA256SUMS with the release key",
                              err.hint) from None
+
+
+# --- setting a host up for a feed (``install --feed``) ----------------------------------------
+
+#: The keyring systemd-pull checks ``Verify=yes`` signatures with, relative to the host's root.
+#: 254 and 257 read ``/etc/systemd/import-pubring.gpg`` (then ``/usr/lib/systemd/``'s); 262 reads
+#: every one of ``/etc/systemd/import-pubring.pgp``, ``/etc/systemd/import-pubring.gpg`` and
+#: ``/usr/lib/systemd/import-pubring.pgp`` that exists (and ``$SYSTEMD_OPENPGP_KEYRING``): the
+#: ``.gpg`` name is the one every version reads, so it survives an upgrade of the host's systemd.
+HOST_KEYRING = "etc/systemd/import-pubring.gpg"
+#: The oldest systemd whose systemd-sysupdate this layout was run with (Debian 12's 252 ships
+#: no systemd-sysupdate; 254 is in bookworm-backports).
+OLDEST_SYSUPDATE = 254
+#: 257 reads ``*.transfer`` (and ``*.conf``); 254-256 only ``*.conf``; sysext merges the newest
+#: image of ``NAME.raw.v/`` from 256 on, but 256's sysupdate still wants ``*.conf``.
+TRANSFER_SUFFIX_SINCE = 257
+MAX_FEED_FILE = 1 << 20
+
+
+def _is_url(source: str) -> bool:
+    return bool(re.match(r"^https?://", source))
+
+
+def _feed_file(source: str, name: str, limit: int = MAX_FEED_FILE) -> bytes:
+    """One file of a feed (a directory or an http(s) URL), at most ``limit`` bytes."""
+    import urllib.error
+    import urllib.request
+
+    if _is_url(source):
+        where = source.rstrip("/") + "/" + name
+        try:
+            with urllib.request.urlopen(where, timeout=60) as response:
+                data = response.read(limit + 1)
+        except urllib.error.HTTPError as err:
+            if err.code in (403, 404, 410):
+                raise InputError(where, f"HTTP {err.code}",
+                                 "is this the URL of a feed made by publish?") from None
+            raise BuildError(where, f"HTTP {err.code}", "the server failed: retry") from None
+        except (urllib.error.URLError, OSError) as err:
+            reason = getattr(err, "reason", None) or err
+            raise BuildError(where, f"cannot fetch: {reason}",
+                             "check the URL and the network, then retry") from None
+    else:
+        where = str(Path(source) / name)
+        try:
+            fd = os.open(where, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except FileNotFoundError:
+            raise InputError(where, "missing", "give a feed directory made by publish, or its "
+                             "URL") from None
+        except OSError as err:
+            raise InputError(where, f"cannot read: {err.strerror}") from None
+        with os.fdopen(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                raise InputError(where, "not a regular file")
+            data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise InputError(where, f"larger than {limit} bytes", "not a file publish writes")
+    return data
+
+
+def _fingerprints(keyring: Path) -> set[str]:
+    from .. import tools
+
+    with tempfile.TemporaryDirectory(prefix="sysext-feed-") as home:
+        os.chmod(home, 0o700)
+        try:
+            out = tools.run("gpg", ["--homedir", home, "--batch", "--no-tty", "--with-colons",
+                                    "--show-keys", str(keyring)],
+                            what="reading a keyring", timeout=120).stdout
+        finally:
+            if tools.have("gpgconf"):
+                import subprocess
+
+                subprocess.run([tools.find("gpgconf"), "--homedir", home, "--kill", "all"],
+                               capture_output=True, check=False, timeout=60)
+    return {line.split(":")[9] for line in out.decode(errors="replace").splitlines()
+            if line.startswith("fpr:")}
+
+
+def _verifies(sums: Path, signature: bytes, keyring: Path) -> bool:
+    try:
+        check_signature(sums, signature, keyring, where=str(keyring))
+    except InputError:
+        return False
+    return True
+
+
+def _target_dir(base: Path, rel: str) -> Path:
+    """``base/rel``, created 0755 component by component; a symlink on the way is refused (a
+    --root tree must not redirect writes out of it)."""
+    path = base
+    for part in Path(rel).parts:
+        path = path / part
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            os.mkdir(path, 0o755)
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            raise InputError(str(path), "is not a directory (a symlink?)",
+                             "install --feed writes only into real directories of the tree")
+    return path
+
+
+def host_setup(source: str, base: Path, systemd: int) -> dict:
+    """Set the host whose root is ``base`` (``/`` or a --root tree), running systemd
+    ``systemd`` (major), up to update from the feed at ``source`` (a directory made by publish
+    or its URL): the transfer file of every extension of the feed into ``/etc/sysupdate.d/``
+    (``NAME.transfer`` for systemd ≥ 257, the legacy ``NAME.conf`` before), the release key in
+    the keyring systemd-pull reads (added to one already there), and the target directories.
+
+    Nothing is written unless SHA256SUMS.gpg verifies SHA256SUMS, and SHA256SUMS lists
+    ``index.json`` with its sha256: the transfer files are made from that verified index. The
+    key is the host's own keyring when it already verifies the feed, else the feed's
+    ``import-pubring.gpg`` (trust on first use: its fingerprint is reported)."""
+    if systemd < OLDEST_SYSUPDATE:
+        raise InputError("--systemd", f"systemd {systemd} has no systemd-sysupdate that "
+                         "was checked with feeds", f"feeds need systemd {OLDEST_SYSUPDATE}+ "
+                         "(Debian 12: systemd and systemd-container from bookworm-backports)")
+    base = Path(base)
+    sums = _feed_file(source, SUMS)
+    signature = _feed_file(source, SIGNATURE, 64 << 10)
+    index_bytes = _feed_file(source, INDEX)
+    host_keyring = base / HOST_KEYRING
+    with tempfile.TemporaryDirectory(prefix="sysext-feed-") as tmp:
+        sums_path = Path(tmp) / SUMS
+        sums_path.write_bytes(sums)
+        if host_keyring.is_file() and not host_keyring.is_symlink() and \
+                _verifies(sums_path, signature, host_keyring):
+            key_source, new_key = str(host_keyring), None
+        else:
+            new_key = Path(tmp) / KEYRING
+            new_key.write_bytes(_feed_file(source, KEYRING))
+            if not _verifies(sums_path, signature, new_key):
+                raise VerdictError(f"{source.rstrip('/')}/{SIGNATURE}", "does not verify "
+                                   "SHA256SUMS with the feed's key", "nothing installed: the "
+                                   "feed was altered or is half uploaded; retry, or re-sign it")
+            key_source = f"{source.rstrip('/')}/{KEYRING}"
+        listed = {}
+        for line in sums.decode(errors="replace").splitlines():
+            digest, _, file_name = line.partition("  ")
+            listed[file_name] = digest
+        if listed.get(INDEX) != hashlib.sha256(index_bytes).hexdigest():
+            raise VerdictError(f"{source.rstrip('/')}/{INDEX}", "does not match the signed "
+                               "SHA256SUMS", "nothing installed: the feed was altered or is "
+                               "half uploaded; retry")
+        try:
+            document = json.loads(index_bytes)
+            url, images = document["url"], document["images"]
+            instances = int(document.get("instances_max", DEFAULT_INSTANCES))
+            extensions = sorted({(i["name"], i["architecture"], i.get("kind") or "sysext")
+                                 for i in images})
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise InputError(f"{source.rstrip('/')}/{INDEX}", "not an index publish wrote") \
+                from None
+        for name, arch, kind in extensions:
+            if not (NAME.match(str(name)) and NAME.match(str(arch)) and kind in TARGET_DIRS):
+                raise InputError(f"{source.rstrip('/')}/{INDEX}", f"entry {name!r} {arch!r} "
+                                 f"{kind!r} is not one publish writes")
+        if not extensions:
+            raise InputError(f"{source.rstrip('/')}/{INDEX}", "lists no image")
+        if len({n for n, _, _ in extensions}) != len(extensions):
+            raise InputError(f"{source.rstrip('/')}/{INDEX}", "one extension in two "
+                             "architectures", "publish one architecture per feed")
+        fingerprints = sorted(_fingerprints(new_key)) if new_key else []
+        written: list[str] = []
+        if new_key is not None and _add_key(base, new_key, fingerprints):
+            written.append("/" + HOST_KEYRING)
+        legacy = systemd < TRANSFER_SUFFIX_SINCE
+        definitions = _target_dir(base, "etc/sysupdate.d")
+        removed, transfers = [], []
+        for name, arch, kind in extensions:
+            text = transfer(name, arch, url, instances, legacy=legacy, kind=kind)
+            own, other = (f"{name}.conf", f"{name}.transfer") if legacy else \
+                (f"{name}.transfer", f"{name}.conf")
+            if _write_if_changed(definitions, own, text.encode()):
+                written.append(f"/etc/sysupdate.d/{own}")
+            transfers.append(f"/etc/sysupdate.d/{own}")
+            # 257 reads *.conf too: a legacy file left from before an upgrade would install
+            # every version twice; only a file publish wrote is removed
+            stale = definitions / other
+            if stale.is_file() and not stale.is_symlink() and \
+                    stale.read_bytes().startswith(f"{MARK_PREFIX}{name}{MARK_SUFFIX}".encode()):
+                stale.unlink()
+                removed.append(f"/etc/sysupdate.d/{other}")
+            directory = TARGET_DIRS[kind].lstrip("/")
+            _target_dir(base, directory)
+            if legacy:
+                _target_dir(base, directory + ".d")
+    return {"feed": source, "url": url, "systemd": systemd,
+            "layout": "legacy .conf, CurrentSymlink" if legacy else ".transfer, NAME.raw.v/",
+            "extensions": [n for n, _, _ in extensions],
+            "kinds": sorted({k for _, _, k in extensions}), "transfers": transfers,
+            "written": written,
+            "removed": removed, "key": key_source, "new_key_fingerprints": fingerprints}
+
+
+def _write_if_changed(directory: Path, name: str, data: bytes) -> bool:
+    path = directory / name
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        raise InputError(str(path), "is not a regular file", "remove it first")
+    if path.is_file() and path.read_bytes() == data:
+        return False
+    _write_bytes(directory, name, data)
+    return True
+
+
+def _add_key(base: Path, key: Path, fingerprints: list[str]) -> bool:
+    """Put ``key`` into the host keyring: written when there is none, appended (a binary
+    OpenPGP keyring is a sequence of keys) when it lacks one of ``fingerprints``; whether the
+    keyring changed."""
+    directory = _target_dir(base, str(Path(HOST_KEYRING).parent))
+    path = base / HOST_KEYRING
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        raise InputError(str(path), "is not a regular file", "remove it or make it one")
+    if not path.exists():
+        _write_bytes(directory, path.name, key.read_bytes())
+        return True
+    if set(fingerprints) <= _fingerprints(path):
+        return False
+    old = path.read_bytes()
+    if old[8:12] == b"KBXf":
+        raise InputError(str(path), "is a keybox (GnuPG 2.1 format), not a keyring a key can "
+                         "be appended to", f"gpg --no-default-keyring --keyring {path} --import "
+                         "the feed's import-pubring.gpg, then run install --feed again")
+    _write_bytes(directory, path.name, old + key.read_bytes())
+    return True
