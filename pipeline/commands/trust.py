@@ -67,11 +67,7 @@ def cmd_sign(args) -> int:
     options = {"signer": signer, "p7s": args.signature, "cert": args.cert, "replace": args.force}
     if not has_gpt(image):
         found = sign_detached(image, **options)
-        _update_manifest(image, "verity", found.root_hash, {
-            "certificateFingerprint": found.certificate_fingerprint,
-            "signatureAlgorithm": found.signature_algorithm,
-            "signatureFile": found.signature_path.name,
-        }, signer=signer)
+        _update_manifest(image, "verity", found, signer)
         _warn(found.warnings)
         print(f"signed {found.roothash_path} → {found.signature_path}: root hash "
               f"{found.root_hash}, certificate {found.certificate_fingerprint}", file=sys.stderr)
@@ -83,8 +79,7 @@ def cmd_sign(args) -> int:
                 "warnings": list(found.warnings)})
         return 0
     info = sign_ddi(image, **options)
-    _update_manifest(image, "ddi", info.root_hash, info.to_manifest(), info.sha256,
-                     signer=signer)
+    _update_manifest(image, "ddi", info, signer)
     _warn(info.warnings)
     print(f"signed {image}: root hash {info.root_hash}, certificate "
           f"{info.certificate_fingerprint}, sha256 {info.sha256}", file=sys.stderr)
@@ -101,34 +96,34 @@ def _warn(warnings) -> None:
         print(f"warning: {warning}", file=sys.stderr)
 
 
-def _update_manifest(image: Path, section: str, root_hash: str, fields: dict,
-                     sha256: str | None = None, signer=None) -> None:
+def _update_manifest(image: Path, section: str, signed, signer=None) -> None:
     """Keep NAME.manifest.json true after signing, so that it equals a signed build's: the
-    ``section`` (``ddi``: replaced; ``verity``: its signature fields updated) and, for a DDI,
-    the image hash. A manifest that describes another root hash (a different build next to this
+    model's ``signed_ddi``/``signed_verity`` (pipeline/stages/manifest.py) with what ``sign``
+    read back (``signed``: a DdiInfo or an assemble.DetachedVerity), then the SBOM and
+    provenance. A manifest that describes another root hash (a different build next to this
     image) is left alone, with a warning."""
+    from ..release import provenance
     from ..stages import manifest as mf
 
     path = image.with_name(image.name.removesuffix(".raw") + ".manifest.json")
     if not path.is_file():
         return
-    data = mf.load(path)
-    recorded = (data.get(section) or {}).get("rootHash")
-    if recorded != root_hash:
+    manifest = mf.read(path)
+    part = manifest.ddi if section == "ddi" else manifest.verity
+    recorded = part.root_hash if part is not None else None
+    if recorded != signed.root_hash:
         _warn([f"{path}: not updated: it records root hash {recorded}, the image has "
-               f"{root_hash}"])
+               f"{signed.root_hash}"])
         return
     if section == "ddi":
-        data["ddi"] = fields
+        manifest.signed_ddi(signed)
     else:
-        data[section].update(fields)
-    if sha256 is not None:
-        data.setdefault("image", {})["sha256"] = sha256
-    from ..release import provenance
-
+        manifest.signed_verity(signed)
+    data = manifest.to_json()
     provenance.after_signing(path.parent, data, signer)  # SBOM + provenance (W3)
+    manifest = mf.Manifest.from_json(data, str(path))  # what it changed, checked like a read
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(mf.dumps(data))
+    tmp.write_bytes(manifest.dumps())
     tmp.replace(path)
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import BuildError, InputError
+from ..stages.manifest import Manifest
 
 
 @dataclass
@@ -19,30 +20,36 @@ class Rebuilt:
     workdir: Path
     recipe: Path
     notes: list[str] = field(default_factory=list)
+    model: Manifest | None = None  # ``manifest`` read through pipeline/stages/manifest.py
 
 
+def as_model(manifest: dict | Manifest) -> Manifest:
+    """The manifest through the model (a dict is checked like any manifest read)."""
+    return manifest if isinstance(manifest, Manifest) else Manifest.from_json(manifest)
 
-def pinned_recipe(recipe, manifest: dict):
+
+def pinned_recipe(recipe, manifest: dict | Manifest):
     """The recipe with every unpinned deb/rpm/apt source pinned to the sha256 its input recorded
     (sources and inputs correspond one to one, in order, when no source expands to several)."""
-    inputs = manifest.get("inputs") or []
+    inputs = as_model(manifest).inputs
     sources = list(recipe.sources)
     if len(sources) != len(inputs) or any(s.type not in ("deb", "rpm", "apt") for s in sources):
         return recipe
-    pinned = [s if s.sha256 else dataclasses.replace(s, sha256=i.get("sha256"))
+    pinned = [s if s.sha256 else dataclasses.replace(s, sha256=i.sha256)
               for s, i in zip(sources, inputs)]
     return dataclasses.replace(recipe, sources=tuple(pinned))
 
 
-def rebuild_environ(manifest: dict, base: dict | None = None) -> dict:
+def rebuild_environ(manifest: dict | Manifest, base: dict | None = None) -> dict:
+    manifest = as_model(manifest)
     environ = dict(os.environ if base is None else base)
     environ.pop("SOURCE_DATE_EPOCH", None)
-    if manifest.get("source_date_epoch_origin") == "environment":
-        environ["SOURCE_DATE_EPOCH"] = str(manifest["source_date_epoch"])
+    if manifest.source_date_epoch_origin == "environment":
+        environ["SOURCE_DATE_EPOCH"] = str(manifest.source_date_epoch)
     return environ
 
 
-def rebuild(manifest: dict, recipe_path: Path, output_dir: Path, cache_dir: Path | None = None,
+def rebuild(manifest: dict | Manifest, recipe_path: Path, output_dir: Path, cache_dir: Path | None = None,
             *, offline: bool = False, log=None) -> Rebuilt:
     """Build ``recipe_path`` with the manifest's inputs into ``output_dir``; return the image
     that has the manifest's name."""
@@ -50,6 +57,7 @@ def rebuild(manifest: dict, recipe_path: Path, output_dir: Path, cache_dir: Path
     from ..sources.fetch import Cache, default_cache_dir
     from ..stages.build import Log, build
 
+    manifest = as_model(manifest)
     recipe = pinned_recipe(recipe_mod.load(recipe_path), manifest)
     cache = Cache(default_cache_dir(cache_dir))
     try:
@@ -62,10 +70,10 @@ def rebuild(manifest: dict, recipe_path: Path, output_dir: Path, cache_dir: Path
                              f"recorded ({err.what})", _mismatch_hint(err.where, cache)) from None
         raise
     for image in result.images:
-        if image.name == manifest.get("name"):
+        if image.name == manifest.name:
             return Rebuilt(image.image, image.manifest_path, image.manifest, Path(output_dir),
-                           recipe_path)
-    raise BuildError(manifest.get("name", "?"), "the recipe no longer makes this image",
+                           recipe_path, model=image.model)
+    raise BuildError(manifest.name, "the recipe no longer makes this image",
                      "made: " + ", ".join(i.name for i in result.images))
 
 

@@ -4,8 +4,6 @@ not taken as the reason: a recipe edit need not change the image, and a tool ver
 
 from __future__ import annotations
 
-import copy
-
 from .report import Report, short
 
 #: Tools whose other version may pack the same files into other bytes.
@@ -132,25 +130,8 @@ def _inputs(r: Report, ia: list[dict], ib: list[dict]) -> None:
 
 def unsigned_view(manifest: dict) -> dict:
     """The manifest as an unsigned build of the same image would write it: what ``verify``
-    compares, since it rebuilds without the private key (signatures are checked separately)."""
-    m = copy.deepcopy(manifest)
-    ddi = m.get("ddi")
-    if ddi:
-        for key in ("certificateFingerprint", "signatureAlgorithm"):
-            ddi[key] = None
-        ddi["sha256"] = ddi.get("unsignedSha256")
-        for part in ddi.get("partitions") or []:
-            if str(part.get("designator") or "").endswith("-verity-sig"):
-                part["sha256"] = None
-        if m.get("image"):
-            m["image"]["sha256"] = ddi.get("unsignedSha256")
-        for key, field in (("sbom", "sha256"), ("provenance", "statement_sha256")):
-            if isinstance(m.get(key), dict):  # they name the signed image's sha256
-                m[key][field] = None
-    if isinstance(m.get("provenance"), dict):  # who signed NAME.provenance.json
-        m["provenance"]["certificateFingerprint"] = None
-    verity = m.get("verity")
-    if verity:
-        for key in ("signatureFile", "certificateFingerprint", "signatureAlgorithm"):
-            verity[key] = None
-    return m
+    compares, since it rebuilds without the private key (signatures are checked separately).
+    Defined once, in the model (pipeline/stages/manifest.py ``Manifest.unsigned``)."""
+    from ...stages.manifest import unsigned_json
+
+    return unsigned_json(manifest)
