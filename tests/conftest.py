@@ -82,7 +82,7 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None,
 @pytest.fixture
 def make_recipe(tmp_path) -> Callable[..., Path]:
     """``make_recipe(spec, directory=None, name="recipe.toml")``: the dict ``spec`` (see
-    ``recipes_kit.recipe``) written as TOML under the test's tmp_path; returns the path."""
+    ``recipes_kit.recipe_dict``) written as TOML under the test's tmp_path; returns the path."""
 
     def make(spec: dict, directory: Path | None = None, name: str = "recipe.toml") -> Path:
         return recipes_kit.write_recipe_dict(directory or tmp_path / "recipe", spec, name)

@@ -1,6 +1,6 @@
 """One way for tests to write a recipe and run a build.
 
-``recipe(...)`` returns a recipe as a dict (the common defaults filled in), ``toml_text(spec)``
+``recipe_dict(...)`` returns a recipe as a dict (the common defaults filled in), ``toml_text(spec)``
 writes any dict as TOML (checked by reading it back with :mod:`tomllib`), ``write_recipe_dict``
 puts it in a file, and ``build_cli`` runs the real CLI (a separate process by default, or
 in-process with ``in_process=True``) and returns a :class:`CliResult`. The ``make_recipe``
@@ -118,7 +118,7 @@ def toml_text(spec: dict[str, Any]) -> str:
 
 # --- recipes ----------------------------------------------------------------------------------
 
-def recipe(name: str = "x", *, kind: str | None = None, version: str | None = None,
+def recipe_dict(name: str = "x", *, kind: str | None = None, version: str | None = None,
            target: dict | None = None, sources: list[dict] | tuple = (),
            image: dict | None = None, extension: dict | None = None, **sections: Any) -> dict:
     """A recipe dict: ``[extension]`` (name, kind, version, plus ``extension``), ``[target]``

@@ -13,7 +13,7 @@ from conftest import REPO, run_cli
 from merge import in_namespace, make_root
 from pkgfactory import build_deb, file
 from prereq import missing, require_tool
-from recipes_kit import EPOCH, build_recipe, recipe
+from recipes_kit import EPOCH, build_recipe, recipe_dict
 from test_install import cli, tool_image
 
 from pipeline.commands.doctor import elf_dynamic
@@ -28,7 +28,7 @@ def doctor_json(root: Path, *extra: str) -> dict:
 def image(directory: Path, name: str, *, files: dict[str, str] | None = None,
           deb: Path | None = None) -> Path:
     """An image of ``files`` (path: one line of text) or of ``deb``, built with the real CLI."""
-    spec = recipe(name, sources=[deb] if deb else (), image={"source_date_epoch": EPOCH},
+    spec = recipe_dict(name, sources=[deb] if deb else (), image={"source_date_epoch": EPOCH},
                   files={p: {"content": f"{t}\n"} for p, t in files.items()} if files else None)
     return build_recipe(directory, spec).image_path
 

@@ -13,7 +13,7 @@ import pytest
 from conftest import REPO, run_cli
 from merge import in_namespace, make_root
 from prereq import missing, require_tool
-from recipes_kit import EPOCH, build_recipe, recipe
+from recipes_kit import EPOCH, build_recipe, recipe_dict
 
 
 def tool_image(tmp: Path, name: str, kind: str = "sysext", version_id: str = "12",
@@ -23,7 +23,7 @@ def tool_image(tmp: Path, name: str, kind: str = "sysext", version_id: str = "12
     path = "usr/bin" if kind == "sysext" else "etc"
     target = {"id": "debian", "version_id": version_id,
               "architecture": "x86-64" if kind == "sysext" else None}
-    spec = recipe(name, kind=kind, version="1", target=target,
+    spec = recipe_dict(name, kind=kind, version="1", target=target,
                   files={f"{path}/{name}-tool": {"content": f"#!/bin/sh\necho {payload}\n",
                                                  "mode": "0755"}},
                   image={"format": fmt, "source_date_epoch": EPOCH})

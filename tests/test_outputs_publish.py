@@ -13,14 +13,14 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, write_recipe
+from conftest import REPO
 from pkgfactory import build_deb, file
 from prereq import require_tool
+from recipes_kit import DEBIAN_12, EPOCH, recipe_dict, write_recipe_dict
 
 from pipeline.stages import build as build_mod
 
-EPOCH = 1700000000
-FAST = 'compression = "none"\n'  # the build after a killed one: only its cleanup matters
+FAST = "none"  # the build after a killed one: only its cleanup matters
 
 
 def _deb(tmp_path: Path, big: int = 0) -> Path:
@@ -30,24 +30,17 @@ def _deb(tmp_path: Path, big: int = 0) -> Path:
     return build_deb(tmp_path / "pkg", "tiny", "1.0", files, compression="none")
 
 
+#: [image] of each format the tests build (a DDI with its squashfs inside).
+IMAGE = {"squashfs": {"format": "squashfs"}, "erofs": {"format": "erofs", "mtime": "set"},
+         "directory": {"format": "directory"}, "ddi": {"format": "ddi", "filesystem": "squashfs"}}
+
+
 def _recipe(tmp_path: Path, deb: Path, fmt: str = "squashfs", version: str = "1.0",
-            compression: str = "") -> Path:
-    fs = {"squashfs": 'format = "squashfs"\n',
-          "erofs": 'format = "erofs"\nmtime = "set"\n',
-          "directory": 'format = "directory"\n'}[fmt]
-    return write_recipe(tmp_path / f"recipe-{fmt}-{version}", f"""
-[extension]
-name = "t"
-kind = "sysext"
-version = "{version}"
-[target]
-id = "debian"
-version_id = "12"
-[[source]]
-deb = "{deb}"
-[image]
-{fs}{compression}source_date_epoch = {EPOCH}
-""")
+            compression: str | None = None) -> Path:
+    target = {**DEBIAN_12, "architecture": "x86-64"} if fmt == "ddi" else None
+    spec = recipe_dict("t", kind="sysext", version=version, target=target, sources=[deb],
+                       image={**IMAGE[fmt], "compression": compression, "source_date_epoch": EPOCH})
+    return write_recipe_dict(tmp_path / f"recipe-{fmt}-{version}", spec)
 
 
 def _popen(recipe: Path, out: Path, cache: Path, env: dict | None = None) -> subprocess.Popen:
@@ -148,7 +141,7 @@ def test_kill_during_packing_kills_the_packer_and_next_build_cleans_up(tmp_path,
                                                                        fmt):
     tool = {"squashfs": "mksquashfs", "erofs": "mkfs.erofs"}[fmt]
     require_tool(tool, {"squashfs": "squashfs-tools", "erofs": "erofs-utils"}[fmt])
-    compression = 'compression = "xz"\n' if fmt == "squashfs" else 'compression = "lz4hc"\n'
+    compression = "xz" if fmt == "squashfs" else "lz4hc"
     deb = _deb(tmp_path, big=32 << 20)
     recipe = _recipe(tmp_path, deb, fmt, compression=compression)
     out = tmp_path / "out"
@@ -294,10 +287,7 @@ def test_ddi_scratch_of_a_killed_build_is_swept(tmp_path, cache_dir):
     dead = Path(tempfile.mkdtemp(prefix=DDI_SCRATCH, dir=base))
     (dead / "data.padded").write_bytes(b"left by a killed build")
     live = Path(tempfile.mkdtemp(prefix=DDI_SCRATCH, dir=base))
-    recipe = _recipe(tmp_path, _deb(tmp_path), "squashfs").read_text().replace(
-        'format = "squashfs"', 'format = "ddi"\nfilesystem = "squashfs"').replace(
-        'version_id = "12"', 'version_id = "12"\narchitecture = "x86-64"')
-    path = write_recipe(tmp_path / "ddi", recipe)
+    path = _recipe(tmp_path, _deb(tmp_path), "ddi")
     try:
         with locked(live):
             result = _build(path, tmp_path / "out", cache_dir, {"TMPDIR": str(base)})

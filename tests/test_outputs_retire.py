@@ -8,25 +8,16 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import run_cli, write_recipe
+from conftest import run_cli
 from pkgfactory import build_deb, file
+from recipes_kit import EPOCH, recipe_dict, write_recipe_dict
 
 
 def _recipe(tmp_path: Path, cache_dir: Path) -> tuple[Path, Path]:
     deb = build_deb(tmp_path / "pkg", "tiny", "1.0", [file("/usr/bin/tiny", b"tiny\n", 0o755)])
-    recipe = write_recipe(tmp_path / "recipe", f"""
-[extension]
-name = "t"
-kind = "sysext"
-[target]
-id = "debian"
-version_id = "12"
-[[source]]
-deb = "{deb}"
-[image]
-format = "directory"
-source_date_epoch = 1700000000
-""")
+    recipe = write_recipe_dict(tmp_path / "recipe", recipe_dict(
+        "t", kind="sysext", sources=[deb], image={"format": "directory",
+                                                  "source_date_epoch": EPOCH}))
     return recipe, cache_dir
 
 

@@ -10,26 +10,16 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, write_recipe
+from conftest import REPO
 from pkgfactory import build_deb, file
 from prereq import require_root, require_tool
+from recipes_kit import EPOCH, recipe_dict, write_recipe_dict
 
 
 def _recipe(tmp_path: Path, deb: Path) -> Path:
-    return write_recipe(tmp_path / "recipe", f"""
-[extension]
-name = "t"
-kind = "sysext"
-[target]
-id = "debian"
-version_id = "12"
-[[source]]
-deb = "{deb}"
-[image]
-format = "squashfs"
-compression = "none"
-source_date_epoch = 1700000000
-""")
+    return write_recipe_dict(tmp_path / "recipe", recipe_dict(
+        "t", kind="sysext", sources=[deb],
+        image={"format": "squashfs", "compression": "none", "source_date_epoch": EPOCH}))
 
 
 def _build_on_tmpfs(tmp_path: Path, recipe: Path, cache_dir: Path, size: str,

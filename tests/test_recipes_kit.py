@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import tomllib
-from recipes_kit import build_cli, recipe, run_cli, toml_text
+from recipes_kit import build_cli, recipe_dict, run_cli, toml_text
 
 from pipeline import recipe as recipe_mod
 
@@ -31,7 +31,7 @@ def test_toml_text_refuses_what_toml_cannot_hold():
 
 
 def test_recipe_dict_loads_through_the_real_parser(make_recipe):
-    path = make_recipe(recipe("kit", kind="sysext", version="1", sources=["/nowhere/a.rpm"],
+    path = make_recipe(recipe_dict("kit", kind="sysext", version="1", sources=["/nowhere/a.rpm"],
                               files={"usr/bin/kit": {"content": "#!/bin/sh\n", "mode": "0755"}},
                               image={"format": "directory"}))
     loaded = recipe_mod.load(path)
@@ -40,7 +40,7 @@ def test_recipe_dict_loads_through_the_real_parser(make_recipe):
 
 
 def test_build_cli_in_process_and_subprocess_agree(tmp_path, make_recipe):
-    path = make_recipe(recipe("kit", kind="sysext", target={"id": "debian", "version_id": "12",
+    path = make_recipe(recipe_dict("kit", kind="sysext", target={"id": "debian", "version_id": "12",
                                                              "architecture": "x86-64"},
                               files={"usr/bin/kit": {"content": "#!/bin/sh\n", "mode": "0755"}},
                               image={"format": "directory", "source_date_epoch": 1700000000}))
@@ -51,7 +51,7 @@ def test_build_cli_in_process_and_subprocess_agree(tmp_path, make_recipe):
 
 
 def test_build_cli_reports_the_exit_code_and_error_line(tmp_path, make_recipe):
-    path = make_recipe(recipe("kit", image={"format": "no-such-format"}))
+    path = make_recipe(recipe_dict("kit", image={"format": "no-such-format"}))
     for in_process in (False, True):
         result = build_cli(path, tmp_path / f"o{in_process}", json_out=False, expect=2,
                            in_process=in_process)
