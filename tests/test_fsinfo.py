@@ -185,7 +185,7 @@ def test_unknown_input_is_named(tmp_path):
 
 _AS_NOBODY = """
 import hashlib, json, sys
-from pipeline import fsinfo
+from pipeline.image import fsinfo
 image, release = sys.argv[1:]
 with fsinfo.opened(image) as view:
     method = view.method

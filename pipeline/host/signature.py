@@ -13,11 +13,11 @@ rule's text says.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InputError
+from ..image.ddi import reader
 from ..systemd import rules
 
 UNSIGNED, TRUSTED, UNTRUSTED = "unsigned", "trusted", "untrusted"
@@ -30,36 +30,23 @@ class SignatureState:
     verified_by: Path | None = None  # the one that verifies it (trusted)
     where: str = ""  # what carries the signature: 'NAME.roothash.p7s' or 'root-verity-sig'
     unusable: tuple[str, ...] = ()  # installed certificates that cannot be read, with why
+    verity: tuple[bool, str] | None = None  # the verity tree's check (None: no verity)
 
 
 def signature_carrier(path: Path) -> str | None:
     """What carries ``path``'s signature (None: the image is not signed). A partition table or
     file that cannot be read is an error (a PipelineError naming the file), not "unsigned"."""
-    from ..image.ddi.gpt import has_gpt, read_gpt
-    from ..systemd import partitions
-
     path = Path(path)
     p7s = Path(str(path).removesuffix(".raw") + ".roothash.p7s")
     if p7s.is_file() and p7s.stat().st_size:
         return p7s.name
-    if not path.is_file() or not has_gpt(path):
+    if not path.is_file():
         return None
-    for part in read_gpt(path).partitions:
-        found = partitions.lookup(part.type_uuid)
-        if found and found[0].endswith("-verity-sig") and _has_content(path, part):
-            return found[0]
-    return None
-
-
-def _has_content(path: Path, part) -> bool:
-    """An unsigned build reserves the signature partition and leaves it zero-filled."""
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(part.offset)
-            return fh.read(min(part.size, 4096)).strip(b"\0") != b""
-    except OSError as err:
-        raise InputError(str(path), f"cannot read the signature partition: "
-                         f"{(err.strerror or str(err)).lower()}") from None
+    image = reader.open_image(path)
+    if image.table is None:
+        return None
+    carried = image.signature
+    return carried.where if carried is not None and carried.present else None
 
 
 def certificates(base: Path) -> tuple[Path, ...]:
@@ -69,35 +56,29 @@ def certificates(base: Path) -> tuple[Path, ...]:
 
 
 def state(path: Path, base: Path) -> SignatureState:
-    """Whether ``path`` is signed and whether a certificate installed in ``base`` verifies it
-    (remembered per file version and certificate set: doctor and check ask more than once)."""
-    path = Path(path)
-    try:
-        stamp = path.stat().st_mtime_ns
-    except OSError:
-        stamp = None
-    certs = certificates(base)
-    return _state(path, stamp, certs)
+    """Whether ``path`` is signed and whether a certificate installed in ``base`` verifies it.
+    The image is read, its verity tree checked and its signature checked against each
+    certificate once for the run (image/ddi/reader.py remembers them per file version and
+    certificate): doctor and check ask more than once.
 
-
-@functools.lru_cache(maxsize=256)
-def _state(path: Path, _stamp: int | None, certs: tuple[Path, ...]) -> SignatureState:
-    """A certificate that cannot be read or parsed cannot verify anything (systemd skips it
-    too): it is named in ``unusable``. Anything wrong with the image itself is raised."""
-    from ..image.ddi.inspect import inspect_image
+    A certificate that cannot be read or parsed cannot verify anything (systemd skips it too):
+    it is named in ``unusable``. Anything wrong with the image itself is raised."""
     from ..keys import load_certificate
 
+    path = Path(path)
     where = signature_carrier(path)
     if where is None:
         return SignatureState(UNSIGNED)
-    unusable = []
+    certs = certificates(base)
+    usable, unusable = [], []
     for cert in certs:
         try:
-            load_certificate(cert)
+            usable.append((cert, load_certificate(cert)))
         except InputError as err:
             unusable.append(err.line())
-            continue
-        report = inspect_image(Path(path), cert=cert)
-        if (report.get("signature") or {}).get("verified"):
-            return SignatureState(TRUSTED, certs, cert, where, tuple(unusable))
-    return SignatureState(UNTRUSTED, certs, None, where, tuple(unusable))
+    if not path.is_file():
+        raise InputError(str(path), "not a regular file", "inspect takes an image file")
+    verdict = reader.verify(path, [c for _, c in usable])
+    by = None if verdict.verified_by is None else usable[verdict.verified_by][0]
+    return SignatureState(TRUSTED if by is not None else UNTRUSTED, certs, by, where,
+                          tuple(unusable), verdict.verity)

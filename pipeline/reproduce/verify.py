@@ -279,19 +279,18 @@ def _recipe_certificate(recipe_path: Path, recorded: str):
 def _original_signature(target: Target, section: dict) -> tuple[bytes, str | None, str | None] | None:
     """(DER, the root hash it claims to sign or None, the certificate it names or None) from
     the original image, or None when it carries no signature."""
-    from ..image import fsinfo
     from ..image.ddi import signature as sig
 
     image = target.image
     if "ddi" in target.manifest:
-        from ..image.ddi.gpt import read_gpt
-        from ..image.ddi.reader import find_verity_set
+        from ..image.ddi.reader import open_ddi
 
-        found = find_verity_set(read_gpt(image))
-        if found is None or found.signature is None:
+        carried = open_ddi(image).signature
+        if carried is None:
             return None
-        blob = sig.parse_partition(fsinfo.read_range(image, found.signature.offset,
-                                                     found.signature.size), str(image))
+        if carried.error is not None:
+            raise carried.error
+        blob = carried.blob
         return None if blob is None else (blob.der, blob.root_hash, blob.fingerprint)
     p7s = image.with_name(section.get("signatureFile") or
                           image.name.removesuffix(".raw") + ".roothash.p7s")

@@ -33,8 +33,7 @@ from ...systemd import partitions
 from ..fsinfo.ondisk import read_range, sniff
 from . import signature as sig
 from . import verity
-from .gpt import read_gpt
-from .reader import find_verity_set, hash_image, verify_partitions
+from .reader import open_ddi
 
 _CHUNK = 1 << 20
 
@@ -153,22 +152,21 @@ def sign_ddi(image: Path, *, signer: Signer | None = None, p7s: Path | None = No
     image = Path(image)
     if (signer is None) == (p7s is None) or (p7s is not None and cert is None):
         raise InputError("sign", "give either a key + certificate or a .p7s + its certificate")
-    found = find_verity_set(read_gpt(image))
+    read = open_ddi(image)
+    found = read.verity_set
     if found is None or found.signature is None:
         raise InputError(str(image), "no verity signature partition", "build it as a DDI")
     root_hash = found.root_hash_from_uuids()
-    ok, reason = verify_partitions(image, found, root_hash)
+    ok, reason = read.check_verity(root_hash)
     if not ok:
         raise InputError(str(image), f"verity data does not match root hash {root_hash}: "
                          f"{reason}", "refusing to sign a damaged or foreign image")
     der, certificate, warnings = _new_signature(root_hash, signer, p7s, cert)
     signed_by = fingerprint(certificate)
-    raw = read_range(image, found.signature.offset, found.signature.size)
-    try:
-        existing = sig.parse_partition(raw, str(image))
-        previous = None if existing is None else _signers(existing.der, existing.fingerprint)
-    except InputError:
-        previous = set()  # not a signature systemd could read: replacing it needs consent too
+    existing = read.signature
+    previous = (set() if existing.error is not None  # not a signature systemd could read:
+                else None if existing.blob is None  # replacing it needs consent too
+                else _signers(existing.blob.der, existing.blob.fingerprint))
     _check_replace(image, previous, signed_by, replace)
     content = sig.partition_content(root_hash, signed_by, der, found.signature.size)
     tmp = image.with_name(f".{image.name}.tmp-{os.getpid()}")
@@ -351,18 +349,19 @@ def detached_verity(fs_image: Path, *, seed: bytes, signer: Signer | None, workd
 
 def describe(image: Path, *, warnings: tuple[str, ...] = ()) -> DdiInfo:
     """Read back a verity DDI: partitions with hashes, verity parameters, signature identity."""
-    table = read_gpt(image)
-    found = find_verity_set(table)
+    read = open_ddi(image)
+    table, found = read.table, read.verity_set
     if found is None:
         raise InputError(str(image), "no verity-protected root or usr partition")
-    digests, image_sha, unsigned_sha = hash_image(image, table, found.signature)
-    superblock = verity.parse_superblock(read_range(image, found.hash.offset, verity.SUPERBLOCK_SIZE))
+    digests, image_sha, unsigned_sha = read.hashes()
+    superblock = read.superblock()
     if superblock is None:
         raise InputError(str(image), "verity partition has no superblock")
     fingerprint = algorithm = None
-    if found.signature is not None:
-        blob = sig.parse_partition(read_range(image, found.signature.offset, found.signature.size),
-                                   str(image))
+    if read.signature is not None:
+        if read.signature.error is not None:
+            raise read.signature.error
+        blob = read.signature.blob
         if blob is not None:
             fingerprint = blob.fingerprint
             certs = blob.embedded_certificates()

@@ -24,16 +24,13 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from ...digest import hash_file
 from ...errors import InputError, PipelineError
 from ...keys import fingerprint, key_algorithm, load_certificate
 from ...systemd import partitions
 from ...systemd.release import parse_env_file
 from .. import fsinfo
-from . import signature as sig
-from . import verity
-from .gpt import has_gpt, read_gpt
-from .reader import find_verity_set, hash_image
+from . import reader
+from .gpt import has_gpt
 
 _RELEASE_RE = re.compile(r"^/?(usr/lib|etc)/extension-release\.d/extension-release\.[^/]+$")
 
@@ -85,10 +82,9 @@ def problems(report: dict) -> list[str]:
 
 
 def _inspect_ddi(path: Path, certificate, tmp: Path) -> dict:
-    table = read_gpt(path)
-    found = find_verity_set(table)
-    digests, image_sha, unsigned_sha = hash_image(
-        path, table, found.signature if found else None)
+    image = reader.open_ddi(path)
+    table, found = image.table, image.verity_set
+    digests, image_sha, unsigned_sha = image.hashes()
     report: dict = {
         "format": "ddi",
         "sha256": image_sha,
@@ -100,23 +96,19 @@ def _inspect_ddi(path: Path, certificate, tmp: Path) -> dict:
         report["verity"] = None
         return report
     report["unsignedSha256"] = unsigned_sha
-    blob = error = None
-    if found.signature is not None:
-        raw = fsinfo.read_range(path, found.signature.offset, found.signature.size)
-        try:
-            blob = sig.parse_partition(raw, f"partition {found.signature.index}")
-        except InputError as err:
-            error = err.line()
-    uuid_hash = found.root_hash_from_uuids()
-    root_hash = blob.root_hash if blob else uuid_hash
-    data = fsinfo.copy_range(path, found.data.offset, found.data.size, tmp / "data")
-    hash_part = fsinfo.copy_range(path, found.hash.offset, found.hash.size, tmp / "hash")
-    report["verity"] = _verity(data, hash_part, root_hash, "signature" if blob else "partition-uuids")
+    carried = image.signature
+    blob = carried.blob if carried else None
+    error = carried.error_line(f"partition {found.signature.index}") \
+        if carried is not None and carried.error is not None else None
+    uuid_hash = image.uuid_root_hash
+    root_hash = image.root_hash
+    (ok, reason), data = image.verified_copy(tmp, root_hash)
+    report["verity"] = _verity(image, ok, reason, root_hash, image.root_hash_source)
     report["verity"].update(family=found.family, arch=found.arch, rootHashFromUuids=uuid_hash,
                             uuidsMatchRootHash=uuid_hash == root_hash)
     report["signature"] = (
         {"present": True, "verified": False, "reason": error} if error else
-        _signature(blob, root_hash, certificate, reserved=found.signature is not None))
+        _signature(image, blob, root_hash, certificate, reserved=found.signature is not None))
     # the copy that was verified is the one read: nothing can change it in between
     report["filesystem"] = _filesystem(data, trusted=_trusted(report))
     return report
@@ -127,25 +119,26 @@ def _inspect_plain(path: Path, certificate, tmp: Path) -> dict:
     if fs_type is None:
         raise InputError(str(path), "not a squashfs, erofs or GPT disk image",
                          "inspect reads DDIs and plain squashfs/erofs images")
-    report: dict = {"format": fs_type, "sha256": hash_file(path)[0]}
-    base = str(path)[:-len(".raw")] if path.name.endswith(".raw") else None
-    verity_file = Path(f"{base}.verity") if base else None
-    if verity_file and verity_file.exists():
-        roothash_file = Path(f"{base}.roothash")
-        root_hash = roothash_file.read_text().strip() if roothash_file.exists() else None
+    image = reader.open_image(path)
+    report: dict = {"format": fs_type, "sha256": image.hashes()[1]}
+    detached = image.detached
+    if detached is not None and detached.verity is not None:
+        root_hash = image.root_hash
         if root_hash:
             # the private copy is what is verified and then read: nothing can change it between
-            path = fsinfo.copy_range(path, 0, None, tmp / "data")
-            report["verity"] = _verity(path, verity_file, root_hash, roothash_file.name)
+            (ok, reason), path = image.verified_copy(tmp, root_hash)
+            report["verity"] = _verity(image, ok, reason, root_hash, image.root_hash_source)
         else:
+            roothash_name = path.name[:-len(".raw")] + ".roothash"
             report["verity"] = {"rootHash": None, "verified": False,
-                                "reason": f"{verity_file.name} without {roothash_file.name}"}
-        p7s = Path(f"{base}.roothash.p7s")
-        try:
-            blob = sig.SignatureBlob(root_hash or "", None, sig.read_p7s(p7s)) if p7s.exists() else None
-            report["signature"] = _signature(blob, root_hash or "", certificate, reserved=False)
-        except InputError as err:
-            report["signature"] = {"present": True, "verified": False, "reason": err.line()}
+                                "reason": f"{detached.verity.name} without {roothash_name}"}
+        carried = image.signature
+        if carried is not None and carried.error is not None:
+            report["signature"] = {"present": True, "verified": False,
+                                   "reason": carried.error.line()}
+        else:
+            report["signature"] = _signature(image, carried.blob if carried else None,
+                                             root_hash or "", certificate, reserved=False)
     else:
         report["verity"] = None
     report["filesystem"] = _filesystem(path, trusted=_trusted(report))
@@ -177,10 +170,8 @@ def _partition(p, digest: str) -> dict:
     }
 
 
-def _verity(data: Path, verity_file: Path, root_hash: str, source: str) -> dict:
-    head = fsinfo.read_range(verity_file, 0, verity.SUPERBLOCK_SIZE)
-    superblock = verity.parse_superblock(head)
-    ok, reason = verity.verify(data, verity_file, root_hash)
+def _verity(image: reader.Image, ok: bool, reason: str, root_hash: str, source: str) -> dict:
+    superblock = image.superblock()
     return {
         "rootHash": root_hash,
         "rootHashSource": source,
@@ -195,7 +186,8 @@ def _verity(data: Path, verity_file: Path, root_hash: str, source: str) -> dict:
     }
 
 
-def _signature(blob, root_hash: str, certificate, *, reserved: bool) -> dict:
+def _signature(image: reader.Image, blob, root_hash: str, certificate, *,
+               reserved: bool) -> dict:
     if blob is None:
         return {"present": False, "reserved": reserved, "verified": None}
     embedded = blob.embedded_certificates()
@@ -212,7 +204,7 @@ def _signature(blob, root_hash: str, certificate, *, reserved: bool) -> dict:
     if against is None:
         report.update(verified=None, reason="no certificate given and none embedded")
         return report
-    ok, reason = sig.verify(blob.der, root_hash, against)
+    ok, reason = image.check_signature(against, root_hash)
     report.update(
         verified=ok and report["rootHashMatches"],
         verifiedWith="given certificate" if certificate else "embedded certificate (not trusted)",

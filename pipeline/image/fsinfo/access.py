@@ -113,11 +113,10 @@ def locate(source: Path | str | FileSystem, *, offset: int = 0,
 
 def _ddi_partition(path: Path) -> FileSystem:
     from ...systemd import partitions
-    from ..ddi.gpt import read_gpt
-    from ..ddi.reader import find_verity_set
+    from ..ddi.reader import open_ddi
 
-    table = read_gpt(path)
-    found = find_verity_set(table)
+    image = open_ddi(path)
+    table, found = image.table, image.verity_set
     designator = lambda p: (partitions.lookup(p.type_uuid) or (None,))[0]  # noqa: E731
     part = found.data if found else next(
         (p for family in ("root", "usr") for p in table.partitions if designator(p) == family),

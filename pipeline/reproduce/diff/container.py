@@ -163,17 +163,15 @@ def compare_detached(d, *, record: bool = True) -> bool:
 # -- DDIs from the image files ------------------------------------------------------------------
 
 def _ddi_images(d):
-    from ...image.ddi.gpt import read_gpt
-    from ...image.ddi.reader import find_verity_set, hash_image
-    from ...image.ddi.verity import SUPERBLOCK_SIZE, parse_superblock
+    from ...image.ddi.reader import open_ddi
 
     r, add = d.r, d.r.add
     la, lb = r.labels
     ia, ib = d.a.image, d.b.image
-    ta, tb = read_gpt(ia), read_gpt(ib)
-    va, vb = find_verity_set(ta), find_verity_set(tb)
-    ha = hash_image(ia, ta, None)[0]
-    hb = hash_image(ib, tb, None)[0]
+    ra, rb = open_ddi(ia), open_ddi(ib)
+    ta, tb = ra.table, rb.table
+    va, vb = ra.verity_set, rb.verity_set
+    ha, hb = ra.hashes()[0], rb.hashes()[0]
     before = len(r.findings)
     for fld in ("disk_uuid", "sector_size", "first_usable_lba", "last_usable_lba"):
         x, y = getattr(ta, fld), getattr(tb, fld)
@@ -219,8 +217,7 @@ def _ddi_images(d):
     if rha != rhb:
         add("container", "root_hash", rha, rhb, f"root hash {short(rha)} → {short(rhb)}",
             derived=True)
-    sba = parse_superblock(fsinfo.read_range(ia, va.hash.offset, SUPERBLOCK_SIZE))
-    sbb = parse_superblock(fsinfo.read_range(ib, vb.hash.offset, SUPERBLOCK_SIZE))
+    sba, sbb = ra.superblock(), rb.superblock()
     params_differ = False
     if sba and sbb:
         for fld in VERITY_FIELDS:
@@ -235,7 +232,7 @@ def _ddi_images(d):
         add("container", "verity.superblock", bool(sba), bool(sbb),
             "verity superblock present in one image only")
     if not d.unsigned:
-        _ddi_signatures(d, va, vb)
+        _ddi_signatures(d, ra, rb)
 
     if data_differs:
         x, y = va.data, vb.data
@@ -264,24 +261,19 @@ def _ddi_images(d):
     return None, None
 
 
-def _ddi_signatures(d, va, vb) -> None:
-    from ...image.ddi.signature import parse_partition
-
+def _ddi_signatures(d, ra, rb) -> None:
+    """The two images' signature partitions (as image/ddi/reader.py read them)."""
     r = d.r
     la, lb = r.labels
-    ia, ib = d.a.image, d.b.image
-    raw_a = fsinfo.read_range(ia, va.signature.offset, va.signature.size) if va.signature \
-        else None
-    raw_b = fsinfo.read_range(ib, vb.signature.offset, vb.signature.size) if vb.signature \
-        else None
-    if raw_a == raw_b:
+    sa, sb = ra.signature, rb.signature
+    if (sa and sa.raw) == (sb and sb.raw):
         return
-    try:
-        ba = parse_partition(raw_a, f"{la} signature") if raw_a is not None else None
-        bb = parse_partition(raw_b, f"{lb} signature") if raw_b is not None else None
-    except InputError as err:
-        r.add("container", "signature", None, None, f"signature unreadable: {err.line()}")
-        return
+    for carried, label in ((sa, la), (sb, lb)):
+        if carried is not None and carried.error is not None:
+            r.add("container", "signature", None, None,
+                  f"signature unreadable: {carried.error_line(f'{label} signature')}")
+            return
+    ba, bb = sa and sa.blob, sb and sb.blob
     _compare_signers(r.add, r.labels,
                      (ba is not None, ba and ba.fingerprint, ba and ba.der, ba and ba.root_hash),
                      (bb is not None, bb and bb.fingerprint, bb and bb.der, bb and bb.root_hash))

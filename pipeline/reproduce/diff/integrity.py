@@ -29,75 +29,70 @@ def problems(side: Side, *, signatures: bool = True) -> list[tuple[str, str]]:
 
 
 def _ddi(image: Path, signatures: bool) -> list[tuple[str, str]]:
-    from ...image import fsinfo
-    from ...image.ddi import signature as sig
-    from ...image.ddi.gpt import read_gpt
-    from ...image.ddi.reader import find_verity_set, verify_partitions
+    from ...image.ddi import reader
 
-    found = find_verity_set(read_gpt(image))
+    read = reader.open_ddi(image)
+    found = read.verity_set
     if found is None:
         return []
-    root_hash = found.root_hash_from_uuids()
+    root_hash = read.uuid_root_hash
     out = []
-    ok, reason = verify_partitions(image, found, root_hash)
+    ok, reason = read.check_verity(root_hash)
     if not ok:
         out.append(("integrity.verity", f"its {found.family} partition does not match the root "
                     f"hash its partition UUIDs give ({root_hash[:12]}…): {_first_line(reason)} — "
                     "the data or the hash tree was modified after the build"))
-    if signatures and found.signature is not None:
-        raw = fsinfo.read_range(image, found.signature.offset, found.signature.size)
-        try:
-            blob = sig.parse_partition(raw, str(image))
-        except PipelineError as err:
+    carried = read.signature
+    if signatures and carried is not None:
+        if carried.error is not None:
             return out + [("integrity.signature", f"its signature partition is unreadable: "
-                           f"{err.what}")]
-        if blob is not None:
-            out += _signature(blob.der, blob.root_hash, blob.fingerprint, root_hash,
+                           f"{carried.error.what}")]
+        if carried.blob is not None:
+            out += _signature(read, carried.blob.root_hash, carried.blob.fingerprint, root_hash,
                               "its signature partition")
     return out
 
 
 def _detached(side: Side, signatures: bool) -> list[tuple[str, str]]:
-    from ...image.ddi import signature as sig
-    from ...image.ddi import verity
+    from ...image.ddi import reader
 
-    verity_file, roothash_file = side.detached(".verity"), side.detached(".roothash")
-    if verity_file is None or roothash_file is None:
+    read = reader.open_image(side.image)
+    detached = read.detached
+    if detached is None or detached.verity is None or detached.roothash is None:
         return []
-    root_hash = roothash_file.read_text(errors="replace").strip().lower()
+    verity_file, roothash_file = detached.verity, detached.roothash
+    root_hash = read.root_hash or ""
     out = []
-    ok, reason = verity.verify(side.image, verity_file, root_hash)
+    ok, reason = read.check_verity(root_hash)
     if not ok:
         out.append(("integrity.verity", f"{verity_file.name} does not verify {side.image.name} "
                     f"against {roothash_file.name} ({root_hash[:12]}…): {_first_line(reason)} — "
                     "the image or its hash tree was modified after the build"))
-    p7s = side.detached(".roothash.p7s")
-    if signatures and p7s is not None:
-        try:
-            der = sig.read_p7s(p7s)
-        except PipelineError as err:
-            return out + [("integrity.signature", f"{p7s.name} is unreadable: {err.what}")]
-        out += _signature(der, root_hash, None, root_hash, p7s.name)
+    carried = read.signature
+    if signatures and carried is not None:
+        if carried.error is not None:
+            return out + [("integrity.signature", f"{carried.where} is unreadable: "
+                           f"{carried.error.what}")]
+        out += _signature(read, root_hash, None, root_hash, carried.where)
     return out
 
 
-def _signature(der: bytes, signed_hash: str, claimed: str | None, root_hash: str,
+def _signature(read, signed_hash: str, claimed: str | None, root_hash: str,
                what: str) -> list[tuple[str, str]]:
     """A signature against the root hash and the certificate it carries (its own consistency:
     whether that certificate is trusted is for the host's verity.d, not for diff)."""
-    from ...image.ddi import signature as sig
     from ...keys import fingerprint
 
     if signed_hash != root_hash:
         return [("integrity.signature", f"{what} is for root hash {signed_hash[:12]}…, the "
                  f"image's is {root_hash[:12]}…: it belongs to another image")]
-    certs = sig.SignatureBlob(root_hash, claimed, der).embedded_certificates()
+    certs = read.signature.blob.embedded_certificates()
     if not certs:
         return []  # made with -nocerts: only a certificate from outside could check it
     if claimed and claimed not in {fingerprint(c) for c in certs}:
         return [("integrity.signature", f"{what} names certificate {claimed[:12]}…, but the "
                  f"signature carries {fingerprint(certs[0])[:12]}…")]
-    ok, reason = sig.verify(der, root_hash, certs[0])
+    ok, reason = read.check_signature(certs[0], root_hash)
     if not ok:
         return [("integrity.signature", f"{what} does not verify over root hash "
                  f"{root_hash[:12]}… with the certificate it carries: {reason}")]

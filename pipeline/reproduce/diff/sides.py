@@ -56,13 +56,9 @@ class Side:
         key = "unsigned" if unsigned and self.is_ddi else "whole"
         if key not in self._hashes:
             if key == "unsigned":
-                from ...image.ddi.gpt import read_gpt
-                from ...image.ddi.reader import find_verity_set, hash_image
+                from ...image.ddi.reader import open_ddi
 
-                table = read_gpt(self.image)
-                found = find_verity_set(table)
-                _, whole, zeroed = hash_image(self.image, table, found.signature if found
-                                              else None)
+                _, whole, zeroed = open_ddi(self.image).hashes()
                 self._hashes["whole"], self._hashes["unsigned"] = whole, zeroed
             else:
                 self._hashes["whole"] = hash_file(self.image)[0]
