@@ -162,9 +162,13 @@ def check_one(path: Path, host: hostmod.Host, kind: str | None = None,
                              f"{RELEASE_DIRS[image.kind]}/) but sits in a {dir_kind} "
                              "directory")
     if place.directory is None:
-        verdict.notes.append(f"not installed: systemd looks in "
-                             f"{', '.join(rules.search_dirs(use_kind, host.version, host.initrd))}"
-                             f" (install puts it in {rules.install_dir(use_kind)})")
+        dirs = rules.search_dirs(use_kind, host.version, host.initrd)
+        later = rules.search_dirs(use_kind, rules.parse_version("254"), host.initrd)
+        where = f"systemd looks in {', '.join(dirs)}" if dirs else (  # issue 16 §4
+            f"systemd {rules.format_version(host.version)} has no systemd-{use_kind} and looks "
+            f"nowhere; 254+ looks in {', '.join(later)}")
+        verdict.notes.append(f"not installed: {where} (install puts it in "
+                             f"{rules.install_dir(use_kind)})")
     outcomes = []
     for version in VERSION_POINTS:
         other = rules.evaluate(facts, replace(host.facts(), version=version), use_kind, place,

@@ -360,10 +360,17 @@ def _hosts(fields: dict, kind: str) -> list[tuple[str, dict, str, rules.Version,
     other_arch = "arm64" if arch != "arm64" else "x86-64"
     first = f"{ident} {vid} {arch}" if vid else f"{ident} {arch}" if fields.get("ID") == "_any" \
         else f"{ident} {arch} without VERSION_ID (a rolling release)"
+    # The intended host as it ships (systemd 252, Debian 12's) — for a confext that has no
+    # systemd-confext at all, so the next row is the way to make it merge (issue 16 §4).
     hosts = [(first, base, arch, v252, False)]
+    if not rules.ships_tool(kind, v252):
+        backport = " from bookworm-backports" if (ident, vid) == ("debian", "12") else ""
+        hosts.append((f"{first} with systemd 254+{backport} (the first with systemd-{kind})",
+                      base, arch, v254, False))
     if vid:
         hosts.append((f"{ident} {vid}.x point release whose os-release keeps VERSION_ID={vid} "
-                       "(as Debian's does)", base, arch, v254, False))
+                       "(as Debian's does)", base, arch, v252 if ident == "debian" else v254,
+                       False))
         hosts.append((f"{ident} with VERSION_ID={vid}.1 (minor versions in VERSION_ID)",
                       {**base, "VERSION_ID": f"{vid}.1"}, arch, v254, False))
         try:
@@ -400,8 +407,6 @@ def _matching(img: dict) -> list[dict]:
                              release={kind: {name: rules.ReleaseFile(name, fields)}}, kind=kind)
     result = []
     for label, os_release, arch, version, initrd in _hosts(fields, kind):
-        if not rules.ships_tool(kind, version):
-            version = rules.parse_version("254")  # the first with systemd-confext
         host = rules.HostFacts(os_release=os_release, architecture=arch, version=version,
                                initrd=initrd)
         verdict = rules.evaluate(facts, host, kind)
@@ -420,6 +425,11 @@ def _commands(recipe, images: list[dict]) -> list[str]:
     for img in images:
         tool = f"systemd-{img['kind']}"
         directory = rules.install_dir(img["kind"])
+        fields = img["extension_release"]["fields"]
+        if not rules.ships_tool(img["kind"], rules.parse_version("252")) and \
+                (fields.get("ID"), fields.get("VERSION_ID")) == ("debian", "12"):
+            commands.append(f"apt-get install -t bookworm-backports systemd   # Debian 12 ships "
+                            f"systemd 252, which has no {tool} (254+ has)")
         commands.append(f"sysext-pipeline install {out / img['file']} --enable   # or: cp "
                         f"{out / img['file']} {directory}/ && {tool} refresh && "
                         f"systemctl enable {tool}.service")
@@ -449,8 +459,10 @@ def render(plan: dict) -> str:
         if img["tmpfiles"]:
             lines.append(f"  /{img['tmpfiles']}: state and factory files for the host")
         lines.append("  on hosts:")
-        for row in plan["matching"][img["name"]]:
+        for n, row in enumerate(plan["matching"][img["name"]]):
             why = f" — {row['why']}" if row["why"] else ""
+            if n == 0 and row["fix"]:  # the intended host: how to make it merge there
+                why += f"; fix: {row['fix']}"
             lines.append(f"    {row['host']} (systemd {row['systemd']}): {row['verdict']}{why}")
         for warning in img["warnings"]:
             lines.append(f"  {warning['severity']}: {warning['code']}: {warning['message']} — "
