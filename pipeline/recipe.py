@@ -771,7 +771,7 @@ def _table(body: dict, section: str, fail, where: str | None = None) -> _Entry:
     if needed:
         value = entry.values[entry.selector.name]
         words, hint = entry.selector.words(entry.kind, value) if entry.selector.words else \
-            (f"{shown} {_noun(section)} {value!r}", None)
+            (f"{_a(str(shown))} {_noun(section, 1)}", None)
         if len(needed) == 1:
             key = declared[needed[0]]
             fail(f"{where}.{key.name}", f"required for {words}" if entry.selector.words else
@@ -780,8 +780,11 @@ def _table(body: dict, section: str, fail, where: str | None = None) -> _Entry:
     return entry
 
 
-def _noun(section: str) -> str:
-    return {"source": "sources", "repository": "repositories"}.get(section, "entries")
+def _noun(section: str, count: int = 2) -> str:
+    singular, plural = {"source": ("source", "sources"),
+                        "repository": ("repository", "repositories")}.get(section,
+                                                                          ("entry", "entries"))
+    return singular if count == 1 else plural
 
 
 def _value(body: dict, key: Key, where: str, fail):
