@@ -78,23 +78,24 @@ class _Detached:
 
 
 def _detached_view(side) -> _Detached | None:
-    from ...image.ddi.verity import SUPERBLOCK_SIZE, parse_superblock
+    from ...image.ddi.reader import open_image
 
     if side.is_ddi:
         return None  # its verity is inside; a NAME.roothash next to it is for offline signing
     if side.is_file:
-        vf, rf = side.detached(".verity"), side.detached(".roothash")
-        pf = side.detached(".roothash.p7s")
-        if vf is None and rf is None and pf is None:
+        read = open_image(side.image)
+        files = read.detached
+        if files is None or (files.verity, files.roothash, files.p7s) == (None, None, None):
             return None
+        vf, pf = files.verity, files.p7s
         params = {}
-        sb = parse_superblock(fsinfo.read_range(vf, 0, SUPERBLOCK_SIZE)) if vf else None
+        sb = read.superblock()
         if sb is not None:
             params = {f: getattr(sb, f) for f in VERITY_FIELDS}
             params["salt"] = sb.salt.hex()
-        der = pf.read_bytes() if pf else None
+        der = pf.read_bytes() if pf else None  # as it is (a PEM one names no signer here)
         return _Detached("files", vf, hash_file(vf)[0] if vf else None,
-                         rf.read_text(errors="replace").strip().lower() if rf else None,
+                         read.root_hash if files.roothash else None,
                          pf is not None, signer_of(der) if der else None, der, params)
     m = (side.manifest or {}).get("verity")
     if not m:
