@@ -231,6 +231,7 @@ def build(recipe: Recipe, output_dir: Path, cache: Cache, *, environ: dict | Non
 
         try:
             staged = stage(recipe, fetched, new_tree, environ)
+            pitfalls.refuse_empty(recipe, staged)  # policy.empty (issue 16 §4)
             staged.digest_base = digest_base
             staged.package_facts = provenance.read_facts(fetched, staged.report)
             result = _package_all(recipe, staged, output_dir, work, log, signer)

@@ -135,6 +135,16 @@ class Router:
         self.layout = Layout()
 
     def route(self, path: str, entry: E.Entry, member: str) -> Route:
+        """Where ``path`` goes. A recipe's own ``[files]`` entry (``member`` is its dotted key,
+        ``files.'PATH'``, as stages/extract.py names it) that would be dropped is an error: the
+        recipe asked for that file by name (issue 16 §4)."""
+        route = self._route(path, entry, member)
+        if route.dropped and member.startswith(RECIPE_FILES) and member.endswith("'"):
+            raise InputError(member, f"the recipe names this file but the image cannot carry "
+                             f"it: {route.dropped}", _files_hint(self.kind, path))
+        return route
+
+    def _route(self, path: str, entry: E.Entry, member: str) -> Route:
         top = path.split("/", 1)[0]
         if "/" + top in HIERARCHIES[SYSEXT]:
             if self.kind == CONFEXT:
@@ -199,6 +209,26 @@ class Router:
     def _line(self, image: str, line: TmpfilesLine) -> Route:
         self.layout.tmpfiles[image].append(line)
         return Route(None, tmpfiles=line)
+
+
+#: How a recipe's ``[files]`` entry is named as a member: its dotted key, ``files.'usr/bin/x'``
+#: (package members are ``ARCHIVE:NAME``)
+RECIPE_FILES = "files.'"
+
+
+def _files_hint(kind: str, path: str) -> str:
+    top = path.split("/", 1)[0]
+    if kind == CONFEXT and "/" + top in HIERARCHIES[SYSEXT]:
+        return 'a confext carries /etc only: move it under etc/, or set extension.kind = ' \
+               '"sysext" or "auto"'
+    if top == "etc":
+        return 'set policy.etc = "confext" or "factory" to keep /etc content, or remove the entry'
+    if top in ("var", "srv") and kind == CONFEXT:
+        return f'the factory copy of a /{top} file lives in /usr: set extension.kind = ' \
+               '"sysext" or "auto", or remove the entry'
+    if top in ("var", "srv"):
+        return 'set policy.var = "tmpfiles", or remove the entry'
+    return "move it to usr/ or opt/ for a sysext, etc/ for a confext, or remove the entry"
 
 
 def tmpfiles_path(kind: str, name: str) -> str:

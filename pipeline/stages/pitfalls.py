@@ -13,6 +13,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
+from ..errors import InputError
 from ..formats import entry as E
 from .staging import Record
 
@@ -243,3 +244,29 @@ def _dangles(path: str, target: str, provided: frozenset[str]) -> bool:
 
 def _looks_binary(path: str, record: Record) -> bool:
     return bool(record.mode & 0o111) or ".so" in path.rsplit("/", 1)[-1]
+
+
+def payload_paths(records: Mapping[str, Record], release_path: str) -> list[str]:
+    """What an image carries besides its directories and its own extension-release file."""
+    return [p for p, r in records.items() if r.kind != E.DIR and p != release_path]
+
+
+def refuse_empty(recipe, staged) -> None:
+    """An image whose payload ended up empty (every path dropped, excluded, or no package at
+    all) is an error naming why, unless the recipe sets ``policy.empty = "allow"`` (issue 16
+    §4: it used to build with exit 0 and no word)."""
+    if getattr(recipe, "empty_payload", "error") == "allow":
+        return
+    for image in staged.images:
+        if payload_paths(image.tree.records, image.release_path):
+            continue
+        dropped, excluded = len(staged.report.dropped), staged.report.excluded
+        why = "; ".join(
+            ([f"{dropped} path{'s' if dropped != 1 else ''} dropped"] if dropped else [])
+            + ([f"{excluded} excluded by filter.exclude"] if excluded else [])) \
+            or "no package or [files] entry gave it a file"
+        raise InputError(f"{recipe.path}: policy.empty", f"the {image.kind} {image.name} would "
+                         f"hold only its extension-release file ({why})",
+                         "check [[source]], [files], filter.exclude and extension.kind; "
+                         "`sysext-pipeline plan` lists what is dropped and why; "
+                         'policy.empty = "allow" builds it anyway')
