@@ -35,8 +35,9 @@ from pathlib import Path
 
 from ..digest import hash_file
 from ..errors import InputError
+from ..stages.manifest import Manifest
 from . import diff as diff_mod
-from .rebuild import Rebuilt, rebuild
+from .rebuild import Rebuilt, as_model, rebuild
 
 LABELS = ("in the original", "in the rebuild")
 TOOL_LABELS = ("in the manifest", "here")
@@ -46,9 +47,10 @@ TOOL_LABELS = ("in the manifest", "here")
 class Target:
     """What is being verified: a manifest, and the image next to it when there is one."""
 
-    manifest: dict
+    manifest: dict  # its JSON
     manifest_path: Path
     image: Path | None
+    model: Manifest  # read and checked through pipeline/stages/manifest.py
 
 
 @dataclass
@@ -88,7 +90,8 @@ def load_target(path: str | Path) -> Target:
                          f"verify needs {Path(path).name.removesuffix('.raw')}.manifest.json, "
                          "which the build wrote next to it")
     return Target(side.manifest, side.manifest_path.resolve(),
-                  side.image.resolve() if side.image else None)
+                  side.image.resolve() if side.image else None,
+                  Manifest.from_json(side.manifest, str(side.manifest_path)))
 
 
 def recipe_candidates(target: Target) -> list[Path]:
@@ -96,7 +99,7 @@ def recipe_candidates(target: Target) -> list[Path]:
     places = [here, here / "recipes", here.parent, here.parent / "recipes", Path.cwd() / "recipes",
               Path.cwd()]
     seen, found = set(), []
-    name = (target.manifest.get("recipe") or {}).get("file")
+    name = target.model.recipe.file
     for place in places:
         place = place.resolve()
         if place in seen or not place.is_dir():
@@ -109,8 +112,8 @@ def recipe_candidates(target: Target) -> list[Path]:
 
 def find_recipe(target: Target, explicit: str | Path | None) -> tuple[Path, list[str]]:
     """The recipe to rebuild from, and notes (a --recipe whose hash is not the recorded one)."""
-    recorded = target.manifest.get("recipe") or {}
-    want = recorded.get("sha256")
+    recorded = target.model.recipe
+    want = recorded.sha256
     if explicit is not None:
         path = Path(explicit)
         if not path.is_file():
@@ -119,13 +122,13 @@ def find_recipe(target: Target, explicit: str | Path | None) -> tuple[Path, list
         if want and got != want:
             return path.resolve(), [f"{path} is not the recorded recipe (sha256 {got[:12]}…, "
                                     f"the manifest recorded {want[:12]}… for "
-                                    f"{recorded.get('file')}): rebuilding from it anyway"]
+                                    f"{recorded.file}): rebuilding from it anyway"]
         return path.resolve(), []
     for candidate in recipe_candidates(target):
         if recipe_hash(candidate) == want:
             return candidate, []
     raise InputError(str(target.manifest_path), f"no recipe with the recorded sha256 "
-                     f"{(want or '?')[:12]}… ({recorded.get('file')}) next to the manifest, in "
+                     f"{want[:12]}… ({recorded.file}) next to the manifest, in "
                      "./recipes or the current directory", "give it with --recipe FILE")
 
 
@@ -143,25 +146,23 @@ def recipe_hash(path: Path) -> str | None:
 
 def compare(target: Target, rebuilt: Rebuilt, *, limit: int = 10) -> tuple[bool, bool,
                                                                              diff_mod.Report | None]:
-    """(unsigned content reproduced, manifest identical apart from signatures, diff report)."""
-    from .diff.manifest import unsigned_view
-
+    """(unsigned content reproduced, manifest identical apart from signatures, diff report);
+    the manifests are compared in their unsigned view (Manifest.unsigned)."""
     original = diff_mod.Side(str(target.image or target.manifest_path), target.manifest,
                              target.manifest_path, target.image)
     here = diff_mod.Side(str(rebuilt.image), rebuilt.manifest, rebuilt.manifest_path,
                          rebuilt.image)
-    manifest_identical = unsigned_view(target.manifest) == unsigned_view(rebuilt.manifest)
+    rebuilt_model = _rebuilt_model(rebuilt)
+    manifest_identical = target.model.unsigned() == rebuilt_model.unsigned()
     report = diff_mod.diff(original, here, limit=limit, labels=LABELS, tool_labels=TOOL_LABELS,
                            unsigned=True)
-    same = report.identical and _recorded_unsigned(target.manifest) in (
-        None, _recorded_unsigned(rebuilt.manifest))
+    same = report.identical and target.model.unsigned_sha256 in (
+        None, rebuilt_model.unsigned_sha256)
     return same, manifest_identical, report
 
 
-def _recorded_unsigned(manifest: dict) -> str | None:
-    """The sha256 of the image as an unsigned build makes it (None: a directory image)."""
-    ddi = manifest.get("ddi") or {}
-    return ddi.get("unsignedSha256") or (manifest.get("image") or {}).get("sha256")
+def _rebuilt_model(rebuilt: Rebuilt) -> Manifest:
+    return rebuilt.model or as_model(rebuilt.manifest)
 
 
 @dataclass
@@ -191,16 +192,14 @@ def check_signature(target: Target, rebuilt: Rebuilt, cert: str | Path | None = 
     from ..image.ddi import signature as sig
     from ..keys import fingerprint, load_certificate
 
-    manifest = target.manifest
-    section = manifest.get("ddi") or manifest.get("verity")
-    if not section:
+    section = target.model.signed_section
+    if section is None:
         if cert is not None:
             return SignatureCheck("failed", f"--cert {cert} given, but the manifest records no "
                                   "verity and so no signature to check")
         return None
-    recorded = section.get("certificateFingerprint")
-    root_hash = ((rebuilt.manifest.get("ddi") or rebuilt.manifest.get("verity")) or {}).get(
-        "rootHash")
+    recorded = section.certificate_fingerprint
+    root_hash = _rebuilt_model(rebuilt).root_hash
     given = load_certificate(Path(cert)) if cert is not None else None
     if target.image is None or not target.image.is_file():
         if recorded or given is not None:
@@ -254,7 +253,7 @@ def check_signature(target: Target, rebuilt: Rebuilt, cert: str | Path | None = 
         f"{fingerprint(certificate)[:12]}…"
     text += (", the fingerprint the manifest records" if recorded else "") + \
         f") over the rebuilt root hash {root_hash[:12]}…"
-    if str(section.get("signatureAlgorithm") or "").startswith("ecdsa"):
+    if str(section.signature_algorithm or "").startswith("ecdsa"):
         text += "; ECDSA signatures differ on every signing, so the signature was checked " \
             "rather than compared"
     return SignatureCheck("verified", text)
@@ -276,13 +275,13 @@ def _recipe_certificate(recipe_path: Path, recorded: str):
     return certificate, str(cert_path), ""
 
 
-def _original_signature(target: Target, section: dict) -> tuple[bytes, str | None, str | None] | None:
+def _original_signature(target: Target, section) -> tuple[bytes, str | None, str | None] | None:
     """(DER, the root hash it claims to sign or None, the certificate it names or None) from
     the original image, or None when it carries no signature."""
     from ..image.ddi import signature as sig
 
     image = target.image
-    if "ddi" in target.manifest:
+    if target.model.ddi is not None:
         from ..image.ddi.reader import open_ddi
 
         carried = open_ddi(image).signature
@@ -292,18 +291,18 @@ def _original_signature(target: Target, section: dict) -> tuple[bytes, str | Non
             raise carried.error
         blob = carried.blob
         return None if blob is None else (blob.der, blob.root_hash, blob.fingerprint)
-    p7s = image.with_name(section.get("signatureFile") or
+    p7s = image.with_name(section.signature_file or
                           image.name.removesuffix(".raw") + ".roothash.p7s")
     if not p7s.is_file():
         return None
-    roothash = image.with_name(section.get("roothashFile") or
+    roothash = image.with_name(section.roothash_file or
                                image.name.removesuffix(".raw") + ".roothash")
     signed = roothash.read_text().strip().lower() if roothash.is_file() else None
     return sig.read_p7s(p7s), signed, None
 
 
 def _signature_place(target: Target) -> str:
-    if "ddi" in target.manifest:
+    if target.model.ddi is not None:
         return f"the signature partition of {target.image.name}"
     return f"{target.image.name.removesuffix('.raw')}.roothash.p7s"
 
@@ -335,12 +334,12 @@ def verify(path: str | Path, *, recipe: str | Path | None = None, cache_dir: str
     workdir = Path(tempfile.mkdtemp(prefix="sysext-verify-", dir=work_dir))
     os.chmod(workdir, 0o755)
     try:
-        rebuilt = rebuild(target.manifest, recipe_path, workdir / "out", cache_dir,
+        rebuilt = rebuild(target.model, recipe_path, workdir / "out", cache_dir,
                           offline=offline, log=log)
         same, manifest_same, report = compare(target, rebuilt, limit=limit)
         if no_signature:
             signature = SignatureCheck("not checked", "--no-signature given") \
-                if _signed(target.manifest) else None
+                if target.model.signed else None
         else:
             signature = check_signature(target, rebuilt, cert)
         notes = report.notes + notes + _image_notes(target)  # tool versions first
@@ -370,9 +369,9 @@ def verify(path: str | Path, *, recipe: str | Path | None = None, cache_dir: str
             status = "reproduced"
         result = VerifyResult(
             status=status,
-            name=target.manifest.get("name", "?"), recipe=str(recipe_path),
-            recorded_sha256=(target.manifest.get("image") or {}).get("sha256"),
-            rebuilt_sha256=(rebuilt.manifest.get("image") or {}).get("sha256"),
+            name=target.model.name, recipe=str(recipe_path),
+            recorded_sha256=target.model.image.sha256,
+            rebuilt_sha256=_rebuilt_model(rebuilt).image.sha256,
             manifest_identical=manifest_same, notes=notes,
             report=None if same and manifest_same else report,
             signature=signature.to_json() if signature else None)
@@ -409,18 +408,11 @@ def _check_provenance(target: Target, recipe_path: Path, cert) -> tuple[str, str
     return provenance.check(target.manifest, target.manifest_path, certificates)
 
 
-def _signed(manifest: dict) -> bool:
-    """Whether the manifest says its image is signed."""
-    section = manifest.get("ddi") or manifest.get("verity") or {}
-    return bool(section.get("certificateFingerprint") or section.get("signatureFile"))
-
-
 def _image_notes(target: Target) -> list[str]:
     """Said when the image is absent (an image that no longer matches its manifest is said by
     diff, which checks both sides the same way: diff.own_manifest_mismatches)."""
     if target.image is None:
-        recorded = target.manifest.get("image") or {}
-        return [f"{recorded.get('file')} is not next to the manifest: compared with the hashes "
+        return [f"{target.model.image.file} is not next to the manifest: compared with the hashes "
                 "the manifest records"]
     return []
 
