@@ -137,3 +137,52 @@ def test_environment_is_scrubbed():
     finally:
         del os.environ["SYSEXT_PIPELINE_TEST_LEAK"]
     assert "SYSEXT_PIPELINE_TEST_LEAK" not in out and "TZ=UTC" in out
+
+
+# --- the rest of the door: input, cwd, versions, which tools a verb needs ---------------------
+
+def test_input_reaches_the_tool_and_cwd_is_where_it_runs(tmp_path):
+    proc = tools.run("sh", ["-c", "cat > got; pwd"], input=b"from stdin\n", cwd=tmp_path)
+    assert (tmp_path / "got").read_bytes() == b"from stdin\n"
+    assert proc.stdout.decode().strip() == str(tmp_path)
+    assert proc.args[0] == tools.find("sh")  # the absolute path, not the bare name
+
+
+def test_clean_env_takes_extras_and_nothing_else(monkeypatch):
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1")
+    env = tools.clean_env({"XZ_OPT": "-T1"})
+    assert env["XZ_OPT"] == "-T1" and env["TZ"] == "UTC" and env["LC_ALL"] == "C.UTF-8"
+    assert "SOURCE_DATE_EPOCH" not in env
+    assert set(env) <= {"PATH", "LC_ALL", "LANG", "TZ", "HOME", "LD_LIBRARY_PATH", "XZ_OPT"}
+
+
+def test_version_and_have_of_real_and_missing_tools():
+    assert tools.have("sh") and not tools.have("no-such-tool-h7")
+    assert tools.version("no-such-tool-h7") is None
+    assert tools.version("sfdisk") is None  # a row that is never asked (probe None)
+    found = tools.version("mksquashfs")
+    assert found and found[0].isdigit() and not tools.older(found, "4.5")
+    status = tools.status("mksquashfs")
+    assert status.ok and status.path == tools.find("mksquashfs") and status.version == found
+
+
+def test_needed_follows_verb_features_and_leaves_optional_tools_out():
+    names = {t.name for t in tools.needed("build", tools.build_features("ddi", "erofs", "none"))}
+    assert {"mkfs.erofs", "systemd-repart", "veritysetup"} <= names
+    assert "mksquashfs" not in names and "setpriv" not in names  # optional: never required
+    assert tools.needed("build", tools.build_features("directory", "squashfs", "none")) == []
+    assert tools.build_features("squashfs", "squashfs", "detached") == {"squashfs", "verity"}
+
+
+def test_preflight_names_every_missing_and_old_tool_in_one_line():
+    table = (tools.Tool("no-such-tool-h7", ("pkg-one",), ("demo",), "x"),
+             tools.Tool("mksquashfs", ("squashfs-tools",), ("demo:fs",), "packs", "99.0",
+                        (("-version",), r"version\s+(\S+)")),
+             tools.Tool("sh", ("dash",), ("demo",), "is there"))
+    with pytest.raises(BuildError) as err:
+        tools.preflight("demo", {"fs"}, table=table)
+    line = err.value.line()
+    assert line.startswith("demo: not installed: no-such-tool-h7; mksquashfs ")
+    assert "is older than 99.0, needed by demo (fs)" in line
+    assert line.endswith("(install: apt-get install pkg-one squashfs-tools (>= 99.0))")
+    tools.preflight("demo", (), table=table[2:])  # all there: no error
