@@ -124,7 +124,8 @@ def recipe_dict(name: str = "x", *, kind: str | None = None, version: str | None
     """A recipe dict: ``[extension]`` (name, kind, version, plus ``extension``), ``[target]``
     (Debian 12 unless given), ``[[source]]`` per item of ``sources`` (a path alone means a
     deb or rpm by its suffix), ``[image]``, then any other ``sections`` (``files``,
-    ``filter``, ``owners``, ``sign``, ``repository`` as a list, ...)."""
+    ``filter``, ``owners``, ``sign``, ``repository`` as a list, ...). ``[image]`` is written
+    last, so a test may append keys of it to the text."""
     ext = {"name": name, "kind": kind, "version": version, **(extension or {})}
     spec: dict[str, Any] = {"extension": ext, "target": dict(DEBIAN_12 if target is None
                                                            else target)}
@@ -135,6 +136,20 @@ def recipe_dict(name: str = "x", *, kind: str | None = None, version: str | None
     if image is not None:
         spec["image"] = image
     return spec
+
+
+def hello_recipe(fmt: str = "squashfs", *, sources: list | tuple, name: str = "hello",
+                 target: dict | None = None, epoch: int | None = EPOCH,
+                 image: dict | None = None, **sections: Any) -> dict:
+    """The recipe most build tests share: a versioned x86-64 Debian 12 sysext of ``sources``
+    without their docs, the rpm's ``daemon`` owner mapped to 1, pinned to ``epoch`` (None: not
+    pinned); a section given as None is left out."""
+    return recipe_dict(
+        name, kind="sysext", version="1.0",
+        target={"id": "debian", "version_id": "12", "architecture": "x86-64", **(target or {})},
+        sources=sources, image={"format": fmt, "source_date_epoch": epoch, **(image or {})},
+        **{"filter": {"exclude": ["usr/share/doc/**"]},
+           "owners": {"users": {"daemon": 1}, "groups": {"daemon": 1}}, **sections})
 
 
 def source(path: str | os.PathLike) -> dict:

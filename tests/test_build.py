@@ -10,54 +10,23 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import HELLO, run_cli, write_recipe
+from conftest import HELLO
 from merge import make_root, merge_root
 from prereq import require_root, require_tool
+from recipes_kit import build_cli, build_recipe, hello_recipe, recipe_dict, write_recipe_dict
 
 FORMATS = ("squashfs", "erofs", "directory")
 
 
-def recipe_text(packages, fmt: str, *, name: str = "hello", target_id: str = "debian",
-                extra: str = "") -> str:
-    return f"""
-[extension]
-name = "{name}"
-kind = "sysext"
-version = "1.0"
-
-[target]
-id = "{target_id}"
-version_id = "12"
-architecture = "x86-64"
-
-[[source]]
-deb = "{packages['deb']}"
-
-[[source]]
-rpm = "{packages['rpm']}"
-
-[filter]
-exclude = ["usr/share/doc/**"]
-
-[owners]
-users = {{ daemon = 1 }}
-groups = {{ daemon = 1 }}
-
-[image]
-format = "{fmt}"
-source_date_epoch = 1700000000
-{extra}
-"""
+def hello_spec(packages, fmt: str, **kw) -> dict:
+    """The session's deb and rpm as one sysext (recipes_kit.hello_recipe's keywords apply)."""
+    return hello_recipe(fmt, sources=[packages["deb"], packages["rpm"]], **kw)
 
 
-def build(tmp_path: Path, packages, cache_dir, fmt: str, **kw) -> tuple[Path, dict]:
-    recipe = write_recipe(tmp_path / "recipe", recipe_text(packages, fmt, **kw))
-    out = tmp_path / "out"
-    proc = run_cli("build", str(recipe), "-o", str(out), "--cache-dir", str(cache_dir), "--json")
-    assert proc.returncode == 0, proc.stderr
-    [result] = json.loads(proc.stdout)["images"]
-    manifest = json.loads(Path(result["manifest"]).read_text())
-    return Path(result["image"]), manifest
+def hello_image(tmp_path: Path, packages, cache_dir, fmt: str, **kw) -> tuple[Path, dict]:
+    """The image and manifest of :func:`hello_spec`, built under ``tmp_path``."""
+    result = build_recipe(tmp_path, hello_spec(packages, fmt, **kw), cache_dir=cache_dir)
+    return result.image_path, result.manifest()
 
 
 def walk(root: Path) -> dict[str, dict]:
@@ -112,7 +81,7 @@ def image_tree(image: Path, fmt: str, tmp_path: Path) -> dict[str, dict]:
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_image_matches_manifest(tmp_path, packages, cache_dir, fmt):
-    image, manifest = build(tmp_path, packages, cache_dir, fmt)
+    image, manifest = hello_image(tmp_path, packages, cache_dir, fmt)
     listed = {f["path"]: f for f in manifest["files"]}
     assert image_tree(image, fmt, tmp_path) == listed
     if fmt != "directory":
@@ -121,7 +90,7 @@ def test_image_matches_manifest(tmp_path, packages, cache_dir, fmt):
 
 def test_unsquashfs_listing_matches_manifest(tmp_path, packages, cache_dir):
     require_tool("unsquashfs", "squashfs-tools")
-    image, manifest = build(tmp_path, packages, cache_dir, "squashfs")
+    image, manifest = hello_image(tmp_path, packages, cache_dir, "squashfs")
     out = subprocess.run(["unsquashfs", "-lln", "-d", "", str(image)], capture_output=True,
                          text=True, check=True, env={**os.environ, "TZ": "UTC"}).stdout
     listed = {}
@@ -140,7 +109,7 @@ def test_unsquashfs_listing_matches_manifest(tmp_path, packages, cache_dir):
 
 def test_payload_rules(tmp_path, packages, cache_dir):
     """Merged-/usr canonicalization, drops, excludes, owners, setuid, capabilities, hardlinks."""
-    _, manifest = build(tmp_path, packages, cache_dir, "directory")
+    _, manifest = hello_image(tmp_path, packages, cache_dir, "directory")
     files = {f["path"]: f for f in manifest["files"]}
     assert "usr/lib/x86_64-linux-gnu/libhello.so.1" in files  # shipped under /lib
     assert not any(p.startswith(("lib/", "etc", "var")) for p in files)
@@ -167,7 +136,7 @@ def test_payload_rules(tmp_path, packages, cache_dir):
 
 
 def test_hardlinks_stay_hardlinks(tmp_path, packages, cache_dir):
-    image, _ = build(tmp_path, packages, cache_dir, "directory")
+    image, _ = hello_image(tmp_path, packages, cache_dir, "directory")
     a, b = (image / "usr/bin/hello").stat(), (image / "usr/bin/hello-hard").stat()
     assert (a.st_ino, a.st_nlink) == (b.st_ino, 2)
 
@@ -175,17 +144,14 @@ def test_hardlinks_stay_hardlinks(tmp_path, packages, cache_dir):
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_rebuild_in_other_environment_is_identical(tmp_path, packages, cache_dir, fmt):
     """Other build and output dirs, umask, TZ, LANG, cwd, no recipe epoch → same bytes."""
-    text = recipe_text(packages, fmt).replace("source_date_epoch = 1700000000", "")
+    spec = hello_spec(packages, fmt, epoch=None)
     results = []
     for n, (umask, tz, lang) in enumerate(((0o022, "UTC", "C.UTF-8"),
                                            (0o002, "Pacific/Chatham", "et_EE.UTF-8"))):
-        recipe = write_recipe(tmp_path / f"r{n}" / "deep" / "dir", text)
-        proc = run_cli("build", str(recipe), "-o", str(tmp_path / f"o{n}"), "--cache-dir",
-                       str(cache_dir / f"c{n}"), "--json", cwd=tmp_path / f"r{n}", umask=umask,
-                       env={"TZ": tz, "LANG": lang, "LC_ALL": lang})
-        assert proc.returncode == 0, proc.stderr
-        [image] = json.loads(proc.stdout)["images"]
-        results.append(image)
+        recipe = write_recipe_dict(tmp_path / f"r{n}" / "deep" / "dir", spec)
+        results.append(build_cli(recipe, tmp_path / f"o{n}", cache_dir=cache_dir / f"c{n}",
+                                 cwd=tmp_path / f"r{n}", umask=umask,
+                                 env={"TZ": tz, "LANG": lang, "LC_ALL": lang}).image)
     manifests = [Path(r["manifest"]).read_bytes() for r in results]
     assert manifests[0] == manifests[1]
     assert results[0]["sha256"] == results[1]["sha256"]
@@ -195,20 +161,17 @@ def test_rebuild_in_other_environment_is_identical(tmp_path, packages, cache_dir
 
 
 def test_environment_epoch_is_used(tmp_path, packages, cache_dir):
-    text = recipe_text(packages, "directory").replace("source_date_epoch = 1700000000", "")
-    recipe = write_recipe(tmp_path, text)
-    proc = run_cli("build", str(recipe), "-o", str(tmp_path / "o"), "--cache-dir",
-                   str(cache_dir), "--json", env={"SOURCE_DATE_EPOCH": "1600000000"})
-    assert proc.returncode == 0, proc.stderr
-    manifest = json.loads(Path(json.loads(proc.stdout)["images"][0]["manifest"]).read_text())
+    recipe = write_recipe_dict(tmp_path, hello_spec(packages, "directory", epoch=None))
+    manifest = build_cli(recipe, tmp_path / "o", cache_dir=cache_dir,
+                         env={"SOURCE_DATE_EPOCH": "1600000000"}).manifest()
     assert manifest["source_date_epoch"] == 1600000000
     assert manifest["source_date_epoch_origin"] == "environment"
 
 
 def test_sysext_merges_and_mismatch_does_not(tmp_path, packages, cache_dir):
-    good, _ = build(tmp_path / "good", packages, cache_dir, "squashfs")
-    bad, _ = build(tmp_path / "bad", packages, cache_dir, "squashfs", name="other",
-                   target_id="fedora")
+    good, _ = hello_image(tmp_path / "good", packages, cache_dir, "squashfs")
+    bad, _ = hello_image(tmp_path / "bad", packages, cache_dir, "squashfs", name="other",
+                         target={"id": "fedora"})
     root = make_root(tmp_path / "root", "ID=debian\nVERSION_ID=12\n")
     for image in (good, bad):
         (root / "var/lib/extensions" / image.name).write_bytes(image.read_bytes())
@@ -223,10 +186,8 @@ def test_sysext_merges_and_mismatch_does_not(tmp_path, packages, cache_dir):
 
 
 def test_json_and_human_output(tmp_path, packages, cache_dir):
-    recipe = write_recipe(tmp_path, recipe_text(packages, "squashfs"))
-    proc = run_cli("build", str(recipe), "-o", str(tmp_path / "o"), "--cache-dir",
-                   str(cache_dir))
-    assert proc.returncode == 0
+    recipe = write_recipe_dict(tmp_path, hello_spec(packages, "squashfs"))
+    proc = build_cli(recipe, tmp_path / "o", cache_dir=cache_dir, json_out=False)
     stages = [line.split()[0] for line in proc.stderr.splitlines() if line[:1] != " "]
     assert [s for s in stages if s != "dropped"][:5] == \
         ["fetch", "extract", "layout", "normalize", "package"]
@@ -253,10 +214,7 @@ def test_non_root_build_gives_same_bytes(packages, unprivileged, fmt):
     build's bytes. Packages without file capabilities (those are refused, below)."""
     work = unprivileged.make_workdir()
     deb, zstd_deb = _world_readable_copy(work, packages["deb"], packages["deb-zstd"])
-    text = recipe_text({"deb": deb, "rpm": ""}, fmt).replace('[[source]]\nrpm = ""\n', "")
-    text = text.replace('[[source]]\ndeb = "', f'[[source]]\ndeb = "{zstd_deb}"\n\n'
-                        '[[source]]\ndeb = "', 1)
-    recipe = write_recipe(work / "recipe", text)
+    recipe = write_recipe_dict(work / "recipe", hello_recipe(fmt, sources=[zstd_deb, deb]))
     recipe.parent.chmod(0o755)
     recipe.chmod(0o644)
     # the same interpreter and project copy for both (the manifest records python's version)
@@ -287,9 +245,7 @@ def test_non_root_build_with_file_capabilities_is_refused(packages, unprivileged
     do, and nothing is left in the output directory."""
     work = unprivileged.make_workdir()
     [rpm] = _world_readable_copy(work, packages["rpm"])
-    text = recipe_text({"deb": "", "rpm": rpm}, "squashfs").replace(
-        '[[source]]\ndeb = ""\n', "")
-    recipe = write_recipe(work / "recipe", text)
+    recipe = write_recipe_dict(work / "recipe", hello_recipe("squashfs", sources=[rpm]))
     recipe.parent.chmod(0o755)
     recipe.chmod(0o644)
     out = work / "out"
@@ -302,14 +258,12 @@ def test_non_root_build_with_file_capabilities_is_refused(packages, unprivileged
     assert list(out.iterdir()) == []
 
 
-def _one_package_recipe(tmp_path, pkg, extra="", kind='kind = "auto"\n'):
-    return write_recipe(tmp_path / "recipe", f'[extension]\nname = "t"\n{kind}[target]\n'
-                                             f'id = "debian"\nversion_id = "12"\n'
-                                             f'[[source]]\n{pkg}\n{extra}'
-                                             f'[image]\nformat = "directory"\n')
+def one_package(package: Path, **sections) -> dict:
+    return recipe_dict("t", kind="auto", sources=[package], image={"format": "directory"},
+                       **sections)
 
 
-def test_hardlinks_follow_their_targets_wherever_they_went(tmp_path, cache_dir):
+def test_hardlinks_follow_their_targets_wherever_they_went(tmp_path, cache_dir, make_recipe):
     """A link whose target was excluded, routed to the other image, or moved to the factory
     becomes a copy (or a link to the new place) instead of failing the build."""
     from pkgfactory import build_deb, directory, file, hardlink
@@ -324,11 +278,8 @@ def test_hardlinks_follow_their_targets_wherever_they_went(tmp_path, cache_dir):
         directory("/usr/share/links/ro", 0o555),
         file("/usr/share/links/ro/inside", b"in a read-only directory\n"),
     ])
-    recipe = _one_package_recipe(tmp_path, f'deb = "{deb}"',
-                                 '[filter]\nexclude = ["usr/share/doc/**"]\n')
-    proc = run_cli("build", str(recipe), "-o", str(tmp_path / "out"), "--cache-dir",
-                   str(cache_dir), "--json")
-    assert proc.returncode == 0, proc.stderr
+    recipe = make_recipe(one_package(deb, filter={"exclude": ["usr/share/doc/**"]}))
+    build_cli(recipe, tmp_path / "out", cache_dir=cache_dir)
     out = tmp_path / "out"
     assert (out / "t/usr/bin/from-doc").read_bytes() == b"doc-data\n"
     assert (out / "t-config/etc/links/shared.conf").read_bytes() == b"conf\n"
@@ -341,21 +292,17 @@ def test_hardlinks_follow_their_targets_wherever_they_went(tmp_path, cache_dir):
     assert stat.S_IMODE((out / "t/usr/share/links/ro").stat().st_mode) == 0o555
 
 
-def test_rpm_owner_names_need_a_mapping(tmp_path, cache_dir):
+def test_rpm_owner_names_need_a_mapping(tmp_path, cache_dir, make_recipe):
     """RPM payloads carry owner names only: an unmapped group must not become root."""
     from pkgfactory import build_rpm, file
 
     rpm = build_rpm(tmp_path / "pkg", "mailer", "1.0", [
         file("/usr/bin/lockmail", b"#!/bin/sh\n", 0o2755, owner=("root", "mail"))])
-    recipe = _one_package_recipe(tmp_path, f'rpm = "{rpm}"')
-    proc = run_cli("build", str(recipe), "-o", str(tmp_path / "out"), "--cache-dir",
-                   str(cache_dir))
-    assert proc.returncode == 2
+    proc = build_cli(make_recipe(one_package(rpm)), tmp_path / "out", cache_dir=cache_dir,
+                     expect=2)
     assert "owned by group 'mail', which [owners] does not map" in proc.stderr
-    mapped = _one_package_recipe(tmp_path, f'rpm = "{rpm}"', "[owners]\ngroups = { mail = 8 }\n")
-    proc = run_cli("build", str(mapped), "-o", str(tmp_path / "out"), "--cache-dir",
-                   str(cache_dir), "--json")
-    assert proc.returncode == 0, proc.stderr
+    mapped = make_recipe(one_package(rpm, owners={"groups": {"mail": 8}}))
+    build_cli(mapped, tmp_path / "out", cache_dir=cache_dir)
     manifest = json.loads((tmp_path / "out" / "t.manifest.json").read_text())
     lockmail = next(f for f in manifest["files"] if f["path"] == "usr/bin/lockmail")
     assert (lockmail["gid"], lockmail["mode"]) == (8, "2755")

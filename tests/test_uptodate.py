@@ -8,22 +8,20 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import run_cli, write_recipe
+from conftest import run_cli
 from prereq import require_tool
-from test_build import recipe_text
+from recipes_kit import build_cli, write_recipe_dict
+from test_build import hello_spec
 
 
 def _build(recipe: Path, out: Path, cache_dir, *extra: str, env=None) -> dict:
-    proc = run_cli("build", str(recipe), "-o", str(out), "--cache-dir", str(cache_dir), "--json",
-                   *extra, env=env)
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout)
+    return build_cli(recipe, out, *extra, cache_dir=cache_dir, env=env).json
 
 
 @pytest.fixture
 def built(tmp_path, packages, cache_dir):
     require_tool("mksquashfs", "squashfs-tools")
-    recipe = write_recipe(tmp_path / "recipe", recipe_text(packages, "squashfs"))
+    recipe = write_recipe_dict(tmp_path / "recipe", hello_spec(packages, "squashfs"))
     out = tmp_path / "out"
     first = _build(recipe, out, cache_dir)
     assert first["up_to_date"] is False
@@ -75,8 +73,8 @@ def test_a_changed_recipe_or_epoch_rebuilds(tmp_path, built, cache_dir, packages
     # SOURCE_DATE_EPOCH from the environment counts only when the recipe does not pin one
     env = dict(os.environ, SOURCE_DATE_EPOCH="1600000000")
     assert _build(recipe, out, cache_dir, env=env)["up_to_date"] is True
-    unpinned = write_recipe(tmp_path / "unpinned", recipe_text(packages, "squashfs").replace(
-        "source_date_epoch = 1700000000", ""))
+    unpinned = write_recipe_dict(tmp_path / "unpinned",
+                                 hello_spec(packages, "squashfs", epoch=None))
     out2 = tmp_path / "out2"
     assert _build(unpinned, out2, cache_dir, env=env)["up_to_date"] is False
     assert _build(unpinned, out2, cache_dir, env=env)["up_to_date"] is True
@@ -100,7 +98,7 @@ def test_a_manifest_without_the_digest_or_a_missing_companion_rebuilds(built, ca
 
 
 def test_a_directory_image_is_always_rebuilt(tmp_path, packages, cache_dir):
-    recipe = write_recipe(tmp_path / "recipe", recipe_text(packages, "directory"))
+    recipe = write_recipe_dict(tmp_path / "recipe", hello_spec(packages, "directory"))
     out = tmp_path / "out"
     _build(recipe, out, cache_dir)
     assert _build(recipe, out, cache_dir)["up_to_date"] is False
