@@ -289,12 +289,11 @@ def _input_digest(digest_base: dict | None, tool_versions: dict) -> str | None:
     return uptodate.digest(digest_base, tool_versions)
 
 
-def _packed_sections(sections: dict, name: str) -> dict:
-    """The format's manifest sections from the package stage (``ddi``, ``verity``), read into
-    the model (checked like any manifest: a field the model does not know fails here)."""
+def _packed_sections(sections: dict) -> dict:
+    """The format's manifest sections from the package stage (``ddi``: a DdiInfo,
+    ``verity``: a DetachedVerity), made into the model's."""
     kinds = {"ddi": mf.Ddi, "verity": mf.DetachedVerity}
-    return {key: kinds[key].from_json(value, f"{name}.manifest.json", key)
-            for key, value in sections.items()}
+    return {key: kinds[key].of(value) for key, value in sections.items()}
 
 
 #: Bytes of free space staging needs per byte of package files (a package unpacks to at
@@ -600,7 +599,7 @@ def _package_all(recipe, staged: Staged, output_dir, work: WorkDir, log,
                            None if recipe.format == "directory" else recipe.filesystem,
                            recipe.verity, recipe.compression, recipe.compression_level,
                            image_size, image_sha, tree_sha256),
-            files=file_list, **_packed_sections(result.manifest, img.name))
+            files=file_list, **_packed_sections(result.manifest))
         # SBOM + provenance, published with the image (pipeline/release/provenance.py), which
         # reads the manifest's JSON and names the files in it
         manifest, manifest_tmp_name = model.to_json(), f"{img.name}.manifest.json"

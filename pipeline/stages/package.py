@@ -36,7 +36,8 @@ class Packed:
     path: Path  # temporary output next to the final one; the build renames it
     tools: dict[str, str | None]
     extras: tuple[Path, ...] = ()  # files published next to the image (NAME.verity, …)
-    manifest: dict = field(default_factory=dict)  # format-specific manifest sections
+    manifest: dict = field(default_factory=dict)  # "ddi": DdiInfo, "verity": DetachedVerity
+    #                                     (the build makes them the manifest model's sections)
     warnings: tuple[str, ...] = ()
 
 
@@ -68,7 +69,7 @@ def pack(recipe: Recipe, tree: StagingTree, tmp_output: Path, epoch: int, seed: 
         extras = tuple(p for p in (found.verity_path, found.roothash_path,
                                    found.signature_path) if p is not None)
         return Packed(tmp_output, {**fs_tools, "veritysetup": tools.version("veritysetup")},
-                      extras, {"verity": found.to_manifest()}, found.warnings)
+                      extras, {"verity": found}, found.warnings)
     return Packed(tmp_output, fs_tools)
 
 
@@ -99,7 +100,7 @@ def _ddi(recipe, fs_image: Path, out: Path, fs_tools, seed, arch, signer) -> Pac
         extras = (roothash,)
     versions = {**fs_tools, "systemd-repart": tools.version("systemd-repart"),
                 "veritysetup": tools.version("veritysetup")}
-    return Packed(out, versions, extras, {"ddi": info.to_manifest()}, info.warnings)
+    return Packed(out, versions, extras, {"ddi": info}, info.warnings)
 
 
 def _squashfs(recipe: Recipe, tree: StagingTree, out: Path, epoch: int, tick) -> dict:

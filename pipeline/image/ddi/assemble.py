@@ -61,11 +61,6 @@ class PartitionInfo:
     flags: tuple[str, ...]
     sha256: str
 
-    def to_manifest(self) -> dict:
-        return {"designator": self.designator, "typeUuid": self.type_uuid, "uuid": self.uuid,
-                "label": self.label, "offset": self.offset, "size": self.size,
-                "flags": list(self.flags), "sha256": self.sha256}
-
 
 @dataclass(frozen=True)
 class DdiInfo:
@@ -79,19 +74,6 @@ class DdiInfo:
     sha256: str
     size: int
     warnings: tuple[str, ...] = ()
-
-    def to_manifest(self) -> dict:
-        return {
-            "diskUuid": self.disk_uuid,
-            "partitions": [p.to_manifest() for p in self.partitions],
-            "verity": self.verity.to_manifest(),
-            "rootHash": self.root_hash,
-            "certificateFingerprint": self.certificate_fingerprint,
-            "signatureAlgorithm": self.signature_algorithm,
-            "unsignedSha256": self.unsigned_sha256,
-            "sha256": self.sha256,
-            "size": self.size,
-        }
 
 
 def assemble_ddi(fs_image: Path, output: Path, *, arch: str, fs_type: str, seed: bytes,
@@ -294,18 +276,6 @@ class DetachedVerity:
     certificate_fingerprint: str | None
     signature_algorithm: str | None
     warnings: tuple[str, ...] = ()
-
-    def to_manifest(self) -> dict:
-        return {
-            "rootHash": self.root_hash,
-            "verity": self.verity.to_manifest(),
-            "verityFile": self.verity_path.name,
-            "veritySha256": self.verity_sha256,
-            "roothashFile": self.roothash_path.name,
-            "signatureFile": self.signature_path.name if self.signature_path else None,
-            "certificateFingerprint": self.certificate_fingerprint,
-            "signatureAlgorithm": self.signature_algorithm,
-        }
 
 
 def detached_verity(fs_image: Path, *, seed: bytes, signer: Signer | None, workdir: Path,
