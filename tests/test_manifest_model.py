@@ -274,3 +274,16 @@ def test_plugin_fails_a_written_manifest_that_breaks_the_schema(built, tmp_path)
     assert problems == [f"{tmp_path / 'a' / 'bad.manifest.json'}: files[1].uid: 'root' is "
                         "not of type 'integer'"]
     (tmp_path / "a" / "bad.manifest.json").unlink()  # the session's own check passes then
+
+
+def test_verify_refuses_a_hostile_manifest_naming_the_field(built, tmp_path):
+    """verify reads the manifest through the model before any rebuild: exit 2, one line."""
+    data = json.loads(built["verity"].read_text())
+    data["inputs"][0]["size"] = "12 MB"
+    path = tmp_path / "hello.manifest.json"
+    path.write_text(json.dumps(data))
+    result = run_cli("verify", str(path), "--json", in_process=True)
+    assert result.code == 2, result.stderr
+    error = result.json["error"]
+    assert (error["subject"], error["field"]) == (str(path), "inputs[0].size")
+    assert error["message"] == "is a string, not an integer"
