@@ -12,7 +12,12 @@ def cmd_publish(args) -> int:
     from ..release.feed import publish
 
     index = publish(args.images, args.feed, args.url, gnupghome=args.gnupghome, key=args.key,
-                    unsigned=args.unsigned, instances=args.instances_max)
+                    unsigned=args.unsigned, instances=args.instances_max,
+                    compress=args.compress)
+    if args.compress == "zstd":
+        print("warning: .raw.zst needs systemd 262+ on hosts (254 and 257 install the zstd "
+              "bytes undecompressed; install --feed refuses them); --compress xz works with "
+              "254+", file=sys.stderr)
     if args.json:  # the envelope (pipeline/commands/clikit.py) around index.json's content
         return clikit.emit(args, {"feed": str(args.feed), "index": index})
     else:
@@ -20,9 +25,10 @@ def cmd_publish(args) -> int:
             print(f"{args.feed}/{image['file']} ({image['version']}, sha256 "
                   f"{image['sha256'][:16]}…)", file=sys.stderr)
         print(f"{'signed' if index['signed'] else 'UNSIGNED (run sign-feed)'}: "
-              f"{args.feed}/SHA256SUMS; hosts install {args.feed}/sysupdate.d/NAME.transfer "
-              "(systemd >= 257) or sysupdate.d/legacy/NAME.conf and import-pubring.gpg as "
-              "/etc/systemd/import-pubring.gpg", file=sys.stderr)
+              f"{args.feed}/SHA256SUMS; set a host up with `sysext-pipeline install --feed "
+              f"{index['url']}` (or install {args.feed}/sysupdate.d/NAME.transfer (systemd >= "
+              "257) or sysupdate.d/legacy/NAME.conf and import-pubring.gpg as "
+              "/etc/systemd/import-pubring.gpg)", file=sys.stderr)
     return 0
 
 
@@ -86,6 +92,9 @@ def register(sub) -> None:
                    "later with sign-feed, e.g. on an offline machine)")
     p.add_argument("--instances-max", type=int, default=2, metavar="N",
                    help="versions a host keeps (InstancesMax=, default 2)")
+    p.add_argument("--compress", choices=("none", "xz", "zstd"), default="none",
+                   help="feed files NAME_VERSION_ARCH.raw.xz / .raw.zst (the same bytes each "
+                   "time; systemd-pull decompresses them; one choice per extension and feed)")
     clikit.add_json(p)  # {"feed", "index": index.json's content} in the envelope
     p.set_defaults(func=cmd_publish)
 
