@@ -20,9 +20,16 @@ def _human(line: str) -> None:
 
 
 def _cache(args):
-    from ..sources.fetch import Cache, default_cache_dir
+    from ..sources.fetch import Cache, default_cache_dir, set_timeout
 
+    set_timeout(args.timeout)
     return Cache(default_cache_dir(args.cache_dir))
+
+
+def _add_timeout(p) -> None:
+    p.add_argument("--timeout", type=float, metavar="SECONDS",
+                   help="how long a mirror may stay silent before a try fails and is retried "
+                   "(default: $SYSEXT_PIPELINE_TIMEOUT, else 60)")
 
 
 def cmd_lock(args) -> int:
@@ -113,6 +120,7 @@ def register(sub) -> None:
     p.add_argument("--update", action="append", default=[], metavar="NAME",
                    help="move only NAME (repeatable); every other package keeps its version")
     clikit.add_cache_dir(p)
+    _add_timeout(p)
     clikit.add_json(p)
     clikit.add_quiet(p)
     p.set_defaults(func=cmd_lock)
@@ -122,6 +130,7 @@ def register(sub) -> None:
     p.add_argument("recipe", nargs="+", help="recipe file(s); packages sources need a fresh lock")
     clikit.add_cache_dir(p, required=True, help="content-addressed store to fill (share it: "
                          "rsync, NFS, CI cache)")
+    _add_timeout(p)
     clikit.add_json(p)
     clikit.add_quiet(p)
     p.set_defaults(func=cmd_fetch)

@@ -13,7 +13,9 @@ import errno
 import fcntl
 import http.client
 import os
+import re
 import shutil
+import socket
 import stat
 import sys
 import tempfile
@@ -26,7 +28,7 @@ from pathlib import Path
 
 from .. import tools
 from ..digest import hash_file, hash_open
-from ..errors import INPUT, BuildError, InputError
+from ..errors import INPUT, BuildError, InputError, PipelineError
 from ..recipe import Source
 from . import kinds
 
@@ -34,7 +36,41 @@ CHUNK = 1 << 20
 PARALLEL = 4  # concurrent downloads (bounded: mirrors throttle, CI runners share links)
 ATTEMPTS = 4  # tries per URL before the error
 RETRY_DELAY = 0.5  # seconds before the 2nd try; doubles each time
-TIMEOUT = 60  # seconds without a byte before a try counts as failed
+TIMEOUT = 60  # seconds without a byte before a try counts as failed (default of timeout())
+TIMEOUT_ENV = "SYSEXT_PIPELINE_TIMEOUT"
+_TIMEOUT_OPTION: list[float] = []  # --timeout of this run (set_timeout)
+
+
+def set_timeout(seconds: float | None) -> None:
+    """The network timeout of this run (``--timeout``); None: back to the environment/default."""
+    _TIMEOUT_OPTION.clear()
+    if seconds is not None:
+        _TIMEOUT_OPTION.append(_seconds(seconds, "--timeout"))
+
+
+def timeout() -> float:
+    """Seconds a connection may stay silent before a try counts as failed: ``--timeout``, else
+    $SYSEXT_PIPELINE_TIMEOUT, else TIMEOUT."""
+    if _TIMEOUT_OPTION:
+        return _TIMEOUT_OPTION[0]
+    value = os.environ.get(TIMEOUT_ENV)
+    return _seconds(value, f"${TIMEOUT_ENV}") if value else TIMEOUT
+
+
+def _seconds(value, where: str) -> float:
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = -1.0
+    if not 0 < seconds <= 86400 or seconds != seconds:
+        raise InputError(where, f"{value!r} is not a number of seconds between 0 and 86400",
+                         "e.g. 30 (how long a mirror may stay silent before a try fails)")
+    return seconds
+
+
+def _say(line: str) -> None:
+    """A line on stderr for a wait the user should see (retries): also in CI logs."""
+    print(line, file=sys.stderr, flush=True)
 
 
 def default_cache_dir(given: str | os.PathLike | None = None) -> Path:
@@ -326,22 +362,73 @@ def _same_file(fh, path: Path) -> bool:
 
 
 def fetch_all(sources, cache: Cache, *, offline: bool = False, progress=None) -> list[Fetched]:
-    """Fetch every source, at most PARALLEL at a time; results in order. Files the store lacks
-    offline are named all together (one error); otherwise the first error in order."""
+    """Fetch every source, at most PARALLEL at a time; results in order. Kinds that fetch
+    several at once (``download_many``: apt) get their missing files in one go first. Files
+    the store lacks offline are named all together (one error); otherwise the first error in
+    order."""
     sources = list(sources)
     from concurrent.futures import ThreadPoolExecutor
 
-    with ThreadPoolExecutor(max_workers=max(1, min(PARALLEL, len(sources)))) as pool:
-        futures = [pool.submit(fetch_one, s, cache, offline=offline, progress=progress)
-                   for s in sources]
-        errors = [f.exception() for f in futures]
+    batched = {} if offline else _fetch_batches(sources, cache, progress)
+    rest = [i for i in range(len(sources)) if i not in batched]
+    with ThreadPoolExecutor(max_workers=max(1, min(PARALLEL, len(rest)))) as pool:
+        futures = {i: pool.submit(fetch_one, sources[i], cache, offline=offline,
+                                  progress=progress) for i in rest}
+        errors = [f.exception() for f in futures.values()]
     absent = [e for e in errors if isinstance(e, NotInStore)]
     if absent:
         raise NotInStore([p for e in absent for p in e.problems])
     for error in errors:
         if error is not None:
             raise error
-    return [f.result() for f in futures]
+    return [batched[i] if i in batched else futures[i].result() for i in range(len(sources))]
+
+
+def _fetch_batches(sources: list[Source], cache: Cache, progress) -> dict[int, Fetched]:
+    """Index → Fetched for the sources fetched in batches: per kind with ``download_many``,
+    every pinned source not in the cache, under all their entry locks (taken in sha256 order,
+    so two batches never wait for each other). A batch that fails is left to fetch_one."""
+    groups: dict[str, list[int]] = {}
+    for index, source in enumerate(sources):
+        kind = kinds.of(source)
+        if kind.download_many is not None and source.sha256 is not None:
+            groups.setdefault(kind.name, []).append(index)
+    done: dict[int, Fetched] = {}
+    for name, indices in groups.items():
+        kind = kinds.KINDS[name]
+        shas = sorted({sources[i].sha256 for i in indices})
+        if len(shas) < 2:
+            continue
+        with contextlib.ExitStack() as held:
+            for sha in shas:
+                held.enter_context(cache.entry(sha))
+            first: dict[str, int] = {}  # sha256 → the first source that names it
+            for i in indices:
+                first.setdefault(sources[i].sha256, i)
+            for sha, i in first.items():
+                found = cache._find_locked(sha)
+                if found.status == "ok":
+                    done[i] = Fetched(sources[i], found.path, sha, found.size, "cache",
+                                      kind.filename(sources[i]))
+            missing = [first[sha] for sha in shas if first[sha] not in done]
+            if len(missing) < 2:
+                continue  # nothing to gain: fetch_one does it
+            with cache.tmpdir() as tmp:
+                try:
+                    files = kind.download_many([sources[i] for i in missing], tmp,
+                                               _Net(progress))
+                except BuildError:
+                    continue  # one by one: that error names the source
+                for i, (downloaded, filename) in zip(missing, files):
+                    path, digest, size = cache.store(downloaded, sources[i].sha256, filename,
+                                                     locked=True)
+                    done[i] = Fetched(sources[i], path, digest, size, kind.origin, filename)
+            for i in indices:  # the same file named twice
+                if i not in done and first[sources[i].sha256] in done:
+                    got = done[first[sources[i].sha256]]
+                    done[i] = Fetched(sources[i], got.path, got.sha256, got.size, got.origin,
+                                      got.filename)
+    return done
 
 
 def fetch_one(source: Source, cache: Cache, *, offline: bool = False, progress=None) -> Fetched:
@@ -377,6 +464,9 @@ class _Net:
 
     def apt(self, source: Source, tmp: Path) -> tuple[Path, str]:
         return _apt_download(source, tmp)
+
+    def apt_many(self, sources: list[Source], tmp: Path) -> list[tuple[Path, str]]:
+        return _apt_download_many(sources, tmp)
 
 
 def _download(source: Source, kind: kinds.SourceKind, cache: Cache, filename: str, progress,
@@ -423,8 +513,15 @@ class TooLarge(InputError):
 
 
 def http_download(url: str, dest: Path, progress=None, attempts: int | None = None, *,
-                  max_size: int | None = None, recorded_by: str = "the lock records") -> None:
+                  max_size: int | None = None, recorded_by: str = "the lock records",
+                  name: str | None = None, say=_say) -> None:
     """Download ``url`` to ``dest``: retries with backoff on 5xx, timeouts and resets.
+
+    Each retry is one line through ``say`` (``fetch jq: try 2/4 in 1 s (timed out after
+    60 s)``; ``name`` defaults to the URL's last path component), so a silent mirror is never a
+    silent wait; the timeout is :func:`timeout` (``--timeout``, $SYSEXT_PIPELINE_TIMEOUT). A
+    host name that does not resolve fails at once: retrying a DNS answer within the run does
+    not change it.
 
     An interrupted transfer resumes with a Range request when the server honours it (206 with
     the right offset) and restarts from zero otherwise. 4xx fails at once. The error names the
@@ -438,11 +535,14 @@ def http_download(url: str, dest: Path, progress=None, attempts: int | None = No
     of ``dest``'s directory is an error naming it. Nothing is hashed after it filled the disk.
     """
     attempts = attempts or ATTEMPTS
-    where = urllib.parse.urlsplit(url).path or url
+    wait = timeout()
+    split = urllib.parse.urlsplit(url)
+    where = split.path or url
+    name = name or where.rstrip("/").rsplit("/", 1)[-1] or url
     limit = MAX_UNKNOWN_SIZE if max_size is None else max(0, max_size)
     bound = (f"the {limit} bytes {recorded_by}" if max_size is not None else
              f"the {limit} bytes allowed for a download of unrecorded size")
-    host = f"from {urllib.parse.urlsplit(url).netloc or url}"
+    host = f"from {split.netloc or url}"
     last, status = "no answer", None
     for attempt in range(1, attempts + 1):
         have = dest.stat().st_size if dest.exists() else 0
@@ -454,7 +554,7 @@ def http_download(url: str, dest: Path, progress=None, attempts: int | None = No
             headers["Range"] = f"bytes={have}-"
         try:
             request = urllib.request.Request(url, headers=headers)
-            with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
+            with urllib.request.urlopen(request, timeout=wait) as response:
                 code = getattr(response, "status", 200)
                 resumed = have and code == 206 and response.headers.get(
                     "Content-Range", "").startswith(f"bytes {have}-")
@@ -488,10 +588,28 @@ def http_download(url: str, dest: Path, progress=None, attempts: int | None = No
             elif exc.code < 500 and exc.code not in (408, 429):
                 raise DownloadError(where, f"download failed: {last}", status, host) from None
         except (urllib.error.URLError, OSError, TimeoutError, http.client.HTTPException) as exc:
-            status, last = None, str(getattr(exc, "reason", exc)) or type(exc).__name__
+            reason = getattr(exc, "reason", exc)
+            if isinstance(reason, socket.gaierror):
+                raise DownloadError(where, f"cannot resolve {split.hostname or url}: "
+                                    f"{reason.strerror or reason}", None,
+                                    "check the host name and the DNS setup (not retried)") \
+                    from None
+            status, last = None, _reason(reason, wait)
         if attempt < attempts:
-            time.sleep(RETRY_DELAY * 2 ** (attempt - 1))
+            delay = RETRY_DELAY * 2 ** (attempt - 1)
+            say(f"fetch {name}: try {attempt + 1}/{attempts} in {delay:g} s ({last})")
+            time.sleep(delay)
     raise DownloadError(where, f"download failed after {attempts} tries: {last}", status, host)
+
+
+def _reason(reason, wait: float) -> str:
+    """Why a try failed, in words: a timeout says how long it waited."""
+    if isinstance(reason, TimeoutError) or str(reason) == "timed out":
+        return f"timed out after {wait:g} s"
+    if isinstance(reason, OSError) and reason.strerror:
+        return reason.strerror.lower() if reason.strerror[:1].isupper() and \
+            reason.strerror[1:2].islower() else reason.strerror
+    return str(reason) or type(reason).__name__
 
 
 def _content_length(response, where: str) -> int | None:
@@ -522,15 +640,52 @@ def _apt_download(source: Source, tmp: Path) -> tuple[Path, str]:
     try:
         tools.run("apt-get", ["download", "-q", spec], cwd=tmp, what=f"downloading {spec}")
     except BuildError as exc:
-        gone = any(text in (exc.hint or "") for text in APT_NOT_THERE)  # fix the input: exit 2
-        raise (InputError if gone else BuildError)(
-            spec, "apt-get download failed", f"{exc.hint}; is the version still in the "
-            "archive, and has 'apt-get update' run?") from None
+        raise _apt_failed(spec, exc) from None
     debs = sorted(tmp.glob("*.deb"))
     if len(debs) != 1:
         raise BuildError(spec, f"apt-get download produced {len(debs)} files, expected one")
     name = debs[0].name.replace("%3a", ":")
     return debs[0], name
+
+
+def _apt_failed(spec: str, exc: BuildError) -> PipelineError:
+    gone = any(text in (exc.hint or "") for text in APT_NOT_THERE)  # fix the input: exit 2
+    return (InputError if gone else BuildError)(
+        spec, "apt-get download failed", f"{exc.hint}; is the version still in the "
+        "archive, and has 'apt-get update' run?")
+
+
+def _apt_download_many(sources: list[Source], tmp: Path) -> list[tuple[Path, str]]:
+    """One ``apt-get download A=1 B=2 …`` for all ``sources`` (apt fetches them in parallel);
+    the files matched back to the sources by the name, version and architecture in their
+    archive file names. A package or version apt names as not there is an InputError naming
+    it; any other failure or doubt is a BuildError (the caller then fetches one by one)."""
+    specs = [f"{s.ref}={s.version}" for s in sources]
+    try:
+        tools.run("apt-get", ["download", "-q", *specs], cwd=tmp,
+                  what=f"downloading {len(specs)} packages")
+    except BuildError as exc:
+        words = exc.hint or ""
+        if any(text in words for text in APT_NOT_THERE):
+            for source, spec in zip(sources, specs):
+                name = source.ref.partition(":")[0]
+                if re.search(rf"(?:'|package ){re.escape(name)}(?=[':\s;,]|$)", words):
+                    raise _apt_failed(spec, exc) from None
+        raise
+    debs = []
+    for deb in sorted(tmp.glob("*.deb")):
+        parts = deb.name.replace("%3a", ":")[: -len(".deb")].split("_")
+        if len(parts) == 3:
+            debs.append((parts, deb))
+    result = []
+    for source, spec in zip(sources, specs):
+        name, _, arch = source.ref.partition(":")
+        hits = [deb for (n, v, a), deb in debs
+                if n == name and v == source.version and (not arch or a in (arch, "all"))]
+        if len(hits) != 1:
+            raise BuildError(spec, f"apt-get download gave {len(hits)} files for it, expected one")
+        result.append((hits[0], hits[0].name.replace("%3a", ":")))
+    return result
 
 
 def describe_progress(stream=sys.stderr):

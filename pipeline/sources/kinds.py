@@ -39,6 +39,8 @@ class Net(Protocol):
 
     def apt(self, source: Source, tmp: Path) -> tuple[Path, str]: ...
 
+    def apt_many(self, sources: list[Source], tmp: Path) -> list[tuple[Path, str]]: ...
+
 
 @dataclass(frozen=True)
 class Claim:
@@ -73,6 +75,11 @@ class SourceKind:
     #: the package file's name in its archive, given the fetched name and the package's facts
     #: (the same whether it came from the cache or a fresh download)
     archive_name: Callable[[Source, str, Any], str] = lambda source, filename, info: filename
+    #: several sources of this kind at once (one ``apt-get download`` for all: apt fetches in
+    #: parallel, and one process starts instead of one per package); the files in the order
+    #: given. None: one at a time through ``download``. A failure falls back to ``download``
+    #: one by one, whose error names the source.
+    download_many: Callable[[list[Source], Path, Net], list[tuple[Path, str]]] | None = None
     #: ``Fetched.origin`` of a fresh download
     origin: str = "download"
     #: ``fetch --store`` keeps its file (False: it lives with the recipe, or is not a file)
@@ -196,6 +203,7 @@ register(SourceKind(
     "apt", "A Debian package by name and exact version, fetched by the build host's apt "
     "(`apt-get download NAME=VERSION`), pinned by sha256.",
     download=lambda source, tmp, net: net.apt(source, tmp),
+    download_many=lambda sources, tmp, net: net.apt_many(sources, tmp),
     filename=lambda source: f"{source.ref}={source.version}",
     label=lambda source: f"apt:{source.ref}={source.version}",
     describe=lambda source: f"apt {source.ref}={source.version} (sha256 {source.sha256})",
