@@ -30,12 +30,12 @@ def test_summaries_are_the_commands_own_help_lines():
 
 @pytest.mark.parametrize("flag", ["--version", "--help"])
 def test_version_and_help_import_no_command_module(flag):
-    probe = ("import sys, json\nfrom pipeline import cli\n"
+    probe = ("import sys, json\nfrom pipeline.commands import cli\n"
              f"try:\n    cli.main([{flag!r}])\nexcept SystemExit as e:\n    code = e.code\n"
              "print(json.dumps([code, sorted(m for m in sys.modules if m.startswith('pipeline'))]))")
     proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                           cwd=REPO, check=True)
     code, modules = json.loads(proc.stdout.strip().splitlines()[-1])
     assert code == 0
-    assert set(modules) <= {"pipeline", "pipeline.commands.cli", "pipeline.errors", "pipeline.commands.clikit"}, \
-        modules
+    assert set(modules) <= {"pipeline", "pipeline.commands", "pipeline.commands.cli",
+                            "pipeline.errors", "pipeline.commands.clikit"}, modules
