@@ -49,6 +49,10 @@ HOST = {"type": "object", "required": ["architecture"],
 FINDING = obj({"severity": S, "code": S, "message": S, "fix": S, "subject": S},
               required=["severity", "code", "message"])
 
+CACHE_ENTRY = obj({"sha256": S, "size": INT, "kind": {"enum": ["deb", "rpm", "other",
+                                                               "unreadable"]},
+                   "mtime": INT}, closed=True)
+
 #: command → its own members (all required, closed at the top level)
 BODIES: dict[str, dict] = {
     "build": {
@@ -97,6 +101,9 @@ BODIES: dict[str, dict] = {
     "publish": {"feed": S, "index": obj({"schema": INT, "url": S, "images": ARR, "signed": B},
                                         required=["url", "images"])},
     "sign-feed": {"feed": S, "signature": S},
+    "cache-list": {"cache": S, "entries": arr(CACHE_ENTRY), "files": INT, "bytes": INT},
+    "cache-prune": {"cache": S, "removed": arr(CACHE_ENTRY), "freed": INT, "kept": INT,
+                    "dry_run": B},
     "explain": {"lines": arr(SNAKE), "unknown": arr(INT), "images": ARR,
                 "merge": {"type": ["string", "object", "null"]},
                 "files": opt(ARR), "host": opt(HOST)},

@@ -72,7 +72,7 @@ def test_every_option_has_help_and_shared_ones_agree():
                 if flag in action.option_strings and flag != "--cache-dir":
                     # one spelling and one text everywhere (fetch's store is described as such)
                     assert seen.setdefault(flag, action.help) == action.help, (name, flag)
-        if name[-1] not in ("keys", "recipe-reference", "troubleshooting"):
+        if name[-1] not in ("keys", "cache", "recipe-reference", "troubleshooting"):
             assert "--json" in sub._option_string_actions, name  # --json on every verb
 
 

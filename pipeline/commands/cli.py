@@ -32,7 +32,7 @@ VERDICTS = {
 
 #: The top-level --help lists the commands in these groups (any other command under "More").
 GROUPS = {
-    "Build": ("plan", "build", "lock", "fetch"),
+    "Build": ("plan", "build", "lock", "fetch", "cache"),
     "Trust": ("keys", "sign", "inspect"),
     "Reproduce": ("verify", "diff"),
     "Host": ("check", "install", "uninstall", "rollback", "doctor", "explain"),
@@ -73,7 +73,7 @@ COMMANDS: dict[str, str] = {
     "check": "check", "troubleshooting": "check", "install": "install",
     "uninstall": "install", "rollback": "install", "doctor": "doctor",
     "lock": "lock", "fetch": "lock", "verify": "verify", "diff": "verify",
-    "explain": "explain", "publish": "publish", "sign-feed": "publish",
+    "explain": "explain", "publish": "publish", "sign-feed": "publish", "cache": "cache",
 }
 
 
@@ -98,6 +98,8 @@ SUMMARIES: dict[str, str] = {
     "rollback": "put back the version an install replaced",
     "lock": "resolve packages sources into RECIPE.lock",
     "fetch": "download every file the recipes need into a store",
+    "cache": "list the package cache, or prune what no recipe needs (cache list, cache prune "
+             "--keep-locked RECIPE…)",
     "plan": "what build will make and where it will merge, from the recipe and the package "
             "cache (no network, nothing written)",
     "verify": "rebuild from what a manifest records and compare byte for byte",
