@@ -423,6 +423,8 @@ def _fetch_batches(sources: list[Source], cache: Cache, progress) -> dict[int, F
                     path, digest, size = cache.store(downloaded, sources[i].sha256, filename,
                                                      locked=True)
                     done[i] = Fetched(sources[i], path, digest, size, kind.origin, filename)
+                    if progress:  # a terminal: one line per package
+                        progress(filename, size, size)
             for i in indices:  # the same file named twice
                 if i not in done and first[sources[i].sha256] in done:
                     got = done[first[sources[i].sha256]]
