@@ -287,3 +287,29 @@ def test_verify_refuses_a_hostile_manifest_naming_the_field(built, tmp_path):
     error = result.json["error"]
     assert (error["subject"], error["field"]) == (str(path), "inputs[0].size")
     assert error["message"] == "is a string, not an integer"
+
+
+def test_sign_refuses_a_hostile_manifest_before_touching_the_image(built, tmp_path):
+    import shutil
+
+    keys = built["ddi"].parent.parent
+    image = tmp_path / "hello.raw"
+    shutil.copy(built["ddi"].with_name("hello.raw"), image)
+    before = image.read_bytes()
+    data = json.loads(built["ddi"].read_text())
+    data["ddi"]["rootHash"] = 7
+    (tmp_path / "hello.manifest.json").write_text(json.dumps(data))
+    result = run_cli("sign", str(image), "--key", str(keys / "release.key"), "--cert",
+                     str(keys / "release.crt"), "--force", "--json", in_process=True)
+    assert result.code == 2, result.stderr
+    assert result.json["error"]["field"] == "ddi.rootHash"
+    assert image.read_bytes() == before
+
+
+def test_a_fifo_is_not_read_as_a_manifest(tmp_path):
+    import os
+
+    fifo = tmp_path / "x.manifest.json"
+    os.mkfifo(fifo)
+    with pytest.raises(InputError, match="not a regular file"):
+        mf.read(fifo)  # returns at once: no open() that waits for a writer

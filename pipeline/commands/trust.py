@@ -65,9 +65,10 @@ def cmd_sign(args) -> int:
     elif args.cert is None:
         raise InputError("sign", "--signature needs --cert (to check it before writing)")
     options = {"signer": signer, "p7s": args.signature, "cert": args.cert, "replace": args.force}
+    manifest = _read_manifest(image)  # a manifest that is not one refuses before any signing
     if not has_gpt(image):
         found = sign_detached(image, **options)
-        _update_manifest(image, "verity", found, signer)
+        _update_manifest(manifest, "verity", found, signer)
         _warn(found.warnings)
         print(f"signed {found.roothash_path} → {found.signature_path}: root hash "
               f"{found.root_hash}, certificate {found.certificate_fingerprint}", file=sys.stderr)
@@ -79,7 +80,7 @@ def cmd_sign(args) -> int:
                 "warnings": list(found.warnings)})
         return 0
     info = sign_ddi(image, **options)
-    _update_manifest(image, "ddi", info, signer)
+    _update_manifest(manifest, "ddi", info, signer)
     _warn(info.warnings)
     print(f"signed {image}: root hash {info.root_hash}, certificate "
           f"{info.certificate_fingerprint}, sha256 {info.sha256}", file=sys.stderr)
@@ -96,19 +97,29 @@ def _warn(warnings) -> None:
         print(f"warning: {warning}", file=sys.stderr)
 
 
-def _update_manifest(image: Path, section: str, signed, signer=None) -> None:
-    """Keep NAME.manifest.json true after signing, so that it equals a signed build's: the
-    model's ``signed_ddi``/``signed_verity`` (pipeline/stages/manifest.py) with what ``sign``
-    read back (``signed``: a DdiInfo or an assemble.DetachedVerity), then the SBOM and
-    provenance. A manifest that describes another root hash (a different build next to this
-    image) is left alone, with a warning."""
-    from ..release import provenance
+def _read_manifest(image: Path):
+    """(path, model) of NAME.manifest.json next to ``image``, read through the model
+    (pipeline/stages/manifest.py), or None when there is none."""
     from ..stages import manifest as mf
 
     path = image.with_name(image.name.removesuffix(".raw") + ".manifest.json")
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
+        return None
+    return path, mf.read(path)
+
+
+def _update_manifest(found, section: str, signed, signer=None) -> None:
+    """Keep NAME.manifest.json (``found``: from :func:`_read_manifest`) true after signing, so
+    that it equals a signed build's: the model's ``signed_ddi``/``signed_verity`` with what
+    ``sign`` read back (``signed``: a DdiInfo or an assemble.DetachedVerity), then the SBOM
+    and provenance. A manifest that describes another root hash (a different build next to
+    this image) is left alone, with a warning."""
+    from ..release import provenance
+    from ..stages import manifest as mf
+
+    if found is None:
         return
-    manifest = mf.read(path)
+    path, manifest = found
     part = manifest.ddi if section == "ddi" else manifest.verity
     recorded = part.root_hash if part is not None else None
     if recorded != signed.root_hash:

@@ -566,18 +566,20 @@ def copy_of(manifest: Manifest) -> Manifest:
 
 def read(path: Path | str, data: bytes | None = None) -> Manifest:
     """``NAME.manifest.json`` (or its ``data`` already read), checked: an InputError naming
-    the file (and the field) for anything that is not a manifest this model reads."""
-    from ..outdir import MAX_MANIFEST
+    the file (and the field) for anything that is not a manifest this model reads. Read like
+    every file of an output directory (pipeline/outdir.py: a regular file, not a symlink or a
+    FIFO, size-capped)."""
+    from ..outdir import MAX_MANIFEST, read_entry
 
     path = Path(path)
     if data is None:
         try:
-            with open(path, "rb") as fh:
-                data = fh.read(MAX_MANIFEST + 1)
+            data = read_entry(path.parent, path.name, MAX_MANIFEST)
         except OSError as err:
             raise InputError(str(path), f"cannot read the manifest: {err.strerror}") from None
-    if len(data) > MAX_MANIFEST:
-        raise InputError(str(path), f"larger than {MAX_MANIFEST} bytes: not a manifest")
+        if data is None:
+            raise InputError(str(path), f"not a regular file of at most {MAX_MANIFEST} bytes "
+                             "(a symlink, a FIFO, a directory, missing or too large)")
     return Manifest.from_json(parse(data, str(path)), str(path))
 
 
@@ -757,8 +759,3 @@ def tool_versions(image_tools: dict[str, str | None]) -> dict[str, str | None]:
     versions.update(image_tools)
     versions.update(library_versions())
     return versions
-
-
-def load(path: Path) -> dict:
-    """A manifest's JSON, checked by the model (see :func:`read`)."""
-    return read(path).to_json()
