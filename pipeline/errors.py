@@ -73,3 +73,100 @@ class BuildError(PipelineError):
     """The input was fine but a step (a tool, the network, the disk) failed: may be transient."""
 
     exit_code = RETRY
+
+
+# --- the build-side error catalogue (issue 16 §7) ----------------------------------------------
+
+class Problem:
+    """One error a build (or lock, fetch) can stop with: the words of its line (``says``, a
+    fragment the code raises word for word: a test checks each against pipeline/), what causes
+    it and what fixes it, and its exit class. Rendered into docs/troubleshooting.md."""
+
+    __slots__ = ("code", "says", "cause", "fix", "exit")
+
+    def __init__(self, code: str, says: str, cause: str, fix: str, exit: int):
+        self.code, self.says, self.cause, self.fix, self.exit = code, says, cause, fix, exit
+
+
+CATALOGUE: tuple[Problem, ...] = (
+    Problem("version-gone", "apt-get download failed",
+            "the version an `apt` source pins is no longer in the archive (Debian replaces a "
+            "point release's packages), or apt's package lists are older than the pin",
+            "`apt-get update`; pin the version `apt-cache policy NAME` shows, or use a "
+            "`packages` source with `sysext-pipeline lock`", INPUT),
+    Problem("sha256-mismatch", "sha256 mismatch: expected",
+            "the file downloaded (or found) is not the one the recipe or lock pins: the mirror "
+            "changed it, or the pin is wrong", "check the pin against the archive; for a "
+            "`packages` source run `sysext-pipeline lock RECIPE` again", INPUT),
+    Problem("identity", "the file is ",
+            "a cached or downloaded file's own name, version or architecture is not what the "
+            "source or lock names (a sha256 reused for another package)",
+            "fix the source's name or sha256 so that both describe the same package", INPUT),
+    Problem("lock-missing", "no lock file for this recipe's packages sources",
+            "a `packages` source is resolved through RECIPE.lock, which does not exist yet",
+            "`sysext-pipeline lock RECIPE` and commit RECIPE.lock", INPUT),
+    Problem("lock-stale", "lock is stale: run lock",
+            "the recipe's repositories, packages or base changed after RECIPE.lock was written",
+            "`sysext-pipeline lock RECIPE` (or `lock --update NAME` to move one package)", INPUT),
+    Problem("release-expired", "expired: Valid-Until",
+            "the repository's Release file is past its Valid-Until date: the mirror is stale "
+            "or frozen, or the clock is wrong", "use an up-to-date mirror (or a snapshot "
+            "service's current one), check the clock; re-run `lock`", INPUT),
+    Problem("offline-miss", "and --offline was given",
+            "`--offline` builds read only the cache/store, and a file the recipe needs is not "
+            "there (or is corrupt and was removed)", "fill the store first: `sysext-pipeline "
+            "fetch RECIPE --store DIR`, then `build --offline --store DIR`", RETRY),
+    Problem("download-failed", "download failed after",
+            "every try of a download failed: the network, DNS, a proxy or the mirror",
+            "retry later; each try is a line on stderr (`fetch NAME: try 2/4 …`) saying why",
+            RETRY),
+    Problem("key-mode", "is accessible by group or others",
+            "the private signing key (or a GnuPG home) can be read by other users",
+            "`chmod 600 KEY` (`chmod 700` for a GnuPG home)", INPUT),
+    Problem("key-missing", "no such file",
+            "[sign] names a key or certificate that does not exist (here: sign.key, sign.cert)",
+            "`sysext-pipeline keys generate`, or `build --unsigned` and `sysext-pipeline sign` "
+            "the image later", INPUT),
+    Problem("signed-output", "is a signed image and this build",
+            "the output directory holds a signed image from other inputs; a build does not "
+            "replace it silently", "`build --force`, or another `-o` directory", INPUT),
+    Problem("no-space", "not enough free space",
+            "the output directory's file system (staging lives there) or $TMPDIR (a DDI's "
+            "scratch) is too small for this build", "free space, build into another `-o`, "
+            "or set TMPDIR to a larger directory", RETRY),
+    Problem("output-dir", "is not a directory",
+            "`-o` names a file (or a path under one)", "give `-o` a directory", INPUT),
+    Problem("output-read-only", "is on a read-only file system",
+            "`-o` is on a read-only mount", "give `-o` a directory you can write to", INPUT),
+    Problem("source-date-epoch", "is not a number of seconds since",
+            "SOURCE_DATE_EPOCH is set to something that is not an integer",
+            "unset it, or set it to e.g. `$(git log -1 --format=%ct)`", INPUT),
+    Problem("tool-missing", "not installed: ",
+            "a tool the recipe's image format needs is not installed (the table in "
+            "pipeline/tools.py says which, for which command)",
+            "`apt-get install` the package the line names", RETRY),
+    Problem("tool-too-old", "is older than",
+            "an installed tool is older than the oldest version the project supports",
+            "install the version the line names (a backport, or a newer release)", RETRY),
+    Problem("files-dropped", "the recipe names this file but the image cannot carry",
+            "a [files] entry lies where the image kind never merges (usr/ in a confext, a "
+            "path outside /usr, /opt, /etc) or where [policy] drops content",
+            "move the file, or change extension.kind / policy.etc / policy.var", INPUT),
+    Problem("empty-payload", "hold only its extension-release file",
+            "every path was dropped or excluded, or there was nothing to extract",
+            "`sysext-pipeline plan RECIPE` lists what is dropped and why; fix the sources, "
+            "filter.exclude or the kind, or set policy.empty = \"allow\"", INPUT),
+)
+
+
+def catalogue_markdown() -> str:
+    """The build-side table of docs/troubleshooting.md: message → cause → fix."""
+    cell = lambda text: text.replace("|", "\\|")  # noqa: E731
+    lines = ["## When a build stops", "",
+             "Generated from the error catalogue (`CATALOGUE` in pipeline/errors.py): the words "
+             "of the `error:` line, why, and the fix. The exit code says whether to retry (1) "
+             "or fix the input (2).", "",
+             "| the error says | cause | fix | exit |", "|---|---|---|---|"]
+    lines += [f"| `{cell(p.says.strip())}` | {cell(p.cause)} | {cell(p.fix)} | {p.exit} |"
+              for p in CATALOGUE]
+    return "\n".join(lines) + "\n"

@@ -287,7 +287,11 @@ def cmd_check(args) -> int:
 
 
 def cmd_troubleshooting(args) -> int:
-    sys.stdout.write(rules.troubleshooting_markdown())
+    """docs/troubleshooting.md: the host side (the rule table) and the build side (the error
+    catalogue, pipeline/errors.py)."""
+    from ..errors import catalogue_markdown
+
+    sys.stdout.write(rules.troubleshooting_markdown() + "\n" + catalogue_markdown())
     return 0
 
 
