@@ -13,7 +13,7 @@ def cmd_publish(args) -> int:
 
     index = publish(args.images, args.feed, args.url, gnupghome=args.gnupghome, key=args.key,
                     unsigned=args.unsigned, instances=args.instances_max,
-                    compress=args.compress)
+                    compress=args.compress, features=args.features)
     if args.compress == "zstd":
         print("warning: .raw.zst needs systemd 262+ on hosts (254 and 257 install the zstd "
               "bytes undecompressed; install --feed refuses them); --compress xz works with "
@@ -95,6 +95,9 @@ def register(sub) -> None:
     p.add_argument("--compress", choices=("none", "xz", "zstd"), default="none",
                    help="feed files NAME_VERSION_ARCH.raw.xz / .raw.zst (the same bytes each "
                    "time; systemd-pull decompresses them; one choice per extension and feed)")
+    p.add_argument("--features", action="store_true", help="each extension is also an "
+                   "optional feature (sysupdate.d/NAME.feature, Features= in NAME.transfer; "
+                   "systemd >= 257): a host disables it with a drop-in Enabled=false")
     clikit.add_json(p)  # {"feed", "index": index.json's content} in the envelope
     p.set_defaults(func=cmd_publish)
 

@@ -220,11 +220,12 @@ TARGET_DIRS = {"sysext": "/var/lib/extensions", "confext": "/var/lib/confexts"}
 
 
 def transfer(name: str, arch: str, url: str, instances: int, legacy: bool = False,
-             kind: str | None = "sysext", suffix: str = ".raw") -> str:
+             kind: str | None = "sysext", suffix: str = ".raw", feature: bool = False) -> str:
     source = url if url.endswith("/") else url + "/"
     directory = TARGET_DIRS.get(kind or "sysext", TARGET_DIRS["sysext"])
     head = (f"{MARK_PREFIX}{name}{MARK_SUFFIX}{source} (sysext-pipeline publish)\n"
-            "[Transfer]\nVerify=yes\n\n[Source]\nType=url-file\n"
+            "[Transfer]\nVerify=yes\n" + (f"Features={name}\n" if feature and not legacy
+                                           else "") + "\n[Source]\nType=url-file\n"
             f"Path={source}\nMatchPattern={name}_@v_{arch}{suffix}\n\n[Target]\n"
             "Type=regular-file\n")
     if legacy:  # systemd 254-256: no NAME.raw.v/ in systemd-sysext; a symlink names the current
@@ -233,6 +234,19 @@ def transfer(name: str, arch: str, url: str, instances: int, legacy: bool = Fals
     else:
         target = f"Path={directory}/{name}.raw.v/\nMatchPattern={name}_@v.raw\n"
     return head + target + f"InstancesMax={instances}\n"
+
+
+def feature(name: str, kind: str | None, url: str) -> str:
+    """``sysupdate.d/NAME.feature`` (systemd ≥ 257, ``publish --features``): the extension as
+    an optional feature, enabled; a drop-in ``NAME.feature.d/*.conf`` with ``Enabled=false``
+    stops its updates and makes systemd-sysupdate remove the installed versions."""
+    what = "configuration extension" if kind == "confext" else "system extension"
+    return (f"{MARK_PREFIX}{name}{MARK_SUFFIX}{url} (sysext-pipeline publish)\n"
+            f"[Feature]\nDescription={name} ({what}, updated from {url})\nEnabled=true\n")
+
+
+#: systemd-sysupdate reads ``*.feature`` files from this version on.
+FEATURES_SINCE = 257
 
 
 #: The first line of every transfer file publish writes: how install recognises its own.
@@ -267,10 +281,13 @@ def sums_text(feed: Path) -> bytes:
 
 def publish(images: list[Path], feed: Path, url: str, *, gnupghome: Path | None = None,
             key: str | None = None, unsigned: bool = False,
-            instances: int = DEFAULT_INSTANCES, compress: str = "none") -> dict:
+            instances: int = DEFAULT_INSTANCES, compress: str = "none",
+            features: bool = False) -> dict:
     """Add ``images`` to the feed directory ``feed`` (created if missing); the index. With
     ``compress`` ``xz`` or ``zstd`` the feed files are ``NAME_VERSION_ARCH.raw.xz``/``.raw.zst``
-    (one suffix per extension in a feed: its transfer file matches one)."""
+    (one suffix per extension in a feed: its transfer file matches one). With ``features`` each
+    extension is also an optional feature: ``sysupdate.d/NAME.feature`` and ``Features=NAME`` in
+    its ``.transfer`` (systemd ≥ 257; the legacy ``.conf`` has none)."""
     if not unsigned and gnupghome is None:
         raise InputError("publish", "no OpenPGP key to sign SHA256SUMS with",
                          "give --gnupghome (keys generate --openpgp DIR), or --unsigned and "
@@ -311,15 +328,23 @@ def publish(images: list[Path], feed: Path, url: str, *, gnupghome: Path | None 
     (sysupdate / "legacy").mkdir(parents=True, exist_ok=True)
     kinds = {i["name"]: i.get("kind") for i in index}
     suffixes = {i["name"]: suffix_of(i) for i in index}
+    for stale in sysupdate.glob("*.feature"):  # publish without --features: none
+        stale.unlink()
     for name, arch in names:
         _write_bytes(sysupdate, f"{name}.transfer", transfer(
-            name, arch, url, instances, kind=kinds[name], suffix=suffixes[name]).encode())
+            name, arch, url, instances, kind=kinds[name], suffix=suffixes[name],
+            feature=features).encode())
+        if features:
+            _write_bytes(sysupdate, f"{name}.feature", feature(name, kinds[name], url).encode())
         _write_bytes(sysupdate / "legacy", f"{name}.conf", transfer(
             name, arch, url, instances, legacy=True, kind=kinds[name],
             suffix=suffixes[name]).encode())
     document = {"schema": 1, "url": url, "images": index, "instances_max": instances,
+                "features": features,
                 "transfers": {f"{n}": {"systemd>=257": f"sysupdate.d/{n}.transfer",
-                                       "systemd<257": f"sysupdate.d/legacy/{n}.conf"}
+                                       "systemd<257": f"sysupdate.d/legacy/{n}.conf",
+                                       **({"feature": f"sysupdate.d/{n}.feature"} if features
+                                          else {})}
                               for n, _ in names}}
     if not unsigned:
         _write_bytes(feed, KEYRING, export_public(gnupghome, key))
@@ -583,6 +608,7 @@ def host_setup(source: str, base: Path, systemd: int) -> dict:
             document = json.loads(index_bytes)
             url, images = document["url"], document["images"]
             instances = int(document.get("instances_max", DEFAULT_INSTANCES))
+            features = document.get("features") is True
             extensions = sorted({(i["name"], i["architecture"], i.get("kind") or "sysext")
                                  for i in images})
             suffixes = {i["name"]: suffix_of(i) for i in images}
@@ -613,7 +639,7 @@ def host_setup(source: str, base: Path, systemd: int) -> dict:
         removed, transfers = [], []
         for name, arch, kind in extensions:
             text = transfer(name, arch, url, instances, legacy=legacy, kind=kind,
-                            suffix=suffixes[name])
+                            suffix=suffixes[name], feature=features)
             own, other = (f"{name}.conf", f"{name}.transfer") if legacy else \
                 (f"{name}.transfer", f"{name}.conf")
             if _write_if_changed(definitions, own, text.encode()):
@@ -621,11 +647,16 @@ def host_setup(source: str, base: Path, systemd: int) -> dict:
             transfers.append(f"/etc/sysupdate.d/{own}")
             # 257 reads *.conf too: a legacy file left from before an upgrade would install
             # every version twice; only a file publish wrote is removed
-            stale = definitions / other
-            if stale.is_file() and not stale.is_symlink() and \
-                    stale.read_bytes().startswith(f"{MARK_PREFIX}{name}{MARK_SUFFIX}".encode()):
-                stale.unlink()
-                removed.append(f"/etc/sysupdate.d/{other}")
+            with_feature = features and systemd >= FEATURES_SINCE
+            if with_feature and _write_if_changed(definitions, f"{name}.feature",
+                                                  feature(name, kind, url).encode()):
+                written.append(f"/etc/sysupdate.d/{name}.feature")
+            for other_name in (other, *([] if with_feature else [f"{name}.feature"])):
+                stale = definitions / other_name
+                if stale.is_file() and not stale.is_symlink() and stale.read_bytes().startswith(
+                        f"{MARK_PREFIX}{name}{MARK_SUFFIX}".encode()):
+                    stale.unlink()
+                    removed.append(f"/etc/sysupdate.d/{other_name}")
             directory = TARGET_DIRS[kind].lstrip("/")
             _target_dir(base, directory)
             if legacy:
