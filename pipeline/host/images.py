@@ -104,7 +104,8 @@ def read(path: Path | str, *, with_entries: bool = False, architecture: str | No
         picked_from, path = path, chosen
     fs = fsinfo.locate(path)
     with fsinfo.opened(fs) as view:
-        image = _facts_from_tree(path, "ddi" if fs.ddi else fs.type, view.root, with_entries)
+        image = _facts_from_tree(path, "ddi" if fs.ddi else fs.type, view.root, with_entries,
+                                 architecture)
     image.picked_from = picked_from
     return image
 
@@ -165,7 +166,35 @@ def _entry(item: dict) -> Entry:
     return Entry(item["path"], kind, int(item["mode"], 8), item.get("size", 0), item.get("target"))
 
 
-def _facts_from_tree(path: Path, fmt: str, root: Path, with_entries: bool) -> Image:
+def elf_architectures(root: Path) -> tuple[str, ...]:
+    """The architectures (systemd spelling; another machine as formats/elf.py describes it) of
+    the ELF files under ``root``: () for an architecture-independent payload. Only the first 20
+    bytes of each regular file are read, without following symlinks."""
+    from ..formats import elf
+
+    names = {ident: arch for arch, ident in elf.ELF_MACHINES.items()}
+    found: set[str] = set()
+    for directory, _dirs, files in os.walk(root):
+        for name in files:
+            try:
+                fd = os.open(os.path.join(directory, name), os.O_RDONLY | os.O_NOFOLLOW |
+                             os.O_NONBLOCK | os.O_CLOEXEC)
+            except OSError:  # a symlink, a socket: not a file of the payload
+                continue
+            try:
+                header = os.pread(fd, 20, 0) if os.fstat(fd).st_size >= 20 else b""
+            except OSError:
+                header = b""
+            finally:
+                os.close(fd)
+            ident = elf.identify(header)
+            if ident is not None:
+                found.add(names.get(ident) or elf.describe(ident))
+    return tuple(sorted(found))
+
+
+def _facts_from_tree(path: Path, fmt: str, root: Path, with_entries: bool,
+                     architecture: str | None = None) -> Image:
     release: dict[str, dict[str, rules.ReleaseFile]] = {}
     for kind, rel_dir in RELEASE_DIRS.items():
         files = {}
@@ -185,10 +214,15 @@ def _facts_from_tree(path: Path, fmt: str, root: Path, with_entries: bool) -> Im
             release[kind] = files
     kinds = list(release)
     kind = kinds[0] if len(kinds) == 1 else ("sysext" if "sysext" in kinds else None)
+    # which architectures its binaries are for, when a release file names another one than the
+    # host's (rule match.architecture: its fix depends on them)
+    other = {f.fields.get("ARCHITECTURE") for files in release.values() for f in files.values()}
+    other -= {None, "", "_any", architecture}
     facts = rules.ImageFacts(
         file_name=path.name, is_dir=fmt == "directory", release=release,
         has_usr_lib_os_release=chase(root, "usr/lib/os-release") is not None,
-        has_etc_os_release=chase(root, "etc/os-release") is not None, kind=kind)
+        has_etc_os_release=chase(root, "etc/os-release") is not None, kind=kind,
+        elf_architectures=elf_architectures(root) if other else None)
     guess = kind
     if guess is None:  # no release file at all: guess the kind from the content
         top = set(os.listdir(root))

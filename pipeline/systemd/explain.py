@@ -31,7 +31,7 @@ def _cap(*versions: str) -> str:
 #: already matches ID_LIKE, i.e. 258-era; sysext.c is 256-era). The captured runs are what tie a
 #: text to a version; the source is a second witness for the same words.
 _EXT_UTIL = "source: src/shared/extension-util.c extension_release_validate() at systemd " \
-    "commit 009abdc (258-era; extension-release.c in 252/253)"
+    "commit 009abdc (258-era; " + rules.vtext("extension-release.c in «not source.extension-util»)")
 _SYSEXT_C = "source: src/sysext/sysext.c merge_subprocess() at systemd commit 0021720 (256-era)"
 
 
@@ -54,8 +54,8 @@ class Text:
 
 
 _ALL = (span("252"),)
-_OLD = (span("252", "253"),)  # extension-release.c
-_NEW = (span("254"),)  # extension-util.c
+_NEW = rules.CHANGES["source.extension-util"].versions  # extension-util.c
+_OLD = rules.complement(_NEW)  # extension-release.c
 
 T_NO_DATA_OLD = Text("Extension '{name}' carries no extension-release data, ignoring extension.",
                      _OLD, _cap("252.38") + "; " + _EXT_UTIL)
@@ -167,8 +167,9 @@ MESSAGES: dict[str, tuple[Text, ...]] = {
 #: test checks that every rule has a text for each captured version it applies to, or is here.
 SILENT: dict[str, tuple[tuple[Span, ...], str]] = {
     "host.no-confext": (_ALL, "there is no systemd-confext binary to print anything"),
-    "discovery.not-raw": ((span("252", "256"),), "the file is never looked at (254.26 prints "
-                          "nothing; 257+ says it skips the entry)"),
+    "discovery.not-raw": (rules.complement(T_NOT_AN_IMAGE.versions), "the file is never looked "
+                          "at (254.26 prints nothing; "
+                          f"{T_NOT_AN_IMAGE.versions_text()} says it skips the entry)"),
     "discovery.not-searched": (_ALL, "systemd never looks into that directory"),
     "discovery.invalid-name": (_ALL, "the entry is never discovered"),
     "discovery.v-empty": (_ALL, "nothing in the .v/ directory is discovered"),
@@ -221,8 +222,9 @@ OUTCOMES: tuple[Outcome, ...] = (
     Outcome(r"Merged extensions into '(?P<path>.*)'\.", "the merge of this hierarchy succeeded",
             _cap(*CAPTURED)),
     Outcome(r"'?\((?P<child>sd-merge|sd-sysext)\)'? failed with exit status (?P<status>\d+)\.",
-            "the merge child failed: nothing merged (systemd-sysext/confext itself exits 0 on "
-            "252–255, 1 on 256+)", _cap(*CAPTURED)),
+            "the merge child failed: nothing merged (systemd-sysext/confext itself "
+            + rules.vtext("exits 0 on «not exit.merge-failure», 1 on «exit.merge-failure»)"),
+            _cap(*CAPTURED)),
     Outcome(r"'?\((?P<child>sd-dissect)\)'? failed with exit status (?P<status>\d+)\.",
             "reading an image's metadata failed: the whole command fails (exit 1)",
             _cap(*CAPTURED)),
@@ -358,8 +360,8 @@ def effect(rule: rules.Rule, version: rules.Version | None = None) -> str:
     if version is not None:
         return f"nothing merges: the merge fails; systemd {rules.format_version(version)} " \
             f"exits {rule.exit_status(version)}"
-    return "nothing merges: the merge fails; systemd-sysext/confext still exits 0 on 252–255, " \
-        "1 on 256+"
+    return "nothing merges: the merge fails; systemd-sysext/confext " + rules.vtext(
+        "still exits 0 on «not exit.merge-failure», 1 on «exit.merge-failure»")
 
 
 class _Fill(dict):
@@ -370,7 +372,8 @@ class _Fill(dict):
                                 "etc/extension-release.d/…)",
                 "install_dir": "/var/lib/extensions (/var/lib/confexts)",
                 "search_dirs": "see `check`", "shadow": "the earlier image of that name",
-                "root": "/", "culprit": "the image named", "culprit_fix": "its own fix"}.get(
+                "root": "/", "culprit": "the image named", "culprit_fix": "its own fix",
+                "arch_fix": rules.ARCH_FIX_UNKNOWN}.get(
                     key, key.upper())
 
 
@@ -384,6 +387,8 @@ def rule_info(rule_id: str, line: Line | None = None) -> dict:
         for key in ("name", "image", "host", "root"):
             if line.values.get(key):
                 values[key] = line.values[key]
+        if rule_id == "match.architecture" and line.values.get("host"):
+            values["arch_fix"] = rules.architecture_fix(None, line.values["host"])
         if line.image:
             values["name"] = line.image
             if kind:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .release import release_path as release_file_path
 
@@ -96,6 +96,127 @@ def span(lo: str, hi: str | None = None) -> Span:
 ALL = (span("252"),)
 
 
+# ---- the version table: behaviours that change between versions ------------------------------
+# A version fact lives in one place: a rule's span (RULES) or a behaviour's span (CHANGES). Code
+# asks :func:`since` or ``Rule.applies``, never a literal major; a text that names the versions
+# where something holds writes «ID» (the versions of rule or change ID), «not ID» (the modelled
+# versions outside them) or «after ID» (from the first version past them on): :func:`vtext`
+# spells them from the spans, so the words follow when a span moves.
+
+_TOKEN = re.compile(r"«(?:(not|after) )?([a-z0-9.-]+)»")
+
+
+def _next(version: Version) -> Version:
+    major, point = version
+    return (major + 1, 0) if point == LATEST_POINT else (major, point + 1)
+
+
+def _previous(version: Version) -> Version:
+    major, point = version
+    return (major - 1, LATEST_POINT) if point == 0 else (major, point - 1)
+
+
+def complement(spans: tuple[Span, ...]) -> tuple[Span, ...]:
+    """The modelled versions (OLDEST.0 → the newest) outside ``spans``."""
+    out, cursor = [], (OLDEST, 0)
+    for s in sorted(spans, key=lambda s: s.lo):
+        if cursor is None:
+            break
+        if s.lo > cursor:
+            out.append(Span(cursor, _previous(s.lo)))
+        if s.hi is None:
+            cursor = None
+        else:
+            cursor = max(cursor, _next(s.hi))
+    if cursor is not None and cursor <= (NEWEST, LATEST_POINT):
+        out.append(Span(cursor))
+    return tuple(out)
+
+
+def spans_text(spans: tuple[Span, ...]) -> str:
+    return ", ".join(s.text() for s in spans)
+
+
+def vtext(text: str, spans_of=None) -> str:
+    """``text`` with its «ID», «not ID» and «after ID» spelled from the spans (see above);
+    ``spans_of`` maps an ID to its spans (default: :data:`RULES`, then :data:`CHANGES`)."""
+    def lookup(item: str) -> tuple[Span, ...]:
+        if spans_of is not None:
+            return spans_of(item)
+        return (RULES[item] if item in RULES else CHANGES[item]).versions
+
+    def spell(match: re.Match) -> str:
+        how, item = match.groups()
+        spans = lookup(item)
+        if how == "not":
+            return spans_text(complement(spans))
+        if how == "after":
+            last = max(spans, key=lambda s: s.lo)
+            assert last.hi is not None, f"«after {item}»: {item} holds to the newest version"
+            return Span(_next(last.hi)).text()
+        return spans_text(spans)
+
+    return _TOKEN.sub(spell, text)
+
+
+@dataclass(frozen=True)
+class Change:
+    """A behaviour (not a verdict) that depends on the version; the code asks :func:`since`."""
+
+    id: str
+    versions: tuple[Span, ...]
+    summary: str
+
+    def applies(self, version: Version) -> bool:
+        return any(version in s for s in self.versions)
+
+
+def _changes(*changes: Change) -> dict[str, Change]:
+    table = {c.id: c for c in changes}
+    return {key: replace(c, summary=vtext(c.summary, lambda item: table[item].versions))
+            for key, c in table.items()}
+
+
+CHANGES: dict[str, Change] = _changes(
+    Change("source.extension-util", (span("254"),),
+           "the matching code and its log lines live in src/shared/extension-util.c "
+           "(«not source.extension-util»: src/shared/extension-release.c, other wording)"),
+    Change("name.class-suffix", (span("255"),),
+           "NAME.sysext.raw / NAME.confext.raw (and directories NAME.sysext/, NAME.confext/) are "
+           "discovered as NAME"),
+    Change("release.raw-name-from-file", (span("252", "254"),),
+           "a raw image's release file is looked up under its file name without .raw/.img/.xz/"
+           "… (foo.sysext.raw: extension-release.foo.sysext)"),
+    Change("release.raw-name-from-discovered", (span("255", "257"),),
+           "a raw image's release file is looked up under its discovered name without .img/"
+           ".xz/… (foo.sysext.raw: extension-release.foo; foo.img.raw: extension-release.foo; "
+           "seen on 257.13)"),
+    Change("release.raw-name-discovered", (span("258"),),
+           "a raw image's release file is looked up under its discovered name exactly "
+           "(foo.img.raw: extension-release.foo.img; seen on 262.1, assumed from 258)"),
+    Change("metadata.either-kind", (span("254"),),
+           "reading a raw image's metadata accepts the release file of either kind (the image "
+           "is judged in the merge child); «not metadata.either-kind» read only the kind's own"),
+    Change("scope.initrd-from-root", (span("259"),),
+           "with --root the initrd scope comes from /etc/initrd-release inside the root (seen "
+           "on 262.1: SYSTEMD_IN_INITRD=1 alone no longer makes it the initrd); "
+           "«not scope.initrd-from-root» ask the running system"),
+    Change("exit.merge-failure", (span("256"),),
+           "a merge that fails in the merge child exits 1; «not exit.merge-failure» exit 0 "
+           "(failures reading image metadata exit 1 on every version)"),
+)
+
+
+#: How a merge-child failure ends, by version (the texts of rules and explain say it this way).
+EXIT_TEXT = vtext("«not exit.merge-failure» still exit 0, «exit.merge-failure» exit 1",
+                  lambda item: CHANGES[item].versions)
+
+
+def since(change_id: str, version: Version) -> bool:
+    """Whether ``version`` behaves as :data:`CHANGES` ``change_id`` says."""
+    return CHANGES[change_id].applies(version)
+
+
 @dataclass(frozen=True)
 class Rule:
     id: str
@@ -132,12 +253,19 @@ class Rule:
 
 
 def _rules(*rules: Rule) -> dict[str, Rule]:
+    """The table, its texts' «…» version tokens spelled from the spans (:func:`vtext`)."""
     table: dict[str, Rule] = {}
     for rule in rules:
         assert rule.id not in table, rule.id
         assert rule.verdict in VERDICTS, rule.id
         table[rule.id] = rule
-    return table
+
+    def spans_of(item: str) -> tuple[Span, ...]:
+        return (table[item] if item in table else CHANGES[item]).versions
+
+    return {key: replace(r, **{f: vtext(getattr(r, f), spans_of)
+                               for f in ("summary", "log", "symptom", "fix")})
+            for key, r in table.items()}
 
 
 _NO_MEDIUM = "Failed to read metadata for image {name}: No medium found"
@@ -149,14 +277,16 @@ RULES: dict[str, Rule] = _rules(
     Rule("host.no-id", "host ID", BREAKS, ALL,
          "The host's os-release has no ID=: nothing can be validated, the merge fails.",
          "'ID' field not found or empty in 'os-release' data of OS tree '{root}'",
-         "nothing merged at all; 252–255 still exit 0, 256+ exit 1",
+         f"nothing merged at all; {EXIT_TEXT}",
          "give the host (or --root tree) an os-release with ID= (/etc/os-release or "
          "/usr/lib/os-release)", tested=True),
     Rule("host.no-confext", "systemd version", IGNORED, (span("252", "253"),),
-         "systemd-confext exists from systemd 254 on; older hosts never merge a confext.",
+         "systemd-confext exists in systemd «not host.no-confext» only; older hosts never "
+         "merge a confext.",
          "(no systemd-confext binary)",
          "the confext's files never appear in /etc",
-         "upgrade systemd to 254+ (Debian 12: bookworm-backports), or ship the files another way",
+         "upgrade systemd to «not host.no-confext» (Debian 12: bookworm-backports), or ship the "
+         "files another way",
          kinds=("confext",), tested=False),
     # ---- discovery -------------------------------------------------------------------------
     Rule("discovery.not-raw", "file name", IGNORED, ALL,
@@ -188,11 +318,13 @@ RULES: dict[str, Rule] = _rules(
          "put NAME_VERSION.raw (or NAME_VERSION/ for a .v/ of directories) inside it",
          ),
     Rule("discovery.v-unsupported", "NAME.v/ directory", IGNORED, (span("252", "255"),),
-         "NAME.v/ and NAME.raw.v/ directories are understood from 256 on; older versions "
+         "NAME.v/ and NAME.raw.v/ directories are understood on «not discovery.v-unsupported»; "
+         "older versions "
          "treat NAME.v/ as a directory image of that name (without release data: ignored).",
          "Extension '{name}' carries no release data, ignoring.",
          "nothing merges from the .v/ directory",
-         "install the newest NAME_VERSION.raw directly as NAME.raw on systemd < 256",
+         "install the newest NAME_VERSION.raw directly as NAME.raw on systemd "
+         "«discovery.v-unsupported»",
          formats=("directory",), forced=True),
     # ---- metadata: which release file --------------------------------------------------------
     Rule("release.missing-raw", "release file", BREAKS, ALL,
@@ -228,7 +360,8 @@ RULES: dict[str, Rule] = _rules(
          "write the release file where the kind expects it: {release_path}", formats=("raw",),
          forced=True),
     Rule("release.wrong-kind-254", "release file location", MERGES, (span("254", "254"),),
-         "systemd 254 reads a raw image's release file from usr/lib/… or else etc/…, whatever "
+         "systemd «release.wrong-kind-254» reads a raw image's release file from usr/lib/… or "
+         "else etc/…, whatever "
          "the kind: the other kind's release data is validated as if it were this kind's and the "
          "image merges — but only this kind's hierarchies (/usr,/opt or /etc) are overlaid, so a "
          "real confext shows nothing under /usr (and a sysext nothing under /etc).",
@@ -279,7 +412,8 @@ RULES: dict[str, Rule] = _rules(
          "A signed image (verity signature partition or NAME.roothash.p7s) whose signature no "
          "certificate in /etc/verity.d, /run/verity.d, /usr/local/lib/verity.d or "
          "/usr/lib/verity.d (nor the kernel keyring) verifies fails to activate, and the merge "
-         "fails with it; 259+ falls back to unsigned verity where the image policy allows it.",
+         "fails with it; «not signature.untrusted» falls back to unsigned verity where the "
+         "image policy allows it.",
          "Failed to activate verity device … (signature not verified)",
          "`Failed to … verity …`, nothing merged (a certificate only in the kernel keyring "
          "also counts, but cannot be seen from here)",
@@ -308,7 +442,7 @@ RULES: dict[str, Rule] = _rules(
          "(x86-64, arm64); checked before ID, so ID=_any does not bypass it.",
          "Extension '{name}' is for architecture '{image}', but deployed on top of '{host}'.",
          "files missing; `x86_64`/`amd64`/`aarch64` never match",
-         "set ARCHITECTURE={host} (systemd spelling) or _any", forced=True),
+         "{arch_fix}", forced=True),
     Rule("match.id-missing", "ID", IGNORED, ALL,
          "The release file has no ID=.",
          "Extension '{name}' does not contain ID in release file but requested to match "
@@ -320,17 +454,20 @@ RULES: dict[str, Rule] = _rules(
          "merges on any OS version — also where its binaries cannot run",
          "none needed; prefer ID + VERSION_ID for binaries linked against host libraries"),
     Rule("match.id", "ID", IGNORED, (span("252", "257.7"),),
-         "ID must equal the host's ID (the host's ID_LIKE is not consulted before 257.8/258).",
+         "ID must equal the host's ID (the host's ID_LIKE is consulted only on "
+         "«match.id-like»).",
          "Extension '{name}' is for OS '{image}', but deployed on top of '{host}'.",
          "files missing on a derivative distribution",
          "set ID={host} (build: target.id)", forced=True),
     Rule("match.id-like", "ID", IGNORED, (span("257.8"),),
-         "ID must equal the host's ID or one of the words of the host's ID_LIKE (257.8 "
-         "backport, 258+); the extension's own ID_LIKE is never read.",
+         "ID must equal the host's ID or one of the words of the host's ID_LIKE "
+         "(«match.id-like»: a 258 change, backported to 257.8); the extension's own ID_LIKE is never "
+         "read.",
          "Extension '{name}' is for OS '{image}', but deployed on top of '{host}'.",
          "files missing", "set ID={host} (build: target.id)", forced=True),
     Rule("match.id-like-ok", "ID", MERGES, (span("257.8"),),
-         "The extension's ID is one of the host's ID_LIKE words (257.8 backport, 258+).",
+         "The extension's ID is one of the host's ID_LIKE words («match.id-like-ok»: a 258 "
+         "change, backported to 257.8).",
          "Version info of extension '{name}' matches host.",
          "(works; on older systemd it is ignored)",
          "for older hosts set ID to the host's own ID"),
@@ -348,11 +485,14 @@ RULES: dict[str, Rule] = _rules(
          "Host and extension levels are equal; VERSION_ID is not compared.",
          "Version info of extension '{name}' matches host.", "(works)", "none needed"),
     Rule("match.confext-level-bug", "CONFEXT_LEVEL", IGNORED, (span("254.0", "254.5"),),
-         "systemd-confext 254.0–254.5 never compares CONFEXT_LEVEL (the host level is not "
+         "systemd-confext «match.confext-level-bug» never compares CONFEXT_LEVEL (the host "
+         "level is not "
          "passed on): VERSION_ID decides instead.",
          "Extension '{name}' is for OS '{image}', but deployed on top of '{host}'.",
-         "a confext that matches by level merges on 254.6+ but not on 254.0–254.5",
-         "also set VERSION_ID={host}, or use systemd 254.6+", kinds=("confext",),
+         "a confext that matches by level merges on «after match.confext-level-bug» but not "
+         "on «match.confext-level-bug»",
+         "also set VERSION_ID={host}, or use systemd «after match.confext-level-bug»",
+         kinds=("confext",),
          tested=False, forced=True),
     Rule("match.version-id-missing", "VERSION_ID", IGNORED, ALL,
          "The host has VERSION_ID (and no level on both sides): the extension needs one too.",
@@ -369,9 +509,9 @@ RULES: dict[str, Rule] = _rules(
          "Version info of extension '{name}' matches host.", "(works)", "none needed"),
     Rule("match.forced", "--force", MERGES, ALL,
          "--force skips the extension-release validation (scope, architecture, ID, "
-         "VERSION_ID, levels; on 252/253 also the usr/lib/os-release refusal): the image merges "
-         "whatever its release file says — but not without one in a raw image, and not past "
-         "the 254+ metadata checks.",
+         "VERSION_ID, levels; on «content.os-release-252» also the usr/lib/os-release "
+         "refusal): the image merges whatever its release file says — but not without one in "
+         "a raw image, and not past the «metadata.either-kind» metadata checks.",
          "(merged without validation)",
          "merges only because of --force (a refresh without it drops the image)",
          "fix what the validation refuses, so the image merges without --force"),
@@ -383,20 +523,21 @@ RULES: dict[str, Rule] = _rules(
 
 #: Rules no binary this project runs (252.38, 254.26, 257.13, 262.1, on a kernel without
 #: device-mapper) can show, with the reason; docs/troubleshooting.md lists them.
-NOT_SHOWN_HERE: dict[str, str] = {
-    "release.name-reduced": "only 254.11–254.14, 255.5–255.8 and 256.0 accept it; the Debian "
-                            "archive has 254.26, 257.13 and 262.1",
-    "match.confext-level-bug": "only 254.0–254.5; the Debian archive has 254.26",
+NOT_SHOWN_HERE: dict[str, str] = {rule_id: vtext(reason) for rule_id, reason in {
+    "release.name-reduced": "only «release.name-reduced» accept it; the Debian archive has "
+                            "254.26, 257.13 and 262.1",
+    "match.confext-level-bug": "only «match.confext-level-bug»; the Debian archive has 254.26",
     "signature.untrusted": "merging a signed image needs device-mapper (dm-verity), which the "
                            "test machines' kernel lacks. What does run (test_systemd_ddi_accept"
                            ".py): systemd-dissect 252–262 reads the signed DDI (--validate on "
                            "254+), and systemd-sysext 252–262 validates its PKCS#7 in userspace "
                            "against verity.d (the signer's certificate: succeeded; another or "
-                           "none: ≤258 'can't activate' with the exit status check predicts, "
+                           "none: «signature.untrusted» 'can't activate' with the exit status "
+                           "check predicts, "
                            "262 falls back to unsigned verity) before dm-verity activation "
                            "fails; the merge itself runs only where device-mapper exists",
-    "host.no-confext": "there is no systemd-confext binary to run on 252/253",
-}
+    "host.no-confext": "there is no systemd-confext binary to run on «host.no-confext»",
+}.items()}
 
 
 def version_bounds() -> tuple[Version, ...]:
@@ -419,50 +560,6 @@ def rule(rule_id: str) -> Rule:
 
 
 # ---- discovery: search paths and names -------------------------------------------------------
-
-@dataclass(frozen=True)
-class Change:
-    """A behaviour (not a verdict) that depends on the version; the code asks :func:`since`."""
-
-    id: str
-    versions: tuple[Span, ...]
-    summary: str
-
-    def applies(self, version: Version) -> bool:
-        return any(version in s for s in self.versions)
-
-
-CHANGES: dict[str, Change] = {c.id: c for c in (
-    Change("name.class-suffix", (span("255"),),
-           "NAME.sysext.raw / NAME.confext.raw (and directories NAME.sysext/, NAME.confext/) are "
-           "discovered as NAME"),
-    Change("release.raw-name-from-file", (span("252", "254"),),
-           "a raw image's release file is looked up under its file name without .raw/.img/.xz/"
-           "… (foo.sysext.raw: extension-release.foo.sysext)"),
-    Change("release.raw-name-from-discovered", (span("255", "257"),),
-           "a raw image's release file is looked up under its discovered name without .img/"
-           ".xz/… (foo.sysext.raw: extension-release.foo; foo.img.raw: extension-release.foo; "
-           "seen on 257.13)"),
-    Change("release.raw-name-discovered", (span("258"),),
-           "a raw image's release file is looked up under its discovered name exactly "
-           "(foo.img.raw: extension-release.foo.img; seen on 262.1, assumed from 258)"),
-    Change("metadata.either-kind", (span("254"),),
-           "reading a raw image's metadata accepts the release file of either kind (the image "
-           "is judged in the merge child); 252/253 read only the kind's own"),
-    Change("scope.initrd-from-root", (span("259"),),
-           "with --root the initrd scope comes from /etc/initrd-release inside the root (seen "
-           "on 262.1: SYSTEMD_IN_INITRD=1 alone no longer makes it the initrd); ≤258 ask the "
-           "running system"),
-    Change("exit.merge-failure", (span("256"),),
-           "a merge that fails in the merge child exits 1; 252–255 exit 0 (failures reading "
-           "image metadata exit 1 on every version)"),
-)}
-
-
-def since(change_id: str, version: Version) -> bool:
-    """Whether ``version`` behaves as :data:`CHANGES` ``change_id`` says."""
-    return CHANGES[change_id].applies(version)
-
 
 #: Where systemd-sysext/-confext look, in order: (kind, directory, versions outside the initrd,
 #: versions in the initrd); discover-image.c image_search_path(_initrd).
@@ -504,9 +601,12 @@ def install_dir(kind: str, runtime: bool = False) -> str:
     return "/run/confexts" if runtime else "/var/lib/confexts"
 
 
+NAME_MAX = 255  # bytes of a file name (not a systemd version)
+
+
 def image_name_is_valid(name: str) -> bool:
     """os-util.c image_name_is_valid: a valid file name, no control characters, not '.#…'."""
-    if not name or name in (".", "..") or "/" in name or len(name) > 255:
+    if not name or name in (".", "..") or "/" in name or len(name) > NAME_MAX:
         return False
     if any(ord(c) < 32 or ord(c) == 127 for c in name):
         return False
@@ -654,6 +754,9 @@ class ImageFacts:
     #: verdict, (what carries the signature, the host's certificates as text)
     signature: str | None = None
     signature_info: tuple[str, str] = ("", "")
+    #: the architectures of its ELF files (() none: an architecture-independent payload; None:
+    #: not looked at), for the fix of match.architecture
+    elf_architectures: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -734,9 +837,10 @@ def _evaluate_forced(image: ImageFacts, host: HostFacts, kind: str, place: Place
         r = RULES["signature.untrusted"]
         carrier, certs = image.signature_info
         if not r.applies(host.version):
-            verdict.notes.append(f"signed ({carrier}) but no installed certificate verifies it: "
-                                 "systemd 259+ falls back to unsigned verity where the image "
-                                 "policy allows it (≤258 fails)")
+            verdict.notes.append(vtext(f"signed ({carrier}) but no installed certificate "
+                                       "verifies it: systemd «not signature.untrusted» falls "
+                                       "back to unsigned verity where the image policy allows "
+                                       "it («signature.untrusted» fails)"))
             return verdict
         values = {"name": verdict.name or image.file_name}
         return Verdict(BREAKS, r, kind, verdict.name, r.field, carrier, certs,
@@ -774,6 +878,7 @@ def _evaluate(image: ImageFacts, host: HostFacts, kind: str, place: Place | None
             lookup_name = raw_release_name(image.name_override + ".raw", kind, version)
     release_path = release_file_path(kind, lookup_name or image.file_name)
     ctx = {"name": name or image.file_name, "release_path": release_path, "kind": kind,
+           "arch_fix": architecture_fix(image.elf_architectures, host.architecture),
            "KIND": kind.upper(), "root": host.root,
            "install_dir": install_dir(kind), "search_dirs": ", ".join(search_dirs(
                kind, version, host.initrd)) or "none", "shadow": place.shadowed_by or ""}
@@ -874,6 +979,30 @@ def _evaluate(image: ImageFacts, host: HostFacts, kind: str, place: Place | None
     if data is None or not data.fields:
         return decide("match.no-release-data")
     return _validate(data, host, kind, decide)
+
+
+#: match.architecture's fix where the image's content is not known (docs, explain).
+ARCH_FIX_UNKNOWN = ("rebuild it for the host's architecture (target.architecture and the "
+                    "repository's architectures) when it carries binaries (ELF files); "
+                    "ARCHITECTURE=_any only for an architecture-independent payload")
+
+
+def architecture_fix(elf: tuple[str, ...] | None, host_arch: str) -> str:
+    """The fix for an image whose ARCHITECTURE is not the host's: rebuild for the host when its
+    ELF files are for another machine, ``_any`` only when it carries none (``elf``: the
+    architectures of its ELF files, None when they were not looked at)."""
+    if elf is None:
+        return f"rebuild it for {host_arch} when it carries binaries (ELF files); " \
+            "ARCHITECTURE=_any only for an architecture-independent payload"
+    if not elf:
+        return "set ARCHITECTURE=_any (build: target.architecture = \"_any\"): it carries no " \
+            f"ELF files, nothing in it depends on the architecture (or ARCHITECTURE={host_arch})"
+    if set(elf) == {host_arch}:
+        return f"set ARCHITECTURE={host_arch}: its ELF files are for {host_arch}, the release " \
+            "file names the wrong architecture (build: target.architecture = \"auto\")"
+    return f"rebuild it for {host_arch} (build: target.architecture = \"{host_arch}\" and " \
+        f"the repository's architectures for it): its ELF files are for {', '.join(elf)}, " \
+        "which this host cannot run — ARCHITECTURE=_any would merge them anyway"
 
 
 def _applies(rule_id: str, kind: str, fmt: str | None, version: Version) -> bool:
@@ -1039,10 +1168,11 @@ def troubleshooting_markdown() -> str:
         "",
         "Verdicts: **merges**; **ignored** (skipped, the other extensions still merge); "
         "**breaks the merge** (nothing merges: the command fails, or aborts while still "
-        "exiting 0 on 252–255). How a broken merge ends: the rules marked *exit 1* fail while "
-        "reading image metadata and exit 1 on every version; the others fail in the merge "
-        "child, which 252–255 swallow (exit 0) and 256+ report (exit 1) — `check --json` says "
-        "it as `systemd_exit`. `--force` (`check --force`) skips the rules marked *forced*.",
+        + vtext("exiting 0 on «not exit.merge-failure»). How a broken merge ends: the rules "
+                "marked *exit 1* fail while reading image metadata and exit 1 on every version; "
+                "the others fail in the merge child, which «not exit.merge-failure» swallow "
+                "(exit 0) and «exit.merge-failure» report (exit 1) — `check --json` says it as "
+                "`systemd_exit`. `--force` (`check --force`) skips the rules marked *forced*."),
         "",
         "## An image does not merge",
         "",
@@ -1056,7 +1186,7 @@ def troubleshooting_markdown() -> str:
                                 install_dir="/var/lib/extensions (/var/lib/confexts)",
                                 search_dirs="see below", shadow="the earlier image",
                                 root="/", image="IMAGE VALUE", culprit="the image named",
-                                culprit_fix="its own fix")
+                                culprit_fix="its own fix", arch_fix=ARCH_FIX_UNKNOWN)
         out.append(f"| {_cell(row['symptom'])} | `{row['rule']}` ({_cell(row['field'].format(KIND='SYSEXT/CONFEXT'))}): "
                    f"{_cell(row['summary'].format(KIND='SYSEXT/CONFEXT', kind='sysext'))} | "
                    f"{row['verdict']} | {row['versions']} | {_cell(fix)} |")
