@@ -109,6 +109,7 @@ TOOLS: tuple[Tool, ...] = (
     Tool("capsh", ("libcap2-bin",), ("tests",), "root without CAP_SYS_ADMIN in tests", None,
          None),
     Tool("strace", ("strace",), ("tests",), "tests count how often extraction opens a package"),
+    Tool("groff", ("groff-base",), ("tests",), "tests render the man page sysext-pipeline(1)"),
     Tool("/usr/share/i18n/charmaps/UTF-8.gz", ("locales",), ("tests",),
          "verify --vary locale generates et_EE.UTF-8 from it", None, None),
     Tool("mmdebstrap", ("mmdebstrap",), ("fresh",), "the fresh session's clean Debian tree"),
