@@ -25,7 +25,7 @@ OLD, NEW = EPOCH - 86400, EPOCH + 86400
     (None, {"SOURCE_DATE_EPOCH": "1500000000"}, 1400000000, (1500000000, "environment")),
     (None, {"SOURCE_DATE_EPOCH": ""}, 1400000000, (1400000000, "newest input")),
     (None, {}, 1400000000, (1400000000, "newest input")),
-    (None, {}, None, (0, "newest input")),  # never the clock
+    (None, {}, None, (0, "no input has a time stamp: 1970-01-01")),  # never the clock
 ])
 def test_choose_epoch_order(recipe, environ, newest, expected):
     assert choose_epoch(recipe, environ, newest) == expected

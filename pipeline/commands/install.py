@@ -77,9 +77,12 @@ def refresh(kind: str, root: Path | None, timeout: float | None = None) -> str:
             _kill_group(proc)
             raise
     output = out.decode(errors="replace").strip()
-    if proc.returncode != 0 or "Failed" in output:
-        raise BuildError(argv[0], f"refresh failed (exit {proc.returncode})",
-                         " | ".join(output.splitlines()[-3:]) or "no output")
+    last = " | ".join(output.splitlines()[-3:]) or "no output"
+    if proc.returncode != 0:
+        raise BuildError(argv[0], f"refresh failed (exit {proc.returncode})", last)
+    if "Failed" in output:  # issue 16 §8: not "refresh failed (exit 0)"
+        raise BuildError(argv[0], "refresh failed: the merge was aborted (systemd 252-255 "
+                         "still exit 0 then; its output says Failed)", last)
     return output
 
 

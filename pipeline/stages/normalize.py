@@ -23,7 +23,9 @@ def choose_epoch(recipe_epoch: int | None, environ: dict, newest_input: int | No
         if not value.isdigit() or int(value) >= 2**32:
             raise InputError("SOURCE_DATE_EPOCH", f"{value!r} is not a Unix time")
         return int(value), "environment"
-    return (newest_input or 0), "newest input"
+    if newest_input is None:  # issue 16 §8: not "epoch 0 (newest input)" when there is none
+        return 0, "no input has a time stamp: 1970-01-01"
+    return newest_input, "newest input"
 
 
 def apply_times(tree: StagingTree, epoch: int, policy: str) -> None:
