@@ -33,7 +33,7 @@ from .. import tools
 from ..errors import BuildError, InputError, PipelineError
 from . import diff as diff_mod
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]  # the checkout, above pipeline/reproduce/
 FUTURE = "2045-06-01 12:00:00"  # past 2038: 32-bit time_t in a tool would show
 LOCALE = "et_EE.UTF-8"  # Estonian collation sorts z between s and t
 TIMEOUT = 900
@@ -365,7 +365,7 @@ def _run_one(variation: Variation, ctx: Context, reference: diff_mod.Side,
                               text=True, timeout=TIMEOUT, umask=-1 if mask is None else mask)
         if proc.returncode != 0:
             row.status = "failed"
-            row.detail = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
+            row.detail = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1] + f" DEBUG {argv} {env.get('PYTHONPATH')} {plan.cwd or ctx.workdir} {os.path.exists(str(REPO)+'/pipeline/__init__.py')} {os.listdir(REPO)}"
             return row
         built = json.loads(proc.stdout)
         varied = diff_mod.Side(built["image"], json.loads(Path(built["manifest"]).read_text()),
