@@ -14,15 +14,20 @@ import pytest
 from conftest import run_cli
 from pkgfactory import build_deb
 from prereq import require_root, require_tool
-from verify_helpers import build, flip_byte, project, repack_squashfs, signer_files
+from verify_helpers import (
+    build,
+    extra_file,
+    flip_byte,
+    project,
+    repack_squashfs,
+    signer_files,
+)
 
 from pipeline.digest import hash_file
 from pipeline.image import fsinfo
 from pipeline.image.ddi.gpt import read_gpt
 from pipeline.image.ddi.reader import find_verity_set
 from pipeline.reproduce import diff as diff_mod
-
-EXTRA = '[files]\n"usr/share/hello/extra.txt" = { content = "extra\\n"%s }\n'
 
 
 def variant(tmp_path, packages, cache_dir, fmt, label, **kw):
@@ -62,7 +67,7 @@ def test_identical_rebuild_is_identical(tmp_path, packages, cache_dir, base, fmt
 
 @pytest.mark.parametrize("fmt", ("squashfs", "erofs", "directory"))
 def test_extra_file_is_a_tree_difference(tmp_path, packages, cache_dir, base, fmt):
-    other = variant(tmp_path, packages, cache_dir, fmt, "extra", extra=EXTRA % "")
+    other = variant(tmp_path, packages, cache_dir, fmt, "extra", extra=extra_file())
     report = diff_json(base[fmt].image, other.image)
     assert report["explained_at"] == "tree"
     assert report["tree"]["paths"]["added"] == ["usr/share/hello", "usr/share/hello/extra.txt"]
@@ -73,8 +78,8 @@ def test_extra_file_is_a_tree_difference(tmp_path, packages, cache_dir, base, fm
 
 @pytest.mark.parametrize("fmt", ("squashfs", "erofs"))
 def test_changed_mode_names_path_and_attribute(tmp_path, packages, cache_dir, fmt):
-    a = variant(tmp_path, packages, cache_dir, fmt, "a", extra=EXTRA % "")
-    b = variant(tmp_path, packages, cache_dir, fmt, "b", extra=EXTRA % ', mode = "0600"')
+    a = variant(tmp_path, packages, cache_dir, fmt, "a", extra=extra_file())
+    b = variant(tmp_path, packages, cache_dir, fmt, "b", extra=extra_file(mode="0600"))
     report = diff_json(a.image, b.image)
     assert report["explained_at"] == "tree"
     assert report["tree"]["paths"]["changed"] == [
@@ -120,7 +125,7 @@ def test_different_package_version(tmp_path, packages, cache_dir, base):
 
 def test_manifests_alone_explain_across_machines(tmp_path, packages, cache_dir, base):
     """Two manifests without their images: epoch at the manifest level, files from the lists."""
-    other = variant(tmp_path, packages, cache_dir, "squashfs", "extra", extra=EXTRA % "")
+    other = variant(tmp_path, packages, cache_dir, "squashfs", "extra", extra=extra_file())
     a, b = tmp_path / "a.manifest.json", tmp_path / "b.manifest.json"
     shutil.copy(base["squashfs"].manifest_path, a)
     shutil.copy(other.manifest_path, b)
@@ -230,7 +235,7 @@ def test_flipped_byte_in_the_data_partition(ddis, tmp_path):
 def test_ddi_tree_is_read_from_the_data_partition(tmp_path, packages, cache_dir, ddis):
     """Two DDIs with different payloads: the tree level reads inside the root partitions."""
     recipe = project(tmp_path / "p", packages, "ddi", filesystem="squashfs",
-                     extra=EXTRA % "")
+                     extra=extra_file())
     other = build(recipe, tmp_path / "out", cache_dir)
     report = diff_json(ddis["unsigned"], other.image, "--images-only")
     assert report["explained_at"] == "tree"

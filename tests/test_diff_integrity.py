@@ -12,14 +12,15 @@ import pytest
 from conftest import run_cli
 from pkgfactory import build_deb, file
 from prereq import require_tool
-from verify_helpers import build, flip_byte, project, signer_files
+from recipes_kit import hello_recipe, write_recipe_dict
+from verify_helpers import build, extra_file, flip_byte, project, signer_files
 
 from pipeline.image.ddi import signature as sig
 from pipeline.image.ddi.gpt import read_gpt
 from pipeline.image.ddi.reader import find_verity_set
 from pipeline.keys import load_signer
 
-EXTRA = '[files]\n"usr/share/hello/extra.txt" = { content = "extra\\n" }\n'
+EXTRA = extra_file()
 
 
 def diff_json(a, b, *args) -> dict:
@@ -224,24 +225,9 @@ def test_different_target_architecture(tmp_path, cache_dir):
         proj = tmp_path / arch
         (proj / "pkgs").mkdir(parents=True)
         shutil.copy(deb, proj / "pkgs" / "noarch.deb")
-        (proj / "r.toml").write_text(f"""
-[extension]
-name = "hello"
-kind = "sysext"
-version = "1.0"
-
-[target]
-id = "debian"
-version_id = "12"
-architecture = "{arch}"
-
-[[source]]
-deb = "pkgs/noarch.deb"
-
-[image]
-format = "ddi"
-source_date_epoch = 1700000000
-""")
+        spec = hello_recipe("ddi", sources=["pkgs/noarch.deb"], target={"architecture": arch},
+                            filter=None, owners=None)
+        write_recipe_dict(proj, spec, "r.toml")
         images[arch] = build(proj / "r.toml", proj / "out", cache_dir).image
     report = diff_json(images["x86-64"], images["arm64"], "--images-only")
     assert report["explained_at"] == "container"

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from conftest import run_cli
 from prereq import require_root, require_tool
-from verify_helpers import build, project, repack_squashfs, signer_files
+from verify_helpers import build, extra_file, project, repack_squashfs, signer_files
 
-EXTRA = '[files]\n"usr/share/hello/extra.txt" = { content = "extra\\n" }\n'
+EXTRA = extra_file()
 
 
 def verify_json(*args, cwd=None) -> tuple[int, dict]:

@@ -7,50 +7,31 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from recipes_kit import EPOCH, hello_recipe, toml_text
+
 from pipeline import keys
 from pipeline import recipe as recipe_mod
 from pipeline.sources.fetch import Cache
 from pipeline.stages.build import build as run_build
 
 
-def recipe_text(fmt: str, *, epoch: int | None = 1700000000, deb: str = "hello-tools.deb",
-                extra: str = "", sign: str | None = None, filesystem: str | None = None,
-                verity: str | None = None) -> str:
-    image = f'format = "{fmt}"\n'
-    if filesystem:
-        image += f'filesystem = "{filesystem}"\n'
-    if verity:
-        image += f'verity = "{verity}"\n'
-    if epoch is not None:
-        image += f"source_date_epoch = {epoch}\n"
-    signing = f'[sign]\nkey = "{sign}.key"\ncert = "{sign}.crt"\n\n' if sign else ""
-    return f"""
-[extension]
-name = "hello"
-kind = "sysext"
-version = "1.0"
+def extra_file(**attrs) -> dict:
+    """``[files]`` adding one small file (``attrs``: its mode, ...): the smallest real change
+    of a recipe, for the tests that compare two builds."""
+    return {"files": {"usr/share/hello/extra.txt": {"content": "extra\n", **attrs}}}
 
-[target]
-id = "debian"
-version_id = "12"
-architecture = "x86-64"
 
-[[source]]
-deb = "pkgs/{deb}"
-
-[[source]]
-rpm = "pkgs/rtools.rpm"
-
-{extra}
-[filter]
-exclude = ["usr/share/doc/**"]
-
-[owners]
-users = {{ daemon = 1 }}
-groups = {{ daemon = 1 }}
-
-{signing}[image]
-{image}"""
+def recipe_text(fmt: str, *, epoch: int | None = EPOCH, deb: str = "hello-tools.deb",
+                extra: dict | None = None, sign: str | None = None,
+                filesystem: str | None = None, verity: str | None = None) -> str:
+    """The shared hello recipe with its packages under ``pkgs/`` (relative paths); ``extra``:
+    more sections (``extra_file()``), ``sign``: the stem of ``STEM.key``/``STEM.crt``."""
+    sections = dict(extra or {})
+    if sign:
+        sections["sign"] = {"key": f"{sign}.key", "cert": f"{sign}.crt"}
+    return toml_text(hello_recipe(fmt, sources=[f"pkgs/{deb}", "pkgs/rtools.rpm"], epoch=epoch,
+                                  image={"filesystem": filesystem, "verity": verity},
+                                  **sections))
 
 
 def project(root: Path, packages: dict, fmt: str, *, name: str = "hello.toml", **kw) -> Path:
