@@ -365,7 +365,7 @@ def _run_one(variation: Variation, ctx: Context, reference: diff_mod.Side,
                               text=True, timeout=TIMEOUT, umask=-1 if mask is None else mask)
         if proc.returncode != 0:
             row.status = "failed"
-            row.detail = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1] + f" DEBUG {argv} {env.get('PYTHONPATH')} {plan.cwd or ctx.workdir} {os.path.exists(str(REPO)+'/pipeline/__init__.py')} {os.listdir(REPO)}"
+            row.detail = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
             return row
         built = json.loads(proc.stdout)
         varied = diff_mod.Side(built["image"], json.loads(Path(built["manifest"]).read_text()),
