@@ -152,6 +152,19 @@ def hello_recipe(fmt: str = "squashfs", *, sources: list | tuple, name: str = "h
            "owners": {"users": {"daemon": 1}, "groups": {"daemon": 1}}, **sections})
 
 
+#: A deb that can only come from the network, where nothing listens (port 9 of localhost).
+UNFETCHABLE_DEB = {"deb": "http://127.0.0.1:9/pre_1.0_amd64.deb", "sha256": "0" * 64}
+
+
+def unfetchable_recipe(*, source: dict | None = None, image: dict | None = None,
+                       **sections: Any) -> dict:
+    """A sysext "pre" whose one source (``UNFETCHABLE_DEB`` unless given) cannot be fetched:
+    for the checks that must refuse a build before anything is fetched."""
+    return recipe_dict("pre", kind="sysext", target={**DEBIAN_12, "architecture": "x86-64"},
+                       sources=[source or UNFETCHABLE_DEB],
+                       image={"source_date_epoch": EPOCH, **(image or {})}, **sections)
+
+
 def source(path: str | os.PathLike) -> dict:
     """``{"deb": path}`` or ``{"rpm": path}`` by the file's suffix."""
     kind = "rpm" if os.fspath(path).endswith(".rpm") else "deb"

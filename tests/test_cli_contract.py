@@ -4,35 +4,24 @@ preflight before any fetch, a missing dependency in one line."""
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
 import pytest
-from conftest import REPO, run_cli, write_recipe
+from conftest import REPO, run_cli
+from recipes_kit import (
+    DEBIAN_12,
+    EPOCH,
+    UNFETCHABLE_DEB,
+    build_cli,
+    recipe_dict,
+    unfetchable_recipe,
+)
 
 from pipeline.commands import cli
 from pipeline.errors import EXIT_CLASSES
 
 pytest_plugins = ["repos"]  # the archive server (a 404)
-
-# a source that can only be fetched from the network (nothing listens on port 9 of localhost):
-# any preflight error must come before it is tried
-UNFETCHABLE = """
-[extension]
-name = "pre"
-kind = "sysext"
-[target]
-id = "debian"
-version_id = "12"
-architecture = "x86-64"
-[[source]]
-deb = "http://127.0.0.1:9/pre_1.0_amd64.deb"
-sha256 = "0000000000000000000000000000000000000000000000000000000000000000"
-[image]
-source_date_epoch = 1700000000
-"""
-
 
 def _commands(parser: argparse.ArgumentParser, prefix=()):
     for action in parser._actions:
@@ -87,33 +76,31 @@ def test_top_level_help_groups_the_verbs():
     assert "exit codes:" in text and "3  verdict" in text
 
 
-def test_output_dir_that_is_a_file_is_refused_before_fetching(tmp_path):
-    recipe = write_recipe(tmp_path / "r", UNFETCHABLE)
+def test_output_dir_that_is_a_file_is_refused_before_fetching(tmp_path, make_recipe):
+    recipe = make_recipe(unfetchable_recipe())
     target = tmp_path / "out"
     target.write_text("not a directory")
-    proc = run_cli("build", str(recipe), "-o", str(target), "--cache-dir", str(tmp_path / "c"))
-    assert proc.returncode == 2, proc.stderr
+    proc = build_cli(recipe, target, cache_dir=tmp_path / "c", json_out=False, expect=2)
     assert proc.stderr == f"error: {target}: is not a directory (-o/--output-dir names the " \
                           "directory the image goes to)\n"
     assert target.read_text() == "not a directory" and not (tmp_path / "c").exists()
-    below = run_cli("build", str(recipe), "-o", str(target / "sub"), "--cache-dir",
-                    str(tmp_path / "c"))
-    assert below.returncode == 2 and f"error: {target}: is not a directory" in below.stderr
+    below = build_cli(recipe, target / "sub", cache_dir=tmp_path / "c", json_out=False,
+                      expect=2)
+    assert f"error: {target}: is not a directory" in below.stderr
 
 
-def test_invalid_source_date_epoch_is_refused_before_fetching(tmp_path):
-    recipe = write_recipe(tmp_path / "r", UNFETCHABLE)
-    proc = run_cli("build", str(recipe), "-o", str(tmp_path / "out"), "--cache-dir",
-                   str(tmp_path / "c"), env={"SOURCE_DATE_EPOCH": "yesterday"})
-    assert proc.returncode == 2, proc.stderr
+def test_invalid_source_date_epoch_is_refused_before_fetching(tmp_path, make_recipe):
+    recipe = make_recipe(unfetchable_recipe())
+    proc = build_cli(recipe, tmp_path / "out", cache_dir=tmp_path / "c", json_out=False,
+                     expect=2, env={"SOURCE_DATE_EPOCH": "yesterday"})
     assert proc.stderr.startswith("error: SOURCE_DATE_EPOCH: 'yesterday' is not a number")
     assert "fetch" not in proc.stderr and not (tmp_path / "c").exists()
 
 
-def test_missing_dependency_is_one_line(tmp_path):
+def test_missing_dependency_is_one_line(tmp_path, make_recipe):
     """Without site-packages (python -S: the real condition outside the venv) a command that
     needs pyzstd says so in one line, with how to install it."""
-    recipe = write_recipe(tmp_path / "r", UNFETCHABLE)
+    recipe = make_recipe(unfetchable_recipe())
     import subprocess
 
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -129,30 +116,22 @@ def test_missing_dependency_is_one_line(tmp_path):
     assert top.returncode == 0 and "Build:" in top.stdout
 
 
-def test_missing_signing_key_says_how_to_get_one(tmp_path):
-    text = UNFETCHABLE.replace("source_date_epoch = 1700000000",
-                               'format = "ddi"\nsource_date_epoch = 1700000000\n'
-                               '[sign]\nkey = "keys/release.key"\ncert = "keys/release.crt"')
-    recipe = write_recipe(tmp_path / "r", text)
-    proc = run_cli("build", str(recipe), "-o", str(tmp_path / "out"), "--cache-dir",
-                   str(tmp_path / "c"), "--json=short")
-    assert proc.returncode == 2, proc.stderr
-    error = json.loads(proc.stdout)["error"]
+def test_missing_signing_key_says_how_to_get_one(tmp_path, make_recipe):
+    recipe = make_recipe(unfetchable_recipe(
+        image={"format": "ddi"}, sign={"key": "keys/release.key", "cert": "keys/release.crt"}))
+    error = build_cli(recipe, tmp_path / "out", "--json=short", cache_dir=tmp_path / "c",
+                      json_out=False, expect=2).json["error"]
     assert (error["subject"], error["field"]) == (str(recipe), "sign.key")
     assert "sysext-pipeline keys generate --key" in error["hint"]
     assert "`build --unsigned` and `sysext-pipeline sign`" in error["hint"]
     assert not (tmp_path / "c").exists()  # nothing fetched
 
 
-def test_a_file_the_archive_does_not_have_is_fixed_not_retried(tmp_path, deb_archive):
+def test_a_file_the_archive_does_not_have_is_fixed_not_retried(tmp_path, make_recipe, deb_archive):
     """HTTP 404 for a recorded URL: exit 2 (fix the recipe or lock), not 1 (retry)."""
     url = f"{deb_archive.server.url}/pool/stable/nothing_1.0_amd64.deb"
-    recipe = write_recipe(tmp_path / "r", UNFETCHABLE.replace("http://127.0.0.1:9/pre_1.0_amd64.deb",
-                                                              url))
-    proc = run_cli("build", str(recipe), "-o", str(tmp_path / "out"), "--cache-dir",
-                   str(tmp_path / "c"), "--json")
-    assert proc.returncode == 2, proc.stderr
-    data = json.loads(proc.stdout)
+    recipe = make_recipe(unfetchable_recipe(source={**UNFETCHABLE_DEB, "deb": url}))
+    data = build_cli(recipe, tmp_path / "out", cache_dir=tmp_path / "c", expect=2).json
     assert data["exit"] == 2 and "HTTP 404" in data["error"]["message"]
     assert deb_archive.server.paths() == ["/pool/stable/nothing_1.0_amd64.deb"]  # tried once
 
@@ -189,26 +168,17 @@ def test_error_is_coloured_on_a_terminal_unless_no_color(tmp_path):
     assert piped.stderr.startswith("error: ") and "\x1b" not in piped.stderr
 
 
-def test_one_file_is_one_file(tmp_path):
-    recipe = write_recipe(tmp_path / "r", """
-[extension]
-name = "one"
-kind = "sysext"
-[target]
-id = "debian"
-version_id = "12"
-architecture = "x86-64"
-[files]
-"usr/bin/one" = { content = "#!/bin/sh\\n", mode = "0755" }
-[image]
-source_date_epoch = 1700000000
-""")
+def test_one_file_is_one_file(tmp_path, make_recipe):
+    recipe = make_recipe(recipe_dict(
+        "one", kind="sysext", target={**DEBIAN_12, "architecture": "x86-64"},
+        files={"usr/bin/one": {"content": "#!/bin/sh\n", "mode": "0755"}},
+        image={"source_date_epoch": EPOCH}))
     proc = run_cli("plan", str(recipe))
     assert proc.returncode == 0, proc.stderr
     assert "     1 file " in proc.stdout and "1 files" not in proc.stdout
 
 
-def test_output_dir_on_a_read_only_mount_is_named_before_fetching(tmp_path):
+def test_output_dir_on_a_read_only_mount_is_named_before_fetching(tmp_path, make_recipe):
     """-o below a read-only mount: the error names the directory given, not a hidden work
     directory inside it, and comes before any fetch."""
     import shlex
@@ -218,7 +188,7 @@ def test_output_dir_on_a_read_only_mount_is_named_before_fetching(tmp_path):
 
     require_root()
     require_tool("unshare", "util-linux")
-    recipe = write_recipe(tmp_path / "r", UNFETCHABLE)
+    recipe = make_recipe(unfetchable_recipe())
     ro = tmp_path / "ro"
     ro.mkdir()
     argv = [sys.executable, "-m", "pipeline", "build", str(recipe), "-o", str(ro / "out"),
@@ -237,17 +207,14 @@ def test_output_dir_on_a_read_only_mount_is_named_before_fetching(tmp_path):
     ("nonesuch-w1-pkg", "1.0", "Unable to locate package nonesuch-w1-pkg"),
     ("coreutils", "0.0.0-not-in-any-archive", "Version '0.0.0-not-in-any-archive'"),
 ])
-def test_a_package_or_version_apt_does_not_know_is_exit_2(tmp_path, package, version, said):
+def test_a_package_or_version_apt_does_not_know_is_exit_2(tmp_path, make_recipe, package, version,
+                                                          said):
     """apt-get's own answer from the host's package lists (no download happens): fix the
     recipe, do not retry."""
     from prereq import require_tool
 
     require_tool("apt-get", "apt")
-    text = UNFETCHABLE.replace('deb = "http://127.0.0.1:9/pre_1.0_amd64.deb"',
-                               f'apt = "{package}"\nversion = "{version}"')
-    recipe = write_recipe(tmp_path / "r", text)
-    proc = run_cli("build", str(recipe), "-o", str(tmp_path / "out"), "--cache-dir",
-                   str(tmp_path / "c"), "--json")
-    assert proc.returncode == 2, proc.stderr
-    error = json.loads(proc.stdout)["error"]
+    recipe = make_recipe(unfetchable_recipe(
+        source={"apt": package, "version": version, "sha256": UNFETCHABLE_DEB["sha256"]}))
+    error = build_cli(recipe, tmp_path / "out", cache_dir=tmp_path / "c", expect=2).json["error"]
     assert error["subject"] == f"{package}={version}" and said in error["hint"], error
