@@ -200,17 +200,22 @@ COLOURS = {"error": "1;31", "severe": "1;35", "warning": "1;33"}
 def label(word: str, stream=None) -> str:
     """``word:`` coloured when ``stream`` (stderr) is a terminal, NO_COLOR is unset or empty
     (no-color.org) and TERM is not dumb."""
+    return paint(word, f"{word}:", stream or sys.stderr)
+
+
+def paint(word: str, text: str, stream=None) -> str:
+    """``text`` in the colour of ``word`` (error, severe, warning) under :func:`label`'s
+    conditions, for ``stream`` (default stderr); any other word: ``text`` as it is."""
     import os
 
     stream = stream or sys.stderr
-    plain = f"{word}:"
     if word not in COLOURS or os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":
-        return plain
+        return text
     try:
         tty = stream.isatty()
     except (AttributeError, ValueError):
-        return plain
-    return f"\033[{COLOURS[word]}m{plain}\033[0m" if tty else plain
+        return text
+    return f"\033[{COLOURS[word]}m{text}\033[0m" if tty else text
 
 
 def count(n: int, word: str, plural: str | None = None) -> str:

@@ -479,7 +479,8 @@ def cmd_doctor(args) -> int:
                             "hint": first.fix if first else None})
     else:
         for f in findings:
-            line = f"{f.severity:7} {f.code}: {f.message}"
+            line = f"{clikit.paint(f.severity, f'{f.severity:7}', sys.stdout)} {f.code}: " \
+                   f"{f.message}"
             if f.fix:
                 line += f"\n        fix: {f.fix}"
             print(line)

@@ -334,7 +334,7 @@ def cmd_install(args) -> int:
     hier = " and ".join(HIERARCHIES[kind])
     warnings.append(READ_ONLY_WARNING.format(hier=hier))
     for warning in warnings:
-        _say(f"warning: {warning}")
+        _say(f"{clikit.label('warning')} {warning}")
     if args.json:
         return clikit.emit(args, {"installed": str(dest), "kind": kind, "name": name,
                                   "previous": [str(k) for k in kept], "refreshed": refreshed,
@@ -387,7 +387,7 @@ def cmd_uninstall(args) -> int:
         raise InputError(args.name, "no installed extension of that name",
                          "see `sysext-pipeline doctor` for what is installed")
     for path in left:
-        _say(f"warning: {path} has the same name and was not installed by this tool: left alone")
+        _say(f"{clikit.label('warning')} {path} has the same name and was not installed by this tool: left alone")
     refreshed = []
     if _refreshes(args, root):
         for kind in sorted({k for k, _ in removed}):
