@@ -88,6 +88,19 @@ def test_builtin_kind_names(kind, filename, label, describe, claim, stored):
         == claim
     assert entry.stored is stored
     assert entry.resolved is (kind == "packages")
+    assert (kinds.label(source), kinds.describe(source)) == (label, describe)
+    assert kinds.claim(source, filename) == got
+
+
+@pytest.mark.parametrize("kind, expected", [
+    ("apt", "jq_1.6-2.1_amd64.deb"),  # the archive's name, not apt-get's jq=1.6-2.1
+    ("url", "fetched-name.rpm"), ("locked", "fetched-name.rpm"), ("file", "fetched-name.rpm"),
+])
+def test_archive_name(kind, expected):
+    from types import SimpleNamespace
+
+    info = SimpleNamespace(name="jq", version="1:1.6-2.1", architecture="amd64")
+    assert kinds.archive_name(_source(kind), "fetched-name.rpm", info) == expected
 
 
 def test_recipe_files_are_the_local_packages(tmp_path):

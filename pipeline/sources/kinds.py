@@ -217,3 +217,27 @@ register(SourceKind(
     "locked", "One package of a lock file: a path below a repository's root, pinned by sha256 "
     "and size (which bounds its download).",
     download=_http, filename=_basename, label=_as_written, describe=_typed, claim=_locked_claim))
+
+
+# --- one call per question, for the stages and commands ----------------------------------------
+
+
+def label(source: Source) -> str:
+    """Where a package came from, as the manifest names it (``apt:jq=1.6``, ``repo:path``, a
+    URL, or a local path as the recipe wrote it)."""
+    return of(source).label(source)
+
+
+def describe(source: Source) -> str:
+    """The source in one line of ``plan``."""
+    return of(source).describe(source)
+
+
+def claim(source: Source, filename: str) -> Claim | None:
+    """The package ``source`` names (None: it names none), given the fetched file's name."""
+    return of(source).claim(source, filename)
+
+
+def archive_name(source: Source, filename: str, info) -> str:
+    """The package file's name in its archive (the manifest's ``file``)."""
+    return of(source).archive_name(source, filename, info)
