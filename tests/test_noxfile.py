@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import re
+import sys
 
 from conftest import REPO
 
@@ -18,12 +19,15 @@ ESSENTIAL = {"tar", "apt-get", "sh", "ls", "find", "gzip", "mount", "umount", "l
 
 
 def _system_packages() -> list[tuple[str, list[str], set[str]]]:
+    """The noxfile's SYSTEM_PACKAGES: computed by its ``_system_packages()`` from the one table
+    of tools (pipeline/tools.py TOOLS), run here on its own."""
     tree = ast.parse((REPO / "noxfile.py").read_text())
-    for node in tree.body:
-        if isinstance(node, ast.AnnAssign) and getattr(node.target, "id", "") == \
-                "SYSTEM_PACKAGES":
-            return ast.literal_eval(node.value)
-    raise AssertionError("noxfile.py has no SYSTEM_PACKAGES table")
+    func = next((n for n in tree.body if isinstance(n, ast.FunctionDef)
+                 and n.name == "_system_packages"), None)
+    assert func is not None, "noxfile.py has no _system_packages()"
+    namespace = {"HERE": REPO, "sys": sys}
+    exec(compile(ast.Module([func], []), "noxfile.py", "exec"), namespace)
+    return namespace["_system_packages"]()
 
 
 def _required_tools() -> dict[str, str]:
@@ -43,7 +47,7 @@ def test_every_required_tool_is_in_the_table():
     assert len(required) > 20  # the scan finds the suite's tools
     missing = {tool: where for tool, where in required.items()
                if tool not in table and tool not in ESSENTIAL}
-    assert not missing, f"add to SYSTEM_PACKAGES in noxfile.py: {missing}"
+    assert not missing, f"add to TOOLS in pipeline/tools.py: {missing}"
 
 
 def test_table_rows_are_well_formed():
