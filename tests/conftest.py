@@ -36,11 +36,17 @@ RPM_FILES = [
 ]
 
 
-@pytest.fixture(scope="session")
-def packages(tmp_path_factory) -> dict[str, Path]:
+def package_dir(tmp_path_factory, name: str) -> Path:
+    """A new directory for packages a fixture makes, once dpkg-deb and rpmbuild are known to
+    be there."""
     require_tool("dpkg-deb", "dpkg")
     require_tool("rpmbuild", "rpm")
-    out = tmp_path_factory.mktemp("packages")
+    return tmp_path_factory.mktemp(name)
+
+
+@pytest.fixture(scope="session")
+def packages(tmp_path_factory) -> dict[str, Path]:
+    out = package_dir(tmp_path_factory, "packages")
     return {
         "deb": build_deb(out, "hello-tools", "1.0-1", DEB_FILES, compression="xz"),
         "deb-zstd": build_deb(out, "hello-zstd", "1.0-1", [file("/usr/bin/z", b"z\n", 0o755)],

@@ -139,13 +139,13 @@ def recipe_dict(name: str = "x", *, kind: str | None = None, version: str | None
 
 
 def hello_recipe(fmt: str = "squashfs", *, sources: list | tuple, name: str = "hello",
-                 target: dict | None = None, epoch: int | None = EPOCH,
+                 version: str = "1.0", target: dict | None = None, epoch: int | None = EPOCH,
                  image: dict | None = None, **sections: Any) -> dict:
     """The recipe most build tests share: a versioned x86-64 Debian 12 sysext of ``sources``
     without their docs, the rpm's ``daemon`` owner mapped to 1, pinned to ``epoch`` (None: not
     pinned); a section given as None is left out."""
     return recipe_dict(
-        name, kind="sysext", version="1.0",
+        name, kind="sysext", version=version,
         target={"id": "debian", "version_id": "12", "architecture": "x86-64", **(target or {})},
         sources=sources, image={"format": fmt, "source_date_epoch": epoch, **(image or {})},
         **{"filter": {"exclude": ["usr/share/doc/**"]},

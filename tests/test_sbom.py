@@ -12,9 +12,10 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import run_cli, write_recipe
+from conftest import package_dir, run_cli
 from pkgfactory import build_deb, build_rpm, file
 from prereq import require_tool
+from recipes_kit import build_cli, hello_recipe, write_recipe_dict
 
 from pipeline.release import sbom
 
@@ -36,9 +37,7 @@ License: Weird-Licence
 
 @pytest.fixture(scope="module")
 def sbom_packages(tmp_path_factory) -> dict[str, Path]:
-    require_tool("dpkg-deb", "dpkg")
-    require_tool("rpmbuild", "rpm")
-    out = tmp_path_factory.mktemp("sbom-packages")
+    out = package_dir(tmp_path_factory, "sbom-packages")
     return {
         "deb": build_deb(out, "jqish", "1.6-2.1+deb12u2",
                          [file("/usr/bin/jqish", b"#!/bin/sh\n", 0o755),
@@ -52,43 +51,17 @@ def sbom_packages(tmp_path_factory) -> dict[str, Path]:
     }
 
 
-def recipe_text(packages, sign: tuple[Path, Path] | None = None) -> str:
-    signing = f'[sign]\nkey = "{sign[0]}"\ncert = "{sign[1]}"\n' if sign else ""
-    return f"""
-[extension]
-name = "tools"
-kind = "sysext"
-version = "2.1"
-
-[target]
-id = "debian"
-version_id = "12"
-architecture = "x86-64"
-
-[[source]]
-deb = "{packages['deb']}"
-
-[[source]]
-deb = "{packages['free']}"
-
-[[source]]
-rpm = "{packages['rpm']}"
-
-[filter]
-exclude = ["usr/share/doc/**"]
-
-[image]
-format = "squashfs"
-source_date_epoch = 1700000000
-{signing}
-"""
+def tools_recipe(packages, sign: tuple[Path, Path] | None = None, **image) -> dict:
+    return hello_recipe("squashfs", name="tools", version="2.1",
+                        sources=[packages["deb"], packages["free"], packages["rpm"]],
+                        owners=None, image=image,
+                        sign={"key": sign[0], "cert": sign[1]} if sign else None)
 
 
-def build(directory: Path, recipe: Path, cache_dir: Path) -> Path:
-    out = directory / "out"
-    proc = run_cli("build", str(recipe), "-o", str(out), "--cache-dir", str(cache_dir), "--json")
-    assert proc.returncode == 0, proc.stderr
-    return out
+def built(directory: Path, recipe: Path, cache_dir: Path) -> Path:
+    """The output directory of a build of ``recipe``."""
+    build_cli(recipe, directory / "out", cache_dir=cache_dir)
+    return directory / "out"
 
 
 def validate_spdx(path: Path) -> None:
@@ -101,9 +74,9 @@ def validate_spdx(path: Path) -> None:
 
 def test_sbom_and_provenance_validate_and_reproduce(sbom_packages, cache_dir, tmp_path):
     require_tool("mksquashfs", "squashfs-tools")
-    recipe = write_recipe(tmp_path / "recipe", recipe_text(sbom_packages))
-    first = build(tmp_path / "a", recipe, cache_dir)
-    second = build(tmp_path / "b", recipe, cache_dir)
+    recipe = write_recipe_dict(tmp_path / "recipe", tools_recipe(sbom_packages))
+    first = built(tmp_path / "a", recipe, cache_dir)
+    second = built(tmp_path / "b", recipe, cache_dir)
     for name in ("tools.spdx.json", "tools.provenance.json", "tools.manifest.json"):
         assert (first / name).read_bytes() == (second / name).read_bytes(), name
 
@@ -154,11 +127,10 @@ def test_signed_provenance_verifies_and_a_corrupt_signature_fails(sbom_packages,
     proc = run_cli("keys", "generate", "--key", str(keys / "release.key"), "--cert",
                    str(keys / "release.crt"))
     assert proc.returncode == 0, proc.stderr
-    recipe = write_recipe(tmp_path / "recipe", recipe_text(
-        sbom_packages, (keys / "release.key", keys / "release.crt")).replace(
-        'format = "squashfs"', 'format = "squashfs"\nverity = "detached"'))
-    first = build(tmp_path / "a", recipe, cache_dir)
-    second = build(tmp_path / "b", recipe, cache_dir)
+    recipe = write_recipe_dict(tmp_path / "recipe", tools_recipe(
+        sbom_packages, (keys / "release.key", keys / "release.crt"), verity="detached"))
+    first = built(tmp_path / "a", recipe, cache_dir)
+    second = built(tmp_path / "b", recipe, cache_dir)
     prov = first / "tools.provenance.json"
     assert prov.read_bytes() == (second / "tools.provenance.json").read_bytes()  # RSA: same bytes
     envelope = json.loads(prov.read_text())
