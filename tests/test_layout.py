@@ -303,4 +303,5 @@ def test_companion_of_an_earlier_build_is_retired(tmp_path, mixed_deb, cache_dir
     assert (out / "mixed-config.raw").exists()
     build(tmp_path, recipe(mixed_deb, "sysext"), cache_dir)
     assert sorted(p.name for p in out.iterdir()) == [
-        "mixed.manifest.json", "mixed.provenance.json", "mixed.raw", "mixed.spdx.json"]
+        "mixed.cdx.json", "mixed.manifest.json", "mixed.provenance.json", "mixed.raw",
+        "mixed.spdx.json"]

@@ -116,6 +116,7 @@ def test_feed_layout_sums_and_signature(images, gpg_home, tmp_path):
     assert sha256(feed / entry["file"]) == sha256(raw) == entry["sha256"]
     assert (feed / "feedtool_1_x86-64.spdx.json").is_file()
     assert (feed / "feedtool_1_x86-64.provenance.json").is_file()
+    assert (feed / "feedtool_1_x86-64.cdx.json").is_file()
     listed = dict(reversed(line.split("  ")) for line in (feed / "SHA256SUMS").read_text()
                   .splitlines())
     assert set(listed) == {p.name for p in feed.iterdir() if p.is_file()} - {

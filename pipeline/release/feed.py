@@ -127,6 +127,10 @@ def _companions(manifest_path: Path, entry: dict) -> list[tuple[Path, str]]:
                 "/" not in section["file"] and (manifest_path.parent / section["file"]).is_file():
             found.append((manifest_path.parent / section["file"],
                           _stem(entry) + suffix))
+            cdx = section["file"].removesuffix(".spdx.json") + ".cdx.json"
+            if key == "sbom" and cdx != section["file"] and \
+                    (manifest_path.parent / cdx).is_file():  # CycloneDX of the same SBOM
+                found.append((manifest_path.parent / cdx, _stem(entry) + ".cdx.json"))
     return found
 
 

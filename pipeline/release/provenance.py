@@ -146,13 +146,17 @@ def read_facts(fetched, report) -> list[sbom.PackageFacts]:
 
 
 def write_companions(workdir: Path, manifest: dict, recipe, facts, signer) -> list[Path]:
-    """Write NAME.spdx.json and NAME.provenance.json into ``workdir`` and point the manifest at
-    them; the files written (the build publishes them with the image)."""
+    """Write NAME.spdx.json, NAME.cdx.json (CycloneDX 1.6 of the same document) and
+    NAME.provenance.json into ``workdir`` and point the manifest at the SPDX and provenance
+    files; the files written (the build publishes them with the image)."""
     name = manifest["name"]
     target = dict(recipe.target)
-    doc = sbom.dumps(sbom.document(manifest, facts, target))
+    spdx = sbom.document(manifest, facts, target)
+    doc = sbom.dumps(spdx)
     sbom_path = workdir / f"{name}{SBOM_SUFFIX}"
     sbom_path.write_bytes(doc)
+    cdx_path = workdir / f"{name}{sbom.CYCLONEDX_SUFFIX}"
+    cdx_path.write_bytes(sbom.dumps(sbom.cyclonedx(spdx)))
     payload = canonical(statement(manifest, target, lock_parameter(recipe)))
     data = dumps(envelope(payload, signer)) if signer is not None else \
         dumps(json.loads(payload))
@@ -163,7 +167,7 @@ def write_companions(workdir: Path, manifest: dict, recipe, facts, signer) -> li
     manifest["provenance"] = {"file": prov_path.name, "format": PREDICATE_TYPE,
                               "statement_sha256": hashlib.sha256(payload).hexdigest(),
                               "certificateFingerprint": signer.fingerprint if signer else None}
-    return [sbom_path, prov_path]
+    return [sbom_path, cdx_path, prov_path]
 
 
 def after_signing(directory: Path, manifest: dict, signer) -> None:
@@ -180,6 +184,9 @@ def after_signing(directory: Path, manifest: dict, signer) -> None:
             sbom.set_image(doc, manifest)
             data = sbom.dumps(doc)
             _replace(path, data)
+            cdx = path.with_name(path.name.removesuffix(SBOM_SUFFIX) + sbom.CYCLONEDX_SUFFIX)
+            if cdx.is_file() and not cdx.is_symlink():  # derived from it: follows it
+                _replace(cdx, sbom.dumps(sbom.cyclonedx(doc)))
             doc_section["sha256"] = hashlib.sha256(data).hexdigest()
     if isinstance(prov_section, dict) and isinstance(prov_section.get("file"), str):
         path = directory / prov_section["file"]

@@ -359,3 +359,71 @@ def _namespace(manifest: dict, digest: str) -> str:
 
 def dumps(doc: dict) -> bytes:
     return (json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
+
+
+# --- CycloneDX 1.6, from the same document ---------------------------------------------------
+
+CYCLONEDX_SUFFIX = ".cdx.json"
+_SUPPLIER = re.compile(r"^Organization: (.*?)(?: \(([^()]*)\))?$")
+
+
+def cyclonedx(doc: dict) -> dict:
+    """The CycloneDX 1.6 BOM of an SPDX document made by :func:`document` (the same packages,
+    purls, sha256s, licences, suppliers and timestamp; the image is ``metadata.component`` and
+    the packages are its ``components``). The serial number is derived from the SPDX
+    namespace (itself from the image's sha256): two builds of the same inputs give the same
+    bytes."""
+    import uuid
+
+    described = set(doc.get("documentDescribes", []))
+    image = next(p for p in doc["packages"] if p["SPDXID"] in described)
+    components = [_component(p, "library") for p in doc["packages"]
+                  if p["SPDXID"] not in described]
+    subject = _component(image, "file")
+    bom = {
+        "$schema": "http://cyclonedx.org/schema/bom-1.6.schema.json",
+        "bomFormat": "CycloneDX",
+        "specVersion": "1.6",
+        "serialNumber": f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, doc['documentNamespace'])}",
+        "version": 1,
+        "metadata": {
+            "timestamp": doc["creationInfo"]["created"],
+            "tools": {"components": [{"type": "application", "name": "sysext-pipeline",
+                                      "version": __version__}]},
+            "component": subject,
+        },
+        "components": components,
+        "dependencies": [{"ref": subject["bom-ref"],
+                          "dependsOn": [c["bom-ref"] for c in components]}]
+        + [{"ref": c["bom-ref"]} for c in components],
+    }
+    return bom
+
+
+def _component(package: dict, kind: str) -> dict:
+    out = {"type": kind, "bom-ref": package["SPDXID"], "name": package["name"]}
+    if package.get("versionInfo") not in (None, NOASSERTION):
+        out["version"] = package["versionInfo"]
+    hashes = [{"alg": "SHA-256", "content": c["checksumValue"]}
+              for c in package.get("checksums", []) if c.get("algorithm") == "SHA256"]
+    if hashes:
+        out["hashes"] = hashes
+    match = _SUPPLIER.match(package.get("supplier") or "")
+    if match:
+        out["supplier"] = {"name": match.group(1)}
+        if match.group(2) and "@" in match.group(2):
+            out["supplier"]["contact"] = [{"email": match.group(2)}]
+    if package.get("licenseDeclared") not in (None, NOASSERTION):
+        out["licenses"] = [{"expression": package["licenseDeclared"]}]
+    for ref in package.get("externalRefs", []):
+        if ref.get("referenceType") == "purl":
+            out["purl"] = ref["referenceLocator"]
+    if package.get("homepage"):
+        out["externalReferences"] = [{"type": "website", "url": package["homepage"]}]
+    properties = [{"name": "sysext-pipeline:packageFileName", "value": package[key]}
+                  for key in ("packageFileName",) if package.get(key)]
+    if package.get("comment"):
+        properties.append({"name": "sysext-pipeline:comment", "value": package["comment"]})
+    if properties:
+        out["properties"] = properties
+    return out

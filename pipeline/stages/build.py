@@ -46,7 +46,7 @@ from .package import pack
 from .staging import StagingTree
 
 #: Files that may sit next to NAME.raw, written by detached verity or an unsigned DDI build.
-COMPANION_SUFFIXES = (".verity", ".roothash", ".roothash.p7s", ".spdx.json",
+COMPANION_SUFFIXES = (".verity", ".roothash", ".roothash.p7s", ".spdx.json", ".cdx.json",
                       ".provenance.json")
 
 #: Paths that no extension may carry (systemd refuses or misbehaves), per kind.
