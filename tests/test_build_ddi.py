@@ -14,6 +14,7 @@ import pytest
 from conftest import run_cli, write_recipe
 from pkgfactory import build_deb, file
 from prereq import require_root, require_tool
+from recipes_kit import EPOCH, build_cli, build_recipe, recipe_dict, toml_text
 from test_build import walk
 
 from pipeline.image.ddi.gpt import read_gpt
@@ -36,33 +37,15 @@ def noarch_deb(tmp_path_factory) -> Path:
                                                   0o755)], arch="all")
 
 
-def ddi_recipe(packages, keypair, *, arch="x86-64", fmt="ddi", fs="erofs", extra="",
-               sign=True) -> str:
+def ddi_spec(packages, keypair, *, arch="x86-64", fmt="ddi", fs="erofs", sign=True,
+             version_id="12", **image) -> dict:
     key, cert = keypair
-    image = f'format = "{fmt}"\n' + (f'filesystem = "{fs}"\n' if fmt == "ddi" else extra)
-    signing = f'[sign]\nkey = "{key}"\ncert = "{cert}"\n' if sign else ""
-    return f"""
-[extension]
-name = "signed"
-kind = "sysext"
-[target]
-id = "debian"
-version_id = "12"
-architecture = "{arch}"
-[[source]]
-deb = "{packages['deb']}"
-[image]
-{image}source_date_epoch = 1700000000
-{signing}"""
-
-
-def build(tmp_path: Path, text: str, cache_dir, *args, env=None, umask=None) -> dict:
-    recipe = write_recipe(tmp_path / "recipe", text)
-    proc = run_cli("build", str(recipe), "-o", str(tmp_path / "out"), "--cache-dir",
-                   str(cache_dir), "--json", *args, env=env, umask=umask)
-    assert proc.returncode == 0, proc.stderr
-    [image] = json.loads(proc.stdout)["images"]
-    return image
+    return recipe_dict("signed", kind="sysext",
+                       target={"id": "debian", "version_id": version_id, "architecture": arch},
+                       sources=[packages["deb"]],
+                       image={"format": fmt, "filesystem": fs if fmt == "ddi" else None,
+                              **image, "source_date_epoch": EPOCH},
+                       sign={"key": key, "cert": cert} if sign else None)
 
 
 def cut(image: Path, partition, dest: Path) -> Path:
@@ -75,11 +58,10 @@ def cut(image: Path, partition, dest: Path) -> Path:
 def test_ddi_reproducible_verified_signed(tmp_path, packages, cache_dir, keypair):
     require_tool("veritysetup", "cryptsetup-bin")
     require_tool("openssl", "openssl")
-    text = ddi_recipe(packages, keypair)
-    first = build(tmp_path / "a", text, cache_dir)
-    second = build(tmp_path / "b" / "deeper", text, cache_dir, env={"TZ": "America/Lima",
-                                                                    "LANG": "et_EE.UTF-8"},
-                   umask=0o002)
+    spec = ddi_spec(packages, keypair)
+    first = build_recipe(tmp_path / "a", spec, cache_dir=cache_dir).image
+    second = build_recipe(tmp_path / "b" / "deeper", spec, cache_dir=cache_dir,
+                          env={"TZ": "America/Lima", "LANG": "et_EE.UTF-8"}, umask=0o002).image
     assert first["sha256"] == second["sha256"]
     image = Path(first["image"])
     manifest = json.loads(Path(first["manifest"]).read_text())
@@ -123,9 +105,9 @@ def test_ddi_reproducible_verified_signed(tmp_path, packages, cache_dir, keypair
 
 
 def test_unsigned_then_sign_equals_signed(tmp_path, packages, cache_dir, keypair):
-    text = ddi_recipe(packages, keypair, fs="squashfs")
-    signed = build(tmp_path / "signed", text, cache_dir)
-    unsigned = build(tmp_path / "unsigned", text, cache_dir, "--unsigned")
+    spec = ddi_spec(packages, keypair, fs="squashfs")
+    signed = build_recipe(tmp_path / "signed", spec, cache_dir=cache_dir).image
+    unsigned = build_recipe(tmp_path / "unsigned", spec, "--unsigned", cache_dir=cache_dir).image
     image = Path(unsigned["image"])
     roothash = image.with_name("signed.roothash")
     assert roothash.read_text().strip() == json.loads(
@@ -152,9 +134,9 @@ def test_detached_unsigned_then_sign_equals_signed(tmp_path, packages, cache_dir
     """``--unsigned`` + ``sign`` on NAME.raw + NAME.roothash gives the signed build's files,
     manifest included (its verity section names the signer and the .p7s)."""
     require_tool("veritysetup", "cryptsetup-bin")
-    text = ddi_recipe(packages, keypair, fmt="squashfs", extra='verity = "detached"\n')
-    signed = build(tmp_path / "signed", text, cache_dir)
-    unsigned = build(tmp_path / "unsigned", text, cache_dir, "--unsigned")
+    spec = ddi_spec(packages, keypair, fmt="squashfs", verity="detached")
+    signed = build_recipe(tmp_path / "signed", spec, cache_dir=cache_dir).image
+    unsigned = build_recipe(tmp_path / "unsigned", spec, "--unsigned", cache_dir=cache_dir).image
     image = Path(unsigned["image"])
     assert json.loads(Path(unsigned["manifest"]).read_text())["verity"]["signatureFile"] is None
     proc = run_cli("sign", str(image), "--key", str(keypair[0]), "--cert", str(keypair[1]))
@@ -167,9 +149,9 @@ def test_detached_unsigned_then_sign_equals_signed(tmp_path, packages, cache_dir
 
 def test_sign_with_p7s_made_elsewhere(tmp_path, packages, cache_dir, keypair):
     require_tool("openssl", "openssl")
-    text = ddi_recipe(packages, keypair)
-    signed = build(tmp_path / "signed", text, cache_dir)
-    unsigned = build(tmp_path / "unsigned", text, cache_dir, "--unsigned")
+    spec = ddi_spec(packages, keypair)
+    signed = build_recipe(tmp_path / "signed", spec, cache_dir=cache_dir).image
+    unsigned = build_recipe(tmp_path / "unsigned", spec, "--unsigned", cache_dir=cache_dir).image
     image = Path(unsigned["image"])
     roothash = image.with_name("signed.roothash").read_text().strip()
     (tmp_path / "rh").write_text(roothash)  # no newline: the signed content is the bare hex
@@ -192,8 +174,8 @@ def test_sign_with_p7s_made_elsewhere(tmp_path, packages, cache_dir, keypair):
 
 
 def test_arm64_ddi_on_x86_64(tmp_path, noarch_deb, cache_dir, keypair):
-    text = ddi_recipe({"deb": noarch_deb}, keypair, arch="arm64")
-    result = build(tmp_path, text, cache_dir)
+    spec = ddi_spec({"deb": noarch_deb}, keypair, arch="arm64")
+    result = build_recipe(tmp_path, spec, cache_dir=cache_dir).image
     types = {p.type_uuid for p in read_gpt(Path(result["image"])).partitions}
     assert types == {"b921b045-1df0-41c3-af44-4c6f280d3fae", "df3300ce-d69f-4c92-978c-9bfb0f38d820",
                      "6db69de6-29f4-4758-a7a5-962190f00ce3"}
@@ -201,18 +183,17 @@ def test_arm64_ddi_on_x86_64(tmp_path, noarch_deb, cache_dir, keypair):
 
 
 def test_package_architecture_must_match_target(tmp_path, packages, cache_dir, keypair):
-    recipe = write_recipe(tmp_path, ddi_recipe(packages, keypair, arch="arm64"))
-    proc = run_cli("build", str(recipe), "-o", str(tmp_path / "out"), "--cache-dir",
-                   str(cache_dir))
-    assert proc.returncode == 2 and "built for x86-64, but target.architecture is arm64" in \
+    proc = build_recipe(tmp_path, ddi_spec(packages, keypair, arch="arm64"),
+                        cache_dir=cache_dir, json_out=False, expect=2)
+    assert "built for x86-64, but target.architecture is arm64" in \
         proc.stderr
     assert not any((tmp_path / "out").iterdir())
 
 
 def test_detached_verity_for_squashfs(tmp_path, packages, cache_dir, keypair):
     require_tool("veritysetup", "cryptsetup-bin")
-    text = ddi_recipe(packages, keypair, fmt="squashfs", extra='verity = "detached"\n')
-    result = build(tmp_path, text, cache_dir)
+    spec = ddi_spec(packages, keypair, fmt="squashfs", verity="detached")
+    result = build_recipe(tmp_path, spec, cache_dir=cache_dir).image
     image = Path(result["image"])
     verity, roothash = image.with_name("signed.verity"), image.with_name("signed.roothash")
     p7s = image.with_name("signed.roothash.p7s")
@@ -222,13 +203,12 @@ def test_detached_verity_for_squashfs(tmp_path, packages, cache_dir, keypair):
     manifest = json.loads(Path(result["manifest"]).read_text())
     assert manifest["verity"]["rootHash"] == roothash.read_text().strip()
     # A signed image is replaced only with --force (issue 16 §5, mkosi's -f): nothing touched
-    recipe = tmp_path / "recipe" / "recipe.toml"
-    refused = run_cli("build", str(recipe), "-o", str(tmp_path / "out"), "--cache-dir",
-                      str(cache_dir), "--unsigned")
-    assert refused.returncode == 2 and f"{image}: is a signed image" in refused.stderr
+    refused = build_cli(tmp_path / "recipe.toml", tmp_path / "out", "--unsigned",
+                        cache_dir=cache_dir, json_out=False, expect=2)
+    assert f"{image}: is a signed image" in refused.stderr
     assert "--force" in refused.stderr and p7s.is_file()
     # Rebuilt unsigned: the stale signature must not stay behind.
-    build(tmp_path, text, cache_dir, "--unsigned", "--force")
+    build_recipe(tmp_path, spec, "--unsigned", "--force", cache_dir=cache_dir)
     assert not p7s.exists() and roothash.is_file()
 
 
@@ -236,30 +216,28 @@ def test_world_readable_key_is_refused(tmp_path, packages, cache_dir, keypair):
     key = tmp_path / "open.key"
     key.write_bytes(keypair[0].read_bytes())
     key.chmod(0o644)
-    recipe = write_recipe(tmp_path, ddi_recipe(packages, (key, keypair[1])))
-    proc = run_cli("build", str(recipe), "-o", str(tmp_path / "out"), "--cache-dir",
-                   str(cache_dir))
-    assert proc.returncode == 2 and str(key) in proc.stderr
+    proc = build_recipe(tmp_path, ddi_spec(packages, (key, keypair[1])), cache_dir=cache_dir,
+                        json_out=False, expect=2)
+    assert str(key) in proc.stderr
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
 def test_ddi_needs_an_architecture(tmp_path, noarch_deb, cache_dir, keypair):
-    text = ddi_recipe({"deb": noarch_deb}, keypair).replace('architecture = "x86-64"',
-                                                           'architecture = "auto"')
-    recipe = write_recipe(tmp_path, text)
-    proc = run_cli("build", str(recipe), "-o", str(tmp_path / "out"), "--cache-dir",
-                   str(cache_dir))
-    assert proc.returncode == 2 and "a DDI needs one architecture" in proc.stderr
+    proc = build_recipe(tmp_path, ddi_spec({"deb": noarch_deb}, keypair, arch="auto"),
+                        cache_dir=cache_dir, json_out=False, expect=2)
+    assert "a DDI needs one architecture" in proc.stderr
 
 
 @pytest.mark.parametrize("fmt, fs", [("ddi", "erofs"), ("erofs", None)])
 def test_recipe_comment_does_not_change_the_image(tmp_path, packages, cache_dir, keypair, fmt,
                                                   fs):
     """UUIDs and salts come from the image's content and settings, not the recipe's bytes."""
-    text = ddi_recipe(packages, keypair, fmt=fmt, fs=fs or "erofs", sign=fmt == "ddi")
-    first = build(tmp_path / "a", text, cache_dir)
-    second = build(tmp_path / "b", "# a comment changes nothing\n" + text, cache_dir)
+    spec = ddi_spec(packages, keypair, fmt=fmt, fs=fs or "erofs", sign=fmt == "ddi")
+    first = build_recipe(tmp_path / "a", spec, cache_dir=cache_dir).image
+    commented = write_recipe(tmp_path / "b", "# a comment changes nothing\n" + toml_text(spec))
+    second = build_cli(commented, tmp_path / "b" / "out", cache_dir=cache_dir).image
     assert first["sha256"] == second["sha256"]
-    third = build(tmp_path / "c", text.replace('version_id = "12"', 'version_id = "13"'),
-                  cache_dir)
+    third = build_recipe(tmp_path / "c", ddi_spec(packages, keypair, fmt=fmt, fs=fs or "erofs",
+                                                  sign=fmt == "ddi", version_id="13"),
+                         cache_dir=cache_dir).image
     assert third["sha256"] != first["sha256"]
