@@ -53,18 +53,39 @@ CACHE_ENTRY = obj({"sha256": S, "size": INT, "kind": {"enum": ["deb", "rpm", "ot
                                                                "unreadable"]},
                    "mtime": INT}, closed=True)
 
+BUILD_IMAGE = obj({
+    "kind": {"enum": ["sysext", "confext"]}, "name": S, "image": S, "manifest": S,
+    "format": S, "sha256": opt(S), "size": opt(INT), "tree_sha256": S,
+    "extension_release": {"type": "object", "additionalProperties": S},
+    "extension_release_path": S, "warnings": ARR, "root_hash": opt(S),
+    "extra_files": arr(S)}, closed=True)
+
+#: A second shape of a command's output: ``build`` with several recipes (a catalogue), whose
+#: failure (any exit) still carries every recipe's row.
+CATALOGUE = {
+    "recipes": arr(obj({
+        "recipe": S, "name": opt(S),
+        "status": {"enum": ["built", "up_to_date", "failed", "not_started", "running"]},
+        "exit": opt(INT), "seconds": N, "images": arr(BUILD_IMAGE), "warnings": arr(S),
+        "error": opt(ERROR)}, closed=True)),
+    "jobs": INT,
+    "counts": obj({k: INT for k in ("built", "up_to_date", "failed", "not_started")},
+                  closed=True),
+}
+VARIANTS: dict[str, dict] = {"build": CATALOGUE}
+
 #: command → its own members (all required, closed at the top level)
 BODIES: dict[str, dict] = {
     "build": {
         "decision": opt(S), "warnings": arr(S), "dropped": {"type": "object",
                                                             "additionalProperties": S},
-        "timings": OBJ, "up_to_date": B,
-        "images": arr(obj({
-            "kind": {"enum": ["sysext", "confext"]}, "name": S, "image": S, "manifest": S,
-            "format": S, "sha256": S, "size": INT, "tree_sha256": S,
-            "extension_release": {"type": "object", "additionalProperties": S},
-            "extension_release_path": S, "warnings": ARR, "root_hash": opt(S),
-            "extra_files": arr(S)}, closed=True)),
+        "timings": OBJ, "up_to_date": B, "images": arr(BUILD_IMAGE),
+    },
+    "matrix": {
+        "include": arr(obj({k: S for k in ("recipe", "name", "architecture",
+                                           "debian_architecture", "output_dir", "command",
+                                           "cache_key")}, closed=True)),
+        "skipped": arr(obj({"recipe": S, "architecture": S, "why": S}, closed=True)),
     },
     "plan": {
         "recipe": S, "decision": opt(S), "undecided": opt(S), "complete": B,
@@ -143,10 +164,22 @@ def schema(command: str) -> dict:
         "then": {"properties": {"exit": {"const": 0}}, "not": {"required": ["error"]}},
         "else": {"required": ["error"], "properties": {"exit": {"const": 3}}},
     }
+    variants = []
+    if command in VARIANTS:
+        body = VARIANTS[command]
+        variants.append({
+            "description": "several recipes: one row each; not ok (any exit) when one failed",
+            "type": "object", "additionalProperties": False,
+            "required": ["schema", "ok", "exit", *sorted(body)],
+            "properties": {**envelope_props, "error": ERROR, **body},
+            "if": {"properties": {"ok": {"const": True}}},
+            "then": {"properties": {"exit": {"const": 0}}, "not": {"required": ["error"]}},
+            "else": {"required": ["error"], "properties": {"exit": {"minimum": 1}}},
+        })
     return {"$schema": "https://json-schema.org/draft/2020-12/schema",
             "$id": f"sysext-pipeline/{command}.schema.json",
             "title": f"sysext-pipeline {command.replace('-', ' ')} --json",
-            "anyOf": [result, failure]}
+            "anyOf": [{"anyOf": [result, *variants]} if variants else result, failure]}
 
 
 def render(command: str) -> str:

@@ -9,12 +9,23 @@ import hashlib
 import json
 from pathlib import Path
 
+import jsonschema
 import pytest
 from conftest import run_cli, write_recipe
 from pkgfactory import build_deb, file
 from repos import Server
 
 from pipeline.commands.build import _worst
+
+SCHEMA = Path(__file__).resolve().parent.parent / "docs" / "schemas" / "build.schema.json"
+
+
+def _valid(stdout: str) -> dict:
+    data = json.loads(stdout)
+    jsonschema.validate(data, json.loads(SCHEMA.read_text()),
+                        cls=jsonschema.Draft202012Validator)
+    return data
+
 
 SHARED = [file(f"/usr/lib/shared/lib{i}.so", bytes([i]) * 2000, 0o644) for i in range(5)]
 
@@ -58,7 +69,7 @@ def test_a_catalogue_builds_what_separate_builds_build(tmp_path, catalogue, serv
     proc = run_cli("build", *map(str, catalogue), "-o", str(out), "--cache-dir", str(cache),
                    "-j", "2", "--json")
     assert proc.returncode == 0, proc.stderr
-    result = json.loads(proc.stdout)
+    result = _valid(proc.stdout)
     assert result["ok"] and result["exit"] == 0 and result["jobs"] == 2
     assert [r["status"] for r in result["recipes"]] == ["built"] * 3
     assert result["counts"] == {"built": 3, "up_to_date": 0, "failed": 0, "not_started": 0}
@@ -75,13 +86,13 @@ def test_a_catalogue_builds_what_separate_builds_build(tmp_path, catalogue, serv
         single = run_cli("build", str(recipe), "-o", str(alone), "--cache-dir", str(cache),
                          "--json")
         assert single.returncode == 0, single.stderr
-        assert "recipes" not in json.loads(single.stdout)  # one recipe: today's object
+        assert "recipes" not in _valid(single.stdout)  # one recipe: today's object
         assert image["sha256"] == _sha(Path(image["image"])) == _sha(alone / f"{recipe.stem}.raw")
 
     again = run_cli("build", *map(str, catalogue), "-o", str(out), "--cache-dir", str(cache),
                     "--json=short")
     assert again.returncode == 0, again.stderr
-    assert [r["status"] for r in json.loads(again.stdout)["recipes"]] == ["up_to_date"] * 3
+    assert [r["status"] for r in _valid(again.stdout)["recipes"]] == ["up_to_date"] * 3
 
 
 def test_a_failure_stops_new_builds_unless_keep_going(tmp_path, catalogue):
@@ -92,7 +103,7 @@ def test_a_failure_stops_new_builds_unless_keep_going(tmp_path, catalogue):
     proc = run_cli("build", *recipes, "-o", str(out), "--cache-dir", str(cache), "-j", "1",
                    "--json")
     assert proc.returncode == 2, proc.stderr
-    result = json.loads(proc.stdout)
+    result = _valid(proc.stdout)
     assert not result["ok"] and result["exit"] == 2
     assert [r["status"] for r in result["recipes"]] == ["failed"] + ["not_started"] * 3
     assert result["recipes"][0]["error"]["message"]
@@ -102,7 +113,7 @@ def test_a_failure_stops_new_builds_unless_keep_going(tmp_path, catalogue):
     proc = run_cli("build", *recipes, "-o", str(out), "--cache-dir", str(cache), "-j", "1",
                    "--keep-going", "--json")
     assert proc.returncode == 2, proc.stderr
-    result = json.loads(proc.stdout)
+    result = _valid(proc.stdout)
     assert [r["status"] for r in result["recipes"]] == ["failed"] + ["built"] * 3
     assert sorted(p.name for p in out.glob("*.raw")) == ["alpha.raw", "beta.raw", "gamma.raw"]
 

@@ -32,7 +32,7 @@ VERDICTS = {
 
 #: The top-level --help lists the commands in these groups (any other command under "More").
 GROUPS = {
-    "Build": ("plan", "build", "lock", "fetch", "cache"),
+    "Build": ("plan", "build", "matrix", "lock", "fetch", "cache"),
     "Trust": ("keys", "sign", "inspect"),
     "Reproduce": ("verify", "diff"),
     "Host": ("check", "install", "uninstall", "rollback", "doctor", "explain"),
@@ -74,13 +74,15 @@ COMMANDS: dict[str, str] = {
     "uninstall": "install", "rollback": "install", "doctor": "doctor",
     "lock": "lock", "fetch": "lock", "verify": "verify", "diff": "verify",
     "explain": "explain", "publish": "publish", "sign-feed": "publish", "cache": "cache",
+    "matrix": "matrix",
 }
 
 
 #: Each command's one-line help, for the top-level ``--help`` without importing any command
 #: module (startup stays near a bare interpreter's); a test checks it against the modules.
 SUMMARIES: dict[str, str] = {
-    "build": "build the image a recipe describes",
+    "build": "build the image a recipe describes (several recipes: a catalogue, -j at once)",
+    "matrix": "recipes x architectures as the job list of a CI matrix (GitHub, GitLab)",
     "recipe-reference": "print the recipe reference (docs/recipes.md)",
     "check": "will an image merge on a host? (and why not)",
     "troubleshooting": "print the troubleshooting guide (docs/troubleshooting.md)",
