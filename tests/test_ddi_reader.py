@@ -156,3 +156,25 @@ def test_plain_image_with_detached_files(tmp_path):
     assert read.signature.where == "plain.roothash.p7s"
     assert read.signature.present and read.signature.blob is None
     assert "not a DER or PEM PKCS#7" in read.signature.error.line()
+
+
+def test_a_signature_partition_larger_than_systemd_reads_is_not_read(tmp_path):
+    """systemd refuses a signature partition over 4 MiB (EFBIG); so does the reader, without
+    reading it into memory. A GPT written by the real sfdisk."""
+    import subprocess
+
+    require_tool("sfdisk", "fdisk")
+    image = tmp_path / "big-sig.raw"
+    with open(image, "wb") as fh:
+        fh.truncate(12 << 20)
+    table = ("label: gpt\n"
+             "size=1MiB, type=4f68bce3-e8cd-4db1-96e7-fbcaf984b709\n"
+             "size=1MiB, type=2c7357ed-ebd2-46d9-aec1-23d437ec2bf5\n"
+             "size=5MiB, type=41092b05-9fc8-4523-994f-2def0408b176\n")
+    subprocess.run(["sfdisk", "--no-reread", "--no-tell-kernel", "-q", str(image)],
+                   input=table.encode(), check=True, capture_output=True)
+    carried = reader.open_image(image).signature
+    assert carried.where == "root-verity-sig" and carried.raw is None
+    assert carried.present and carried.blob is None
+    assert carried.error.line() == (f"{image}: signature partition of 5242880 bytes: systemd "
+                                    "reads at most 4194304 (dissect-image.c: EFBIG)")

@@ -44,6 +44,8 @@ _CHUNK = 1 << 20
 #: Files changed less than this before they were read are not cached (coarse file times).
 _RACY_NS = 100_000_000
 _CACHE_SIZE = 64
+#: The largest signature partition systemd reads (dissected_image_load_verity_sig_partition).
+SIGNATURE_MAX = 4 * 1024 * 1024
 _CACHE: OrderedDict[tuple, Image] = OrderedDict()
 
 
@@ -178,6 +180,11 @@ class Image:
         if found.signature is not None:
             part = found.signature
             where = (partitions.lookup(part.type_uuid) or ("signature",))[0]
+            if part.size > SIGNATURE_MAX:  # not read into memory: systemd refuses it too
+                self.signature = Signature(where, None, InputError(
+                    str(self.path), f"signature partition of {part.size} bytes: systemd reads "
+                    f"at most {SIGNATURE_MAX} (dissect-image.c: EFBIG)"), None, part.size)
+                return
             raw = read_range(self.path, part.offset, part.size)
             try:
                 blob, error = sig.parse_partition(raw, str(self.path)), None

@@ -267,7 +267,8 @@ def _ddi_signatures(d, ra, rb) -> None:
     r = d.r
     la, lb = r.labels
     sa, sb = ra.signature, rb.signature
-    if (sa and sa.raw) == (sb and sb.raw):
+    raw_a, raw_b = sa and sa.raw, sb and sb.raw
+    if raw_a == raw_b and (raw_a is not None or not ((sa and sa.error) or (sb and sb.error))):
         return
     for carried, label in ((sa, la), (sb, lb)):
         if carried is not None and carried.error is not None:
