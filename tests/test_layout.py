@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pytest
 import systemd_versions
-from conftest import run_cli, write_recipe
+from conftest import run_cli
 from merge import in_namespace, make_root
 from pkgfactory import build_deb, config, directory, file, symlink
 from prereq import missing, require_tool
+from recipes_kit import EPOCH, build_cli, build_recipe, recipe_dict, write_recipe_dict
 
 from pipeline.stages import layout
 
@@ -47,20 +48,17 @@ def systemd254() -> Path:
         missing(f"systemd 254 from bookworm-backports: {exc}")
 
 
-def recipe(deb: Path, kind: str | None = None, policy: str = "") -> str:
-    kind_line = f'kind = "{kind}"\n' if kind else ""
-    return (f'[extension]\nname = "mixed"\n{kind_line}version = "1.0"\n'
-            f'[target]\nid = "debian"\nversion_id = "12"\n'
-            f'[[source]]\ndeb = "{deb}"\n{policy}'
-            f'[image]\nsource_date_epoch = 1700000000\n')
+def mixed(deb: Path, kind: str | None = None, **policy: str) -> dict:
+    """The mixed package as an image of ``kind`` (None: auto) under ``[policy]``."""
+    return recipe_dict("mixed", kind=kind, version="1.0", sources=[deb], policy=policy or None,
+                       image={"source_date_epoch": EPOCH})
 
 
-def build(tmp_path: Path, text: str, cache_dir) -> dict:
-    path = write_recipe(tmp_path / "recipe", text)
-    proc = run_cli("build", str(path), "-o", str(tmp_path / "out"), "--cache-dir",
-                   str(cache_dir), "--json")
-    assert proc.returncode == 0, proc.stderr
-    result = json.loads(proc.stdout)
+def built_images(tmp_path: Path, spec: dict, cache_dir) -> dict:
+    """The build's --json answer, each image with its manifest (``manifest_data``) and the
+    set of its ``paths``."""
+    recipe = write_recipe_dict(tmp_path / "recipe", spec)
+    result = build_cli(recipe, tmp_path / "out", cache_dir=cache_dir).json
     for image in result["images"]:
         image["manifest_data"] = json.loads(Path(image["manifest"]).read_text())
         image["paths"] = {f["path"] for f in image["manifest_data"]["files"]}
@@ -69,7 +67,7 @@ def build(tmp_path: Path, text: str, cache_dir) -> dict:
 
 @pytest.mark.network  # systemd 254 comes from bookworm-backports
 def test_auto_splits_and_both_merge(tmp_path, mixed_deb, cache_dir, systemd254):
-    result = build(tmp_path, recipe(mixed_deb), cache_dir)
+    result = built_images(tmp_path, mixed(mixed_deb), cache_dir)
     images = {i["kind"]: i for i in result["images"]}
     assert set(images) == {"sysext", "confext"}
     sysext, confext = images["sysext"], images["confext"]
@@ -111,7 +109,7 @@ def _tmpfiles_lines(image: dict, path: str, tmp_path: Path) -> list[str]:
 
 
 def test_factory_policy_copies_etc_at_boot(tmp_path, mixed_deb, cache_dir):
-    result = build(tmp_path, recipe(mixed_deb, "sysext", '[policy]\netc = "factory"\n'),
+    result = built_images(tmp_path, mixed(mixed_deb, "sysext", etc="factory"),
                    cache_dir)
     [image] = result["images"]
     assert "usr/share/factory/etc/mixed/mixed.conf" in image["paths"]
@@ -131,7 +129,7 @@ def test_factory_policy_copies_etc_at_boot(tmp_path, mixed_deb, cache_dir):
 
 
 def test_pinned_sysext_drops_etc_and_says_so(tmp_path, mixed_deb, cache_dir):
-    result = build(tmp_path, recipe(mixed_deb, "sysext"), cache_dir)
+    result = built_images(tmp_path, mixed(mixed_deb, "sysext"), cache_dir)
     [image] = result["images"]
     dropped = image["manifest_data"]["dropped"]
     assert 'policy.etc = "drop"' in dropped["etc/mixed/mixed.conf"]
@@ -139,7 +137,7 @@ def test_pinned_sysext_drops_etc_and_says_so(tmp_path, mixed_deb, cache_dir):
 
 
 def test_pinned_confext_drops_usr(tmp_path, mixed_deb, cache_dir):
-    result = build(tmp_path, recipe(mixed_deb, "confext"), cache_dir)
+    result = built_images(tmp_path, mixed(mixed_deb, "confext"), cache_dir)
     [image] = result["images"]
     assert image["kind"] == "confext" and image["name"] == "mixed"
     assert "pins kind = confext" in image["manifest_data"]["dropped"]["usr/bin/mixed-tool"]
@@ -147,29 +145,29 @@ def test_pinned_confext_drops_usr(tmp_path, mixed_deb, cache_dir):
 
 
 @pytest.mark.parametrize("policy, message", [
-    ('[policy]\netc = "error"\n', "/etc content in a sysext (policy.etc = error)"),
-    ('[policy]\nvar = "error"\n', "/var content (policy.var = error)"),
+    ({"etc": "error"}, "/etc content in a sysext (policy.etc = error)"),
+    ({"var": "error"}, "/var content (policy.var = error)"),
 ])
 def test_error_policies(tmp_path, mixed_deb, cache_dir, policy, message):
-    path = write_recipe(tmp_path, recipe(mixed_deb, "sysext", policy))
-    proc = run_cli("build", str(path), "-o", str(tmp_path / "out"), "--cache-dir", str(cache_dir))
-    assert proc.returncode == 2 and message in proc.stderr and "mixed_1.0_amd64.deb" in proc.stderr
+    proc = build_recipe(tmp_path, mixed(mixed_deb, "sysext", **policy), cache_dir=cache_dir,
+                        json_out=False, expect=2)
+    assert message in proc.stderr and "mixed_1.0_amd64.deb" in proc.stderr
 
 
 def test_var_drop_policy(tmp_path, mixed_deb, cache_dir):
-    result = build(tmp_path, recipe(mixed_deb, "sysext", '[policy]\nvar = "drop"\n'), cache_dir)
+    result = built_images(tmp_path, mixed(mixed_deb, "sysext", var="drop"), cache_dir)
     [image] = result["images"]
     assert "usr/lib/tmpfiles.d/mixed.conf" not in image["paths"]
     assert "var/lib/mixed/seed.db" in image["manifest_data"]["dropped"]
 
 
 def test_plan_matches_build(tmp_path, mixed_deb, cache_dir):
-    path = write_recipe(tmp_path / "recipe", recipe(mixed_deb))
+    path = write_recipe_dict(tmp_path / "recipe", mixed(mixed_deb))
     proc = run_cli("plan", str(path), "--json", "--cache-dir", str(cache_dir))
     assert proc.returncode == 0, proc.stderr
     plan = json.loads(proc.stdout)
     assert plan["complete"] and not (tmp_path / "out").exists()
-    result = build(tmp_path, recipe(mixed_deb), cache_dir)
+    result = built_images(tmp_path, mixed(mixed_deb), cache_dir)
     assert [(i["kind"], i["name"]) for i in plan["images"]] == \
         [(i["kind"], i["name"]) for i in result["images"]]
     assert plan["decision"] == result["decision"]
@@ -191,9 +189,8 @@ def test_plan_matches_build(tmp_path, mixed_deb, cache_dir):
 
 
 def test_plan_without_cache_says_what_it_would_fetch(tmp_path):
-    text = ('[extension]\nname = "x"\n[target]\nid = "debian"\n[[source]]\n'
-            f'apt = "jq"\nversion = "1.0"\nsha256 = "{"a" * 64}"\n')
-    path = write_recipe(tmp_path, text)
+    path = write_recipe_dict(tmp_path, recipe_dict(
+        target={"id": "debian"}, sources=[{"apt": "jq", "version": "1.0", "sha256": "a" * 64}]))
     proc = run_cli("plan", str(path), "--json", "--cache-dir", str(tmp_path / "empty"))
     assert proc.returncode == 0, proc.stderr
     plan = json.loads(proc.stdout)
@@ -219,10 +216,9 @@ def test_tmpfiles_lines_quote_spaces_and_percent(tmp_path, cache_dir):
     quoted path fields, ``%%`` for specifiers, the argument escaped, parents before children."""
     tmpfiles_bin = require_tool("systemd-tmpfiles", "systemd")
     deb = build_deb(tmp_path / "pkg", "odd", "1.0", ODD_NAMES)
-    text = (f'[extension]\nname = "odd"\nkind = "sysext"\n[target]\nid = "debian"\n'
-            f'version_id = "12"\n[[source]]\ndeb = "{deb}"\n[policy]\netc = "factory"\n'
-            '[image]\nformat = "directory"\nsource_date_epoch = 1700000000\n')
-    result = build(tmp_path, text, cache_dir)
+    spec = recipe_dict("odd", kind="sysext", sources=[deb], policy={"etc": "factory"},
+                       image={"format": "directory", "source_date_epoch": EPOCH})
+    result = built_images(tmp_path, spec, cache_dir)
     [image] = result["images"]
     tree = Path(image["image"])
     lines = (tree / "usr/lib/tmpfiles.d/odd.conf").read_text().splitlines()
@@ -288,20 +284,19 @@ def test_created_and_provided_paths():
 def test_srv_file_in_confext_names_srv(tmp_path, cache_dir):
     deb = build_deb(tmp_path / "pkg", "srvpkg", "1.0", [
         config("/etc/srvpkg.conf", b"x\n"), file("/srv/www/index.html", b"hi\n")])
-    text = (f'[extension]\nname = "srvpkg"\nkind = "confext"\n[target]\nid = "debian"\n'
-            f'version_id = "12"\n[[source]]\ndeb = "{deb}"\n')
-    result = build(tmp_path, text, cache_dir)
+    spec = recipe_dict("srvpkg", kind="confext", sources=[deb])
+    result = built_images(tmp_path, spec, cache_dir)
     reason = result["images"][0]["manifest_data"]["dropped"]["srv/www/index.html"]
     assert "a file under /srv needs a sysext" in reason and "/var" not in reason
 
 
 def test_companion_of_an_earlier_build_is_retired(tmp_path, mixed_deb, cache_dir):
     """Going from sysext + confext to a sysext only removes the stale NAME-config."""
-    both = build(tmp_path, recipe(mixed_deb), cache_dir)
+    both = built_images(tmp_path, mixed(mixed_deb), cache_dir)
     assert {i["name"] for i in both["images"]} == {"mixed", "mixed-config"}
     out = tmp_path / "out"
     assert (out / "mixed-config.raw").exists()
-    build(tmp_path, recipe(mixed_deb, "sysext"), cache_dir)
+    built_images(tmp_path, mixed(mixed_deb, "sysext"), cache_dir)
     assert sorted(p.name for p in out.iterdir()) == [
         "mixed.cdx.json", "mixed.manifest.json", "mixed.provenance.json", "mixed.raw",
         "mixed.spdx.json"]
