@@ -151,3 +151,47 @@ def test_the_worst_exit_class_wins():
     assert _worst([3, 1]) == 3
     assert _worst([2, 130]) == 130 and _worst([130, 143]) == 143
     assert _worst([None, 0]) == 0
+
+
+def _processes_mentioning(text: str) -> list[str]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline:
+            found.append(f"{proc.name}: {cmdline}")
+    return found
+
+
+def test_sigterm_stops_every_build(tmp_path, catalogue):
+    """A catalogue terminated while its builds run takes them down with it (each cleans up as on
+    its own SIGTERM): exit 143, no build process left, no work tree left in -o."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "out-sigterm"
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "build", *map(str, catalogue),
+                             "-o", str(out), "--cache-dir", str(tmp_path / "cache"), "-j", "1"],
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env, text=True)
+    first = proc.stderr.readline()  # the first line a build wrote: one is running now
+    assert first.startswith("fetch") or first.startswith("["), first
+    while not first.startswith("["):
+        first = proc.stderr.readline()
+    proc.send_signal(signal.SIGTERM)
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=60) == 143, first + rest
+    deadline = time.monotonic() + 10
+    while _processes_mentioning(str(out)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _processes_mentioning(str(out))
+    assert not [p.name for p in out.iterdir() if ".build-" in p.name]
+    # what was not built when the signal came was never started
+    assert len(list(out.glob("*.raw"))) < 3
