@@ -19,9 +19,9 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from conftest import run_cli, write_recipe
 from pkgfactory import build_deb, build_rpm, directory, file, flip_byte, hardlink
 from prereq import require_tool
+from recipes_kit import CliResult, build_cli, recipe_dict, write_recipe_dict
 from test_archive_bounds import deb_with_data
 from test_hostile import _tar, info
 
@@ -31,11 +31,13 @@ from pipeline.formats.package import Package
 MARKER = b"integrity-marker-0123456789"
 
 
-def build(tmp_path: Path, cache_dir: Path, source: str, extra: str = "", *args: str):
-    recipe = write_recipe(tmp_path / "r", f'[extension]\nname = "x"\n[target]\nid = "debian"\n'
-                                          f"{extra}\n[[source]]\n{source}\n")
-    return run_cli("build", str(recipe), "-o", str(tmp_path / "out"), "--cache-dir",
-                   str(cache_dir), *args)
+def build_one(tmp_path: Path, cache_dir: Path, source: dict, *args: str,
+              **sections) -> CliResult:
+    """A build of one ``source`` (any exit code): ``tmp_path/r/recipe.toml`` into
+    ``tmp_path/out``; ``sections``: more of the recipe (``policy={...}``)."""
+    spec = recipe_dict(target={"id": "debian"}, sources=[source], **sections)
+    return build_cli(write_recipe_dict(tmp_path / "r", spec), tmp_path / "out", *args,
+                     cache_dir=cache_dir, json_out=False, expect=None)
 
 
 def refused(proc, *words: str) -> str:
@@ -80,7 +82,7 @@ def rpm_k_fails(path: Path) -> bool:
 def test_rpm_flipped_file_byte_fails_filedigests(tmp_path, cache_dir, plain_rpm):
     bad = flip_byte(plain_rpm, MARKER, tmp_path / "flip.rpm", offset=3)
     assert rpm_k_fails(bad)  # rpm agrees the package is damaged
-    proc = build(tmp_path, cache_dir, f'rpm = "{bad}"')
+    proc = build_one(tmp_path, cache_dir, {"rpm": bad})
     refused(proc, "flip.rpm:payload:./usr/share/d/data", "FILEDIGESTS (sha256)")
     nothing_published(tmp_path)
 
@@ -94,7 +96,7 @@ def test_rpm_changed_payload_outside_files_fails_payloaddigest(tmp_path, cache_d
     bad = tmp_path / "payload.rpm"
     bad.write_bytes(bytes(data))
     assert rpm_k_fails(bad)
-    proc = build(tmp_path, cache_dir, f'rpm = "{bad}"')
+    proc = build_one(tmp_path, cache_dir, {"rpm": bad})
     refused(proc, "payload.rpm:payload", "PAYLOADDIGEST")
     nothing_published(tmp_path)
 
@@ -102,21 +104,21 @@ def test_rpm_changed_payload_outside_files_fails_payloaddigest(tmp_path, cache_d
 def test_rpm_changed_header_fails_sha256header(tmp_path, cache_dir, plain_rpm):
     bad = flip_byte(plain_rpm, b"pkgfactory", tmp_path / "hdr.rpm")  # the build host tag
     assert rpm_k_fails(bad)
-    proc = build(tmp_path, cache_dir, f'rpm = "{bad}"')
+    proc = build_one(tmp_path, cache_dir, {"rpm": bad})
     refused(proc, "hdr.rpm:header", "SHA256HEADER")
 
 
 def test_rpm_unchanged_passes_every_check(tmp_path, cache_dir, plain_rpm):
-    proc = build(tmp_path, cache_dir, f'rpm = "{plain_rpm}"')
+    proc = build_one(tmp_path, cache_dir, {"rpm": plain_rpm})
     assert proc.returncode == 0, proc.stderr
 
 
 def test_deb_flipped_byte_fails_md5sums(tmp_path, cache_dir, plain_deb):
     bad = flip_byte(plain_deb, MARKER, tmp_path / "flip.deb", offset=3)
-    proc = build(tmp_path, cache_dir, f'deb = "{bad}"')
+    proc = build_one(tmp_path, cache_dir, {"deb": bad})
     refused(proc, "flip.deb:data.tar:./usr/share/d/data", "md5sums")
     nothing_published(tmp_path)
-    ok = build(tmp_path, cache_dir, f'deb = "{plain_deb}"')
+    ok = build_one(tmp_path, cache_dir, {"deb": plain_deb})
     assert ok.returncode == 0, ok.stderr
 
 
@@ -132,7 +134,7 @@ def test_deb_md5sums_listing_a_missing_file(tmp_path, cache_dir):
     deb.write_bytes(_ar([("debian-binary", b"2.0\n"), ("control.tar.xz", lzma.compress(control)),
                          ("data.tar.xz", lzma.compress(data))]))
     assert parts != deb.read_bytes()
-    proc = build(tmp_path, cache_dir, f'deb = "{deb}"')
+    proc = build_one(tmp_path, cache_dir, {"deb": deb})
     refused(proc, "md5.deb:md5sums", "usr/bin/gone", "data.tar.xz lacks")
 
 
@@ -165,10 +167,9 @@ def test_extract_opens_each_package_once(tmp_path, plain_deb):
     sys.addaudithook(lambda event, args: opened.append(str(args[0]))
                      if event == "open" and str(args[0]) == str(copy) else None)
     sha = hashlib.sha256(copy.read_bytes()).hexdigest()
-    for exclude, expected in (("[]", 1), ('["usr/share/d/data"]', 2)):
-        recipe = recipe_mod.load(write_recipe(
-            tmp_path / "r", f'[extension]\nname = "x"\n[target]\nid = "debian"\n'
-                            f'[[source]]\ndeb = "{copy}"\n[filter]\nexclude = {exclude}\n'))
+    for exclude, expected in (([], 1), (["usr/share/d/data"], 2)):
+        recipe = recipe_mod.load(write_recipe_dict(tmp_path / "r", recipe_dict(
+            target={"id": "debian"}, sources=[{"deb": copy}], filter={"exclude": exclude})))
         item = Fetched(recipe.sources[0], copy, sha, copy.stat().st_size, "local", copy.name)
         root = tmp_path / f"stage{expected}"
         root.mkdir()
@@ -200,18 +201,15 @@ def _cached_apt(tmp_path: Path, cache_dir: Path, deb: Path) -> str:
 
 def test_apt_name_typo_with_a_cached_sha256_is_refused(tmp_path, cache_dir, packages):
     sha = _cached_apt(tmp_path, cache_dir, packages["deb"])
-    proc = build(tmp_path, cache_dir, f'apt = "hello-toolz"\nversion = "1.0-1"\nsha256 = "{sha}"',
-                 "", "--offline")
+    apt = {"apt": "hello-tools", "version": "1.0-1", "sha256": sha}
+    proc = build_one(tmp_path, cache_dir, {**apt, "apt": "hello-toolz"}, "--offline")
     line = refused(proc, "source apt:hello-toolz=1.0-1", "the file is hello-tools 1.0-1 (amd64)",
                    "not name hello-toolz")
     assert "version" not in line.split("not name", 1)[1]
     nothing_published(tmp_path)
-    wrong_version = build(tmp_path, cache_dir,
-                          f'apt = "hello-tools"\nversion = "1.0-2"\nsha256 = "{sha}"', "",
-                          "--offline")
+    wrong_version = build_one(tmp_path, cache_dir, {**apt, "version": "1.0-2"}, "--offline")
     refused(wrong_version, "not version 1.0-2")
-    right = build(tmp_path, cache_dir, f'apt = "hello-tools"\nversion = "1.0-1"\nsha256 = "{sha}"',
-                  "", "--offline")
+    right = build_one(tmp_path, cache_dir, apt, "--offline")
     assert right.returncode == 0, right.stderr
 
 
@@ -228,7 +226,7 @@ def test_bad_tar_checksum_mid_archive_is_refused(tmp_path, cache_dir):
     second = data.index(b"./usr/share/b")
     data[second + 5] ^= 0x20  # the header now says ./usr/Share/b with the old checksum
     deb = deb_with_data(tmp_path / "sum.deb", lzma.compress(bytes(data)))
-    refused(build(tmp_path, cache_dir, f'deb = "{deb}"'), "sum.deb:data.tar.xz", "bad checksum")
+    refused(build_one(tmp_path, cache_dir, {"deb": deb}), "sum.deb:data.tar.xz", "bad checksum")
     nothing_published(tmp_path)
 
 
@@ -243,7 +241,7 @@ def test_rpm_file_listed_but_absent_from_payload(tmp_path, cache_dir, plain_rpm)
     data[at : at + 11] = b"TRAILER!!!\0"
     bad = tmp_path / "gone.rpm"
     bad.write_bytes(bytes(data))
-    refused(build(tmp_path, cache_dir, f'rpm = "{bad}"'), "gone.rpm:payload:/usr/share/d/data",
+    refused(build_one(tmp_path, cache_dir, {"rpm": bad}), "gone.rpm:payload:/usr/share/d/data",
             "listed in the header but missing from the payload")
     nothing_published(tmp_path)
 
@@ -251,7 +249,7 @@ def test_rpm_file_listed_but_absent_from_payload(tmp_path, cache_dir, plain_rpm)
 def test_hardlink_to_absent_target_is_refused(tmp_path, cache_dir):
     deb = hand_deb(tmp_path, "hl.deb", [(info("./usr/share/h", tarfile.LNKTYPE,
                                               linkname="./usr/share/none"), None)])
-    refused(build(tmp_path, cache_dir, f'deb = "{deb}"'), "hl.deb:data.tar.xz:./usr/share/h",
+    refused(build_one(tmp_path, cache_dir, {"deb": deb}), "hl.deb:data.tar.xz:./usr/share/h",
             "not a file extracted before")
 
 
@@ -266,7 +264,7 @@ def test_file_named_like_the_root_is_refused(tmp_path, cache_dir, name):
     extra[148:156] = b" " * 8
     extra[148:156] = b"%06o\0 " % sum(extra[:512])
     deb = deb_with_data(tmp_path / "dot.deb", lzma.compress(bytes(extra) + bytes(raw)))
-    proc = build(tmp_path, cache_dir, f'deb = "{deb}"')
+    proc = build_one(tmp_path, cache_dir, {"deb": deb})
     if name == "":
         refused(proc, "dot.deb:data.tar.xz", "empty name")
     else:
@@ -281,7 +279,7 @@ def test_absurd_mtime_is_refused_naming_the_package(tmp_path, cache_dir, mtime):
         ti.mtime, ti.size = mtime, 1
         tf.addfile(ti, io.BytesIO(b"t"))
     deb = deb_with_data(tmp_path / "time.deb", lzma.compress(buf.getvalue()))
-    refused(build(tmp_path, cache_dir, f'deb = "{deb}"'), "time.deb:data.tar.xz:./usr/share/t",
+    refused(build_one(tmp_path, cache_dir, {"deb": deb}), "time.deb:data.tar.xz:./usr/share/t",
             f"mtime {mtime} is outside 1970-2106")
 
 
@@ -297,7 +295,7 @@ SPECIAL = [(info("./usr/bin/su", mode=0o4755), b"s"),
 
 def test_special_modes_are_severe_findings(tmp_path, cache_dir):
     deb = hand_deb(tmp_path, "special.deb", SPECIAL)
-    proc = build(tmp_path, cache_dir, f'deb = "{deb}"', "", "--json")
+    proc = build_one(tmp_path, cache_dir, {"deb": deb}, "--json")
     assert proc.returncode == 0, proc.stderr
     lines = _findings(proc)
     setuid = [line for line in lines if line.startswith("severe: setuid:")]
@@ -311,10 +309,11 @@ def test_special_modes_are_severe_findings(tmp_path, cache_dir):
 
 def test_special_files_policy_error_and_allow(tmp_path, cache_dir):
     deb = hand_deb(tmp_path, "special.deb", SPECIAL)
-    proc = build(tmp_path, cache_dir, f'deb = "{deb}"', '[policy]\nspecial_files = "error"')
+    proc = build_one(tmp_path, cache_dir, {"deb": deb}, policy={"special_files": "error"})
     refused(proc, "special.deb:data.tar.xz:./usr/bin/su", "setuid (mode 4755")
     nothing_published(tmp_path)
-    allowed = build(tmp_path, cache_dir, f'deb = "{deb}"', '[policy]\nspecial_files = "allow"')
+    allowed = build_one(tmp_path, cache_dir, {"deb": deb},
+                        policy={"special_files": "allow"})
     assert allowed.returncode == 0, allowed.stderr
     assert not [x for x in _findings(allowed) if re.search(r"setuid:|world-writable:", x)]
 
@@ -326,7 +325,7 @@ def test_second_data_member_is_refused(tmp_path, cache_dir):
     deb = tmp_path / "two.deb"
     deb.write_bytes(_ar([("debian-binary", b"2.0\n"), ("control.tar.xz", control_xz()),
                          ("data.tar.xz", data), ("data.tar.gz", b"x")]))
-    refused(build(tmp_path, cache_dir, f'deb = "{deb}"'), "two.deb:data.tar.gz",
+    refused(build_one(tmp_path, cache_dir, {"deb": deb}), "two.deb:data.tar.gz",
             "member after data.tar")
 
 
@@ -340,7 +339,7 @@ def test_second_data_member_is_refused(tmp_path, cache_dir):
 ])
 def test_names_and_capabilities_the_kernel_refuses_are_named(tmp_path, cache_dir, entry, words):
     deb = hand_deb(tmp_path, "k.deb", [entry])
-    refused(build(tmp_path, cache_dir, f'deb = "{deb}"'), "k.deb:data.tar.xz:./usr/share/", *words)
+    refused(build_one(tmp_path, cache_dir, {"deb": deb}), "k.deb:data.tar.xz:./usr/share/", *words)
 
 
 def test_owner_id_out_of_range_is_named(tmp_path, cache_dir):
@@ -350,7 +349,7 @@ def test_owner_id_out_of_range_is_named(tmp_path, cache_dir):
         ti.uid, ti.size, ti.mtime = 1 << 40, 1, 1700000000
         tf.addfile(ti, io.BytesIO(b"u"))
     deb = deb_with_data(tmp_path / "uid.deb", lzma.compress(buf.getvalue()))
-    refused(build(tmp_path, cache_dir, f'deb = "{deb}"'), "uid.deb:data.tar.xz:./usr/share/u",
+    refused(build_one(tmp_path, cache_dir, {"deb": deb}), "uid.deb:data.tar.xz:./usr/share/u",
             f"uid {1 << 40} is out of range")
 
 
@@ -376,11 +375,11 @@ def test_file_name_in_the_archive_convention_is_a_claim(tmp_path, cache_dir, pac
     lying = tmp_path / "files" / "other-tool_1.0-1_amd64.deb"
     lying.parent.mkdir()
     shutil.copy(packages["deb"], lying)
-    refused(build(tmp_path, cache_dir, f'deb = "{lying}"'),
+    refused(build_one(tmp_path, cache_dir, {"deb": lying}),
             "the file is hello-tools 1.0-1 (amd64), not name other-tool", "fix the file name")
     plain = tmp_path / "files" / "anything.deb"
     shutil.copy(packages["deb"], plain)
-    assert build(tmp_path, cache_dir, f'deb = "{plain}"').returncode == 0
+    assert build_one(tmp_path, cache_dir, {"deb": plain}).returncode == 0
     rpm = tmp_path / "files" / "rtools-2.0-2.x86_64.rpm"  # the real one is release 1
     shutil.copy(packages["rpm"], rpm)
-    refused(build(tmp_path, cache_dir, f'rpm = "{rpm}"'), "not version 2.0-2")
+    refused(build_one(tmp_path, cache_dir, {"rpm": rpm}), "not version 2.0-2")
