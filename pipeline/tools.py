@@ -41,6 +41,12 @@ class Tool:
 
 
 _READ = ("check", "install", "doctor", "inspect", "verify", "diff")  # verbs that read images
+
+
+def _reading(feature: str) -> tuple[str, ...]:
+    """The image-reading verbs, for an image with ``feature`` (squashfs, erofs, ddi)."""
+    return tuple(f"{verb}:{feature}" for verb in _READ)
+
 _SYSTEMD = (("--version",), r"systemd\s+(\d+\S*)")
 
 #: Every external tool the program and its tests use, in one table: behind :func:`find`'s hint,
@@ -50,21 +56,22 @@ TOOLS: tuple[Tool, ...] = (
     # squashfs-tools 4.5: -root-uid/-root-gid (owners of the image root)
     Tool("mksquashfs", ("squashfs-tools",), ("build:squashfs",), "packs squashfs images",
          "4.5", (("-version",), r"version\s+(\S+)")),
-    Tool("unsquashfs", ("squashfs-tools",), _READ, "reads squashfs images (never mounted)",
+    Tool("unsquashfs", ("squashfs-tools",), _reading("squashfs"),
+         "reads squashfs images (never mounted)",
          probe=(("-version",), r"version\s+(\S+)")),
     # mkfs.erofs 1.5 has no --version; it prints its version before failing on a missing source.
     # 1.5: -T and --all-root as the bytes depend on them (older releases differ)
     Tool("mkfs.erofs", ("erofs-utils",), ("build:erofs",), "packs erofs images", "1.5",
          (("/nonexistent/probe.img", "/nonexistent/probe"), r"mkfs\.erofs\s+(\d\S*)")),
-    Tool("fsck.erofs", ("erofs-utils",), _READ, "reads erofs images (never mounted)",
+    Tool("fsck.erofs", ("erofs-utils",), _reading("erofs"), "reads erofs images (never mounted)",
          probe=(("-V",), r"fsck\.erofs\s+(\d\S*)")),
     # 252: the oldest systemd whose DDIs the matrix tests (tests/test_check_matrix.py)
     Tool("systemd-repart", ("systemd-repart", "systemd"), ("build:ddi",),
          "writes the GPT of a DDI", "252", _SYSTEMD),
-    Tool("veritysetup", ("cryptsetup-bin",), ("build:ddi", "build:verity", *_READ),
+    Tool("veritysetup", ("cryptsetup-bin",), ("build:ddi", "build:verity", *_reading("ddi")),
          "makes and checks dm-verity hash trees", probe=(("--version",),
                                                          r"veritysetup\s+(\S+)")),
-    Tool("openssl", ("openssl",), ("inspect", "verify", "check", "doctor", "install"),
+    Tool("openssl", ("openssl",), _reading("ddi"),
          "checks the PKCS#7 signature of a signed image",
          probe=(("version",), r"OpenSSL\s+(\S+)")),
     Tool("apt-get", ("apt",), ("build:apt", "lock:apt", "fetch:apt"),
@@ -73,13 +80,17 @@ TOOLS: tuple[Tool, ...] = (
          "checks Release files of signed repositories and feed signatures"),
     Tool("gpg", ("gnupg",), ("publish", "sign-feed", "keys"),
          "signs a feed's SHA256SUMS; keys generate --openpgp"),
-    Tool("systemctl", ("systemd",), ("install", "doctor", "check"),
-         "asks the running systemd's version; install --enable", None, _SYSTEMD),
-    Tool("systemd-sysext", ("systemd",), ("install", "uninstall", "rollback"),
+    Tool("systemctl", ("systemd",), ("install:enable",),
+         "install --enable on the running host; asks its systemd version (without it: the "
+         "dpkg status)", None, _SYSTEMD),
+    Tool("systemd-sysext", ("systemd",), ("install:refresh", "uninstall:refresh",
+                                          "rollback:refresh"),
          "refreshes the merged sysexts", None, _SYSTEMD),
     Tool("unshare", ("util-linux",), (*_READ, "fresh"),
-         "a private mount namespace for reading images; the fresh session's chroot"),
-    Tool("mount", ("mount",), _READ, "mounts a verified, signed image read-only, as root"),
+         "a private mount namespace for reading images; the fresh session's chroot; optional "
+         "for reading (without it images are unpacked in this namespace)", optional=True),
+    Tool("mount", ("mount",), _READ, "mounts a verified, signed image read-only, as root; "
+         "optional", optional=True),
     Tool("setpriv", ("util-linux",), ("build",),
          "makes every tool die with the build (--pdeathsig); optional", optional=True),
     Tool("sfdisk", ("fdisk",), ("tests",), "tests read a DDI's partition table with it", None,
@@ -361,6 +372,16 @@ def preflight(verb: str, features: Iterable[str] = (), table: Sequence[Tool] = T
                      f"install: apt-get install {' '.join(packages)}")
 
 
+def _uses_text(uses: Sequence[str]) -> str:
+    """``build, check (ddi); build (verity)``: verbs grouped by the feature they need it for."""
+    groups: dict[str, list[str]] = {}
+    for use in uses:
+        verb, _, feature = use.partition(":")
+        groups.setdefault(feature, []).append(verb)
+    return "; ".join(", ".join(verbs) + (f" ({feature})" if feature else "")
+                     for feature, verbs in groups.items())
+
+
 def markdown_table(kind: str = "program") -> str:
     """The README's list of system tools: ``program`` rows (a verb uses them) or ``tests``."""
     rows = [t for t in TOOLS if any(":" in u or u not in ("tests", "fresh") for u in t.uses)]
@@ -368,7 +389,7 @@ def markdown_table(kind: str = "program") -> str:
         rows = [t for t in TOOLS if t not in rows]
     lines = ["| tool | Debian package | minimum | needed by | for |", "|---|---|---|---|---|"]
     for t in rows:
-        uses = ", ".join(u.replace(":", " (") + ")" if ":" in u else u for u in t.uses)
+        uses = _uses_text(t.uses)
         lines.append(f"| `{t.name}` | {' or '.join(t.packages)} | {t.minimum or '—'} | {uses} "
                      f"| {t.why} |")
     return "\n".join(lines)

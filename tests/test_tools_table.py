@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import json
+import subprocess
 import sys
 
 import pytest
@@ -159,3 +160,24 @@ def test_noxfile_system_packages_come_from_the_table():
     assert rows["faketime"] == (["faketime"], {"tests"})
     assert rows["mmdebstrap"] == (["mmdebstrap"], {"fresh"})
     assert rows["systemd-repart"][0] == ["systemd-repart", "systemd"]
+
+
+def test_check_names_the_reader_a_squashfs_image_needs(tmp_path):
+    """check reads a squashfs image with unsquashfs: without it, one line before any work; a
+    directory image needs no tool."""
+    tree = tmp_path / "tree" / "usr" / "lib" / "extension-release.d"
+    tree.mkdir(parents=True)
+    (tree / "extension-release.img").write_text("ID=_any\n")
+    image = tmp_path / "img.raw"
+    subprocess.run(["mksquashfs", str(tmp_path / "tree"), str(image), "-quiet", "-no-progress"],
+                   check=True, capture_output=True)
+    env = {"PATH": str(tmp_path / "empty")}
+    host = ("--os-release", str(tmp_path / "os-release"), "--arch", "x86-64", "--systemd", "252")
+    (tmp_path / "os-release").write_text("ID=debian\nVERSION_ID=12\n")
+    proc = run_cli("check", str(image), *host, env=env)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.strip() == ("error: check: not installed: unsquashfs, needed by check "
+                                   "(squashfs) (install: apt-get install squashfs-tools)")
+    proc = run_cli("check", str(tmp_path / "tree"), *host, env=env)
+    assert "not installed" not in proc.stderr
+    assert proc.returncode in (0, 3), proc.stderr

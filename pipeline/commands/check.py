@@ -259,6 +259,9 @@ def host_from_args(args) -> hostmod.Host:
 
 
 def cmd_check(args) -> int:
+    from . import clikit
+
+    clikit.preflight("check", args.images)
     host = host_from_args(args)
     cache: dict = {}
     results = [check_one(Path(p), host, args.kind, cache, args.force) for p in args.images]

@@ -106,6 +106,38 @@ def add_refresh(p) -> None:
     p.add_argument("--refresh", action="store_true", help=HELP["refresh"])
 
 
+def image_features(path) -> set[str]:
+    """What kind of image ``path`` is, for the tools table (pipeline/tools.py): ``squashfs``,
+    ``erofs``, ``ddi`` (a GPT disk image), or nothing (a directory, a file it cannot tell)."""
+    from pathlib import Path
+
+    from ..image.fsinfo.ondisk import sniff
+
+    path = Path(path)
+    if not path.is_file():
+        return set()
+    try:
+        found = sniff(path)
+        if found:
+            return {found}
+        with open(path, "rb") as fh:
+            fh.seek(512)
+            return {"ddi"} if fh.read(8) == b"EFI PART" else set()
+    except OSError:
+        return set()  # the command's own reading names the problem
+
+
+def preflight(verb: str, images=(), features=()) -> None:
+    """Before any work: the tools ``verb`` needs for these images (and ``features``) are
+    installed and new enough, else one error line (pipeline/tools.py :func:`preflight`)."""
+    from .. import tools
+
+    wanted = set(features)
+    for image in images:
+        wanted |= image_features(image)
+    tools.preflight(verb, wanted)
+
+
 def dumps(obj, mode: str | None) -> str:
     import json
 

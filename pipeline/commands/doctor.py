@@ -437,12 +437,13 @@ def tool_findings() -> list[Finding]:
     found = []
     seen = set()
     for verb in HOST_VERBS:
-        for tool in tools.needed(verb):
+        for tool in tools.needed(verb, ("squashfs", "erofs", "ddi", "refresh")):
             if tool.name in seen:
                 continue
             seen.add(tool.name)
             state = tools.status(tool.name)
-            users = ", ".join(v for v in HOST_VERBS if v in tool.uses)
+            users = ", ".join(v for v in HOST_VERBS
+                              if any(u.partition(":")[0] == v for u in tool.uses))
             if state.path is None:
                 found.append(Finding(WARNING, "tool.missing", f"{tool.name} is not installed: "
                                      f"{users} cannot use it ({tool.why})",

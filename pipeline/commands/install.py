@@ -243,6 +243,12 @@ def _host(args) -> tuple[Path | None, hostmod.Host]:
     return root, hostmod.detect(root, systemd=args.systemd)
 
 
+def _features(args, root: Path | None) -> set[str]:
+    """What of this run decides the tools it needs (pipeline/tools.py TOOLS)."""
+    return ({"refresh"} if _refreshes(args, root) else set()) | \
+        ({"enable"} if getattr(args, "enable", False) and root is None else set())
+
+
 def _refreshes(args, root: Path | None) -> bool:
     """Refresh after a change: on the running host unless --no-refresh; a --root tree only with
     --refresh (merging mounts overlays on the tree in this mount namespace)."""
@@ -265,6 +271,7 @@ def cmd_install(args) -> int:
 
     root, host = _host(args)
     source = Path(args.image)
+    clikit.preflight("install", [source], _features(args, root))
     image = images.read(source, with_entries=True, architecture=host.architecture)
     kind = args.kind or image.kind or image.guessed_kind or "sysext"
     file_name = source.name
@@ -367,6 +374,7 @@ def _undo(dest: Path, dest_dir: Path, kept: list[Path], kind: str, root: Path | 
 
 def cmd_uninstall(args) -> int:
     root, host = _host(args)
+    clikit.preflight("uninstall", features=_features(args, root))
     removed, left = [], []
     kinds = [args.kind] if args.kind else ["sysext", "confext"]
     for kind in kinds:
@@ -403,6 +411,7 @@ def cmd_uninstall(args) -> int:
 def cmd_rollback(args) -> int:
     """Put the previously installed version of NAME back (and keep the current one instead)."""
     root, host = _host(args)
+    clikit.preflight("rollback", features=_features(args, root))
     for runtime in (False, True):
         for kind in ("sysext", "confext"):
             rollback_dir = host.base / ROLLBACK[runtime] / kind

@@ -18,6 +18,7 @@ def cmd_verify(args) -> int:
     from ..reproduce import verify as verify_mod
     from ..stages.build import Log
 
+    clikit.preflight("verify", [args.target])
     log = Log(None if args.quiet or args.json else _human)
     result = verify_mod.verify(args.target, recipe=args.recipe, cache_dir=args.cache_dir,
                                offline=args.offline, keep=args.keep, limit=args.limit,
@@ -37,6 +38,7 @@ def cmd_verify(args) -> int:
 def cmd_diff(args) -> int:
     from ..reproduce import diff as diff_mod
 
+    clikit.preflight("diff", [args.a, args.b])
     report = diff_mod.diff(args.a, args.b, limit=args.limit, full=args.full,
                            use_manifests=not args.images_only)
     code = 0 if report.ok else VERDICT
