@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import run_cli, write_recipe
+from conftest import run_cli
+from recipes_kit import CliResult, build_cli, recipe_dict, write_recipe_dict
 
 
 def _ar(members: list[tuple[str, bytes]]) -> bytes:
@@ -102,6 +103,18 @@ def _check_clean(tmp_path: Path, out: Path, outside: Path, proc) -> None:
     assert not (tmp_path / "evil").exists()
 
 
+def one_deb(tmp_path: Path, name: str, deb: Path, **source) -> Path:
+    """``tmp_path/r/recipe.toml``: the image ``name`` of ``deb`` alone (``source``: more keys
+    of its [[source]]) for any Debian."""
+    return write_recipe_dict(tmp_path / "r", recipe_dict(name, target={"id": "debian"},
+                                                         sources=[{"deb": deb, **source}]))
+
+
+def try_build(recipe: Path, out: Path, cache_dir: Path, *args: str) -> CliResult:
+    """``build RECIPE -o OUT`` whatever its exit code."""
+    return build_cli(recipe, out, *args, cache_dir=cache_dir, json_out=False, expect=None)
+
+
 @pytest.mark.parametrize("case", sorted(HOSTILE))
 def test_hostile_archive_is_refused(tmp_path, cache_dir, case):
     outside = tmp_path / "outside"
@@ -113,10 +126,9 @@ def test_hostile_archive_is_refused(tmp_path, cache_dir, case):
         ti.linkname = ti.linkname.replace("{outside}", str(outside).lstrip("/")
                                           if ti.linkname.startswith("../") else str(outside))
     deb = make_deb(tmp_path / "evil.deb", entries)
-    recipe = write_recipe(tmp_path / "r", f'[extension]\nname = "evil"\n[target]\nid = "debian"\n'
-                                          f'[[source]]\ndeb = "{deb}"\n')
+    recipe = one_deb(tmp_path, "evil", deb)
     out = tmp_path / "out"
-    proc = run_cli("build", str(recipe), "-o", str(out), "--cache-dir", str(cache_dir))
+    proc = try_build(recipe, out, cache_dir)
     _check_clean(tmp_path, out, outside, proc)
     assert "evil.deb" in proc.stderr and expected in proc.stderr, proc.stderr
     assert (outside / "sentinel").read_text() == "untouched"
@@ -128,20 +140,17 @@ def test_truncated_payload(tmp_path, cache_dir):
     (outside / "sentinel").write_text("x")
     entries = [(info(f"./usr/share/f{i}"), bytes(range(256)) * 400) for i in range(20)]
     deb = make_deb(tmp_path / "cut.deb", entries, truncate=True)
-    recipe = write_recipe(tmp_path / "r", f'[extension]\nname = "cut"\n[target]\nid = "debian"\n'
-                                          f'[[source]]\ndeb = "{deb}"\n')
+    recipe = one_deb(tmp_path, "cut", deb)
     out = tmp_path / "out"
-    proc = run_cli("build", str(recipe), "-o", str(out), "--cache-dir", str(cache_dir))
+    proc = try_build(recipe, out, cache_dir)
     _check_clean(tmp_path, out, outside, proc)
     assert "cut.deb" in proc.stderr and "data.tar.xz" in proc.stderr
 
 
 def test_wrong_sha256(tmp_path, packages, cache_dir):
-    recipe = write_recipe(tmp_path / "r", f'[extension]\nname = "x"\n[target]\nid = "debian"\n'
-                                          f'[[source]]\ndeb = "{packages["deb"]}"\n'
-                                          f'sha256 = "{"0" * 64}"\n')
+    recipe = one_deb(tmp_path, "x", packages["deb"], sha256="0" * 64)
     out = tmp_path / "out"
-    proc = run_cli("build", str(recipe), "-o", str(out), "--cache-dir", str(cache_dir))
+    proc = try_build(recipe, out, cache_dir)
     assert proc.returncode == 2
     assert "sha256 mismatch" in proc.stderr and "hello-tools_1.0-1_amd64.deb" in proc.stderr
     assert not out.exists() or list(out.iterdir()) == []
@@ -149,15 +158,13 @@ def test_wrong_sha256(tmp_path, packages, cache_dir):
 
 def test_failed_rebuild_keeps_previous_image(tmp_path, packages, cache_dir):
     """A failing build never replaces or half-writes an existing image."""
-    good = write_recipe(tmp_path / "r", f'[extension]\nname = "keep"\n[target]\nid = "debian"\n'
-                                        f'[[source]]\ndeb = "{packages["deb"]}"\n')
+    good = one_deb(tmp_path, "keep", packages["deb"])
     out = tmp_path / "out"
-    assert run_cli("build", str(good), "-o", str(out), "--cache-dir", str(cache_dir)).returncode == 0
+    assert try_build(good, out, cache_dir).returncode == 0
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     deb = make_deb(tmp_path / "evil.deb", HOSTILE["absolute"][0])
-    bad = write_recipe(tmp_path / "r", f'[extension]\nname = "keep"\n[target]\nid = "debian"\n'
-                                       f'[[source]]\ndeb = "{deb}"\n')
-    assert run_cli("build", str(bad), "-o", str(out), "--cache-dir", str(cache_dir)).returncode == 2
+    bad = one_deb(tmp_path, "keep", deb)
+    assert try_build(bad, out, cache_dir).returncode == 2
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
@@ -171,23 +178,18 @@ def test_plan_refuses_what_build_refuses(tmp_path, cache_dir, case):
     for ti, _ in entries:
         ti.linkname = ti.linkname.replace("{outside}", str(outside))
     deb = make_deb(tmp_path / "evil.deb", entries)
-    recipe = write_recipe(tmp_path / "r", f'[extension]\nname = "evil"\n[target]\nid = "debian"\n'
-                                          f'[[source]]\ndeb = "{deb}"\n')
+    recipe = one_deb(tmp_path, "evil", deb)
     plan = run_cli("plan", str(recipe), "--cache-dir", str(cache_dir))
-    build = run_cli("build", str(recipe), "-o", str(tmp_path / "out"), "--cache-dir",
-                    str(cache_dir))
-    assert plan.returncode == build.returncode == 2
-    assert plan.stderr.splitlines()[-1] == build.stderr.splitlines()[-1]
+    built = try_build(recipe, tmp_path / "out", cache_dir)
+    assert plan.returncode == built.returncode == 2
+    assert plan.stderr.splitlines()[-1] == built.stderr.splitlines()[-1]
 
 
 def test_user_xattrs_are_dropped_and_said(tmp_path, cache_dir):
     deb = make_deb(tmp_path / "x.deb", [(info("./usr/bin/x", xattrs={"user.origin": "web"}),
                                          b"x")])
-    recipe = write_recipe(tmp_path / "r", f'[extension]\nname = "x"\n[target]\nid = "debian"\n'
-                                          f'[[source]]\ndeb = "{deb}"\n')
-    proc = run_cli("build", str(recipe), "-o", str(tmp_path / "out"), "--cache-dir",
-                   str(cache_dir), "--json")
-    assert proc.returncode == 0, proc.stderr
+    recipe = one_deb(tmp_path, "x", deb)
+    proc = build_cli(recipe, tmp_path / "out", cache_dir=cache_dir)
     assert "usr/bin/x: user.origin" in proc.stderr
     manifest = (tmp_path / "out" / "x.manifest.json").read_text()
     assert "user.origin" not in manifest
@@ -200,9 +202,8 @@ def _slow_recipe(tmp_path: Path) -> Path:
     deb = build_deb(tmp_path / "pkg", "slow", "1.0",
                     [file(f"/usr/share/slow/blob{i}", os.urandom(24 << 20)) for i in range(3)],
                     compression="none")
-    return write_recipe(tmp_path / "r", f'[extension]\nname = "slow"\n[target]\nid = "debian"\n'
-                                        f'version_id = "12"\n[[source]]\ndeb = "{deb}"\n'
-                                        f'[image]\ncompression = "xz"\n')
+    return write_recipe_dict(tmp_path / "r", recipe_dict("slow", sources=[deb],
+                                                         image={"compression": "xz"}))
 
 
 def _processes(name: str) -> list[str]:
@@ -240,10 +241,8 @@ def test_work_tree_of_a_killed_build_is_removed_next_time(tmp_path, packages, ca
     (abandoned / "root" / "ro").chmod(0o555)
     alive = out / ".keep.build-abc"  # a build still running holds its tree's flock: left alone
     alive.mkdir()
-    recipe = write_recipe(tmp_path / "r", f'[extension]\nname = "keep"\n[target]\nid = "debian"'
-                                          f'\n[[source]]\ndeb = "{packages["deb"]}"\n')
+    recipe = one_deb(tmp_path, "keep", packages["deb"])
     from pipeline.outdir import locked
     with locked(alive):
-        assert run_cli("build", str(recipe), "-o", str(out), "--cache-dir", str(cache_dir)
-                       ).returncode == 0
+        assert try_build(recipe, out, cache_dir).returncode == 0
     assert not abandoned.exists() and alive.exists()
