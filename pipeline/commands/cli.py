@@ -103,7 +103,7 @@ SUMMARIES: dict[str, str] = {
     "cache": "list the package cache, or prune what no recipe needs (cache list, cache prune "
              "--keep-locked RECIPE…)",
     "plan": "what build will make and where it will merge, from the recipe and the package "
-            "cache (no network, nothing written)",
+            "cache (no network; writes nothing but file lists into the cache)",
     "verify": "rebuild from what a manifest records and compare byte for byte",
     "diff": "explain why two images or manifests differ",
     "publish": "add built images to a systemd-sysupdate feed directory (versioned names, "
