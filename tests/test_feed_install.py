@@ -126,6 +126,9 @@ def test_install_feed_refuses_an_altered_feed_and_old_systemd(feed, tmp_path):
     assert proc.returncode == 3 and "SHA256SUMS.gpg: does not verify" in proc.stderr, \
         proc.stderr
     assert tree(root) == {}
+    proc = install_feed(feed, root, 257, "--runtime")
+    assert proc.returncode == 2 and "--runtime: does not apply to install --feed" in \
+        proc.stderr, proc.stderr
     proc = install_feed(tmp_path / "nowhere", root, 257)
     assert proc.returncode == 2 and "nowhere/SHA256SUMS: missing" in proc.stderr, proc.stderr
 

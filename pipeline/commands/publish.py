@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from ..errors import InputError
 from . import clikit
 
 
@@ -49,6 +50,15 @@ def cmd_install_feed(args) -> int:
     from ..host import facts as hostmod
     from ..release.feed import host_setup
 
+    given = [option for option, value in (
+        ("--runtime", getattr(args, "runtime", False)), ("--enable", getattr(args, "enable", False)),
+        ("--force", getattr(args, "force", False)), ("--kind", getattr(args, "kind", None)),
+        ("--refresh", getattr(args, "refresh", False)),
+        ("--no-refresh", getattr(args, "no_refresh", False))) if value]
+    if given:  # they are about placing an image; a feed's versions are placed by sysupdate
+        raise InputError(given[0], "does not apply to install --feed",
+                         "install --feed writes transfer files, the key and directories; "
+                         "systemd-sysupdate places the images")
     root = Path(args.root) if args.root else None
     host = hostmod.detect(root, systemd=args.systemd)
     done = host_setup(args.image, host.base, host.version[0])

@@ -30,14 +30,13 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import stat
 import tempfile
 from pathlib import Path
 
-from ..digest import hash_file
+from ..digest import hash_file, hash_open
 from ..errors import BuildError, InputError, VerdictError
-from ..outdir import MAX_MANIFEST
+from ..outdir import MAX_MANIFEST, open_entry, read_entry
 
 SUMS, SIGNATURE, INDEX, KEYRING = "SHA256SUMS", "SHA256SUMS.gpg", "index.json", \
     "import-pubring.gpg"
@@ -59,13 +58,15 @@ def _image_and_manifest(path: Path) -> tuple[Path, Path, dict]:
         manifest_path = path
     else:
         manifest_path = path.with_name(path.name.removesuffix(".raw") + ".manifest.json")
+    data = read_entry(manifest_path.parent, manifest_path.name, MAX_MANIFEST)
+    if data is None:
+        if not os.path.lexists(manifest_path):
+            raise InputError(str(manifest_path), "no such manifest",
+                             "publish takes NAME.raw or NAME.manifest.json from a build")
+        raise InputError(str(manifest_path), f"not a regular file (a symlink?) or over "
+                         f"{MAX_MANIFEST} bytes", "publish reads only regular files")
     try:
-        if manifest_path.stat().st_size > MAX_MANIFEST:
-            raise InputError(str(manifest_path), "too large for a manifest")
-        manifest = json.loads(manifest_path.read_bytes())
-    except FileNotFoundError:
-        raise InputError(str(manifest_path), "no such manifest",
-                         "publish takes NAME.raw or NAME.manifest.json from a build") from None
+        manifest = json.loads(data)
     except ValueError as err:
         raise InputError(str(manifest_path), f"not JSON: {err}") from None
     image = manifest.get("image") if isinstance(manifest, dict) else None
@@ -92,10 +93,8 @@ def entry_for(path: Path) -> tuple[dict, Path, Path]:
     arch = fields.get("ARCHITECTURE") or "any"
     if not NAME.match(arch):
         raise InputError(f"{manifest_path}:extension_release", f"architecture {arch!r}")
-    try:
-        sha, size = hash_file(image_path)
-    except FileNotFoundError:
-        raise InputError(str(image_path), "the image the manifest names is not there") from None
+    with _open_output(image_path) as fh:
+        sha, size = hash_open(fh)
     if sha != manifest["image"]["sha256"]:
         raise InputError(str(image_path), f"sha256 {sha} is not the {manifest['image']['sha256']}"
                          " its manifest records", "publish the image of this manifest (rebuild?)")
@@ -118,35 +117,61 @@ def suffix_of(entry: dict) -> str:
     return suffix
 
 
-def _companions(manifest_path: Path, entry: dict) -> list[tuple[Path, str]]:
-    manifest = json.loads(manifest_path.read_bytes())
+def _open_output(path: Path):
+    """A file of the output directory, opened never through a symlink and never blocking on a
+    FIFO (:func:`pipeline.outdir.open_entry`): whatever else was planted there is refused."""
+    fd = open_entry(path.parent, path.name)
+    if fd is None:
+        if not os.path.lexists(path):
+            raise InputError(str(path), "missing", "publish what a build wrote (rebuild?)")
+        raise InputError(str(path), "not a regular file (a symlink?)",
+                         "publish reads only regular files of the output directory")
+    return os.fdopen(fd, "rb")
+
+
+def _companions(manifest_path: Path, entry: dict) -> list[tuple[Path, str, str | None]]:
+    """(file, its name in the feed, its sha256 when the manifest records it) of the SBOM,
+    its CycloneDX twin and the provenance that sit beside the image."""
+    manifest = json.loads(read_entry(manifest_path.parent, manifest_path.name, MAX_MANIFEST)
+                          or b"{}")
     found = []
     for key, suffix in (("sbom", ".spdx.json"), ("provenance", ".provenance.json")):
         section = manifest.get(key)
         if isinstance(section, dict) and isinstance(section.get("file"), str) and \
-                "/" not in section["file"] and (manifest_path.parent / section["file"]).is_file():
-            found.append((manifest_path.parent / section["file"],
-                          _stem(entry) + suffix))
+                "/" not in section["file"] and \
+                os.path.lexists(manifest_path.parent / section["file"]):
+            found.append((manifest_path.parent / section["file"], _stem(entry) + suffix,
+                          section.get("sha256") if key == "sbom" else None))
             cdx = section["file"].removesuffix(".spdx.json") + ".cdx.json"
             if key == "sbom" and cdx != section["file"] and \
-                    (manifest_path.parent / cdx).is_file():  # CycloneDX of the same SBOM
-                found.append((manifest_path.parent / cdx, _stem(entry) + ".cdx.json"))
+                    os.path.lexists(manifest_path.parent / cdx):  # CycloneDX of the SBOM
+                found.append((manifest_path.parent / cdx, _stem(entry) + ".cdx.json", None))
     return found
 
 
-def _place(src: Path, feed: Path, name: str) -> None:
-    """Copy ``src`` to ``feed/name`` by rename; an existing one must have the same bytes."""
+def _place(src: Path, feed: Path, name: str, sha256: str | None = None) -> None:
+    """Copy ``src`` to ``feed/name`` by rename; an existing one must have the same bytes. With
+    ``sha256`` the bytes copied must have it (the file may have changed since it was checked)."""
     dest = feed / name
     if dest.is_symlink() or (dest.exists() and not dest.is_file()):
         raise InputError(str(dest), "is not a regular file", "the feed holds only files")
     if dest.exists():
-        if hash_file(dest)[0] != hash_file(src)[0]:
-            raise InputError(str(dest), "is already published with other bytes",
-                             "a published version never changes: raise [extension] version")
+        with _open_output(src) as fh:
+            if hash_file(dest)[0] != hash_open(fh)[0]:
+                raise InputError(str(dest), "is already published with other bytes",
+                                 "a published version never changes: raise [extension] "
+                                 "version")
         return
+
     def copy(fh) -> None:
-        with open(src, "rb") as source:
-            shutil.copyfileobj(source, fh, 1 << 20)
+        digest = hashlib.sha256()
+        with _open_output(src) as source:
+            while chunk := source.read(1 << 20):
+                digest.update(chunk)
+                fh.write(chunk)
+        if sha256 is not None and digest.hexdigest() != sha256:
+            raise InputError(str(src), f"sha256 {digest.hexdigest()} is not the {sha256} its "
+                             "manifest records", "it changed: rebuild, then publish")
 
     _write(feed, name, copy)
 
@@ -193,10 +218,15 @@ def _place_compressed(src: Path, feed: Path, name: str, codec: str, sha256: str)
 
     def fill(fh) -> None:
         compressor = _compressor(codec)
-        with open(src, "rb") as source:
+        digest = hashlib.sha256()
+        with _open_output(src) as source:
             while chunk := source.read(1 << 20):
+                digest.update(chunk)
                 fh.write(compressor.compress(chunk))
         fh.write(compressor.flush())
+        if digest.hexdigest() != sha256:
+            raise InputError(str(src), f"sha256 {digest.hexdigest()} is not the {sha256} its "
+                             "manifest records", "it changed: rebuild, then publish")
 
     _write(feed, name, fill)
 
@@ -315,15 +345,18 @@ def publish(images: list[Path], feed: Path, url: str, *, gnupghome: Path | None 
                                  f"{other.get('file')}", "publish every version of an extension "
                                  "with the same --compress: its transfer file matches one "
                                  "suffix")
+    for entry, _, manifest_path in entries:  # a planted companion: refused before any write
+        for src, _, _ in _companions(manifest_path, entry):
+            _open_output(src).close()
     feed.mkdir(parents=True, exist_ok=True)
     for entry, image_path, manifest_path in entries:
         if compress == "none":
-            _place(image_path, feed, entry["file"])
+            _place(image_path, feed, entry["file"], entry["sha256"])
         else:
             _place_compressed(image_path, feed, entry["file"], compress, entry["sha256"])
             entry["file_sha256"], entry["file_size"] = hash_file(feed / entry["file"])
-        for src, name in _companions(manifest_path, entry):
-            _place(src, feed, name)
+        for src, name, digest in _companions(manifest_path, entry):
+            _place(src, feed, name, digest)
         index = [i for i in index if i.get("file") != entry["file"]] + [entry]
     index.sort(key=lambda i: (str(i.get("name")), str(i.get("architecture")),
                               _version_key(str(i.get("version")))))
