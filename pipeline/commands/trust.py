@@ -224,8 +224,10 @@ def register(sub) -> None:
     ksub = p.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
     g = ksub.add_parser("generate", help="make an RSA-4096 key (0600, in a directory "
                         "created 0700 if missing) and a self-signed certificate; never overwrites")
-    g.add_argument("--key", type=Path, default=DEFAULT_KEY, help=f"default {DEFAULT_KEY}")
-    g.add_argument("--cert", type=Path, default=DEFAULT_CERT, help=f"default {DEFAULT_CERT}")
+    g.add_argument("--key", type=Path, default=DEFAULT_KEY,
+                   help=f"where the private key goes (default {DEFAULT_KEY})")
+    g.add_argument("--cert", type=Path, default=DEFAULT_CERT,
+                   help=f"where its certificate goes (default {DEFAULT_CERT})")
     g.add_argument("--subject", default="CN=sysext-pipeline release signing",
                    help="certificate subject, e.g. 'CN=Example release,O=Example'")
     g.add_argument("--days", type=int, default=3650, help="validity in days (default 3650)")
