@@ -194,3 +194,28 @@ def test_install_feed_then_sysupdate_installs_1_then_2(version, images, gpg_home
                 assert os.readlink(link) == f"../extensions.d/feedtool_{number}.raw"
     finally:
         server.close()
+
+
+@pytest.mark.network
+def test_install_feed_enable_turns_on_the_timer_and_the_merge(feed, tmp_path):
+    """--enable: systemd-sysupdate.timer (fetches new versions) and systemd-sysext.service
+    (merges the newest at boot), enabled in the tree by the real systemctl --root."""
+    require_tool("systemctl", "systemd")
+    try:
+        unpacked = systemd_versions.systemd_root(257)
+    except systemd_versions.Unavailable as exc:
+        missing(str(exc))
+    root = tmp_path / "root"
+    units = root / "usr/lib/systemd/system"
+    units.mkdir(parents=True)
+    for unit in ("systemd-sysupdate.timer", "systemd-sysupdate.service",
+                 "systemd-sysext.service"):
+        (units / unit).write_bytes((unpacked / "usr/lib/systemd/system" / unit).read_bytes())
+    proc = install_feed(feed, root, 257, "--enable", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["enabled"] is True
+    wants = root / "etc/systemd/system"
+    assert os.readlink(wants / "timers.target.wants/systemd-sysupdate.timer") == \
+        "/usr/lib/systemd/system/systemd-sysupdate.timer"
+    assert os.readlink(wants / "sysinit.target.wants/systemd-sysext.service") == \
+        "/usr/lib/systemd/system/systemd-sysext.service"

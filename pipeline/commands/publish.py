@@ -51,8 +51,7 @@ def cmd_install_feed(args) -> int:
     from ..release.feed import host_setup
 
     given = [option for option, value in (
-        ("--runtime", getattr(args, "runtime", False)), ("--enable", getattr(args, "enable", False)),
-        ("--force", getattr(args, "force", False)), ("--kind", getattr(args, "kind", None)),
+        ("--runtime", getattr(args, "runtime", False)), ("--force", getattr(args, "force", False)), ("--kind", getattr(args, "kind", None)),
         ("--refresh", getattr(args, "refresh", False)),
         ("--no-refresh", getattr(args, "no_refresh", False))) if value]
     if given:  # they are about placing an image; a feed's versions are placed by sysupdate
@@ -75,15 +74,25 @@ def cmd_install_feed(args) -> int:
                         "before install --feed")
     if not done["written"] and not done["removed"]:
         print(f"already set up{where}: nothing changed", file=sys.stderr)
+    enabled = None
+    if getattr(args, "enable", False):  # the timer fetches; the merge service applies at boot
+        from .. import tools
+
+        units = ["systemd-sysupdate.timer", *(hostmod.UNITS[k] for k in done["kinds"])]
+        tools.run("systemctl", [*([f"--root={root}"] if root else []), "enable", *units],
+                  what="enabling " + " ".join(units))
+        print(f"enabled {', '.join(units)}{where}", file=sys.stderr)
+        enabled = True
     print(f"systemd {host.version[0]} ({done['layout']}): `systemd-sysupdate update` installs "
-          f"the newest version from {done['url']}; enable systemd-sysupdate.timer to do it "
-          "regularly, and refresh systemd-sysext after it", file=sys.stderr)
+          f"the newest version from {done['url']}; systemd-sysupdate.timer does it regularly "
+          "(install --feed --enable), merged at the next boot or `systemd-sysext refresh`",
+          file=sys.stderr)
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     if args.json:  # install's members (the first transfer file as "installed") and the setup
         return clikit.emit(args, {"installed": done["transfers"][0], "kind": done["kinds"][0],
                                   "name": done["extensions"][0], "previous": done["removed"],
-                                  "refreshed": False, "enabled": None, "visible": [],
+                                  "refreshed": False, "enabled": enabled, "visible": [],
                                   "warnings": warnings, "check": {}, "feed": done})
     return 0
 
