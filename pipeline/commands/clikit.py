@@ -39,6 +39,9 @@ HELP = {
     "offline": "use only the cache/store, never the network (a missing file is an error "
                "naming the package)",
     "limit": "paths shown per kind of difference (default: 10)",
+    "gnupghome": "GnuPG home with the release OpenPGP key (`sysext-pipeline keys generate "
+                 "--openpgp DIR` makes one)",
+    "gpg_key": "which key of it (fingerprint; default: its only one)",
     "quiet": "no progress lines on stderr",
     "debug": "show tracebacks on errors",
     "no_refresh": "do not run `systemd-sysext/-confext refresh` afterwards",
@@ -99,6 +102,15 @@ def add_offline(p) -> None:
 
 def add_limit(p) -> None:
     p.add_argument("--limit", type=int, default=10, metavar="N", help=HELP["limit"])
+
+
+def add_gnupg(p) -> None:
+    """``--gnupghome`` and ``--key``: the OpenPGP key a feed is signed with (publish,
+    sign-feed)."""
+    from pathlib import Path
+
+    p.add_argument("--gnupghome", type=Path, metavar="DIR", help=HELP["gnupghome"])
+    p.add_argument("--key", metavar="FINGERPRINT", help=HELP["gpg_key"])
 
 
 def add_refresh(p) -> None:

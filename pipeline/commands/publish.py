@@ -104,9 +104,7 @@ def register(sub) -> None:
     p.add_argument("images", type=Path, nargs="+", help="NAME.raw or NAME.manifest.json")
     p.add_argument("--feed", type=Path, required=True, help="the feed directory (created)")
     p.add_argument("--url", required=True, help="where hosts fetch the feed (http(s) URL)")
-    p.add_argument("--gnupghome", type=Path, help="GnuPG home with the release OpenPGP key "
-                   "(keys generate --openpgp DIR)")
-    p.add_argument("--key", help="which key of it (fingerprint; default its only one)")
+    clikit.add_gnupg(p)
     p.add_argument("--unsigned", action="store_true", help="leave SHA256SUMS unsigned (sign it "
                    "later with sign-feed, e.g. on an offline machine)")
     p.add_argument("--instances-max", type=int, default=2, metavar="N",
@@ -123,8 +121,7 @@ def register(sub) -> None:
     s = sub.add_parser("sign-feed", help="sign a feed's SHA256SUMS (publish --unsigned): with a "
                        "key, or a detached signature made elsewhere, checked first")
     s.add_argument("feed", type=Path, help="the feed directory `publish --unsigned` wrote")
-    s.add_argument("--gnupghome", type=Path, help="GnuPG home with the release key")
-    s.add_argument("--key", help="which key of it (fingerprint)")
+    clikit.add_gnupg(s)
     s.add_argument("--signature", type=Path, help="SHA256SUMS.gpg made elsewhere (gpg "
                    "--detach-sign SHA256SUMS)")
     s.add_argument("--keyring", type=Path, help="public key to check --signature with "
