@@ -127,6 +127,31 @@ def _looks_like_lzma_alone(head: bytes) -> bool:
     return 1 << 12 <= dict_size <= 1 << 30
 
 
+class Stream(io.RawIOBase):
+    """The byte-stream plumbing every reader here shares: ``read(size)`` is the one method a
+    subclass writes (``_read``, at most ``size`` bytes, ``b""`` only at the end); ``read()`` of
+    everything is chunked, ``readinto`` goes through it (RawIOBase's own would copy twice)."""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:  # type: ignore[override]
+        data = self._read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0:
+            return self.readall()
+        return self._read(size)
+
+    def readall(self) -> bytes:
+        return b"".join(iter(lambda: self._read(CHUNK), b""))
+
+    def _read(self, size: int) -> bytes:
+        raise NotImplementedError
+
+
 def open_decompressed(stream: BinaryIO, name_or_magic: str, where: str = "",
                       limits: Limits | None = None) -> BinaryIO:
     """Return a readable stream of the decompressed bytes of ``stream``.
@@ -157,16 +182,61 @@ def open_decompressed(stream: BinaryIO, name_or_magic: str, where: str = "",
             raise InputError(where, f"not a {claimed} stream (bad magic {head[:6].hex()})")
     if codec == "none":
         return _Guarded(io.BufferedReader(src, CHUNK), where, limits, None)
-    return _Guarded(_ReadAhead(_OPENERS[codec](io.BufferedReader(src, CHUNK))), where, limits,
-                    src)
+    return _Guarded(_ReadAhead(_OPENERS[codec](src)), where, limits, src)
+
+
+#: Compressed bytes handed to a decoder at once: one call (one release of the GIL) makes a
+#: whole read-ahead piece, instead of one call per 8 KiB as the stdlib's file objects do.
+RAW_BLOCK = 64 << 10
+
+
+class _Decoded(Stream):
+    """A decoder object (``lzma.LZMADecompressor``, ``bz2.BZ2Decompressor``) as a stream: the
+    loop of the stdlib's ``_compression.DecompressReader`` (concatenated streams, trailing
+    garbage after a complete stream ignored as LZMAFile/BZ2File do, a stream cut short is an
+    EOFError), fed :data:`RAW_BLOCK` compressed bytes at a time."""
+
+    def __init__(self, raw: BinaryIO, factory: Callable, trailing_error):
+        self._raw = raw
+        self._factory = factory
+        self._trailing_error = trailing_error
+        self._decoder = factory()
+        self._eof = False
+
+    def _read(self, size: int) -> bytes:
+        data = b""
+        while not self._eof:
+            if self._decoder.eof:
+                block = self._decoder.unused_data or self._raw.read(RAW_BLOCK)
+                if not block:
+                    break
+                try:
+                    self._decoder = self._factory()
+                    data = self._decoder.decompress(block, size)
+                except self._trailing_error:
+                    break  # garbage after a complete stream, as the stdlib ignores it
+            else:
+                if self._decoder.needs_input:
+                    block = self._raw.read(RAW_BLOCK)
+                    if not block:
+                        raise EOFError("Compressed file ended before the end-of-stream marker "
+                                       "was reached")
+                else:
+                    block = b""
+                data = self._decoder.decompress(block, size)
+            if data:
+                return data
+        self._eof = True
+        return b""
 
 
 _OPENERS: dict[str, Callable[[BinaryIO], BinaryIO]] = {
-    "gzip": lambda f: gzip.GzipFile(fileobj=f, mode="rb"),
-    "bzip2": lambda f: bz2.BZ2File(f, "rb"),
-    "xz": lambda f: lzma.LZMAFile(f, "rb", format=lzma.FORMAT_XZ),
-    "lzma": lambda f: lzma.LZMAFile(f, "rb", format=lzma.FORMAT_ALONE),
-    "zstd": lambda f: pyzstd.ZstdFile(f, "rb"),
+    "gzip": lambda f: gzip.GzipFile(fileobj=io.BufferedReader(f, CHUNK), mode="rb"),
+    "bzip2": lambda f: _Decoded(f, bz2.BZ2Decompressor, OSError),
+    "xz": lambda f: _Decoded(f, lambda: lzma.LZMADecompressor(lzma.FORMAT_XZ), lzma.LZMAError),
+    "lzma": lambda f: _Decoded(f, lambda: lzma.LZMADecompressor(lzma.FORMAT_ALONE),
+                               lzma.LZMAError),
+    "zstd": lambda f: pyzstd.ZstdFile(io.BufferedReader(f, CHUNK), "rb"),
 }
 
 # What the stdlib and pyzstd raise for damaged input; each becomes an InputError. (OSError is
@@ -174,27 +244,21 @@ _OPENERS: dict[str, Callable[[BinaryIO], BinaryIO]] = {
 _DECODE_ERRORS = (EOFError, OSError, zlib.error, lzma.LZMAError, pyzstd.ZstdError, ValueError)
 
 
-class _Prefixed(io.RawIOBase):
+class _Prefixed(Stream):
     """Replays bytes already peeked at, then continues with the underlying stream."""
 
     def __init__(self, head: bytes, rest: BinaryIO):
-        self._head = memoryview(head)
+        self._head = head
         self._rest = rest
         self.consumed = len(head)
 
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b) -> int:  # type: ignore[override]
+    def _read(self, size: int) -> bytes:
         if self._head:
-            n = min(len(b), len(self._head))
-            b[:n] = self._head[:n]
-            self._head = self._head[n:]
-            return n
-        data = self._rest.read(len(b))
-        b[: len(data)] = data
+            data, self._head = self._head[:size], self._head[size:]
+            return data
+        data = self._rest.read(size)
         self.consumed += len(data)
-        return len(data)
+        return data
 
 
 #: Decompressed pieces a read-ahead thread may hold before the reader takes them, and their
@@ -215,7 +279,7 @@ def read_ahead(pieces: int):
         _depth.reset(token)
 
 
-class _ReadAhead(io.RawIOBase):
+class _ReadAhead(Stream):
     """Decompresses ``inner`` in a thread of its own, up to :data:`READ_AHEAD` chunks ahead of
     the reader: lzma, zlib, bz2 and pyzstd release the GIL, so a package's decompression runs on
     one core while its entries are parsed and written on the other. The reader sees the same
@@ -237,17 +301,7 @@ class _ReadAhead(io.RawIOBase):
                                         name="decompress", daemon=True)
         self._thread.start()
 
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b) -> int:  # type: ignore[override]
-        data = self.read(len(b))
-        b[: len(data)] = data
-        return len(data)
-
-    def read(self, size: int = -1) -> bytes:
-        if size is None or size < 0:
-            return b"".join(iter(lambda: self.read(CHUNK), b""))
+    def _read(self, size: int) -> bytes:
         if self._pos >= len(self._buf):
             if self._done:
                 return b""
@@ -299,7 +353,7 @@ def _pump(inner: BinaryIO, out: queue.Queue, stop: threading.Event) -> None:
         put(exc)
 
 
-class _Guarded(io.RawIOBase):
+class _Guarded(Stream):
     """Turns decoder exceptions raised while reading into InputError naming the member, and
     charges what comes out to the build's budget (``source`` counts the compressed bytes)."""
 
@@ -310,17 +364,7 @@ class _Guarded(io.RawIOBase):
         self._source = source
         self._produced = 0
 
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b) -> int:  # type: ignore[override]
-        data = self.read(len(b))
-        b[: len(data)] = data
-        return len(data)
-
-    def read(self, size: int = -1) -> bytes:  # fast path: skip RawIOBase's copy through readinto
-        if size is None or size < 0:
-            return b"".join(iter(lambda: self.read(CHUNK), b""))
+    def _read(self, size: int) -> bytes:
         size = min(size, CHUNK)  # never more than a chunk at once: the budget is checked between
         try:
             data = self._inner.read(size)
@@ -335,7 +379,7 @@ class _Guarded(io.RawIOBase):
         return data
 
 
-class LimitedReader(io.RawIOBase):
+class LimitedReader(Stream):
     """Exactly ``size`` bytes of ``stream``; a short underlying stream is an InputError.
 
     Archive readers hand this out as ``Entry.data`` and call :meth:`skip_rest` before moving on,
@@ -347,17 +391,7 @@ class LimitedReader(io.RawIOBase):
         self._left = size
         self._where = where
 
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b) -> int:  # type: ignore[override]
-        data = self.read(len(b))
-        b[: len(data)] = data
-        return len(data)
-
-    def read(self, size: int = -1) -> bytes:
-        if size is None or size < 0:
-            return self.readall()
+    def _read(self, size: int) -> bytes:
         size = min(size, self._left)
         if size == 0:
             return b""
@@ -366,9 +400,6 @@ class LimitedReader(io.RawIOBase):
             raise InputError(self._where, f"truncated: {self._left} more bytes expected")
         self._left -= len(data)
         return data
-
-    def readall(self) -> bytes:
-        return b"".join(iter(lambda: self.read(CHUNK), b""))
 
     def skip_rest(self) -> None:
         """Consume what the reader's user left unread (chunked, never all at once)."""
@@ -404,7 +435,7 @@ def skip(stream: BinaryIO, n: int, where: str, what: str = "data") -> None:
         n -= step
 
 
-class HashingReader(io.RawIOBase):
+class HashingReader(Stream):
     """Every byte read from ``stream`` goes through ``hashers`` (hashlib objects) and is
     counted: what is parsed is what is hashed, in one pass."""
 
@@ -413,17 +444,7 @@ class HashingReader(io.RawIOBase):
         self.hashers = list(hashers)
         self.size = 0
 
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b) -> int:  # type: ignore[override]
-        data = self.read(len(b))
-        b[: len(data)] = data
-        return len(data)
-
-    def read(self, size: int = -1) -> bytes:
-        if size is None or size < 0:
-            return b"".join(iter(lambda: self.read(CHUNK), b""))
+    def _read(self, size: int) -> bytes:
         data = self._stream.read(min(size, CHUNK))
         for h in self.hashers:
             h.update(data)
@@ -436,7 +457,7 @@ class HashingReader(io.RawIOBase):
             pass
 
 
-class DigestCheck(io.RawIOBase):
+class DigestCheck(Stream):
     """A member's data that is hashed as it streams and compared with ``expected`` (hex) once
     all ``size`` bytes went through; ``finish`` reads what the consumer left and checks.
     ``what`` says where the expected digest comes from (``md5sums``, ``FILEDIGESTS``)."""
@@ -451,17 +472,7 @@ class DigestCheck(io.RawIOBase):
         self._what = what
         self.hexdigest: str | None = None
 
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b) -> int:  # type: ignore[override]
-        data = self.read(len(b))
-        b[: len(data)] = data
-        return len(data)
-
-    def read(self, size: int = -1) -> bytes:
-        if size is None or size < 0:
-            return b"".join(iter(lambda: self.read(CHUNK), b""))
+    def _read(self, size: int) -> bytes:
         data = self._inner.read(min(size, self._left, CHUNK)) if self._left else b""
         self._hasher.update(data)
         self._left -= len(data)

@@ -72,6 +72,8 @@ def shown(name: str | bytes, limit: int = SHOWN_CHARS) -> str:
     characters with the length said. The one way any reader echoes an archive's names."""
     if isinstance(name, bytes):
         name = name.decode("utf-8", "surrogateescape")
+    if len(name) <= limit and name.isascii() and name.isprintable() and "\\" not in name:
+        return name  # the common case: nothing to escape (isprintable: no control characters)
     out = []
     for ch in name[: limit + 1]:
         o = ord(ch)

@@ -251,8 +251,10 @@ def _check_sum(block: bytes, where: str, at: int) -> None:
     stored = _number(block[148:156], where, at, "checksum")
     rest = block[:148] + block[156:]
     unsigned = sum(rest) + 8 * 32
+    if stored == unsigned:
+        return
     signed = unsigned - 256 * sum(1 for b in rest if b > 127)
-    if stored not in (unsigned, signed):
+    if stored != signed:
         raise InputError(where, f"tar header at offset {at} has a bad checksum",
                          "the archive is corrupt; the members from here on cannot be trusted")
 

@@ -7,6 +7,7 @@ runs this same code against recording-only trees, so plan and build cannot disag
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import io
 import re
@@ -161,24 +162,26 @@ def extract(recipe: Recipe, fetched: list[Fetched], tree_for: Callable[[str], St
     limits = Limits(unpacked=recipe.unpacked_limit, ratio=recipe.ratio_limit,
                     entries=recipe.entries_limit)
 
+    upcoming: collections.deque[_Ahead] = collections.deque()
+    waiting = iter(fetched)
     with read_ahead(EXTRACT_READ_AHEAD // AHEAD_PIECE):
-        upcoming = _Ahead(fetched[0], limits) if fetched else None
         try:
-            for i, item in enumerate(fetched):
-                current, upcoming = upcoming, None
+            for item in fetched:
+                # the next packages' payloads decompress while this one is written
+                while len(upcoming) <= PACKAGES_AHEAD and (more := next(waiting, None)):
+                    upcoming.append(_Ahead(more, limits))
+                current = upcoming.popleft()
                 try:
                     info = current.info()
                     check_identity(item, info)
                     report.packages.append(package_record(item, info))
-                    if i + 1 < len(fetched):  # its payload decompresses while this one is written
-                        upcoming = _Ahead(fetched[i + 1], limits)
                     _Package(item, info, recipe, exclude, router, tree_for, report,
                              limits).extract(current.entries())
                 finally:
                     current.close()
         finally:
-            if upcoming is not None:
-                upcoming.close()
+            for ahead in upcoming:
+                ahead.close()
 
     for extra in recipe.files:
         content = extra.content if extra.content is not None else extra.source.read_bytes()
@@ -194,9 +197,13 @@ def extract(recipe: Recipe, fetched: list[Fetched], tree_for: Callable[[str], St
     return report
 
 
-#: How far the next package's payload may decompress ahead of its turn (and the current one's
-#: ahead of its writer): two packages in flight, both cores busy, memory bounded.
-EXTRACT_READ_AHEAD = 16 << 20
+#: How far each package's payload may decompress ahead of its turn (and the current one's ahead
+#: of its writer) ...
+EXTRACT_READ_AHEAD = 12 << 20
+#: ... and how many packages after the current one do: a large package (libicu: a third of a
+#: typical payload, 0.5 s of xz) keeps one core busy while the other decompresses the next
+#: ones, instead of waiting. Memory: at most (1 + this) × EXTRACT_READ_AHEAD decompressed.
+PACKAGES_AHEAD = 3
 
 
 class _Ahead:

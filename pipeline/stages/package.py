@@ -20,7 +20,7 @@ from .. import tools
 from ..errors import BuildError, InputError
 from ..outdir import locked_workdir, sweep
 from ..recipe import Recipe
-from .sorted_tree import sorted_copy
+from .sorted_tree import run_sorted
 from .staging import StagingTree
 
 #: mksquashfs's cache budget: without it, mksquashfs takes a quarter of the machine's memory
@@ -152,6 +152,6 @@ def _erofs(recipe: Recipe, tree: StagingTree, out: Path, epoch: int, seed: bytes
                              "build as root, or use squashfs")
         args.append("--all-root")
     size = sum(r.size for r in {id(r): r for r in tree.records.values()}.values())
-    with sorted_copy(tree, size) as root:
-        tools.run("mkfs.erofs", [*args, out, root], what=f"packing {out.name}", tick=tick)
+    run_sorted(tree, "mkfs.erofs", [*args, out], what=f"packing {out.name}", tick=tick,
+               size_hint=size)
     return {"mkfs.erofs": tools.version("mkfs.erofs")}

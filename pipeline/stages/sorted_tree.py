@@ -7,6 +7,15 @@ or in reverse creation order (older ones): probing which, then creating every di
 entries in the order that makes the listing sorted, gives mkfs.erofs the same walk everywhere.
 The listing is checked afterwards; a file system that does not cooperate is an error, never a
 silently different image.
+
+No file's data is copied when the build runs as root on a kernel with overlayfs data-only lower
+layers (6.5+): the tmpfs tree is then a *skeleton* — directories, symlinks, and for each file an
+empty stub of its size, mode, owners and times carrying ``trusted.overlay.metacopy`` and a
+``trusted.overlay.redirect`` to the file in the staging tree — and mkfs.erofs reads
+``lowerdir=SKELETON::STAGING`` mounted in a private mount namespace: the listing is the
+skeleton's, the data the staging tree's. A few KiB of tmpfs for any payload, instead of a copy
+of it (102 MiB at the benchmark payload, 1 GiB at a 1 GB one). Without root, or where the probe
+mount fails, the tree is copied as before; both give the same image bytes.
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ from collections import defaultdict
 from contextlib import contextmanager
 from pathlib import Path
 
+from .. import tools
 from ..errors import BuildError
 from ..formats import entry as E
 from ..outdir import locked_workdir, sweep
@@ -53,6 +63,40 @@ def _creation_order_is_listing_order(base: Path) -> bool:
                      "set SYSEXT_PIPELINE_TMPFS to a tmpfs directory")
 
 
+def run_sorted(tree: StagingTree, tool: str, args: list, *, what: str, tick=None,
+               size_hint: int) -> str:
+    """Run ``tool *args ROOT`` where ROOT lists ``tree`` sorted: the staging tree seen through a
+    skeleton overlay when possible, else a tmpfs copy. Returns how ("overlay" or "copy")."""
+    base = _tmpfs_base()
+    sweep(base, PREFIX)  # trees of builds that were killed: their lock is free
+    with locked_workdir(base, PREFIX) as work:
+        forward = _creation_order_is_listing_order(work.path)
+        if _overlay_usable(tree, work.path):
+            skeleton = work / "skeleton"
+            skeleton.mkdir()
+            _copy(tree, skeleton, forward, stub=True)
+            _check_sorted(skeleton)
+            mnt = work / "mnt"
+            mnt.mkdir()
+            options = (f"ro,nodev,nosuid,noexec,metacopy=on,"
+                       f"lowerdir={skeleton}::{os.path.realpath(tree.root)}")
+            tools.run("unshare", ["-m", "--propagation", "private", tools.find("sh"), "-c",
+                                  _MOUNT_AND_RUN, "sh", tools.find("mount"), options, mnt,
+                                  tools.find(tool), *args, mnt], what=what, tick=tick)
+            return "overlay"
+        free = shutil.disk_usage(base).free
+        if size_hint * 1.1 + (1 << 20) > free:
+            raise BuildError("erofs", f"{base} has {free >> 20} MiB free, the tree needs "
+                             f"{size_hint >> 20} MiB",
+                             "set SYSEXT_PIPELINE_TMPFS to a larger tmpfs")
+        root = work / "root"
+        root.mkdir()
+        _copy(tree, root, forward)
+        _check_sorted(root)
+        tools.run(tool, [*args, root], what=what, tick=tick)
+        return "copy"
+
+
 @contextmanager
 def sorted_copy(tree: StagingTree, size_hint: int):
     """Yield a directory holding a copy of ``tree`` that lists every directory sorted."""
@@ -71,7 +115,60 @@ def sorted_copy(tree: StagingTree, size_hint: int):
         yield root
 
 
-def _copy(tree: StagingTree, root: Path, forward: bool) -> None:
+#: In a private mount namespace: mount the overlay ($1 mount, $2 options, $3 mount point), then
+#: become the tool (the rest); the mount goes away with the namespace.
+_MOUNT_AND_RUN = ('"$1" -t overlay -o "$2" overlay "$3" || exit 1; shift 3; exec "$@"')
+#: What a lowerdir= path may not contain (the option syntax's separators and escapes).
+_UNSAFE_IN_OPTIONS = set(",:\\ \t\n=\"'")
+
+
+def _overlay_usable(tree: StagingTree, work: Path) -> bool:
+    """Root, the tools, paths the option string can carry, and a kernel that mounts a skeleton
+    over a data-only layer (tried once per process, on a one-file tree)."""
+    if os.environ.get("SYSEXT_PIPELINE_EROFS_COPY") or os.geteuid() != 0:
+        return False
+    if not all(tools.have(t) for t in ("unshare", "mount", "sh")):
+        return False
+    paths = (str(work), os.path.realpath(tree.root))
+    if any(set(p) & _UNSAFE_IN_OPTIONS for p in paths):
+        return False
+    return _probe(work)
+
+
+_probed: dict[str, bool] = {}
+
+
+def _probe(work: Path) -> bool:
+    key = "overlay"
+    if key not in _probed:
+        probe = work / "probe"
+        (probe / "data").mkdir(parents=True)
+        (probe / "skeleton").mkdir()
+        (probe / "mnt").mkdir()
+        (probe / "data" / "f").write_bytes(b"probe\n")
+        stub = probe / "skeleton" / "f"
+        try:
+            stub.touch()
+            os.truncate(stub, 6)
+            os.setxattr(stub, "trusted.overlay.metacopy", b"")
+            os.setxattr(stub, "trusted.overlay.redirect", b"/f")
+            options = (f"ro,nodev,nosuid,noexec,metacopy=on,"
+                       f"lowerdir={probe / 'skeleton'}::{probe / 'data'}")
+            proc = tools.run("unshare", ["-m", "--propagation", "private", tools.find("sh"),
+                                         "-c", _MOUNT_AND_RUN, "sh", tools.find("mount"),
+                                         options, probe / "mnt", tools.find("sh"), "-c",
+                                         'cat "$0/f"', probe / "mnt"], what="probing overlayfs",
+                             timeout=30)
+            _probed[key] = proc.stdout == b"probe\n"
+        except (OSError, BuildError):
+            _probed[key] = False  # no trusted.* xattrs (no CAP_SYS_ADMIN), or no such overlay
+        shutil.rmtree(probe, ignore_errors=True)
+    return _probed[key]
+
+
+def _copy(tree: StagingTree, root: Path, forward: bool, *, stub: bool = False) -> None:
+    """Recreate ``tree`` under ``root`` so that every directory lists sorted; with ``stub``,
+    each file is an overlayfs metacopy stub redirecting to its data in ``tree`` (no data)."""
     children: dict[str, list[str]] = defaultdict(list)
     for path in tree.records:
         parent, _, name = path.rpartition("/")
@@ -104,6 +201,12 @@ def _copy(tree: StagingTree, root: Path, forward: bool) -> None:
         elif id(record) in linked:
             os.link(linked[id(record)], dst)
             continue
+        elif stub:
+            with open(dst, "xb") as fh:
+                fh.truncate(record.size)
+            os.setxattr(dst, "trusted.overlay.metacopy", b"")
+            os.setxattr(dst, "trusted.overlay.redirect", os.fsencode("/" + path))
+            linked[id(record)] = dst
         else:
             shutil.copyfile(src, dst, follow_symlinks=False)
             linked[id(record)] = dst

@@ -9,6 +9,7 @@ O_NOFOLLOW, so nothing can be created outside the root whatever an archive conta
 
 from __future__ import annotations
 
+import collections
 import errno
 import hashlib
 import io
@@ -21,6 +22,8 @@ from ..formats import entry as E
 from ..formats.entry import shown
 
 CHUNK = 1 << 20
+#: Directory descriptors the writer keeps open (see StagingTree._dir_fd).
+OPEN_DIRS = 64
 
 #: Longest name of one path component (Linux NAME_MAX).
 NAME_MAX = 255
@@ -79,6 +82,8 @@ def canonical_path(raw: str, member: str) -> str:
 
 def _unprintable(text: str) -> bool:
     """Control characters, or bytes that were not UTF-8 (surrogate-escaped by the readers)."""
+    if text.isascii():
+        return not text.isprintable()  # printable ASCII: 0x20-0x7e
     return any(ord(c) < 0x20 or ord(c) == 0x7F or 0xDC80 <= ord(c) <= 0xDCFF for c in text)
 
 
@@ -224,60 +229,63 @@ class StagingTree(_Rules):
         os.chmod(self.root, 0o755)  # mkdtemp-like 0700 would be recorded in the image
         self._root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
         self.owner_ids = owner_ids  # chown on disk (only possible as root)
-        self._last: tuple[str, int] | None = None  # see _parent
+        self._dirs: collections.OrderedDict[str, int] = collections.OrderedDict()  # _dir_fd
 
     def _parent(self, path: str, member: str) -> tuple[int, str]:
-        """Like :meth:`_open_parent`, but the descriptor stays open for the next entry in the
-        same directory (archives list siblings together): one open per run of siblings instead
-        of one per path component per entry. Owned by the tree, never closed by the caller.
-        Staging never removes or replaces a directory (only non-directories are unlinked), so
-        the descriptor keeps naming the directory it was opened as."""
+        """The descriptor of ``path``'s parent directory (created as needed) and the last name.
+        Owned by the tree, never closed by the caller."""
         parent, _, name = path.rpartition("/")
-        if self._last is not None and self._last[0] == parent:
-            return self._last[1], name
-        fd, name = self._open_parent(path, member)
-        self._forget_parent()
-        self._last = (parent, fd)
-        return fd, name
+        return self._dir_fd(parent, member), name
 
-    def _forget_parent(self) -> None:
-        if self._last is not None:
-            os.close(self._last[1])
-            self._last = None
+    def _dir_fd(self, rel: str, member: str) -> int:
+        """An open descriptor of the directory ``rel`` (created as needed), opened relative to
+        its parent's with O_NOFOLLOW: never through a symlink (the records already said no; this
+        is the file system saying it too). The last :data:`OPEN_DIRS` stay open, so an entry
+        costs no path walk (archives list siblings together, and return to their parents).
+        Staging never removes or replaces a directory (only non-directories are unlinked), so a
+        descriptor keeps naming the directory it was opened as."""
+        if not rel:
+            return self._root_fd
+        fd = self._dirs.get(rel)
+        if fd is not None:
+            self._dirs.move_to_end(rel)
+            return fd
+        # the deepest open ancestor, then down from it (a loop: packages nest deeper than
+        # Python's stack)
+        known, missing = rel, []
+        while known and known not in self._dirs:
+            known, _, part = known.rpartition("/")
+            missing.append(part)
+        fd = self._dirs[known] if known else self._root_fd
+        for part in reversed(missing):
+            known = f"{known}/{part}" if known else part
+            fd = self._open_dir(fd, part, known, member)
+            self._dirs[known] = fd
+            if len(self._dirs) > OPEN_DIRS:  # the parent just used is recent: never closed
+                os.close(self._dirs.popitem(last=False)[1])
+        return fd
+
+    @staticmethod
+    def _open_dir(parent: int, part: str, rel: str, member: str) -> int:
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            return os.open(part, flags, dir_fd=parent)
+        except FileNotFoundError:
+            os.mkdir(part, 0o755, dir_fd=parent)
+            os.chmod(part, 0o755, dir_fd=parent, follow_symlinks=False)
+            return os.open(part, flags, dir_fd=parent)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise InputError(member, f"would write through a link or file at {rel}",
+                                 "refusing to follow links while extracting") from None
+            raise
 
     def close(self) -> None:
-        self._forget_parent()
+        while self._dirs:
+            os.close(self._dirs.popitem()[1])
         if self._root_fd >= 0:
             os.close(self._root_fd)
             self._root_fd = -1
-
-    # -- directory walking -------------------------------------------------------------------
-
-    def _open_parent(self, path: str, member: str) -> tuple[int, str]:
-        """Open (creating as needed) the parent directory of ``path``; never follows a symlink
-        (the records already said no; this is the file system saying it too)."""
-        parts = path.split("/")
-        fd = os.dup(self._root_fd)
-        try:
-            for i, part in enumerate(parts[:-1]):
-                try:
-                    nfd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
-                except FileNotFoundError:
-                    os.mkdir(part, 0o755, dir_fd=fd)
-                    os.chmod(part, 0o755, dir_fd=fd, follow_symlinks=False)
-                    nfd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
-                except OSError as exc:
-                    if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                        raise InputError(member, "would write through a link or file at "
-                                         f"{'/'.join(parts[:i + 1])}",
-                                         "refusing to follow links while extracting") from None
-                    raise
-                os.close(fd)
-                fd = nfd
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd, parts[-1]
 
     # -- writers -----------------------------------------------------------------------------
 
@@ -299,21 +307,24 @@ class StagingTree(_Rules):
         elif entry.kind == E.SYMLINK:
             os.symlink(entry.target, name, dir_fd=dfd)
         elif entry.kind == E.HARDLINK:
-            sfd, sname = self._open_parent(canonical_path(entry.target, member), member)
+            sfd, sname = self._parent(canonical_path(entry.target, member), member)
+            sfd = os.dup(sfd)  # finding dfd again may close the cached one
             try:
+                dfd, name = self._parent(path, member)
                 os.link(sname, name, src_dir_fd=sfd, dst_dir_fd=dfd, follow_symlinks=False)
             finally:
                 os.close(sfd)
-        else:
-            record.size, record.sha256 = self._write_file(dfd, name, entry, member)
-        if entry.kind != E.HARDLINK:
+        else:  # a file: written and given its metadata through one descriptor
+            record.size, record.sha256 = self._write_file(dfd, name, entry, record, member)
+        if entry.kind in (E.DIR, E.SYMLINK):
             self._apply_metadata(dfd, name, record, member)
         self._implied_parents(path)
         self.records[path] = record
 
-    def _write_file(self, dfd: int, name: str, entry: E.Entry, member: str) -> tuple[int, str]:
-        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600,
-                     dir_fd=dfd)
+    def _write_file(self, dfd: int, name: str, entry: E.Entry, record: Record,
+                    member: str) -> tuple[int, str]:
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600, dir_fd=dfd)
         digest = hashlib.sha256()
         written = 0
         try:
@@ -327,24 +338,31 @@ class StagingTree(_Rules):
                 _write_all(fd, chunk)
                 remaining -= len(chunk)
                 written += len(chunk)
+            if self.owner_ids:
+                os.fchown(fd, record.uid, record.gid)  # before the mode: chown clears set-id bits
+            os.fchmod(fd, record.mode)
+            self._set_xattrs(fd, record, member)
         finally:
             os.close(fd)
         return written, digest.hexdigest()
 
     def _apply_metadata(self, dfd: int, name: str, record: Record, member: str) -> None:
-        if record.kind == E.FILE:
-            os.chmod(name, record.mode, dir_fd=dfd, follow_symlinks=False)
+        """A directory's or symlink's owner and attributes (a directory's mode is set last, in
+        :meth:`finish_modes`; a file gets all of it in :meth:`_write_file`)."""
         if self.owner_ids:
             os.chown(name, record.uid, record.gid, dir_fd=dfd, follow_symlinks=False)
-            if record.mode & 0o6000 and record.kind == E.FILE:
-                os.chmod(name, record.mode, dir_fd=dfd)  # chown cleared setuid/setgid
+        if record.xattrs:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+            try:
+                self._set_xattrs(fd, record, member)
+            finally:
+                os.close(fd)
+
+    @staticmethod
+    def _set_xattrs(fd: int, record: Record, member: str) -> None:
         for key, value in record.xattrs.items():
             try:
-                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dfd)
-                try:
-                    os.setxattr(fd, key, value)
-                finally:
-                    os.close(fd)
+                os.setxattr(fd, key, value)
             except PermissionError:
                 raise InputError(member, f"cannot record the {key} attribute without root",
                                  "build as root to keep file capabilities") from None
