@@ -76,9 +76,9 @@ TOOLS: tuple[Tool, ...] = (
          probe=(("version",), r"OpenSSL\s+(\S+)")),
     Tool("apt-get", ("apt",), ("build:apt", "lock:apt", "fetch:apt"),
          "downloads `apt = ...` sources through the host's apt configuration"),
-    Tool("gpgv", ("gpgv",), ("lock", "sign-feed"),
+    Tool("gpgv", ("gpgv",), ("lock:signed", "sign-feed:check"),
          "checks Release files of signed repositories and feed signatures"),
-    Tool("gpg", ("gnupg",), ("publish", "sign-feed", "keys"),
+    Tool("gpg", ("gnupg",), ("publish:sign", "sign-feed:sign", "keys:openpgp"),
          "signs a feed's SHA256SUMS; keys generate --openpgp"),
     Tool("systemctl", ("systemd",), ("install:enable",),
          "install --enable on the running host; asks its systemd version (without it: the "

@@ -181,3 +181,16 @@ def test_check_names_the_reader_a_squashfs_image_needs(tmp_path):
     proc = run_cli("check", str(tmp_path / "tree"), *host, env=env)
     assert "not installed" not in proc.stderr
     assert proc.returncode in (0, 3), proc.stderr
+
+
+def test_publish_names_gpg_before_any_work_unless_unsigned(tmp_path):
+    env = {"PATH": str(tmp_path / "empty")}
+    args = ("publish", str(tmp_path / "x.raw"), "--feed", str(tmp_path / "feed"), "--url",
+            "https://example.invalid/feed")
+    proc = run_cli(*args, env=env)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == ("error: publish: not installed: gpg, needed by publish "
+                                   "(sign) (install: apt-get install gnupg)")
+    assert not (tmp_path / "feed").exists()
+    unsigned = run_cli(*args, "--unsigned", env=env)
+    assert "not installed" not in unsigned.stderr and unsigned.returncode != 0

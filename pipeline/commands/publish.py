@@ -12,6 +12,7 @@ from . import clikit
 def cmd_publish(args) -> int:
     from ..release.feed import publish
 
+    clikit.preflight("publish", features=set() if args.unsigned else {"sign"})
     index = publish(args.images, args.feed, args.url, gnupghome=args.gnupghome, key=args.key,
                     unsigned=args.unsigned, instances=args.instances_max,
                     compress=args.compress, features=args.features)
@@ -36,6 +37,8 @@ def cmd_publish(args) -> int:
 def cmd_sign_feed(args) -> int:
     from ..release.feed import sign_feed
 
+    clikit.preflight("sign-feed", features=({"sign"} if args.gnupghome else set())
+                     | ({"check"} if args.signature else set()))
     sign_feed(args.feed, gnupghome=args.gnupghome, key=args.key, signature=args.signature,
               keyring=args.keyring)
     print(f"signed {args.feed}/SHA256SUMS → SHA256SUMS.gpg", file=sys.stderr)
