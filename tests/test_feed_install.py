@@ -78,6 +78,7 @@ def test_install_feed_writes_per_version_layout(feed, tmp_path):
     # *.conf too, so both would install every version twice)
     proc = install_feed(feed, root, 254)
     assert proc.returncode == 0, proc.stderr
+    assert "must run on the host itself, not with --root" in proc.stderr
     assert not (root / "etc/sysupdate.d/feedtool.transfer").exists()
     assert (root / "etc/sysupdate.d/feedtool.conf").read_bytes() == \
         (feed / "sysupdate.d/legacy/feedtool.conf").read_bytes()
