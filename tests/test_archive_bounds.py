@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 from childrss import run_measured
-from conftest import REPO, write_recipe
+from conftest import REPO
+from recipes_kit import recipe_dict, write_recipe_dict
 from test_hostile import _ar, _tar, info
 
 from pipeline.errors import InputError
@@ -60,11 +61,11 @@ def deb_with_data(path: Path, data_xz: bytes) -> Path:
 #: process would report the test process's own peak: Linux folds the pre-exec address space's
 #: high-water mark into ru_maxrss (exec_mmap), and pytest may hold 140 MiB by then. Forked from
 #: this small interpreter instead, the build's number is its own (plus a few MiB at most).
-def build_measured(tmp_path: Path, deb: Path, cache_dir: Path, extra: str = ""
+def build_measured(tmp_path: Path, deb: Path, cache_dir: Path, limits: dict | None = None
                    ) -> tuple[int, str, int]:
     """(exit status, stderr, peak RSS in bytes) of ``build`` run as a child process."""
-    recipe = write_recipe(tmp_path / "r", f'[extension]\nname = "evil"\n[target]\nid = "debian"'
-                                          f'\n[[source]]\ndeb = "{deb}"\n{extra}')
+    recipe = write_recipe_dict(tmp_path / "r", recipe_dict("evil", target={"id": "debian"},
+                                                           sources=[{"deb": deb}], limits=limits))
     env = dict(os.environ, PYTHONPATH=str(REPO))
     env.pop("SOURCE_DATE_EPOCH", None)
     err = tmp_path / "stderr"
@@ -112,9 +113,9 @@ def test_unpacked_budget_from_the_recipe(tmp_path, cache_dir):
     payload = os.urandom(3 << 20)  # incompressible: the ratio is ~1, the budget decides
     deb = deb_with_data(tmp_path / "big.deb", lzma.compress(_tar([(info("./usr/share/r"),
                                                                    payload)]), preset=0))
-    code, stderr, rss = build_measured(tmp_path, deb, cache_dir, '[limits]\nunpacked = "1M"\n')
+    code, stderr, rss = build_measured(tmp_path, deb, cache_dir, {"unpacked": "1M"})
     assert_refused(code, stderr, rss, "unpack to more than 1048576 bytes", tmp_path / "out")
-    code, stderr, _ = build_measured(tmp_path, deb, cache_dir, '[limits]\nunpacked = "8M"\n')
+    code, stderr, _ = build_measured(tmp_path, deb, cache_dir, {"unpacked": "8M"})
     assert code == 0, stderr
 
 
@@ -214,8 +215,8 @@ def test_entry_budget_from_the_recipe(tmp_path, cache_dir):
     """Empty entries cost no bytes but memory: their number is budgeted too."""
     entries = [(info(f"./usr/share/e/{i}"), b"") for i in range(30)]
     deb = deb_with_data(tmp_path / "many.deb", lzma.compress(_tar(entries)))
-    code, stderr, rss = build_measured(tmp_path, deb, cache_dir, "[limits]\nentries = 20\n")
+    code, stderr, rss = build_measured(tmp_path, deb, cache_dir, {"entries": 20})
     assert_refused(code, stderr, rss, "more than 20 entries", tmp_path / "out")
     assert "many.deb:data.tar.xz:./usr/share/e/" in stderr and "limits.entries" in stderr
-    code, stderr, _ = build_measured(tmp_path, deb, cache_dir, "[limits]\nentries = 40\n")
+    code, stderr, _ = build_measured(tmp_path, deb, cache_dir, {"entries": 40})
     assert code == 0, stderr

@@ -41,6 +41,7 @@ import pytest
 from childrss import run_measured
 from hostile_corpus import Case, generate
 from prereq import require_tool
+from recipes_kit import recipe_dict, toml_text
 
 REPO = Path(__file__).resolve().parent.parent
 WORKERS = 3  # builds wait on I/O and their packer too: a third lane keeps 2 cores busy
@@ -111,8 +112,9 @@ def _make_outside(path: Path) -> dict[str, tuple]:
 
 
 def _recipe(case: Case, pkg: Path) -> str:
-    return (f'[extension]\nname = "hostile"\n[target]\nid = "debian"\nversion_id = "12"\n'
-            f'[[source]]\n{case.fmt} = "{pkg}"\n')
+    # policy.empty = "allow": a case whose every entry is refused or dropped still builds
+    # (an empty image is not what the corpus tests)
+    return toml_text(recipe_dict("hostile", sources=[{case.fmt: pkg}], policy={"empty": "allow"}))
 
 
 def _run_case(case: Case, base: Path, outside: Path, outside_before: dict) -> Result:
