@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, run_cli
 from prereq import require_tool
+from recipes_kit import DEBIAN_12, EPOCH, build_cli, recipe_dict, write_recipe_dict
 
 from pipeline.systemd import rules
 from pipeline.systemd.rules import HostFacts, ImageFacts, ReleaseFile, evaluate
@@ -218,23 +219,10 @@ def test_versions_parse_and_spans():
 
 
 def test_ddi_is_read_through_its_root_partition(tmp_path):
-    recipe = tmp_path / "r.toml"
-    recipe.write_text("""
-[extension]
-name = "dditool"
-[target]
-id = "debian"
-version_id = "12"
-architecture = "x86-64"
-[files]
-"usr/bin/dditool" = { content = "x\\n" }
-[image]
-format = "ddi"
-filesystem = "erofs"
-source_date_epoch = 1700000000
-""")
-    built = run_cli("build", str(recipe), "-o", str(tmp_path / "out"))
-    assert built.returncode == 0, f"DDI build failed: {built.stderr[-2000:]}"
+    spec = recipe_dict("dditool", target={**DEBIAN_12, "architecture": "x86-64"},
+                       files={"usr/bin/dditool": {"content": "x\n"}},
+                       image={"format": "ddi", "filesystem": "erofs", "source_date_epoch": EPOCH})
+    build_cli(write_recipe_dict(tmp_path, spec, "r.toml"), tmp_path / "out", json_out=False)
     image = tmp_path / "out/dditool.raw"
     osr = tmp_path / "osr"
     osr.write_text("ID=debian\nVERSION_ID=13\n")
@@ -251,26 +239,11 @@ def test_signed_image_needs_a_trusted_certificate(tmp_path):
     proc = run_cli("keys", "generate", "--key", str(keys / "k.key"), "--cert",
                    str(keys / "k.crt"), "--subject", "CN=test release")
     assert proc.returncode == 0, proc.stderr
-    recipe = tmp_path / "r/recipe.toml"
-    recipe.parent.mkdir()
-    recipe.write_text(f"""
-[extension]
-name = "signedtool"
-[target]
-id = "debian"
-version_id = "12"
-[files]
-"usr/bin/signedtool" = {{ content = "x\\n" }}
-[image]
-format = "squashfs"
-verity = "detached"
-source_date_epoch = 1700000000
-[sign]
-key = "{keys / 'k.key'}"
-cert = "{keys / 'k.crt'}"
-""")
-    built = run_cli("build", str(recipe), "-o", str(tmp_path / "out"))
-    assert built.returncode == 0, f"signed build failed: {built.stderr[-2000:]}"
+    spec = recipe_dict("signedtool", files={"usr/bin/signedtool": {"content": "x\n"}},
+                       image={"format": "squashfs", "verity": "detached",
+                              "source_date_epoch": EPOCH},
+                       sign={"key": keys / "k.key", "cert": keys / "k.crt"})
+    build_cli(write_recipe_dict(tmp_path / "r", spec), tmp_path / "out", json_out=False)
     out = tmp_path / "out"
     assert (out / "signedtool.roothash.p7s").is_file()
     root = tmp_path / "root"
