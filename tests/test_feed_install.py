@@ -130,6 +130,11 @@ def test_install_feed_refuses_an_altered_feed_and_old_systemd(feed, tmp_path):
     proc = install_feed(feed, root, 257, "--runtime")
     assert proc.returncode == 2 and "--runtime: does not apply to install --feed" in \
         proc.stderr, proc.stderr
+    (feed / "SHA256SUMS.gpg").unlink()  # published --unsigned, never signed
+    proc = install_feed(feed, root, 257)
+    assert proc.returncode == 2 and "SHA256SUMS.gpg: missing: the feed is not signed" in \
+        proc.stderr, proc.stderr
+    assert tree(root) == {}
     proc = install_feed(tmp_path / "nowhere", root, 257)
     assert proc.returncode == 2 and "nowhere/SHA256SUMS: missing" in proc.stderr, proc.stderr
 

@@ -616,7 +616,12 @@ def host_setup(source: str, base: Path, systemd: int) -> dict:
                          "(Debian 12: systemd and systemd-container from bookworm-backports)")
     base = Path(base)
     sums = _feed_file(source, SUMS)
-    signature = _feed_file(source, SIGNATURE, 64 << 10)
+    try:
+        signature = _feed_file(source, SIGNATURE, 64 << 10)
+    except InputError as err:
+        raise InputError(err.where, f"{err.what}: the feed is not signed",
+                         "Verify=yes needs SHA256SUMS.gpg: run sign-feed on the release "
+                         "machine and upload it") from None
     index_bytes = _feed_file(source, INDEX)
     host_keyring = base / HOST_KEYRING
     with tempfile.TemporaryDirectory(prefix="sysext-feed-") as tmp:
