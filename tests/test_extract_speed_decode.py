@@ -154,3 +154,21 @@ def test_five_packages_in_flight_name_the_first_broken_one_in_order(tmp_path, ca
     assert proc.returncode == 2
     assert "p3" in proc.stderr and "p4" not in proc.stderr, proc.stderr
     assert not (tmp_path / "late" / "out" / "two").exists()
+
+
+def test_a_small_member_is_decoded_without_a_thread_a_large_one_with():
+    import threading
+
+    from pipeline.formats.compression import THREAD_FROM, LimitedReader
+
+    def threads():
+        return {t.ident for t in threading.enumerate() if t.name == "decompress"}
+
+    for size, threaded in ((THREAD_FROM // 4, False), (4 * THREAD_FROM, True)):
+        data = lzma.compress(random.Random(size).randbytes(size), preset=0)
+        before = threads()
+        reader = open_decompressed(LimitedReader(io.BytesIO(data), len(data), "m"), "xz", "m")
+        started = bool(threads() - before)
+        assert reader.read() == random.Random(size).randbytes(size)
+        reader.close()
+        assert started == threaded, size

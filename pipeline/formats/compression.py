@@ -182,7 +182,14 @@ def open_decompressed(stream: BinaryIO, name_or_magic: str, where: str = "",
             raise InputError(where, f"not a {claimed} stream (bad magic {head[:6].hex()})")
     if codec == "none":
         return _Guarded(io.BufferedReader(src, CHUNK), where, limits, None)
-    return _Guarded(_ReadAhead(_OPENERS[codec](src)), where, limits, src)
+    decoded = _OPENERS[codec](src)
+    if isinstance(stream, LimitedReader) and stream.left < THREAD_FROM:
+        return _Guarded(decoded, where, limits, src)  # a control.tar: a thread costs more
+    return _Guarded(_ReadAhead(decoded), where, limits, src)
+
+
+#: Compressed members smaller than this are decompressed without a read-ahead thread.
+THREAD_FROM = 64 << 10
 
 
 #: Compressed bytes handed to a decoder at once: one call (one release of the GIL) makes a
@@ -400,6 +407,11 @@ class LimitedReader(Stream):
             raise InputError(self._where, f"truncated: {self._left} more bytes expected")
         self._left -= len(data)
         return data
+
+    @property
+    def left(self) -> int:
+        """Bytes not read yet."""
+        return self._left
 
     def skip_rest(self) -> None:
         """Consume what the reader's user left unread (chunked, never all at once)."""

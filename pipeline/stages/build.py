@@ -577,7 +577,7 @@ def _package_all(recipe, staged: Staged, output_dir, work: WorkDir, log,
                       arch=staged.architecture, signer=signer,
                       tick=log.ticker(f"packing {final.name}"))
         image_sha, image_size = (None, None) if recipe.format == "directory" else \
-            hash_file(result.path)
+            result.digest or hash_file(result.path)
         companions = [o.name for o in staged.images if o is not img]
         tools = mf.tool_versions(result.tools)
         model = mf.Manifest(

@@ -39,6 +39,8 @@ class Packed:
     manifest: dict = field(default_factory=dict)  # "ddi": DdiInfo, "verity": DetachedVerity
     #                                     (the build makes them the manifest model's sections)
     warnings: tuple[str, ...] = ()
+    #: (sha256, size) of ``path`` when packing already read it back (a DDI): not hashed again
+    digest: tuple[str, int] | None = None
 
 
 def pack(recipe: Recipe, tree: StagingTree, tmp_output: Path, epoch: int, seed: bytes, *,
@@ -100,7 +102,8 @@ def _ddi(recipe, fs_image: Path, out: Path, fs_tools, seed, arch, signer) -> Pac
         extras = (roothash,)
     versions = {**fs_tools, "systemd-repart": tools.version("systemd-repart"),
                 "veritysetup": tools.version("veritysetup")}
-    return Packed(out, versions, extras, {"ddi": info}, info.warnings)
+    return Packed(out, versions, extras, {"ddi": info}, info.warnings,
+                  (info.sha256, info.size))
 
 
 def _squashfs(recipe: Recipe, tree: StagingTree, out: Path, epoch: int, tick) -> dict:
