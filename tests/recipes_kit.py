@@ -152,6 +152,22 @@ def hello_recipe(fmt: str = "squashfs", *, sources: list | tuple, name: str = "h
            "owners": {"users": {"daemon": 1}, "groups": {"daemon": 1}}, **sections})
 
 
+def tool_recipe(name: str, *, kind: str = "sysext", version_id: str = "12",
+                payload: str = "v1", fmt: str = "squashfs", **more: Any) -> dict:
+    """An image NAME with one tool that echoes ``payload`` (usr/bin/NAME-tool, or
+    etc/NAME-tool in a confext), version 1, for Debian ``version_id`` (x86-64 for a sysext); a
+    DDI holds erofs. ``more``: other arguments of :func:`recipe_dict`."""
+    path = "usr/bin" if kind == "sysext" else "etc"
+    target = {"id": "debian", "version_id": version_id,
+              "architecture": "x86-64" if kind == "sysext" else None}
+    return recipe_dict(
+        name, kind=kind, version="1", target=target,
+        files={f"{path}/{name}-tool": {"content": f"#!/bin/sh\necho {payload}\n",
+                                       "mode": "0755"}},
+        image={"format": fmt, "filesystem": "erofs" if fmt == "ddi" else None,
+               "source_date_epoch": EPOCH}, **more)
+
+
 #: A deb that can only come from the network, where nothing listens (port 9 of localhost).
 UNFETCHABLE_DEB = {"deb": "http://127.0.0.1:9/pre_1.0_amd64.deb", "sha256": "0" * 64}
 

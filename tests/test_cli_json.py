@@ -16,34 +16,13 @@ from pathlib import Path
 import cli_schemas
 import jsonschema
 import pytest
-from conftest import run_cli, write_recipe
+from conftest import run_cli
 from merge import make_root
+from recipes_kit import tool_recipe, write_recipe_dict
 
 pytest_plugins = ["repos"]  # the archive, key and server fixtures (lock, fetch)
 
 SCHEMAS = Path(__file__).resolve().parent.parent / "docs" / "schemas"
-
-
-def recipe_text(name: str = "tool", version_id: str = "12", payload: str = "v1",
-                fmt: str = "squashfs") -> str:
-    image = 'format = "ddi"\nfilesystem = "erofs"\n' if fmt == "ddi" else f'format = "{fmt}"\n'
-    return f"""
-[extension]
-name = "{name}"
-kind = "sysext"
-version = "1"
-
-[target]
-id = "debian"
-version_id = "{version_id}"
-architecture = "x86-64"
-
-[files]
-"usr/bin/{name}-tool" = {{ content = "#!/bin/sh\\necho {payload}\\n", mode = "0755" }}
-
-[image]
-{image}source_date_epoch = 1700000000
-"""
 
 
 def validate(command: str, proc, exit: int) -> dict:
@@ -80,7 +59,7 @@ def world(tmp_path_factory):
     out = {}
     for label, kw in {"v1": {}, "v2": {"payload": "v2"}, "old": {"version_id": "11"}}.items():
         rdir = tmp / label
-        recipe = write_recipe(rdir, recipe_text(**kw))
+        recipe = write_recipe_dict(rdir, tool_recipe("tool", **kw))
         proc = run_cli("build", str(recipe), "-o", str(rdir / "out"), "--json")
         data = validate("build", proc, 0)
         out[label] = (recipe, Path(data["images"][0]["image"]), data)
@@ -95,8 +74,7 @@ def test_build_and_plan(world, tmp_path):
     assert plan["dropped"] == built["dropped"]
     failure("plan", run_cli("plan", str(tmp_path / "missing.toml"), "--json"))
     failure("build", run_cli("build", str(tmp_path / "missing.toml"), "--json"))
-    bad = write_recipe(tmp_path / "bad", recipe_text().replace('version = "1"',
-                                                                'version = "1"\nbogus = 1'))
+    bad = write_recipe_dict(tmp_path / "bad", tool_recipe("tool", extension={"bogus": 1}))
     error = failure("build", run_cli("build", str(bad), "--json"))["error"]
     assert error == {"message": "unknown key", "subject": str(bad), "field": "extension.bogus",
                      "hint": "allowed: name, kind, version"}
@@ -162,7 +140,7 @@ def test_keys_sign_inspect(world, tmp_path):
     assert gpg["openpgp"] is True and gpg["cert"] is None and len(gpg["fingerprint"]) == 40
 
     rdir = tmp_path / "ddi"
-    recipe = write_recipe(rdir, recipe_text(fmt="ddi"))
+    recipe = write_recipe_dict(rdir, tool_recipe("tool", fmt="ddi"))
     built = validate("build", run_cli("build", str(recipe), "-o", str(rdir / "out"),
                                       "--unsigned", "--json"), 0)
     image = built["images"][0]["image"]

@@ -13,21 +13,14 @@ import pytest
 from conftest import REPO, run_cli
 from merge import in_namespace, make_root
 from prereq import missing, require_tool
-from recipes_kit import EPOCH, build_recipe, recipe_dict
+from recipes_kit import build_recipe, tool_recipe
 
 
-def tool_image(tmp: Path, name: str, kind: str = "sysext", version_id: str = "12",
-               payload: str = "v1", fmt: str = "squashfs") -> Path:
-    """An image NAME with one tool (usr/bin/NAME-tool, or etc/NAME-tool for a confext) that
-    echoes ``payload``, built with the real CLI under ``tmp``."""
-    path = "usr/bin" if kind == "sysext" else "etc"
-    target = {"id": "debian", "version_id": version_id,
-              "architecture": "x86-64" if kind == "sysext" else None}
-    spec = recipe_dict(name, kind=kind, version="1", target=target,
-                  files={f"{path}/{name}-tool": {"content": f"#!/bin/sh\necho {payload}\n",
-                                                 "mode": "0755"}},
-                  image={"format": fmt, "source_date_epoch": EPOCH})
-    return build_recipe(tmp / f"recipe-{name}-{payload}-{version_id}", spec).image_path
+def tool_image(tmp: Path, name: str, **kw) -> Path:
+    """The image of ``recipes_kit.tool_recipe(name, **kw)``, built with the real CLI under
+    ``tmp``."""
+    rdir = tmp / f"recipe-{name}-{kw.get('payload', 'v1')}-{kw.get('version_id', '12')}"
+    return build_recipe(rdir, tool_recipe(name, **kw)).image_path
 
 
 def cli(*args: str, env: dict | None = None) -> str:
