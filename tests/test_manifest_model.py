@@ -313,3 +313,14 @@ def test_a_fifo_is_not_read_as_a_manifest(tmp_path):
     os.mkfifo(fifo)
     with pytest.raises(InputError, match="not a regular file"):
         mf.read(fifo)  # returns at once: no open() that waits for a writer
+
+
+def test_diff_refuses_a_hostile_manifest_naming_the_field(built, tmp_path):
+    data = json.loads(built["verity"].read_text())
+    data["extension_release"]["fields"]["ID"] = ["debian"]
+    path = tmp_path / "a.manifest.json"
+    path.write_text(json.dumps(data))
+    result = run_cli("diff", str(path), str(built["verity"]), "--json", in_process=True)
+    assert result.code == 2, result.stderr
+    error = result.json["error"]
+    assert (error["subject"], error["field"]) == (str(path), "extension_release.fields.ID")

@@ -149,4 +149,7 @@ def _load_manifest(p: Path) -> dict:
         raise InputError(str(p), f"not a readable manifest: {err}") from None
     if not isinstance(data, dict) or "schema" not in data:
         raise InputError(str(p), "not a sysext-pipeline manifest (no schema field)")
+    from ...stages.manifest import Manifest
+
+    Manifest.from_json(data, str(p))  # checked by the model: one error naming the field
     return data
