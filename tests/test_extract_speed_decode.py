@@ -164,7 +164,7 @@ def test_a_small_member_is_decoded_without_a_thread_a_large_one_with():
     def threads():
         return {t.ident for t in threading.enumerate() if t.name == "decompress"}
 
-    for size, threaded in ((THREAD_FROM // 4, False), (4 * THREAD_FROM, True)):
+    for size, threaded in ((THREAD_FROM // 4, False), (16 * THREAD_FROM, True)):
         data = lzma.compress(random.Random(size).randbytes(size), preset=0)
         before = threads()
         reader = open_decompressed(LimitedReader(io.BytesIO(data), len(data), "m"), "xz", "m")

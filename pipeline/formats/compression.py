@@ -153,7 +153,7 @@ class Stream(io.RawIOBase):
 
 
 def open_decompressed(stream: BinaryIO, name_or_magic: str, where: str = "",
-                      limits: Limits | None = None) -> BinaryIO:
+                      limits: Limits | None = None, *, ahead: bool | None = None) -> BinaryIO:
     """Return a readable stream of the decompressed bytes of ``stream``.
 
     ``name_or_magic`` is the member name or compressor name that *claims* a codec; magic bytes
@@ -183,13 +183,17 @@ def open_decompressed(stream: BinaryIO, name_or_magic: str, where: str = "",
     if codec == "none":
         return _Guarded(io.BufferedReader(src, CHUNK), where, limits, None)
     decoded = _OPENERS[codec](src)
-    if isinstance(stream, LimitedReader) and stream.left < THREAD_FROM:
+    if ahead is None:
+        ahead = not (isinstance(stream, LimitedReader) and stream.left < THREAD_FROM)
+    if not ahead:
         return _Guarded(decoded, where, limits, src)  # a control.tar: a thread costs more
     return _Guarded(_ReadAhead(decoded), where, limits, src)
 
 
-#: Compressed members smaller than this are decompressed without a read-ahead thread.
-THREAD_FROM = 64 << 10
+#: Compressed members smaller than this are decompressed without a read-ahead thread, unless
+#: the caller says (``ahead``): a payload is worth one even when small, as it decompresses
+#: while the packages before it are written.
+THREAD_FROM = 16 << 10
 
 
 #: Compressed bytes handed to a decoder at once: one call (one release of the GIL) makes a

@@ -93,7 +93,7 @@ class DebReader:
         conffiles: list[str] = []
         scripts: list[str] = []
         where = f"{name}:{shown(member.name)}"
-        for entry in tar_entries(_decompressed(member, name, self.limits), where):
+        for entry in tar_entries(_decompressed(member, name, self.limits, ahead=False), where):
             base = entry.path.removeprefix("./")
             if entry.kind == FILE and base in MAINTAINER_SCRIPTS:
                 scripts.append(base)
@@ -134,7 +134,8 @@ class DebReader:
             raise InputError(self.name, "no data.tar member", "not a binary package?")
         where = f"{self.name}:{shown(member.name)}"
         seen: dict[str, str] = {}  # md5sums path → md5 of what was extracted there
-        for entry in tar_entries(_decompressed(member, self.name, self.limits), where):
+        for entry in tar_entries(_decompressed(member, self.name, self.limits, ahead=True),
+                                 where):
             key = _md5_key(entry.path)
             if entry.kind == FILE:
                 check = DigestCheck(entry.data, entry.size, hashlib.md5(),
@@ -208,5 +209,6 @@ def _md5sums(text: str, member: str) -> dict[str, str]:
     return sums
 
 
-def _decompressed(member: ArMember, name: str, limits: Limits):
-    return open_decompressed(member.data, member.name, f"{name}:{shown(member.name)}", limits)
+def _decompressed(member: ArMember, name: str, limits: Limits, *, ahead: bool):
+    return open_decompressed(member.data, member.name, f"{name}:{shown(member.name)}", limits,
+                             ahead=ahead)

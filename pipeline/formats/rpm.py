@@ -323,7 +323,7 @@ class RpmReader:
         # rpm's default when the tag is absent is gzip; magic bytes get the final say.
         compressor = header.string(PAYLOADCOMPRESSOR, "gzip")
         where = f"{self.name}:payload"
-        payload = open_decompressed(raw, compressor, where, self.limits)
+        payload = open_decompressed(raw, compressor, where, self.limits, ahead=True)
         seen: set[int] = set()
         yield from resolve_hardlinks(self._entries(payload, where, seen))
         raw.drain()
