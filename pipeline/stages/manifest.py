@@ -450,7 +450,8 @@ class Provenance(Section):
 class Manifest(Section):
     """``NAME.manifest.json``."""
 
-    schema: int = _f(minimum=1, doc=f"the contract's version ({SCHEMA}); see docs/manifest.md")
+    schema: int = _f(minimum=READABLE[0], maximum=READABLE[-1],
+                     doc=f"the contract's version ({SCHEMA}); see docs/manifest.md")
     name: str = _f()
     kind: str = _f(enum=("sysext", "confext"))
     version: str | None = _f()
