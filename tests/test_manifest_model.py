@@ -323,3 +323,17 @@ def test_diff_refuses_a_hostile_manifest_naming_the_field(built, tmp_path):
     assert result.code == 2, result.stderr
     error = result.json["error"]
     assert (error["subject"], error["field"]) == (str(path), "extension_release.fields.ID")
+
+
+def test_the_fast_file_reader_and_the_generic_one_agree(built):
+    """Files are read by a fast path; every value it refuses, the generic reader refuses with
+    its message, and the bounds are the schema's (an mtime below -2⁶³ too)."""
+    data = json.loads(built["verity"].read_text())
+    for value, ok in ((-(1 << 63), True), (-(1 << 63) - 1, False), ((1 << 63) - 1, True),
+                      (1 << 63, False)):
+        data["files"][0]["mtime"] = value
+        if ok:
+            assert mf.Manifest.from_json(data).files[0].mtime == value
+        else:
+            with pytest.raises(InputError, match="files\\[0\\].mtime: .* out of range"):
+                mf.Manifest.from_json(data, "m.json")

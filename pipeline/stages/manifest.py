@@ -199,8 +199,8 @@ def _load(tp, value, where: str, path: str, meta: dict | None = None):
     if tp is int:
         if type(value) is not int:
             raise _bad(where, path, f"is {_kind(value)}, not an integer")
-        low, high = meta.get("minimum", 0), meta.get("maximum", MAX_INT)
-        if (low is not None and value < low) or (high is not None and value > high):
+        low, high = _bounds(meta)
+        if not low <= value <= high:
             shown = str(value) if abs(value) < 10**30 else f"a {len(str(value))}-digit number"
             raise _bad(where, path, f"{shown} is out of range ({low}…{high})")
         return value
@@ -209,6 +209,13 @@ def _load(tp, value, where: str, path: str, meta: dict | None = None):
             raise _bad(where, path, f"is {_kind(value)}, not a boolean")
         return value
     raise TypeError(f"manifest model: no reader for {tp!r}")  # a bug in this module
+
+
+def _bounds(meta: dict) -> tuple[int, int]:
+    """An integer field's range: 0…2⁶³-1 unless the field says otherwise (None: -2⁶³ or
+    2⁶³-1, what any 64-bit reader holds)."""
+    low, high = meta.get("minimum", 0), meta.get("maximum", MAX_INT)
+    return (-MAX_INT - 1 if low is None else low), (MAX_INT if high is None else high)
 
 
 @functools.cache
@@ -673,9 +680,7 @@ def _type_schema(tp, meta: dict, defs: dict) -> dict:
         return out
     if tp is int:
         out = {"type": "integer"}
-        low, high = meta.get("minimum", 0), meta.get("maximum", MAX_INT)
-        out["minimum"] = -MAX_INT - 1 if low is None else low
-        out["maximum"] = MAX_INT if high is None else high
+        out["minimum"], out["maximum"] = _bounds(meta)
         return out
     if tp is bool:
         return {"type": "boolean"}
