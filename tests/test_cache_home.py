@@ -12,25 +12,8 @@ from pathlib import Path
 import pytest
 from conftest import REPO, run_cli
 from pkgfactory import build_deb, file
+from recipes_kit import EPOCH, recipe_dict, write_recipe_dict
 from repos import Server
-
-RECIPE = """
-[extension]
-name = "homeless"
-kind = "sysext"
-version = "1"
-
-[target]
-id = "_any"
-
-[[source]]
-deb = "{url}"
-sha256 = "{sha}"
-
-[image]
-format = "directory"
-source_date_epoch = 1700000000
-"""
 
 
 @pytest.fixture()
@@ -53,9 +36,10 @@ def _env(tmp_path: Path, home: str) -> dict:
 @pytest.mark.parametrize("home", ("missing", "a-file", "relative"))
 def test_build_without_a_usable_home(tmp_path, served, home):
     url, sha = served
-    (tmp_path / "r").mkdir()
-    recipe = tmp_path / "r" / "homeless.toml"
-    recipe.write_text(RECIPE.format(url=url, sha=sha))
+    recipe = write_recipe_dict(tmp_path / "r", recipe_dict(
+        "homeless", kind="sysext", version="1", target={"id": "_any"},
+        sources=[{"deb": url, "sha256": sha}],
+        image={"format": "directory", "source_date_epoch": EPOCH}), "homeless.toml")
     target = {"missing": tmp_path / "nonexistent" / "home", "a-file": tmp_path / "file",
               "relative": Path("relative-home")}[home]
     if home == "a-file":

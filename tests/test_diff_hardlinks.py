@@ -5,33 +5,17 @@ from __future__ import annotations
 
 import json
 
-from conftest import run_cli, write_recipe
+from conftest import run_cli
 from pkgfactory import build_deb, file, hardlink
-
-RECIPE = """
-[extension]
-name = "links"
-kind = "sysext"
-version = "1"
-
-[target]
-id = "_any"
-
-[[source]]
-deb = "{deb}"
-
-[image]
-format = "{fmt}"
-source_date_epoch = 1700000000
-"""
+from recipes_kit import EPOCH, build_recipe, recipe_dict
 
 
 def _build(tmp_path, label: str, files, fmt: str = "directory") -> dict:
     deb = build_deb(tmp_path / label / "pkg", "links", "1.0", files, compression="none")
-    recipe = write_recipe(tmp_path / label, RECIPE.format(deb=deb, fmt=fmt))
+    spec = recipe_dict("links", kind="sysext", version="1", target={"id": "_any"},
+                       sources=[deb], image={"format": fmt, "source_date_epoch": EPOCH})
     out = tmp_path / label / "out"
-    proc = run_cli("build", str(recipe), "-o", str(out), "--cache-dir", str(tmp_path / "cache"))
-    assert proc.returncode == 0, proc.stderr
+    build_recipe(tmp_path / label, spec, cache_dir=tmp_path / "cache", json_out=False)
     return json.loads((out / "links.manifest.json").read_text()) | {
         "_path": str(out / "links.manifest.json")}
 

@@ -10,9 +10,18 @@ import struct
 from pathlib import Path
 
 import pytest
-from conftest import REPO, run_cli, write_recipe
+import tomllib
+from conftest import REPO, run_cli
 from pkgfactory import build_deb, file
 from prereq import require_tool
+from recipes_kit import (
+    DEBIAN_12,
+    EPOCH,
+    build_cli,
+    build_recipe,
+    recipe_dict,
+    write_recipe_dict,
+)
 
 from pipeline.formats import elf as elfarch
 
@@ -22,22 +31,10 @@ def elf_header(machine: int, cls: int = 2, data: int = 1) -> bytes:
     return ident + struct.pack("<HHI" if data == 1 else ">HHI", 3, machine, 1) + bytes(40)
 
 
-def recipe(deb: Path, arch: str = "x86-64") -> str:
-    return f"""
-[extension]
-name = "elfy"
-kind = "sysext"
-version = "1"
-[target]
-id = "debian"
-version_id = "12"
-architecture = "{arch}"
-[[source]]
-deb = "{deb}"
-[image]
-format = "squashfs"
-source_date_epoch = 1700000000
-"""
+def recipe(deb: Path) -> dict:
+    return recipe_dict("elfy", kind="sysext", version="1",
+                       target={**DEBIAN_12, "architecture": "x86-64"}, sources=[deb],
+                       image={"format": "squashfs", "source_date_epoch": EPOCH})
 
 
 def test_foreign_elf_files_are_named(tmp_path, cache_dir):
@@ -49,11 +46,8 @@ def test_foreign_elf_files_are_named(tmp_path, cache_dir):
         file("/usr/lib/elfy/plugin-s390x.so", elf_header(22, data=2), 0o644),
         file("/usr/share/elfy/not-elf.txt", b"just text, longer than twenty bytes\n"),
     ])
-    path = write_recipe(tmp_path / "r", recipe(deb))
-    proc = run_cli("build", str(path), "-o", str(tmp_path / "out"), "--cache-dir",
-                   str(cache_dir), "--json")
-    assert proc.returncode == 0, proc.stderr
-    [line] = [w for w in json.loads(proc.stdout)["warnings"] if "ELF" in w]
+    proc = build_recipe(tmp_path / "r", recipe(deb), cache_dir=cache_dir)
+    [line] = [w for w in proc.json["warnings"] if "ELF" in w]
     assert "2 ELF file(s) not built for x86-64" in line
     assert "/usr/lib/elfy/plugin-arm64.so (aarch64 64-bit LE, from elfy" in line
     assert "/usr/lib/elfy/plugin-s390x.so (s390 64-bit BE" in line
@@ -63,10 +57,8 @@ def test_foreign_elf_files_are_named(tmp_path, cache_dir):
 def test_a_package_of_another_architecture_is_an_error(tmp_path, cache_dir):
     deb = build_deb(tmp_path / "debs", "elfy", "1.0-1", [file("/usr/bin/x", b"x" * 30, 0o755)],
                     arch="arm64")
-    path = write_recipe(tmp_path / "r", recipe(deb))
-    proc = run_cli("build", str(path), "-o", str(tmp_path / "out"), "--cache-dir",
-                   str(cache_dir))
-    assert proc.returncode == 2
+    proc = build_recipe(tmp_path / "r", recipe(deb), cache_dir=cache_dir, json_out=False,
+                        expect=2)
     assert "built for arm64, but target.architecture is x86-64" in proc.stderr
 
 
@@ -81,23 +73,18 @@ def test_arm64_build_on_x86_64(tmp_path, cache_dir):
     """The resolved debug-tools recipe for arm64: locked from the archive's arm64 indices,
     extracted in pure Python, ARCHITECTURE=arm64, every ELF file aarch64; rebuilt identically."""
     require_tool("mksquashfs", "squashfs-tools")
-    text = (REPO / "recipes/debug-tools-resolved.toml").read_text()
-    text = text.replace('architecture = "x86-64"', 'architecture = "arm64"').replace(
-        'architectures = ["amd64"]', 'architectures = ["arm64"]').replace(
-        'suite = "bookworm-updates"', 'suite = "bookworm-updates"\narchitectures = ["arm64"]').replace(
-        'suite = "bookworm-security"', 'suite = "bookworm-security"\narchitectures = ["arm64"]').replace(
-        'base = "base/', f'base = "{REPO}/recipes/base/')
-    assert 'architecture = "arm64"' in text and '["arm64"]' in text
-    path = write_recipe(tmp_path / "r", text, "debug-tools-arm64.toml")
+    spec = tomllib.loads((REPO / "recipes/debug-tools-resolved.toml").read_text())
+    spec["target"].update(architecture="arm64", base=f"{REPO}/recipes/{spec['target']['base']}")
+    for repository in spec["repository"]:
+        repository["architectures"] = ["arm64"]
+    path = write_recipe_dict(tmp_path / "r", spec, "debug-tools-arm64.toml")
     proc = run_cli("lock", str(path), "--cache-dir", str(cache_dir))
     assert proc.returncode == 0, proc.stderr
     outs = []
     for n in ("a", "b"):
         out = tmp_path / n
-        proc = run_cli("build", str(path), "-o", str(out), "--cache-dir", str(cache_dir),
-                       "--json")
-        assert proc.returncode == 0, proc.stderr
-        assert not [w for w in json.loads(proc.stdout)["warnings"] if "ELF" in w]
+        proc = build_cli(path, out, cache_dir=cache_dir)
+        assert not [w for w in proc.json["warnings"] if "ELF" in w]
         outs.append(out)
     manifest = json.loads((outs[0] / "debug-tools.manifest.json").read_text())
     assert manifest["extension_release"]["fields"]["ARCHITECTURE"] == "arm64"
