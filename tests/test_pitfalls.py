@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 
 import pytest
-from conftest import run_cli, write_recipe
 from pkgfactory import build_deb, config, file, symlink
+from recipes_kit import (
+    DEBIAN_12,
+    CliResult,
+    build_cli,
+    build_recipe,
+    recipe_dict,
+    write_recipe_dict,
+)
 
 from pipeline.formats import entry as E
 from pipeline.stages.pitfalls import find
@@ -132,19 +140,22 @@ def test_confext_os_release_says_it_replaces_the_identity():
     assert finding.severity == "severe" and "every other extension" in finding.message
 
 
+def both_ways(tmp_path, cache_dir, name: str, deb) -> Iterator[CliResult]:
+    """Builds of ``deb`` as kind auto (a companion confext), then as a sysext with
+    policy.etc = factory, into the same output directory (each is looked at before the next)."""
+    for kind, policy in ((None, None), ("sysext", {"etc": "factory"})):
+        spec = recipe_dict(name, kind=kind, sources=[deb], policy=policy)
+        yield build_cli(write_recipe_dict(tmp_path, spec), tmp_path / "out", cache_dir=cache_dir)
+
+
 def test_real_package_conffiles_do_not_trigger_config_in_usr(tmp_path, cache_dir):
     """A Debian conffile lands in the confext (auto) or in usr/share/factory (policy factory):
     neither is configuration stuck under a read-only /usr."""
     deb = build_deb(tmp_path / "pkg", "cfg", "1.0", [
         file("/usr/bin/cfg", b"#!/bin/sh\n", 0o755), config("/etc/cfg/cfg.conf", b"a=1\n")])
-    head = (f'[extension]\nname = "cfg"\n{{kind}}[target]\nid = "debian"\nversion_id = "12"\n'
-            f'[[source]]\ndeb = "{deb}"\n')
-    for kind, policy in (("", ""), ('kind = "sysext"\n', '[policy]\netc = "factory"\n')):
-        proc = run_cli("build", str(write_recipe(tmp_path, head.format(kind=kind) + policy)),
-                       "-o", str(tmp_path / "out"), "--cache-dir", str(cache_dir), "--json")
-        assert proc.returncode == 0, proc.stderr
+    for proc in both_ways(tmp_path, cache_dir, "cfg", deb):
         assert "config-in-usr" not in proc.stderr
-        for image in json.loads(proc.stdout)["images"]:
+        for image in proc.images:
             assert "config-in-usr" not in [w["code"] for w in
                                            json.loads(open(image["manifest"]).read())["warnings"]]
 
@@ -157,13 +168,8 @@ def test_real_package_link_into_companion_confext_does_not_dangle(tmp_path, cach
         symlink("/usr/lib/py/sitecustomize.py", "/etc/py/sitecustomize.py"),
         symlink("/usr/lib/py/relative.py", "../../../etc/py/sitecustomize.py"),
         symlink("/usr/lib/py/missing.py", "/etc/py/nothere.py")])
-    head = (f'[extension]\nname = "py"\n{{kind}}[target]\nid = "debian"\nversion_id = "12"\n'
-            f'[[source]]\ndeb = "{deb}"\n')
-    for kind, policy in (("", ""), ('kind = "sysext"\n', '[policy]\netc = "factory"\n')):
-        proc = run_cli("build", str(write_recipe(tmp_path, head.format(kind=kind) + policy)),
-                       "-o", str(tmp_path / "out"), "--cache-dir", str(cache_dir), "--json")
-        assert proc.returncode == 0, proc.stderr
-        sysext = next(i for i in json.loads(proc.stdout)["images"] if i["kind"] == "sysext")
+    for proc in both_ways(tmp_path, cache_dir, "py", deb):
+        sysext = next(i for i in proc.images if i["kind"] == "sysext")
         [dangling] = [w for w in json.loads(open(sysext["manifest"]).read())["warnings"]
                       if w["code"] == "dangling-link"]
         assert dangling["paths"] == ["usr/lib/py/missing.py"]
@@ -172,17 +178,11 @@ def test_real_package_link_into_companion_confext_does_not_dangle(tmp_path, cach
 def test_findings_reach_the_build_output_and_manifest(tmp_path, cache_dir):
     deb = build_deb(tmp_path / "pkg", "svc", "1.0", [
         file("/usr/lib/systemd/system/svc.service", b"[Service]\nExecStart=/bin/true\n")])
-    text = (f'[extension]\nname = "svc"\n[target]\nid = "debian"\nversion_id = "12"\n'
-            f'[[source]]\ndeb = "{deb}"\n')
-    proc = run_cli("build", str(write_recipe(tmp_path, text)), "-o", str(tmp_path / "out"),
-                   "--cache-dir", str(cache_dir), "--json")
-    assert proc.returncode == 0
+    proc = build_recipe(tmp_path, recipe_dict("svc", sources=[deb]), cache_dir=cache_dir)
     assert "warning: units-need-reload" in proc.stderr
-    [image] = json.loads(proc.stdout)["images"]
-    assert [w["code"] for w in image["warnings"]] == ["units-need-reload"]
-    fixed = text.replace('version_id = "12"\n', 'version_id = "12"\nreload_manager = true\n')
-    proc = run_cli("build", str(write_recipe(tmp_path, fixed)), "-o", str(tmp_path / "out"),
-                   "--cache-dir", str(cache_dir), "--json")
+    assert [w["code"] for w in proc.image["warnings"]] == ["units-need-reload"]
+    fixed = recipe_dict("svc", target={**DEBIAN_12, "reload_manager": True}, sources=[deb])
+    proc = build_recipe(tmp_path, fixed, cache_dir=cache_dir)
     assert "units-need-reload" not in proc.stderr
-    assert json.loads(proc.stdout)["images"][0]["extension_release"][
+    assert proc.json["images"][0]["extension_release"][
         "EXTENSION_RELOAD_MANAGER"] == "1"
