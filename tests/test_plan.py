@@ -8,15 +8,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import run_cli, write_recipe
+from conftest import run_cli
 from merge import in_namespace, make_root
 from pkgfactory import build_deb, config, file
+from recipes_kit import build_cli, recipe_dict, write_recipe_dict
 
 TOOL = file("/usr/bin/nover", b"#!/bin/sh\necho nover\n", 0o755)
 
 
-def plan_json(tmp_path: Path, text: str, cache_dir) -> dict:
-    proc = run_cli("plan", str(write_recipe(tmp_path, text)), "--json", "--cache-dir",
+def plan_json(tmp_path: Path, spec: dict, cache_dir) -> dict:
+    proc = run_cli("plan", str(write_recipe_dict(tmp_path, spec)), "--json", "--cache-dir",
                    str(cache_dir))
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
@@ -24,9 +25,9 @@ def plan_json(tmp_path: Path, text: str, cache_dir) -> dict:
 
 def test_no_version_id_is_ignored_on_versioned_hosts(tmp_path, cache_dir):
     deb = build_deb(tmp_path / "pkg", "nover", "1.0", [TOOL])
-    text = (f'[extension]\nname = "nover"\n[target]\nid = "debian"\n'
-            f'architecture = "x86-64"\n[[source]]\ndeb = "{deb}"\n')
-    plan = plan_json(tmp_path, text, cache_dir)
+    spec = recipe_dict("nover", target={"id": "debian", "architecture": "x86-64"},
+                       sources=[deb])
+    plan = plan_json(tmp_path, spec, cache_dir)
     [image] = plan["images"]
     assert "no-version" in [w["code"] for w in image["warnings"]]
     verdicts = {row["host"]: row for row in plan["matching"]["nover"]}
@@ -36,9 +37,8 @@ def test_no_version_id_is_ignored_on_versioned_hosts(tmp_path, cache_dir):
 
     # What the plan says is what systemd does: a host with VERSION_ID ignores the image, a
     # rolling one (no VERSION_ID) merges it.
-    proc = run_cli("build", str(tmp_path / "recipe.toml"), "-o", str(tmp_path / "out"),
-                   "--cache-dir", str(cache_dir))
-    assert proc.returncode == 0, proc.stderr
+    proc = build_cli(tmp_path / "recipe.toml", tmp_path / "out", cache_dir=cache_dir,
+                     json_out=False)
     assert "no-version" in proc.stderr
     for os_release, merged in (("ID=debian\nVERSION_ID=12\n", False), ("ID=debian\n", True)):
         root = make_root(tmp_path / f"root-{merged}", os_release)
@@ -52,30 +52,26 @@ def test_no_version_id_is_ignored_on_versioned_hosts(tmp_path, cache_dir):
 
 def test_missing_packages_leave_the_decision_open(tmp_path, cache_dir):
     deb = build_deb(tmp_path / "pkg", "half", "1.0", [TOOL])
-    missing = f'[[source]]\napt = "jq"\nversion = "1.0"\nsha256 = "{"a" * 64}"\n'
-    text = (f'[extension]\nname = "half"\n[target]\nid = "debian"\nversion_id = "12"\n'
-            f'[[source]]\ndeb = "{deb}"\n{missing}')
-    plan = plan_json(tmp_path, text, cache_dir)
+    missing = {"apt": "jq", "version": "1.0", "sha256": "a" * 64}
+    plan = plan_json(tmp_path, recipe_dict("half", sources=[deb, missing]), cache_dir)
     assert plan["decision"] is None and not plan["complete"]
     assert "undecided until 1 package(s)" in plan["undecided"]
     proc = run_cli("plan", str(tmp_path / "recipe.toml"), "--cache-dir", str(cache_dir))
     assert "decision: undecided until 1 package(s)" in proc.stdout
     assert "payload is empty" not in proc.stdout
 
-    empty = plan_json(tmp_path / "empty", '[extension]\nname = "e"\n[target]\nid = "debian"\n'
-                      'version_id = "12"\n' + missing, tmp_path / "nocache")
+    empty = plan_json(tmp_path / "empty", recipe_dict("e", sources=[missing]),
+                      tmp_path / "nocache")
     assert empty["decision"] is None and "payload is empty" not in json.dumps(empty)
 
-    pinned = plan_json(tmp_path / "pinned", text.replace('name = "half"\n',
-                                                         'name = "half"\nkind = "confext"\n'),
-                       cache_dir)
+    pinned = plan_json(tmp_path / "pinned",
+                       recipe_dict("half", kind="confext", sources=[deb, missing]), cache_dir)
     assert pinned["decision"] == "the recipe pins kind = confext" and pinned["undecided"] is None
 
 
 def test_complete_plan_is_decided(tmp_path, cache_dir):
     deb = build_deb(tmp_path / "pkg", "whole", "1.0", [TOOL])
-    plan = plan_json(tmp_path, f'[extension]\nname = "whole"\n[target]\nid = "debian"\n'
-                     f'version_id = "12"\n[[source]]\ndeb = "{deb}"\n', cache_dir)
+    plan = plan_json(tmp_path, recipe_dict("whole", sources=[deb]), cache_dir)
     assert plan["complete"] and plan["undecided"] is None
     assert plan["decision"] == "kind = auto and the payload has only /usr or /opt content"
 
@@ -92,12 +88,10 @@ def test_plan_help_describes_every_argument():
 def test_severe_findings_are_not_printed_as_errors(tmp_path, cache_dir):
     deb = build_deb(tmp_path / "pkg", "osrel", "1.0", [
         config("/etc/os-release", b"ID=debian\n"), config("/etc/osrel.conf", b"x\n")])
-    text = (f'[extension]\nname = "osrel"\nkind = "confext"\n[target]\nid = "debian"\n'
-            f'version_id = "12"\n[[source]]\ndeb = "{deb}"\n')
-    proc = run_cli("plan", str(write_recipe(tmp_path, text)), "--cache-dir", str(cache_dir))
+    recipe = write_recipe_dict(tmp_path, recipe_dict("osrel", kind="confext", sources=[deb]))
+    proc = run_cli("plan", str(recipe), "--cache-dir", str(cache_dir))
     assert proc.returncode == 0, proc.stderr
     assert "severe: shadows-host:" in proc.stdout and "error" not in proc.stdout
-    proc = run_cli("build", str(tmp_path / "recipe.toml"), "-o", str(tmp_path / "out"),
-                   "--cache-dir", str(cache_dir))
-    assert proc.returncode == 0 and "severe: shadows-host" in proc.stderr
+    proc = build_cli(recipe, tmp_path / "out", cache_dir=cache_dir, json_out=False)
+    assert "severe: shadows-host" in proc.stderr
     assert "error:" not in proc.stderr
