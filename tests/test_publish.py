@@ -27,9 +27,10 @@ from pathlib import Path
 
 import pytest
 import systemd_versions
-from conftest import run_cli, write_recipe
+from conftest import run_cli
 from pkgfactory import build_deb, file
 from prereq import missing, require_root, require_tool
+from recipes_kit import DEBIAN_12, EPOCH, build_cli, recipe_dict, write_recipe_dict
 
 
 @pytest.fixture(scope="module")
@@ -52,24 +53,12 @@ def images(tmp_path_factory, cache_dir) -> dict[str, Path]:
         deb = build_deb(base / "debs", "feedtool", f"{version}.0-1",
                         [file("/usr/bin/feedtool", f"#!/bin/sh\necho {version}\n".encode(),
                               0o755)])
-        recipe = write_recipe(base / f"r{version}", f"""
-[extension]
-name = "feedtool"
-kind = "sysext"
-version = "{version}"
-[target]
-id = "debian"
-version_id = "12"
-architecture = "x86-64"
-[[source]]
-deb = "{deb}"
-[image]
-format = "squashfs"
-source_date_epoch = 1700000000
-""")
+        spec = recipe_dict("feedtool", kind="sysext", version=version,
+                           target={**DEBIAN_12, "architecture": "x86-64"}, sources=[deb],
+                           image={"format": "squashfs", "source_date_epoch": EPOCH})
         out = base / f"out{version}"
-        proc = run_cli("build", str(recipe), "-o", str(out), "--cache-dir", str(cache_dir))
-        assert proc.returncode == 0, proc.stderr
+        build_cli(write_recipe_dict(base / f"r{version}", spec), out, cache_dir=cache_dir,
+                  json_out=False)
         built[version] = out / "feedtool.manifest.json"
     return built
 
