@@ -70,7 +70,7 @@ def cmd_install_feed(args) -> int:
     for path in done["removed"]:
         print(f"removed {path}{where} (the other layout: both would be read)", file=sys.stderr)
     warnings = []
-    if root is not None and done["systemd"] < 257:
+    if root is not None and done["legacy"]:
         warnings.append(f"systemd {done['systemd']}'s systemd-sysupdate must run on the host "
                         "itself, not with --root: with --root it follows the CurrentSymlink "
                         "and turns the previous version into a link instead of retargeting "

@@ -705,6 +705,7 @@ def host_setup(source: str, base: Path, systemd: int) -> dict:
                 _target_dir(base, directory + ".d")
     return {"feed": source, "url": url, "systemd": systemd,
             "layout": "legacy .conf, CurrentSymlink" if legacy else ".transfer, NAME.raw.v/",
+            "legacy": legacy,
             "extensions": [n for n, _, _ in extensions],
             "kinds": sorted({k for _, _, k in extensions}), "transfers": transfers,
             "written": written,
