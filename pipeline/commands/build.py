@@ -207,7 +207,9 @@ class _Child:
         if code == 0 and isinstance(result.get("images"), list):
             row["status"] = "up_to_date" if result.get("up_to_date") else "built"
             row["images"] = result["images"]
-            row["warnings"] = [w for w in result.get("warnings", []) if isinstance(w, str)]
+            warnings = result.get("warnings")
+            row["warnings"] = [w for w in warnings if isinstance(w, str)] \
+                if isinstance(warnings, list) else []
             return
         row["status"] = "failed"
         error = result.get("error")
