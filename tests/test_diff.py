@@ -20,7 +20,7 @@ from verify_helpers import (
     flip_byte,
     project,
     repack_squashfs,
-    signer_files,
+    two_signers,
 )
 
 from pipeline.digest import hash_file
@@ -178,9 +178,7 @@ def ddis(tmp_path_factory, packages, cache_dir):
     """One unsigned DDI, and copies signed offline by two different keys."""
     require_tool("systemd-repart", "systemd-repart")
     require_tool("veritysetup", "cryptsetup-bin")
-    root = tmp_path_factory.mktemp("diff-ddi")
-    signer_files(root / "p", "a", "signer a")
-    signer_files(root / "p", "b", "signer b")
+    root = two_signers(tmp_path_factory, "diff-ddi")
     recipe = project(root / "p", packages, "ddi", filesystem="squashfs", sign="a")
     unsigned = build(recipe, root / "unsigned", cache_dir, unsigned=True)
     signed = {}

@@ -13,7 +13,7 @@ from conftest import run_cli
 from pkgfactory import build_deb, file
 from prereq import require_tool
 from recipes_kit import hello_recipe, write_recipe_dict
-from verify_helpers import build, extra_file, flip_byte, project, signer_files
+from verify_helpers import build, extra_file, flip_byte, project, two_signers
 
 from pipeline.image.ddi import signature as sig
 from pipeline.image.ddi.gpt import read_gpt
@@ -58,9 +58,7 @@ def detached(tmp_path_factory, packages, cache_dir):
     that unsigned build signed offline by b."""
     require_tool("veritysetup", "cryptsetup-bin")
     require_tool("openssl", "openssl")
-    root = tmp_path_factory.mktemp("detached")
-    signer_files(root / "p", "a", "signer a")
-    signer_files(root / "p", "b", "signer b")
+    root = two_signers(tmp_path_factory, "detached")
     recipe = project(root / "p", packages, "squashfs", sign="a", verity="detached")
     signed = build(recipe, root / "signed", cache_dir)
     unsigned = build(recipe, root / "unsigned", cache_dir, unsigned=True)
@@ -133,9 +131,7 @@ def test_detached_signers_from_manifests_alone(detached, tmp_path):
 def ddi(tmp_path_factory, packages, cache_dir):
     require_tool("systemd-repart", "systemd-repart")
     require_tool("veritysetup", "cryptsetup-bin")
-    root = tmp_path_factory.mktemp("ddi-integrity")
-    signer_files(root / "p", "a", "signer a")
-    signer_files(root / "p", "b", "signer b")
+    root = two_signers(tmp_path_factory, "ddi-integrity")
     recipe = project(root / "p", packages, "ddi", filesystem="erofs", sign="a")
     base = build(recipe, root / "base", cache_dir)
     extra = build(project(root / "q", packages, "ddi", filesystem="erofs", extra=EXTRA,

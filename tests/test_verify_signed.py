@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import run_cli
 from prereq import require_tool
-from verify_helpers import build, ecdsa_signer_files, project, signer_files
+from verify_helpers import build, ecdsa_signer_files, project, signed_build, signer_files
 
 from pipeline.image.ddi import signature as sig
 from pipeline.image.ddi.gpt import read_gpt
@@ -39,8 +39,7 @@ def _tools():
 def test_signed_ddi_without_the_private_key(tmp_path, packages, cache_dir):
     require_tool("systemd-repart", "systemd-repart")
     proj = tmp_path / "proj"
-    signer_files(proj, "release", "verify test")
-    image = build(project(proj, packages, "ddi", sign="release"), proj / "out", cache_dir)
+    image = signed_build(proj, packages, "ddi", cache_dir, cn="verify test")
     hide_key(proj, "release")
     rc, result = verify_json(image.manifest_path, "--cache-dir", cache_dir, cwd=tmp_path)
     assert rc == 0 and result["status"] == "reproduced", result
@@ -72,8 +71,7 @@ def test_signature_checked_without_the_certificate_file(tmp_path, packages, cach
     pinned by the fingerprint the manifest records."""
     require_tool("systemd-repart", "systemd-repart")
     proj = tmp_path / "proj"
-    signer_files(proj, "release", "verify test")
-    image = build(project(proj, packages, "ddi", sign="release"), proj / "out", cache_dir)
+    image = signed_build(proj, packages, "ddi", cache_dir, cn="verify test")
     hide_key(proj, "release")
     (proj / "release.crt").unlink()
     rc, result = verify_json(image.manifest_path, "--cache-dir", cache_dir, cwd=tmp_path)
@@ -108,8 +106,7 @@ def test_corrupted_signature_fails_without_keys(tmp_path, packages, cache_dir):
     """The last byte of the RSA signature value flipped, no keys/ anywhere: never reproduced."""
     require_tool("systemd-repart", "systemd-repart")
     proj = tmp_path / "proj"
-    signer_files(proj, "release", "verify test")
-    image = build(project(proj, packages, "ddi", sign="release"), proj / "out", cache_dir)
+    image = signed_build(proj, packages, "ddi", cache_dir, cn="verify test")
     hide_key(proj, "release")
     (proj / "release.crt").unlink()
     _rewrite_signature(image.image, lambda der: der[:-1] + bytes([der[-1] ^ 0x01]))
@@ -134,8 +131,7 @@ def test_signature_without_certificates_is_not_checked(tmp_path, packages, cache
     from cryptography.hazmat.primitives.serialization import pkcs7
 
     proj = tmp_path / "proj"
-    signer_files(proj, "release", "nocerts")
-    image = build(project(proj, packages, "ddi", sign="release"), proj / "out", cache_dir)
+    image = signed_build(proj, packages, "ddi", cache_dir, cn="nocerts")
     signer = load_signer(proj / "release.key", proj / "release.crt")
 
     def nocerts(_der: bytes) -> bytes:
@@ -171,8 +167,7 @@ def test_image_not_matching_its_manifest_is_not_reproduced(tmp_path, packages, c
     bytes re-encoded with other padding): the image is not the one its manifest describes."""
     require_tool("systemd-repart", "systemd-repart")
     proj = tmp_path / "proj"
-    signer_files(proj, "release", "verify test")
-    image = build(project(proj, packages, "ddi", sign="release"), proj / "out", cache_dir)
+    image = signed_build(proj, packages, "ddi", cache_dir, cn="verify test")
     found = find_verity_set(read_gpt(image.image))
     with open(image.image, "r+b") as fh:  # the JSON with a space: same meaning, other bytes
         fh.seek(found.signature.offset)
@@ -189,9 +184,8 @@ def test_signature_by_someone_else_differs(tmp_path, packages, cache_dir):
     (the manifest still records the first): differs, and says why."""
     require_tool("systemd-repart", "systemd-repart")
     proj = tmp_path / "proj"
-    signer_files(proj, "release", "verify test")
     signer_files(tmp_path / "other", "mallory", "mallory")
-    image = build(project(proj, packages, "ddi", sign="release"), proj / "out", cache_dir)
+    image = signed_build(proj, packages, "ddi", cache_dir, cn="verify test")
     found = find_verity_set(read_gpt(image.image))
     root_hash = found.root_hash_from_uuids()
     mallory = load_signer(tmp_path / "other" / "mallory.key", tmp_path / "other" / "mallory.crt")
@@ -224,9 +218,7 @@ def test_ecdsa_signed_ddi_is_reproduced(tmp_path, packages, cache_dir):
 
 def test_detached_verity_signed(tmp_path, packages, cache_dir):
     proj = tmp_path / "proj"
-    signer_files(proj, "release", "detached")
-    image = build(project(proj, packages, "squashfs", sign="release", verity="detached"),
-                  proj / "out", cache_dir)
+    image = signed_build(proj, packages, "squashfs", cache_dir, cn="detached", verity="detached")
     hide_key(proj, "release")
     rc, result = verify_json(image.manifest_path, "--cache-dir", cache_dir, cwd=tmp_path)
     assert rc == 0 and result["status"] == "reproduced", result
@@ -244,10 +236,8 @@ def test_detached_verity_signed(tmp_path, packages, cache_dir):
 
 def test_detached_signature_swapped(tmp_path, packages, cache_dir):
     proj = tmp_path / "proj"
-    signer_files(proj, "release", "detached")
     signer_files(tmp_path / "other", "mallory", "mallory")
-    image = build(project(proj, packages, "squashfs", sign="release", verity="detached"),
-                  proj / "out", cache_dir)
+    image = signed_build(proj, packages, "squashfs", cache_dir, cn="detached", verity="detached")
     root_hash = image.image.with_name("hello.roothash").read_text().strip()
     mallory = load_signer(tmp_path / "other" / "mallory.key", tmp_path / "other" / "mallory.crt")
     image.image.with_name("hello.roothash.p7s").write_bytes(
@@ -295,8 +285,7 @@ def test_variations_of_a_signed_ddi_need_no_key(tmp_path, packages, cache_dir):
     signature, and none needs to read the key."""
     require_tool("systemd-repart", "systemd-repart")
     proj = tmp_path / "proj"
-    signer_files(proj, "release", "vary")
-    image = build(project(proj, packages, "ddi", sign="release"), proj / "out", cache_dir)
+    image = signed_build(proj, packages, "ddi", cache_dir, cn="vary")
     hide_key(proj, "release")
     rc, result = verify_json(image.manifest_path, "--cache-dir", cache_dir, "--vary",
                              "tz,recipe-path", "--work-dir", tmp_path, cwd=tmp_path)
@@ -311,9 +300,8 @@ def test_cert_of_someone_else_fails(tmp_path, packages, cache_dir):
     image without verity or signature, asking for a certificate check fails too."""
     require_tool("systemd-repart", "systemd-repart")
     proj = tmp_path / "proj"
-    signer_files(proj, "release", "verify test")
     signer_files(tmp_path / "other", "mallory", "mallory")
-    image = build(project(proj, packages, "ddi", sign="release"), proj / "out", cache_dir)
+    image = signed_build(proj, packages, "ddi", cache_dir, cn="verify test")
     rc, result = verify_json(image.manifest_path, "--cache-dir", cache_dir, "--cert",
                              tmp_path / "other" / "mallory.crt", cwd=tmp_path)
     assert rc == 3 and result["status"] == "differs", result

@@ -62,6 +62,22 @@ def signer_files(directory: Path, stem: str, cn: str) -> Path:
     return directory / f"{stem}.key"
 
 
+def signed_build(proj: Path, packages: dict, fmt: str, cache_dir: Path, *, cn: str,
+                 stem: str = "release", **kw):
+    """``proj/STEM.key`` + ``.crt`` (CN ``cn``), the hello project signed with them, built into
+    ``proj/out``: the ImageResult."""
+    signer_files(proj, stem, cn)
+    return build(project(proj, packages, fmt, sign=stem, **kw), proj / "out", cache_dir)
+
+
+def two_signers(tmp_path_factory, name: str) -> Path:
+    """A new directory NAME whose ``p/`` holds the signers ``a`` and ``b``."""
+    root = tmp_path_factory.mktemp(name)
+    signer_files(root / "p", "a", "signer a")
+    signer_files(root / "p", "b", "signer b")
+    return root
+
+
 def ecdsa_signer_files(directory: Path, stem: str, cn: str) -> Path:
     """``directory/stem.key`` + ``.crt`` with an ECDSA P-256 key (``keys generate`` makes RSA
     only; ECDSA signatures are randomized, which is what the tests need)."""
