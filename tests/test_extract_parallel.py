@@ -101,25 +101,12 @@ def _corrupt(deb, out):
 
 
 def _build(tmp_path, cache_dir, debs):
-    from conftest import run_cli, write_recipe
+    from recipes_kit import DEBIAN_12, EPOCH, build_recipe, recipe_dict
 
-    sources = "".join(f'[[source]]\ndeb = "{d}"\n\n' for d in debs)
-    recipe = write_recipe(tmp_path / "recipe", f"""[extension]
-name = "two"
-kind = "sysext"
-version = "1"
-
-[target]
-id = "debian"
-version_id = "12"
-architecture = "x86-64"
-
-{sources}[image]
-format = "directory"
-source_date_epoch = 1700000000
-""")
-    return run_cli("build", str(recipe), "-o", str(tmp_path / "out"), "--cache-dir",
-                   str(cache_dir), "--json")
+    spec = recipe_dict("two", kind="sysext", version="1",
+                       target={**DEBIAN_12, "architecture": "x86-64"}, sources=debs,
+                       image={"format": "directory", "source_date_epoch": EPOCH})
+    return build_recipe(tmp_path, spec, cache_dir=cache_dir, expect=None)
 
 
 def test_two_packages_in_flight_write_what_one_at_a_time_writes(tmp_path, cache_dir):
