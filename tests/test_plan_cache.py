@@ -13,6 +13,8 @@ import pytest
 from conftest import run_cli, write_recipe
 from pkgfactory import build_deb, config, file, hardlink, symlink
 
+from pipeline.commands.plan import MAX_LISTING
+
 FILES = [
     file("/usr/bin/tool", b"#!/bin/sh\necho tool\n", 0o755),
     symlink("/usr/bin/tool-link", "tool"),
@@ -130,7 +132,7 @@ def test_an_oversized_list_is_not_read(setup):
     first = plan(recipe, cache)
     good = json.loads(listing.read_bytes())
     with listing.open("r+b") as fh:  # sparse: the size alone decides, nothing is read
-        fh.truncate(256 * 1024 * 1024 + 1)
+        fh.truncate(MAX_LISTING + 1)
     assert plan(recipe, cache) == first
     assert json.loads(listing.read_bytes()) == good
 

@@ -80,9 +80,10 @@ def make_plan(recipe, cache: Cache) -> dict:
 #: Bump when what a list holds, or how the readers report entries, changes.
 LISTING_VERSION = 1
 LISTING_FORMAT = "sysext-pipeline file list"
-#: Largest list read (a package of the default 1,000,000-entry budget lists in about 150 MB;
-#: anything larger is decompressed instead).
-MAX_LISTING = 256 << 20
+#: Largest list written or read: 32 MiB, about 200,000 entries (Debian's largest packages hold
+#: about 50,000) and a few hundred MiB of Python objects at most; a package whose list would be
+#: larger is decompressed each time instead.
+MAX_LISTING = 32 << 20
 _ENTRY_FIELDS = 13
 
 
