@@ -34,7 +34,7 @@ def register(sub) -> None:
     p.add_argument("--force", action="store_true", help="rebuild even when the output is up to "
                    "date (the manifest's input digest and image sha256 match)")
     p.add_argument("-j", "--jobs", type=_jobs, metavar="N", help="with several recipes: builds "
-                   "in flight at once (default: the number of cores)")
+                   "in flight at once (default: the number of cores this process may use)")
     p.add_argument("--keep-going", action="store_true", help="with several recipes: after a "
                    "failure, go on with the others (default: start no new build; the running "
                    "ones finish)")
@@ -255,7 +255,7 @@ def cmd_catalogue(args, paths: list[str]) -> int:
 
     output_dir = Path(args.output_dir)
     preflight(output_dir)
-    jobs = args.jobs or os.cpu_count() or 1
+    jobs = args.jobs or len(os.sched_getaffinity(0)) or 1  # the cores this process may use
     log = None if args.quiet else _human
     rows = [_row(p) for p in paths]
     owners: dict[str, str] = {}
