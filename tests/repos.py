@@ -367,6 +367,7 @@ class Server:
 
 import pytest  # noqa: E402
 from prereq import require_tool  # noqa: E402
+from recipes_kit import recipe_dict, write_recipe_dict  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -399,41 +400,24 @@ def deb_archive(tmp_path, gpg_keys, debs):
     server.close()
 
 
-def _write_recipe(directory: Path, target: str, repository: str, packages: list[str],
-                  extra: str, fmt: str) -> Path:
-    """``directory/r.toml``: image "resolved" from a packages source over one repository."""
-    directory.mkdir(parents=True, exist_ok=True)
-    names = ", ".join(f'"{p}"' for p in packages)
-    path = directory / "r.toml"
-    path.write_text(f"""[extension]
-name = "resolved"
-[target]
-{target}
-[[repository]]
-{repository}
-[[source]]
-packages = [{names}]
-{extra}
-[image]
-format = "{fmt}"
-""")
-    return path
+def _write_recipe(directory: Path, target: dict, repository: dict, packages: list[str],
+                  extra: dict | None, fmt: str) -> Path:
+    """``directory/r.toml``: image "resolved" from a packages source (``extra``: more keys of
+    it) over one repository."""
+    spec = recipe_dict("resolved", target=target, repository=[repository],
+                       sources=[{"packages": packages, **(extra or {})}], image={"format": fmt})
+    return write_recipe_dict(directory, spec, "r.toml")
 
 
 def make_deb_recipe(directory: Path, archive: DebArchive, packages: list[str], *,
-               suite: str = "stable", keyring: str | None = None, base: str | None = None,
-               extra: str = "", repo_extra: str = "", fmt: str = "directory") -> Path:
+                    suite: str = "stable", keyring: str | None = None, base: str | None = None,
+                    extra: dict | None = None, repo_extra: dict | None = None,
+                    fmt: str = "directory") -> Path:
     """A recipe resolving ``packages`` from ``archive``; the keyring is the archive's key."""
-    keyring = keyring or str(archive.key.keyring)
-    base_line = f'base = "{base}"\n' if base else ""
-    return _write_recipe(directory, f"""id = "debian"
-version_id = "12"
-architecture = "x86-64"
-{base_line}""", f"""type = "deb"
-mirror = "{archive.server.url}"
-suite = "{suite}"
-keyring = "{keyring}"
-{repo_extra}""", packages, extra, fmt)
+    target = {"id": "debian", "version_id": "12", "architecture": "x86-64", "base": base}
+    repository = {"type": "deb", "mirror": archive.server.url, "suite": suite,
+                  "keyring": keyring or str(archive.key.keyring), **(repo_extra or {})}
+    return _write_recipe(directory, target, repository, packages, extra, fmt)
 
 
 @pytest.fixture(scope="session")
@@ -458,11 +442,10 @@ def rpm_server(tmp_path_factory, rpms, gpg_keys):
 
 
 def make_rpm_recipe(directory: Path, server: Server, packages: list[str], *, repo: str = "gz",
-               gpgkey: str | None = None, extra: str = "") -> Path:
-    key_line = f'gpgkey = "{gpgkey}"\n' if gpgkey else ""
-    return _write_recipe(directory, 'id = "fedora"\nversion_id = "40"', f"""type = "rpm-md"
-baseurl = "{server.url}/{repo}"
-{key_line}""", packages, extra, "directory")
+                    gpgkey: str | None = None, extra: dict | None = None) -> Path:
+    repository = {"type": "rpm-md", "baseurl": f"{server.url}/{repo}", "gpgkey": gpgkey}
+    return _write_recipe(directory, {"id": "fedora", "version_id": "40"}, repository, packages,
+                         extra, "directory")
 
 
 @pytest.fixture

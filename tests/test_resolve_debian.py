@@ -75,7 +75,7 @@ def test_recommends_base_and_epochs(tmp_path, deb_archive, deb_recipe):
     (tmp_path / "recipe").mkdir()
     (tmp_path / "recipe" / "base.txt").write_text("# what the host has\nprelib\nlibfoo 2.1\n")
     data, _ = _lock(tmp_path, deb_archive, ["app", "ep-t", "tl-t"], base="base.txt",
-                    extra="recommends = true")
+                    extra={"recommends": True})
     names = _names(data)
     assert "app-doc" in names  # recommends = true
     assert "prelib" not in names and "libfoo" not in names  # the base has them

@@ -69,7 +69,7 @@ def test_closure(tmp_path, rpm_server, rpm_recipe, repo):
 
 def test_conditional_weak_and_tilde(tmp_path, rpm_server, rpm_recipe):
     names = _names(_lock(tmp_path, rpm_server, ["rapp", "rtrigger", "rtl"],
-                         extra="recommends = true"))
+                         extra={"recommends": True}))
     assert "rextra" in names and "rdoc" in names and names["rtl"] == "1.0-1"
 
 
