@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from prereq import missing, require_tool
+from recipes_kit import DEBIAN_12, recipe_dict, write_recipe_dict
 
 from pipeline import recipe as recipe_mod
 from pipeline.sources import metadata
@@ -63,13 +64,11 @@ def _archive() -> tuple[dict[str, str], str]:
 
 def _recipe(directory: Path, base: str | None) -> Path:
     uris, keyring = _archive()
-    repos = "".join(f'[[repository]]\ntype = "deb"\nmirror = "{uris[s]}"\nsuite = "{s}"\n'
-                    f'keyring = "{keyring}"\n\n' for s in SUITES)
-    base_line = f'base = "{base}"\n' if base else ""
-    path = directory / "debug.toml"
-    path.write_text(f'[extension]\nname = "debug"\n[target]\nid = "debian"\nversion_id = "12"\n'
-                    f'{base_line}\n{repos}[[source]]\npackages = {WANTED!r}\n'.replace("'", '"'))
-    return path
+    spec = recipe_dict("debug", target={**DEBIAN_12, "base": base},
+                       repository=[{"type": "deb", "mirror": uris[s], "suite": s,
+                                    "keyring": keyring} for s in SUITES],
+                       sources=[{"packages": WANTED}])
+    return write_recipe_dict(directory, spec, "debug.toml")
 
 
 def _apt(work: Path, *args: str) -> str:
