@@ -210,33 +210,31 @@ def test_bad_lead_magic(xz_rpm, tmp_path):
         rpm_info(bad)
 
 
-def test_bad_header_magic(xz_rpm, tmp_path):
-    data = bytearray(xz_rpm.read_bytes())
-    data[main_header_offset(data)] ^= 0xFF
-    bad = tmp_path / "hdr.rpm"
-    bad.write_bytes(bytes(data))
-    with pytest.raises(InputError, match=r"^hdr\.rpm:header: bad header magic"):
-        rpm_info(bad)
+def _flip_magic(data: bytearray, start: int) -> None:
+    data[start] ^= 0xFF
 
 
-def test_absurd_header_counts(xz_rpm, tmp_path):
-    data = bytearray(xz_rpm.read_bytes())
-    start = main_header_offset(data)
+def _huge_count(data: bytearray, start: int) -> None:
     data[start + 8 : start + 12] = struct.pack(">I", 0x7FFFFFFF)
-    bad = tmp_path / "huge.rpm"
-    bad.write_bytes(bytes(data))
-    with pytest.raises(InputError, match=r"^huge\.rpm:header: absurd header size"):
-        rpm_info(bad)
 
 
-def test_header_offset_out_of_range(xz_rpm, tmp_path):
-    data = bytearray(xz_rpm.read_bytes())
-    start = main_header_offset(data)
+def _far_offset(data: bytearray, start: int) -> None:
     first_entry = start + 16
     data[first_entry + 8 : first_entry + 12] = struct.pack(">I", 0x00FFFFFF)
-    bad = tmp_path / "offset.rpm"
+
+
+@pytest.mark.parametrize("name, damage, match", [
+    ("hdr", _flip_magic, r"^hdr\.rpm:header: bad header magic"),
+    ("huge", _huge_count, r"^huge\.rpm:header: absurd header size"),
+    ("offset", _far_offset, r"^offset\.rpm:header:tag \d+: offset"),
+])
+def test_damaged_main_header(xz_rpm, tmp_path, name, damage, match):
+    """The main header's magic, its entry count, an entry's offset: each named by part."""
+    data = bytearray(xz_rpm.read_bytes())
+    damage(data, main_header_offset(data))
+    bad = tmp_path / f"{name}.rpm"
     bad.write_bytes(bytes(data))
-    with pytest.raises(InputError, match=r"^offset\.rpm:header:tag \d+: offset"):
+    with pytest.raises(InputError, match=match):
         rpm_info(bad)
 
 
