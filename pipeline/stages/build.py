@@ -243,7 +243,9 @@ def build(recipe: Recipe, output_dir: Path, cache: Cache, *, environ: dict | Non
 
 
 def _refuse_replacing_signed(output_dir: Path, name: str) -> None:
-    """A signed image is replaced only with --force, as mkosi's -f (issue 16 §5)."""
+    """A signed image is replaced only with --force, as mkosi's -f (issue 16 §5). The old
+    manifest is read as bare JSON, not through the model: one that is damaged but names a
+    signer still protects its image (like _retired, which reads only ``companions``)."""
     data = read_entry(output_dir, f"{name}.manifest.json", MAX_MANIFEST)
     try:
         manifest = json.loads(data) if data is not None else None

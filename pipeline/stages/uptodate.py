@@ -26,9 +26,6 @@ from ..errors import InputError
 from ..outdir import MAX_MANIFEST, hash_entry, read_entry
 from . import manifest as mf
 
-#: The manifest field (a sha256 hex digest).
-FIELD = "input_digest"
-
 
 def lock_sha256(recipe) -> str | None:
     """sha256 of the recipe's lock file, None when it has none (no ``packages`` source)."""
