@@ -290,13 +290,15 @@ def full(args) -> dict:
                                         "plain": peak_memory(plain_script(debs, work, image))}
     for mb in args.scale_mb:
         print(f"… scale {mb} MB", file=sys.stderr, flush=True)
-        results.setdefault("scaling", {})[str(mb)] = scale(work, mb, cache, args.rounds, env)
+        results.setdefault("scaling", {})[str(mb)] = scale(work, mb, cache, args.rounds, env,
+                                                           erofs=mb == max(args.scale_mb))
     return results
 
 
-def scale(work: Path, mb: int, cache: Cache, rounds: int, env: dict) -> dict:
+def scale(work: Path, mb: int, cache: Cache, rounds: int, env: dict, erofs: bool = False) -> dict:
     """A synthetic payload of ``mb`` MB in generated packages (half text-like, half random),
-    squashfs zstd 3 against the plain tools, plus peak memory of both."""
+    squashfs zstd 3 against the plain tools, plus peak memory of both; with ``erofs``, also the
+    peak memory (tree RSS + tmpfs) of our erofs build of it (target 5: every format)."""
     sys.path.insert(0, str(REPO / "tests"))
     from pkgfactory import build_deb, file
 
@@ -323,14 +325,22 @@ def scale(work: Path, mb: int, cache: Cache, rounds: int, env: dict) -> dict:
              "[target]", 'id = "debian"', 'version_id = "12"', 'architecture = "x86-64"', ""]
     for deb in debs:
         lines += ["[[source]]", f'deb = "{deb}"', ""]
-    lines += ["[image]", IMAGES["squashfs-3"], f"source_date_epoch = {EPOCH}"]
     recipe = work / f"scale-{mb}.toml"
-    recipe.write_text("\n".join(lines) + "\n")
+    recipe.write_text("\n".join([*lines, "[image]", IMAGES["squashfs-3"],
+                                 f"source_date_epoch = {EPOCH}"]) + "\n")
+    erofs_recipe = work / f"scale-{mb}-erofs.toml"
+    erofs_recipe.write_text("\n".join([*lines, "[image]", IMAGES["erofs"],
+                                       f"source_date_epoch = {EPOCH}"]) + "\n")
     ours = [sys.executable, "-m", "pipeline", "build", str(recipe), "-q", "-o",
             str(work / "out" / f"scale-{mb}"), "--cache-dir", str(cache.root), "--force"]
     plain = plain_script(debs, work, "squashfs-3")
     result = compare(plain, ours, rounds, env)
     result["memory_mib"] = {"ours": peak_memory(ours, env), "plain": peak_memory(plain)}
+    if erofs:
+        result["memory_mib"]["ours erofs"] = peak_memory(
+            [sys.executable, "-m", "pipeline", "build", str(erofs_recipe), "-q", "-o",
+             str(work / "out" / f"scale-{mb}-erofs"), "--cache-dir", str(cache.root),
+             "--force"], env)
     return result
 
 
@@ -364,10 +374,12 @@ def targets(results: dict) -> list[str]:
     memory = results.get("memory_mib", {})
     scaled = results.get("scaling", {})
     worst = max([m["ours"]["total"] for m in memory.values()] +
-                [s["memory_mib"]["ours"]["total"] for s in scaled.values()], default=None)
+                [v["total"] for s in scaled.values() for k, v in s["memory_mib"].items()
+                 if k.startswith("ours")], default=None)
     largest = max(map(int, scaled), default=None)
-    where = f"(squashfs up to {largest} MB, every format at the payload)" if largest else \
-        "(every format at the payload only)"
+    erofs_too = largest and "ours erofs" in scaled[str(largest)]["memory_mib"]
+    where = (f"(squashfs{' and erofs' if erofs_too else ''} at {largest} MB, every format at "
+             "the payload)") if largest else "(every format at the payload only)"
     copying = sorted(k for k, m in memory.items() if m["ours"]["shm"] > 0.5 * m["ours"]["total"])
     if worst is None:
         lines.append("5 flat memory: not measured")
@@ -413,6 +425,10 @@ def markdown(results: dict, lines: list[str]) -> str:
         out.append(f"| scale {mb} MB squashfs-3: ratio {value['ratio_median']:.2f}× | "
                    f"{value['memory_mib']['plain']['total']} | "
                    f"{value['memory_mib']['ours']['total']} |")
+        if "ours erofs" in value["memory_mib"]:
+            erofs = value["memory_mib"]["ours erofs"]
+            out.append(f"| scale {mb} MB erofs (ours only) | | {erofs['total']} "
+                       f"(RSS {erofs['rss']}, tmpfs {erofs['shm']}) |")
     out += ["", "## Targets", ""] + [f"- {line}" for line in lines]
     return "\n".join(out) + "\n"
 

@@ -90,3 +90,18 @@ def test_the_overlay_image_holds_the_staging_data(tmp_path):
         assert (unpacked / path).read_bytes() == (staging / path).read_bytes(), path
     assert (unpacked / "usr/bin/hard").read_bytes() == (staging / "usr/bin/big").read_bytes()
     assert os.readlink(unpacked / "usr/bin/link") == "big"
+
+
+@pytest.mark.root
+def test_a_failing_tool_behind_the_overlay_is_named_itself(tmp_path):
+    require_root()
+    require_tool("mkfs.erofs", "erofs-utils")
+    from pipeline.errors import BuildError
+
+    tree = _tree(tmp_path / "staging")
+    with pytest.raises(BuildError) as caught:  # an unknown compressor: mkfs.erofs refuses
+        run_sorted(tree, "mkfs.erofs", ["-zbogus", tmp_path / "x.erofs"], what="packing x",
+                   size_hint=4 << 20)
+    tree.close()
+    assert caught.value.where == "mkfs.erofs"
+    assert "packing x failed" in caught.value.what

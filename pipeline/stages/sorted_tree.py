@@ -80,9 +80,12 @@ def run_sorted(tree: StagingTree, tool: str, args: list, *, what: str, tick=None
             mnt.mkdir()
             options = (f"ro,nodev,nosuid,noexec,metacopy=on,"
                        f"lowerdir={skeleton}::{os.path.realpath(tree.root)}")
-            tools.run("unshare", ["-m", "--propagation", "private", tools.find("sh"), "-c",
-                                  _MOUNT_AND_RUN, "sh", tools.find("mount"), options, mnt,
-                                  tools.find(tool), *args, mnt], what=what, tick=tick)
+            try:
+                tools.run("unshare", ["-m", "--propagation", "private", tools.find("sh"), "-c",
+                                      _MOUNT_AND_RUN, "sh", tools.find("mount"), options, mnt,
+                                      tools.find(tool), *args, mnt], what=what, tick=tick)
+            except BuildError as err:  # the tool failed (the mount was probed): name the tool
+                raise BuildError(tool, err.what, err.hint) from None
             return "overlay"
         free = shutil.disk_usage(base).free
         if size_hint * 1.1 + (1 << 20) > free:
