@@ -15,6 +15,7 @@ with ``--root``).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import http.server
@@ -191,11 +192,10 @@ def installed(directory: Path) -> dict[str, str]:
             if not p.name.startswith(".")} if directory.exists() else {}
 
 
-@pytest.mark.root
-@pytest.mark.network
-@pytest.mark.parametrize("version", [257, 262])
-def test_sysupdate_installs_updates_vacuums_and_refuses_tampering(version, images, gpg_home,
-                                                                  tmp_path):
+@contextlib.contextmanager
+def served_feed(tmp_path: Path, gpg_home: Path, first: Path):
+    """``tmp_path/feed`` holding ``first`` (a manifest), signed and served on 127.0.0.1, after
+    root and unshare are known to be there: (feed, server, the signing arguments)."""
     require_root()
     require_tool("unshare", "util-linux")
     feed = tmp_path / "feed"
@@ -203,7 +203,18 @@ def test_sysupdate_installs_updates_vacuums_and_refuses_tampering(version, image
     server = Server(feed)
     try:
         signed = ["--gnupghome", str(gpg_home)]
-        assert publish(feed, server.url, images["1"], extra=signed).returncode == 0
+        assert publish(feed, server.url, first, extra=signed).returncode == 0
+        yield feed, server, signed
+    finally:
+        server.close()
+
+
+@pytest.mark.root
+@pytest.mark.network
+@pytest.mark.parametrize("version", [257, 262])
+def test_sysupdate_installs_updates_vacuums_and_refuses_tampering(version, images, gpg_home,
+                                                                  tmp_path):
+    with served_feed(tmp_path, gpg_home, images["1"]) as (feed, server, signed):
         root = tmp_path / "root"
         (root / "etc/sysupdate.d").mkdir(parents=True)
         (root / "etc/sysupdate.d/feedtool.transfer").write_bytes(
@@ -252,22 +263,13 @@ def test_sysupdate_installs_updates_vacuums_and_refuses_tampering(version, image
         proc = sysupdate(version, feed, tmp_path, "update", root=fresh)
         assert proc.returncode != 0 and "ignature" in proc.stderr, proc.stderr
         assert installed(fresh / "var/lib/extensions/feedtool.raw.v") == {}
-    finally:
-        server.close()
 
 
 @pytest.mark.root
 @pytest.mark.network
 def test_sysupdate_254_legacy_transfer(images, gpg_home, tmp_path):
     """254's sysext has no NAME.raw.v/: the legacy transfer keeps a CurrentSymlink."""
-    require_root()
-    require_tool("unshare", "util-linux")
-    feed = tmp_path / "feed"
-    feed.mkdir()
-    server = Server(feed)
-    try:
-        signed = ["--gnupghome", str(gpg_home)]
-        assert publish(feed, server.url, images["1"], extra=signed).returncode == 0
+    with served_feed(tmp_path, gpg_home, images["1"]) as (feed, server, signed):
         definitions = tmp_path / "definitions"
         definitions.mkdir()
         var_lib = tmp_path / "var-lib"
@@ -287,5 +289,3 @@ def test_sysupdate_254_legacy_transfer(images, gpg_home, tmp_path):
             assert sha256(link) == raw[number]
         assert installed(var_lib / "extensions.d") == {"feedtool_1.raw": raw["1"],
                                                        "feedtool_2.raw": raw["2"]}
-    finally:
-        server.close()
