@@ -200,7 +200,7 @@ def _copy(tree: StagingTree, root: Path, forward: bool, *, stub: bool = False) -
             stack.append((path, listing(path)))
             continue
         if record.kind == E.SYMLINK:
-            os.symlink(os.readlink(src), dst)
+            os.symlink(record.target, dst)
         elif id(record) in linked:
             os.link(linked[id(record)], dst)
             continue
@@ -213,24 +213,24 @@ def _copy(tree: StagingTree, root: Path, forward: bool, *, stub: bool = False) -
         else:
             shutil.copyfile(src, dst, follow_symlinks=False)
             linked[id(record)] = dst
-        _metadata(src, dst, record, tree.owner_ids)
+        _metadata(dst, record, tree.owner_ids)
     for dst, record in reversed(dirs):  # children first: creating entries touches the parent
-        _metadata(tree.root / dst.relative_to(root), dst, record, tree.owner_ids)
+        _metadata(dst, record, tree.owner_ids)
     os.chmod(root, 0o755)
     st = os.stat(tree.root)
     os.utime(root, ns=(st.st_mtime_ns, st.st_mtime_ns))
 
 
-def _metadata(src: Path, dst: Path, record, owners: bool) -> None:
+def _metadata(dst: Path, record, owners: bool) -> None:
+    """Owners, mode, attributes and time as the records say: what the staging writer and the
+    normalize stage put on disk (read from the records, not stat-ed again)."""
     if owners:
         os.chown(dst, record.uid, record.gid, follow_symlinks=False)
     if record.kind != E.SYMLINK:
         os.chmod(dst, record.mode)
-        for key in os.listxattr(src, follow_symlinks=False):
-            os.setxattr(dst, key, os.getxattr(src, key, follow_symlinks=False),
-                        follow_symlinks=False)
-    st = os.lstat(src)
-    os.utime(dst, ns=(st.st_mtime_ns, st.st_mtime_ns), follow_symlinks=False)
+        for key, value in record.xattrs.items():
+            os.setxattr(dst, key, value, follow_symlinks=False)
+    os.utime(dst, (record.mtime, record.mtime), follow_symlinks=False)
 
 
 def _check_sorted(root: Path) -> None:
