@@ -243,14 +243,25 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None,
         if env or umask is not None or cwd is not None:
             raise ValueError("in_process runs take no env, umask or cwd")
         return _run_in_process(list(args))
-    full_env = dict(os.environ)
-    full_env["PYTHONPATH"] = str(REPO)
-    full_env.pop("SOURCE_DATE_EPOCH", None)
-    full_env.update(env or {})
     preexec = (lambda: os.umask(umask)) if umask is not None else None
-    proc = subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=cwd or REPO,
-                          env=full_env, capture_output=True, text=True, preexec_fn=preexec)
+    proc = subprocess.run(cli_argv(*args), cwd=cwd or REPO, env=cli_env(env),
+                          capture_output=True, text=True, preexec_fn=preexec)
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+def cli_argv(*args: str | os.PathLike) -> list[str]:
+    """``python -m pipeline ARGS`` with this interpreter, for tests that start the CLI
+    themselves (to kill it, or inside a namespace); run it in :func:`cli_env`."""
+    return [sys.executable, "-m", "pipeline", *map(os.fspath, args)]
+
+
+def cli_env(extra: dict | None = None) -> dict[str, str]:
+    """The environment the CLI runs in: ours, the checkout on PYTHONPATH, no
+    SOURCE_DATE_EPOCH (a test sets it when it means it), then ``extra``."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env.pop("SOURCE_DATE_EPOCH", None)
+    env.update(extra or {})
+    return env
 
 
 def _run_in_process(argv: list[str]) -> CliResult:

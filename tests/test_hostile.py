@@ -13,14 +13,13 @@ import lzma
 import os
 import signal
 import subprocess
-import sys
 import tarfile
 import time
 from pathlib import Path
 
 import pytest
 from conftest import run_cli
-from recipes_kit import CliResult, build_cli, recipe_dict, write_recipe_dict
+from recipes_kit import CliResult, build_cli, cli_argv, cli_env, recipe_dict, write_recipe_dict
 
 
 def _ar(members: list[tuple[str, bytes]]) -> bytes:
@@ -215,10 +214,8 @@ def _processes(name: str) -> list[str]:
 def test_sigterm_cleans_up_and_stops_the_packer(tmp_path, cache_dir):
     recipe = _slow_recipe(tmp_path)
     out = tmp_path / "out"
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "build", str(recipe), "-o",
-                             str(out), "--cache-dir", str(cache_dir)], env=env,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cli_argv("build", recipe, "-o", out, "--cache-dir", cache_dir),
+                            env=cli_env(), stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while not [p for p in _processes("mksquashfs") if str(out) in p]:
         assert time.monotonic() < deadline and proc.poll() is None, "mksquashfs never started"

@@ -16,7 +16,7 @@ import pytest
 from conftest import REPO
 from pkgfactory import build_deb, file
 from prereq import require_tool
-from recipes_kit import DEBIAN_12, EPOCH, recipe_dict, write_recipe_dict
+from recipes_kit import DEBIAN_12, EPOCH, cli_argv, cli_env, recipe_dict, write_recipe_dict
 
 from pipeline.stages import build as build_mod
 
@@ -44,11 +44,9 @@ def _recipe(tmp_path: Path, deb: Path, fmt: str = "squashfs", version: str = "1.
 
 
 def _popen(recipe: Path, out: Path, cache: Path, env: dict | None = None) -> subprocess.Popen:
-    full = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
-    full.pop("SOURCE_DATE_EPOCH", None)
-    return subprocess.Popen([sys.executable, "-m", "pipeline", "build", str(recipe), "-o",
-                             str(out), "--cache-dir", str(cache), "--json"], cwd=REPO, env=full,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(cli_argv("build", recipe, "-o", out, "--cache-dir", cache, "--json"),
+                            cwd=REPO, env=cli_env(env), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
 
 
 def _build(recipe: Path, out: Path, cache: Path, env: dict | None = None) -> dict:

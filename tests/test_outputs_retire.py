@@ -8,9 +8,8 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
 from pkgfactory import build_deb, file
-from recipes_kit import EPOCH, recipe_dict, write_recipe_dict
+from recipes_kit import EPOCH, CliResult, build_cli, recipe_dict, write_recipe_dict
 
 
 def _recipe(tmp_path: Path, cache_dir: Path) -> tuple[Path, Path]:
@@ -21,8 +20,8 @@ def _recipe(tmp_path: Path, cache_dir: Path) -> tuple[Path, Path]:
     return recipe, cache_dir
 
 
-def _build(recipe: Path, out: Path, cache_dir: Path):
-    return run_cli("build", str(recipe), "-o", str(out), "--cache-dir", str(cache_dir))
+def _build(recipe: Path, out: Path, cache_dir: Path) -> CliResult:
+    return build_cli(recipe, out, cache_dir=cache_dir, json_out=False, expect=None)
 
 
 def _published(out: Path) -> list[str]:
@@ -121,7 +120,6 @@ def test_unreadable_old_manifest_neither_hangs_nor_is_followed(tmp_path, cache_d
         os.symlink("/dev/zero", old)
     else:
         (old / "inside").mkdir(parents=True)
-    proc = run_cli("build", str(recipe), "-o", str(out), "--cache-dir", str(cache))
-    assert proc.returncode == 0, proc.stderr
+    build_cli(recipe, out, cache_dir=cache, json_out=False)
     assert json.loads(old.read_text())["name"] == "t"
     assert _published(out) == ["t", "t.manifest.json"]
