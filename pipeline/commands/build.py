@@ -115,20 +115,20 @@ def build_summary(result) -> dict:
     """The --json result of a build: one entry per image, plus what applies to all."""
     images = []
     for image in result.images:
-        m = image.manifest
+        m = image.model
         images.append({
             "kind": image.kind, "name": image.name, "image": str(image.image),
-            "manifest": str(image.manifest_path), "format": m["image"]["format"],
-            "sha256": m["image"]["sha256"], "size": m["image"]["size"],
-            "tree_sha256": m["image"]["tree_sha256"],
-            "extension_release": m["extension_release"]["fields"],
-            "extension_release_path": m["extension_release"]["path"],
-            "warnings": m["warnings"],
-            "root_hash": (m.get("ddi") or m.get("verity") or {}).get("rootHash"),
+            "manifest": str(image.manifest_path), "format": m.image.format,
+            "sha256": m.image.sha256, "size": m.image.size,
+            "tree_sha256": m.image.tree_sha256,
+            "extension_release": m.extension_release.fields,
+            "extension_release_path": m.extension_release.path,
+            "warnings": [w.to_json() for w in m.warnings],
+            "root_hash": m.root_hash,
             "extra_files": [str(p) for p in image.extras],
         })
     return {"decision": result.decision, "images": images, "warnings": result.warnings,
-            "dropped": dict(result.images[0].manifest["dropped"]) if result.images else {},
+            "dropped": dict(result.images[0].model.dropped) if result.images else {},
             "timings": result.timings, "up_to_date": result.up_to_date}
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from ..errors import BuildError
 from ..formats import entry as E
 from ..formats.compression import DEFAULT_RATIO, RATIO_FLOOR, Limits
+from ..sources import kinds
 from ..sources.fetch import Cache, Fetched, default_cache_dir, fetch_one
 from ..stages import layout, pitfalls
 from ..stages.build import image_filename, stage
@@ -55,7 +56,7 @@ def make_plan(recipe, cache: Cache) -> dict:
         "decision": None if undecided else staged.decision,
         "undecided": undecided,
         "complete": not missing,
-        "would_fetch": [_source_text(s) for s in missing],
+        "would_fetch": [kinds.describe(s) for s in missing],
         "packages": staged.report.packages,
         "dropped": dict(sorted(staged.report.dropped.items())),
         "excluded_count": staged.report.excluded,
@@ -314,12 +315,6 @@ def _undecided(recipe, missing: list) -> str | None:
     return (f"undecided until {len(missing)} package(s) not in the cache are fetched "
             f"(kind = {recipe.kind}: which images are made depends on their content); the "
             "images below show only the cached packages")
-
-
-def _source_text(source) -> str:
-    if source.type == "apt":
-        return f"apt {source.ref}={source.version} (sha256 {source.sha256})"
-    return f"{source.type} {source.ref}"
 
 
 def _image(recipe, img) -> dict:

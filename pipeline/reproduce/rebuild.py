@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import BuildError, InputError
+from ..sources import kinds
 from ..stages.manifest import Manifest
 
 
@@ -33,7 +34,7 @@ def pinned_recipe(recipe, manifest: dict | Manifest):
     (sources and inputs correspond one to one, in order, when no source expands to several)."""
     inputs = as_model(manifest).inputs
     sources = list(recipe.sources)
-    if len(sources) != len(inputs) or any(s.type not in ("deb", "rpm", "apt") for s in sources):
+    if len(sources) != len(inputs) or any(not kinds.of(s).one_input for s in sources):
         return recipe
     pinned = [s if s.sha256 else dataclasses.replace(s, sha256=i.sha256)
               for s, i in zip(sources, inputs)]

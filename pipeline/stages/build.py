@@ -208,7 +208,7 @@ def build(recipe: Recipe, output_dir: Path, cache: Cache, *, environ: dict | Non
     fetched = fetch_all(sources, cache, offline=offline, progress=progress)
     origins = [f.origin for f in fetched]
     log.stage("fetch", f"{len(fetched)} packages, {_size(sum(f.size for f in fetched))} "
-              f"({origins.count('download') + origins.count('apt')} downloaded, "
+              f"({sum(o not in ('cache', 'local') for o in origins)} downloaded, "
               f"{origins.count('cache')} cached, {origins.count('local')} local)")
 
     warnings = prepare_output(output_dir, recipe.name)
