@@ -329,13 +329,11 @@ def run(spec: list[str], *, target, recipe: Path, reference: diff_mod.Side,
 def _ddi_filesystem(reference: diff_mod.Side) -> str | None:
     if reference.is_file:
         from ..image import fsinfo
-        from ..image.ddi.gpt import has_gpt, read_gpt
-        from ..image.ddi.reader import find_verity_set
+        from ..image.ddi.reader import open_image
 
-        if has_gpt(reference.image):
-            found = find_verity_set(read_gpt(reference.image))
-            if found is not None:
-                return fsinfo.sniff(reference.image, found.data.offset)
+        found = open_image(reference.image).verity_set
+        if found is not None:
+            return fsinfo.sniff(reference.image, found.data.offset)
     return None
 
 
