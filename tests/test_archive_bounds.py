@@ -10,14 +10,13 @@ from __future__ import annotations
 import io
 import lzma
 import os
-import sys
 import tarfile
 from pathlib import Path
 
 import pytest
 from childrss import run_measured
 from conftest import REPO
-from recipes_kit import recipe_dict, write_recipe_dict
+from recipes_kit import cli_argv, cli_env, recipe_dict, write_recipe_dict
 from test_hostile import _ar, _tar, info
 
 from pipeline.errors import InputError
@@ -66,13 +65,11 @@ def build_measured(tmp_path: Path, deb: Path, cache_dir: Path, limits: dict | No
     """(exit status, stderr, peak RSS in bytes) of ``build`` run as a child process."""
     recipe = write_recipe_dict(tmp_path / "r", recipe_dict("evil", target={"id": "debian"},
                                                            sources=[{"deb": deb}], limits=limits))
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    env.pop("SOURCE_DATE_EPOCH", None)
     err = tmp_path / "stderr"
     with open(err, "wb") as stderr:
         code, rss_kib, _ = run_measured(
-            [sys.executable, "-m", "pipeline", "build", str(recipe), "-o", str(tmp_path / "out"),
-             "--cache-dir", str(cache_dir)], cwd=REPO, env=env, stderr=stderr, timeout=600)
+            cli_argv("build", recipe, "-o", tmp_path / "out", "--cache-dir", cache_dir),
+            cwd=REPO, env=cli_env(), stderr=stderr, timeout=600)
     return code, err.read_text(), rss_kib * 1024
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, run_cli
+from recipes_kit import cli_argv, cli_env
 
 from pipeline.sources.fetch import Cache
 
@@ -23,9 +24,7 @@ pytest_plugins = ["repos"]  # the archive, key and server fixtures
 
 
 def _start(*args: str, env: dict | None = None) -> subprocess.Popen:
-    full = dict(os.environ, PYTHONPATH=str(REPO), **(env or {}))
-    full.pop("SOURCE_DATE_EPOCH", None)
-    return subprocess.Popen([sys.executable, "-m", "pipeline", *args], env=full, cwd=REPO,
+    return subprocess.Popen(cli_argv(*args), env=cli_env(env), cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

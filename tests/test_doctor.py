@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -13,7 +12,7 @@ from conftest import REPO, run_cli
 from merge import in_namespace, make_root
 from pkgfactory import build_deb, file
 from prereq import missing, require_tool
-from recipes_kit import EPOCH, build_recipe, recipe_dict
+from recipes_kit import EPOCH, build_recipe, cli_env, recipe_dict
 from test_install import cli, tool_image
 
 from pipeline.commands.doctor import elf_dynamic
@@ -215,7 +214,7 @@ def test_an_image_whose_files_cannot_be_copied_is_named_not_dropped(tmp_path):
          'mount -t tmpfs -o size=1m tmpfs "$TMPDIR" && exec "$@"', "sh", sys.executable, "-m",
          "pipeline", "doctor", "--root", str(root), "--systemd", "252", "--json"],
         capture_output=True, text=True, cwd=REPO,
-        env={**os.environ, "TMPDIR": str(small), "PYTHONPATH": str(REPO)})
+        env=cli_env({"TMPDIR": str(small)}))
     assert proc.returncode in (0, 3) and "Traceback" not in proc.stderr, proc.stderr
     found = codes(json.loads(proc.stdout))
     [unreadable] = found["image.unreadable"]

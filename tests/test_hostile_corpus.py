@@ -41,7 +41,7 @@ import pytest
 from childrss import run_measured
 from hostile_corpus import Case, generate
 from prereq import require_tool
-from recipes_kit import recipe_dict, toml_text
+from recipes_kit import cli_argv, cli_env, recipe_dict, toml_text
 
 REPO = Path(__file__).resolve().parent.parent
 WORKERS = 3  # builds wait on I/O and their packer too: a third lane keeps 2 cores busy
@@ -358,9 +358,8 @@ def test_plan_refuses_what_build_refuses(results, tmp_path, case):
     pkg.write_bytes(c.data)
     recipe = tmp_path / "recipe.toml"
     recipe.write_text(_recipe(c, pkg))
-    env = dict(os.environ, PYTHONPATH=str(REPO), TMPDIR=str(tmp_path))
-    proc = subprocess.run([sys.executable, "-m", "pipeline", "plan", str(recipe), "--cache-dir",
-                           str(tmp_path / "cache")], capture_output=True, text=True, env=env,
+    proc = subprocess.run(cli_argv("plan", recipe, "--cache-dir", tmp_path / "cache"),
+                          capture_output=True, text=True, env=cli_env({"TMPDIR": str(tmp_path)}),
                           cwd=tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     build_error = _lines(results[case].stderr, "error:")

@@ -13,7 +13,7 @@ import pytest
 from conftest import REPO
 from pkgfactory import build_deb, file
 from prereq import require_root, require_tool
-from recipes_kit import EPOCH, recipe_dict, write_recipe_dict
+from recipes_kit import EPOCH, cli_env, recipe_dict, write_recipe_dict
 
 
 def _recipe(tmp_path: Path, deb: Path) -> Path:
@@ -34,7 +34,7 @@ def _build_on_tmpfs(tmp_path: Path, recipe: Path, cache_dir: Path, size: str,
     out = tmp_path / "out" if tmpdir else mnt / "out"
     script = ('mount -t tmpfs -o size="$1" tmpfs "$2" && shift 2 && "$@"; rc=$?; '
               'echo "left:$(ls -A "$OUT")" >&2; exit $rc')
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OUT": str(out)}
+    env = cli_env({"OUT": str(out)})
     if tmpdir:
         env["TMPDIR"] = str(mnt)
     return subprocess.run(
