@@ -20,7 +20,7 @@ from verify_helpers import (
     flip_byte,
     project,
     repack_squashfs,
-    two_signers,
+    two_signer_ddi,
 )
 
 from pipeline.digest import hash_file
@@ -176,10 +176,7 @@ def test_same_tree_different_layout_is_a_bytes_difference(tmp_path, base):
 @pytest.fixture(scope="module")
 def ddis(tmp_path_factory, packages, cache_dir):
     """One unsigned DDI, and copies signed offline by two different keys."""
-    require_tool("systemd-repart", "systemd-repart")
-    require_tool("veritysetup", "cryptsetup-bin")
-    root = two_signers(tmp_path_factory, "diff-ddi")
-    recipe = project(root / "p", packages, "ddi", filesystem="squashfs", sign="a")
+    root, recipe = two_signer_ddi(tmp_path_factory, "diff-ddi", packages, "squashfs")
     unsigned = build(recipe, root / "unsigned", cache_dir, unsigned=True)
     signed = {}
     for who in ("a", "b"):

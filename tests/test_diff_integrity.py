@@ -13,7 +13,7 @@ from conftest import run_cli
 from pkgfactory import build_deb, file
 from prereq import require_tool
 from recipes_kit import hello_recipe, write_recipe_dict
-from verify_helpers import build, extra_file, flip_byte, project, two_signers
+from verify_helpers import build, extra_file, flip_byte, project, two_signer_ddi, two_signers
 
 from pipeline.image.ddi import signature as sig
 from pipeline.image.ddi.gpt import read_gpt
@@ -129,10 +129,7 @@ def test_detached_signers_from_manifests_alone(detached, tmp_path):
 
 @pytest.fixture(scope="module")
 def ddi(tmp_path_factory, packages, cache_dir):
-    require_tool("systemd-repart", "systemd-repart")
-    require_tool("veritysetup", "cryptsetup-bin")
-    root = two_signers(tmp_path_factory, "ddi-integrity")
-    recipe = project(root / "p", packages, "ddi", filesystem="erofs", sign="a")
+    root, recipe = two_signer_ddi(tmp_path_factory, "ddi-integrity", packages, "erofs")
     base = build(recipe, root / "base", cache_dir)
     extra = build(project(root / "q", packages, "ddi", filesystem="erofs", extra=EXTRA,
                           sign="../p/b"), root / "extra", cache_dir)

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from prereq import require_tool
 from recipes_kit import EPOCH, hello_recipe, toml_text
 
 from pipeline import keys
@@ -76,6 +77,16 @@ def two_signers(tmp_path_factory, name: str) -> Path:
     signer_files(root / "p", "a", "signer a")
     signer_files(root / "p", "b", "signer b")
     return root
+
+
+def two_signer_ddi(tmp_path_factory, name: str, packages: dict,
+                   filesystem: str) -> tuple[Path, Path]:
+    """:func:`two_signers`, and the hello project in its ``p/`` as a DDI of ``filesystem``
+    signed by ``a``, once the DDI tools are known to be there: (the directory, the recipe)."""
+    require_tool("systemd-repart", "systemd-repart")
+    require_tool("veritysetup", "cryptsetup-bin")
+    root = two_signers(tmp_path_factory, name)
+    return root, project(root / "p", packages, "ddi", filesystem=filesystem, sign="a")
 
 
 def ecdsa_signer_files(directory: Path, stem: str, cn: str) -> Path:
