@@ -1,10 +1,12 @@
-"""One way for tests to write a recipe and run a build.
+"""One way for tests to write a recipe and run the CLI.
 
-``recipe_dict(...)`` returns a recipe as a dict (the common defaults filled in), ``toml_text(spec)``
+``recipe_dict(...)`` returns a recipe as a dict (Debian 12 unless told), and ``hello_recipe``,
+``tool_recipe`` and ``unfetchable_recipe`` the shapes many tests share; ``toml_text(spec)``
 writes any dict as TOML (checked by reading it back with :mod:`tomllib`), ``write_recipe_dict``
-puts it in a file, and ``build_cli`` runs the real CLI (a separate process by default, or
-in-process with ``in_process=True``) and returns a :class:`CliResult`. The ``make_recipe``
-fixture in conftest.py writes a dict into the test's own tmp_path.
+puts it in a file (the ``make_recipe`` fixture in conftest.py: in the test's tmp_path).
+``build_cli`` / ``build_recipe`` / ``run_cli`` run the real CLI (a separate process by default,
+or in-process with ``in_process=True``) and return a :class:`CliResult`: exit code, output and
+the parsed ``--json``; ``cli_argv`` and ``cli_env`` are for tests that start it themselves.
 
 Recipes whose *text* is the point of a test (a TOML syntax error, a key spelled wrong on
 purpose) stay literal strings in that test.
@@ -119,8 +121,9 @@ def toml_text(spec: dict[str, Any]) -> str:
 # --- recipes ----------------------------------------------------------------------------------
 
 def recipe_dict(name: str = "x", *, kind: str | None = None, version: str | None = None,
-           target: dict | None = None, sources: list[dict] | tuple = (),
-           image: dict | None = None, extension: dict | None = None, **sections: Any) -> dict:
+                target: dict | None = None, sources: list | tuple = (),
+                image: dict | None = None, extension: dict | None = None,
+                **sections: Any) -> dict:
     """A recipe dict: ``[extension]`` (name, kind, version, plus ``extension``), ``[target]``
     (Debian 12 unless given), ``[[source]]`` per item of ``sources`` (a path alone means a
     deb or rpm by its suffix), ``[image]``, then any other ``sections`` (``files``,

@@ -3,11 +3,23 @@ and the real CLI."""
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
 import tomllib
-from recipes_kit import build_cli, recipe_dict, run_cli, toml_text
+from recipes_kit import (
+    REPO,
+    build_cli,
+    cli_argv,
+    cli_env,
+    hello_recipe,
+    recipe_dict,
+    run_cli,
+    toml_text,
+    tool_recipe,
+    unfetchable_recipe,
+)
 
 from pipeline import recipe as recipe_mod
 
@@ -58,3 +70,26 @@ def test_build_cli_reports_the_exit_code_and_error_line(tmp_path, make_recipe):
         [line] = result.error_lines()
         assert "image.format" in line, line
     assert run_cli("--version", in_process=True).code == 0
+
+
+@pytest.mark.parametrize("spec", [
+    hello_recipe("squashfs", sources=["/nowhere/a.deb", "/nowhere/b.rpm"]),
+    hello_recipe("directory", sources=["/nowhere/a.deb"], epoch=None, owners=None),
+    tool_recipe("t", kind="confext", fmt="erofs"),
+    tool_recipe("t", fmt="ddi", extension={"version": "2"}),
+    unfetchable_recipe(image={"format": "ddi"}),
+], ids=["hello", "hello-unpinned", "tool-confext", "tool-ddi", "unfetchable"])
+def test_the_shared_shapes_are_recipes_the_parser_takes(make_recipe, spec):
+    loaded = recipe_mod.load(make_recipe(spec))
+    assert loaded.name == spec["extension"]["name"]
+    assert loaded.format == spec["image"].get("format", "squashfs")
+
+
+def test_cli_env_puts_the_checkout_first_and_drops_source_date_epoch(monkeypatch):
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1")
+    env = cli_env({"TZ": "Pacific/Chatham"})
+    assert env["PYTHONPATH"] == str(REPO) and "SOURCE_DATE_EPOCH" not in env
+    assert env["TZ"] == "Pacific/Chatham"
+    proc = subprocess.run(cli_argv("--version"), env=env, capture_output=True, text=True,
+                          cwd="/")
+    assert proc.returncode == 0 and proc.stdout.strip(), proc.stderr
