@@ -169,7 +169,9 @@ def test_version_and_have_of_real_and_missing_tools():
 def test_needed_follows_verb_features_and_leaves_optional_tools_out():
     names = {t.name for t in tools.needed("build", tools.build_features("ddi", "erofs", "none"))}
     assert {"mkfs.erofs", "systemd-repart", "veritysetup"} <= names
-    assert "mksquashfs" not in names and "setpriv" not in names  # optional: never required
+    optional = {t.name for t in tools.TOOLS if t.optional and "build" in t.uses}
+    assert optional and not optional & names  # used when there, never required
+    assert "mksquashfs" not in names
     assert tools.needed("build", tools.build_features("directory", "squashfs", "none")) == []
     assert tools.build_features("squashfs", "squashfs", "detached") == {"squashfs", "verity"}
 
