@@ -418,6 +418,11 @@ SCHEMA += (
     Key("repository", "allow_unsigned", bool, "deb: accept a Release without a signature check "
         "when no keyring is known (the Packages hashes are still checked).", "true",
         default=False, applies=("deb",)),
+    Key("repository", "snapshot", bool, "deb: the mirror is a snapshot archive (a fixed past "
+        "state, e.g. snapshot.debian.org/archive/debian/20261124T000000Z): an expired "
+        "`Valid-Until` in its Release file is accepted, as apt's `Check-Valid-Until=no`. Only "
+        "this repository; the signature and the suite are still checked.", "true",
+        default=False, applies=("deb",)),
     Key("files", "from", str, "File in the recipe's directory (or below it) to copy; a path that "
         "leads outside, also through a symlink, is an error. Exactly one of `from` or "
         "`content`.", '"files/agent.conf"', selects=lambda value: "from"),
@@ -512,6 +517,7 @@ class Repository:
     architectures: tuple[str, ...] = ()
     keyring: str | None = None  # deb keyring / rpm-md gpgkey, relative to the recipe
     allow_unsigned: bool = False
+    snapshot: bool = False  # deb: a snapshot archive, whose Valid-Until may have passed
 
 
 @dataclass(frozen=True)
@@ -734,7 +740,7 @@ class _Entry:
 def _table(body: dict, section: str, fail, where: str | None = None) -> _Entry:
     """Check ``body`` against the section's keys, in this order: unknown keys; the kind (the
     one selecting key); then each key: applies to the kind, type, value, each table entry;
-    then the keys the kind needs. ``where`` is the dotted path of ``body`` (``source[0]``)."""
+    then the keys the kind needs. ``where`` names ``body`` (``source #1 (apt = "jq")``)."""
     where = where or section
     declared = {k.name: k for k in keys(section)}
     for name in body:
@@ -804,10 +810,33 @@ def _value(body: dict, key: Key, where: str, fail):
     return value
 
 
+#: the keys that name an array entry in messages, after its 1-based number
+_NAMING_KEYS = {"repository": ("name", "suite", "baseurl")}
+
+
+def _item_where(section: str, index: int, item) -> str:
+    """How a message names entry ``index`` of an array section: 1-based, with the key that
+    says which one it is (``source #3 (apt = "jq")``, ``repository #2 (suite =
+    "bookworm-updates")``), as the recipe's author would find it."""
+    where = f"{section} #{index + 1}"
+    if not isinstance(item, dict):
+        return where
+    naming = list(_NAMING_KEYS.get(section, ())) + [k.name for k in keys(section) if k.selects]
+    for name in naming:
+        value = item.get(name)
+        if isinstance(value, str) or (isinstance(value, list) and
+                                      all(isinstance(v, str) for v in value)):
+            text = _toml(value)
+            if len(text) > 60:
+                text = text[:57] + "…" + text[-1]
+            return f"{where} ({name} = {text})"
+    return where
+
+
 def _sources(items: list, base: Path, fail) -> list[Source]:
     result = []
     for index, item in enumerate(items):
-        where = f"source[{index}]"
+        where = _item_where("source", index, item)
         if not isinstance(item, dict):
             fail(where, "must be a table")
         entry = _table(item, "source", fail, where)
@@ -822,7 +851,7 @@ def _sources(items: list, base: Path, fail) -> list[Source]:
 def _repositories(items: list, fail) -> list[Repository]:
     result: list[Repository] = []
     for index, item in enumerate(items):
-        where = f"repository[{index}]"
+        where = _item_where("repository", index, item)
         if not isinstance(item, dict):
             fail(where, "must be a table")
         entry = _table(item, "repository", fail, where)
@@ -838,7 +867,8 @@ def _repositories(items: list, fail) -> list[Repository]:
             name=name, type=rtype, url=v["mirror"] or v["baseurl"], suite=v["suite"],
             components=tuple(v["components"] or ()),
             architectures=tuple(v["architectures"] or default_arch),
-            keyring=v["keyring"] or v["gpgkey"], allow_unsigned=bool(v["allow_unsigned"])))
+            keyring=v["keyring"] or v["gpgkey"], allow_unsigned=bool(v["allow_unsigned"]),
+            snapshot=bool(v["snapshot"])))
     return result
 
 

@@ -142,8 +142,8 @@ ERRORS = [
     ("repository = 1\n" + BASE, "repository: must be an array of tables (write [[repository]]"),
     ("image = 1\n" + BASE, "image: must be a table"),
     ("files = 1\n" + BASE, "files: must be a table"),
-    ("source = [1]\n" + BASE, "source[0]: must be a table"),
-    ("repository = [1]\n" + BASE, "repository[0]: must be a table"),
+    ("source = [1]\n" + BASE, "source #1: must be a table"),
+    ("repository = [1]\n" + BASE, "repository #1: must be a table"),
     (BASE + '[files]\n"usr/x" = "y"\n', "files.'usr/x': must be a table ({ from = "),
     # keys of a table
     (BASE + "colour = 1\n", "target.colour: unknown key (allowed: id, version_id,"),
@@ -181,67 +181,67 @@ ERRORS = [
     (BASE + 'base = "b.txt"\n', "target.base: only applies to packages sources"),
     # [[source]]
     (BASE + '[[source]]\ndeb = "a.deb"\nfrom = "x"\n',
-     "source[0].from: unknown key (allowed: deb, rpm, apt, packages, recommends, version, sha256)"),
+     "source #1 (deb = \"a.deb\").from: unknown key (allowed: deb, rpm, apt, packages, recommends, version, sha256)"),
     (BASE + '[[source]]\ndeb = "a.deb"\nrpm = "b.rpm"\n',
-     "source[0]: needs exactly one of deb, rpm, apt, packages"),
+     "source #1 (deb = \"a.deb\"): needs exactly one of deb, rpm, apt, packages"),
     (BASE + f'[[source]]\nsha256 = "{SHA}"\n',
-     "source[0]: needs exactly one of deb, rpm, apt, packages"),
-    (BASE + '[[source]]\ndeb = 5\n', "source[0].deb: must be a string, not integer"),
+     "source #1: needs exactly one of deb, rpm, apt, packages"),
+    (BASE + '[[source]]\ndeb = 5\n', "source #1.deb: must be a string, not integer"),
     (BASE + '[[source]]\ndeb = "ftp://example.invalid/a.deb"\n',
-     "source[0].deb: 'ftp://example.invalid/a.deb' is not supported: only http(s) URLs and"),
-    (BASE + '[[source]]\nrpm = ""\n', "source[0].rpm: '' is empty"),
+     "source #1 (deb = \"ftp://example.invalid/a.deb\").deb: 'ftp://example.invalid/a.deb' is not supported: only http(s) URLs and"),
+    (BASE + '[[source]]\nrpm = ""\n', "source #1 (rpm = \"\").rpm: '' is empty"),
     (BASE + '[[source]]\ndeb = "a.deb"\nsha256 = "ABC"\n',
-     "source[0].sha256: 'ABC' must be 64 lowercase hex digits"),
+     "source #1 (deb = \"a.deb\").sha256: 'ABC' must be 64 lowercase hex digits"),
     (BASE + '[[source]]\ndeb = "https://example.invalid/x.deb"\n',
-     "source[0].sha256: required for the URL https://example.invalid/x.deb (sha256sum"),
+     "source #1 (deb = \"https://example.invalid/x.deb\").sha256: required for the URL https://example.invalid/x.deb (sha256sum"),
     (BASE + '[[source]]\ndeb = "a.deb"\nversion = "1"\n',
-     "source[0].version: only applies to apt sources (the deb file is exact)"),
+     "source #1 (deb = \"a.deb\").version: only applies to apt sources (the deb file is exact)"),
     (BASE + '[[source]]\napt = "jq"\n',
-     "source[0]: apt source 'jq' needs version and sha256 (apt-cache policy jq shows versions"),
+     "source #1 (apt = \"jq\"): apt source 'jq' needs version and sha256 (apt-cache policy jq shows versions"),
     (BASE + f'[[source]]\napt = "jq"\nsha256 = "{SHA}"\n',
-     "source[0].version: required for apt source 'jq' (apt-cache policy jq"),
+     "source #1 (apt = \"jq\").version: required for apt source 'jq' (apt-cache policy jq"),
     (BASE + '[[source]]\napt = "J Q"\nversion = "1"\n',
-     "source[0].apt: 'J Q' is not a Debian package name"),
+     "source #1 (apt = \"J Q\").apt: 'J Q' is not a Debian package name"),
     (BASE + APT + "recommends = true\n",
-     "source[0].recommends: only applies to packages sources"),
+     "source #1 (apt = \"jq\").recommends: only applies to packages sources"),
     (BASE + '[[source]]\npackages = ["a b"]\n' + REPO,
-     "source[0].packages: ['a b'] is not a non-empty list of package names"),
-    (BASE + '[[source]]\npackages = []\n' + REPO, "source[0].packages: [] is not a non-empty"),
+     "source #1 (packages = [\"a b\"]).packages: ['a b'] is not a non-empty list of package names"),
+    (BASE + '[[source]]\npackages = []\n' + REPO, "source #1 (packages = []).packages: [] is not a non-empty"),
     (BASE + f'[[source]]\npackages = ["jq"]\nsha256 = "{SHA}"\n' + REPO,
-     "source[0].sha256: does not apply to packages sources (the lock pins them)"),
+     "source #1 (packages = [\"jq\"]).sha256: does not apply to packages sources (the lock pins them)"),
     (BASE + '[[source]]\npackages = ["jq"]\nrecommends = "yes"\n' + REPO,
-     "source[0].recommends: must be a boolean, not string"),
+     "source #1 (packages = [\"jq\"]).recommends: must be a boolean, not string"),
     (BASE + APT + '[[source]]\ndeb = "a.deb"\nsha256 = "x"\n',
-     "source[1].sha256: 'x' must be 64 lowercase hex digits"),
+     "source #2 (deb = \"a.deb\").sha256: 'x' must be 64 lowercase hex digits"),
     # [[repository]]
     (BASE + '[[source]]\npackages = ["a"]\n[[repository]]\nmirror = "host"\n',
-     'repository[0].type: missing (example: type = "deb")'),
+     'repository #1.type: missing (example: type = "deb")'),
     (BASE + '[[repository]]\ntype = "yum"\n',
-     "repository[0].type: 'yum' must be one of 'deb', 'rpm-md'"),
-    (BASE + '[[repository]]\ntype = "deb"\ncolour = 1\n', "repository[0].colour: unknown key"),
+     "repository #1 (type = \"yum\").type: 'yum' must be one of 'deb', 'rpm-md'"),
+    (BASE + '[[repository]]\ntype = "deb"\ncolour = 1\n', "repository #1 (type = \"deb\").colour: unknown key"),
     (BASE + '[[repository]]\ntype = "deb"\nsuite = "x"\n',
-     'repository[0].mirror: missing (example: mirror = "host")'),
+     'repository #1 (suite = "x").mirror: missing (example: mirror = "host")'),
     (BASE + '[[repository]]\ntype = "deb"\nmirror = "host"\n',
-     'repository[0].suite: missing (example: suite = "bookworm")'),
-    (BASE + '[[repository]]\ntype = "deb"\n', "repository[0]: a deb repository needs mirror and suite"),
+     'repository #1 (type = "deb").suite: missing (example: suite = "bookworm")'),
+    (BASE + '[[repository]]\ntype = "deb"\n', "repository #1 (type = \"deb\"): a deb repository needs mirror and suite"),
     (BASE + '[[repository]]\ntype = "rpm-md"\n',
-     "repository[0].baseurl: missing (example: baseurl = "),
+     "repository #1 (type = \"rpm-md\").baseurl: missing (example: baseurl = "),
     (BASE + '[[repository]]\ntype = "deb"\nmirror = "ftp://x"\nsuite = "x"\n',
-     "repository[0].mirror: 'ftp://x' is not host, an http(s) URL or $ENV_VAR"),
+     "repository #1 (suite = \"x\").mirror: 'ftp://x' is not host, an http(s) URL or $ENV_VAR"),
     (BASE + '[[repository]]\ntype = "rpm-md"\nbaseurl = "host"\n',
-     "repository[0].baseurl: 'host' is not an http(s) URL or $ENV_VAR"),
+     "repository #1 (baseurl = \"host\").baseurl: 'host' is not an http(s) URL or $ENV_VAR"),
     (BASE + '[[repository]]\ntype = "rpm-md"\nbaseurl = "$M"\nsuite = "x"\n',
-     "repository[0].suite: does not apply to rpm-md repositories"),
+     "repository #1 (suite = \"x\").suite: does not apply to rpm-md repositories"),
     (BASE + REPO.replace("[[repository]]\n", "[[repository]]\ncomponents = []\n"),
-     "repository[0].components: [] must be a non-empty list of strings"),
+     "repository #1 (suite = \"bookworm\").components: [] must be a non-empty list of strings"),
     (BASE + REPO.replace("[[repository]]\n", "[[repository]]\nallow_unsigned = 1\n"),
-     "repository[0].allow_unsigned: must be a boolean, not integer"),
+     "repository #1 (suite = \"bookworm\").allow_unsigned: must be a boolean, not integer"),
     (BASE + REPO.replace("[[repository]]\n", '[[repository]]\nname = "a b"\n'),
-     "repository[0].name: 'a b' must be letters, digits and ._+- only"),
+     "repository #1 (name = \"a b\").name: 'a b' must be letters, digits and ._+- only"),
     (BASE + REPO.replace('"bookworm"', '"book worm"'),
-     "repository[0].name: 'book worm' must be letters, digits and ._+- only, starting with a "
+     "repository #1 (suite = \"book worm\").name: 'book worm' must be letters, digits and ._+- only, starting with a "
      "letter or digit (set name explicitly)"),
-    (BASE + REPO + REPO, "repository[1].name: 'bookworm' is used twice (give each repository"),
+    (BASE + REPO + REPO, "repository #2 (suite = \"bookworm\").name: 'bookworm' is used twice (give each repository"),
     # [files]
     (BASE + '[files]\n"usr/x" = { content = "a", colour = 1 }\n',
      "files.'usr/x'.colour: unknown key (allowed: from, content, mode)"),
@@ -322,3 +322,16 @@ def test_every_error_site_has_a_case(tmp_path):
     missing = sorted(sites - ran)
     lines = Path(source).read_text().splitlines()
     assert not missing, [f"recipe.py:{n}: {lines[n - 1].strip()}" for n in missing]
+
+
+def test_sources_are_named_one_based_with_their_key(tmp_path):
+    """Issue 16 §8: not the 0-based ``source[2]`` but ``source #3 (apt = "jq")``."""
+    path = tmp_path / "recipe.toml"
+    path.write_text(BASE + '[[source]]\ndeb = "a.deb"\n[[source]]\ndeb = "b.deb"\n'
+                    '[[source]]\napt = "jq"\nsha256 = "' + "0" * 64 + '"\n')
+    with pytest.raises(InputError) as exc:
+        recipe_mod.load(path)
+    assert exc.value.line() == (f'{path}: source #3 (apt = "jq").version: required for apt '
+                                "source 'jq' (apt-cache policy jq shows versions; the lock "
+                                "command pins them)")
+    assert "source[" not in exc.value.line()

@@ -238,8 +238,13 @@ def parse_release(text: str, where: str) -> Release:
 
 
 def check_release_identity(release: Release, suite: str, where: str,
-                           now: datetime.datetime | None = None) -> None:
+                           now: datetime.datetime | None = None, *,
+                           snapshot: bool = False) -> None:
     """Refuse a Release that is expired or is another suite's, as apt does.
+
+    ``snapshot``: the repository is a snapshot archive (the recipe says ``snapshot = true``):
+    its Release is a fixed past state whose Valid-Until has passed by design, so expiry is not
+    checked (apt's ``Check-Valid-Until=no``); the suite still is.
 
     A signature only says the archive made the file, not when or for which suite: a mirror (or
     an attacker in between) could serve an old signed Release to hold back security updates
@@ -252,7 +257,7 @@ def check_release_identity(release: Release, suite: str, where: str,
                          "the mirror serves another suite under this name (replay or mix-up); "
                          "check the mirror, or set suite to what it really is")
     valid_until = fields.get("Valid-Until")
-    if valid_until:
+    if valid_until and not snapshot:
         try:
             until = email.utils.parsedate_to_datetime(valid_until)
         except (TypeError, ValueError):
@@ -264,7 +269,8 @@ def check_release_identity(release: Release, suite: str, where: str,
         if until < now:
             raise InputError(where, f"expired: Valid-Until {valid_until} has passed",
                              "the mirror serves outdated metadata (a replay, or a stale "
-                             "mirror): use another mirror or wait for it to sync")
+                             "mirror): use another mirror or wait for it to sync; for a "
+                             "snapshot archive set snapshot = true on its [[repository]]")
 
 
 def dearmor(data: bytes) -> bytes:

@@ -23,7 +23,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import tools
@@ -140,6 +140,8 @@ class LockedSource(Source):
 
     kind: str = "locked"
     size: int | None = None
+    #: the recipe whose lock names it (for the ways out of a version gone from the archive)
+    recipe: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .. import recipe as recipe_mod
-from ..errors import InputError
+from ..errors import InputError, PipelineError
 from ..recipe import Source
 
 
@@ -174,6 +174,27 @@ def _http(source: Source, tmp: Path, net: Net) -> tuple[Path, str]:
         _basename(source)
 
 
+def gone_hint(name: str, recipe: str | None) -> str:
+    """The ways out when a locked version is no longer in the archive (one line)."""
+    return (f"run `sysext-pipeline lock --update {name} {recipe or 'RECIPE'}` to move it to the "
+            "archive's version, or set the [[repository]]'s mirror to a snapshot archive URL "
+            "(e.g. https://snapshot.debian.org/archive/debian/YYYYMMDDThhmmssZ) with "
+            "snapshot = true")
+
+
+def _locked_http(source: Source, tmp: Path, net: Net) -> tuple[Path, str]:
+    """A locked file over http; not there (404, 410) means the archive dropped that version
+    (a point release, a security update): one line naming the package and the ways out."""
+    try:
+        return _http(source, tmp, net)
+    except PipelineError as exc:
+        if getattr(exc, "status", None) not in (404, 410):
+            raise
+        raise InputError(f"{source.names[0]} {source.version} ({source.label})",
+                         f"this locked version is no longer in the archive ({exc.what})",
+                         gone_hint(source.names[0], getattr(source, "recipe", None))) from None
+
+
 def _apt_archive_name(source: Source, filename: str, info) -> str:
     version = info.version.split(":", 1)[-1]
     return f"{info.name}_{version}_{info.architecture}.deb"
@@ -216,7 +237,7 @@ register(SourceKind(
 register(SourceKind(
     "locked", "One package of a lock file: a path below a repository's root, pinned by sha256 "
     "and size (which bounds its download).",
-    download=_http, filename=_basename, label=_as_written, describe=_typed, claim=_locked_claim))
+    download=_locked_http, filename=_basename, label=_as_written, describe=_typed, claim=_locked_claim))
 
 
 # --- one call per question, for the stages and commands ----------------------------------------

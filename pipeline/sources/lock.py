@@ -70,7 +70,9 @@ def inputs_sha256(recipe: Recipe) -> str:
     base = _base_bytes(recipe)
     doc = {
         "lock_version": LOCK_VERSION,
-        "repositories": [asdict(r) for r in recipe.repositories],
+        # snapshot only when set: locks written before the key existed stay fresh
+        "repositories": [{k: v for k, v in asdict(r).items() if k != "snapshot" or v}
+                         for r in recipe.repositories],
         "packages": [{"names": list(s.names), "recommends": s.recommends}
                      for s in packages_sources(recipe)],
         "base": {"path": recipe.target.get("base"),
@@ -137,7 +139,8 @@ def locked_sources(recipe: Recipe, *, offline: bool = False) -> list[Source]:
         result.append(LockedSource(type="deb" if repo.type == "deb" else "rpm", ref=url,
                              sha256=pkg["sha256"], label=f"{repo.name}:{pkg['path']}",
                              size=pkg.get("size"), names=(pkg["name"],),
-                             version=pkg["version"], architecture=pkg["architecture"]))
+                             version=pkg["version"], architecture=pkg["architecture"],
+                             recipe=str(recipe.path)))
     return result
 
 

@@ -197,7 +197,8 @@ def load_deb(repo: Repository, recipe_dir: Path, cache: Cache) -> Metadata:
         debian.gpg_verify(keyring, raw, sig, f"{where}: Release.gpg")
         text, root_file = raw.decode("utf-8", errors="replace"), "Release"
     release = debian.parse_release(text, f"{where}: {root_file}")
-    debian.check_release_identity(release, repo.suite, f"{where}: {root_file}")
+    debian.check_release_identity(release, repo.suite, f"{where}: {root_file}",
+                                  snapshot=repo.snapshot)
     arches = list(repo.architectures)
     # binary-all/Packages only when the archive does not also list arch:all packages in every
     # architecture's index (Debian says so with "No-Support-for-Architecture-all: Packages").
