@@ -65,6 +65,22 @@ def unprivileged() -> UnprivilegedEnv:
 
 
 @pytest.fixture(scope="session")
+def rsa_signer(tmp_path_factory):
+    """A signing key and certificate (RSA-2048, CN=test release) for the image tests."""
+    from test_ddi import new_signer
+
+    return new_signer(tmp_path_factory.mktemp("rsa"), "test release")
+
+
+@pytest.fixture(scope="session")
+def other_signer(tmp_path_factory):
+    """A second signer (CN=someone else): the certificate an image was not signed with."""
+    from test_ddi import new_signer
+
+    return new_signer(tmp_path_factory.mktemp("other"), "someone else")
+
+
+@pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("cache")
 

@@ -95,16 +95,6 @@ def new_fs_image(directory: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def rsa_signer(tmp_path_factory) -> keys.Signer:
-    return new_signer(tmp_path_factory.mktemp("rsa"), "test release")
-
-
-@pytest.fixture(scope="session")
-def other_signer(tmp_path_factory) -> keys.Signer:
-    return new_signer(tmp_path_factory.mktemp("other"), "someone else")
-
-
-@pytest.fixture(scope="session")
 def fs_image(tmp_path_factory) -> Path:
     return new_fs_image(tmp_path_factory.mktemp("fs"))
 

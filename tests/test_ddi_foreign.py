@@ -12,19 +12,9 @@ import subprocess
 
 import pytest
 from prereq import require_root
-from test_ddi import cut, make_tree, need_tools, new_signer, sfdisk_table
+from test_ddi import cut, make_tree, need_tools, sfdisk_table
 
 from pipeline.image.ddi import inspect_image
-
-
-@pytest.fixture(scope="module")
-def rsa_signer(tmp_path_factory):
-    return new_signer(tmp_path_factory.mktemp("rsa"), "repart signer")
-
-
-@pytest.fixture(scope="module")
-def other_signer(tmp_path_factory):
-    return new_signer(tmp_path_factory.mktemp("other"), "someone else")
 
 
 @pytest.fixture(scope="module")

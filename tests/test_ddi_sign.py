@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import run_cli
-from test_ddi import SEED, build, need_tools, new_fs_image, new_signer
+from test_ddi import SEED, build, need_tools, new_fs_image
 
 from pipeline.errors import InputError
 from pipeline.image.ddi import detached_verity, inspect_image, sign_ddi, sign_detached
@@ -23,14 +23,14 @@ def fs_image(tmp_path_factory) -> Path:
     return new_fs_image(tmp_path_factory.mktemp("fs"))
 
 
-@pytest.fixture(scope="module")
-def signer(tmp_path_factory):
-    return new_signer(tmp_path_factory.mktemp("rsa"), "release")
+@pytest.fixture
+def signer(rsa_signer):
+    return rsa_signer
 
 
-@pytest.fixture(scope="module")
-def other(tmp_path_factory):
-    return new_signer(tmp_path_factory.mktemp("other"), "someone else")
+@pytest.fixture
+def other(other_signer):
+    return other_signer
 
 
 def sha256(path: Path) -> str:
