@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import bz2
+import gzip
 import io
 import lzma
 import random
@@ -31,6 +32,7 @@ CODECS = {
     "lzma": (lambda d: lzma.compress(d, format=lzma.FORMAT_ALONE, preset=0),
              lambda f: lzma.LZMAFile(f, format=lzma.FORMAT_ALONE)),
     "bzip2": (lambda d: bz2.compress(d, 1), lambda f: bz2.BZ2File(f)),
+    "gzip": (lambda d: gzip.compress(d, 1, mtime=0), lambda f: gzip.GzipFile(fileobj=f)),
 }
 
 
@@ -55,7 +57,12 @@ def _ours(codec: str, data: bytes) -> bytes | str:
 def _cases(codec: str) -> dict[str, bytes]:
     pack = CODECS[codec][0]
     one, two = pack(PLAIN), pack(b"second stream " * 500)
-    return {
+    padding = {  # gzip.GzipFile skips NULs between and after members (xz: see _Decoded)
+        "padding": one + bytes(1000),
+        "padding then a stream": one + bytes(513) + two,
+        "padding then garbage": one + bytes(10) + b"garbage",
+    } if codec == "gzip" else {}
+    return {**padding,
         "one stream": one,
         "two streams": one + two,
         "trailing garbage": one + b"garbage after the end",

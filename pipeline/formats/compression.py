@@ -14,7 +14,6 @@ from __future__ import annotations
 import bz2
 import contextlib
 import contextvars
-import gzip
 import io
 import lzma
 import queue
@@ -241,8 +240,40 @@ class _Decoded(Stream):
         return b""
 
 
+class _Gunzip:
+    """One gzip member for :class:`_Decoded`, through zlib (which checks the header, CRC32 and
+    length): the decoder interface of ``lzma.LZMADecompressor``. NUL padding before a member is
+    skipped, and padding up to the end is a clean end, as ``gzip.GzipFile`` reads them."""
+
+    def __init__(self):
+        self._z = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        self._started = False
+        self._padding_only = False
+
+    @property
+    def eof(self) -> bool:
+        return self._z.eof or self._padding_only
+
+    @property
+    def unused_data(self) -> bytes:
+        return self._z.unused_data
+
+    @property
+    def needs_input(self) -> bool:
+        return not self._z.unconsumed_tail
+
+    def decompress(self, data: bytes, max_length: int) -> bytes:
+        if not self._started:
+            data = data.lstrip(b"\0")
+            if not data:
+                self._padding_only = True  # until more comes: _Decoded starts a new member
+                return b""
+            self._started, self._padding_only = True, False
+        return self._z.decompress(self._z.unconsumed_tail + data, max_length)
+
+
 _OPENERS: dict[str, Callable[[BinaryIO], BinaryIO]] = {
-    "gzip": lambda f: gzip.GzipFile(fileobj=io.BufferedReader(f, CHUNK), mode="rb"),
+    "gzip": lambda f: _Decoded(f, _Gunzip, ()),  # garbage after a member is an error there
     "bzip2": lambda f: _Decoded(f, bz2.BZ2Decompressor, OSError),
     "xz": lambda f: _Decoded(f, lambda: lzma.LZMADecompressor(lzma.FORMAT_XZ), lzma.LZMAError),
     "lzma": lambda f: _Decoded(f, lambda: lzma.LZMADecompressor(lzma.FORMAT_ALONE),
