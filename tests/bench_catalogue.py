@@ -94,6 +94,12 @@ def make_recipes(base: Path, work: Path, count: int = RECIPES) -> list[Path]:
     """``count`` recipes from ``base``'s pinned sources, recipe i without source i."""
     data = tomllib.loads(base.read_text())
     sources = data.get("source", [])
+    if base.with_suffix(".lock").is_file():  # a recipe naming packages: its lock's pins, as apt
+        lock = tomllib.loads(base.with_suffix(".lock").read_text())
+        sources = [{"apt": p["name"], "version": p["version"], "sha256": p["sha256"]}
+                   for p in lock["package"]]
+        data = {k: v for k, v in data.items() if k != "repository"}
+        data["target"] = {k: v for k, v in data["target"].items() if k != "base"}
     if len(sources) < count:
         sys.exit(f"{base}: needs at least {count} [[source]] entries, has {len(sources)}")
     out = []

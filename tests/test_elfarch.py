@@ -73,7 +73,7 @@ def test_arm64_build_on_x86_64(tmp_path, cache_dir):
     """The resolved debug-tools recipe for arm64: locked from the archive's arm64 indices,
     extracted in pure Python, ARCHITECTURE=arm64, every ELF file aarch64; rebuilt identically."""
     require_tool("mksquashfs", "squashfs-tools")
-    spec = tomllib.loads((REPO / "recipes/debug-tools-resolved.toml").read_text())
+    spec = tomllib.loads((REPO / "recipes/debug-tools.toml").read_text())
     spec["target"].update(architecture="arm64", base=f"{REPO}/recipes/{spec['target']['base']}")
     for repository in spec["repository"]:
         repository["architectures"] = ["arm64"]

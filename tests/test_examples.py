@@ -27,9 +27,10 @@ def test_default_recipe_builds_reproducibly_and_runs(tmp_path, apt_cache):
         proc = run_cli("build", str(REPO / "recipes/debug-tools.toml"), "-o",
                        str(tmp_path / f"out{n}"), "--cache-dir", str(apt_cache), "--json",
                        umask=0o002 if n else 0o022, env={"TZ": "Asia/Kolkata" if n else "UTC"})
-        # A failure is the build's own message (a version the archive no longer has is not
-        # "archive unreachable").
+        # A failure is the build's own one-line message, never a skip: a locked version the
+        # archive no longer has (a point release) names `lock --update NAME` and a snapshot.
         assert proc.returncode == 0, proc.stderr
+        assert not proc.error_lines()
         [image] = json.loads(proc.stdout)["images"]
         results.append(image)
     assert results[0]["sha256"] == results[1]["sha256"]
@@ -41,6 +42,28 @@ def test_default_recipe_builds_reproducibly_and_runs(tmp_path, apt_cache):
     assert proc.returncode == 0, proc.stderr
     assert "tcpdump version 4.99" in proc.stdout and "strace -- version 6.1" in proc.stdout
     assert "\n42\n" in proc.stdout and "extension-release.debug-tools" in proc.stdout
+
+
+def test_default_example_names_packages_and_its_locks_pin_them():
+    """The quick start's recipe names packages, not versions (nothing in it for a point
+    release to break); its committed lock pins each file by version and sha256, and the DDI
+    variant (which includes it) has its own lock with the same packages. No network."""
+    from pipeline import recipe as recipe_mod
+    from pipeline.sources import kinds
+    from pipeline.sources.lock import check_fresh, read_lock
+
+    recipe = recipe_mod.load(REPO / "recipes/debug-tools.toml")
+    assert recipe.sources and all(kinds.of(s).resolved for s in recipe.sources)
+    assert all(r.url == "host" for r in recipe.repositories)  # no mirror in the repository
+    locks = []
+    for name in ("debug-tools", "debug-tools-ddi"):
+        each = recipe_mod.load(REPO / f"recipes/{name}.toml")
+        data = read_lock(each)
+        check_fresh(each, data)
+        locks.append(data["package"])
+    assert locks[0] == locks[1]
+    assert {p["name"] for p in locks[0]} >= {"strace", "jq", "tcpdump"}
+    assert all(len(p["sha256"]) == 64 and p["version"] for p in locks[0])
 
 
 def test_confext_example(tmp_path, cache_dir):

@@ -114,8 +114,8 @@ def test_a_name_that_does_not_resolve_is_not_retried(tmp_path):
 # --- apt: one apt-get for all packages ----------------------------------------------------------
 
 def _pins() -> dict[str, tuple[str, str]]:
-    data = tomllib.loads((REPO / "recipes/debug-tools.toml").read_text())
-    return {s["apt"]: (s["version"], s["sha256"]) for s in data["source"] if "apt" in s}
+    data = tomllib.loads((REPO / "recipes/debug-tools.lock").read_text())  # the example's pins
+    return {p["name"]: (p["version"], p["sha256"]) for p in data["package"]}
 
 
 @pytest.mark.network
