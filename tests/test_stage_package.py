@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from prereq import require_tool
+from prereq import require_root, require_tool
 from recipes_kit import EPOCH, recipe_dict
 
 from pipeline import recipe as recipe_mod
@@ -33,11 +33,11 @@ def loaded(make_recipe, directory: Path, **image) -> recipe_mod.Recipe:
     return recipe_mod.load(make_recipe(spec, directory))
 
 
-def staged(root: Path, owner: int = 0) -> StagingTree:
-    """A small tree: a tool owned by ``owner`` in the records (not on disk: owner_ids=False),
-    a setuid file, a symlink, a read-only directory, an awkward name."""
+def staged(root: Path, owner: int = 0, owner_ids: bool = False) -> StagingTree:
+    """A small tree: a tool owned by ``owner`` in the records (on disk too with
+    ``owner_ids``), a setuid file, a symlink, a read-only directory, an awkward name."""
     root.parent.mkdir(parents=True, exist_ok=True)
-    tree = StagingTree(root, owner_ids=False)
+    tree = StagingTree(root, owner_ids=owner_ids)
     for entry, uid in (
             (E.Entry(path="usr/bin/tool", kind=E.FILE, mode=0o750, size=5,
                      data=io.BytesIO(b"tool\n")), owner),
@@ -144,11 +144,14 @@ def test_erofs_refuses_non_root_owners_without_root_ids_and_clamp(tmp_path, make
 
 
 def test_directory_format_is_the_staging_tree_itself(tmp_path, make_recipe):
+    """The tree on disk is the image, so it carries the recorded owners (a root build)."""
+    require_root()
     recipe = loaded(make_recipe, tmp_path / "r", format="directory")
-    tree = staged(tmp_path / "root")
+    tree = staged(tmp_path / "root", owner=4242, owner_ids=True)
     packed = pack(recipe, tree, tmp_path / "pk", EPOCH, b"s")
     assert packed.path == tmp_path / "pk" and packed.tools == {}
     assert (packed.path / "usr/bin/tool").read_bytes() == b"tool\n"
+    assert (packed.path / "usr/bin/tool").stat().st_uid == 4242
     assert not (tmp_path / "root").exists()
     os.chmod(packed.path / "usr/share/ro", 0o755)
 
