@@ -31,6 +31,8 @@ from pathlib import Path
 
 from .. import tools
 from ..errors import BuildError, InputError, PipelineError
+from ..stages import manifest as manifest_mod
+from ..stages.manifest import Manifest
 from . import diff as diff_mod
 
 REPO = Path(__file__).resolve().parents[2]  # the checkout, above pipeline/reproduce/
@@ -61,6 +63,7 @@ class Context:
     filesystem: str  # squashfs | erofs | directory
     cache_dir: Path
     manifest_path: Path
+    manifest: Manifest  # the reference's, through the model
 
 
 @dataclass
@@ -167,6 +170,9 @@ def _hostname(ctx: Context) -> Plan | str:
 
 
 def _user(ctx: Context) -> Plan | str:
+    refused = non_root_refusal(ctx.manifest)
+    if refused:
+        return f"a build as nobody is refused by design: {refused}"
     if os.geteuid() != 0:
         return "needs root to switch to nobody"
     if not shutil.which("setpriv"):
@@ -194,6 +200,24 @@ def _user(ctx: Context) -> Plan | str:
     os.chown(out, 65534, 65534)
     return Plan(prefix=prefix, out=out / "out", cwd=out,
                 env={"HOME": str(out), "USER": "nobody", "LOGNAME": "nobody"})
+
+
+def non_root_refusal(manifest: Manifest) -> str | None:
+    """Why a build without root refuses to make this image (None: it does not): what only root
+    can write — a file capability, a directory image's owners, an erofs image's non-root
+    owners (pipeline/stages/staging.py and package.py refuse these, naming the fix)."""
+    caps = [f.path for f in manifest.files if f.xattrs and "security.capability" in f.xattrs]
+    if caps:
+        return (f"the image carries a file capability ({caps[0]}), which only a root build "
+                "can write")
+    fmt = manifest.image.format
+    if fmt == "directory":
+        return ("a directory image holds its owners on disk, which only a root build can set "
+                "to the ones the manifest records")
+    owned = [f.path for f in manifest.files if (f.uid, f.gid) != (0, 0)]
+    if owned and manifest.image.filesystem == "erofs":
+        return f"an erofs image with non-root owners ({owned[0]}) needs a root build"
+    return None
 
 
 def _cpus(ctx: Context) -> Plan | str:
@@ -289,15 +313,28 @@ NAMES = tuple(v.name for v in VARIATIONS)
 
 
 def select(spec: list[str]) -> list[Variation]:
-    """``["all"]`` or names (comma-separated lists allowed) → the variations, in table order."""
-    wanted = {n.strip() for item in spec for n in item.split(",") if n.strip()}
-    if "all" in wanted:
-        return list(VARIATIONS)
-    unknown = wanted - set(NAMES)
+    """``--vary`` values → the variations, in table order. reprotest's syntax: a comma-separated
+    list (the option repeats), read left to right; ``NAME`` or ``+NAME`` adds a variation,
+    ``-NAME`` removes it, ``all`` stands for every one (``all,-user``, ``+all,-user``); a list
+    that starts with a removal starts from all (``--vary=-user``). Every name is checked: one
+    that is not a variation is bad input, and so is a selection left empty."""
+    items = [n.strip() for item in spec for n in item.split(",") if n.strip()]
+    unknown = [n for n in items if _bare(n) not in (*NAMES, "all")]
     if unknown:
-        raise InputError("--vary", f"unknown variation {', '.join(sorted(unknown))}",
-                         f"choose from all, {', '.join(NAMES)}")
-    return [v for v in VARIATIONS if v.name in wanted]
+        raise InputError("--vary", f"unknown variation {', '.join(dict.fromkeys(unknown))}",
+                         f"choose from all, {', '.join(NAMES)}; +NAME adds, -NAME removes")
+    chosen: set[str] = set(NAMES) if items and items[0].startswith("-") else set()
+    for item in items:
+        names = set(NAMES) if _bare(item) == "all" else {_bare(item)}
+        chosen = chosen - names if item.startswith("-") else chosen | names
+    if not chosen:
+        raise InputError("--vary", f"{','.join(items) or '(empty)'} selects no variation",
+                         f"name at least one: all, {', '.join(NAMES)}")
+    return [v for v in VARIATIONS if v.name in chosen]
+
+
+def _bare(item: str) -> str:
+    return item[1:] if item[:1] in ("+", "-") else item
 
 
 def run(spec: list[str], *, target, recipe: Path, reference: diff_mod.Side,
@@ -305,9 +342,8 @@ def run(spec: list[str], *, target, recipe: Path, reference: diff_mod.Side,
     from ..sources.fetch import default_cache_dir
 
     variations = select(spec)
-    manifest = target.manifest
-    image = manifest.get("image") or {}
-    filesystem = image.get("filesystem") or image.get("format") or "squashfs"
+    model = target.model
+    filesystem = model.image.filesystem or model.image.format
     if filesystem == "ddi":
         filesystem = _ddi_filesystem(reference) or "erofs"
     cache = default_cache_dir(cache_dir).resolve()  # the child runs in another directory
@@ -316,7 +352,7 @@ def run(spec: list[str], *, target, recipe: Path, reference: diff_mod.Side,
         vdir = workdir / f"vary-{variation.name}"
         vdir.mkdir(parents=True)
         os.chmod(vdir, 0o755)
-        ctx = Context(vdir, Path(recipe), filesystem, cache, target.manifest_path)
+        ctx = Context(vdir, Path(recipe), filesystem, cache, target.manifest_path, model)
         started = time.monotonic()
         result = _run_one(variation, ctx, reference, offline)
         result.seconds = time.monotonic() - started
@@ -366,7 +402,7 @@ def _run_one(variation: Variation, ctx: Context, reference: diff_mod.Side,
             row.detail = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
             return row
         built = json.loads(proc.stdout)
-        varied = diff_mod.Side(built["image"], json.loads(Path(built["manifest"]).read_text()),
+        varied = diff_mod.Side(built["image"], manifest_mod.read(built["manifest"]),
                                Path(built["manifest"]), Path(built["image"]))
         report = diff_mod.diff(reference, varied, labels=("in the reference", "in the varied build"))
         manifest_same = reference.manifest_path is not None and \
@@ -415,7 +451,7 @@ def _child(argv: list[str]) -> int:
     parser.add_argument("--offline", action="store_true")
     args = parser.parse_args(argv)
     try:
-        manifest = json.loads(Path(args.manifest).read_text())
+        manifest = manifest_mod.read(args.manifest)
         built = rebuild(manifest, Path(args.recipe), Path(args.out), args.cache_dir,
                         offline=args.offline)
     except PipelineError as err:

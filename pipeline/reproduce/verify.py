@@ -47,7 +47,6 @@ TOOL_LABELS = ("in the manifest", "here")
 class Target:
     """What is being verified: a manifest, and the image next to it when there is one."""
 
-    manifest: dict  # its JSON
     manifest_path: Path
     image: Path | None
     model: Manifest  # read and checked through pipeline/stages/manifest.py
@@ -89,9 +88,8 @@ def load_target(path: str | Path) -> Target:
         raise InputError(str(path), "no manifest next to this image",
                          f"verify needs {Path(path).name.removesuffix('.raw')}.manifest.json, "
                          "which the build wrote next to it")
-    return Target(side.manifest, side.manifest_path.resolve(),
-                  side.image.resolve() if side.image else None,
-                  Manifest.from_json(side.manifest, str(side.manifest_path)))
+    return Target(side.manifest_path.resolve(), side.image.resolve() if side.image else None,
+                  side.manifest)
 
 
 def recipe_candidates(target: Target) -> list[Path]:
@@ -148,11 +146,11 @@ def compare(target: Target, rebuilt: Rebuilt, *, limit: int = 10) -> tuple[bool,
                                                                              diff_mod.Report | None]:
     """(unsigned content reproduced, manifest identical apart from signatures, diff report);
     the manifests are compared in their unsigned view (Manifest.unsigned)."""
-    original = diff_mod.Side(str(target.image or target.manifest_path), target.manifest,
+    original = diff_mod.Side(str(target.image or target.manifest_path), target.model,
                              target.manifest_path, target.image)
-    here = diff_mod.Side(str(rebuilt.image), rebuilt.manifest, rebuilt.manifest_path,
-                         rebuilt.image)
     rebuilt_model = _rebuilt_model(rebuilt)
+    here = diff_mod.Side(str(rebuilt.image), rebuilt_model, rebuilt.manifest_path,
+                         rebuilt.image)
     manifest_identical = target.model.unsigned() == rebuilt_model.unsigned()
     report = diff_mod.diff(original, here, limit=limit, labels=LABELS, tool_labels=TOOL_LABELS,
                            unsigned=True)
@@ -380,7 +378,7 @@ def verify(path: str | Path, *, recipe: str | Path | None = None, cache_dir: str
 
             # Variations are compared with this rebuild: unsigned like them, so a signed
             # original does not make every row differ in its signature.
-            reference = diff_mod.Side(str(rebuilt.image), rebuilt.manifest,
+            reference = diff_mod.Side(str(rebuilt.image), _rebuilt_model(rebuilt),
                                       rebuilt.manifest_path, rebuilt.image)
             result.variations = vary_mod.run(vary, target=target, recipe=recipe_path,
                                              reference=reference, cache_dir=cache_dir,
@@ -405,7 +403,8 @@ def _check_provenance(target: Target, recipe_path: Path, cert) -> tuple[str, str
     cert_path = (_recipe_signing(recipe_path) or {}).get("cert")
     if cert is None and cert_path is not None and Path(cert_path).is_file():
         certificates.append(load_certificate(Path(cert_path)))
-    return provenance.check(target.manifest, target.manifest_path, certificates)
+    # release/ reads no model (it may not import stages/): it gets the checked manifest's JSON
+    return provenance.check(target.model.to_json(), target.manifest_path, certificates)
 
 
 def _image_notes(target: Target) -> list[str]:

@@ -644,11 +644,6 @@ def _package_all(recipe, staged: Staged, output_dir, work: WorkDir, log,
     if report.unmapped_owners:
         warnings.append("owners kept by number (add them to [owners]): "
                         + ", ".join(sorted(report.unmapped_owners)))
-    if recipe.format == "directory" and os.geteuid() != 0:
-        warnings.append(f"built without root: the directory image's files belong to uid "
-                        f"{os.geteuid()}, while the manifest records the owners the packages "
-                        "ask for (root); copy it as root with the manifest's owners, or build "
-                        "as root")
     for img in staged.images:  # compiled code for another architecture (pipeline/formats/elf.py)
         elf = elfarch.warning(elfarch.mismatches(img.tree.records, img.tree.root,
                                                  staged.architecture), staged.architecture)

@@ -52,6 +52,10 @@ def pack(recipe: Recipe, tree: StagingTree, tmp_output: Path, epoch: int, seed: 
     while the file system tool runs.
     """
     if recipe.format == "directory":
+        if not tree.owner_ids:  # the tree on disk is the image: its owners would be ours
+            raise InputError("image.format", f"a directory image built without root holds "
+                             f"uid {os.geteuid()}'s owners, not the ones its manifest records",
+                             "build it as root, or use squashfs (which records the owners)")
         tree.close()
         os.rename(tree.root, tmp_output)  # the staging tree *is* the image
         return Packed(tmp_output, {})

@@ -74,7 +74,7 @@ class _Differ:
         if a.manifest is not None and b.manifest is not None:
             ma, mb = a.manifest, b.manifest
             if self.unsigned:
-                ma, mb = manifest_level.unsigned_view(ma), manifest_level.unsigned_view(mb)
+                ma, mb = ma.unsigned(), mb.unsigned()
             self.tools = manifest_level.compare_manifests(r, ma, mb)
             self.byte_tools = manifest_level.byte_tools(self.tools)
             r.manifests_identical = not r.at("manifest")
@@ -241,6 +241,8 @@ class _Differ:
 
 
 def container_known(a: Side, b: Side) -> bool:
-    """Whether the manifests alone describe the containers (DDI or detached verity)."""
-    ma, mb = a.manifest or {}, b.manifest or {}
-    return bool((ma.get("ddi") and mb.get("ddi")) or ma.get("files") and mb.get("files"))
+    """Whether the manifests alone describe the containers (DDIs) or the trees (file lists)."""
+    ma, mb = a.manifest, b.manifest
+    if ma is None or mb is None:
+        return False
+    return bool((ma.ddi and mb.ddi) or (ma.files and mb.files))

@@ -19,15 +19,18 @@ from ...digest import hash_file
 from ...errors import InputError
 from ...image import fsinfo
 from ...image.ddi.signature import signer_of
+from ...stages.manifest import Ddi
 from .report import short
 
 #: A verity superblock's fields: derived ones follow from the seed or the data's size.
 VERITY_FIELDS = ("salt", "uuid", "algorithm", "data_block_size", "hash_block_size", "data_blocks",
                  "version", "hash_type")
 VERITY_DERIVED = ("salt", "uuid", "data_blocks")
-#: The manifest's spelling of the same fields.
-VERITY_MANIFEST = {"salt": "salt", "superblockUuid": "uuid", "hashAlgorithm": "algorithm",
-                   "dataBlockSize": "data_block_size", "hashBlockSize": "hash_block_size"}
+#: The manifest model's VerityParams attribute → the superblock field it records (in the
+#: order of their JSON names).
+VERITY_MANIFEST = {"data_block_size": "data_block_size", "hash_algorithm": "algorithm",
+                   "hash_block_size": "hash_block_size", "salt": "salt",
+                   "superblock_uuid": "uuid"}
 #: Causes that account for the signature alone, not for a data partition that differs too.
 SIGNATURE_FIELDS = ("signature.present", "signature.certificate_fingerprint", "signature.bytes")
 
@@ -51,9 +54,10 @@ def compare(d):
         else:
             r.levels["container"] = "n/a: plain file system images"
         return fs
-    ma, mb = a.manifest or {}, b.manifest or {}
-    if ma.get("ddi") and mb.get("ddi"):
-        _ddi_manifests(d, ma["ddi"], mb["ddi"])
+    da = a.manifest.ddi if a.manifest is not None else None
+    db = b.manifest.ddi if b.manifest is not None else None
+    if da is not None and db is not None:
+        _ddi_manifests(d, da, db)
     elif not compare_detached(d):
         r.levels.setdefault("container", "differs")
     else:
@@ -97,13 +101,13 @@ def _detached_view(side) -> _Detached | None:
         return _Detached("files", vf, hash_file(vf)[0] if vf else None,
                          read.root_hash if files.roothash else None,
                          pf is not None, signer_of(der) if der else None, der, params)
-    m = (side.manifest or {}).get("verity")
-    if not m:
+    m = side.manifest.verity if side.manifest is not None else None
+    if m is None:
         return None
-    params = {ours: (m.get("verity") or {}).get(theirs) for theirs, ours in VERITY_MANIFEST.items()}
-    return _Detached("manifest", None, m.get("veritySha256"), m.get("rootHash"),
-                     bool(m.get("signatureFile") or m.get("certificateFingerprint")),
-                     m.get("certificateFingerprint"), None, params)
+    params = {ours: getattr(m.verity, theirs) for theirs, ours in VERITY_MANIFEST.items()}
+    return _Detached("manifest", None, m.verity_sha256, m.root_hash,
+                     bool(m.signature_file or m.certificate_fingerprint),
+                     m.certificate_fingerprint, None, params)
 
 
 def detached_same(d) -> bool:
@@ -325,51 +329,49 @@ def _name(p) -> str:
 
 # -- DDIs from the manifests --------------------------------------------------------------------
 
-def _ddi_manifests(d, da: dict, db: dict) -> None:
+def _ddi_manifests(d, da: Ddi, db: Ddi) -> None:
+    """Two DDIs as their manifests record them (the model's ``ddi`` sections)."""
     r, add = d.r, d.r.add
     la, lb = r.labels
     before = len(r.findings)
-    if da.get("diskUuid") != db.get("diskUuid"):
-        add("container", "gpt.disk_uuid", da.get("diskUuid"), db.get("diskUuid"),
-            f"GPT disk_uuid {da.get('diskUuid')} → {db.get('diskUuid')}", derived=True)
-    key = lambda p: p.get("designator") or p.get("label")  # noqa: E731
-    pa = {key(p): p for p in da.get("partitions") or []}
-    pb = {key(p): p for p in db.get("partitions") or []}
+    if da.disk_uuid != db.disk_uuid:
+        add("container", "gpt.disk_uuid", da.disk_uuid, db.disk_uuid,
+            f"GPT disk_uuid {da.disk_uuid} → {db.disk_uuid}", derived=True)
+    key = lambda p: p.designator or p.label  # noqa: E731
+    pa = {key(p): p for p in da.partitions}
+    pb = {key(p): p for p in db.partitions}
     for n in list(pa) + [n for n in pb if n not in pa]:
         x, y = pa.get(n), pb.get(n)
         if x is None or y is None:
             add("container", f"partitions.{n}", bool(x), bool(y),
                 f"partition {n} only {la if y is None else lb}")
             continue
-        if x.get("typeUuid") != y.get("typeUuid"):
-            _type_finding(r, n, x["typeUuid"], y["typeUuid"])
+        if x.type_uuid != y.type_uuid:
+            _type_finding(r, n, x.type_uuid, y.type_uuid)
         for fld in ("uuid", "label", "offset", "size", "flags"):
-            if x.get(fld) != y.get(fld):
-                add("container", f"partitions.{n}.{fld}", x.get(fld), y.get(fld),
-                    f"partition {n} {fld} {short(x.get(fld))} → {short(y.get(fld))}",
+            vx, vy = getattr(x, fld), getattr(y, fld)
+            if vx != vy:
+                add("container", f"partitions.{n}.{fld}", vx, vy,
+                    f"partition {n} {fld} {short(vx)} → {short(vy)}",
                     derived=fld in ("uuid", "offset", "size"))
         is_sig = str(n).endswith("-verity-sig")
-        if x.get("sha256") != y.get("sha256") and not (is_sig and d.unsigned):
-            add("container", f"partitions.{n}.sha256", x.get("sha256"), y.get("sha256"),
+        if x.sha256 != y.sha256 and not (is_sig and d.unsigned):
+            add("container", f"partitions.{n}.sha256", x.sha256, y.sha256,
                 f"partition {n} content differs", explains=False)
-    vpa, vpb = da.get("verity") or {}, db.get("verity") or {}
-    for theirs in sorted(set(vpa) | set(vpb)):
-        ours = VERITY_MANIFEST.get(theirs, theirs)
-        if vpa.get(theirs) != vpb.get(theirs):
-            add("container", f"verity.{ours}", vpa.get(theirs), vpb.get(theirs),
-                f"verity {ours} {short(vpa.get(theirs))} → {short(vpb.get(theirs))}",
+    for theirs, ours in VERITY_MANIFEST.items():
+        vx, vy = getattr(da.verity, theirs), getattr(db.verity, theirs)
+        if vx != vy:
+            add("container", f"verity.{ours}", vx, vy, f"verity {ours} {short(vx)} → {short(vy)}",
                 derived=ours in VERITY_DERIVED)
-    if da.get("rootHash") != db.get("rootHash"):
-        add("container", "root_hash", da.get("rootHash"), db.get("rootHash"),
-            f"root hash {short(da.get('rootHash'))} → {short(db.get('rootHash'))}", derived=True)
+    if da.root_hash != db.root_hash:
+        add("container", "root_hash", da.root_hash, db.root_hash,
+            f"root hash {short(da.root_hash)} → {short(db.root_hash)}", derived=True)
     if not d.unsigned:
-        fa, fb = da.get("certificateFingerprint"), db.get("certificateFingerprint")
-        same_unsigned = da.get("unsignedSha256") == db.get("unsignedSha256")
+        fa, fb = da.certificate_fingerprint, db.certificate_fingerprint
+        same_unsigned = da.unsigned_sha256 == db.unsigned_sha256
         _compare_signers(add, r.labels,
-                         (bool(fa), fa, da.get("sha256") if same_unsigned else None,
-                          da.get("rootHash")),
-                         (bool(fb), fb, db.get("sha256") if same_unsigned else None,
-                          db.get("rootHash")))
+                         (bool(fa), fa, da.sha256 if same_unsigned else None, da.root_hash),
+                         (bool(fb), fb, db.sha256 if same_unsigned else None, db.root_hash))
     r.levels["container"] = "differs" if len(r.findings) > before else "same"
 
 

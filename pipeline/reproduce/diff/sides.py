@@ -1,19 +1,16 @@
 """The two things ``diff`` compares: an image (file or directory), its manifest, or both; and what
 each side says about itself (its hashes, its detached verity files, whether it still matches its
-own manifest)."""
+own manifest). A side's manifest is read through the model (pipeline/stages/manifest.py)."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ...digest import hash_file
 from ...errors import InputError
-
-#: The files systemd picks up next to a plain NAME.raw (detached verity), by manifest key.
-DETACHED = (("verityFile", ".verity"), ("roothashFile", ".roothash"),
-            ("signatureFile", ".roothash.p7s"))
+from ...stages import manifest as manifest_mod
+from ...stages.manifest import Manifest
 
 
 @dataclass
@@ -21,7 +18,7 @@ class Side:
     """One thing being compared: an image (file or directory), its manifest, or both."""
 
     given: str
-    manifest: dict | None = None
+    manifest: Manifest | None = None
     manifest_path: Path | None = None
     image: Path | None = None
     _hashes: dict = field(default_factory=dict, repr=False)
@@ -40,18 +37,18 @@ class Side:
             from ...image.ddi.gpt import has_gpt
 
             return has_gpt(self.image)
-        return bool((self.manifest or {}).get("ddi"))
+        return self.manifest is not None and self.manifest.ddi is not None
 
     def recorded(self, key: str):
-        """A field of the manifest's ``image`` object (None without a manifest)."""
-        return ((self.manifest or {}).get("image") or {}).get(key)
+        """A field of the manifest's ``image`` section (None without a manifest)."""
+        return None if self.manifest is None else getattr(self.manifest.image, key)
 
     def sha256(self, *, unsigned: bool = False) -> str | None:
         """The image's sha256 (a DDI with ``unsigned``: with its signature partition zeroed):
         computed from the file when there is one, else what the manifest records."""
         if not self.is_file:
-            if unsigned and (self.manifest or {}).get("ddi"):
-                return self.manifest["ddi"].get("unsignedSha256")
+            if unsigned and self.manifest is not None and self.manifest.ddi is not None:
+                return self.manifest.ddi.unsigned_sha256
             return self.recorded("sha256")
         key = "unsigned" if unsigned and self.is_ddi else "whole"
         if key not in self._hashes:
@@ -80,8 +77,8 @@ def load_side(path: str | Path, *, use_manifest: bool = True) -> Side:
         raise InputError(str(p), "no such file or directory")
     side = Side(str(p))
     if p.is_file() and _looks_like_json(p):
-        side.manifest, side.manifest_path = _load_manifest(p), p
-        name = (side.manifest.get("image") or {}).get("file")
+        side.manifest, side.manifest_path = manifest_mod.read(p), p
+        name = side.manifest.image.file
         if name and (p.parent / name).exists():
             side.image = p.parent / name
         return side
@@ -89,7 +86,7 @@ def load_side(path: str | Path, *, use_manifest: bool = True) -> Side:
     stem = p.name[:-len(".raw")] if p.name.endswith(".raw") else p.name
     candidate = p.parent / f"{stem}.manifest.json"
     if use_manifest and candidate.is_file():
-        side.manifest, side.manifest_path = _load_manifest(candidate), candidate
+        side.manifest, side.manifest_path = manifest_mod.read(candidate), candidate
     return side
 
 
@@ -97,8 +94,8 @@ def own_manifest_mismatches(side: Side, name: str | None = None) -> list[str]:
     """Where an image no longer is what its own manifest says (image sha256; detached verity
     files): the first thing to know about a side, since every other comparison of it trusts
     those hashes. Sentences naming the file (``name``, default the path given)."""
-    manifest = side.manifest or {}
-    if not side.is_file or not manifest:
+    manifest = side.manifest
+    if not side.is_file or manifest is None:
         return []
     name = name or side.given
     out = []
@@ -108,48 +105,34 @@ def own_manifest_mismatches(side: Side, name: str | None = None) -> list[str]:
         if actual != recorded:
             out.append(f"{name} is not the image its manifest describes (sha256 {actual[:12]}…, "
                        f"the manifest records {recorded[:12]}…): changed after the build")
-    verity = manifest.get("verity") or {}
-    if verity:
+    verity = manifest.verity
+    if verity is not None:
         folder = side.image.parent
-        vfile = verity.get("verityFile")
-        if vfile and not (folder / vfile).is_file():
+        vfile = verity.verity_file
+        if not (folder / vfile).is_file():
             out.append(f"{vfile}, which the manifest of {name} names, is missing")
-        elif vfile and verity.get("veritySha256") and \
-                hash_file(folder / vfile)[0] != verity["veritySha256"]:
+        elif hash_file(folder / vfile)[0] != verity.verity_sha256:
             out.append(f"{vfile} is not the verity tree the manifest of {name} records (sha256 "
                        "differs): changed after the build")
-        rfile = verity.get("roothashFile")
-        if rfile and (folder / rfile).is_file():
+        rfile = verity.roothash_file
+        if (folder / rfile).is_file():
             text = (folder / rfile).read_text(errors="replace").strip().lower()
-            if text != verity.get("rootHash"):
+            if text != verity.root_hash:
                 out.append(f"{rfile} holds root hash {text[:12]}…, the manifest of {name} "
-                           f"records {str(verity.get('rootHash'))[:12]}…")
-        sfile = verity.get("signatureFile")
+                           f"records {verity.root_hash[:12]}…")
+        sfile = verity.signature_file
         if sfile and not (folder / sfile).is_file():
             out.append(f"{sfile}, which the manifest of {name} names, is missing")
-        elif sfile and verity.get("certificateFingerprint"):
+        elif sfile and verity.certificate_fingerprint:
             from ...image.ddi.signature import signer_of
 
             found = signer_of((folder / sfile).read_bytes())
-            if found and found != verity["certificateFingerprint"]:
+            if found and found != verity.certificate_fingerprint:
                 out.append(f"{sfile} is signed by certificate {found[:12]}…, the manifest of "
-                           f"{name} records {verity['certificateFingerprint'][:12]}…")
+                           f"{name} records {verity.certificate_fingerprint[:12]}…")
     return out
 
 
 def _looks_like_json(p: Path) -> bool:
     with open(p, "rb") as fh:
         return fh.read(64).lstrip()[:1] == b"{"
-
-
-def _load_manifest(p: Path) -> dict:
-    try:
-        data = json.loads(p.read_text())
-    except (OSError, ValueError) as err:
-        raise InputError(str(p), f"not a readable manifest: {err}") from None
-    if not isinstance(data, dict) or "schema" not in data:
-        raise InputError(str(p), "not a sysext-pipeline manifest (no schema field)")
-    from ...stages.manifest import Manifest
-
-    Manifest.from_json(data, str(p))  # checked by the model: one error naming the field
-    return data

@@ -58,9 +58,9 @@ def _stream(side, fs):
         return "image", fsinfo.walk_image(fsinfo.locate(image, offset=offset, size=size))
     if side.is_dir or side.is_file:  # a DDI: its root/usr partition
         return "image", fsinfo.walk_image(side.image)
-    if side.manifest and "files" in side.manifest:
-        files = sorted(side.manifest["files"], key=lambda f: fsinfo.tree_key(f["path"]))
-        return "manifest", iter(files)
+    if side.manifest is not None:
+        files = sorted(side.manifest.files, key=lambda f: fsinfo.tree_key(f.path))
+        return "manifest", (f.to_json() for f in files)
     return None
 
 
