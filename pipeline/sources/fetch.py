@@ -638,11 +638,19 @@ APT_NOT_THERE = ("Unable to locate package", "Can't find a source to download ve
                  "Version '", "has no installation candidate")
 
 
+def _apt_env() -> dict[str, str] | None:
+    """apt's own configuration is the host's: an ``APT_CONFIG`` the caller set (a private apt
+    configuration, as apt itself honours it) is passed on to apt-get; nothing else is."""
+    config = os.environ.get("APT_CONFIG")
+    return {"APT_CONFIG": config} if config else None
+
+
 def _apt_download(source: Source, tmp: Path) -> tuple[Path, str]:
     """``apt-get download NAME=VERSION`` through the build host's own apt configuration."""
     spec = f"{source.ref}={source.version}"
     try:
-        tools.run("apt-get", ["download", "-q", spec], cwd=tmp, what=f"downloading {spec}")
+        tools.run("apt-get", ["download", "-q", spec], cwd=tmp, what=f"downloading {spec}",
+                  env=_apt_env())
     except BuildError as exc:
         raise _apt_failed(spec, exc) from None
     debs = sorted(tmp.glob("*.deb"))
@@ -667,7 +675,7 @@ def _apt_download_many(sources: list[Source], tmp: Path) -> list[tuple[Path, str
     specs = [f"{s.ref}={s.version}" for s in sources]
     try:
         tools.run("apt-get", ["download", "-q", *specs], cwd=tmp,
-                  what=f"downloading {len(specs)} packages")
+                  what=f"downloading {len(specs)} packages", env=_apt_env())
     except BuildError as exc:
         words = exc.hint or ""
         if any(text in words for text in APT_NOT_THERE):

@@ -1,0 +1,127 @@
+"""The apt download path (``apt = "NAME"`` sources, fetched by ``apt-get download``) offline:
+a local repository indexed with the real dpkg-scanpackages, its Release made by apt-ftparchive
+and signed with a throw-away key, served on 127.0.0.1, and a private apt configuration
+(``APT_CONFIG``: its own sources, keyring, lists, cache and status). The host's apt state is
+never touched (checked)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import urllib.parse
+from pathlib import Path
+
+import pytest
+from prereq import require_tool
+from recipes_kit import build_cli, recipe_dict, write_recipe_dict
+
+pytest_plugins = ["repos"]  # the key and package fixtures
+
+
+@pytest.fixture
+def private_apt(tmp_path, debs, gpg_keys):
+    """A flat repository (``deb URL ./``) of the test packages and an apt configuration that
+    reads only it; yields (APT_CONFIG path, server)."""
+    from repos import Server  # a registered plugin by now
+    for tool, package in (("dpkg-scanpackages", "dpkg-dev"), ("apt-ftparchive", "apt-utils"),
+                          ("apt-get", "apt")):
+        require_tool(tool, package)
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for deb in debs["main"]:
+        if deb.name.startswith(("tool_", "libtool1_", "tl-t_")):
+            os.link(deb, repo / deb.name)
+    packages = subprocess.run(["dpkg-scanpackages", "--multiversion", ".", "/dev/null"],
+                              cwd=repo, capture_output=True, check=True).stdout
+    (repo / "Packages").write_bytes(packages)
+    release = subprocess.run(["apt-ftparchive", "-o", "APT::FTPArchive::Release::Suite=local",
+                              "release", "."], cwd=repo, capture_output=True, check=True).stdout
+    (repo / "Release").write_bytes(release)
+    key = gpg_keys["good"]
+    key.clearsign(repo / "Release", repo / "InRelease")
+    server = Server(repo)
+
+    apt = tmp_path / "apt"
+    for sub in ("lists/partial", "archives/partial", "sources.list.d", "trusted.gpg.d",
+                "preferences.d", "apt.conf.d"):
+        (apt / sub).mkdir(parents=True)
+    (apt / "status").write_text("")
+    (apt / "sources.list").write_text(f"deb [signed-by={key.keyring}] {server.url}/ ./\n")
+    config = apt / "apt.conf"
+    config.write_text("\n".join([
+        'APT::Architecture "amd64";', 'APT::Architectures { "amd64"; };',
+        f'Dir::Etc::sourcelist "{apt}/sources.list";',
+        f'Dir::Etc::sourceparts "{apt}/sources.list.d";',
+        f'Dir::Etc::trusted "{apt}/trusted.gpg";', f'Dir::Etc::trustedparts "{apt}/trusted.gpg.d";',
+        f'Dir::Etc::preferences "{apt}/preferences";',
+        f'Dir::Etc::preferencesparts "{apt}/preferences.d";',
+        f'Dir::Etc::parts "{apt}/apt.conf.d";',
+        f'Dir::State "{apt}";', f'Dir::State::lists "{apt}/lists";',
+        f'Dir::State::status "{apt}/status";', f'Dir::Cache "{apt}";',
+        f'Dir::Cache::archives "{apt}/archives";', 'Acquire::Languages "none";',
+        'Acquire::http::Proxy "DIRECT";', ""]))
+    env = dict(os.environ, APT_CONFIG=str(config))
+    subprocess.run(["apt-get", "update", "-qq"], env=env, check=True, capture_output=True)
+    yield config, server
+    server.close()
+
+
+def _host_apt_state() -> dict[str, tuple[int, int]]:
+    """The host's apt lists and archive cache: names with size and mtime."""
+    state = {}
+    for directory in (Path("/var/lib/apt/lists"), Path("/var/cache/apt/archives")):
+        if directory.is_dir():
+            for path in directory.iterdir():
+                st = path.lstat()
+                state[str(path)] = (st.st_size, st.st_mtime_ns)
+    return state
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_apt_sources_from_a_local_repository(tmp_path, private_apt, debs):
+    config, server = private_apt
+    by_name = {p.name: p for p in debs["main"]}
+    tool, lib = by_name["tool_1.0_amd64.deb"], by_name["libtool1_1.0_amd64.deb"]
+    rc = by_name["tl-t_1.0~rc1_amd64.deb"]
+    spec = recipe_dict("aptlocal", sources=[
+        {"apt": "tool", "version": "1.0", "sha256": _sha(tool)},
+        {"apt": "libtool1", "version": "1.0", "sha256": _sha(lib)},
+        {"apt": "tl-t", "version": "1.0~rc1", "sha256": _sha(rc)},
+    ], image={"format": "directory"})
+    recipe = write_recipe_dict(tmp_path / "r", spec)
+    host = _host_apt_state()
+    env = {"APT_CONFIG": str(config)}
+    built = build_cli(recipe, tmp_path / "out", cache_dir=tmp_path / "cache", env=env)
+    tree = Path(built.image["image"])
+    assert (tree / "usr/share/test/tool").read_text() == "tool 1.0\n"
+    assert (tree / "usr/share/test/tl-t").read_text() == "tl-t 1.0~rc1\n"  # not 1.0: exact pin
+    fetched = {urllib.parse.unquote(p).replace("/./", "/") for p in server.paths()
+               if p.endswith(".deb")}
+    assert fetched == {"/tool_1.0_amd64.deb", "/libtool1_1.0_amd64.deb",
+                       "/tl-t_1.0~rc1_amd64.deb"}
+    inputs = built.manifest()["inputs"]
+    assert sorted(i["source"] for i in inputs) == ["apt:libtool1=1.0", "apt:tl-t=1.0~rc1",
+                                                   "apt:tool=1.0"]
+    assert _host_apt_state() == host  # the host's lists and cache are as they were
+
+    # a second build: from the cache, apt not asked
+    server.requests.clear()
+    build_cli(recipe, tmp_path / "out2", cache_dir=tmp_path / "cache", env=env)
+    assert server.paths() == []
+
+
+def test_apt_version_not_in_the_repository(tmp_path, private_apt, debs):
+    config, _ = private_apt
+    spec = recipe_dict("aptgone", sources=[{"apt": "tool", "version": "0.9", "sha256": "0" * 64}],
+                       image={"format": "directory"})
+    recipe = write_recipe_dict(tmp_path / "r", spec)
+    result = build_cli(recipe, tmp_path / "out", cache_dir=tmp_path / "cache", json_out=False,
+                       expect=2, env={"APT_CONFIG": str(config)})
+    [line] = result.error_lines()
+    assert line.startswith("error: tool=0.9: apt-get download failed"), line
+    assert "is the version still in the archive" in line
+    assert not (tmp_path / "out" / "aptgone").exists()
