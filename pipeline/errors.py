@@ -94,6 +94,11 @@ CATALOGUE: tuple[Problem, ...] = (
             "point release's packages), or apt's package lists are older than the pin",
             "`apt-get update`; pin the version `apt-cache policy NAME` shows, or use a "
             "`packages` source with `sysext-pipeline lock`", INPUT),
+    Problem("locked-version-gone", "this locked version is no longer in the archive",
+            "the mirror no longer has a file the lock pins (404): a Debian point release or a "
+            "security update replaced that version", "`sysext-pipeline lock --update NAME "
+            "RECIPE` (move that package), or a snapshot archive as the repository's `mirror` "
+            "with `snapshot = true`", INPUT),
     Problem("sha256-mismatch", "sha256 mismatch: expected",
             "the file downloaded (or found) is not the one the recipe or lock pins: the mirror "
             "changed it, or the pin is wrong", "check the pin against the archive; for a "
