@@ -179,3 +179,23 @@ def test_a_small_member_is_decoded_without_a_thread_a_large_one_with():
         assert reader.read() == random.Random(size).randbytes(size)
         reader.close()
         assert started == threaded, size
+
+
+@pytest.mark.parametrize("size", [1000, 3 * CHUNK + 17])
+def test_a_digest_check_hashed_behind_its_reader_still_refuses_a_mismatch(size):
+    import hashlib
+
+    from pipeline.formats.compression import DIGEST_THREAD_FROM, DigestCheck
+
+    data = random.Random(size).randbytes(size)
+    good = DigestCheck(io.BytesIO(data), size, hashlib.md5(), hashlib.md5(data).hexdigest(),
+                       "pkg:f", "md5sums")
+    assert (good._pending is not None) == (size >= DIGEST_THREAD_FROM)
+    got = bytearray()
+    while chunk := good.read(100_000):
+        got += chunk
+    assert bytes(got) == data and good.finish() == hashlib.md5(data).hexdigest()
+    bad = DigestCheck(io.BytesIO(data), size, hashlib.md5(), "0" * 32, "pkg:f", "md5sums")
+    with pytest.raises(InputError, match="pkg:f.*md5sums"):
+        while bad.read(100_000):
+            pass
