@@ -24,7 +24,6 @@ import os
 import shutil
 import tempfile
 from collections import defaultdict
-from contextlib import contextmanager
 from pathlib import Path
 
 from .. import tools
@@ -98,24 +97,6 @@ def run_sorted(tree: StagingTree, tool: str, args: list, *, what: str, tick=None
         _check_sorted(root)
         tools.run(tool, [*args, root], what=what, tick=tick)
         return "copy"
-
-
-@contextmanager
-def sorted_copy(tree: StagingTree, size_hint: int):
-    """Yield a directory holding a copy of ``tree`` that lists every directory sorted."""
-    base = _tmpfs_base()
-    sweep(base, PREFIX)  # copies of builds that were killed: their lock is free
-    free = shutil.disk_usage(base).free
-    if size_hint * 1.1 + (1 << 20) > free:
-        raise BuildError("erofs", f"{base} has {free >> 20} MiB free, the tree needs "
-                         f"{size_hint >> 20} MiB", "set SYSEXT_PIPELINE_TMPFS to a larger tmpfs")
-    with locked_workdir(base, PREFIX) as work:
-        forward = _creation_order_is_listing_order(work.path)
-        root = work / "root"
-        root.mkdir()
-        _copy(tree, root, forward)
-        _check_sorted(root)
-        yield root
 
 
 #: In a private mount namespace: mount the overlay ($1 mount, $2 options, $3 mount point), then
