@@ -74,7 +74,7 @@ TOOLS: tuple[Tool, ...] = (
     Tool("openssl", ("openssl",), _reading("ddi"),
          "checks the PKCS#7 signature of a signed image",
          probe=(("version",), r"OpenSSL\s+(\S+)")),
-    Tool("apt-get", ("apt",), ("build:apt", "lock:apt", "fetch:apt"),
+    Tool("apt-get", ("apt",), ("build:apt", "fetch:apt"),
          "downloads `apt = ...` sources through the host's apt configuration"),
     Tool("gpgv", ("gpgv",), ("lock:signed", "sign-feed:check"),
          "checks Release files of signed repositories and feed signatures"),

@@ -36,7 +36,8 @@ def test_every_argument_has_help_positionals_included():
 SHARED = {"--json": "json", "--root": "root", "--systemd": "systemd", "--quiet": "quiet",
           "--debug": "debug", "--os-release": "os_release", "--arch": "arch",
           "--initrd": "initrd", "--offline": "offline", "--limit": "limit",
-          "--no-refresh": "no_refresh", "--refresh": "refresh", "--gnupghome": "gnupghome"}
+          "--no-refresh": "no_refresh", "--refresh": "refresh", "--gnupghome": "gnupghome",
+          "--timeout": "timeout"}
 
 #: commands whose --arch is not the host's (plan/matrix/build take target architectures)
 OTHER_ARCH = {"plan", "matrix", "build"}

@@ -177,7 +177,7 @@ def test_immutable_hierarchies_only_matter_when_one_must_be_created(tmp_path):
         assert "Failed to create hierarchy mount point" in proc.stderr, proc.stderr
         [finding] = codes(doctor_json(root))["hierarchy.immutable"]
         assert finding["subject"] == "/opt" and "withopt" in finding["message"]
-        assert finding["fix"].startswith("mkdir /opt")
+        assert finding["fix"].startswith(f"mkdir {root}/opt")  # in the tree (issue 16 §8)
     finally:
         subprocess.run(["chattr", "-i", str(root), str(root / "usr")])
 

@@ -30,6 +30,7 @@ def register(sub) -> None:
                    "network (a missing file is an error naming the package)")
     p.add_argument("--unsigned", action="store_true", help="ignore [sign]: a DDI gets an empty "
                    "signature partition and NAME.roothash for `sysext-pipeline sign` elsewhere")
+    clikit.add_timeout(p)
     clikit.add_quiet(p)
     p.add_argument("--force", action="store_true", help="rebuild even when the output is up to "
                    "date (the manifest's input digest and image sha256 match)")
@@ -64,13 +65,14 @@ def cmd_build(args) -> int:
     return _build_one(args)
 
 
-def _check_recipe(recipe, unsigned: bool) -> None:
+def _check_recipe(recipe, unsigned: bool, offline: bool = False) -> None:
     """What one recipe's build needs before anything is fetched: its tools and signing key."""
     from .. import tools  # a missing or too-old tool: one line before anything is fetched
     from ..errors import InputError
 
     tools.preflight("build", tools.build_features(recipe.format, recipe.filesystem,
-                                                  recipe.verity))
+                                                  recipe.verity)
+                    | clikit.source_features(recipe.sources, offline=offline))
     if recipe.signing and not unsigned:
         for what in ("key", "cert"):
             path = Path(recipe.signing[what])
@@ -88,7 +90,7 @@ def _build_one(args) -> int:
 
     recipe = recipe_mod.load(args.recipe)
     preflight(Path(args.output_dir))
-    _check_recipe(recipe, args.unsigned)
+    _check_recipe(recipe, args.unsigned, args.offline)
     cache = Cache(default_cache_dir(args.cache_dir))
     result = build(recipe, Path(args.output_dir), cache, offline=args.offline,
                    unsigned=args.unsigned, force=args.force,
@@ -272,7 +274,7 @@ def cmd_catalogue(args, paths: list[str]) -> int:
                                      f"its image {name!r} is also made by {owners[name]}",
                                      "recipes built into one -o directory need distinct names")
                 owners[name] = row["recipe"]
-            _check_recipe(recipe, args.unsigned)
+            _check_recipe(recipe, args.unsigned, args.offline)
             for source in expand_sources(recipe, offline=args.offline):
                 if source.sha256:
                     sources.setdefault(source.sha256, source)
@@ -322,6 +324,8 @@ def cmd_catalogue(args, paths: list[str]) -> int:
                "--json=short"]
         out += [flag for flag, on in (("--offline", args.offline), ("--unsigned", args.unsigned),
                                       ("--force", args.force), ("-q", args.quiet)) if on]
+        if args.timeout is not None:
+            out += ["--timeout", repr(args.timeout)]
         return out
 
     pending = list(runnable)

@@ -191,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     mode = getattr(args, "json", None)
     try:
+        if "timeout" in vars(args):  # a command that may download: --timeout checked first
+            clikit.apply_timeout(args)
         return args.func(args)
     except PipelineError as exc:
         if args.debug:

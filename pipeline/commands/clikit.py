@@ -42,6 +42,8 @@ HELP = {
     "gnupghome": "GnuPG home with the release OpenPGP key (`sysext-pipeline keys generate "
                  "--openpgp DIR` makes one)",
     "gpg_key": "which key of it (fingerprint; default: its only one)",
+    "timeout": "how long a mirror may stay silent before a try fails and is retried (default: "
+               "$SYSEXT_PIPELINE_TIMEOUT, else 60)",
     "quiet": "no progress lines on stderr",
     "debug": "show tracebacks on errors",
     "no_refresh": "do not run `systemd-sysext/-confext refresh` afterwards",
@@ -100,6 +102,22 @@ def add_offline(p) -> None:
     p.add_argument("--offline", action="store_true", help=HELP["offline"])
 
 
+def add_timeout(p) -> None:
+    """``--timeout SECONDS``: the network wait of every command that may download (build,
+    verify, lock, fetch); :func:`apply_timeout` sets it before the command runs."""
+    p.add_argument("--timeout", type=float, metavar="SECONDS", help=HELP["timeout"])
+
+
+def apply_timeout(args) -> None:
+    """Before any work (cli.main, for a command that declares ``--timeout``): a bad
+    ``--timeout`` or $SYSEXT_PIPELINE_TIMEOUT is an error now, not after the first download
+    (a catalogue passes ``--timeout`` on to each build it starts)."""
+    from ..sources import fetch
+
+    fetch.set_timeout(args.timeout)
+    fetch.timeout()  # raises InputError naming --timeout or the variable
+
+
 def add_limit(p) -> None:
     p.add_argument("--limit", type=int, default=10, metavar="N", help=HELP["limit"])
 
@@ -148,6 +166,18 @@ def preflight(verb: str, images=(), features=()) -> None:
     for image in images:
         wanted |= image_features(image)
     tools.preflight(verb, wanted)
+
+
+def source_features(sources=(), repositories=(), *, offline: bool = False) -> set[str]:
+    """What of a recipe's inputs needs a tool (pipeline/tools.py): ``apt`` (an ``apt =``
+    source, downloaded by apt-get; not when ``offline``), ``signed`` (a ``[[repository]]``
+    with a keyring, whose Release/repomd.xml gpgv checks)."""
+    features = set()
+    if not offline and any(s.kind == "apt" for s in sources):
+        features.add("apt")
+    if any(r.keyring for r in repositories):
+        features.add("signed")
+    return features
 
 
 def dumps(obj, mode: str | None) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import struct
 import sys
 import tempfile
@@ -210,7 +211,26 @@ def diagnose(host: hostmod.Host) -> tuple[list[Finding], list[dict]]:
                         [(host.host_path(p), v) for p, v in breakers])
         _conflict_findings(host, kind, merging[kind], findings)
     _library_findings(host, merging.get("sysext", []), findings)
+    for finding in findings:
+        finding.fix = in_tree(host, finding.fix)
     return findings, inventory
+
+
+def in_tree(host: hostmod.Host, fix: str) -> str:
+    """``fix`` for a --root tree: the host directories it names (search and install
+    directories, /etc/verity.d, os-release) as paths inside the tree, so that every command
+    doctor prints works on the tree it looked at (issue 16 §8), not on the running host."""
+    if host.root is None or not fix:
+        return fix
+    known = {rules.install_dir(kind, runtime) for kind in ("sysext", "confext")
+             for runtime in (False, True)}
+    known |= {d for kind in ("sysext", "confext")
+              for d in rules.search_dirs(kind, host.version, host.initrd)}
+    known |= {"/etc/verity.d", "/etc/os-release", "/usr/lib/os-release"}
+    pattern = "|".join(re.escape(d) for d in sorted(known, key=len, reverse=True))
+    base = str(host.root).rstrip("/")
+    return re.sub(rf"(?<![\w./=-])({pattern})(?=[/\s),;:]|$)", lambda m: base + m.group(1),
+                  fix)
 
 
 def _merge_findings(host, kind, merging, entries, findings, breakers=()) -> None:
@@ -252,7 +272,7 @@ def _merge_findings(host, kind, merging, entries, findings, breakers=()) -> None
             findings.append(Finding(INFO, "merge.read-only",
                                     f"{state.hierarchy} is a read-only overlay of "
                                     f"{', '.join(state.extensions)}: writes there fail until "
-                                    f"`{tool} unmerge`", "keep state in /var"))
+                                    f"`{tool} unmerge{where}`", "keep state in /var"))
     enabled = hostmod.unit_enabled(host, kind)
     persistent = [e for e in entries if not e.directory.startswith("/run") and e.name in want]
     if persistent and enabled is False:
@@ -281,13 +301,24 @@ def _merge_findings(host, kind, merging, entries, findings, breakers=()) -> None
                                     f"systemd cannot create the mount point, so what "
                                     f"{', '.join(shippers)} ship{'s' if len(shippers) == 1 else ''}"
                                     f" there stays missing (the merge reports `Failed`)",
-                                    f"mkdir {hierarchy} (chattr -i its parent first)", hierarchy))
+                                    f"mkdir {_tree_path(host, hierarchy)} ("
+                                    + ("chattr -i" if why == "immutable" else "remount "
+                                       "read-write")
+                                    + f" {_tree_path(host, hierarchy.rpartition('/')[0])} "
+                                    "first)", hierarchy))
     for directory in rules.search_dirs(kind, host.version, host.initrd):
         real = images.chase(host.base, directory.lstrip("/"))
         if real is not None and real.is_dir() and _immutable(real):
             findings.append(Finding(WARNING, "directory.immutable",
                                     f"{directory} is immutable: install cannot place images",
                                     f"chattr -i {directory}"))
+
+
+def _tree_path(host, path: str) -> str:
+    """``path`` (as the host sees it) where a command run here finds it: under --root."""
+    if host.root is None:
+        return path or "/"
+    return str(host.root).rstrip("/") + path if path else str(host.root)
 
 
 def _signature_findings(host, path: Path, verdict: rules.Verdict, findings, subject) -> None:

@@ -447,7 +447,9 @@ def register(sub) -> None:
     p.add_argument("--runtime", action="store_true",
                    help="until reboot only: /run/extensions (/run/confexts)")
     p.add_argument("--enable", action="store_true",
-                   help="enable systemd-sysext.service/systemd-confext.service")
+                   help="enable systemd-sysext.service/systemd-confext.service (with --feed: "
+                   "also systemd-sysupdate.timer, which downloads and installs new versions from the "
+                   "feed)")
     clikit.add_refresh(p)
     p.add_argument("--force", action="store_true", help="install even if it would not merge")
     clikit.add_kind(p, "install as this kind (default: from the image's extension-release "

@@ -26,12 +26,6 @@ def _cache(args):
     return Cache(default_cache_dir(args.cache_dir))
 
 
-def _add_timeout(p) -> None:
-    p.add_argument("--timeout", type=float, metavar="SECONDS",
-                   help="how long a mirror may stay silent before a try fails and is retried "
-                   "(default: $SYSEXT_PIPELINE_TIMEOUT, else 60)")
-
-
 def cmd_lock(args) -> int:
     from .. import recipe as recipe_mod
     from ..sources import lock
@@ -41,6 +35,7 @@ def cmd_lock(args) -> int:
     results = []
     for name in args.recipe:
         recipe = recipe_mod.load(name)
+        clikit.preflight("lock", features=clikit.source_features(repositories=recipe.repositories))
         start = time.monotonic()
         before, old = None, {}
         path = lock.lock_path(recipe)
@@ -96,6 +91,7 @@ def cmd_fetch(args) -> int:
             if source.sha256 is None or not kinds.of(source).stored:
                 continue  # local files live with the recipe, not in the store
             sources.setdefault(source.sha256, source)
+    clikit.preflight("fetch", features=clikit.source_features(sources.values()))
     fetched = fetch_all(list(sources.values()), cache,
                         progress=None if args.quiet else describe_progress())
     origins = [f.origin for f in fetched]
@@ -120,7 +116,7 @@ def register(sub) -> None:
     p.add_argument("--update", action="append", default=[], metavar="NAME",
                    help="move only NAME (repeatable); every other package keeps its version")
     clikit.add_cache_dir(p)
-    _add_timeout(p)
+    clikit.add_timeout(p)
     clikit.add_json(p)
     clikit.add_quiet(p)
     p.set_defaults(func=cmd_lock)
@@ -130,7 +126,7 @@ def register(sub) -> None:
     p.add_argument("recipe", nargs="+", help="recipe file(s); packages sources need a fresh lock")
     clikit.add_cache_dir(p, required=True, help="content-addressed store to fill (share it: "
                          "rsync, NFS, CI cache)")
-    _add_timeout(p)
+    clikit.add_timeout(p)
     clikit.add_json(p)
     clikit.add_quiet(p)
     p.set_defaults(func=cmd_fetch)

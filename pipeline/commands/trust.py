@@ -141,6 +141,7 @@ def _update_manifest(found, section: str, signed, signer=None) -> None:
 def cmd_inspect(args) -> int:
     from ..image.ddi import inspect_image
 
+    clikit.preflight("inspect", [args.image])  # its readers, before any work
     report = inspect_image(args.image, cert=args.cert)
     problems = report["problems"]
     if args.json:

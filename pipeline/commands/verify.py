@@ -74,6 +74,7 @@ def register(sub) -> None:
     p.add_argument("--recipe", help="the recipe (default: found by its recorded sha256)")
     clikit.add_cache_dir(p)
     clikit.add_offline(p)
+    clikit.add_timeout(p)
     p.add_argument("--cert", metavar="FILE",
                    help="check the signature with this certificate (default: the certificate "
                    "the signature carries, pinned by the fingerprint the manifest records)")
