@@ -16,6 +16,8 @@ from pkgfactory import build_deb
 from prereq import require_root, require_tool
 from verify_helpers import (
     build,
+    causes,
+    diff_json,
     extra_file,
     flip_byte,
     project,
@@ -33,18 +35,6 @@ from pipeline.reproduce import diff as diff_mod
 def variant(tmp_path, packages, cache_dir, fmt, label, **kw):
     recipe = project(tmp_path / label, packages, fmt, **kw)
     return build(recipe, tmp_path / label / "out", cache_dir)
-
-
-def diff_json(a, b, *args) -> dict:
-    proc = run_cli("diff", str(a), str(b), "--json", *args)
-    assert proc.returncode in (0, 3), proc.stderr
-    data = json.loads(proc.stdout)
-    assert proc.returncode == (0 if data["ok"] else 3)
-    return data
-
-
-def causes(report: dict, level: str) -> dict[str, dict]:
-    return {f["field"]: f for f in report["findings"] if f["level"] == level and f["explains"]}
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,16 @@ from conftest import run_cli
 from pkgfactory import build_deb, file
 from prereq import require_tool
 from recipes_kit import hello_recipe, write_recipe_dict
-from verify_helpers import build, extra_file, flip_byte, project, two_signer_ddi, two_signers
+from verify_helpers import (
+    build,
+    causes,
+    diff_json,
+    extra_file,
+    flip_byte,
+    project,
+    two_signer_ddi,
+    two_signers,
+)
 
 from pipeline.image.ddi import signature as sig
 from pipeline.image.ddi.gpt import read_gpt
@@ -21,19 +30,6 @@ from pipeline.image.ddi.reader import find_verity_set
 from pipeline.keys import load_signer
 
 EXTRA = extra_file()
-
-
-def diff_json(a, b, *args) -> dict:
-    proc = run_cli("diff", str(a), str(b), "--json", *args)
-    assert proc.returncode in (0, 3), proc.stderr
-    data = json.loads(proc.stdout)
-    assert proc.returncode == (0 if data["ok"] else 3)
-    return data
-
-
-def causes(report: dict, level: str | None = None) -> dict[str, dict]:
-    return {f["field"]: f for f in report["findings"]
-            if f["explains"] and (level is None or f["level"] == level)}
 
 
 def copy_build(image: Path, dest: Path) -> Path:

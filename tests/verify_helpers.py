@@ -3,12 +3,13 @@ referenced relatively, as a real repository would hold them), built in-process."
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
 
 from prereq import require_tool
-from recipes_kit import EPOCH, hello_recipe, toml_text
+from recipes_kit import EPOCH, hello_recipe, run_cli, toml_text
 
 from pipeline import keys
 from pipeline import recipe as recipe_mod
@@ -53,6 +54,21 @@ def build(recipe: Path, out: Path, cache_dir: Path, *, unsigned: bool = False):
     result = run_build(recipe_mod.load(recipe), out, Cache(cache_dir), **kwargs)
     [image] = result.images
     return image
+
+
+def diff_json(a, b, *args) -> dict:
+    """``diff A B --json ARGS``: its report, whose ``ok`` matches the exit code (0 or 3)."""
+    proc = run_cli("diff", str(a), str(b), "--json", *args)
+    assert proc.returncode in (0, 3), proc.stderr
+    data = json.loads(proc.stdout)
+    assert proc.returncode == (0 if data["ok"] else 3)
+    return data
+
+
+def causes(report: dict, level: str | None = None) -> dict[str, dict]:
+    """The findings of a diff report that explain it (of one ``level``, or all), by field."""
+    return {f["field"]: f for f in report["findings"]
+            if f["explains"] and (level is None or f["level"] == level)}
 
 
 def signer_files(directory: Path, stem: str, cn: str) -> Path:
