@@ -13,9 +13,10 @@ def cmd_publish(args) -> int:
     from ..release.feed import publish
 
     clikit.preflight("publish", features=set() if args.unsigned else {"sign"})
-    index = publish(args.images, args.feed, args.url, gnupghome=args.gnupghome, key=args.key,
-                    unsigned=args.unsigned, instances=args.instances_max,
-                    compress=args.compress, features=args.features)
+    index = publish(args.images, args.feed, args.url, read=built_image,
+                    gnupghome=args.gnupghome, key=args.key, unsigned=args.unsigned,
+                    instances=args.instances_max, compress=args.compress,
+                    features=args.features)
     if args.compress == "zstd":
         print("warning: .raw.zst needs systemd 262+ on hosts (254 and 257 install the zstd "
               "bytes undecompressed; install --feed refuses them); --compress xz works with "
@@ -32,6 +33,38 @@ def cmd_publish(args) -> int:
               "257) or sysupdate.d/legacy/NAME.conf and import-pubring.gpg as "
               "/etc/systemd/import-pubring.gpg)", file=sys.stderr)
     return 0
+
+
+def built_image(path: Path):
+    """What publish needs of ``NAME.raw`` or ``NAME.manifest.json``, read through the manifest
+    model (pipeline/stages/manifest.py: the whole manifest checked, one error naming the file
+    and field); release/feed.py gets it as a plain :class:`~pipeline.release.feed.Built`."""
+    import hashlib
+    import os
+
+    from ..outdir import MAX_MANIFEST, read_entry
+    from ..release.feed import Built
+    from ..stages import manifest as manifest_mod
+
+    path = Path(path)
+    manifest_path = path if path.name.endswith(".manifest.json") else \
+        path.with_name(path.name.removesuffix(".raw") + ".manifest.json")
+    data = read_entry(manifest_path.parent, manifest_path.name, MAX_MANIFEST)
+    if data is None:
+        if not os.path.lexists(manifest_path):
+            raise InputError(str(manifest_path), "no such manifest",
+                             "publish takes NAME.raw or NAME.manifest.json from a build")
+        raise InputError(str(manifest_path), f"not a regular file (a symlink?) or over "
+                         f"{MAX_MANIFEST} bytes", "publish reads only regular files")
+    model = manifest_mod.read(manifest_path, data)
+    return Built(
+        image=manifest_path.with_name(Path(model.image.file).name), manifest_path=manifest_path,
+        manifest_sha256=hashlib.sha256(data).hexdigest(), name=model.name,
+        version=model.version, kind=model.kind, format=model.image.format,
+        sha256=model.image.sha256,
+        architecture=model.extension_release.fields.get("ARCHITECTURE"),
+        sbom=(model.sbom.file, model.sbom.sha256) if model.sbom else None,
+        provenance=model.provenance.file if model.provenance else None)
 
 
 def cmd_sign_feed(args) -> int:

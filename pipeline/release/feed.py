@@ -32,11 +32,13 @@ import os
 import re
 import stat
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..digest import hash_file, hash_open
 from ..errors import BuildError, InputError, VerdictError
-from ..outdir import MAX_MANIFEST, open_entry, read_entry
+from ..outdir import open_entry
 
 SUMS, SIGNATURE, INDEX, KEYRING = "SHA256SUMS", "SHA256SUMS.gpg", "index.json", \
     "import-pubring.gpg"
@@ -52,57 +54,49 @@ SUFFIXES = {"none": ".raw", "xz": ".raw.xz", "zstd": ".raw.zst"}
 XZ_PRESET, ZSTD_LEVEL = 6, 19
 
 
-def _image_and_manifest(path: Path) -> tuple[Path, Path, dict]:
-    path = Path(path)
-    if path.name.endswith(".manifest.json"):
-        manifest_path = path
-    else:
-        manifest_path = path.with_name(path.name.removesuffix(".raw") + ".manifest.json")
-    data = read_entry(manifest_path.parent, manifest_path.name, MAX_MANIFEST)
-    if data is None:
-        if not os.path.lexists(manifest_path):
-            raise InputError(str(manifest_path), "no such manifest",
-                             "publish takes NAME.raw or NAME.manifest.json from a build")
-        raise InputError(str(manifest_path), f"not a regular file (a symlink?) or over "
-                         f"{MAX_MANIFEST} bytes", "publish reads only regular files")
-    try:
-        manifest = json.loads(data)
-    except ValueError as err:
-        raise InputError(str(manifest_path), f"not JSON: {err}") from None
-    image = manifest.get("image") if isinstance(manifest, dict) else None
-    if not isinstance(image, dict) or not isinstance(image.get("file"), str):
-        raise InputError(str(manifest_path), "not a build manifest (no image.file)")
-    if image.get("format") == "directory" or not image.get("sha256"):
+@dataclass(frozen=True)
+class Built:
+    """One built image as publish needs it. The caller reads it from ``NAME.manifest.json``
+    through the manifest model (pipeline/commands/publish.py; release/ may not import
+    stages/), so a manifest is checked whole before any of it is used here."""
+
+    image: Path  # the image file beside the manifest (its name as the manifest records it)
+    manifest_path: Path
+    manifest_sha256: str  # of the manifest's bytes as they were read
+    name: str
+    version: str | None
+    kind: str
+    format: str  # squashfs | erofs | ddi | directory
+    sha256: str | None  # None: a directory image
+    architecture: str | None  # the extension-release file's ARCHITECTURE=
+    sbom: tuple[str, str | None] | None = None  # (file, sha256 the manifest records)
+    provenance: str | None = None  # file
+
+
+def entry_for(built: Built) -> tuple[dict, Built]:
+    """(index entry, ``built``) of one built image, its bytes checked against its manifest."""
+    manifest_path, name, version = built.manifest_path, built.name, built.version
+    if built.format == "directory" or not built.sha256:
         raise InputError(str(manifest_path), "a directory image cannot be published",
                          "build it as squashfs, erofs or ddi")
-    return manifest_path.with_name(Path(image["file"]).name), manifest_path, manifest
-
-
-def entry_for(path: Path) -> tuple[dict, Path, Path]:
-    """(index entry, image path, manifest path) of one built image, its bytes checked against
-    its manifest."""
-    image_path, manifest_path, manifest = _image_and_manifest(path)
-    name, version = manifest.get("name"), manifest.get("version")
-    if not isinstance(name, str) or not NAME.match(name):
+    if not NAME.match(name):
         raise InputError(f"{manifest_path}:name", f"{name!r} cannot be a feed name",
                          "letters, digits, '.', '+', '-' (no '_': it separates the version)")
     if not isinstance(version, str) or not VERSION.match(version):
         raise InputError(f"{manifest_path}:version", f"{version!r} is not a version sysupdate "
                          "can order", "set [extension] version, e.g. \"1.2.0\" (no '_' or '/')")
-    fields = (manifest.get("extension_release") or {}).get("fields") or {}
-    arch = fields.get("ARCHITECTURE") or "any"
+    arch = built.architecture or "any"
     if not NAME.match(arch):
         raise InputError(f"{manifest_path}:extension_release", f"architecture {arch!r}")
-    with _open_output(image_path) as fh:
+    with _open_output(built.image) as fh:
         sha, size = hash_open(fh)
-    if sha != manifest["image"]["sha256"]:
-        raise InputError(str(image_path), f"sha256 {sha} is not the {manifest['image']['sha256']}"
-                         " its manifest records", "publish the image of this manifest (rebuild?)")
-    entry = {"name": name, "version": version, "architecture": arch,
-             "kind": manifest.get("kind"), "file": f"{name}_{version}_{arch}.raw",
-             "sha256": sha, "size": size,
-             "manifest_sha256": hashlib.sha256(manifest_path.read_bytes()).hexdigest()}
-    return entry, image_path, manifest_path
+    if sha != built.sha256:
+        raise InputError(str(built.image), f"sha256 {sha} is not the {built.sha256} its "
+                         "manifest records", "publish the image of this manifest (rebuild?)")
+    entry = {"name": name, "version": version, "architecture": arch, "kind": built.kind,
+             "file": f"{name}_{version}_{arch}.raw", "sha256": sha, "size": size,
+             "manifest_sha256": built.manifest_sha256}
+    return entry, built
 
 
 def _stem(entry: dict) -> str:
@@ -129,23 +123,22 @@ def _open_output(path: Path):
     return os.fdopen(fd, "rb")
 
 
-def _companions(manifest_path: Path, entry: dict) -> list[tuple[Path, str, str | None]]:
+def _companions(built: Built, entry: dict) -> list[tuple[Path, str, str | None]]:
     """(file, its name in the feed, its sha256 when the manifest records it) of the SBOM,
     its CycloneDX twin and the provenance that sit beside the image."""
-    manifest = json.loads(read_entry(manifest_path.parent, manifest_path.name, MAX_MANIFEST)
-                          or b"{}")
-    found = []
-    for key, suffix in (("sbom", ".spdx.json"), ("provenance", ".provenance.json")):
-        section = manifest.get(key)
-        if isinstance(section, dict) and isinstance(section.get("file"), str) and \
-                "/" not in section["file"] and \
-                os.path.lexists(manifest_path.parent / section["file"]):
-            found.append((manifest_path.parent / section["file"], _stem(entry) + suffix,
-                          section.get("sha256") if key == "sbom" else None))
-            cdx = section["file"].removesuffix(".spdx.json") + ".cdx.json"
-            if key == "sbom" and cdx != section["file"] and \
-                    os.path.lexists(manifest_path.parent / cdx):  # CycloneDX of the SBOM
-                found.append((manifest_path.parent / cdx, _stem(entry) + ".cdx.json", None))
+    folder = built.manifest_path.parent
+    found, sections = [], []
+    if built.sbom is not None:
+        sections.append((built.sbom[0], ".spdx.json", built.sbom[1]))
+    if built.provenance is not None:
+        sections.append((built.provenance, ".provenance.json", None))
+    for file, suffix, digest in sections:
+        if "/" in file or not os.path.lexists(folder / file):
+            continue
+        found.append((folder / file, _stem(entry) + suffix, digest))
+        cdx = file.removesuffix(".spdx.json") + ".cdx.json"
+        if suffix == ".spdx.json" and cdx != file and os.path.lexists(folder / cdx):
+            found.append((folder / cdx, _stem(entry) + ".cdx.json", None))  # CycloneDX twin
     return found
 
 
@@ -313,11 +306,13 @@ def sums_text(feed: Path) -> bytes:
     return "".join(lines).encode()
 
 
-def publish(images: list[Path], feed: Path, url: str, *, gnupghome: Path | None = None,
-            key: str | None = None, unsigned: bool = False,
+def publish(images: list[Path], feed: Path, url: str, *, read: Callable[[Path], Built],
+            gnupghome: Path | None = None, key: str | None = None, unsigned: bool = False,
             instances: int = DEFAULT_INSTANCES, compress: str = "none",
             features: bool = False) -> dict:
-    """Add ``images`` to the feed directory ``feed`` (created if missing); the index. With
+    """Add ``images`` (``NAME.raw`` or ``NAME.manifest.json``; ``read`` gives what their
+    manifest says, see :class:`Built`) to the feed directory ``feed`` (created if missing);
+    the index. With
     ``compress`` ``xz`` or ``zstd`` the feed files are ``NAME_VERSION_ARCH.raw.xz``/``.raw.zst``
     (one suffix per extension in a feed: its transfer file matches one). With ``features`` each
     extension is also an optional feature: ``sysupdate.d/NAME.feature`` and ``Features=NAME`` in
@@ -332,10 +327,10 @@ def publish(images: list[Path], feed: Path, url: str, *, gnupghome: Path | None 
         raise InputError("--instances-max", "must be at least 1")
     if compress not in SUFFIXES:
         raise InputError("--compress", f"{compress!r}", f"one of {', '.join(SUFFIXES)}")
-    entries = [entry_for(Path(p)) for p in images]  # everything checked before writing
+    entries = [entry_for(read(Path(p))) for p in images]  # everything checked before writing
     feed = Path(feed)
     index = _load_index(feed) if feed.exists() else []
-    for entry, _, _ in entries:
+    for entry, _ in entries:
         entry["file"] = _stem(entry) + SUFFIXES[compress]
         if compress != "none":
             entry["compression"] = compress
@@ -345,17 +340,18 @@ def publish(images: list[Path], feed: Path, url: str, *, gnupghome: Path | None 
                                  f"{other.get('file')}", "publish every version of an extension "
                                  "with the same --compress: its transfer file matches one "
                                  "suffix")
-    for entry, _, manifest_path in entries:  # a planted companion: refused before any write
-        for src, _, _ in _companions(manifest_path, entry):
+    for entry, built in entries:  # a planted companion: refused before any write
+        for src, _, _ in _companions(built, entry):
             _open_output(src).close()
     feed.mkdir(parents=True, exist_ok=True)
-    for entry, image_path, manifest_path in entries:
+    for entry, built in entries:
+        image_path = built.image
         if compress == "none":
             _place(image_path, feed, entry["file"], entry["sha256"])
         else:
             _place_compressed(image_path, feed, entry["file"], compress, entry["sha256"])
             entry["file_sha256"], entry["file_size"] = hash_file(feed / entry["file"])
-        for src, name, digest in _companions(manifest_path, entry):
+        for src, name, digest in _companions(built, entry):
             _place(src, feed, name, digest)
         index = [i for i in index if i.get("file") != entry["file"]] + [entry]
     index.sort(key=lambda i: (str(i.get("name")), str(i.get("architecture")),
