@@ -9,15 +9,16 @@ from pathlib import Path
 import pytest
 from conftest import run_cli
 from prereq import require_root, require_tool
-from verify_helpers import build, extra_file, project, repack_squashfs, signer_files
+from verify_helpers import (
+    build,
+    extra_file,
+    project,
+    repack_squashfs,
+    signer_files,
+    verify_json,
+)
 
 EXTRA = extra_file()
-
-
-def verify_json(*args, cwd=None) -> tuple[int, dict]:
-    proc = run_cli("verify", *map(str, args), "--json", cwd=cwd)
-    assert proc.returncode in (0, 3), proc.stderr
-    return proc.returncode, json.loads(proc.stdout)
 
 
 @pytest.mark.parametrize("fmt", ("squashfs", "erofs", "directory", "ddi"))

@@ -11,18 +11,19 @@ from pathlib import Path
 import pytest
 from conftest import run_cli
 from prereq import require_tool
-from verify_helpers import build, ecdsa_signer_files, project, signed_build, signer_files
+from verify_helpers import (
+    build,
+    ecdsa_signer_files,
+    project,
+    signed_build,
+    signer_files,
+    verify_json,
+)
 
 from pipeline.image.ddi import signature as sig
 from pipeline.image.ddi.gpt import read_gpt
 from pipeline.image.ddi.reader import find_verity_set
 from pipeline.keys import load_signer
-
-
-def verify_json(*args, cwd=None) -> tuple[int, dict]:
-    proc = run_cli("verify", *map(str, args), "--json", cwd=cwd)
-    assert proc.returncode in (0, 3), proc.stderr
-    return proc.returncode, json.loads(proc.stdout)
 
 
 def hide_key(proj: Path, stem: str) -> None:

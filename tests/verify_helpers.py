@@ -56,6 +56,13 @@ def build(recipe: Path, out: Path, cache_dir: Path, *, unsigned: bool = False):
     return image
 
 
+def verify_json(*args, cwd=None) -> tuple[int, dict]:
+    """``verify ARGS --json``: (exit code, 0 or 3; the report)."""
+    proc = run_cli("verify", *map(str, args), "--json", cwd=cwd)
+    assert proc.returncode in (0, 3), proc.stderr
+    return proc.returncode, json.loads(proc.stdout)
+
+
 def diff_json(a, b, *args) -> dict:
     """``diff A B --json ARGS``: its report, whose ``ok`` matches the exit code (0 or 3)."""
     proc = run_cli("diff", str(a), str(b), "--json", *args)
