@@ -16,6 +16,7 @@ from pkgfactory import build_deb, file
 from prereq import require_root, require_tool
 from recipes_kit import EPOCH, build_cli, build_recipe, recipe_dict, toml_text
 from test_build import walk
+from test_ddi import cut
 
 from pipeline.image.ddi.gpt import read_gpt
 
@@ -48,11 +49,9 @@ def ddi_spec(packages, keypair, *, arch="x86-64", fmt="ddi", fs="erofs", sign=Tr
                        sign={"key": key, "cert": cert} if sign else None)
 
 
-def cut(image: Path, partition, dest: Path) -> Path:
-    with open(image, "rb") as src, open(dest, "wb") as out:
-        src.seek(partition.offset)
-        out.write(src.read(partition.size))
-    return dest
+def part(image: Path, partition, dest: Path) -> Path:
+    """One partition of ``image`` copied to ``dest``."""
+    return cut(image, partition.offset, partition.size, dest)
 
 
 def test_ddi_reproducible_verified_signed(tmp_path, packages, cache_dir, keypair):
@@ -76,10 +75,10 @@ def test_ddi_reproducible_verified_signed(tmp_path, packages, cache_dir, keypair
     sigp = parts["41092b05-9fc8-4523-994f-2def0408b176"]
     assert data.uuid.replace("-", "") == root_hash[:32]
     assert hashp.uuid.replace("-", "") == root_hash[32:]
-    data_img, hash_img = cut(image, data, tmp_path / "data"), cut(image, hashp, tmp_path / "hash")
+    data_img, hash_img = part(image, data, tmp_path / "data"), part(image, hashp, tmp_path / "hash")
     subprocess.run(["veritysetup", "verify", str(data_img), str(hash_img), root_hash],
                    check=True, capture_output=True)
-    blob = json.loads(cut(image, sigp, tmp_path / "sig").read_bytes().rstrip(b"\0"))
+    blob = json.loads(part(image, sigp, tmp_path / "sig").read_bytes().rstrip(b"\0"))
     assert blob["rootHash"] == root_hash
     cert_der = subprocess.run(["openssl", "x509", "-in", str(keypair[1]), "-outform", "DER"],
                               capture_output=True, check=True).stdout
