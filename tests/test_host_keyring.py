@@ -67,3 +67,53 @@ def test_nothing_trusted_gives_no_keyring(tmp_path):
     """(load_deb then refuses: 'no keyring to verify the Release file with'.)"""
     etc = _apt_etc(tmp_path, None, {})
     assert metadata._keyring(_repo(), tmp_path, etc) is None
+
+
+# --- the mirror of a companion suite on a host that lists only its release suite --------------
+
+
+@pytest.mark.parametrize("suite, uri", [
+    ("bookworm", "http://127.0.0.1:9/debian"),
+    ("bookworm-updates", "http://127.0.0.1:9/debian"),
+    ("bookworm-backports", "http://127.0.0.1:9/debian"),
+    ("bookworm-security", "http://127.0.0.1:9/debian-security"),
+])
+def test_a_minimal_host_derives_its_companion_suites(tmp_path, suite, uri):
+    etc = _apt_etc(tmp_path, "/usr/share/keyrings/x.gpg", {})
+    assert metadata.host_mirror(suite, etc) == (uri, "/usr/share/keyrings/x.gpg")
+
+
+def test_a_listed_companion_suite_wins_over_the_derived_one(tmp_path):
+    etc = _apt_etc(tmp_path, None, {})
+    (etc / "sources.list.d" / "security.list").write_text(
+        "deb http://127.0.0.1:8/elsewhere bookworm-security main\n")
+    assert metadata.host_mirror("bookworm-security", etc)[0] == "http://127.0.0.1:8/elsewhere"
+
+
+@pytest.mark.parametrize("suite", ["trixie", "trixie-security", "bookworm-weird"])
+def test_an_unrelated_suite_is_still_an_error(tmp_path, suite):
+    etc = _apt_etc(tmp_path, None, {})
+    with pytest.raises(InputError, match=f"no deb source for suite {suite}"):
+        metadata.host_mirror(suite, etc)
+
+
+@pytest.mark.network
+def test_the_derived_security_archive_is_debians(tmp_path):
+    """On the host's real mirror: a sources.list with only the release suite (as mmdebstrap
+    writes it) gives a bookworm-security whose InRelease the Debian archive keys verify."""
+    from prereq import missing
+
+    from pipeline.sources.fetch import Cache
+
+    try:
+        uri, signed = metadata.host_mirror("bookworm")
+    except InputError as err:
+        missing(str(err))
+    etc = tmp_path / "apt"
+    (etc / "sources.list.d").mkdir(parents=True)
+    (etc / "sources.list").write_text(f"deb {uri} bookworm main\n")
+    derived, _ = metadata.host_mirror("bookworm-security", etc)
+    raw = metadata._get(f"{derived}/dists/bookworm-security/InRelease", Cache(tmp_path / "c"))
+    keyring = Path(signed or "/usr/share/keyrings/debian-archive-keyring.gpg")
+    text = debian.gpg_verify(keyring, raw, None, "bookworm-security InRelease")
+    assert b"Codename: bookworm-security" in text and b"Label: Debian-Security" in text

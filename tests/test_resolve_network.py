@@ -24,6 +24,7 @@ from prereq import missing, require_tool
 from recipes_kit import DEBIAN_12, recipe_dict, write_recipe_dict
 
 from pipeline import recipe as recipe_mod
+from pipeline.errors import InputError
 from pipeline.sources import metadata
 from pipeline.sources.fetch import Cache
 from pipeline.sources.lock import _family, lock_recipe
@@ -41,22 +42,15 @@ KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 
 
 def _archive() -> tuple[dict[str, str], str]:
-    """({suite: URI}, keyring) for SUITES, from the host's apt sources read now."""
-    sources = metadata.host_sources()
-    main = next((s for s in sources if SUITES[0] in s["suites"]), None)
-    if main is None:
-        missing(f"no deb source for {SUITES[0]} in /etc/apt/sources.list(.d)")
-    uris = {SUITES[0]: main["uri"]}
-    security = next((s for s in sources if SUITES[1] in s["suites"]), None)
-    if security is not None:
-        uris[SUITES[1]] = security["uri"]
-    else:
-        derived = re.sub(r"/debian(?=/|$)", "/debian-security", main["uri"].rstrip("/"), count=1)
-        if derived == main["uri"].rstrip("/"):
-            missing(f"no {SUITES[1]} source and no debian-security sibling of {main['uri']}")
-        uris[SUITES[1]] = derived
-    signed = main.get("signed_by")
-    keyring = signed if signed and "\n" not in signed else KEYRING
+    """({suite: URI}, keyring) for SUITES, from the host's apt sources read now (a host listing
+    only bookworm gets bookworm-security from its debian-security sibling: metadata.host_mirror)."""
+    try:
+        found = {suite: metadata.host_mirror(suite) for suite in SUITES}
+    except InputError as err:
+        missing(str(err))
+    uris = {suite: uri for suite, (uri, _) in found.items()}
+    signed = found[SUITES[0]][1]
+    keyring = signed or KEYRING
     if not Path(keyring).is_file():
         missing(f"{keyring} not found (apt-get install debian-archive-keyring)")
     return uris, keyring

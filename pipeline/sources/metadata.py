@@ -65,16 +65,35 @@ def host_sources(apt_etc: Path = APT_ETC) -> list[dict]:
 
 
 def host_mirror(suite: str, apt_etc: Path = APT_ETC) -> tuple[str, str | None]:
-    """(URI, Signed-By path or None) of the host's apt source carrying ``suite``."""
-    for source in host_sources(apt_etc):
+    """(URI, Signed-By path or None) of the host's apt source carrying ``suite``.
+
+    A minimal Debian (debootstrap, mmdebstrap, many containers) lists only its release suite. Its
+    companion suites live where Debian's archive layout puts them, so they are derived from the
+    host's source of the release suite: ``S-updates``, ``S-backports`` and
+    ``S-proposed-updates`` in the same archive, ``S-security`` in the sibling archive
+    ``…/debian-security`` when the release suite's archive is a ``…/debian`` one. The Release file
+    of the derived source is verified like any other (with the same keys)."""
+    sources = host_sources(apt_etc)
+    for source in sources:
         if suite in source["suites"]:
-            signed = source["signed_by"]
-            if signed and "\n" in signed:  # an inline key block: not a path we can hand gpgv
-                signed = None
-            return source["uri"], signed
+            return source["uri"], _signed_by(source)
+    base, _, companion = suite.partition("-")
+    for source in sources if companion else ():
+        if base not in source["suites"]:
+            continue
+        uri = source["uri"].rstrip("/")
+        if companion in ("updates", "backports", "proposed-updates"):
+            return uri, _signed_by(source)
+        if companion == "security" and uri.endswith("/debian"):
+            return uri + "-security", _signed_by(source)
     raise InputError(f"mirror = \"host\" (suite {suite})",
                      f"no deb source for suite {suite} in {apt_etc}/sources.list(.d)",
                      "add one, or give the mirror's URL or $ENV_VAR in the recipe")
+
+
+def _signed_by(source: dict) -> str | None:
+    signed = source["signed_by"]
+    return None if signed and "\n" in signed else signed  # an inline key block: not a path
 
 
 def expand(value: str, where: str) -> str:
