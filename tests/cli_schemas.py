@@ -94,10 +94,12 @@ BODIES: dict[str, dict] = {
         "source_date_epoch": opt(INT), "images": arr(SNAKE), "matching": OBJ, "commands": arr(S),
         "cautions": arr(S),
     },
-    "lock": {
-        "recipes": arr(obj({"recipe": S, "lock": S, "changed": B, "packages": INT, "seconds": N,
-                            "notes": arr(S), "warnings": arr(S), "moved": arr(S)},
-                           closed=True)),
+    "lock": {  # a row per recipe: lock, or lock --check (what a re-lock would move)
+        "recipes": arr({"anyOf": [
+            obj({"recipe": S, "lock": S, "changed": B, "packages": INT, "seconds": N,
+                 "notes": arr(S), "warnings": arr(S), "moved": arr(S)}, closed=True),
+            obj({"recipe": S, "lock": S, "stale": B, "would_move": B, "moves": arr(SNAKE),
+                 "newer": arr(SNAKE)}, closed=True)]}),
     },
     "fetch": {"store": S, "files": INT, "bytes": INT, "downloaded": INT, "present": INT},
     "check": {"host": HOST, "images": arr(SNAKE)},

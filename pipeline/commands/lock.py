@@ -2,6 +2,7 @@
 
     sysext-pipeline lock RECIPE…                 resolve names → RECIPE.lock (next to it)
     sysext-pipeline lock --update jq RECIPE      move jq (and what it newly needs), keep the rest
+    sysext-pipeline lock --check RECIPE…         would a re-lock move a package? (exit 3: yes)
     sysext-pipeline fetch RECIPE… --store DIR    every file the recipes need, into DIR
     sysext-pipeline build --offline --store DIR RECIPE
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 import sys
 import time
 
-from ..errors import InputError
+from ..errors import VERDICT, InputError
 from . import clikit
 
 
@@ -26,10 +27,60 @@ def _cache(args):
     return Cache(default_cache_dir(args.cache_dir))
 
 
+def cmd_check(args) -> int:
+    """``lock --check``: would a re-lock move a package? A verdict, exit 3 (VERDICT: the
+    command worked and its answer is no, as ``diff``/``verify`` say "differs"), when it would
+    (a nightly CI job), 0 when not; the lock file is never written."""
+    from .. import recipe as recipe_mod
+    from ..sources import lock
+
+    cache = _cache(args)
+    say = None if args.quiet else _human
+    results, moving = [], False
+    for name in args.recipe:
+        recipe = recipe_mod.load(name)
+        report = lock.check_lock(recipe, cache, log=say)
+        moving = moving or report["would_move"] or report["stale"]
+        results.append({"recipe": str(recipe.path), "lock": str(lock.lock_path(recipe)),
+                        **report})
+        if not args.quiet or report["would_move"] or report["stale"]:
+            fixes = sum(1 for m in report["moves"] if m["security"])
+            verdict = (f"would move {clikit.count(len(report['moves']), 'package')}"
+                       + (f" ({clikit.count(fixes, 'security update')})" if fixes else "")
+                       if report["would_move"] else "up to date")
+            stale = "; stale (the recipe changed since it was written)" if report["stale"] \
+                else ""
+            _human(f"{lock.lock_path(recipe)}: {verdict}{stale}")
+            for m in report["moves"]:
+                tag = " [security]" if m["security"] else ""
+                where = f" ({m['repository']})" if m["repository"] else ""
+                _human(f"  {m['name']} {m['from'] or '(new)'} → {m['to'] or '(gone)'}{where}{tag}")
+            for n in report["newer"]:
+                if not any(m["name"] == n["name"] for m in report["moves"]):
+                    _human(f"  {n['name']} {n['locked']}: {n['newest']} in {n['repository']} "
+                           "(the closure keeps the locked version)")
+            if report["would_move"] or report["stale"]:
+                _human(f"  to move: sysext-pipeline lock {recipe.path}"
+                       + (f" (or --update {' --update '.join(m['name'] for m in report['moves'])})"
+                          if report["moves"] and not report["stale"] else ""))
+    exit = VERDICT if moving else 0
+    if args.json:
+        movers = [r["lock"] for r in results if r["would_move"] or r["stale"]]
+        return clikit.emit(args, {"recipes": results}, exit, {
+            "message": "a re-lock would move packages", "subject": ", ".join(movers),
+            "field": None, "hint": "sysext-pipeline lock RECIPE (or lock --update NAME)"})
+    return exit
+
+
 def cmd_lock(args) -> int:
     from .. import recipe as recipe_mod
     from ..sources import lock
 
+    if args.check:
+        if args.update:
+            raise InputError("lock", "--check and --update exclude each other",
+                             "--check only reports; run lock --update NAME to move NAME")
+        return cmd_check(args)
     cache = _cache(args)
     say = None if args.quiet else _human
     results = []
@@ -115,6 +166,10 @@ def register(sub) -> None:
     p.add_argument("recipe", nargs="+", help="recipe file(s)")
     p.add_argument("--update", action="append", default=[], metavar="NAME",
                    help="move only NAME (repeatable); every other package keeps its version")
+    p.add_argument("--check", action="store_true",
+                   help="write nothing; report the locked packages the repositories have newer "
+                   "versions of (security updates first) and exit 3 when a re-lock would move "
+                   "one (a nightly CI job)")
     clikit.add_cache_dir(p)
     clikit.add_timeout(p)
     clikit.add_json(p)

@@ -284,6 +284,57 @@ def lock_recipe(recipe: Recipe, cache: Cache, *, update: tuple[str, ...] = (),
     return data, metas
 
 
+# --- checking: would the lock move? ------------------------------------------------------------
+
+
+def _is_security(repository: str, suites: dict[str, str]) -> bool:
+    return "security" in repository or "security" in suites.get(repository, "")
+
+
+def check_lock(recipe: Recipe, cache: Cache, *, log=None) -> dict:
+    """What a plain re-lock would change, without writing anything (``lock --check``, a nightly
+    CI job): ``stale`` (the recipe's inputs changed), ``moves`` (packages whose version a
+    re-lock changes, added or drops) and ``newer`` (locked packages the repositories have a
+    newer version of, even where the closure keeps the old one), security suites first.
+    ``would_move``: a re-lock would change a package."""
+    old = read_lock(recipe)
+    stale = old.get("inputs_sha256") != inputs_sha256(recipe)
+    data, metas = lock_recipe(recipe, cache, log=log)
+    family = _family(recipe)
+    suites = {m.repository.name: m.repository.suite or "" for m in metas}
+    before, after = locked_versions(old), locked_versions(data)
+    repo_of = {(p["name"], p["architecture"]): p["repository"] for p in data["package"]}
+    moves = []
+    for key in sorted(before.keys() | after.keys()):
+        if before.get(key) != after.get(key):
+            repo = repo_of.get(key, "")
+            moves.append({"name": key[0], "architecture": key[1], "from": before.get(key),
+                          "to": after.get(key), "repository": repo or None,
+                          "security": _is_security(repo, suites)})
+    newest: dict[tuple[str, str], tuple[str, str]] = {}
+    for meta in metas:
+        for p in meta.packages:
+            key = (p.name, p.arch)
+            if key in before and family.compare(p.version, before[key]) > 0 and (
+                    key not in newest or family.compare(p.version, newest[key][0]) > 0):
+                newest[key] = (p.version, p.repo)
+    newer = [{"name": key[0], "architecture": key[1], "locked": before[key], "newest": version,
+              "repository": repo, "security": _is_security(repo, suites)}
+             for key, (version, repo) in sorted(newest.items())]
+    first = lambda item: (not item["security"], item["name"], item["architecture"])  # noqa: E731
+    return {"stale": stale, "would_move": bool(moves), "moves": sorted(moves, key=first),
+            "newer": sorted(newer, key=first)}
+
+
+def same_resolution(old: dict, new: dict) -> bool:
+    """The same packages (every field), inputs and notes: a re-lock that moved nothing, whose
+    file stays as it is even when the repositories' root files (their dates) changed."""
+    return all(old.get(k) == new.get(k) for k in ("lock_version", "recipe", "inputs_sha256",
+                                                  "notes", "package")) and \
+        [r.get("name") for r in old.get("repository", [])] == \
+        [r["name"] for r in new.get("repository", [])]
+
+
 # --- writing -----------------------------------------------------------------------------------
 
 
@@ -327,7 +378,14 @@ def dumps(data: dict) -> str:
 
 
 def write_lock(recipe: Recipe, data: dict) -> Path:
+    """Write ``data`` as the recipe's lock, unless the lock there already says the same
+    (:func:`same_resolution`): a re-lock in which no package moved leaves it byte-identical."""
     path = lock_path(recipe)
+    try:
+        if same_resolution(tomllib.loads(path.read_text(encoding="utf-8")), data):
+            return path
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        pass  # missing or unreadable: write it
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(dumps(data), encoding="utf-8")
     os.replace(tmp, path)
