@@ -145,8 +145,8 @@ class _Differ:
             la, lb = r.labels
             first = (found.added and f"{found.added[0]} only {lb}") or \
                 (found.removed and f"{found.removed[0]} only {la}") or \
-                (found.changed and f"{found.changed[0]['path']}: " + ", ".join(
-                    found.changed[0]["attributes"]))
+                (found.examples() and f"{found.examples()[0]['path']}: " + ", ".join(
+                    found.examples()[0]["attributes"]))
             self._explained("tree", f"file trees differ: {found.lines()[0]}; first: {first}")
             return self._finish("differs")
         if self.byte_tools:

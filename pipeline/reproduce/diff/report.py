@@ -31,26 +31,66 @@ class Finding:
                 "role": "cause" if self.explains else self.role}
 
 
+#: Distinct (old, new) mtime pairs kept to tell whether every mtime moved the same way.
+_MTIME_PAIRS = 2
+
+
 @dataclass
 class TreeDiff:
+    """Two file trees compared: counts, and at most ``limit`` examples of each kind. Content
+    changes (any attribute but the time) come before paths whose mtime alone moved, and when
+    every mtime moved from one A to one B (another SOURCE_DATE_EPOCH) that is one line."""
+
     limit: int = 10
     compared: int = 0
     added: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
-    changed: list[dict] = field(default_factory=list)
-    counts: Counter = field(default_factory=Counter)  # added, removed, changed
+    changed: list[dict] = field(default_factory=list)  # content changes (mtime may differ too)
+    retimed: list[dict] = field(default_factory=list)  # only the mtime differs
+    counts: Counter = field(default_factory=Counter)  # added, removed, changed, retimed
     attributes: Counter = field(default_factory=Counter)
     notes: list[str] = field(default_factory=list)
+    mtime_pairs: Counter = field(default_factory=Counter)  # (A, B) → paths; bounded
 
     @property
     def identical(self) -> bool:
         return not (self.counts["added"] or self.counts["removed"] or self.counts["changed"])
 
+    def add_changed(self, path: str, attrs: dict) -> None:
+        self.counts["changed"] += 1
+        self.attributes.update(attrs.keys())
+        if "mtime" in attrs:
+            pair = tuple(attrs["mtime"])
+            if pair in self.mtime_pairs or len(self.mtime_pairs) < _MTIME_PAIRS:
+                self.mtime_pairs[pair] += 1
+        content = len(attrs) > 1 or "mtime" not in attrs
+        if not content:
+            self.counts["retimed"] += 1
+        examples = self.changed if content else self.retimed
+        if len(examples) < self.limit:
+            examples.append({"path": path, "attributes": attrs})
+
+    @property
+    def mtime_moved(self) -> tuple[int, int, int] | None:
+        """(A, B, paths) when every mtime that differs moved from A to B, else None."""
+        if len(self.mtime_pairs) != 1:
+            return None
+        (pair, paths), = self.mtime_pairs.items()
+        return (*pair, paths) if paths == self.attributes["mtime"] else None
+
+    def examples(self) -> list[dict]:
+        """The changed paths shown: content changes first, then mtime-only ones."""
+        return self.changed + self.retimed
+
     def to_json(self) -> dict:
+        moved = self.mtime_moved
         return {"compared": self.compared, "added": self.counts["added"],
                 "removed": self.counts["removed"], "changed": self.counts["changed"],
                 "attributes": dict(sorted(self.attributes.items())), "limit": self.limit,
-                "paths": {"added": self.added, "removed": self.removed, "changed": self.changed},
+                "paths": {"added": self.added, "removed": self.removed,
+                          "changed": self.examples()[:self.limit]},
+                "mtime_moved": None if moved is None else
+                {"from": moved[0], "to": moved[1], "paths": moved[2]},
                 "notes": self.notes}
 
     def lines(self) -> list[str]:
@@ -61,11 +101,23 @@ class TreeDiff:
         out = [head]
         out += [f"+ {p}" for p in self.added]
         out += [f"- {p}" for p in self.removed]
+        moved = self.mtime_moved
         for item in self.changed:
-            parts = [f"{k} {short(v[0])} → {short(v[1])}" for k, v in item["attributes"].items()]
+            attrs = {k: v for k, v in item["attributes"].items()
+                     if not (moved and k == "mtime")}
+            parts = [f"{k} {short(v[0])} → {short(v[1])}" for k, v in attrs.items()]
             out.append(f"~ {item['path']}: " + "; ".join(parts))
         shown = len(self.added) + len(self.removed) + len(self.changed)
         total = self.counts["added"] + self.counts["removed"] + self.counts["changed"]
+        if moved:
+            out.append(f"~ every mtime moved from {moved[0]} to {moved[1]} ({moved[2]} "
+                       f"path{'s' * (moved[2] != 1)})")
+            shown += self.counts["retimed"]  # all of them, in that line
+        else:
+            for item in self.retimed:
+                a, b = item["attributes"]["mtime"]
+                out.append(f"~ {item['path']}: mtime {short(a)} → {short(b)}")
+            shown += len(self.retimed)
         if total > shown:
             out.append(f"… and {total - shown} more (--limit)")
         return out + self.notes

@@ -45,7 +45,7 @@ def tree(d, data) -> TreeDiff | None:
         r.add("tree", item, None, None, f"{item} only {r.labels[1]}")
     for item in found.removed:
         r.add("tree", item, None, None, f"{item} only {r.labels[0]}")
-    for item in found.changed:
+    for item in found.examples():
         for attr, (x, y) in item["attributes"].items():
             r.add("tree", f"{item['path']}:{attr}", x, y,
                   f"{item['path']}: {attr} {short(x)} → {short(y)}")
@@ -94,10 +94,7 @@ def compare_trees(a: Iterable[dict], b: Iterable[dict], *, limit: int = 10,
                 if x.get(attr) != y.get(attr):
                     attrs[attr] = [x.get(attr), y.get(attr)]
             if attrs:
-                found.counts["changed"] += 1
-                found.attributes.update(attrs.keys())
-                if len(found.changed) < limit:
-                    found.changed.append({"path": x["path"], "attributes": attrs})
+                found.add_changed(x["path"], attrs)
             x, y = next(ia, None), next(ib, None)
     return found
 
