@@ -8,6 +8,8 @@ The CLI prints ``error: <where>: <what> (<hint>)`` and exits with ``exit_code``;
 
 from __future__ import annotations
 
+import re
+
 #: Exit classes: what a CI job should do about a non-zero exit.
 OK = 0
 RETRY = 1    # may be transient: the network, DNS, a tool that crashed, a timeout, a full disk
@@ -24,6 +26,10 @@ EXIT_CLASSES: dict[int, str] = {
 
 #: One text for every ``--help`` epilog and the README.
 EXIT_TEXT = "exit codes: " + "; ".join(f"{code} {text}" for code, text in EXIT_CLASSES.items())
+
+
+#: a recipe array entry as messages name it: ``source #3 (apt = "jq").version``
+_ENTRY = re.compile(r'^[a-z_]+ #\d+(?: \([a-z_]+ = (?:"[^"]*"|\[[^\]]*\])\))?(?:\.[\w.]+)?$')
 
 
 class PipelineError(Exception):
@@ -43,11 +49,12 @@ class PipelineError(Exception):
 
     def subject_field(self) -> tuple[str | None, str | None]:
         """``where`` split into the file/package/member it names and the field in it:
-        ``recipe.toml: source[2].apt`` → (``recipe.toml``, ``source[2].apt``)."""
+        ``recipe.toml: source #3 (apt = "jq").version`` → (``recipe.toml``,
+        ``source #3 (apt = "jq").version``)."""
         if not self.where:
             return None, None
         subject, sep, field = self.where.rpartition(": ")
-        if sep and subject and field and " " not in field:
+        if sep and subject and field and (" " not in field or _ENTRY.match(field)):
             return subject, field
         return self.where, None
 

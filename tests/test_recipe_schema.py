@@ -335,3 +335,14 @@ def test_sources_are_named_one_based_with_their_key(tmp_path):
                                 "source 'jq' (apt-cache policy jq shows versions; the lock "
                                 "command pins them)")
     assert "source[" not in exc.value.line()
+
+
+def test_json_error_names_the_source_entry_as_its_field(tmp_path):
+    """--json's error splits the 1-based entry name like any dotted key: subject the file,
+    field the entry and key."""
+    path = tmp_path / "recipe.toml"
+    path.write_text(BASE + '[[source]]\napt = "jq"\nsha256 = "' + "0" * 64 + '"\n')
+    with pytest.raises(InputError) as exc:
+        recipe_mod.load(path)
+    error = exc.value.as_json()
+    assert (error["subject"], error["field"]) == (str(path), 'source #1 (apt = "jq").version')
