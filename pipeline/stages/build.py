@@ -164,6 +164,7 @@ def stage(recipe: Recipe, fetched: list[Fetched], new_tree: Callable[[str], Stag
 
     scripts = tuple(sorted((p["name"], tuple(p["scripts"])) for p in report.packages
                            if p.get("scripts")))  # said once, with the first image
+    script_text = pitfalls.script_texts(report.packages, fetched) if scripts else {}
     images = []
     for kind in sorted(kinds, key=("sysext", "confext").index):
         name = names[kind]
@@ -183,7 +184,8 @@ def stage(recipe: Recipe, fetched: list[Fetched], new_tree: Callable[[str], Stag
         provided = layout.provided_paths(
             router.layout, [tree_for(k).records for k in kinds if k != kind])
         findings = pitfalls.find(kind, tree.records, fields, target, provided=provided,
-                                 packages_with_scripts=scripts if not images else ())
+                                 packages_with_scripts=scripts if not images else (),
+                                 script_text=script_text, open_data=tree.open_data)
         images.append(StagedImage(kind, name, tree, fields, release_path, release_bytes,
                                   findings))
     epoch, epoch_origin = choose_epoch(recipe.source_date_epoch, environ, report.newest_mtime)

@@ -93,14 +93,20 @@ class Finding:
 
 def find(kind: str, records: Mapping[str, Record], fields: Mapping[str, str],
          target: Mapping, provided: frozenset[str] = frozenset(),
-         packages_with_scripts: tuple[tuple[str, tuple[str, ...]], ...] = ()) -> list[Finding]:
+         packages_with_scripts: tuple[tuple[str, tuple[str, ...]], ...] = (),
+         script_text: Mapping[str, Mapping[str, str]] | None = None,
+         open_data=None) -> list[Finding]:
     """All pitfalls of one image (``kind``: sysext or confext) with its release ``fields``.
 
     ``provided``: absolute paths the host gets from elsewhere in this recipe — the companion
     image's files and what the recipe's tmpfiles.d lines create
     (:func:`pipeline.stages.layout.provided_paths`); a symlink pointing there does not dangle.
     ``packages_with_scripts``: (package, script names) for every input package with maintainer
-    scripts (``("postinst",)``, ``("%post",)``), none of which ever runs for an extension.
+    scripts (``("postinst",)``, ``("%post",)``), none of which ever runs for an extension;
+    ``script_text``: package → {script: text} where the scripts could be read
+    (:func:`script_texts`), so the finding says what they do; ``open_data(path)``: the content
+    of a file in the image (the staging tree's; None when not written), for the sysusers.d
+    files that make a script's users.
     """
     found: list[Finding] = []
 
@@ -173,14 +179,8 @@ def find(kind: str, records: Mapping[str, Record], fields: Mapping[str, str],
             "ship the target with policy.etc = \"factory\" or a confext, or drop the link",
             [p for p, r in records.items() if r.kind == E.SYMLINK and
              _dangles(p, r.target or "", provided)])
-    add("maintainer-scripts", WARNING,
-        "these packages have maintainer scripts, which never run for an extension: the "
-        "users and groups, host keys, alternatives, caches or enabled units they would make "
-        "do not exist on the host",
-        "check what the scripts do and ship the result instead (sysusers.d and tmpfiles.d "
-        "files, [files] entries), or set it up on the host",
-        [f"{name} ({', '.join(scripts)})" for name, scripts in packages_with_scripts
-         if scripts])
+    found += script_findings(packages_with_scripts, script_text or {},
+                             sysusers_names(records, open_data))
     level = fields.get(f"{kind.upper()}_LEVEL")
     # A dotted VERSION_ID (RHEL 9.4, Flatcar 3815.2.0, openSUSE Leap 15.5) changes with
     # routine updates; Debian's "12" or Fedora's "40" stay for the life of the release.
@@ -270,3 +270,247 @@ def refuse_empty(recipe, staged) -> None:
                          "check [[source]], [files], filter.exclude and extension.kind; "
                          "`sysext-pipeline plan` lists what is dropped and why; "
                          'policy.empty = "allow" builds it anyway')
+
+
+# --- maintainer scripts: what they would have done, and what of it the host then lacks ---------
+
+#: Scripts a package manager runs when it installs a package; removal scripts (prerm, postrm,
+#: %preun, %postun) only undo what these did, and nothing removes an extension through them.
+INSTALL_SCRIPTS = ("preinst", "config", "postinst", "%pretrans", "%pre", "%post", "%posttrans")
+MAX_SCRIPT = 1 << 20  # bytes of one script read (they are a few KiB)
+#: debhelper's generated sections whose effect no extension needs: dh_installdeb's conffile
+#: moves (dpkg-maintscript-helper), dh_apparmor's (re)load of a profile kept in /etc
+INERT_SECTIONS = ("dh_installdeb", "dh_apparmor")
+#: commands that change nothing an extension needs: the shell's own, queries, and removals
+#: (a host that never had the package has no leftovers to clean)
+INERT_COMMANDS = frozenset({
+    "[", "[[", "test", "true", "false", ":", "echo", "printf", "set", "exit", "return",
+    "shift", "local", "export", "unset", "readonly", "break", "continue", "eval", "trap", ".",
+    "if", "then", "else", "elif", "fi", "case", "esac", "for", "while", "until", "do", "done",
+    "in", "!", "{", "}", "getent", "id", "dpkg", "dpkg-query", "dpkg-maintscript-helper",
+    "dirname", "basename", "which", "command", "grep", "sed", "cat", "rm", "rmdir",
+    "userdel", "groupdel", "deluser", "delgroup", "aa-enabled", "apparmor_parser",
+})
+#: options of adduser/useradd/addgroup/groupadd that take a value (the name is what remains)
+_VALUE_OPTIONS = frozenset({
+    "--home", "--shell", "--ingroup", "--gecos", "--uid", "--gid", "--firstuid", "--lastuid",
+    "--firstgid", "--lastgid", "--conf", "--comment", "--add_extra_groups", "-d", "--home-dir",
+    "-s", "-g", "-G", "--groups", "-u", "-c", "-K", "--key", "-k", "--skel", "-e", "-f",
+    "-p", "--password", "-R", "--root", "-P", "--prefix", "-b", "--base-dir",
+})
+
+
+@dataclass
+class ScriptEffects:
+    """What install-time scripts would make: system users (name → (group, home)), groups, and
+    the other commands this module does not judge (their names)."""
+
+    users: dict[str, tuple[str | None, str | None]]
+    groups: list[str]
+    other: list[str]
+
+
+def _commands(text: str):
+    """The simple commands of a shell script, as word lists: continuation lines joined,
+    comments and debhelper's inert sections dropped, split at ; & | ( ) and backquotes."""
+    import shlex
+
+    text = re.sub(r"\\\n", " ", text)
+    kept, skipping = [], False
+    for line in text.splitlines():
+        stripped = line.strip()
+        section = re.match(r"#\s*Automatically added by (\S+?)/", stripped)
+        if section:
+            skipping = section[1] in INERT_SECTIONS
+            continue
+        if re.match(r"#\s*End automatically added section", stripped):
+            skipping = False
+            continue
+        if not skipping:
+            kept.append(line)
+    for line in kept:
+        lexer = shlex.shlex(line.replace("`", " ; ").replace("$(", " ; "), posix=True,
+                            punctuation_chars=True)
+        lexer.commenters = "#"
+        lexer.whitespace_split = True
+        try:
+            tokens = list(lexer)
+        except ValueError:  # an unbalanced quote: judge the words as they stand
+            tokens = line.split()
+        words: list[str] = []
+        target = False  # the next word is a redirection's target (>/dev/null, 2>&1)
+        for token in [*tokens, ";"]:
+            if target:
+                target = False
+            elif token and set(token) <= set("<>&") and set(token) & set("<>"):
+                target = True
+                if words and words[-1].isdigit():
+                    words.pop()  # the 2 of 2>&1
+            elif token and set(token) <= set(";&|()"):
+                if words:
+                    yield words
+                words = []
+            elif not words and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=.*", token):
+                continue  # an assignment before (or instead of) a command
+            elif not words and token in ("if", "then", "else", "elif", "do", "while", "until",
+                                         "!", "{", "exec", "command"):
+                continue  # a keyword before a command
+            else:
+                words.append(token)
+
+
+def _name_and_options(args: list[str]) -> tuple[list[str], dict[str, str]]:
+    names, options, index = [], {}, 0
+    while index < len(args):
+        arg = args[index]
+        if arg.startswith("-") and "=" in arg:
+            key, _, value = arg.partition("=")
+            options[key] = value
+        elif arg in _VALUE_OPTIONS and index + 1 < len(args):
+            options[arg] = args[index + 1]
+            index += 1
+        elif arg.startswith("-"):
+            options[arg] = ""
+        elif not arg.startswith(">"):
+            names.append(arg)
+        index += 1
+    return names, options
+
+
+def script_effects(texts: Mapping[str, str]) -> ScriptEffects:
+    """What the install-time scripts among ``texts`` (script name → text) would make."""
+    effects = ScriptEffects({}, [], [])
+    for script in INSTALL_SCRIPTS:
+        if script not in texts:
+            continue
+        for words in _commands(texts[script]):
+            command = posixpath.basename(words[0])
+            names, options = _name_and_options(words[1:])
+            system = "--system" in options or "-r" in options
+            if command in ("adduser", "useradd") and system and names:
+                group = options.get("--ingroup") or options.get("-g") or options.get("--gid")
+                if "--group" in options or "-U" in options or "--user-group" in options:
+                    group = names[-1]
+                home = options.get("--home") or options.get("-d") or options.get("--home-dir")
+                effects.users[names[-1]] = (group, home)
+            elif command in ("addgroup", "groupadd") and system and names:
+                effects.groups.append(names[-1])
+            elif command == "adduser" and "--group" in options and names:
+                effects.groups.append(names[-1])
+            elif command not in INERT_COMMANDS and command not in effects.other:
+                effects.other.append(command)
+    return effects
+
+
+def script_texts(packages, fetched) -> dict[str, dict[str, str]]:
+    """package name → {script: text} for the .deb packages among ``packages`` (the extract
+    report's records) that have maintainer scripts, read from their control.tar as dpkg would
+    run them; a package whose scripts cannot be read is left out (the finding then names its
+    scripts only)."""
+    from ..errors import PipelineError
+    from ..formats.ar import read_ar
+    from ..formats.compression import Limits, open_decompressed, read_upto
+    from ..formats.tar import tar_entries
+
+    paths = {getattr(f, "sha256", None): getattr(f, "path", None) for f in fetched}
+    out: dict[str, dict[str, str]] = {}
+    for package in packages:
+        path = paths.get(package.get("sha256"))
+        if not package.get("scripts") or package.get("format") != "deb" or path is None:
+            continue
+        texts: dict[str, str] = {}
+        try:
+            with open(path, "rb") as fh:
+                for member in read_ar(fh, package["name"]):
+                    if not member.name.startswith("control.tar"):
+                        continue
+                    where = f"{package['name']}:{member.name}"
+                    stream = open_decompressed(member.data, member.name, where, Limits(),
+                                               ahead=False)
+                    for entry in tar_entries(stream, where):
+                        base = entry.path.removeprefix("./")
+                        if entry.kind == E.FILE and base in package["scripts"]:
+                            texts[base] = read_upto(entry.data, min(entry.size, MAX_SCRIPT)
+                                                    ).decode("utf-8", "replace")
+                    break
+        except (OSError, PipelineError):
+            continue  # extraction read this package: a failure here only costs the detail
+        out[package["name"]] = texts
+    return out
+
+
+def sysusers_names(records: Mapping[str, Record], open_data=None) -> set[str]:
+    """Users and groups the image's sysusers.d files define (``u NAME``, ``g NAME``; a ``u``
+    line makes its group of the same name too)."""
+    names: set[str] = set()
+    if open_data is None:
+        return names
+    for path, record in records.items():
+        if record.kind != E.FILE or not re.fullmatch(r"usr/lib/sysusers\.d/[^/]+\.conf", path):
+            continue
+        try:
+            handle = open_data(path)
+        except OSError:
+            continue
+        if handle is None:
+            continue
+        with handle:
+            text = handle.read(MAX_SCRIPT).decode("utf-8", "replace")
+        for line in text.splitlines():
+            fields = line.split()
+            if len(fields) >= 2 and fields[0] in ("u", "u!", "g"):
+                names.add(fields[1])
+    return names
+
+
+def _sysusers_lines(effects: ScriptEffects, missing_users, missing_groups) -> list[str]:
+    lines = [f"g {g} -" for g in missing_groups]
+    for user in missing_users:
+        group, home = effects.users[user]
+        gid = f"-:{group}" if group and group != user else "-"
+        lines.append(f"u {user} {gid} - {home or '-'}")
+    return lines
+
+
+def script_findings(packages_with_scripts, texts: Mapping[str, Mapping[str, str]],
+                    defined: set[str]) -> list[Finding]:
+    """The maintainer-scripts findings: for a package whose scripts could be read, what they
+    would make that the image does not (system users and groups: a sysusers.d file is the fix;
+    other commands: named); for one whose scripts could not be read, its script names."""
+    found: list[Finding] = []
+    unread, other = [], []
+    for name, scripts in packages_with_scripts:
+        if not scripts:
+            continue
+        if name not in texts:
+            unread.append(f"{name} ({', '.join(scripts)})")
+            continue
+        effects = script_effects(texts[name])
+        users = [u for u in effects.users if u not in defined]
+        # a `u NAME` line makes the group NAME too; another group needs its own `g` line
+        groups = [g for g in effects.groups if g not in defined and g not in effects.users]
+        if users or groups:
+            made = ", ".join([f"the system user {u}" + (
+                f" (group {effects.users[u][0]})" if effects.users[u][0] else "")
+                for u in users] + [f"the system group {g}" for g in groups])
+            lines = _sysusers_lines(effects, users, groups)
+            found.append(Finding(
+                "maintainer-script-users", WARNING,
+                f"{name}'s install scripts create {made}, which will not exist on the host (an "
+                "extension runs no maintainer scripts): whatever runs as it, drops privileges "
+                "to it or owns files by it fails",
+                f"ship usr/lib/sysusers.d/{name}.conf ([files]) with the line"
+                f"{'s' if len(lines) > 1 else ''} " + "; ".join(f"`{x}`" for x in lines)
+                + " (systemd-sysusers makes what it lists: run it after merging)",
+                (name,)))
+        if effects.other:
+            other.append(f"{name} (runs {', '.join(effects.other)})")
+    if unread or other:
+        found.append(Finding(
+            "maintainer-scripts", WARNING,
+            "these packages have maintainer scripts, which never run for an extension: the "
+            "users and groups, host keys, alternatives, caches or enabled units they would make "
+            "do not exist on the host",
+            "check what the scripts do and ship the result instead (sysusers.d and tmpfiles.d "
+            "files, [files] entries), or set it up on the host", tuple(sorted(unread + other))))
+    return found
