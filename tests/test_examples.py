@@ -31,13 +31,16 @@ def test_default_recipe_builds_reproducibly_and_runs(tmp_path, apt_cache):
         # archive no longer has (a point release) names `lock --update NAME` and a snapshot.
         assert proc.returncode == 0, proc.stderr
         assert not proc.error_lines()
-        [image] = json.loads(proc.stdout)["images"]
+        built = json.loads(proc.stdout)
+        assert not built["warnings"], built["warnings"]  # the example builds clean
+        [image] = built["images"]
         results.append(image)
     assert results[0]["sha256"] == results[1]["sha256"]
     image = Path(results[0]["image"])
     # Merge over the real /usr in a private namespace: the tools must run from the overlay.
     proc = in_namespace(f"mkdir -p /run/extensions && cp {image} /run/extensions/ && "
                         "systemd-sysext merge && tcpdump --version && strace -V && "
+                        "systemd-sysusers --dry-run 2>&1 | grep -q tcpdump && "
                         "echo '{\"a\": 42}' | jq .a && ls /usr/lib/extension-release.d")
     assert proc.returncode == 0, proc.stderr
     assert "tcpdump version 4.99" in proc.stdout and "strace -- version 6.1" in proc.stdout
