@@ -28,6 +28,7 @@ VERDICTS = {
     "inspect": "verity, the partition UUIDs, the signature or the file system fail",
     "verify": "differs, or could not be fully checked (the signature)",
     "diff": "the two differ",
+    "lock": "with --check: a re-lock would move a package, or the lock is stale",
 }
 
 #: The top-level --help lists the commands in these groups (any other command under "More").
@@ -36,6 +37,7 @@ GROUPS = {
     "Trust": ("keys", "sign", "inspect"),
     "Reproduce": ("verify", "diff"),
     "Host": ("check", "install", "uninstall", "rollback", "doctor", "explain"),
+    "Publish": ("publish", "sign-feed"),
     "Docs": ("recipe-reference", "troubleshooting"),
 }
 
