@@ -4,6 +4,7 @@ own manifest). A side's manifest is read through the model (pipeline/stages/mani
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -92,10 +93,10 @@ def load_side(path: str | Path, *, use_manifest: bool = True) -> Side:
 
 def own_manifest_mismatches(side: Side, name: str | None = None) -> list[str]:
     """Where an image no longer is what its own manifest says (image sha256; detached verity
-    files): the first thing to know about a side, since every other comparison of it trusts
+    files; the SBOM, SPDX and CycloneDX): the first thing to know about a side, since every other comparison of it trusts
     those hashes. Sentences naming the file (``name``, default the path given)."""
     manifest = side.manifest
-    if not side.is_file or manifest is None:
+    if manifest is None or not (side.is_file or side.is_dir):
         return []
     name = name or side.given
     out = []
@@ -130,7 +131,35 @@ def own_manifest_mismatches(side: Side, name: str | None = None) -> list[str]:
             if found and found != verity.certificate_fingerprint:
                 out.append(f"{sfile} is signed by certificate {found[:12]}…, the manifest of "
                            f"{name} records {verity.certificate_fingerprint[:12]}…")
-    return out
+    return out + _sbom_mismatches(side, name)
+
+
+def _sbom_mismatches(side: Side, name: str) -> list[str]:
+    """The SBOM beside the image: ``NAME.spdx.json`` must have the sha256 the manifest records,
+    and ``NAME.cdx.json`` (CycloneDX, which the manifest does not record: it is derived from
+    the SPDX document) must be what that document derives. An SBOM that is not there is not
+    checked (the image and its manifest are what a copy needs)."""
+    import hashlib
+
+    from ...outdir import MAX_MANIFEST, read_entry
+    from ...release import sbom
+
+    section = side.manifest.sbom
+    folder = side.image.parent
+    if section is None or section.sha256 is None or "/" in section.file:
+        return []
+    spdx = read_entry(folder, section.file, MAX_MANIFEST)
+    if spdx is None:
+        return []
+    if hashlib.sha256(spdx).hexdigest() != section.sha256:
+        return [f"{section.file} is not the SBOM the manifest of {name} records (sha256 "
+                "differs): changed after the build"]
+    cdx_name = section.file.removesuffix(".spdx.json") + sbom.CYCLONEDX_SUFFIX
+    cdx = read_entry(folder, cdx_name, MAX_MANIFEST) if cdx_name != section.file else None
+    if cdx is not None and cdx != sbom.dumps(sbom.cyclonedx(json.loads(spdx))):
+        return [f"{cdx_name} is not the CycloneDX form of {section.file} (the SBOM the "
+                f"manifest of {name} records): changed after the build"]
+    return []
 
 
 def _looks_like_json(p: Path) -> bool:
