@@ -83,7 +83,8 @@ def register(sub) -> None:
                    "signature that cannot be checked makes verify exit 3")
     p.add_argument("--vary", action="append", metavar="LIST",
                    help=f"also rebuild under varied environments: all, or any of "
-                   f"{', '.join(NAMES)} (comma-separated, repeatable)")
+                   f"{', '.join(NAMES)} (comma-separated, repeatable; as reprotest: +NAME "
+                   "adds, -NAME removes, e.g. --vary=all,-user)")
     p.add_argument("--keep", action="store_true", help="keep the rebuild's directory")
     p.add_argument("--work-dir", help="where the temporary rebuild directory goes (default: "
                    "$TMPDIR)")
