@@ -6,7 +6,9 @@ recipe path, TZ, locale, umask, HOME, host and domain name (``unshare -u``), use
 nobody), CPU set (``taskset``), a clock in 2045 (``faketime``), shuffled directory order on disk
 (``disorderfs`` under the output directory, where the staging tree lives), and the mksquashfs
 thread count (a wrapper first on PATH adding ``-processors N``). A variation whose prerequisite is
-missing is *skipped* with the reason — never run in a weaker form and reported as passing.
+missing is *skipped* with the reason — never run in a weaker form and reported as passing — and so
+is one that cannot apply by design (``user`` for an image only a root build may make:
+:func:`non_root_refusal`). Which variations run is reprotest's syntax (:func:`select`).
 
 Programs run here with subprocess, not tools.run: the point is the varied environment, which
 tools.run's clean one would erase, and the exit code of a probe is the answer.
