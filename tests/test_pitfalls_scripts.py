@@ -173,3 +173,28 @@ def test_the_suggested_lines_make_the_users_with_the_real_systemd_sysusers(tmp_p
               (tmp_path / "etc/group").read_text().splitlines()}
     assert passwd["capd"][3] == groups["pcap"] and passwd["capd"][5] == "/var/lib/cap"
     assert passwd["tcpdump"][3] == groups["tcpdump"] and passwd["tcpdump"][5] == "/nonexistent"
+
+
+def test_plan_says_what_build_says(tmp_path):
+    """plan lists packages without reading their data, but a sysusers.d file the recipe writes
+    ([files]) is read as build reads it: the same warning, and none with the file."""
+    import json
+
+    from conftest import run_cli
+    from recipes_kit import write_recipe_dict
+
+    deb = _deb(tmp_path, "tcpdump", TCPDUMP)
+    spec = recipe_dict("pcap", kind="sysext", sources=[deb],
+                       image={"format": "directory", "source_date_epoch": EPOCH})
+
+    def plan_codes(directory: Path) -> set[str]:
+        recipe = write_recipe_dict(directory, spec)
+        proc = run_cli("plan", str(recipe), "--json", "--cache-dir", str(tmp_path / "cache"))
+        assert proc.code == 0, proc.stderr
+        return {w["code"] for image in json.loads(proc.stdout)["images"]
+                for w in image["warnings"]}
+
+    assert "maintainer-script-users" in plan_codes(tmp_path / "a")
+    spec["files"] = {"usr/lib/sysusers.d/tcpdump.conf": {
+        "content": "u tcpdump - - /nonexistent\n"}}
+    assert not {"maintainer-scripts", "maintainer-script-users"} & plan_codes(tmp_path / "b")

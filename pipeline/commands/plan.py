@@ -48,7 +48,7 @@ def make_plan(recipe, cache: Cache) -> dict:
             missing.append(source)
             continue
         available.append(listed(fetched, cache))
-    staged = stage(recipe, available, lambda kind: RecordingTree(), dict(os.environ))
+    staged = stage(recipe, available, lambda kind: _PlanTree(), dict(os.environ))
     images = [_image(recipe, img) for img in staged.images]
     undecided = _undecided(recipe, missing)
     return {
@@ -66,6 +66,30 @@ def make_plan(recipe, cache: Cache) -> dict:
         "commands": _commands(recipe, images),
         "cautions": [CAUTION],
     }
+
+
+class _PlanTree(RecordingTree):
+    """The recording tree, also keeping what the pitfalls read of a file's content: a
+    sysusers.d file the recipe writes ([files]), so that plan judges maintainer scripts' users
+    as build does (a package's own files are listed, never read: their content is unknown)."""
+
+    KEEP = re.compile(r"usr/lib/sysusers\.d/[^/]+\.conf")
+
+    def __init__(self):
+        super().__init__()
+        self._kept: dict[str, bytes] = {}
+
+    def add(self, entry: E.Entry, path: str, uid: int, gid: int, origin: str) -> None:
+        super().add(entry, path, uid, gid, origin)
+        if entry.kind == E.FILE and isinstance(entry.data, io.BytesIO) and \
+                self.KEEP.fullmatch(path) and entry.size <= pitfalls.MAX_SCRIPT:
+            self._kept[path] = entry.data.getvalue()
+        else:
+            self._kept.pop(path, None)
+
+    def open_data(self, path: str):
+        data = self._kept.get(path)
+        return io.BytesIO(data) if data is not None else None
 
 
 # --- the file-list cache (issue 14 target 4: plan in 0.5 s on a cached recipe) -----------------
