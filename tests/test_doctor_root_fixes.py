@@ -105,4 +105,8 @@ def test_host_paths_in_rule_fixes_are_named_inside_the_tree(tmp_path):
                       f"{root}/run/extensions); install the signing certificate as "
                       f"{root}/etc/verity.d/x.crt; mkdir /opt")
     assert in_tree(tree, inside) == inside  # a path already in the tree stays
+    assert in_tree(tree, "put it in `/run/extensions`.") == \
+        f"put it in `{root}/run/extensions`."
+    assert in_tree(tree, "/var/lib/extensions-old, /etc/extensions.d") == \
+        "/var/lib/extensions-old, /etc/extensions.d"  # other names: not a search directory
     assert in_tree(hostmod.detect(None, systemd="252"), fix) == fix

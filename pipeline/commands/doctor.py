@@ -229,7 +229,7 @@ def in_tree(host: hostmod.Host, fix: str) -> str:
     known |= {"/etc/verity.d", "/etc/os-release", "/usr/lib/os-release"}
     pattern = "|".join(re.escape(d) for d in sorted(known, key=len, reverse=True))
     base = str(host.root).rstrip("/")
-    return re.sub(rf"(?<![\w./=-])({pattern})(?=[/\s),;:]|$)", lambda m: base + m.group(1),
+    return re.sub(rf"(?<![\w./=-])({pattern})(?=[/\s),;:'`\"]|\.(?!\w)|$)", lambda m: base + m.group(1),
                   fix)
 
 
