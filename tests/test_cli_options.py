@@ -80,3 +80,15 @@ def test_every_json_option_refuses_an_unknown_mode():
     proc = run_cli("explain", "--json=bogus", "some line")
     assert proc.returncode == 2
     assert "invalid mode 'bogus'" in proc.stderr
+
+
+def test_install_enable_says_what_it_enables_with_a_feed():
+    """install --feed --enable also enables systemd-sysupdate.timer (commands/publish.py's
+    feed set-up): the option's text says so (issue 16)."""
+    from conftest import REPO
+
+    action = COMMANDS[("install",)]._option_string_actions["--enable"]
+    assert "systemd-sysext.service/systemd-confext.service" in action.help
+    assert "with --feed: also systemd-sysupdate.timer" in action.help
+    assert 'units = ["systemd-sysupdate.timer"' in \
+        (REPO / "pipeline/commands/publish.py").read_text()
