@@ -419,7 +419,7 @@ SCHEMA += (
         "when no keyring is known (the Packages hashes are still checked).", "true",
         default=False, applies=("deb",)),
     Key("repository", "snapshot", bool, "deb: the mirror is a snapshot archive (a fixed past "
-        "state, e.g. snapshot.debian.org/archive/debian/20261124T000000Z): an expired "
+        "state, e.g. `$DEBIAN_SNAPSHOT/archive/debian/20261124T000000Z`): an expired "
         "`Valid-Until` in its Release file is accepted, as apt's `Check-Valid-Until=no`. Only "
         "this repository; the signature and the suite are still checked.", "true",
         default=False, applies=("deb",)),

@@ -178,7 +178,7 @@ def gone_hint(name: str, recipe: str | None) -> str:
     """The ways out when a locked version is no longer in the archive (one line)."""
     return (f"run `sysext-pipeline lock --update {name} {recipe or 'RECIPE'}` to move it to the "
             "archive's version, or set the [[repository]]'s mirror to a snapshot archive URL "
-            "(e.g. https://snapshot.debian.org/archive/debian/YYYYMMDDThhmmssZ) with "
+            "(a URL or $VAR naming the archive as of a date) with "
             "snapshot = true")
 
 
