@@ -86,3 +86,19 @@ def test_lock_check_stale_and_refuses_update(tmp_path, deb_archive):
     assert proc.code == 3
     assert "stale (the recipe changed since it was written)" in proc.stderr
     assert "prelib (new) → 1.0" in proc.stderr
+
+
+def test_a_damaged_lock_names_the_package_entry(tmp_path, deb_archive):
+    """Lock entries are named as recipe entries are: 1-based, with their name."""
+    from repos import make_deb_recipe
+
+    recipe = make_deb_recipe(tmp_path / "r", deb_archive, ["tool"])
+    env = {"SYSEXT_PIPELINE_CACHE": str(tmp_path / "cache")}
+    assert run_cli("lock", str(recipe), env=env).code == 0
+    lock = recipe.with_suffix(".lock")
+    text = lock.read_text()
+    lock.write_text(text.replace('version = "1.0"', "version = 1", 2))
+    proc = run_cli("lock", "--check", str(recipe), env=env)
+    assert proc.code == 2
+    assert f'error: {lock}: package #1 (name = "libtool1").version: missing or of the wrong ' \
+        "type" in proc.stderr

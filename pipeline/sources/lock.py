@@ -96,10 +96,13 @@ def read_lock(recipe: Recipe) -> dict:
         raise InputError(f"{path}: lock_version", f"{data.get('lock_version')!r} is not "
                          f"{LOCK_VERSION}", f"run: sysext-pipeline lock {recipe.path}")
     for index, pkg in enumerate(data.get("package", [])):
+        entry = f"package #{index + 1}"  # as recipe entries are named: 1-based, with the name
+        if isinstance(pkg, dict) and isinstance(pkg.get("name"), str) and '"' not in pkg["name"]:
+            entry += f' (name = "{pkg["name"]}")'
         for key, typ in (("name", str), ("version", str), ("architecture", str),
                          ("repository", str), ("path", str), ("size", int), ("sha256", str)):
-            if not isinstance(pkg.get(key), typ):
-                raise InputError(f"{path}: package[{index}].{key}", "missing or of the wrong "
+            if not isinstance(pkg, dict) or not isinstance(pkg.get(key), typ):
+                raise InputError(f"{path}: {entry}.{key}", "missing or of the wrong "
                                  "type", f"run: sysext-pipeline lock {recipe.path}")
     return data
 
