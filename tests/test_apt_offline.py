@@ -123,5 +123,6 @@ def test_apt_version_not_in_the_repository(tmp_path, private_apt, debs):
                        expect=2, env={"APT_CONFIG": str(config)})
     [line] = result.error_lines()
     assert line.startswith("error: tool=0.9: apt-get download failed"), line
-    assert "is the version still in the archive" in line
+    assert "apt's archive has no such version" in line
+    assert "pin the version `apt-cache policy tool` shows" in line and "sysext-pipeline lock" in line
     assert not (tmp_path / "out" / "aptgone").exists()

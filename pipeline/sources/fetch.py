@@ -662,9 +662,15 @@ def _apt_download(source: Source, tmp: Path) -> tuple[Path, str]:
 
 def _apt_failed(spec: str, exc: BuildError) -> PipelineError:
     gone = any(text in (exc.hint or "") for text in APT_NOT_THERE)  # fix the input: exit 2
-    return (InputError if gone else BuildError)(
-        spec, "apt-get download failed", f"{exc.hint}; is the version still in the "
-        "archive, and has 'apt-get update' run?")
+    if not gone:
+        return BuildError(spec, "apt-get download failed", f"{exc.hint}; is the version still "
+                          "in the archive, and has 'apt-get update' run?")
+    name = spec.partition("=")[0].partition(":")[0]
+    return InputError(spec, "apt-get download failed: apt's archive has no such version",
+                      f"{exc.hint}; ways out: pin the version `apt-cache policy {name}` shows "
+                      "(after `apt-get update`), or name the package in a packages source "
+                      "and pin it with `sysext-pipeline lock` (a gone version then names "
+                      "`lock --update` and snapshot archives)")
 
 
 def _apt_download_many(sources: list[Source], tmp: Path) -> list[tuple[Path, str]]:
