@@ -40,11 +40,11 @@ def test_lock_check_reports_security_updates_and_relock_keeps_bytes(tmp_path, de
     assert proc.code == 0, proc.stderr
     assert f"{lock}: up to date" in proc.stderr
 
-    # the archive signs a new InRelease (new date, same packages): a re-lock moves nothing and
-    # leaves the file byte for byte as it was
+    # the archive signs a new InRelease (another Release, same packages): a re-lock moves
+    # nothing and leaves the file byte for byte as it was
     inrelease = deb_archive.root / "dists/stable/InRelease"
     before = _sha(inrelease)
-    deb_archive.publish("stable", main)
+    deb_archive.publish("stable", main, valid_until="Fri, 01 Jan 2100 00:00:00 UTC")
     assert _sha(inrelease) != before
     proc = run_cli("lock", str(recipe), env=env)
     assert proc.code == 0 and "(unchanged" in proc.stderr, proc.stderr
