@@ -127,3 +127,24 @@ def test_apt_version_not_in_the_repository(tmp_path, private_apt, debs):
     assert "apt's archive has no such version" in line
     assert "pin the version `apt-cache policy tool` shows" in line and "sysext-pipeline lock" in line
     assert not (tmp_path / "out" / "aptgone").exists()
+
+
+def test_apt_waits_are_bounded_by_timeout(tmp_path, private_apt, debs):
+    """--timeout reaches apt-get (apt's own default is 30 s a try): a mirror that accepts and
+    never answers fails the build in seconds, naming the package."""
+    import time
+
+    config, server = private_apt
+    tool = {p.name: p for p in debs["main"]}["tool_1.0_amd64.deb"]
+    spec = recipe_dict("aptslow", sources=[{"apt": "tool", "version": "1.0",
+                                            "sha256": _sha(tool)}],
+                       image={"format": "directory"})
+    recipe = write_recipe_dict(tmp_path / "r", spec)
+    server.delay = 120.0  # every request: accepted, then silence
+    started = time.monotonic()
+    result = build_cli(recipe, tmp_path / "out", "--timeout", "1", cache_dir=tmp_path / "cache",
+                       json_out=False, expect=1, env={"APT_CONFIG": str(config)})
+    took = time.monotonic() - started
+    assert took < 25, f"apt waited {took:.0f} s with --timeout 1"
+    [line] = result.error_lines()
+    assert line.startswith("error: tool=1.0: apt-get download failed"), line

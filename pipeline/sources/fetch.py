@@ -645,12 +645,19 @@ def _apt_env() -> dict[str, str] | None:
     return {"APT_CONFIG": config} if config else None
 
 
+def _apt_options() -> list[str]:
+    """apt's own waits bounded like ours: a connection silent for :func:`timeout` seconds
+    fails (apt's default is 30 s, and --timeout would otherwise not reach apt-get)."""
+    seconds = str(max(1, round(timeout())))
+    return [f"-oAcquire::{scheme}::Timeout={seconds}" for scheme in ("http", "https")]
+
+
 def _apt_download(source: Source, tmp: Path) -> tuple[Path, str]:
     """``apt-get download NAME=VERSION`` through the build host's own apt configuration."""
     spec = f"{source.ref}={source.version}"
     try:
-        tools.run("apt-get", ["download", "-q", spec], cwd=tmp, what=f"downloading {spec}",
-                  env=_apt_env())
+        tools.run("apt-get", ["download", "-q", *_apt_options(), spec], cwd=tmp,
+                  what=f"downloading {spec}", env=_apt_env())
     except BuildError as exc:
         raise _apt_failed(spec, exc) from None
     debs = sorted(tmp.glob("*.deb"))
@@ -680,7 +687,7 @@ def _apt_download_many(sources: list[Source], tmp: Path) -> list[tuple[Path, str
     it; any other failure or doubt is a BuildError (the caller then fetches one by one)."""
     specs = [f"{s.ref}={s.version}" for s in sources]
     try:
-        tools.run("apt-get", ["download", "-q", *specs], cwd=tmp,
+        tools.run("apt-get", ["download", "-q", *_apt_options(), *specs], cwd=tmp,
                   what=f"downloading {len(specs)} packages", env=_apt_env())
     except BuildError as exc:
         words = exc.hint or ""
