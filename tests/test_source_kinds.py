@@ -178,7 +178,7 @@ def test_a_new_kind_is_one_registry_entry(tmp_path, shelf_recipe, capsys):
         assert cli.main(["fetch", str(path), "--store", str(store), "-q"]) == 0
         assert Cache(store).lookup(digest) is not None
     # gone with its registration: the recipe key is unknown again
-    with pytest.raises(InputError, match=r"source\[0\]\.shelf: unknown key"):
+    with pytest.raises(InputError, match=r"source #1\.shelf: unknown key"):
         recipe_mod.load(path)
     assert "shelf" not in kinds.KINDS
 

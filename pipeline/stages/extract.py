@@ -11,7 +11,6 @@ import collections
 import hashlib
 import io
 import re
-import urllib.parse
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -21,6 +20,7 @@ from ..formats.compression import AHEAD_PIECE, CHUNK, DigestCheck, Limits, read_
 from ..formats.entry import shown
 from ..formats.package import Package
 from ..recipe import Recipe
+from ..sources import kinds
 from ..sources.fetch import Fetched
 from .layout import Router
 from .pitfalls import RELEASE_DIRS, special_of
@@ -90,17 +90,10 @@ def check_identity(item: Fetched, info) -> None:
     file or URL the name is the claim when it follows the format's convention (an archive's
     ``jq_1.6-2.1_amd64.deb``); the epoch is not in file names and is then not compared."""
     source = item.source
-    if source.type == "apt":
-        name, _, arch = source.ref.partition(":")
-        version, epoch = source.version, True
-    elif len(source.names) == 1:  # a lock entry
-        name, version, arch, epoch = (source.names[0], source.version,
-                                      getattr(source, "architecture", None), True)
-    else:
-        claimed = _claimed_by_filename(item.filename, source.format)
-        if claimed is None:
-            return
-        (name, version, arch), epoch = claimed, False
+    claim = kinds.claim(source, item.filename)
+    if claim is None:
+        return
+    name, version, arch, epoch = claim.name, claim.version, claim.architecture, claim.with_epoch
     have = _version(info.version) if epoch else _version(info.version).split(":", 1)[-1]
     wanted = []
     if name and info.name != name:
@@ -110,26 +103,11 @@ def check_identity(item: Fetched, info) -> None:
     if arch and info.architecture != arch:
         wanted.append(f"architecture {arch}")
     if wanted:
-        what = "file name" if not epoch else "source entry"
-        raise InputError(f"source {shown(_source_label(source))}",
+        raise InputError(f"source {shown(kinds.label(source))}",
                          f"the file is {shown(info.name)} {shown(info.version)} "
                          f"({shown(info.architecture)}), not {', '.join(shown(w) for w in wanted)}",
-                         f"fix the {what} (or its sha256): the package must be the one it names")
-
-
-_RPM_FILE = re.compile(r"^(.+)-([^-]+)-([^-]+)\.([^.]+)\.rpm$")
-
-
-def _claimed_by_filename(filename: str, fmt: str) -> tuple[str, str, str] | None:
-    """(name, version without epoch, architecture) a package file's name claims when it follows
-    its format's convention (``jq_1.6-2.1_amd64.deb``, ``jq-1.6-9.fc39.x86_64.rpm``; what
-    archives and the build tools name them); None for any other name."""
-    filename = urllib.parse.unquote(filename)
-    if fmt == "deb" and filename.endswith(".deb"):
-        parts = filename[: -len(".deb")].split("_")
-        return (parts[0], parts[1], parts[2]) if len(parts) == 3 and all(parts) else None
-    match = _RPM_FILE.match(filename) if fmt == "rpm" else None
-    return (match[1], f"{match[2]}-{match[3]}", match[4]) if match else None
+                         f"fix the {claim.what} (or its sha256): the package must be the one it "
+                         "names")
 
 
 def _version(version: str) -> str:
@@ -139,19 +117,10 @@ def _version(version: str) -> str:
 def package_record(item: Fetched, info) -> dict:
     return {
         "name": info.name, "version": info.version, "architecture": info.architecture,
-        "format": info.format, "file": _package_filename(item, info), "sha256": item.sha256,
-        "size": item.size, "source": _source_label(item.source),
+        "format": info.format, "file": kinds.archive_name(item.source, item.filename, info), "sha256": item.sha256,
+        "size": item.size, "source": kinds.label(item.source),
         "scripts": list(info.scripts),
     }
-
-
-def _source_label(source) -> str:
-    """Where a package came from, in words that do not depend on where the build ran: a URL,
-    ``apt:NAME=VERSION``, ``repository:path`` for locked packages, or a local path as the recipe
-    wrote it."""
-    if source.type == "apt":
-        return f"apt:{source.ref}={source.version}"
-    return source.label or source.ref
 
 
 def extract(recipe: Recipe, fetched: list[Fetched], tree_for: Callable[[str], StagingTree],
@@ -429,15 +398,6 @@ def _usr_link_reason(entry: E.Entry, path: str) -> str | None:
     if path.count("/") == 1 and path.split("/")[1] in MERGED_USR:
         return f"a symlink at /{path} would hide the host's /{path} directory in the overlay"
     return None
-
-
-def _package_filename(item: Fetched, info) -> str:
-    """The name the package file has in its archive: the same whether it came from the cache or
-    a fresh download (the manifest must not tell them apart)."""
-    if item.source.type == "apt":
-        version = info.version.split(":", 1)[-1]
-        return f"{info.name}_{version}_{info.architecture}.deb"
-    return item.filename
 
 
 def stats(tree: StagingTree) -> tuple[int, int]:
