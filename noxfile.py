@@ -199,7 +199,7 @@ def reprotest(session: nox.Session) -> None:
 
     ensure_system_packages(session, "tests")
     session.install("-e", ".[test]")
-    session.run("pytest", "-q", "-rsx", "tests/test_vary.py")
+    session.run("pytest", "-q", "-rsx", "tests/test_vary.py", "tests/test_vary_select.py")
     out = Path(session.create_tmp()) / "reprotest"
     for recipe in session.posargs or ["recipes/debug-config.toml"]:
         built = session.run("sysext-pipeline", "build", recipe, "-o", str(out), "--json", "-q",

@@ -91,15 +91,21 @@ def check_tree(root: Path, checker: Checker | None = None) -> list[str]:
     """``file: field: error`` for every manifest under ``root`` that fails the schema."""
     checker = checker or Checker()
     problems = []
-    for folder, dirs, files in os.walk(root):
-        dirs.sort()
-        for name in sorted(files):
-            if name.endswith(SUFFIX):
-                path = Path(folder, name)
-                found = checker.problem(path)
+    stack = [str(root)]  # a stack, not os.walk's recursion: a test may leave a tree deeper
+    while stack:          # than Python's recursion limit (the hostile-archive cases do)
+        folder = stack.pop()
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name, reverse=True)
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                stack.append(entry.path)
+            elif entry.name.endswith(SUFFIX) and entry.is_file(follow_symlinks=False):
+                found = checker.problem(Path(entry.path))
                 if found:
-                    problems.append(f"{path}: {found}")
-    return problems
+                    problems.append(f"{entry.path}: {found}")
+    return sorted(problems)
 
 
 @pytest.fixture(autouse=True, scope="session")
