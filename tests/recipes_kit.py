@@ -14,6 +14,7 @@ purpose) stay literal strings in that test.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import json
@@ -303,3 +304,43 @@ def build_recipe(directory: Path, spec: dict[str, Any], *args: str, **kw: Any) -
     """``spec`` written to ``directory/recipe.toml`` and built into ``directory/out``
     (:func:`build_cli`'s keywords apply)."""
     return build_cli(write_recipe_dict(directory, spec), directory / "out", *args, **kw)
+
+
+def signing_keys(directory: Path, name: str = "k") -> tuple[Path, Path]:
+    """``keys generate``: a fresh key and certificate ``directory/NAME.key`` and ``.crt``."""
+    key, cert = directory / f"{name}.key", directory / f"{name}.crt"
+    result = run_cli("keys", "generate", "--key", os.fspath(key), "--cert", os.fspath(cert))
+    assert result.code == 0, result.stderr
+    return key, cert
+
+
+def on_a_terminal(*args: str, env: dict, stream: str = "stdout", expect: int) -> bytes:
+    """The CLI run with ``stream`` (stdout or stderr) on a real pseudo-terminal (the other one
+    to /dev/null), TERM=xterm and ``env`` (a None value removes the variable): what it wrote
+    there; asserts the exit code is ``expect``."""
+    import pty
+
+    master, slave = pty.openpty()
+    full = {**os.environ, "PYTHONPATH": str(REPO), "TERM": "xterm", **env}
+    full = {k: v for k, v in full.items() if v is not None}
+    streams = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, stream: slave}
+    proc = subprocess.run(cli_argv(*args), env=full, cwd=REPO, **streams)
+    os.close(slave)
+    out = b""
+    try:
+        while chunk := os.read(master, 4096):
+            out += chunk
+    except OSError:  # EIO: the terminal's other side is closed
+        pass
+    os.close(master)
+    assert proc.returncode == expect
+    return out
+
+
+def subcommands(parser: argparse.ArgumentParser, prefix: tuple = ()):
+    """Every (sub)command of ``parser``, depth first: (its words, its parser)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield (*prefix, name), sub
+                yield from subcommands(sub, (*prefix, name))

@@ -14,7 +14,9 @@ from recipes_kit import (
     EPOCH,
     UNFETCHABLE_DEB,
     build_cli,
+    on_a_terminal,
     recipe_dict,
+    subcommands,
     unfetchable_recipe,
 )
 
@@ -23,16 +25,8 @@ from pipeline.errors import EXIT_CLASSES
 
 pytest_plugins = ["repos"]  # the archive server (a 404)
 
-def _commands(parser: argparse.ArgumentParser, prefix=()):
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for name, sub in action.choices.items():
-                yield (*prefix, name), sub
-                yield from _commands(sub, (*prefix, name))
-
-
 def test_every_help_ends_with_the_exit_classes():
-    commands = dict(_commands(cli.parser()))
+    commands = dict(subcommands(cli.parser()))
     assert {("build",), ("keys", "generate"), ("rollback",), ("explain",)} <= set(commands)
     for name, sub in commands.items():
         text = " ".join(sub.format_help().split())
@@ -50,7 +44,7 @@ OWN_JSON: set[str] = set()
 
 def test_every_option_has_help_and_shared_ones_agree():
     seen: dict[str, str] = {}
-    for name, sub in _commands(cli.parser()):
+    for name, sub in subcommands(cli.parser()):
         if name[0] in OWN_JSON:
             continue
         for action in sub._actions:
@@ -136,33 +130,13 @@ def test_a_file_the_archive_does_not_have_is_fixed_not_retried(tmp_path, make_re
     assert deb_archive.server.paths() == ["/pool/stable/nothing_1.0_amd64.deb"]  # tried once
 
 
-def _stderr_on_a_terminal(*args: str, env: dict) -> bytes:
-    """Run the CLI with stderr on a real pseudo-terminal; what it wrote there."""
-    import pty
-    import subprocess
-
-    master, slave = pty.openpty()
-    full = {**os.environ, "PYTHONPATH": str(REPO), "TERM": "xterm", **env}
-    full = {k: v for k, v in full.items() if v is not None}
-    proc = subprocess.run([sys.executable, "-m", "pipeline", *args], stderr=slave,
-                          stdout=subprocess.DEVNULL, env=full, cwd=REPO)
-    os.close(slave)
-    out = b""
-    try:
-        while chunk := os.read(master, 4096):
-            out += chunk
-    except OSError:  # EIO: the terminal's other side is closed
-        pass
-    os.close(master)
-    assert proc.returncode == 2
-    return out
-
-
 def test_error_is_coloured_on_a_terminal_unless_no_color(tmp_path):
     missing = str(tmp_path / "nope.raw")
-    coloured = _stderr_on_a_terminal("inspect", missing, env={"NO_COLOR": None})
+    coloured = on_a_terminal("inspect", missing, env={"NO_COLOR": None}, stream="stderr",
+                             expect=2)
     assert coloured.startswith(b"\x1b[1;31merror:\x1b[0m " + missing.encode()), coloured
-    plain = _stderr_on_a_terminal("inspect", missing, env={"NO_COLOR": "1"})
+    plain = on_a_terminal("inspect", missing, env={"NO_COLOR": "1"}, stream="stderr",
+                          expect=2)
     assert plain.startswith(b"error: " + missing.encode()) and b"\x1b" not in plain
     piped = run_cli("inspect", missing)  # not a terminal: never coloured
     assert piped.stderr.startswith("error: ") and "\x1b" not in piped.stderr

@@ -8,19 +8,11 @@ import argparse
 
 import pytest
 from conftest import run_cli
+from recipes_kit import subcommands
 
 from pipeline.commands import cli, clikit
 
-
-def _commands(parser: argparse.ArgumentParser, prefix=()):
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for name, sub in action.choices.items():
-                yield (*prefix, name), sub
-                yield from _commands(sub, (*prefix, name))
-
-
-COMMANDS = dict(_commands(cli.parser()))
+COMMANDS = dict(subcommands(cli.parser()))
 
 
 def test_every_argument_has_help_positionals_included():

@@ -15,7 +15,7 @@ import pytest
 from conftest import package_dir, run_cli
 from pkgfactory import build_deb, build_rpm, file
 from prereq import require_tool
-from recipes_kit import build_cli, hello_recipe, write_recipe_dict
+from recipes_kit import build_cli, hello_recipe, signing_keys, write_recipe_dict
 
 from pipeline.release import sbom
 
@@ -123,12 +123,8 @@ def test_signed_provenance_verifies_and_a_corrupt_signature_fails(sbom_packages,
                                                                   tmp_path):
     require_tool("mksquashfs", "squashfs-tools")
     require_tool("veritysetup", "cryptsetup-bin")
-    keys = tmp_path / "keys"
-    proc = run_cli("keys", "generate", "--key", str(keys / "release.key"), "--cert",
-                   str(keys / "release.crt"))
-    assert proc.returncode == 0, proc.stderr
     recipe = write_recipe_dict(tmp_path / "recipe", tools_recipe(
-        sbom_packages, (keys / "release.key", keys / "release.crt"), verity="detached"))
+        sbom_packages, signing_keys(tmp_path / "keys", "release"), verity="detached"))
     first = built(tmp_path / "a", recipe, cache_dir)
     second = built(tmp_path / "b", recipe, cache_dir)
     prov = first / "tools.provenance.json"

@@ -13,6 +13,7 @@ import pytest
 from conftest import run_cli, write_recipe
 from pkgfactory import build_deb, build_rpm, file
 from prereq import require_tool
+from recipes_kit import signing_keys
 
 COPYRIGHT = b"""Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
 
@@ -126,17 +127,13 @@ def test_cyclonedx_of_unsigned_then_signed_ddi_is_the_signed_builds(inputs, cach
                                                                      tmp_path):
     require_tool("mksquashfs", "squashfs-tools")
     require_tool("systemd-repart", "systemd-repart")
-    keys = tmp_path / "keys"
-    proc = run_cli("keys", "generate", "--key", str(keys / "k.key"), "--cert",
-                   str(keys / "k.crt"))
-    assert proc.returncode == 0, proc.stderr
+    key, cert = signing_keys(tmp_path / "keys")
     text = recipe(inputs, 'format = "ddi"\nfilesystem = "squashfs"',
-                  f'[sign]\nkey = "{keys / "k.key"}"\ncert = "{keys / "k.crt"}"\n')
+                  f'[sign]\nkey = "{key}"\ncert = "{cert}"\n')
     signed = build(tmp_path / "signed", text, cache_dir)
     unsigned = build(tmp_path / "unsigned", text, cache_dir, "--unsigned")
     before = (unsigned / "tools.cdx.json").read_bytes()
-    proc = run_cli("sign", str(unsigned / "tools.raw"), "--key", str(keys / "k.key"),
-                   "--cert", str(keys / "k.crt"))
+    proc = run_cli("sign", str(unsigned / "tools.raw"), "--key", str(key), "--cert", str(cert))
     assert proc.returncode == 0, proc.stderr
     after = (unsigned / "tools.cdx.json").read_bytes()
     assert after != before and after == (signed / "tools.cdx.json").read_bytes()
