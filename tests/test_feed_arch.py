@@ -9,9 +9,8 @@ import struct
 from pathlib import Path
 
 import pytest
-from conftest import run_cli, write_recipe
-from pkgfactory import build_deb, file
-from prereq import require_tool
+from conftest import run_cli
+from feed_kit import one_file_image
 
 
 def aarch64_elf() -> bytes:
@@ -21,28 +20,10 @@ def aarch64_elf() -> bytes:
 
 @pytest.fixture(scope="module")
 def arm64_image(tmp_path_factory, cache_dir) -> Path:
-    require_tool("mksquashfs", "squashfs-tools")
-    base = tmp_path_factory.mktemp("arm64")
-    deb = build_deb(base / "debs", "armtool", "1.0-1",
-                    [file("/usr/bin/armtool", aarch64_elf(), 0o755)], arch="arm64")
-    recipe = write_recipe(base / "r", f"""
-[extension]
-name = "armtool"
-kind = "sysext"
-version = "1.0"
-[target]
-id = "debian"
-version_id = "12"
-architecture = "arm64"
-[[source]]
-deb = "{deb}"
-[image]
-format = "squashfs"
-source_date_epoch = 1700000000
-""")
-    proc = run_cli("build", str(recipe), "-o", str(base / "out"), "--cache-dir", str(cache_dir))
-    assert proc.returncode == 0, proc.stderr
-    return base / "out/armtool.raw"
+    manifest = one_file_image(tmp_path_factory.mktemp("arm64"), cache_dir, "armtool",
+                              path="/usr/bin/armtool", content=aarch64_elf(), version="1.0",
+                              deb_arch="arm64", architecture="arm64")
+    return manifest.with_name("armtool.raw")
 
 
 def check(image: Path, arch: str):

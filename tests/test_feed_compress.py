@@ -11,9 +11,8 @@ import lzma
 import pytest
 import pyzstd
 import test_publish
-from prereq import require_root, require_tool
+from feed_kit import installed, publish, served_feed, sha256
 from test_feed_install import install_feed, sysupdate
-from test_publish import Server, installed, publish, sha256
 
 #: the release key and the images of versions 1-3 (module fixtures of tests/test_publish.py)
 gpg_home, images = test_publish.gpg_home, test_publish.images
@@ -58,16 +57,8 @@ def test_compressed_feed_files_are_reproducible(codec, images, tmp_path):
 @pytest.mark.parametrize("codec", ["xz", "zstd"])
 @pytest.mark.parametrize("version", [254, 257, 262])
 def test_sysupdate_installs_compressed_feed(version, codec, images, gpg_home, tmp_path):
-    require_root()
-    require_tool("unshare", "util-linux")
-    served = tmp_path / "served"
-    served.mkdir()
-    server = Server(served)
-    try:
-        signed = ["--gnupghome", str(gpg_home), "--compress", codec]
-        assert publish(served, server.url, images["1"], extra=signed).returncode == 0
-        root = tmp_path / "root"
-        root.mkdir()
+    with served_feed(tmp_path, gpg_home, images["1"], "--compress", codec) as (
+            served, server, signed, root):
         proc = install_feed(server.url, root, version)
         raw = {v: sha256(m.with_name("feedtool.raw")) for v, m in images.items()}
         legacy = version < 257
@@ -100,5 +91,3 @@ def test_sysupdate_installs_compressed_feed(version, codec, images, gpg_home, tm
             assert proc.returncode == 0, proc.stderr
             assert installed(target) == {f"feedtool_{n}.raw": raw[n]
                                          for n in ("1", "2") if n <= number}
-    finally:
-        server.close()

@@ -8,39 +8,17 @@ import os
 
 import pytest
 import test_publish
-from conftest import run_cli, write_recipe
-from pkgfactory import build_deb, file
-from prereq import require_root, require_tool
+from feed_kit import installed, one_file_image, publish, served_feed, sha256
 from test_feed_install import install_feed, sysupdate
-from test_publish import Server, installed, publish, sha256
 
 gpg_home = test_publish.gpg_home  # the release key (a module fixture of tests/test_publish.py)
 
 
 @pytest.fixture(scope="module")
 def confext(tmp_path_factory, cache_dir):
-    require_tool("mksquashfs", "squashfs-tools")
-    base = tmp_path_factory.mktemp("confext")
-    deb = build_deb(base / "debs", "feedconf", "1.0-1",
-                    [file("/etc/feedconf/settings.conf", b"level = 1\n", 0o644)], arch="all")
-    recipe = write_recipe(base / "r", f"""
-[extension]
-name = "feedconf"
-kind = "confext"
-version = "1"
-[target]
-id = "debian"
-version_id = "12"
-architecture = "x86-64"
-[[source]]
-deb = "{deb}"
-[image]
-format = "squashfs"
-source_date_epoch = 1700000000
-""")
-    proc = run_cli("build", str(recipe), "-o", str(base / "out"), "--cache-dir", str(cache_dir))
-    assert proc.returncode == 0, proc.stderr
-    return base / "out/feedconf.manifest.json"
+    return one_file_image(tmp_path_factory.mktemp("confext"), cache_dir, "feedconf",
+                          kind="confext", path="/etc/feedconf/settings.conf",
+                          content=b"level = 1\n", mode=0o644, deb_arch="all")
 
 
 def test_confext_transfers(confext, tmp_path):
@@ -58,16 +36,7 @@ def test_confext_transfers(confext, tmp_path):
 @pytest.mark.network
 @pytest.mark.parametrize("version", [254, 262])
 def test_sysupdate_installs_a_confext_feed(version, confext, gpg_home, tmp_path):
-    require_root()
-    require_tool("unshare", "util-linux")
-    served = tmp_path / "served"
-    served.mkdir()
-    server = Server(served)
-    try:
-        assert publish(served, server.url, confext,
-                       extra=["--gnupghome", str(gpg_home)]).returncode == 0
-        root = tmp_path / "root"
-        root.mkdir()
+    with served_feed(tmp_path, gpg_home, confext) as (_feed, server, _signed, root):
         proc = install_feed(server.url, root, version)
         assert proc.returncode == 0, proc.stderr
         legacy = version < 257
@@ -80,5 +49,3 @@ def test_sysupdate_installs_a_confext_feed(version, confext, gpg_home, tmp_path)
                 "../confexts.d/feedconf_1.raw"
         else:
             assert installed(root / "var/lib/confexts/feedconf.raw.v") == {"feedconf_1.raw": raw}
-    finally:
-        server.close()

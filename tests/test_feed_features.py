@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import pytest
 import test_publish
-from prereq import require_root, require_tool
+from feed_kit import installed, publish, served_feed, sha256
 from test_feed_install import install_feed, sysupdate
-from test_publish import Server, installed, publish, sha256
 
 #: the release key and the images of versions 1-3 (module fixtures of tests/test_publish.py)
 gpg_home, images = test_publish.gpg_home, test_publish.images
@@ -37,16 +36,8 @@ def test_feature_files(images, tmp_path):
 @pytest.mark.network
 @pytest.mark.parametrize("version", [257, 262])
 def test_sysupdate_feature_enabled_then_disabled(version, images, gpg_home, tmp_path):
-    require_root()
-    require_tool("unshare", "util-linux")
-    served = tmp_path / "served"
-    served.mkdir()
-    server = Server(served)
-    try:
-        signed = ["--gnupghome", str(gpg_home), "--features"]
-        assert publish(served, server.url, images["1"], extra=signed).returncode == 0
-        root = tmp_path / "root"
-        root.mkdir()
+    with served_feed(tmp_path, gpg_home, images["1"], "--features") as (served, server, signed,
+                                                                         root):
         proc = install_feed(server.url, root, version)
         assert proc.returncode == 0, proc.stderr
         definitions = root / "etc/sysupdate.d"
@@ -79,8 +70,6 @@ def test_sysupdate_feature_enabled_then_disabled(version, images, gpg_home, tmp_
         assert installed(target) == {}, proc.stderr
         assert installed(root / "var/lib/extensions/other.raw.v") == {
             "feedtool_2.raw": sha256(images["2"].with_name("feedtool.raw"))}
-    finally:
-        server.close()
 
 
 def test_install_feed_writes_the_feature_only_where_read(images, gpg_home, tmp_path):

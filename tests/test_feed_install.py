@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import subprocess
 from pathlib import Path
 
@@ -22,8 +21,8 @@ import pytest
 import systemd_versions
 import test_publish
 from conftest import run_cli
-from prereq import missing, require_root, require_tool
-from test_publish import Server, installed, publish, sha256
+from feed_kit import installed, publish, run_sysupdate, served_feed, sha256
+from prereq import missing, require_tool
 
 #: the release key and the images of versions 1-3 (module fixtures of tests/test_publish.py)
 gpg_home, images = test_publish.gpg_home, test_publish.images
@@ -146,42 +145,19 @@ def sysupdate(version: int, root: Path, work: Path, *args: str, use_root: bool =
     systemd-pull, /etc/systemd is the tree's (the keyring install wrote). Without ``use_root``
     (254, see tests/test_publish.py) it runs on host paths: /var/lib is the tree's and the
     definitions are the tree's /etc/sysupdate.d."""
-    try:
-        argv = systemd_versions.systemd_binary(version, "systemd-sysupdate")
-        pull = systemd_versions.systemd_binary(version, "systemd-pull")
-    except systemd_versions.Unavailable as exc:
-        missing(str(exc))
-    lib = work / f"lib-systemd-{version}"
-    lib.mkdir(exist_ok=True)
-    (lib / "systemd-pull").write_text(f"#!/bin/sh\nexec {shlex.join(pull)} \"$@\"\n")
-    (lib / "systemd-pull").chmod(0o755)
-    mounts = [f"mount --bind {lib} /usr/lib/systemd",
-              f"mount --bind {root / 'etc/systemd'} /etc/systemd"]
     if use_root:
-        where = [f"--root={root}"]
-    else:
-        mounts.append(f"mount --bind {root / 'var/lib'} /var/lib")
-        where = [f"--definitions={root / 'etc/sysupdate.d'}"]
-    script = " && ".join(["mount --make-rprivate /", *mounts,
-                          shlex.join([*argv, *where, "--no-pager", *args])])
-    return subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True,
-                          text=True, timeout=300)
+        return run_sysupdate(version, work, root / "etc/systemd", *args, where=[f"--root={root}"],
+                             lib_name=f"lib-systemd-{version}")
+    return run_sysupdate(version, work, root / "etc/systemd", *args,
+                         where=[f"--definitions={root / 'etc/sysupdate.d'}"],
+                         var_lib=root / "var/lib", lib_name=f"lib-systemd-{version}")
 
 
 @pytest.mark.root
 @pytest.mark.network
 @pytest.mark.parametrize("version", [254, 257, 262])
 def test_install_feed_then_sysupdate_installs_1_then_2(version, images, gpg_home, tmp_path):
-    require_root()
-    require_tool("unshare", "util-linux")
-    served = tmp_path / "served"
-    served.mkdir()
-    server = Server(served)
-    try:
-        signed = ["--gnupghome", str(gpg_home)]
-        assert publish(served, server.url, images["1"], extra=signed).returncode == 0
-        root = tmp_path / "root"
-        root.mkdir()
+    with served_feed(tmp_path, gpg_home, images["1"]) as (served, server, signed, root):
         proc = install_feed(server.url, root, version)  # from the URL, as a host would
         assert proc.returncode == 0, proc.stderr
         raw = {v: sha256(m.with_name("feedtool.raw")) for v, m in images.items()}
@@ -198,8 +174,6 @@ def test_install_feed_then_sysupdate_installs_1_then_2(version, images, gpg_home
             if legacy:
                 link = root / "var/lib/extensions/feedtool.raw"
                 assert os.readlink(link) == f"../extensions.d/feedtool_{number}.raw"
-    finally:
-        server.close()
 
 
 @pytest.mark.network

@@ -15,23 +15,15 @@ with ``--root``).
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import hashlib
-import http.server
 import json
 import os
-import shlex
 import subprocess
-import threading
 from pathlib import Path
 
 import pytest
-import systemd_versions
 from conftest import run_cli
-from pkgfactory import build_deb, file
-from prereq import missing, require_root, require_tool
-from recipes_kit import DEBIAN_12, EPOCH, build_cli, recipe_dict, write_recipe_dict
+from feed_kit import installed, one_file_image, publish, run_sysupdate, served_feed, sha256
+from prereq import require_tool
 
 
 @pytest.fixture(scope="module")
@@ -47,49 +39,11 @@ def gpg_home(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def images(tmp_path_factory, cache_dir) -> dict[str, Path]:
     """The same extension built in versions 1, 2 and 3: {version: NAME.manifest.json}."""
-    require_tool("mksquashfs", "squashfs-tools")
     base = tmp_path_factory.mktemp("feed-images")
-    built = {}
-    for version in ("1", "2", "3"):
-        deb = build_deb(base / "debs", "feedtool", f"{version}.0-1",
-                        [file("/usr/bin/feedtool", f"#!/bin/sh\necho {version}\n".encode(),
-                              0o755)])
-        spec = recipe_dict("feedtool", kind="sysext", version=version,
-                           target={**DEBIAN_12, "architecture": "x86-64"}, sources=[deb],
-                           image={"format": "squashfs", "source_date_epoch": EPOCH})
-        out = base / f"out{version}"
-        build_cli(write_recipe_dict(base / f"r{version}", spec), out, cache_dir=cache_dir,
-                  json_out=False)
-        built[version] = out / "feedtool.manifest.json"
-    return built
-
-
-def publish(feed: Path, url: str, *items, extra=()) -> subprocess.CompletedProcess:
-    return run_cli("publish", *map(str, items), "--feed", str(feed), "--url", url, *extra)
-
-
-class Server:
-    """A static web server for ``directory`` on 127.0.0.1 (an ephemeral port)."""
-
-    def __init__(self, directory: Path):
-        handler = functools.partial(_QuietHandler, directory=str(directory))
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args) -> None:
-        pass
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return {version: one_file_image(base, cache_dir, "feedtool", path="/usr/bin/feedtool",
+                                    content=f"#!/bin/sh\necho {version}\n".encode(),
+                                    version=version, deb_version=f"{version}.0-1")
+            for version in ("1", "2", "3")}
 
 
 # --- the feed itself (no systemd needed) ----------------------------------------------------
@@ -164,49 +118,11 @@ def test_unsigned_then_sign_feed(images, gpg_home, tmp_path):
 def sysupdate(version: int, feed: Path, work: Path, *args: str, root: Path | None = None,
               var_lib: Path | None = None) -> subprocess.CompletedProcess:
     """Run systemd-sysupdate ``version`` in a private mount namespace (see the module doc)."""
-    try:
-        argv = systemd_versions.systemd_binary(version, "systemd-sysupdate")
-        pull = systemd_versions.systemd_binary(version, "systemd-pull")
-    except systemd_versions.Unavailable as exc:
-        missing(str(exc))
-    lib, etc = work / "lib-systemd", work / "etc-systemd"
-    for d in (lib, etc):
-        d.mkdir(exist_ok=True)
-    (lib / "systemd-pull").write_text(f"#!/bin/sh\nexec {shlex.join(pull)} \"$@\"\n")
-    (lib / "systemd-pull").chmod(0o755)
+    etc = work / "etc-systemd"
+    etc.mkdir(exist_ok=True)
     (etc / "import-pubring.gpg").write_bytes((feed / "import-pubring.gpg").read_bytes())
-    mounts = [f"mount --bind {lib} /usr/lib/systemd", f"mount --bind {etc} /etc/systemd"]
-    if var_lib is not None:
-        mounts.append(f"mount --bind {var_lib} /var/lib")
-    where = [f"--root={root}"] if root is not None else []
-    script = " && ".join(["mount --make-rprivate /", *mounts,
-                          shlex.join([*argv, *where, "--no-pager", *args])])
-    return subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True,
-                          text=True, timeout=300)
-
-
-def installed(directory: Path) -> dict[str, str]:
-    """The images in ``directory``; hidden files are not (262 leaves a refused download as
-    ``.sysupdate.partial.NAME_V.raw``, which neither sysupdate nor systemd-sysext takes)."""
-    return {p.name: sha256(p) for p in sorted(directory.iterdir())
-            if not p.name.startswith(".")} if directory.exists() else {}
-
-
-@contextlib.contextmanager
-def served_feed(tmp_path: Path, gpg_home: Path, first: Path):
-    """``tmp_path/feed`` holding ``first`` (a manifest), signed and served on 127.0.0.1, after
-    root and unshare are known to be there: (feed, server, the signing arguments)."""
-    require_root()
-    require_tool("unshare", "util-linux")
-    feed = tmp_path / "feed"
-    feed.mkdir()
-    server = Server(feed)
-    try:
-        signed = ["--gnupghome", str(gpg_home)]
-        assert publish(feed, server.url, first, extra=signed).returncode == 0
-        yield feed, server, signed
-    finally:
-        server.close()
+    return run_sysupdate(version, work, etc, *args, var_lib=var_lib,
+                         where=[f"--root={root}"] if root is not None else [])
 
 
 @pytest.mark.root
@@ -214,8 +130,7 @@ def served_feed(tmp_path: Path, gpg_home: Path, first: Path):
 @pytest.mark.parametrize("version", [257, 262])
 def test_sysupdate_installs_updates_vacuums_and_refuses_tampering(version, images, gpg_home,
                                                                   tmp_path):
-    with served_feed(tmp_path, gpg_home, images["1"]) as (feed, server, signed):
-        root = tmp_path / "root"
+    with served_feed(tmp_path, gpg_home, images["1"]) as (feed, server, signed, root):
         (root / "etc/sysupdate.d").mkdir(parents=True)
         (root / "etc/sysupdate.d/feedtool.transfer").write_bytes(
             (feed / "sysupdate.d/feedtool.transfer").read_bytes())
@@ -269,7 +184,7 @@ def test_sysupdate_installs_updates_vacuums_and_refuses_tampering(version, image
 @pytest.mark.network
 def test_sysupdate_254_legacy_transfer(images, gpg_home, tmp_path):
     """254's sysext has no NAME.raw.v/: the legacy transfer keeps a CurrentSymlink."""
-    with served_feed(tmp_path, gpg_home, images["1"]) as (feed, server, signed):
+    with served_feed(tmp_path, gpg_home, images["1"]) as (feed, server, signed, _root):
         definitions = tmp_path / "definitions"
         definitions.mkdir()
         var_lib = tmp_path / "var-lib"
