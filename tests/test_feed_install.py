@@ -160,20 +160,27 @@ def test_install_feed_then_sysupdate_installs_1_then_2(version, images, gpg_home
     with served_feed(tmp_path, gpg_home, images["1"]) as (served, server, signed, root):
         proc = install_feed(server.url, root, version)  # from the URL, as a host would
         assert proc.returncode == 0, proc.stderr
-        raw = {v: sha256(m.with_name("feedtool.raw")) for v, m in images.items()}
-        legacy = version < 257
-        target = root / ("var/lib/extensions.d" if legacy else
-                         "var/lib/extensions/feedtool.raw.v")
-        for number in ("1", "2"):
-            if number == "2":
-                assert publish(served, server.url, images["2"], extra=signed).returncode == 0
-            proc = sysupdate(version, root, tmp_path, "update", use_root=not legacy)
-            assert proc.returncode == 0, proc.stderr
-            assert installed(target) == {f"feedtool_{n}.raw": raw[n]
-                                         for n in ("1", "2") if n <= number}
-            if legacy:
-                link = root / "var/lib/extensions/feedtool.raw"
-                assert os.readlink(link) == f"../extensions.d/feedtool_{number}.raw"
+        update_to_1_then_2(version, root, tmp_path, images, lambda: publish(
+            served, server.url, images["2"], extra=signed))
+
+
+def update_to_1_then_2(version: int, root: Path, work: Path, images: dict[str, Path],
+                       publish_2) -> None:
+    """systemd-sysupdate ``version`` installs feedtool 1 into ``root`` (whose feed has it),
+    then, after ``publish_2()`` put version 2 in the feed, 2 next to it (254: the link too)."""
+    raw = {v: sha256(m.with_name("feedtool.raw")) for v, m in images.items()}
+    legacy = version < 257
+    target = root / ("var/lib/extensions.d" if legacy else "var/lib/extensions/feedtool.raw.v")
+    for number in ("1", "2"):
+        if number == "2":
+            assert publish_2().returncode == 0
+        proc = sysupdate(version, root, work, "update", use_root=not legacy)
+        assert proc.returncode == 0, proc.stderr
+        assert installed(target) == {f"feedtool_{n}.raw": raw[n]
+                                     for n in ("1", "2") if n <= number}
+        if legacy:
+            link = root / "var/lib/extensions/feedtool.raw"
+            assert os.readlink(link) == f"../extensions.d/feedtool_{number}.raw"
 
 
 @pytest.mark.network
