@@ -35,20 +35,27 @@ License: Weird-Licence
 """
 
 
-@pytest.fixture(scope="module")
-def sbom_packages(tmp_path_factory) -> dict[str, Path]:
-    out = package_dir(tmp_path_factory, "sbom-packages")
+def three_packages(out: Path, copyright: bytes, free_copyright: bytes | None) -> dict[str, Path]:
+    """In ``out``: a deb jqish with a Homepage and ``copyright``, a deb freeform (with
+    ``free_copyright`` as its copyright file when given) and an rpm rtool with a Vendor."""
+    free = [file("/usr/bin/freeform", b"#!/bin/sh\n", 0o755)]
+    if free_copyright is not None:
+        free.append(file("/usr/share/doc/freeform/copyright", free_copyright))
     return {
         "deb": build_deb(out, "jqish", "1.6-2.1+deb12u2",
                          [file("/usr/bin/jqish", b"#!/bin/sh\n", 0o755),
-                          file("/usr/share/doc/jqish/copyright", COPYRIGHT)],
+                          file("/usr/share/doc/jqish/copyright", copyright)],
                          fields={"Homepage": "https://example.invalid/jqish"}),
-        "free": build_deb(out, "freeform", "1.0-1",
-                          [file("/usr/bin/freeform", b"#!/bin/sh\n", 0o755),
-                           file("/usr/share/doc/freeform/copyright", b"Do what you like.\n")]),
+        "free": build_deb(out, "freeform", "1.0-1", free),
         "rpm": build_rpm(out, "rtool", "2.0", [file("/usr/bin/rtool", b"#!/bin/sh\n", 0o755)],
                          epoch=3, tags=[("Vendor", "Example Corp")]),
     }
+
+
+@pytest.fixture(scope="module")
+def sbom_packages(tmp_path_factory) -> dict[str, Path]:
+    return three_packages(package_dir(tmp_path_factory, "sbom-packages"), COPYRIGHT,
+                          b"Do what you like.\n")
 
 
 def tools_recipe(packages, sign: tuple[Path, Path] | None = None, **image) -> dict:

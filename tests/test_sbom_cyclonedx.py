@@ -10,10 +10,10 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import run_cli, write_recipe
-from pkgfactory import build_deb, build_rpm, file
+from conftest import package_dir, run_cli, write_recipe
 from prereq import require_tool
 from recipes_kit import signing_keys
+from test_sbom import three_packages
 
 COPYRIGHT = b"""Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
 
@@ -25,19 +25,7 @@ License: Expat or GPL-2+
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> dict[str, Path]:
-    require_tool("dpkg-deb", "dpkg")
-    require_tool("rpmbuild", "rpm")
-    out = tmp_path_factory.mktemp("cdx-packages")
-    return {
-        "deb": build_deb(out, "jqish", "1.6-2.1+deb12u2",
-                         [file("/usr/bin/jqish", b"#!/bin/sh\n", 0o755),
-                          file("/usr/share/doc/jqish/copyright", COPYRIGHT)],
-                         fields={"Homepage": "https://example.invalid/jqish"}),
-        "free": build_deb(out, "freeform", "1.0-1",
-                          [file("/usr/bin/freeform", b"#!/bin/sh\n", 0o755)]),
-        "rpm": build_rpm(out, "rtool", "2.0", [file("/usr/bin/rtool", b"#!/bin/sh\n", 0o755)],
-                         epoch=3, tags=[("Vendor", "Example Corp")]),
-    }
+    return three_packages(package_dir(tmp_path_factory, "cdx-packages"), COPYRIGHT, None)
 
 
 def recipe(inputs, image: str = 'format = "squashfs"', sign: str = "") -> str:
