@@ -105,6 +105,8 @@ TOOLS: tuple[Tool, ...] = (
     Tool("losetup", ("mount",), ("tests",), "tests attach DDIs to loop devices"),
     Tool("systemd-tmpfiles", ("systemd",), ("tests",), "tests set up --root trees", None,
          _SYSTEMD),
+    Tool("systemd-sysusers", ("systemd",), ("tests",), "tests check the sysusers.d lines a "
+         "maintainer-script fix suggests", None, _SYSTEMD),
     Tool("apt-ftparchive", ("apt-utils",), ("tests",), "tests serve deb repositories"),
     Tool("dpkg-scanpackages", ("dpkg-dev",), ("tests",), "tests serve deb repositories"),
     Tool("createrepo_c", ("createrepo-c",), ("tests",), "tests serve rpm-md repositories"),
