@@ -22,7 +22,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from .. import __version__
+from .. import __version__, jsonout
 from ..errors import InputError
 from . import sbom
 
@@ -124,7 +124,7 @@ def envelope(payload: bytes, signer) -> dict:
 
 
 def dumps(data: dict) -> bytes:
-    return (json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
+    return jsonout.pretty(data, ensure_ascii=False)
 
 
 def lock_parameter(recipe) -> dict | None:

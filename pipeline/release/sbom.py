@@ -20,7 +20,6 @@ fetch stage verified.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import struct
 import urllib.parse
@@ -28,7 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .. import __version__
+from .. import __version__, jsonout
 from ..errors import InputError
 from ..formats.ar import read_ar
 from ..formats.compression import HashingReader, Limits, open_decompressed, read_exact, read_upto
@@ -358,7 +357,7 @@ def _namespace(manifest: dict, digest: str) -> str:
 
 
 def dumps(doc: dict) -> bytes:
-    return (json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
+    return jsonout.pretty(doc, ensure_ascii=False)
 
 
 # --- CycloneDX 1.6, from the same document ---------------------------------------------------

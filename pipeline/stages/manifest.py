@@ -31,7 +31,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import __version__
+from .. import __version__, jsonout
 from ..errors import InputError
 from ..formats import entry as E
 from .staging import Record
@@ -738,7 +738,7 @@ def canonical_json(data) -> bytes:
 
 
 def dumps(manifest: dict) -> bytes:
-    return (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+    return jsonout.pretty(manifest)
 
 
 @functools.cache
