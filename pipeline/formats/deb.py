@@ -126,6 +126,7 @@ class DebReader:
             format="deb",
             config_files=tuple(conffiles),
             scripts=tuple(sorted(scripts)),
+            control=control,
         )
 
     def entries(self) -> Iterator[Entry]:

@@ -58,6 +58,7 @@ class PackageInfo:
     format: str  # "deb" | "rpm"
     config_files: tuple[str, ...] = ()
     scripts: tuple[str, ...] = ()  # maintainer scripts (postinst, %post, …): never run in an image
+    control: str | None = field(default=None, repr=False, compare=False)  # a deb's, for the SBOM
 
 
 #: Longest member name or link target a reader accepts, in bytes (Linux PATH_MAX).

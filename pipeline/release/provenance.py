@@ -139,10 +139,16 @@ def lock_parameter(recipe) -> dict | None:
 
 def read_facts(fetched, report) -> list[sbom.PackageFacts]:
     """The SBOM facts of every fetched package (``report``: the extraction's, whose packages
-    are the manifest's inputs in the same order, with the copyright files it kept)."""
-    return [sbom.package_facts(f.path, f.source.format, f.sha256, f.filename,
+    are the manifest's inputs in the same order, with the copyright files it kept). A deb's
+    come from the control text extraction read (its bytes' sha256 checked there: no second
+    read); an rpm's (and a deb's whose reader kept no control text) from a bounded re-read of
+    the file, whose sha256 is checked again."""
+    infos = getattr(report, "infos", None) or [None] * len(report.packages)
+    return [sbom.deb_facts(info.control, report.copyrights.get(p["name"]))
+            if f.source.format == "deb" and getattr(info, "control", None) is not None else
+            sbom.package_facts(f.path, f.source.format, f.sha256, f.filename,
                                report.copyrights.get(p["name"]))
-            for f, p in zip(fetched, report.packages)]
+            for f, p, info in zip(fetched, report.packages, infos)]
 
 
 def write_companions(workdir: Path, manifest: dict, recipe, facts, signer) -> list[Path]:

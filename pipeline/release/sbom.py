@@ -109,6 +109,19 @@ def _deb_facts(stream, filename: str, copyright_bytes: bytes | None) -> PackageF
                         entry.size <= MAX_TEXT:
                     control = read_upto(entry.data, entry.size).decode("utf-8", "replace")
             break  # data.tar: only hashed (extraction kept the copyright file)
+    return _deb_control_facts(control, copyright_bytes)
+
+
+def deb_facts(control: str, copyright_bytes: bytes | None) -> PackageFacts:
+    """The facts of a deb from the control text extraction parsed (pipeline.formats.deb decodes
+    it with surrogateescape; this reads it as :func:`package_facts` does, bytes with "replace",
+    none over MAX_TEXT) — from bytes whose sha256 extraction checked, as package_facts' are."""
+    raw = control.encode("utf-8", "surrogateescape")
+    return _deb_control_facts(raw.decode("utf-8", "replace") if len(raw) <= MAX_TEXT else "",
+                              copyright_bytes)
+
+
+def _deb_control_facts(control: str, copyright_bytes: bytes | None) -> PackageFacts:
     fields = parse_control(control) if control else {}
     copyright_text = copyright_bytes.decode("utf-8", "replace") if copyright_bytes else None
     license_, text = debian_license(copyright_text) if copyright_text else (None, "")

@@ -36,6 +36,8 @@ class ExtractReport:
     newest_mtime: int | None = None
     #: package name → its usr/share/doc/NAME/copyright, kept for the SBOM's licence (sbom.py)
     copyrights: dict[str, bytes] = field(default_factory=dict)
+    #: each package's PackageInfo, in the order of ``packages`` (its control text: the SBOM's)
+    infos: list = field(default_factory=list)
 
 
 def glob_regex(patterns: Iterable[str]) -> re.Pattern | None:
@@ -144,6 +146,7 @@ def extract(recipe: Recipe, fetched: list[Fetched], tree_for: Callable[[str], St
                     info = current.info()
                     check_identity(item, info)
                     report.packages.append(package_record(item, info))
+                    report.infos.append(info)
                     _Package(item, info, recipe, exclude, router, tree_for, report,
                              limits).extract(current.entries())
                 finally:
