@@ -11,10 +11,10 @@ machine-readable (DEP-5), from the RPM License tag, else NOASSERTION. A licence 
 SPDX identifier becomes a ``LicenseRef-`` with its text in ``hasExtractedLicensingInfos``, so the
 document stays valid for SPDX validators.
 
-The facts come from a second, bounded read of each package file's metadata (a deb's control
-member — data.tar is not decompressed again: extraction kept the copyright file — or an rpm's
-header; the rest of the file is only hashed): the sha256 of every byte read must be the one the
-fetch stage verified.
+A deb's facts come from what extraction read (its control text and copyright file, from bytes
+whose sha256 extraction checked against the one the fetch stage verified: :func:`deb_facts`); an
+rpm's from a second, bounded read of its header (the rest of the file only hashed), whose sha256
+must again be the verified one (:func:`package_facts`, also a deb's when no control text was kept).
 """
 
 from __future__ import annotations
