@@ -13,6 +13,7 @@ import urllib.parse
 from pathlib import Path
 
 import pytest
+from aptkit import private_apt as private_apt_config
 from prereq import require_tool
 from recipes_kit import build_cli, recipe_dict, write_recipe_dict
 
@@ -42,27 +43,9 @@ def private_apt(tmp_path, debs, gpg_keys):
     key.clearsign(repo / "Release", repo / "InRelease")
     server = Server(repo)
 
-    apt = tmp_path / "apt"
-    for sub in ("lists/partial", "archives/partial", "sources.list.d", "trusted.gpg.d",
-                "preferences.d", "apt.conf.d"):
-        (apt / sub).mkdir(parents=True)
-    (apt / "status").write_text("")
-    (apt / "sources.list").write_text(f"deb [signed-by={key.keyring}] {server.url}/ ./\n")
-    config = apt / "apt.conf"
-    config.write_text("\n".join([
-        'APT::Architecture "amd64";', 'APT::Architectures { "amd64"; };',
-        f'Dir::Etc::sourcelist "{apt}/sources.list";',
-        f'Dir::Etc::sourceparts "{apt}/sources.list.d";',
-        f'Dir::Etc::trusted "{apt}/trusted.gpg";', f'Dir::Etc::trustedparts "{apt}/trusted.gpg.d";',
-        f'Dir::Etc::preferences "{apt}/preferences";',
-        f'Dir::Etc::preferencesparts "{apt}/preferences.d";',
-        f'Dir::Etc::parts "{apt}/apt.conf.d";',
-        f'Dir::State "{apt}";', f'Dir::State::lists "{apt}/lists";',
-        f'Dir::State::status "{apt}/status";', f'Dir::Cache "{apt}";',
-        f'Dir::Cache::archives "{apt}/archives";', 'Acquire::Languages "none";',
-        'Acquire::http::Proxy "DIRECT";', ""]))
-    env = dict(os.environ, APT_CONFIG=str(config))
-    subprocess.run(["apt-get", "update", "-qq"], env=env, check=True, capture_output=True)
+    env = private_apt_config(tmp_path / "apt", [f"deb [signed-by={key.keyring}] {server.url}/ ./"],
+                             local=True)
+    config = Path(env["APT_CONFIG"])
     yield config, server
     server.close()
 

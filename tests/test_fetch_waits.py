@@ -14,7 +14,9 @@ import time
 
 import pytest
 import tomllib
+from aptkit import host_suites_apt
 from conftest import REPO, run_cli, write_recipe
+from prereq import missing
 
 from pipeline.errors import INPUT, RETRY, InputError
 from pipeline.recipe import Source
@@ -118,9 +120,23 @@ def _pins() -> dict[str, tuple[str, str]]:
     return {p["name"]: (p["version"], p["sha256"]) for p in data["package"]}
 
 
+def _lock_suites_apt(tmp_path, monkeypatch) -> None:
+    """apt-get sees the example lock's suites on the host's mirror through a private
+    configuration (APT_CONFIG), whatever suites the host itself lists."""
+    data = tomllib.loads((REPO / "recipes/debug-tools.lock").read_text())
+    suites = sorted({r["suite"] for r in data["repository"]})
+    try:
+        env = host_suites_apt(tmp_path / "apt", suites)
+    except InputError as err:
+        missing(str(err))
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+
+
 @pytest.mark.network
-def test_apt_packages_come_in_one_batch(tmp_path):
+def test_apt_packages_come_in_one_batch(tmp_path, monkeypatch):
     pins = _pins()
+    _lock_suites_apt(tmp_path, monkeypatch)
     sources = [Source("apt", name, pins[name][1], version=pins[name][0])
                for name in ("libonig5", "libjq1", "jq")]
     cache = Cache(tmp_path / "cache")
@@ -133,10 +149,11 @@ def test_apt_packages_come_in_one_batch(tmp_path):
 
 
 @pytest.mark.network
-def test_apt_batch_names_the_version_that_is_gone(tmp_path):
+def test_apt_batch_names_the_version_that_is_gone(tmp_path, monkeypatch):
     """One version not in the archive: the error names it (exit 2), and since the batch is one
     apt-get, nothing else was fetched one by one meanwhile."""
     pins = _pins()
+    _lock_suites_apt(tmp_path, monkeypatch)
     sources = [Source("apt", "libonig5", pins["libonig5"][1], version=pins["libonig5"][0]),
                Source("apt", "libjq1", pins["libjq1"][1], version="0.0-gone"),
                Source("apt", "jq", pins["jq"][1], version=pins["jq"][0])]
