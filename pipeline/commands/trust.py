@@ -68,27 +68,21 @@ def cmd_sign(args) -> int:
     manifest = _read_manifest(image)  # a manifest that is not one refuses before any signing
     if not has_gpt(image):
         found = sign_detached(image, **options)
-        _update_manifest(manifest, "verity", found, signer)
-        _warn(found.warnings)
-        print(f"signed {found.roothash_path} → {found.signature_path}: root hash "
-              f"{found.root_hash}, certificate {found.certificate_fingerprint}", file=sys.stderr)
-        if args.json:
-            return clikit.emit(args, {
-                "image": str(image), "format": "verity", "root_hash": found.root_hash,
-                "certificate_fingerprint": found.certificate_fingerprint,
-                "signature_file": str(found.signature_path), "sha256": None,
-                "warnings": list(found.warnings)})
-        return 0
-    info = sign_ddi(image, **options)
-    _update_manifest(manifest, "ddi", info, signer)
-    _warn(info.warnings)
-    print(f"signed {image}: root hash {info.root_hash}, certificate "
-          f"{info.certificate_fingerprint}, sha256 {info.sha256}", file=sys.stderr)
+        fmt, signature_file, sha256 = "verity", str(found.signature_path), None
+        line = f"signed {found.roothash_path} → {found.signature_path}"
+    else:
+        found = sign_ddi(image, **options)
+        fmt, signature_file, sha256 = "ddi", None, found.sha256
+        line = f"signed {image}"
+    _update_manifest(manifest, fmt, found, signer)
+    _warn(found.warnings)
+    print(f"{line}: root hash {found.root_hash}, certificate {found.certificate_fingerprint}"
+          + (f", sha256 {sha256}" if sha256 else ""), file=sys.stderr)
     if args.json:
         return clikit.emit(args, {
-            "image": str(image), "format": "ddi", "root_hash": info.root_hash,
-            "certificate_fingerprint": info.certificate_fingerprint, "signature_file": None,
-            "sha256": info.sha256, "warnings": list(info.warnings)})
+            "image": str(image), "format": fmt, "root_hash": found.root_hash,
+            "certificate_fingerprint": found.certificate_fingerprint,
+            "signature_file": signature_file, "sha256": sha256, "warnings": list(found.warnings)})
     return 0
 
 
