@@ -218,6 +218,8 @@ def build(recipe: Recipe, output_dir: Path, cache: Cache, *, environ: dict | Non
     if not force:
         current = _up_to_date(output_dir, recipe.name, digest_base, signer, log)
         if current is not None:
+            if signer is not None:
+                signer.verify()  # the key's validation (keys.KeyCheck): refused even so
             current.warnings[:0] = warnings
             return current
         _refuse_replacing_signed(output_dir, recipe.name)
