@@ -62,10 +62,10 @@ def test_the_readme_names_the_verbs_without_json_and_with_timeout():
     assert "(recipe-reference and troubleshooting, which print docs: --debug only)" in usage
     timeout = sorted(" ".join(n) for n, sub in commands.items()
                      if "--timeout" in sub._option_string_actions)
-    assert timeout == ["build", "fetch", "lock", "verify"]
-    assert "build, verify, lock and fetch take --timeout SECONDS" in usage
+    assert timeout == ["build", "fetch", "install", "lock", "verify"]
+    assert "build, verify, lock, fetch and install (--feed URL) take --timeout SECONDS" in usage
     assert re.search(r"`--timeout SECONDS` \(on every command that may download:\s+`build`, "
-                     r"`verify`, `lock`, `fetch`", README)
+                     r"`verify`, `lock`, `fetch`, `install --feed URL`", README)
 
 
 def test_the_readme_groups_are_the_help_groups():

@@ -102,7 +102,7 @@ def test_every_downloading_verb_takes_the_one_timeout_option():
         if hasattr(action, "choices") and isinstance(action.choices, dict):
             commands = action.choices
     takers = {name for name, sub in commands.items() if "--timeout" in sub._option_string_actions}
-    assert takers == {"build", "verify", "lock", "fetch"}
+    assert takers == {"build", "verify", "lock", "fetch", "install"}  # install: --feed URL
     for name in takers:
         action = commands[name]._option_string_actions["--timeout"]
         assert action.help == clikit.HELP["timeout"], name

@@ -267,6 +267,9 @@ def cmd_install(args) -> int:
         from .publish import cmd_install_feed
 
         return cmd_install_feed(args)
+    if args.timeout is not None:  # an image is read from disk: nothing waits on the network
+        raise InputError("--timeout", "applies only to install --feed URL",
+                         "an image file is installed without downloading anything")
     from .check import merge_breakers, with_host_facts
 
     root, host = _host(args)
@@ -457,6 +460,7 @@ def register(sub) -> None:
     p.add_argument("--feed", action="store_true", help="IMAGE is a feed (a directory made by "
                    "publish, or its URL): install its transfer files and release key so that "
                    "systemd-sysupdate keeps the host updated from it")
+    clikit.add_timeout(p)  # the waits of install --feed URL
     clikit.add_systemd(p)
     clikit.add_json(p)
     p.set_defaults(func=cmd_install)

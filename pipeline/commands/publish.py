@@ -81,6 +81,14 @@ def cmd_sign_feed(args) -> int:
     return 0
 
 
+def _download(url: str, dest: Path, limit: int) -> None:
+    """A feed file, downloaded as every other download is (pipeline/sources/fetch.py: the
+    --timeout wait, retries with a line each; at most ``limit`` bytes)."""
+    from ..sources.fetch import http_download
+
+    http_download(url, dest, max_size=limit, recorded_by="a feed file may have")
+
+
 def cmd_install_feed(args) -> int:
     """``install --feed FEED``: set the host (or --root) up to update from a feed."""
     from ..host import facts as hostmod
@@ -96,7 +104,7 @@ def cmd_install_feed(args) -> int:
                          "systemd-sysupdate places the images")
     root = Path(args.root) if args.root else None
     host = hostmod.detect(root, systemd=args.systemd)
-    done = host_setup(args.image, host.base, host.version[0])
+    done = host_setup(args.image, host.base, host.version[0], download=_download)
     where = f" in {root}" if root else ""
     for path in done["written"]:
         print(f"wrote {path}{where}", file=sys.stderr)

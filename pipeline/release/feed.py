@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..digest import hash_file, hash_open
-from ..errors import BuildError, InputError, VerdictError
+from ..errors import INPUT, BuildError, InputError, PipelineError, VerdictError
 from ..outdir import open_entry
 
 SUMS, SIGNATURE, INDEX, KEYRING = "SHA256SUMS", "SHA256SUMS.gpg", "index.json", \
@@ -514,25 +514,33 @@ def _is_url(source: str) -> bool:
     return bool(re.match(r"^https?://", source))
 
 
-def _feed_file(source: str, name: str, limit: int = MAX_FEED_FILE) -> bytes:
-    """One file of a feed (a directory or an http(s) URL), at most ``limit`` bytes."""
-    import urllib.error
-    import urllib.request
+#: How ``install --feed`` downloads a feed file: ``download(url, dest, limit)`` writes at most
+#: ``limit`` bytes of ``url`` to ``dest`` or raises a PipelineError (with the HTTP ``status``
+#: when it has one). The command passes pipeline/sources/fetch.py's ``http_download``, so a feed
+#: is read with the waits, retries and retry lines of every other download (``--timeout``,
+#: $SYSEXT_PIPELINE_TIMEOUT); release/ may not import sources/.
+Download = Callable[[str, Path, int], None]
 
+
+def _feed_file(source: str, name: str, download: Download, limit: int = MAX_FEED_FILE) -> bytes:
+    """One file of a feed (a directory or an http(s) URL, read with ``download``), at most
+    ``limit`` bytes."""
     if _is_url(source):
         where = source.rstrip("/") + "/" + name
-        try:
-            with urllib.request.urlopen(where, timeout=60) as response:
-                data = response.read(limit + 1)
-        except urllib.error.HTTPError as err:
-            if err.code in (403, 404, 410):
-                raise InputError(where, f"HTTP {err.code}",
-                                 "is this the URL of a feed made by publish?") from None
-            raise BuildError(where, f"HTTP {err.code}", "the server failed: retry") from None
-        except (urllib.error.URLError, OSError) as err:
-            reason = getattr(err, "reason", None) or err
-            raise BuildError(where, f"cannot fetch: {reason}",
-                             "check the URL and the network, then retry") from None
+        with tempfile.TemporaryDirectory(prefix="sysext-feed-") as tmp:
+            dest = Path(tmp) / name
+            try:
+                download(where, dest, limit)
+            except PipelineError as err:  # one line naming the whole URL, the class kept
+                status = getattr(err, "status", None)
+                if status in (403, 404, 410):
+                    raise InputError(where, f"HTTP {status}",
+                                     "is this the URL of a feed made by publish?") from None
+                if err.exit_code == INPUT:
+                    raise InputError(where, err.what, "not a file publish writes") from None
+                raise BuildError(where, err.what,
+                                 "check the URL and the network, then retry") from None
+            data = dest.read_bytes()
     else:
         where = str(Path(source) / name)
         try:
@@ -595,10 +603,10 @@ def _target_dir(base: Path, rel: str) -> Path:
     return path
 
 
-def host_setup(source: str, base: Path, systemd: int) -> dict:
+def host_setup(source: str, base: Path, systemd: int, *, download: Download) -> dict:
     """Set the host whose root is ``base`` (``/`` or a --root tree), running systemd
     ``systemd`` (major), up to update from the feed at ``source`` (a directory made by publish
-    or its URL): the transfer file of every extension of the feed into ``/etc/sysupdate.d/``
+    or its URL, whose files ``download`` fetches): the transfer file of every extension of the feed into ``/etc/sysupdate.d/``
     (``NAME.transfer`` for systemd ≥ 257, the legacy ``NAME.conf`` before), the release key in
     the keyring systemd-pull reads (added to one already there), and the target directories.
 
@@ -611,14 +619,14 @@ def host_setup(source: str, base: Path, systemd: int) -> dict:
                          "was checked with feeds", f"feeds need systemd {OLDEST_SYSUPDATE}+ "
                          "(Debian 12: systemd and systemd-container from bookworm-backports)")
     base = Path(base)
-    sums = _feed_file(source, SUMS)
+    sums = _feed_file(source, SUMS, download)
     try:
-        signature = _feed_file(source, SIGNATURE, 64 << 10)
+        signature = _feed_file(source, SIGNATURE, download, 64 << 10)
     except InputError as err:
         raise InputError(err.where, f"{err.what}: the feed is not signed",
                          "Verify=yes needs SHA256SUMS.gpg: run sign-feed on the release "
                          "machine and upload it") from None
-    index_bytes = _feed_file(source, INDEX)
+    index_bytes = _feed_file(source, INDEX, download)
     host_keyring = base / HOST_KEYRING
     with tempfile.TemporaryDirectory(prefix="sysext-feed-") as tmp:
         sums_path = Path(tmp) / SUMS
@@ -628,7 +636,7 @@ def host_setup(source: str, base: Path, systemd: int) -> dict:
             key_source, new_key = str(host_keyring), None
         else:
             new_key = Path(tmp) / KEYRING
-            new_key.write_bytes(_feed_file(source, KEYRING))
+            new_key.write_bytes(_feed_file(source, KEYRING, download))
             if not _verifies(sums_path, signature, new_key):
                 raise VerdictError(f"{source.rstrip('/')}/{SIGNATURE}", "does not verify "
                                    "SHA256SUMS with the feed's key", "nothing installed: the "
