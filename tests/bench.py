@@ -40,8 +40,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from pipeline import recipe as recipe_mod  # noqa: E402
-from pipeline.sources.fetch import Cache, default_cache_dir, fetch_all  # noqa: E402
+# pipeline modules are imported where used: ``--profile-run`` times the imports of a build
 
 PAYLOAD = REPO.parent / "shared" / "bench" / "payload51.txt"
 OUT = REPO / "bench"
@@ -58,13 +57,18 @@ def ours_env() -> dict:
 
 
 def timed(cmd: list[str], env: dict | None = None) -> float:
+    return timed_output(cmd, env)[0]
+
+
+def timed_output(cmd: list[str], env: dict | None = None) -> tuple[float, str]:
+    """Wall seconds of ``cmd`` and what it printed on stdout (exits on failure)."""
     start = time.monotonic()
     proc = subprocess.run(cmd, env=env, capture_output=True)
     took = time.monotonic() - start
     if proc.returncode != 0:
         sys.exit(f"benchmark command failed: {' '.join(map(str, cmd))[:300]}\n"
                  f"{proc.stderr.decode(errors='replace')[-2000:]}")
-    return took
+    return took, proc.stdout.decode(errors="replace")
 
 
 def _tree_rss_kib(session: int) -> int:
@@ -120,40 +124,89 @@ def summary(times: list[float]) -> dict:
 
 
 def compare(plain_cmd, ours_cmd, rounds: int, env: dict, before=None) -> dict:
+    """Interleaved rounds of the plain script and our ``build --json``; with the median of each
+    side's phases: the plain script's (its ``@phase`` marks) and the build's own ``timings``,
+    plus "outside" (wall time outside them: on our side interpreter, imports, CLI, exit)."""
     plain, ours = [], []
+    plain_phases: list[dict] = []
+    ours_phases: list[dict] = []
     for _ in range(rounds):
         if before:
             before()
-        plain.append(timed(plain_cmd))
+        took, out = timed_output(plain_cmd)
+        plain.append(took)
+        plain_phases.append(plain_marks(out, took))
         if before:
             before()
-        ours.append(timed(ours_cmd, env))
+        took, out = timed_output(ours_cmd, env)
+        ours.append(took)
+        ours_phases.append(build_phases(out, took))
     p, o = summary(plain), summary(ours)
     return {"plain": p, "ours": o, "ratio_min": round(o["min"] / p["min"], 3),
-            "ratio_median": round(o["median"] / p["median"], 3)}
+            "ratio_median": round(o["median"] / p["median"], 3),
+            "phases": {"plain": median_phases(plain_phases), "ours": median_phases(ours_phases)}}
+
+
+def plain_marks(stdout: str, wall: float) -> dict:
+    """Seconds between the plain script's ``@phase NAME EPOCHREALTIME`` marks, and "outside"
+    (starting the shell, before the first mark and after the last)."""
+    marks = []
+    for line in stdout.splitlines():
+        if line.startswith("@phase "):
+            _, name, stamp = line.split()
+            marks.append((name, float(stamp.replace(",", "."))))
+    phases = {name: round(marks[i + 1][1] - stamp, 3)
+              for i, (name, stamp) in enumerate(marks[:-1])}
+    if marks:
+        phases["outside"] = round(wall - (marks[-1][1] - marks[0][1]), 3)
+    return phases
+
+
+def build_phases(stdout: str, wall: float) -> dict:
+    """The build's own ``timings`` (``build --json``) and "outside": wall time outside them
+    (interpreter, imports, CLI, recipe before the first stage; warnings, JSON, exit after)."""
+    timings = json.loads(stdout)["timings"]
+    return {"outside": round(wall - sum(timings.values()), 3), **timings}
+
+
+def median_phases(rounds: list[dict]) -> dict:
+    names = [n for n in rounds[0]] if rounds else []
+    return {n: round(statistics.median(r.get(n, 0.0) for r in rounds), 3) for n in names}
 
 
 # --- the plain side ----------------------------------------------------------------------------
 
 def plain_script(debs: list[Path], work: Path, pack: str) -> list[str]:
+    """The same work by hand, in bash; ``@phase NAME TIME`` lines on stdout mark where each
+    phase starts (``$EPOCHREALTIME``: a variable, no process, so the marks cost nothing)."""
     root = work / "plain-root"
-    lines = ["set -e", f"rm -rf {root} {work}/plain.*", f"mkdir {root}"]
+
+    def mark(name: str) -> str:
+        return f'echo "@phase {name} $EPOCHREALTIME"'
+
+    lines = ["set -e", mark("setup"), f"rm -rf {root} {work}/plain.*", f"mkdir {root}",
+             mark("extract")]
     lines += [f"dpkg-deb -x {deb} {root}" for deb in debs]
-    lines.append(f"find {root} -exec touch -h -d @{EPOCH} {{}} +")
+    lines += [mark("normalize"), f"find {root} -exec touch -h -d @{EPOCH} {{}} +"]
     if pack.startswith("squashfs"):
         level = pack.split("-")[1]
-        lines.append(f"mksquashfs {root} {work}/plain.raw -noappend -no-progress -quiet "
-                     f"-all-root -mkfs-time {EPOCH} -comp zstd -Xcompression-level {level}")
+        lines += [mark("pack"),
+                  f"mksquashfs {root} {work}/plain.raw -noappend -no-progress -quiet "
+                  f"-all-root -mkfs-time {EPOCH} -comp zstd -Xcompression-level {level}"]
     elif pack in ("erofs", "ddi"):
-        lines.append(f"mkfs.erofs --quiet -zlz4hc,9 -T {EPOCH} --all-root {work}/plain.raw "
-                     f"{root}")
+        lines += [mark("pack"),
+                  f"mkfs.erofs --quiet -zlz4hc,9 -T {EPOCH} --all-root {work}/plain.raw "
+                  f"{root}"]
     if pack == "ddi":  # verity over the file system, the root hash signed (CMS, as for a DDI)
-        lines += [f"veritysetup format {work}/plain.raw {work}/plain.verity "
+        lines += [mark("verity"),
+                  f"veritysetup format {work}/plain.raw {work}/plain.verity "
                   f"--root-hash-file {work}/plain.roothash >/dev/null",
+                  mark("sign"),
                   f"openssl cms -sign -binary -noattr -outform DER -in {work}/plain.roothash "
                   f"-signer {work}/keys/release.crt -inkey {work}/keys/release.key "
                   f"-out {work}/plain.p7s"]
-    return ["sh", "-c", "\n".join(lines)]
+    lines.append(mark("end"))
+    return ["bash", "-c", "\n".join(lines)]
 
 
 # --- recipes -----------------------------------------------------------------------------------
@@ -214,7 +267,7 @@ source_date_epoch = {EPOCH}
     return path
 
 
-def lock_recipe(path: Path, cache: Cache) -> None:
+def lock_recipe(path: Path, cache) -> None:
     """Lock once (network), then reuse the lock while the recipe's bytes stay the same."""
     lock = path.with_suffix(".lock")
     if lock.exists():
@@ -237,6 +290,9 @@ def keys(work: Path) -> None:
 
 def full(args) -> dict:
     names = [line.strip() for line in PAYLOAD.read_text().splitlines() if line.strip()]
+    from pipeline import recipe as recipe_mod
+    from pipeline.sources.fetch import Cache, default_cache_dir, fetch_all
+
     cache = Cache(default_cache_dir(args.cache_dir))
     work = OUT / "work"
     work.mkdir(parents=True, exist_ok=True)
@@ -261,8 +317,8 @@ def full(args) -> dict:
     out = work / "out"
 
     def ours(image: str, *extra: str) -> list[str]:
-        return [sys.executable, "-m", "pipeline", "build", str(recipes[image]), "-q", "-o",
-                str(out / image), "--cache-dir", str(cache.root), "--force", *extra]
+        return [sys.executable, "-m", "pipeline", "build", str(recipes[image]), "-q", "--json",
+                "-o", str(out / image), "--cache-dir", str(cache.root), "--force", *extra]
 
     for image in IMAGES:
         if image in args.skip:
@@ -282,12 +338,20 @@ def full(args) -> dict:
             [timed([sys.executable, "-m", "pipeline", what], env) for _ in range(args.rounds)])
     results["times"]["bare python"] = summary(
         [timed([sys.executable, "-c", "pass"], env) for _ in range(args.rounds)])
-    for image in IMAGES:
+    for image in IMAGES:  # not timed rounds: sampling and wrapping cost CPU
         if image in args.skip:
             continue
-        print(f"… memory {image}", file=sys.stderr, flush=True)
+        print(f"… memory and package profile {image}", file=sys.stderr, flush=True)
         results["memory_mib"][image] = {"ours": peak_memory(ours(image), env),
                                         "plain": peak_memory(plain_script(debs, work, image))}
+        results.setdefault("package_profile", {})[image] = profile(ours(image), env)
+    if "catalogue" not in args.skip:
+        print("… catalogue", file=sys.stderr, flush=True)
+        sys.path.insert(0, str(REPO / "tests"))
+        import bench_catalogue
+
+        results["catalogue"] = bench_catalogue.catalogue(
+            args.rounds, os.cpu_count() or 2, cache_dir=str(cache.root), payload51=True)
     for mb in args.scale_mb:
         print(f"… scale {mb} MB", file=sys.stderr, flush=True)
         results.setdefault("scaling", {})[str(mb)] = scale(work, mb, cache, args.rounds, env,
@@ -295,7 +359,114 @@ def full(args) -> dict:
     return results
 
 
-def scale(work: Path, mb: int, cache: Cache, rounds: int, env: dict, erofs: bool = False) -> dict:
+# --- where the package phase's time goes (one extra run per image kind, not timed) ------------
+
+#: (module, attribute, label): functions timed in a profiled build, exclusive of what they call
+#: of each other (a tool run inside ``format_hash`` counts as the tool, not as verity Python).
+#: ``tools.run`` is labelled by the tool it runs.
+WRAPPED = [
+    ("pipeline.tools", "run", None),
+    ("pipeline.stages.package", "pack", "pack (Python)"),
+    ("pipeline.image.ddi.verity", "format_hash", "verity (Python)"),
+    ("pipeline.image.ddi.signature", "sign_root_hash", "sign"),
+    ("pipeline.image.ddi.assemble", "_block_aligned", "DDI pad copy"),
+    ("pipeline.image.ddi.assemble", "describe", "DDI read back"),
+    ("pipeline.stages.manifest", "file_entries", "manifest"),
+    ("pipeline.stages.manifest", "tree_digest", "manifest"),
+    ("pipeline.stages.build", "hash_file", "image sha256"),
+    ("pipeline.release.provenance", "write_companions", "SBOM + provenance"),
+    ("pipeline.stages.build", "_publish", "publish"),
+]
+
+
+def profile_run(out_json: str, argv: list[str]) -> int:
+    """Run ``sysext-pipeline ARGV`` in this process with the functions of WRAPPED timed (only
+    what the call does itself: a wrapped function called inside another counts as its own);
+    write {label: seconds} and the names not found to ``out_json``."""
+    import functools
+    import importlib
+
+    began = time.monotonic()  # the interpreter's own start (bare python) comes before this
+    spent: dict[str, float] = {}
+    stack: list[list] = []  # [label, start, seconds spent in wrapped callees]
+    missing = []
+    marks: dict[str, float] = {}
+
+    def tool_label(a, kw) -> str:
+        name = Path(str(a[0])).name
+        if name == "unshare":  # a tool run in a mount namespace of its own (sorted_tree)
+            inner = [Path(str(x)).name for x in a[1]]
+            name = next((f"{n} (in a mount namespace)" for n in ("mkfs.erofs", "mksquashfs")
+                         if n in inner), f"unshare ({kw.get('what')})")
+        return f"tool {name}"
+
+    def wrap(fn, label):
+        @functools.wraps(fn)
+        def timed_call(*a, **kw):
+            name = label or tool_label(a, kw)
+            stack.append([name, time.monotonic(), 0.0])
+            try:
+                return fn(*a, **kw)
+            finally:
+                name, start, inner = stack.pop()
+                took = time.monotonic() - start
+                spent[name] = spent.get(name, 0.0) + took - inner
+                if stack:
+                    stack[-1][2] += took
+        return timed_call
+
+    for module, attr, label in WRAPPED:
+        try:
+            mod = importlib.import_module(module)
+            setattr(mod, attr, wrap(getattr(mod, attr), label))
+        except (ImportError, AttributeError):
+            missing.append(f"{module}.{attr}")
+    try:
+        log_class = importlib.import_module("pipeline.stages.build").Log
+        log_init, log_stage = log_class.__init__, log_class.stage
+
+        def init(self, *a, **kw):
+            marks.setdefault("log", time.monotonic())
+            log_init(self, *a, **kw)
+
+        def stage(self, *a, **kw):
+            log_stage(self, *a, **kw)
+            marks["last stage"] = time.monotonic()
+
+        log_class.__init__, log_class.stage = init, stage
+    except (ImportError, AttributeError):
+        missing.append("pipeline.stages.build.Log")
+    from pipeline.commands.cli import main as cli_main
+
+    code = cli_main(argv)
+    end = time.monotonic()
+    outside = {}
+    if "log" in marks and "last stage" in marks:  # the wrapped modules' imports count as before
+        outside["before the first stage (imports, CLI, recipe)"] = marks["log"] - began
+        outside["after the last stage (warnings, JSON)"] = end - marks["last stage"]
+    Path(out_json).write_text(json.dumps({"seconds": {k: round(v, 3) for k, v in spent.items()},
+                                          "outside": {k: round(v, 3) for k, v in outside.items()},
+                                          "not_found": missing}))
+    return code
+
+
+def profile(cmd: list[str], env: dict) -> dict:
+    """One build of ``cmd`` (``python -m pipeline build … --json``) through profile_run: its
+    package phase split into the tools it runs, signing, manifest, SBOM, publishing and the
+    rest (Python not in a wrapped function)."""
+    with tempfile.NamedTemporaryFile(suffix=".json") as fh:
+        argv = cmd[cmd.index("pipeline") + 1:]
+        _, out = timed_output([sys.executable, __file__, "--profile-run", fh.name, *argv], env)
+        found = json.loads(Path(fh.name).read_text())
+    timings = json.loads(out)["timings"]
+    split = dict(sorted(found["seconds"].items(), key=lambda kv: -kv[1]))
+    rest = timings.get("package", 0.0) - sum(split.values())
+    return {"package": timings.get("package"), "split": split,
+            "other Python": round(rest, 3), "outside stages": found["outside"],
+            "not_found": found["not_found"]}
+
+
+def scale(work: Path, mb: int, cache, rounds: int, env: dict, erofs: bool = False) -> dict:
     """A synthetic payload of ``mb`` MB in generated packages (half text-like, half random),
     squashfs zstd 3 against the plain tools, plus peak memory of both; with ``erofs``, also the
     peak memory (tree RSS + tmpfs) of our erofs build of it (target 5: every format)."""
@@ -399,7 +570,16 @@ def targets(results: dict) -> list[str]:
                      f"{verdict}")
     else:
         lines.append("6 linear cost: not measured (--scale-mb 100,1000)")
-    lines.append("7 catalogue build: not measured (build takes one recipe; no -j yet)")
+    cat = results.get("catalogue")
+    if cat is None:
+        lines.append("7 catalogue build: not measured (--skip catalogue)")
+    else:
+        got, limit = cat["ratio_median"], cat["target"]
+        verdict = "met" if got <= limit else f"missed by {got - limit:.2f}×"
+        lines.append(f"7 catalogue build ({cat['recipes']} recipes of the payload, -j "
+                     f"{cat['jobs']}): {cat['catalogue_s']['median']:.2f} s vs "
+                     f"{cat['separate_s']['median']:.2f} s separately = {got:.2f}× (target ≤ "
+                     f"{limit}×) — {verdict}")
     return lines
 
 
@@ -429,8 +609,71 @@ def markdown(results: dict, lines: list[str]) -> str:
             erofs = value["memory_mib"]["ours erofs"]
             out.append(f"| scale {mb} MB erofs (ours only) | | {erofs['total']} "
                        f"(RSS {erofs['rss']}, tmpfs {erofs['shm']}) |")
+    cat = results.get("catalogue")
+    if cat:
+        out += ["", f"| catalogue: {cat['recipes']} recipes of the payload | separate builds, "
+                f"summed | one build -j {cat['jobs']} | ratio (median) |", "|---|---|---|---|",
+                f"| wall min / median s | {cat['separate_s']['min']:.2f} / "
+                f"{cat['separate_s']['median']:.2f} | {cat['catalogue_s']['min']:.2f} / "
+                f"{cat['catalogue_s']['median']:.2f} | {cat['ratio_median']:.2f}× |",
+                f"| CPU s (user + sys) per round | {cat['cpu_s_per_round']['separate']:.2f} | "
+                f"{cat['cpu_s_per_round']['catalogue']:.2f} | |"]
+    out += where_time_goes(results)
     out += ["", "## Targets", ""] + [f"- {line}" for line in lines]
     return "\n".join(out) + "\n"
+
+
+#: Phase columns of the profile table: the build's own stages, the plain script's phases
+#: mapped onto them (dpkg-deb -x is extract, touch is normalize, the file system tool,
+#: veritysetup and openssl are package).
+PHASES = ["outside", "fetch", "extract", "layout", "normalize", "package"]
+PLAIN_AS = {"setup": "outside", "pack": "package", "verity": "package", "sign": "package"}
+
+
+def where_time_goes(results: dict) -> list[str]:
+    """The profile: per image kind, each side's median phase seconds, and the package phase
+    split (one profiled build) next to the plain side's pack / verity / sign."""
+    rows = ["", "## Where the time goes (median seconds per phase)", "",
+            "outside: ours is the wall time outside the build's own stages (interpreter, "
+            "imports, CLI before the first; warnings, JSON, exit after the last: split in the "
+            "second table); the plain side's is starting bash and `rm -rf` of the last round. "
+            "fetch is signer, lock and the cache check (every package's sha256); extract "
+            "includes the staging writer, normalize the times; package is everything after "
+            "(file system tool, verity, signing, manifest, SBOM, publishing).", "",
+            "| image | side | " + " | ".join(PHASES) + " | total |",
+            "|---|---|" + "---|" * (len(PHASES) + 1)]
+    for image, value in results["times"].items():
+        phases = value.get("phases") if isinstance(value, dict) else None
+        if not phases:
+            continue
+        plain: dict[str, float] = {}
+        for name, took in phases["plain"].items():
+            key = PLAIN_AS.get(name, name)
+            plain[key] = plain.get(key, 0.0) + took
+        for side, got in (("plain", plain), ("ours", phases["ours"])):
+            cells = [f"{got[n]:.2f}" if n in got else "—" for n in PHASES]
+            rows.append(f"| {image} | {side} | " + " | ".join(cells) +
+                        f" | {value[side]['median']:.2f} |")
+    prof = results.get("package_profile", {})
+    if prof:
+        rows += ["", "Our package phase, split (one profiled build each; Python time inside the "
+                 "named functions, tools by name), next to the plain side's:", "",
+                 "| image | ours: package s | split | plain: pack / verity / sign s | "
+                 "ours: outside the stages |",
+                 "|---|---|---|---|---|"]
+        for image, got in prof.items():
+            split = ", ".join(f"{k} {v:.2f}" for k, v in got["split"].items() if v >= 0.005)
+            split += f", other Python {got['other Python']:.2f}"
+            plain = results["times"].get(image, {}).get("phases", {}).get("plain", {})
+            plain_cells = " / ".join(f"{plain[k]:.2f}" if k in plain else "—"
+                                     for k in ("pack", "verity", "sign"))
+            outside = ", ".join(f"{k} {v:.2f}" for k, v in got["outside stages"].items())
+            rows.append(f"| {image} | {got['package']:.2f} | {split} | {plain_cells} | "
+                        f"{outside} |")
+        missing = sorted({n for got in prof.values() for n in got["not_found"]})
+        if missing:
+            rows += ["", f"Not found to time (renamed?): {', '.join(missing)}"]
+    return rows
 
 
 # --- quick mode: the example recipe, as before -------------------------------------------------
@@ -463,6 +706,9 @@ def baseline_script(debs: list[Path], recipe, epoch: int, work: Path) -> list[st
 
 
 def quick(args) -> int:
+    from pipeline import recipe as recipe_mod
+    from pipeline.sources.fetch import Cache, default_cache_dir, fetch_all
+
     recipe = recipe_mod.load(args.recipe)
     cache = Cache(default_cache_dir(args.cache_dir))
     fetched = fetch_all(recipe.sources, cache)  # warm the cache outside the measurement
@@ -506,10 +752,15 @@ def main() -> int:
                         help="interleaved rounds (default 5; --quick: 3)")
     parser.add_argument("--cache-dir", help="package cache (default: the build's default)")
     parser.add_argument("--scale-mb", type=lambda s: [int(x) for x in s.split(",") if x],
-                        default=[], help="synthetic payload sizes, e.g. 100,500,1000")
+                        default=[100, 500, 1000],
+                        help="synthetic payload sizes (default 100,500,1000; '' for none)")
     parser.add_argument("--skip", type=lambda s: s.split(","), default=[],
-                        help=f"image kinds to leave out ({', '.join(IMAGES)})")
+                        help=f"parts to leave out ({', '.join(IMAGES)}, catalogue, scale)")
+    if sys.argv[1:2] == ["--profile-run"]:  # profile(): one build with its phases split
+        return profile_run(sys.argv[2], sys.argv[3:])
     args = parser.parse_args()
+    if "scale" in args.skip:
+        args.scale_mb = []
     if args.quick:
         args.rounds = args.rounds or 3
         return quick(args)

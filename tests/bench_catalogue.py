@@ -38,7 +38,8 @@ RECIPES = 6
 
 
 def _env() -> dict:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    """As tests/bench.py runs our side: byte code cached (in bench/pycache), not recompiled."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONPYCACHEPREFIX=str(REPO / "bench/pycache"))
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     return env
 
