@@ -66,10 +66,13 @@ def cmd_build(args) -> int:
 
 
 def _check_recipe(recipe, unsigned: bool, offline: bool = False) -> None:
-    """What one recipe's build needs before anything is fetched: its tools and signing key."""
+    """What one recipe's build needs before anything is fetched: root for a directory image,
+    its tools and signing key."""
     from .. import tools  # a missing or too-old tool: one line before anything is fetched
     from ..errors import InputError
+    from ..stages.package import refuse_unowned_directory
 
+    refuse_unowned_directory(recipe.format, os.geteuid() == 0)  # as stages/build.py decides
     tools.preflight("build", tools.build_features(recipe.format, recipe.filesystem,
                                                   recipe.verity)
                     | clikit.source_features(recipe.sources, offline=offline))

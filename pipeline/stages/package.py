@@ -43,6 +43,17 @@ class Packed:
     digest: tuple[str, int] | None = None
 
 
+def refuse_unowned_directory(format: str, owner_ids: bool) -> None:
+    """A directory image is its staging tree on disk: without root (``owner_ids`` False) its
+    files would belong to the builder, not to the owners its manifest records. Checked by the
+    build command before anything is fetched (pipeline/commands/build.py) and again at
+    packing."""
+    if format == "directory" and not owner_ids:
+        raise InputError("image.format", f"a directory image built without root holds "
+                         f"uid {os.geteuid()}'s owners, not the ones its manifest records",
+                         "build it as root, or use squashfs (which records the owners)")
+
+
 def pack(recipe: Recipe, tree: StagingTree, tmp_output: Path, epoch: int, seed: bytes, *,
          arch: str | None = None, signer=None, tick=None) -> Packed:
     """Write the image for ``recipe.format`` to ``tmp_output`` (same directory as the final).
@@ -52,10 +63,7 @@ def pack(recipe: Recipe, tree: StagingTree, tmp_output: Path, epoch: int, seed: 
     while the file system tool runs.
     """
     if recipe.format == "directory":
-        if not tree.owner_ids:  # the tree on disk is the image: its owners would be ours
-            raise InputError("image.format", f"a directory image built without root holds "
-                             f"uid {os.geteuid()}'s owners, not the ones its manifest records",
-                             "build it as root, or use squashfs (which records the owners)")
+        refuse_unowned_directory(recipe.format, tree.owner_ids)  # the last guard
         tree.close()
         os.rename(tree.root, tmp_output)  # the staging tree *is* the image
         return Packed(tmp_output, {})
