@@ -13,7 +13,7 @@ import pytest
 from conftest import run_cli, write_recipe
 from pkgfactory import build_deb, config, file, hardlink, symlink
 
-from pipeline.commands.plan import MAX_LISTING
+from pipeline.commands.plan import LISTING_VERSION, MAX_LISTING
 
 FILES = [
     file("/usr/bin/tool", b"#!/bin/sh\necho tool\n", 0o755),
@@ -46,7 +46,7 @@ deb = "{deb}"
 """)
     cache = tmp_path / "cache"
     sha = hashlib.sha256(deb.read_bytes()).hexdigest()
-    return recipe, cache, cache / "lists" / sha[:2] / f"{sha}.v1.json"
+    return recipe, cache, cache / "lists" / sha[:2] / f"{sha}.v{LISTING_VERSION}.json"
 
 
 def plan(recipe: Path, cache: Path) -> str:

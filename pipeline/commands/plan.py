@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ..errors import BuildError
 from ..formats import entry as E
-from ..formats.compression import DEFAULT_RATIO, RATIO_FLOOR, Limits
+from ..formats.compression import DEFAULT_RATIO, RATIO_FLOOR, Limits, read_upto
 from ..sources import kinds
 from ..sources.fetch import Cache, Fetched, default_cache_dir, fetch_one
 from ..stages import layout, pitfalls
@@ -70,8 +70,9 @@ def make_plan(recipe, cache: Cache) -> dict:
 
 class _PlanTree(RecordingTree):
     """The recording tree, also keeping what the pitfalls read of a file's content: a
-    sysusers.d file the recipe writes ([files]), so that plan judges maintainer scripts' users
-    as build does (a package's own files are listed, never read: their content is unknown)."""
+    sysusers.d file the recipe writes ([files]) or a package ships (read and kept in the
+    package's list, :data:`SYSUSERS`), so that plan judges maintainer scripts' users as build
+    does (a package's other files are listed, never read: their content is unknown)."""
 
     KEEP = re.compile(r"usr/lib/sysusers\.d/[^/]+\.conf")
 
@@ -102,14 +103,19 @@ class _PlanTree(RecordingTree):
 # (and the list written anew). The entries replayed are the ones the archive reader yielded, so
 # the build's own extract code judges them exactly as on a real read.
 
-#: Bump when what a list holds, or how the readers report entries, changes.
-LISTING_VERSION = 1
+#: Bump when what a list holds, or how the readers report entries, changes (2: ``kept``).
+LISTING_VERSION = 2
 LISTING_FORMAT = "sysext-pipeline file list"
 #: Largest list written or read: 32 MiB, about 200,000 entries (Debian's largest packages hold
 #: about 50,000) and a few hundred MiB of Python objects at most; a package whose list would be
 #: larger is decompressed each time instead.
 MAX_LISTING = 32 << 20
 _ENTRY_FIELDS = 13
+#: The files of a package whose content a list keeps (``kept``: entry index → hex, each at most
+#: pitfalls.MAX_SCRIPT bytes): sysusers.d files, which decide whether the maintainer scripts'
+#: users are made (pitfalls.sysusers_names; build reads them from its staging tree). Matched
+#: loosely on the archive's path; _PlanTree keeps only what lands at its exact path.
+SYSUSERS = re.compile(r"(?:^|/)(?:usr/)?lib/sysusers\.d/[^/]+\.conf$")
 
 
 def listing_path(cache: Cache, sha256: str) -> Path:
@@ -147,12 +153,17 @@ class _Replay:
     def entries(self):
         if self._limits is not None:
             self._limits.spend(self._data["spent"], self.item.filename)
-        for (path, kind, mode, uid, gid, uname, gname, mtime, size, target, xattrs, member,
-             rdev) in self._data["entries"]:
+        kept = self._data["kept"]
+        for index, (path, kind, mode, uid, gid, uname, gname, mtime, size, target, xattrs,
+                    member, rdev) in enumerate(self._data["entries"]):
+            data = None
+            if kind == E.FILE:
+                content = kept.get(str(index))
+                data = _Zeros(size) if content is None else io.BytesIO(bytes.fromhex(content))
             yield E.Entry(path=path, kind=kind, mode=mode, uid=uid, gid=gid, uname=uname,
                           gname=gname, mtime=mtime, size=size, target=target,
                           xattrs={k: bytes.fromhex(v) for k, v in xattrs.items()},
-                          data=_Zeros(size) if kind == E.FILE else None, member=member,
+                          data=data, member=member,
                           rdev=tuple(rdev) if rdev is not None else None)
 
     def close(self) -> None:
@@ -197,8 +208,13 @@ class _Recording:
         self.info = self._package.info
 
     def entries(self):
-        noted = []
+        noted, kept = [], {}
         for entry in self._package.entries():
+            if entry.kind == E.FILE and entry.size <= pitfalls.MAX_SCRIPT and \
+                    SYSUSERS.search(entry.path):  # read as extract reads a copyright file
+                content = read_upto(entry.data, entry.size)
+                entry.data = io.BytesIO(content)
+                kept[str(len(noted))] = content.hex()
             noted.append([entry.path, entry.kind, entry.mode, entry.uid, entry.gid, entry.uname,
                           entry.gname, entry.mtime, entry.size, entry.target,
                           {k: bytes(v).hex() for k, v in entry.xattrs.items()}, entry.member,
@@ -217,7 +233,7 @@ class _Recording:
             "info": {"name": info.name, "version": info.version,
                      "architecture": info.architecture, "format": info.format,
                      "config_files": list(info.config_files), "scripts": list(info.scripts)},
-            "entries": noted})
+            "entries": noted, "kept": kept})
 
     def close(self) -> None:
         self._package.close()
@@ -316,6 +332,17 @@ def _valid_listing(data, item) -> dict | None:
                     for k, v in xattrs.items()) and
                 (rdev is None or (isinstance(rdev, list) and len(rdev) == 2 and
                                   all(count(n) for n in rdev)))):
+            return None
+    kept = data["kept"]
+    if not isinstance(kept, dict):
+        return None
+    for key, content in kept.items():
+        if not (key.isascii() and key.isdigit() and int(key) < len(entries)):
+            return None
+        row = entries[int(key)]
+        if not (row[1] == E.FILE and row[8] <= pitfalls.MAX_SCRIPT and isinstance(content, str)
+                and len(content) == 2 * row[8] and SYSUSERS.search(row[0]) and
+                re.fullmatch(r"(?:[0-9a-f]{2})*", content)):
             return None
     data["info"] = E.PackageInfo(info["name"], info["version"], info["architecture"],
                                  info["format"], tuple(info["config_files"]),
