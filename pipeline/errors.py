@@ -168,6 +168,10 @@ CATALOGUE: tuple[Problem, ...] = (
             "every path was dropped or excluded, or there was nothing to extract",
             "`sysext-pipeline plan RECIPE` lists what is dropped and why; fix the sources, "
             "filter.exclude or the kind, or set policy.empty = \"allow\"", INPUT),
+    Problem("directory-needs-root", "a directory image built without root holds",
+            "a `format = \"directory\"` image is its files on disk, and only root can give them "
+            "the owners the manifest records (refused before anything is fetched)",
+            "build as root, or use `format = \"squashfs\"` (which records the owners)", INPUT),
 )
 
 
