@@ -362,11 +362,11 @@ def full(args) -> dict:
 # --- where the package phase's time goes (one extra run per image kind, not timed) ------------
 
 #: (module, attribute, label): functions timed in a profiled build, exclusive of what they call
-#: of each other (a tool run inside ``format_hash`` counts as the tool, not as verity Python).
-#: ``tools.run`` is labelled by the tool it runs.
+#: of each other (a tool run inside ``format_hash`` counts as the tool, not as verity Python);
+#: each patched where the build looks it up. ``tools.run`` is labelled by the tool it runs.
 WRAPPED = [
     ("pipeline.tools", "run", None),
-    ("pipeline.stages.package", "pack", "pack (Python)"),
+    ("pipeline.stages.build", "pack", "pack (Python)"),
     ("pipeline.image.ddi.verity", "format_hash", "verity (Python)"),
     ("pipeline.image.ddi.signature", "sign_root_hash", "sign"),
     ("pipeline.image.ddi.assemble", "_block_aligned", "DDI pad copy"),
@@ -376,18 +376,24 @@ WRAPPED = [
     ("pipeline.stages.build", "hash_file", "image sha256"),
     ("pipeline.release.provenance", "write_companions", "SBOM + provenance"),
     ("pipeline.stages.build", "_publish", "publish"),
+    ("pipeline.formats.elf", "mismatches", "ELF architecture check"),
+    ("pipeline.commands.clikit", "emit", "JSON output"),
 ]
+AFTER = "after the last stage"
 
 
 def profile_run(out_json: str, argv: list[str]) -> int:
     """Run ``sysext-pipeline ARGV`` in this process with the functions of WRAPPED timed (only
-    what the call does itself: a wrapped function called inside another counts as its own);
-    write {label: seconds} and the names not found to ``out_json``."""
+    what a call does itself: a wrapped function called inside another counts as its own), each
+    call counted in the build stage it ran in (``Log.stage`` ends a stage); write {stage:
+    {label: seconds}}, the time before the first stage and after the last, and the names not
+    found to ``out_json``."""
     import functools
     import importlib
 
     began = time.monotonic()  # the interpreter's own start (bare python) comes before this
-    spent: dict[str, float] = {}
+    stages: list[str] = []  # the stages ended so far (a call is in stage len(stages))
+    spent: dict[tuple[int, str], float] = {}
     stack: list[list] = []  # [label, start, seconds spent in wrapped callees]
     missing = []
     marks: dict[str, float] = {}
@@ -410,7 +416,8 @@ def profile_run(out_json: str, argv: list[str]) -> int:
             finally:
                 name, start, inner = stack.pop()
                 took = time.monotonic() - start
-                spent[name] = spent.get(name, 0.0) + took - inner
+                key = (len(stages), name)
+                spent[key] = spent.get(key, 0.0) + took - inner
                 if stack:
                     stack[-1][2] += took
         return timed_call
@@ -429,8 +436,9 @@ def profile_run(out_json: str, argv: list[str]) -> int:
             marks.setdefault("log", time.monotonic())
             log_init(self, *a, **kw)
 
-        def stage(self, *a, **kw):
-            log_stage(self, *a, **kw)
+        def stage(self, name, *a, **kw):
+            log_stage(self, name, *a, **kw)
+            stages.append(name)
             marks["last stage"] = time.monotonic()
 
         log_class.__init__, log_class.stage = init, stage
@@ -440,12 +448,16 @@ def profile_run(out_json: str, argv: list[str]) -> int:
 
     code = cli_main(argv)
     end = time.monotonic()
+    by_stage: dict[str, dict[str, float]] = {}
+    for (index, label), took in spent.items():
+        name = stages[index] if index < len(stages) else AFTER
+        by_stage.setdefault(name, {})
+        by_stage[name][label] = round(by_stage[name].get(label, 0.0) + took, 3)
     outside = {}
     if "log" in marks and "last stage" in marks:  # the wrapped modules' imports count as before
-        outside["before the first stage (imports, CLI, recipe)"] = marks["log"] - began
-        outside["after the last stage (warnings, JSON)"] = end - marks["last stage"]
-    Path(out_json).write_text(json.dumps({"seconds": {k: round(v, 3) for k, v in spent.items()},
-                                          "outside": {k: round(v, 3) for k, v in outside.items()},
+        outside["before the first stage (imports, CLI, recipe)"] = round(marks["log"] - began, 3)
+        outside[f"{AFTER} (warnings, JSON)"] = round(end - marks["last stage"], 3)
+    Path(out_json).write_text(json.dumps({"stages": by_stage, "outside": outside,
                                           "not_found": missing}))
     return code
 
@@ -453,16 +465,20 @@ def profile_run(out_json: str, argv: list[str]) -> int:
 def profile(cmd: list[str], env: dict) -> dict:
     """One build of ``cmd`` (``python -m pipeline build … --json``) through profile_run: its
     package phase split into the tools it runs, signing, manifest, SBOM, publishing and the
-    rest (Python not in a wrapped function)."""
+    rest (Python not in a wrapped function); the time outside the stages, and what of it the
+    wrapped functions took after the last stage."""
     with tempfile.NamedTemporaryFile(suffix=".json") as fh:
         argv = cmd[cmd.index("pipeline") + 1:]
         _, out = timed_output([sys.executable, __file__, "--profile-run", fh.name, *argv], env)
         found = json.loads(Path(fh.name).read_text())
     timings = json.loads(out)["timings"]
-    split = dict(sorted(found["seconds"].items(), key=lambda kv: -kv[1]))
+    split = found["stages"].get("package", {})
+    split = dict(sorted(split.items(), key=lambda kv: -kv[1]))
     rest = timings.get("package", 0.0) - sum(split.values())
+    after = found["stages"].get(AFTER, {})
     return {"package": timings.get("package"), "split": split,
             "other Python": round(rest, 3), "outside stages": found["outside"],
+            "after the last stage": dict(sorted(after.items(), key=lambda kv: -kv[1])),
             "not_found": found["not_found"]}
 
 
@@ -668,6 +684,9 @@ def where_time_goes(results: dict) -> list[str]:
             plain_cells = " / ".join(f"{plain[k]:.2f}" if k in plain else "—"
                                      for k in ("pack", "verity", "sign"))
             outside = ", ".join(f"{k} {v:.2f}" for k, v in got["outside stages"].items())
+            if got["after the last stage"]:
+                outside += " (of which " + ", ".join(
+                    f"{k} {v:.2f}" for k, v in got["after the last stage"].items()) + ")"
             rows.append(f"| {image} | {got['package']:.2f} | {split} | {plain_cells} | "
                         f"{outside} |")
         missing = sorted({n for got in prof.values() for n in got["not_found"]})
