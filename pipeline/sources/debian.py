@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import datetime
-import email.utils
 import re
 import tempfile
 from collections.abc import Iterator
@@ -258,6 +257,8 @@ def check_release_identity(release: Release, suite: str, where: str,
                          "check the mirror, or set suite to what it really is")
     valid_until = fields.get("Valid-Until")
     if valid_until and not snapshot:
+        import email.utils  # here, not at the top: a build from a fresh lock never needs it
+
         try:
             until = email.utils.parsedate_to_datetime(valid_until)
         except (TypeError, ValueError):

@@ -11,18 +11,13 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import http.client
 import os
 import re
 import shutil
-import socket
 import stat
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -538,6 +533,14 @@ def http_download(url: str, dest: Path, progress=None, attempts: int | None = No
     is cut off (TooLarge, not retried), and an announced size that does not fit the free space
     of ``dest``'s directory is an error naming it. Nothing is hashed after it filled the disk.
     """
+    # only a download needs them (http.client, ssl, email.*: ~15 ms of imports a build whose
+    # packages are all cached does not pay)
+    import http.client
+    import socket
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
     attempts = attempts or ATTEMPTS
     wait = timeout()
     split = urllib.parse.urlsplit(url)

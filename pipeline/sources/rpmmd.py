@@ -16,7 +16,6 @@ error names them.
 from __future__ import annotations
 
 import re
-import xml.etree.ElementTree as ET
 from typing import BinaryIO
 
 from ..errors import InputError
@@ -170,6 +169,8 @@ def rich_requirement(text: str) -> tuple[list[tuple[Atom, ...]], list[Conditiona
 
 def parse_repomd(data: bytes, where: str) -> dict[str, dict]:
     """repomd.xml → {type: {"href", "sha256", "size"}} plus "revision" under key ""."""
+    import xml.etree.ElementTree as ET  # only when rpm metadata is read (lock), not per build
+
     try:
         root = ET.fromstring(data)
     except ET.ParseError as exc:
@@ -204,6 +205,8 @@ def _atom(entry) -> Atom:
 
 def parse_primary(stream: BinaryIO, repo: str, where: str) -> list[Package]:
     """Stream primary.xml (already decompressed) into Packages; memory stays per-package."""
+    import xml.etree.ElementTree as ET
+
     result = []
     try:
         for _event, elem in ET.iterparse(stream, events=("end",)):
