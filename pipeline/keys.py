@@ -45,7 +45,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
-from .errors import BuildError, InputError
+from .errors import InputError
 
 DEFAULT_SUBJECT = "CN=sysext-pipeline release signing"
 DEFAULT_DAYS = 3650
@@ -70,41 +70,64 @@ class KeyCheck:
     """The full validation of a key, running in a child process from the moment this is made;
     ``wait`` gives its verdict (every call the same one). Thread-safe. A daemon thread feeds the
     key to the child and reaps it, so a check nobody waits for (a build that failed earlier)
-    leaves no zombie and no open pipe behind."""
+    leaves no zombie and no open pipe behind. Should the child not run or not answer (no
+    interpreter at ``sys.executable``, cryptography importable only by this process), the same
+    check runs here instead: slower, never skipped."""
 
     def __init__(self, key, where: str):
         self._where = where
-        self._result: tuple[int, bytes, bytes] = (-1, b"", b"no verdict")
-        der = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
-        # -I: neither PYTHON* variables nor the current directory shape what the check imports
-        proc = subprocess.Popen(
-            [sys.executable, "-I", "-c", _CHECK], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, close_fds=True)
-        self._thread = threading.Thread(target=self._run, args=(proc, der), daemon=True,
+        self._lock = threading.Lock()
+        self._verdict: InputError | None | bool = False  # False: not known yet
+        self._result: tuple[int, bytes] = (-1, b"")
+        self._der = key.private_bytes(serialization.Encoding.DER,
+                                      serialization.PrivateFormat.PKCS8,
+                                      serialization.NoEncryption())
+        # -P (-I before 3.11): the current directory does not shadow what the check imports
+        flag = "-P" if sys.version_info >= (3, 11) else "-I"
+        self._thread: threading.Thread | None = None
+        try:
+            proc = subprocess.Popen([sys.executable or "python3", flag, "-c", _CHECK],
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    stderr=subprocess.DEVNULL, close_fds=True)
+        except OSError:
+            return  # wait() checks here
+        self._thread = threading.Thread(target=self._run, args=(proc,), daemon=True,
                                         name="key-check")
         self._thread.start()
 
-    def _run(self, proc: subprocess.Popen, der: bytes) -> None:
+    def _run(self, proc: subprocess.Popen) -> None:
         try:
-            out, err = proc.communicate(der)
-        except OSError as exc:  # the child died before reading: its exit status says why
+            out, _ = proc.communicate(self._der)
+        except OSError:  # the child died before reading all of it: no verdict from it
+            proc.kill()
             proc.wait()
-            out, err = b"", str(exc).encode()
-        self._result = proc.returncode, out, err
+            return
+        self._result = proc.returncode, out
 
     def wait(self) -> None:
         """Return once the key passed; raise InputError naming the key file if it did not."""
-        self._thread.join()
-        code, out, err = self._result
+        with self._lock:
+            if self._verdict is False:
+                self._verdict = self._decide()
+        if self._verdict is not None:
+            raise self._verdict
+
+    def _decide(self) -> InputError | None:
+        if self._thread is not None:
+            self._thread.join()
+        code, out = self._result
+        if code == 0:
+            return None
         if code == 3:
             reason = out.decode(errors="replace").strip() or "invalid key"
-            raise InputError(self._where, f"RSA private key fails validation ({reason}: p, q, d "
-                             "or the CRT values do not fit together)", "use an intact key")
-        if code != 0:
-            last = (err.decode(errors="replace").strip().splitlines() or [""])[-1]
-            raise BuildError(self._where, f"the key's validation could not run (exit {code}"
-                             + (f": {last}" if last else "") + ")")
+        else:  # the child could not check: the same check, in this process
+            try:
+                serialization.load_der_private_key(self._der, None)
+                return None
+            except ValueError as err:
+                reason = str(err) or "invalid key"
+        return InputError(self._where, f"RSA private key fails validation ({reason}: p, q, d or "
+                          "the CRT values do not fit together)", "use an intact key")
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import sys
 from pathlib import Path
 
 import pytest
@@ -180,3 +181,17 @@ def test_sign_refuses_an_invalid_key_and_a_passphrase_key_signs(packages, pairs,
                  "--passphrase-file", str(passfile))
     assert ok.returncode == 0, ok.stderr
     assert (out / "hello.roothash.p7s").is_file()
+
+
+@pytest.mark.parametrize("interpreter", ["/nonexistent/python3", "/bin/false"])
+def test_without_a_working_child_the_check_runs_here(pairs, monkeypatch, interpreter):
+    """No interpreter at sys.executable (an embedded or frozen Python), or one that answers
+    nothing: the same validation runs in this process — never skipped."""
+    monkeypatch.setattr(sys, "executable", interpreter)
+    good = keys.load_signer(*pairs["good"])
+    good.verify()
+    bad = keys.load_signer(*pairs["wrong-d"])
+    with pytest.raises(InputError, match="RSA private key fails validation"):
+        bad.verify()
+    with pytest.raises(InputError, match="RSA private key fails validation"):
+        bad.key  # noqa: B018 - the property is the point
