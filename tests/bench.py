@@ -12,15 +12,22 @@ sides alike), min and median wall time of each side and their ratio:
   ``openssl cms -sign``);
 - a no-op rebuild (up to date), ``plan`` on the cached recipe, ``--version``/``--help`` startup;
 - peak memory of the whole process tree (sum of RSS over every process, sampled, plus what the
-  build put on /dev/shm), per format;
-- with ``--scale-mb 100,500,1000``: a synthetic payload of generated packages of that size,
-  squashfs zstd 3, for the ratio's growth.
+  build put on /dev/shm), per format (not in a timed round: sampling costs CPU);
+- where the time goes: each side's median seconds per phase in the timed rounds (the plain
+  script's ``@phase`` marks; the build's own ``timings`` from ``build --json``, and the wall
+  time outside them), and one more build per image kind, profiled (``--profile-run``: named
+  functions and tools timed in-process), that splits our package phase;
+- the catalogue (target 7): tests/bench_catalogue.py's six recipes of the payload in one
+  ``build -j`` (the cores) vs the sum of their separate builds;
+- ``--scale-mb`` (default 100,500,1000 MB unpacked): a synthetic payload of generated packages
+  of that size, squashfs zstd 3, for the ratio's growth (target 6) and memory (target 5).
 
-It writes ``bench/results.json`` and ``bench/results.md`` and prints one line per target with
-"met" or the distance. ``--quick`` is the old 9-package comparison (the example recipe, one
-squashfs build, best of N).
+It writes ``bench/results.json`` and ``bench/results.md`` (and ``results.partial.json`` after
+each part) and prints one line per target with "met" or the distance. ``--skip`` leaves parts
+out (image kinds, ``catalogue``, ``scale``). ``--quick`` is the old 9-package comparison (the
+example recipe, one squashfs build, best of N).
 
-    nox -s bench [-- --rounds 5] [-- --quick]
+    nox -s bench [-- --rounds 5] [-- --skip scale,catalogue] [-- --quick]
 """
 
 from __future__ import annotations
