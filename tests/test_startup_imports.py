@@ -1,7 +1,7 @@
 """A build whose packages are all cached imports nothing it does not use (issue 14, fixed costs
 before extraction): the HTTP client (http.client, ssl, urllib.request, email.*) is imported by a
-download only, rpm metadata's XML parser by ``lock`` only. Checked in a fresh interpreter, on
-the modules a build imports and on a real build of a local package."""
+download only; rpm metadata's XML parser and the solver by ``lock`` only. Checked in a fresh
+interpreter, on the modules a build imports and on a real build of a local package."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from recipes_kit import REPO, cli_env, hello_recipe, write_recipe_dict
 
 #: what only a download (sources/fetch.py http_download) or `lock` (rpm metadata) needs
 NOT_FOR_A_CACHED_BUILD = ("http.client", "ssl", "urllib.request", "email.utils",
-                          "email.parser", "xml.etree.ElementTree")
+                          "email.parser", "xml.etree.ElementTree", "pipeline.sources.solver")
 
 
 def _modules_after(code: str) -> set[str]:

@@ -22,13 +22,16 @@ import urllib.parse
 from dataclasses import asdict
 from functools import cmp_to_key
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import InputError, PipelineError
 from ..recipe import Recipe, Source
 from . import debian, kinds, metadata, rpmmd
 from .fetch import Cache, LockedSource
 from .model import Atom
-from .solver import Base, Family, Index, resolve
+
+if TYPE_CHECKING:  # the solver is loaded by `lock` only, not by every build reading a lock
+    from .solver import Base, Family, Index
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -166,6 +169,8 @@ def expand_sources(recipe: Recipe, *, offline: bool = False) -> list[Source]:
 
 
 def _family(recipe: Recipe) -> Family:
+    from .solver import Family
+
     types = {r.type for r in recipe.repositories}
     if len(types) != 1:
         raise InputError(f"{recipe.path}: repository", "mixes deb and rpm-md repositories",
@@ -190,6 +195,8 @@ def _requested(recipe: Recipe, family: Family) -> list[Atom]:
 
 
 def _base(recipe: Recipe, index: Index, family: Family) -> Base:
+    from .solver import Base
+
     raw = _base_bytes(recipe)
     base = Base()
     if raw is None:
@@ -246,6 +253,8 @@ def lock_recipe(recipe: Recipe, cache: Cache, *, update: tuple[str, ...] = (),
                              "--update moves packages the lock already has")
         preferred = {key: version for key, version in locked_versions(old).items()
                      if key[0] not in update}
+    from .solver import Index, resolve
+
     family = _family(recipe)
     metas = []
     for repo in recipe.repositories:
