@@ -28,6 +28,7 @@ refused there with the same kind of one-line error, before anything is published
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import errno
 import fcntl
@@ -66,6 +67,18 @@ except ValueError as err:
 """
 
 
+#: check children still running; killed when this process exits without asking their verdict
+#: (a build that failed before signing), so none outlives the command that started it
+_RUNNING: set[subprocess.Popen] = set()
+
+
+@atexit.register
+def _stop_checks() -> None:
+    for proc in list(_RUNNING):
+        if proc.poll() is None:
+            proc.kill()
+
+
 class KeyCheck:
     """The full validation of a key, running in a child process from the moment this is made;
     ``wait`` gives its verdict (every call the same one). Thread-safe. A daemon thread feeds the
@@ -91,6 +104,7 @@ class KeyCheck:
                                     stderr=subprocess.DEVNULL, close_fds=True)
         except OSError:
             return  # wait() checks here
+        _RUNNING.add(proc)
         self._thread = threading.Thread(target=self._run, args=(proc,), daemon=True,
                                         name="key-check")
         self._thread.start()
@@ -102,6 +116,8 @@ class KeyCheck:
             proc.kill()
             proc.wait()
             return
+        finally:
+            _RUNNING.discard(proc)
         self._result = proc.returncode, out
 
     def wait(self) -> None:

@@ -195,3 +195,26 @@ def test_without_a_working_child_the_check_runs_here(pairs, monkeypatch, interpr
         bad.verify()
     with pytest.raises(InputError, match="RSA private key fails validation"):
         bad.key  # noqa: B018 - the property is the point
+
+
+def test_no_check_outlives_the_command(pairs):
+    """A command that ends before it asked for the verdict (a build that failed earlier) kills
+    its check: no child process (holding the key) is left running."""
+    import subprocess
+
+    from recipes_kit import REPO, cli_env
+
+    key, cert = pairs["good"]
+    probe = ("from pipeline import keys\n"
+             f"signer = keys.load_signer({str(key)!r}, {str(cert)!r})\n"
+             "[proc] = keys._RUNNING\n"
+             "print(proc.pid, flush=True)\n")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          cwd=REPO, env=cli_env(), timeout=60)
+    assert done.returncode == 0, done.stderr
+    pid = int(done.stdout.split()[0])
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        state = "gone"
+    assert state in ("gone", "Z", "X"), f"check child {pid} still running (state {state})"
