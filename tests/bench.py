@@ -461,8 +461,13 @@ def profile_run(out_json: str, argv: list[str]) -> int:
         missing.append("pipeline.stages.build.Log")
     from pipeline.commands.cli import main as cli_main
 
-    code = cli_main(argv)
-    end = time.monotonic()
+    try:
+        return cli_main(argv)
+    finally:  # also when the command exits (SystemExit: --version, --help)
+        _write_profile(out_json, began, time.monotonic(), stages, spent, marks, missing)
+
+
+def _write_profile(out_json, began, end, stages, spent, marks, missing) -> None:
     by_stage: dict[str, dict[str, float]] = {}
     for (index, label), took in spent.items():
         name = stages[index] if index < len(stages) else AFTER
@@ -474,7 +479,6 @@ def profile_run(out_json: str, argv: list[str]) -> int:
         outside[f"{AFTER} (warnings, JSON)"] = round(end - marks["last stage"], 3)
     Path(out_json).write_text(json.dumps({"stages": by_stage, "outside": outside,
                                           "not_found": missing}))
-    return code
 
 
 def profile(cmd: list[str], env: dict) -> dict:
