@@ -18,7 +18,6 @@ import contextlib
 import contextvars
 import io
 import lzma
-import queue
 import threading
 import zlib
 from collections.abc import Callable
@@ -306,29 +305,172 @@ class _Prefixed(Stream):
 
 
 #: Decompressed pieces a read-ahead thread may hold before the reader takes them, and their
-#: size: at most about 1 MiB decompressed ahead per stream.
+#: size: at most about 1 MiB decompressed ahead per stream (outside a :func:`read_ahead`).
 READ_AHEAD = 4
 AHEAD_PIECE = CHUNK // 4
-_depth: contextvars.ContextVar[int] = contextvars.ContextVar("read_ahead", default=READ_AHEAD)
+
+
+class AheadBudget:
+    """One budget of decompressed bytes held ahead of their readers, shared by every stream
+    opened under :func:`read_ahead`, and the order their decompression threads run in.
+
+    Why shared: a payload's packages differ in size by a thousand times (libicu72: 35 MiB of
+    one xz stream, 0.47 s on a core; most others a few hundred KiB). A fixed read-ahead per
+    stream either stops the large one long before the writer reaches it (the writer then
+    waits for it) or multiplies a large bound by every package in flight. One budget lets a
+    large package run far ahead while the small ones are written, and bounds the whole.
+
+    Memory: the bytes held (decoded, not yet read) never exceed ``total`` plus one
+    :data:`AHEAD_PIECE` per stream (a stream whose reader has taken everything may always
+    decode one piece: the stream being read can never be starved by those ahead of it, so
+    there is no deadlock); one stream holds at most ``cap``.
+
+    Order (``workers`` set): at most ``workers`` pieces decode at once, one less while no
+    reader waits (that core is the writer's); a stream whose reader waits goes first, then the
+    lowest ``rank`` (the stream's rank is :attr:`rank` when it is opened: the extract stage
+    ranks packages by when their decompression must start). Without ``workers`` every stream
+    decodes as soon as it has room, as a plain bounded queue does."""
+
+    def __init__(self, total: int, *, cap: int | None = None, workers: int | None = None):
+        self.total = total
+        self.cap = min(cap, total) if cap is not None else total
+        self.workers = workers
+        self.rank = 0.0
+        self.held = 0  # decoded or reserved, not yet taken by a reader
+        self.peak = 0
+        self.running = 0  # pieces being decoded
+        self.readers_waiting = 0
+        self.lock = threading.Lock()
+        self._queued: list[_Pipe] = []  # streams whose thread waits for its turn
+
+    @contextlib.contextmanager
+    def opening(self, rank: float):
+        """Streams opened inside get ``rank`` (lower decodes first)."""
+        previous, self.rank = self.rank, rank
+        try:
+            yield
+        finally:
+            self.rank = previous
+
+    def _room(self, pipe: _Pipe) -> bool:
+        return pipe.held == 0 or (self.held + AHEAD_PIECE <= self.total
+                                  and pipe.held + AHEAD_PIECE <= self.cap)
+
+    def _dispatch(self) -> None:
+        """Give turns to the most urgent waiting threads that have room, as many as may run
+        (called with ``lock`` held after every change; only the chosen threads wake)."""
+        while self._queued:
+            if self.workers is not None and self.running >= \
+                    max(1, self.workers - (0 if self.readers_waiting else 1)):
+                return
+            ready = [p for p in self._queued if self._room(p)]
+            if not ready:
+                return
+            pipe = min(ready, key=_Pipe.urgency)
+            self._queued.remove(pipe)
+            self.running += 1
+            self._add(pipe, AHEAD_PIECE)  # reserved
+            pipe.granted = True
+            pipe.turn.notify()
+
+    def _begin(self, pipe: _Pipe) -> bool:
+        """Wait for the turn to decode one piece (reserved); False once stopped."""
+        with self.lock:
+            if pipe.stop:
+                return False
+            pipe.granted = False
+            self._queued.append(pipe)
+            self._dispatch()
+            while not pipe.granted and not pipe.stop:
+                pipe.turn.wait()
+            return pipe.granted  # not granted: stopped (_stop took it off the queue)
+
+    def _end(self, pipe: _Pipe, item, size: int) -> None:
+        """A decoded piece (or None at the end, or the exception) replaces the reservation."""
+        with self.lock:
+            self.running -= 1
+            self._add(pipe, size - AHEAD_PIECE)
+            if pipe.stop:
+                self._add(pipe, -size)  # the reader is gone
+            else:
+                pipe.items.append(item)
+                if pipe.waited_on:
+                    pipe.ready.notify()
+            self._dispatch()
+
+    def _take(self, pipe: _Pipe):
+        """The reader's next item, waited for (its thread then goes first)."""
+        with self.lock:
+            if not pipe.items:
+                pipe.waited_on = True
+                self.readers_waiting += 1
+                self._dispatch()
+                while not pipe.items:
+                    pipe.ready.wait()
+                pipe.waited_on = False
+                self.readers_waiting -= 1
+            item = pipe.items.popleft()
+            if isinstance(item, bytes):
+                self._add(pipe, -len(item))
+                self._dispatch()
+            return item
+
+    def _stop(self, pipe: _Pipe) -> None:
+        with self.lock:
+            pipe.stop = True
+            if pipe in self._queued:
+                self._queued.remove(pipe)
+            self._add(pipe, -sum(len(i) for i in pipe.items if isinstance(i, bytes)))
+            pipe.items.clear()
+            pipe.turn.notify()
+            self._dispatch()
+
+    def _add(self, pipe: _Pipe, n: int) -> None:
+        pipe.held += n
+        self.held += n
+        self.peak = max(self.peak, self.held)
+
+
+class _Pipe:
+    """What a read-ahead thread shares with its reader (not the reader itself: a reader
+    dropped without ``close`` is collected, and its ``close`` stops the thread)."""
+
+    def __init__(self, budget: AheadBudget):
+        self.rank = budget.rank
+        self.items: collections.deque = collections.deque()
+        self.held = 0
+        self.stop = False
+        self.granted = False
+        self.waited_on = False
+        self.turn = threading.Condition(budget.lock)  # the thread waits for its turn
+        self.ready = threading.Condition(budget.lock)  # the reader waits for an item
+
+    def urgency(self) -> tuple[bool, float]:
+        return not self.waited_on, self.rank
+
+
+_budget: contextvars.ContextVar[AheadBudget | None] = contextvars.ContextVar("read_ahead",
+                                                                             default=None)
 
 
 @contextlib.contextmanager
-def read_ahead(pieces: int):
-    """Streams opened inside decompress up to ``pieces`` × :data:`AHEAD_PIECE` ahead (the
-    extract stage lets the next package run far ahead while the current one is written)."""
-    token = _depth.set(pieces)
+def read_ahead(budget: AheadBudget):
+    """Streams opened inside decompress ahead of their readers within ``budget`` (the extract
+    stage's, shared by the packages in flight) instead of :data:`READ_AHEAD` pieces each."""
+    token = _budget.set(budget)
     try:
         yield
     finally:
-        _depth.reset(token)
+        _budget.reset(token)
 
 
 class _ReadAhead(Stream):
-    """Decompresses ``inner`` in a thread of its own, up to :data:`READ_AHEAD` chunks ahead of
-    the reader: lzma, zlib, bz2 and pyzstd release the GIL, so a package's decompression runs on
-    one core while its entries are parsed and written on the other. The reader sees the same
-    bytes in the same order; an exception of the decoder (or of the compressed stream under it)
-    is raised in the reader, where it would have been raised without the thread.
+    """Decompresses ``inner`` in a thread of its own, ahead of the reader within a budget
+    (:class:`AheadBudget`; :data:`READ_AHEAD` pieces of its own outside :func:`read_ahead`):
+    lzma, zlib, bz2 and pyzstd release the GIL, so a package's decompression runs on one core
+    while its entries are parsed and written on the other. The reader sees the same bytes in
+    the same order; an exception of the decoder (or of the compressed stream under it) is
+    raised in the reader, where it would have been raised without the thread.
 
     The thread alone reads the compressed stream until the decoder's end, which is also the end
     of the compressed member (every decoder here reads to the end of its input), so the stream
@@ -336,12 +478,13 @@ class _ReadAhead(Stream):
     thread."""
 
     def __init__(self, inner: BinaryIO):
-        self._queue: queue.Queue = queue.Queue(_depth.get())
-        self._stop = threading.Event()
+        budget = _budget.get()
+        self._budget = budget if budget is not None else AheadBudget(READ_AHEAD * AHEAD_PIECE)
+        self._pipe = _Pipe(self._budget)
         self._buf = b""
         self._pos = 0
         self._done = False
-        self._thread = threading.Thread(target=_pump, args=(inner, self._queue, self._stop),
+        self._thread = threading.Thread(target=_pump, args=(inner, self._pipe, self._budget),
                                         name="decompress", daemon=True)
         self._thread.start()
 
@@ -349,8 +492,8 @@ class _ReadAhead(Stream):
         if self._pos >= len(self._buf):
             if self._done:
                 return b""
-            item = self._queue.get()
-            if item is None or isinstance(item, BaseException):
+            item = self._budget._take(self._pipe)
+            if not isinstance(item, bytes):
                 self._done = True
                 self._thread.join()
                 if item is None:
@@ -367,34 +510,22 @@ class _ReadAhead(Stream):
     def close(self) -> None:
         if not self._done:
             self._done = True
-            self._stop.set()
-            while self._thread.is_alive():  # unblock a put() waiting for room
-                try:
-                    self._queue.get(timeout=0.05)
-                except queue.Empty:
-                    pass
+            self._budget._stop(self._pipe)
+            self._thread.join()  # at most the piece it is decoding
         super().close()
 
 
-def _pump(inner: BinaryIO, out: queue.Queue, stop: threading.Event) -> None:
-    """The read-ahead thread: decompressed chunks, then None (the end) or the exception."""
-
-    def put(item) -> bool:
-        while not stop.is_set():
-            try:
-                out.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    try:
-        while not stop.is_set():
+def _pump(inner: BinaryIO, pipe: _Pipe, budget: AheadBudget) -> None:
+    """The read-ahead thread: decompressed pieces, then None (the end) or the exception."""
+    while budget._begin(pipe):
+        try:
             data = inner.read(AHEAD_PIECE)
-            if not put(data or None) or not data:
-                return
-    except BaseException as exc:  # handed to the reader, which raises it as it would have
-        put(exc)
+        except BaseException as exc:  # handed to the reader, which raises it as it would have
+            budget._end(pipe, exc, 0)
+            return
+        budget._end(pipe, data or None, len(data))
+        if not data:
+            return
 
 
 class _Guarded(Stream):
@@ -407,6 +538,12 @@ class _Guarded(Stream):
         self._limits = limits
         self._source = source
         self._produced = 0
+
+    def close(self) -> None:
+        """Closes the decoder too: a read-ahead thread stops now, not when collected."""
+        if not self.closed:
+            self._inner.close()
+        super().close()
 
     def _read(self, size: int) -> bytes:
         size = min(size, CHUNK)  # never more than a chunk at once: the budget is checked between

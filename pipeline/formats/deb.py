@@ -60,6 +60,7 @@ class DebReader:
         self.name = name
         self.limits = limits if limits is not None else Limits()
         self.md5sums: dict[str, str] = {}
+        self._data = None  # (data.tar member, its decompressed stream) once started
         self._members = read_ar(stream, name)
         first = next(self._members, None)
         if first is None or first.name != "debian-binary":
@@ -129,14 +130,21 @@ class DebReader:
             control=control,
         )
 
+    def start(self) -> None:
+        """Open data.tar now: its decompression thread starts running ahead while the packages
+        before this one are written (the extract stage), without waiting for an entry."""
+        if self._data is None:
+            member = self._next_member("data.tar")
+            if member is None:
+                raise InputError(self.name, "no data.tar member", "not a binary package?")
+            self._data = member, _decompressed(member, self.name, self.limits, ahead=True)
+
     def entries(self) -> Iterator[Entry]:
-        member = self._next_member("data.tar")
-        if member is None:
-            raise InputError(self.name, "no data.tar member", "not a binary package?")
+        self.start()
+        member, payload = self._data
         where = f"{self.name}:{shown(member.name)}"
         seen: dict[str, str] = {}  # md5sums path → md5 of what was extracted there
-        for entry in tar_entries(_decompressed(member, self.name, self.limits, ahead=True),
-                                 where):
+        for entry in tar_entries(payload, where):
             key = _md5_key(entry.path)
             if entry.kind == FILE:
                 check = DigestCheck(entry.data, entry.size, hashlib.md5(),

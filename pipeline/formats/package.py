@@ -47,6 +47,10 @@ class Package:
                              f"verified {self.expected}",
                              "the file changed while it was read (a shared cache?); build again")
 
+    def start(self) -> None:
+        """Start decompressing the payload ahead of entries(), where the reader can (deb)."""
+        getattr(self._reader, "start", lambda: None)()
+
     def close(self) -> None:
         self._file.close()
 

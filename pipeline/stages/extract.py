@@ -7,16 +7,23 @@ runs this same code against recording-only trees, so plan and build cannot disag
 
 from __future__ import annotations
 
-import collections
 import hashlib
 import io
+import os
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from ..errors import InputError
 from ..formats import entry as E
-from ..formats.compression import AHEAD_PIECE, CHUNK, DigestCheck, Limits, read_ahead, read_upto
+from ..formats.compression import (
+    CHUNK,
+    AheadBudget,
+    DigestCheck,
+    Limits,
+    read_ahead,
+    read_upto,
+)
 from ..formats.entry import shown
 from ..formats.package import Package
 from ..recipe import Recipe
@@ -133,15 +140,17 @@ def extract(recipe: Recipe, fetched: list[Fetched], tree_for: Callable[[str], St
     limits = Limits(unpacked=recipe.unpacked_limit, ratio=recipe.ratio_limit,
                     entries=recipe.entries_limit)
 
-    upcoming: collections.deque[_Ahead] = collections.deque()
-    waiting = iter(fetched)
-    with read_ahead(EXTRACT_READ_AHEAD // AHEAD_PIECE):
+    budget = AheadBudget(EXTRACT_READ_AHEAD, cap=EXTRACT_READ_AHEAD_ONE, workers=_cores())
+    plan = _OpenOrder([item.size for item in fetched])
+    opened: dict[int, _Ahead] = {}
+    with read_ahead(budget):
         try:
-            for item in fetched:
-                # the next packages' payloads decompress while this one is written
-                while len(upcoming) <= PACKAGES_AHEAD and (more := next(waiting, None)):
-                    upcoming.append(_Ahead(more, limits))
-                current = upcoming.popleft()
+            for position, item in enumerate(fetched):
+                # the packages that must start soonest decompress while this one is written
+                for ahead in plan.next_to_open(position, opened):
+                    with budget.opening(plan.rank[ahead]):
+                        opened[ahead] = _Ahead(fetched[ahead], limits)
+                current = opened.pop(position)
                 try:
                     info = current.info()
                     check_identity(item, info)
@@ -152,7 +161,7 @@ def extract(recipe: Recipe, fetched: list[Fetched], tree_for: Callable[[str], St
                 finally:
                     current.close()
         finally:
-            for ahead in upcoming:
+            for ahead in opened.values():
                 ahead.close()
 
     for extra in recipe.files:
@@ -169,18 +178,59 @@ def extract(recipe: Recipe, fetched: list[Fetched], tree_for: Callable[[str], St
     return report
 
 
-#: How far each package's payload may decompress ahead of its turn (and the current one's ahead
-#: of its writer) ...
-EXTRACT_READ_AHEAD = 12 << 20
-#: ... and how many packages after the current one do: a large package (libicu: a third of a
-#: typical payload, 0.5 s of xz) keeps one core busy while the other decompresses the next
-#: ones, instead of waiting. Memory: at most (1 + this) × EXTRACT_READ_AHEAD decompressed.
-PACKAGES_AHEAD = 3
+#: Decompressed bytes all the packages in flight may hold ahead of the writer together ...
+EXTRACT_READ_AHEAD = 48 << 20
+#: ... one package at most (the rest stays for the ones written before it) ...
+EXTRACT_READ_AHEAD_ONE = 32 << 20
+#: ... and how many packages after the current one are open (decompressing) at once, chosen
+#: among the next LOOKAHEAD ones by when their decompression must start (:class:`_OpenOrder`).
+#: Memory: at most EXTRACT_READ_AHEAD + (1 + PACKAGES_AHEAD) × AHEAD_PIECE decompressed
+#: bytes (compression.AheadBudget), whatever the payload.
+PACKAGES_AHEAD = 8
+LOOKAHEAD = 32
+#: A package should start decompressing when the compressed bytes written before it are no
+#: more than this many times its own (its xz takes about as long as the writer's way there).
+START_EARLY = 2
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+class _OpenOrder:
+    """Which packages to open ahead of their turn, and their rank in the read-ahead budget.
+
+    The write order is the recipe's; the *decompression* order is not: libicu72 (9 MB of xz,
+    a third of a typical payload's decompression) must start long before the writer reaches
+    it, or the writer waits half a second for it at its turn. A package's rank is the
+    compressed bytes before it minus START_EARLY times its own size (a latest start, in
+    bytes): the lowest ranks among the next LOOKAHEAD packages are opened first, and decode
+    first when the budget must choose (compression.AheadBudget)."""
+
+    def __init__(self, sizes: list[int]):
+        self.sizes = sizes
+        before = 0
+        self.rank = []
+        for size in sizes:
+            self.rank.append(before - START_EARLY * size)
+            before += size
+
+    def next_to_open(self, position: int, opened: dict) -> list[int]:
+        chosen = [] if position in opened else [position]
+        window = range(position + 1, min(position + LOOKAHEAD, len(self.sizes)))
+        room = PACKAGES_AHEAD - sum(1 for p in opened if p > position)
+        candidates = sorted((p for p in window if p not in opened),
+                            key=lambda p: (self.rank[p], p))
+        return chosen + candidates[:max(room, 0)]
 
 
 class _Ahead:
-    """A package opened before its turn, its payload's first entry read, which starts its
-    decompression thread (pipeline.formats.compression). Its entries are consumed strictly in
+    """A package opened before its turn, its payload's decompression thread started
+    (pipeline.formats.compression; a reader without ``start`` starts it by reading the first
+    entry). Its entries are consumed strictly in
     order when its turn comes, so the trees are written exactly as without it; an error met
     early is raised at its turn (the earlier package's own error comes first)."""
 
@@ -191,8 +241,13 @@ class _Ahead:
         self._error: InputError | None = None
         try:
             self._package = open_package(item, limits)
+            start = getattr(self._package, "start", None)
+            if start is not None:
+                start()  # the decompression thread runs; no entry is waited for
             self._entries = self._package.entries()
-            self._first = [entry for entry in (next(self._entries, None),) if entry is not None]
+            if start is None:  # reading the first entry starts it
+                self._first = [entry for entry in (next(self._entries, None),)
+                               if entry is not None]
         except InputError as exc:
             self._error = exc
 
