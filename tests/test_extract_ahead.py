@@ -126,10 +126,11 @@ def test_turns_go_to_the_waited_for_stream_then_the_lowest_rank():
         budget._queued[:] = [high, low]
         budget._dispatch()  # no reader waits: one core is the writer's, one piece decodes
         assert (low.granted, high.granted) == (True, False)
-    budget._end(low, b"x" * AHEAD_PIECE, AHEAD_PIECE)  # its piece is done
-    assert (low.items[0], high.granted) == (b"x" * AHEAD_PIECE, True)  # the next turn
-    budget._end(high, b"y", 1)
     with budget.lock:
+        budget._deliver(low, b"x" * AHEAD_PIECE, AHEAD_PIECE)  # its piece is done
+        budget._dispatch()
+        assert (low.items[0], high.granted) == (b"x" * AHEAD_PIECE, True)  # the next turn
+        budget._deliver(high, b"y", 1)
         budget._queued[:] = [high, waited, low]
         high.granted = False
         low.granted = False

@@ -326,10 +326,12 @@ class AheadBudget:
     there is no deadlock); one stream holds at most ``cap``.
 
     Order (``workers`` set): at most ``workers`` pieces decode at once, one less while no
-    reader waits (that core is the writer's); a stream whose reader waits goes first, then the
-    lowest ``rank`` (the stream's rank is :attr:`rank` when it is opened: the extract stage
-    ranks packages by when their decompression must start). Without ``workers`` every stream
-    decodes as soon as it has room, as a plain bounded queue does."""
+    reader waits (that core is the writer's); a stream whose reader waits goes first, then one
+    being read (what the writer needs next), then the lowest ``rank`` (the stream's rank is
+    :attr:`rank` when it is opened: the extract stage ranks packages by when their
+    decompression must start). A thread that finished a piece competes for the next turn in
+    the same step (a less urgent one cannot slip in while it hands its piece over). Without
+    ``workers`` every stream decodes as soon as it has room, as a plain bounded queue does."""
 
     def __init__(self, total: int, *, cap: int | None = None, workers: int | None = None):
         self.total = total
@@ -373,10 +375,18 @@ class AheadBudget:
             pipe.granted = True
             pipe.turn.notify()
 
-    def _begin(self, pipe: _Pipe) -> bool:
-        """Wait for the turn to decode one piece (reserved); False once stopped."""
+    def _next(self, pipe: _Pipe, done: tuple | None = None) -> bool:
+        """Hand over the piece ``done`` (item, size; None at first), then wait for the turn to
+        decode the next one (reserved); False at the end or once stopped. One step, so that
+        the thread still wanting to run is among those the turn is chosen from."""
         with self.lock:
+            if done is not None:
+                self._deliver(pipe, *done)
+                if not isinstance(done[0], bytes):  # the end, or the exception
+                    self._dispatch()
+                    return False
             if pipe.stop:
+                self._dispatch()
                 return False
             pipe.granted = False
             self._queued.append(pipe)
@@ -385,22 +395,21 @@ class AheadBudget:
                 pipe.turn.wait()
             return pipe.granted  # not granted: stopped (_stop took it off the queue)
 
-    def _end(self, pipe: _Pipe, item, size: int) -> None:
-        """A decoded piece (or None at the end, or the exception) replaces the reservation."""
-        with self.lock:
-            self.running -= 1
-            self._add(pipe, size - AHEAD_PIECE)
-            if pipe.stop:
-                self._add(pipe, -size)  # the reader is gone
-            else:
-                pipe.items.append(item)
-                if pipe.waited_on:
-                    pipe.ready.notify()
-            self._dispatch()
+    def _deliver(self, pipe: _Pipe, item, size: int) -> None:
+        """A decoded piece (or None, or the exception) replaces its reservation (lock held)."""
+        self.running -= 1
+        self._add(pipe, size - AHEAD_PIECE)
+        if pipe.stop:
+            self._add(pipe, -size)  # the reader is gone
+        else:
+            pipe.items.append(item)
+            if pipe.waited_on:
+                pipe.ready.notify()
 
     def _take(self, pipe: _Pipe):
         """The reader's next item, waited for (its thread then goes first)."""
         with self.lock:
+            pipe.reading = True
             if not pipe.items:
                 pipe.waited_on = True
                 self.readers_waiting += 1
@@ -442,11 +451,12 @@ class _Pipe:
         self.stop = False
         self.granted = False
         self.waited_on = False
+        self.reading = False  # its reader has begun: what the writer needs now
         self.turn = threading.Condition(budget.lock)  # the thread waits for its turn
         self.ready = threading.Condition(budget.lock)  # the reader waits for an item
 
-    def urgency(self) -> tuple[bool, float]:
-        return not self.waited_on, self.rank
+    def urgency(self) -> tuple[bool, bool, float]:
+        return not self.waited_on, not self.reading, self.rank
 
 
 _budget: contextvars.ContextVar[AheadBudget | None] = contextvars.ContextVar("read_ahead",
@@ -517,15 +527,14 @@ class _ReadAhead(Stream):
 
 def _pump(inner: BinaryIO, pipe: _Pipe, budget: AheadBudget) -> None:
     """The read-ahead thread: decompressed pieces, then None (the end) or the exception."""
-    while budget._begin(pipe):
+    done = None
+    while budget._next(pipe, done):
         try:
             data = inner.read(AHEAD_PIECE)
         except BaseException as exc:  # handed to the reader, which raises it as it would have
-            budget._end(pipe, exc, 0)
-            return
-        budget._end(pipe, data or None, len(data))
-        if not data:
-            return
+            done = exc, 0
+        else:
+            done = data or None, len(data)
 
 
 class _Guarded(Stream):
