@@ -179,14 +179,18 @@ def extract(recipe: Recipe, fetched: list[Fetched], tree_for: Callable[[str], St
 
 
 #: Decompressed bytes all the packages in flight may hold ahead of the writer together ...
-EXTRACT_READ_AHEAD = 48 << 20
+EXTRACT_READ_AHEAD = 40 << 20
 #: ... one package at most (the rest stays for the ones written before it) ...
 EXTRACT_READ_AHEAD_ONE = 32 << 20
 #: ... and how many packages after the current one are open (decompressing) at once, chosen
 #: among the next LOOKAHEAD ones by when their decompression must start (:class:`_OpenOrder`).
 #: Memory: at most EXTRACT_READ_AHEAD + (1 + PACKAGES_AHEAD) × AHEAD_PIECE decompressed
-#: bytes (compression.AheadBudget), whatever the payload.
-PACKAGES_AHEAD = 8
+#: bytes (compression.AheadBudget), whatever the payload; besides, each open xz decoder
+#: keeps its dictionary (8 MiB at xz -6) and each thread its malloc arena, which is why few
+#: packages are open at once (8 with a 48 MiB budget: peak RSS 163 MiB at the 1 GB bench
+#: payload, 94 MiB with these, 79 MiB before the shared budget; no faster) and the budget,
+#: not the count, lets the large one run ahead.
+PACKAGES_AHEAD = 3
 LOOKAHEAD = 32
 #: A package should start decompressing when the compressed bytes written before it are no
 #: more than this many times its own (its xz takes about as long as the writer's way there).
