@@ -83,6 +83,9 @@ class DebReader:
                 return member
             if member.name.startswith("_"):
                 continue
+            if wanted == "data.tar" and _is(member.name, "control.tar"):  # dpkg-deb refuses it
+                raise InputError(f"{self.name}:{shown(member.name)}", "a second control.tar "
+                                 "member", "dpkg-deb refuses two: the package is corrupt or hostile")
             raise InputError(f"{self.name}:{shown(member.name)}",
                              f"unexpected member where {wanted} belongs",
                              "dpkg requires debian-binary, control.tar, data.tar in this order")
@@ -169,8 +172,14 @@ class DebReader:
                              f"{shown(member.name)} lacks", "the package is corrupt or incomplete")
         for extra in self._members:  # read (and hashed); only dpkg's "_" members may follow
             if not extra.name.startswith("_"):
-                raise InputError(f"{self.name}:{shown(extra.name)}", "member after data.tar",
+                raise InputError(f"{self.name}:{shown(extra.name)}", "a second data.tar member"
+                                 if _is(extra.name, "data.tar") else "member after data.tar",
                                  "dpkg refuses it: the package is corrupt or hostile")
+
+
+def _is(name: str, member: str) -> bool:
+    """``name`` is a ``member`` (``control.tar``, ``data.tar``) with any compression suffix."""
+    return name == member or name.startswith(member + ".")
 
 
 def parse_control(text: str) -> dict[str, str]:
