@@ -104,7 +104,7 @@ def add_offline(p) -> None:
 
 def add_timeout(p) -> None:
     """``--timeout SECONDS``: the network wait of every command that may download (build,
-    verify, lock, fetch); :func:`apply_timeout` sets it before the command runs."""
+    verify, lock, fetch, install --feed); :func:`apply_timeout` sets it before the command runs."""
     p.add_argument("--timeout", type=float, metavar="SECONDS", help=HELP["timeout"])
 
 
