@@ -2,7 +2,8 @@
 note of issues 14-16: it was refused only at packing, after every package had been fetched and
 extracted). The build, run for real as ``nobody`` (setpriv, tests/unprivileged.py), gets the
 packing stage's one line and exit 2, and the package server sees no request: nothing fetched,
-the cache and the output directory stay empty. Packing keeps the check as the last guard
+the cache and the output directory stay empty; verify's rebuild of a directory image as nobody
+is refused before its fetch too. Packing keeps the check as the last guard
 (tests/test_vary_select.py)."""
 
 from __future__ import annotations
@@ -79,10 +80,21 @@ def test_a_directory_build_without_root_is_refused_before_anything_is_fetched(
         assert httpd.requests == []
         assert list(cache.iterdir()) == []
         assert not out.exists()
-        ok = unprivileged.run_cli("root", "build", str(recipe), "-o", str(tmp_path / "root-out"),
+        root_out = work / "root-out"
+        ok = unprivileged.run_cli("root", "build", str(recipe), "-o", str(root_out),
                                   "--cache-dir", str(tmp_path / "root-cache"), "-q", cwd=work)
         assert ok.returncode == 0, ok.stderr
         assert httpd.requests == [f"/{deb.name}"]
+        # verify rebuilds what the manifest records: as nobody, refused before its fetch too
+        for path in (root_out, *root_out.iterdir()):
+            path.chmod(path.stat().st_mode | 0o005)
+        again = unprivileged.run_cli("nobody", "verify", str(root_out / "tool.manifest.json"),
+                                     "--recipe", str(recipe), "--cache-dir", str(cache),
+                                     cwd=work)
+        assert again.returncode == INPUT, again.stderr
+        assert "error: image.format: a directory image built without root" in again.stderr
+        assert httpd.requests == [f"/{deb.name}"]
+        assert list(cache.iterdir()) == []
     finally:
         httpd.shutdown()
         httpd.server_close()

@@ -42,7 +42,7 @@ from . import extract as extract_stage
 from . import layout, pitfalls, uptodate
 from . import manifest as mf
 from .normalize import apply_times, choose_epoch
-from .package import pack
+from .package import pack, refuse_unowned_directory
 from .staging import StagingTree
 
 #: Files that may sit next to NAME.raw, written by detached verity or an unsigned DDI build.
@@ -199,6 +199,9 @@ def build(recipe: Recipe, output_dir: Path, cache: Cache, *, environ: dict | Non
     offline signing with ``sysext-pipeline sign``). Unless ``force``, an output that already
     is what these inputs make is left as it is (``up_to_date`` in the result)."""
     environ = dict(os.environ if environ is None else environ)
+    # before anything is fetched, for every caller (build, a catalogue, verify's and vary's
+    # rebuilds); packing checks it again as the last guard
+    refuse_unowned_directory(recipe.format, os.geteuid() == 0)
     signer = None if unsigned else load_recipe_signer(recipe)
     log = log or Log()
     output_dir = Path(output_dir)
