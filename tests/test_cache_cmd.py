@@ -113,3 +113,37 @@ def test_prune_refuses_a_recipe_it_cannot_account_for(filled, tmp_path):
     data = _valid("cache-prune", proc, 2)
     assert "stale" in data["error"]["message"]
     assert (cache / "sha256" / filled["stray"][:2] / filled["stray"]).exists()  # nothing gone
+
+
+def test_prune_removes_the_file_lists_nothing_reads(filled):
+    """plan's file lists (lists/ab/<sha256>.vN.json) go with their package, and lists of an older
+    format go; the current list of a kept package, a foreign file and a symlink stay."""
+    from pipeline.commands.plan import LISTING_VERSION
+
+    cache, recipe = filled["cache"], filled["recipe"]
+    locked = sorted(p["sha256"] for p in tomllib.loads(
+        recipe.with_suffix(".lock").read_text())["package"])
+    kept_sha, stray = locked[0], filled["stray"]
+
+    def put(sha: str, version: int) -> Path:
+        path = cache / "lists" / sha[:2] / f"{sha}.v{version}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("{}")
+        return path
+
+    current = put(kept_sha, LISTING_VERSION)
+    older = put(kept_sha, LISTING_VERSION - 1)
+    of_stray = put(stray, LISTING_VERSION)
+    foreign = cache / "lists" / kept_sha[:2] / "README"
+    foreign.write_text("not a list")
+    outside = filled["outside"]
+    link = cache / "lists" / kept_sha[:2] / f"{kept_sha[:2]}{'0' * 62}.v{LISTING_VERSION}.json"
+    link.symlink_to(outside)
+    assert run_cli("cache", "prune", "--keep-locked", str(recipe), "--dry-run",
+                   "--cache-dir", str(cache), "-q").returncode == 0
+    assert older.exists() and of_stray.exists()  # a dry run removes nothing
+    assert run_cli("cache", "prune", "--keep-locked", str(recipe), "--cache-dir", str(cache),
+                   "-q").returncode == 0
+    assert current.exists() and foreign.exists() and link.is_symlink()
+    assert not older.exists() and not of_stray.exists()
+    assert outside.read_bytes() == b"keep me"

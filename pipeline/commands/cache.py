@@ -6,6 +6,8 @@ names of that exact shape are listed or removed, each under the entry's own lock
 directory descriptor and never through a symbolic link; anything else under the cache directory
 is left alone. ``--keep-locked`` keeps every file the recipes need (the same set ``fetch``
 stores: their sources' and their lock files' sha256s, the lock's repository metadata too).
+A pruning also removes ``plan``'s file lists of packages no longer cached, and lists of an older
+format (``lists/ab/<sha256>.vN.json``).
 """
 
 from __future__ import annotations
@@ -121,7 +123,54 @@ def prune(root: Path, keep: set[str], *, dry_run: bool = False) -> list[dict]:
         removed.append(entry)
     if not dry_run:
         cache.sweep()  # downloads killed half-way
+        prune_lists(root)
     return removed
+
+
+#: plan's file list of a cached package: ``lists/ab/<sha256>.v<format version>.json``
+LIST_NAME = re.compile(r"([0-9a-f]{64})\.v([0-9]+)\.json")
+
+
+def prune_lists(root: Path) -> int:
+    """Remove plan's file lists (pipeline/commands/plan.py) that nothing reads any more: those
+    of packages no longer in the cache, and those of another list format version. A list is
+    derived from its package, so it goes with it. Only names of that exact shape, through
+    directory descriptors, never through a symbolic link; returns how many went."""
+    from .plan import LISTING_VERSION
+
+    cached = {entry["sha256"] for entry in entries(root)}
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+    try:
+        top = os.open(root / "lists", flags)
+    except (FileNotFoundError, NotADirectoryError):
+        return 0
+    gone = 0
+    try:
+        for prefix in sorted(os.listdir(top)):
+            if not HEX2.fullmatch(prefix):
+                continue
+            try:
+                sub = os.open(prefix, flags, dir_fd=top)
+            except OSError:
+                continue  # a symlink or a file where a directory belongs: not ours
+            try:
+                for name in os.listdir(sub):
+                    match = LIST_NAME.fullmatch(name)
+                    if match is None or not match[1].startswith(prefix):
+                        continue
+                    if match[1] in cached and int(match[2]) == LISTING_VERSION:
+                        continue
+                    if stat.S_ISREG(os.stat(name, dir_fd=sub, follow_symlinks=False).st_mode):
+                        try:
+                            os.unlink(name, dir_fd=sub)
+                            gone += 1
+                        except FileNotFoundError:
+                            pass  # removed by someone else meanwhile
+            finally:
+                os.close(sub)
+    finally:
+        os.close(top)
+    return gone
 
 
 def _size(n: int) -> str:
