@@ -413,11 +413,13 @@ class AheadBudget:
             if not pipe.items:
                 pipe.waited_on = True
                 self.readers_waiting += 1
-                self._dispatch()
-                while not pipe.items:
-                    pipe.ready.wait()
-                pipe.waited_on = False
-                self.readers_waiting -= 1
+                try:
+                    self._dispatch()
+                    while not pipe.items:
+                        pipe.ready.wait()
+                finally:  # also when interrupted (^C)
+                    pipe.waited_on = False
+                    self.readers_waiting -= 1
             item = pipe.items.popleft()
             if isinstance(item, bytes):
                 self._add(pipe, -len(item))
