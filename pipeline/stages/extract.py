@@ -141,14 +141,14 @@ def extract(recipe: Recipe, fetched: list[Fetched], tree_for: Callable[[str], St
                     entries=recipe.entries_limit)
 
     budget = AheadBudget(EXTRACT_READ_AHEAD, cap=EXTRACT_READ_AHEAD_ONE, workers=_cores())
-    plan = _OpenOrder([item.size for item in fetched])
+    order = _OpenOrder([item.size for item in fetched])
     opened: dict[int, _Ahead] = {}
     with read_ahead(budget):
         try:
             for position, item in enumerate(fetched):
                 # the packages that must start soonest decompress while this one is written
-                for ahead in plan.next_to_open(position, opened):
-                    with budget.opening(plan.rank[ahead]):
+                for ahead in order.next_to_open(position, opened):
+                    with budget.opening(order.rank[ahead]):
                         opened[ahead] = _Ahead(fetched[ahead], limits)
                 current = opened.pop(position)
                 try:
@@ -234,9 +234,9 @@ class _OpenOrder:
 class _Ahead:
     """A package opened before its turn, its payload's decompression thread started
     (pipeline.formats.compression; a reader without ``start`` starts it by reading the first
-    entry). Its entries are consumed strictly in
-    order when its turn comes, so the trees are written exactly as without it; an error met
-    early is raised at its turn (the earlier package's own error comes first)."""
+    entry). Its entries are consumed strictly in order when its turn comes, so the trees are
+    written exactly as without it; an error met early is raised at its turn (the earlier
+    package's own error comes first)."""
 
     def __init__(self, item: Fetched, limits: Limits):
         self._package = None
