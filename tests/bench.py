@@ -552,6 +552,16 @@ def scale(work: Path, mb: int, cache, rounds: int, env: dict, erofs: bool = Fals
 
 # --- targets -----------------------------------------------------------------------------------
 
+def _near(got: float, limit: float) -> str:
+    """A ratio, with the digit that tells it from ``limit`` when it is that close."""
+    return f"{got:.3f}" if abs(got - limit) < 0.005 else f"{got:.2f}"
+
+
+def _by(distance: float) -> str:
+    """A distance to a target, never shown as 0.00 when it is not met."""
+    return f"{distance:.2f}" if distance >= 0.005 else f"{distance:.3f}"
+
+
 def targets(results: dict) -> list[str]:
     t, lines = results["times"], []
 
@@ -559,8 +569,8 @@ def targets(results: dict) -> list[str]:
         if key not in t:
             return f"{label}: not measured"
         got = t[key]["ratio_median"]
-        verdict = "met" if got <= limit else f"missed by {got - limit:.2f}×"
-        return f"{label}: {got:.2f}× (target ≤ {limit}×) — {verdict}"
+        verdict = "met" if got <= limit else f"missed by {_by(got - limit)}×"
+        return f"{label}: {_near(got, limit)}× (target ≤ {limit}×) — {verdict}"
 
     def seconds_line(label, key, limit):
         if key not in t:
@@ -613,11 +623,11 @@ def targets(results: dict) -> list[str]:
         lines.append("7 catalogue build: not measured (--skip catalogue)")
     else:
         got, limit = cat["ratio_median"], cat["target"]
-        verdict = "met" if got <= limit else f"missed by {got - limit:.2f}×"
+        verdict = "met" if got <= limit else f"missed by {_by(got - limit)}×"
         lines.append(f"7 catalogue build ({cat['recipes']} recipes of the payload, -j "
                      f"{cat['jobs']}): {cat['catalogue_s']['median']:.2f} s vs "
-                     f"{cat['separate_s']['median']:.2f} s separately = {got:.2f}× (target ≤ "
-                     f"{limit}×) — {verdict}")
+                     f"{cat['separate_s']['median']:.2f} s separately = {_near(got, limit)}× "
+                     f"(target ≤ {limit}×) — {verdict}")
     return lines
 
 
