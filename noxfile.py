@@ -215,8 +215,8 @@ def bench(session: nox.Session) -> None:
     every target: the image kinds, up to date, plan, startup, memory, the catalogue and the
     100/500/1,000 MB scaling, with each side's time per phase (bench/results.json and
     results.md, one line per target); then diff's memory on 500 MB images against 50 MB ones.
-    About 25 min on 2 cores, most of it the scaling: ``-- --skip scale`` leaves it out (and
-    ``--skip catalogue`` the catalogue); ``-- --quick``: the 9-package example recipe only."""
+    About 11 min on 2 cores: ``-- --skip scale`` leaves the scaling out (and ``--skip
+    catalogue`` the catalogue); ``-- --quick``: the 9-package example recipe only."""
     ensure_system_packages(session, "build")
     session.install("-e", ".")
     session.run("python", "tests/bench.py", *session.posargs)
