@@ -310,6 +310,7 @@ def full(args) -> dict:
     env = ours_env()
     results: dict = {"payload": {"packages": len(names), "list": str(PAYLOAD.name)},
                      "rounds": args.rounds, "cpus": os.cpu_count(), "times": {},
+                     "load_average": {"start": round(os.getloadavg()[0], 2)},
                      "memory_mib": {}}
     recipes = {image: payload_recipe(work, names, image) for image in IMAGES}
     for path in recipes.values():
@@ -635,7 +636,9 @@ def markdown(results: dict, lines: list[str]) -> str:
     out = [f"# Benchmark ({results['payload']['packages']} names, "
            f"{results['payload'].get('locked_packages', '?')} packages locked, "
            f"{results['payload'].get('bytes', 0) / 2**20:.1f} MiB of .deb; "
-           f"{results['rounds']} interleaved rounds, {results['cpus']} CPUs)", "",
+           f"{results['rounds']} interleaved rounds, {results['cpus']} CPUs, load average "
+           f"{results['load_average']['start']} before, {results['load_average']['end']} after)",
+           "",
            "| work | plain min / median s | ours min / median s | ratio (median) |",
            "|---|---|---|---|"]
     for key, value in results["times"].items():
@@ -819,6 +822,7 @@ def main() -> int:
         return quick(args)
     args.rounds = args.rounds or 5
     results = full(args)
+    results["load_average"]["end"] = round(os.getloadavg()[0], 2)  # the shared machine's
     lines = targets(results)
     OUT.mkdir(exist_ok=True)
     (OUT / "results.json").write_text(json.dumps({**results, "targets": lines}, indent=2) + "\n")
