@@ -20,7 +20,8 @@ sides alike), min and median wall time of each side and their ratio:
 - the catalogue (target 7): tests/bench_catalogue.py's six recipes of the payload in one
   ``build -j`` (the cores) vs the sum of their separate builds;
 - ``--scale-mb`` (default 100,500,1000 MB unpacked): a synthetic payload of generated packages
-  of that size, squashfs zstd 3, for the ratio's growth (target 6) and memory (target 5).
+  of that size, squashfs zstd 3, for the ratio's growth (target 6: the largest size against
+  the payload's own ratio, the issue's 100 MB point) and memory (target 5).
 
 It writes ``bench/results.json`` and ``bench/results.md`` (and ``results.partial.json`` after
 each part) and prints one line per target with "met" or the distance. ``--skip`` leaves parts
@@ -608,15 +609,22 @@ def targets(results: dict) -> list[str]:
                        "so about 1 GiB at 1 GB")
         lines.append(f"5 flat memory {where}: {worst:.0f} MiB peak (tree RSS + tmpfs; target "
                      f"≤ 256 MiB at 1 GB) — {verdict}")
-    if len(scaled) >= 2:
-        sizes = sorted(scaled, key=int)
-        small, big = scaled[sizes[0]]["ratio_median"], scaled[sizes[-1]]["ratio_median"]
-        verdict = "met" if big <= small * 1.05 else f"missed: {big:.2f}× vs {small:.2f}×"
+    # The 100 MB point is the payload itself (97 MB unpacked, real packages; generated
+    # ones "are fine for the two large sizes"): the largest generated size is judged against
+    # it. Generated 100 MB is listed too, like for like, but a build of it takes ~0.3 s, so
+    # its ratio is mostly the fixed cost of starting a build.
+    base = ("the payload", t["squashfs-3"]["ratio_median"]) if "squashfs-3" in t else None
+    sizes = sorted(scaled, key=int)
+    if base is None and len(sizes) >= 2:
+        base = (f"{sizes[0]} MB", scaled[sizes[0]]["ratio_median"])
+    if base and sizes:
+        big = scaled[sizes[-1]]["ratio_median"]
+        verdict = "met" if big <= base[1] * 1.05 else f"missed: {big:.2f}× vs {base[1]:.2f}×"
         series = ", ".join(f"{mb} MB {scaled[mb]['ratio_median']:.2f}×" for mb in sizes)
-        real = "" if "squashfs-3" not in t else \
-            f"; the payload (real packages, 97 MB unpacked) {t['squashfs-3']['ratio_median']:.2f}×"
-        lines.append(f"6 linear cost, squashfs zstd 3 of generated packages: {series} (target: "
-                     f"{sizes[-1]} MB no worse than {sizes[0]} MB){real} — {verdict}")
+        payload = f"the payload (97 MB, real packages) {base[1]:.2f}×; " \
+            if base[0] == "the payload" else ""
+        lines.append(f"6 linear cost (squashfs zstd 3): {payload}generated packages {series} "
+                     f"(target: {sizes[-1]} MB no worse than {base[0]}) — {verdict}")
     else:
         lines.append("6 linear cost: not measured (--scale-mb 100,500,1000)")
     cat = results.get("catalogue")
