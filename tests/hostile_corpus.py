@@ -237,6 +237,19 @@ def ar(members: Iterable[tuple[str, bytes] | bytes]) -> bytes:
     return out
 
 
+def ar_split(path) -> list[tuple[str, bytes]]:
+    """An ar archive's (name, data) members, read independently of the code under test."""
+    data = Path(path).read_bytes()
+    assert data[:8] == b"!<arch>\n"
+    pos, out = 8, []
+    while pos < len(data):
+        head = data[pos : pos + 60]
+        size = int(head[48:58])
+        out.append((head[:16].decode().strip().rstrip("/"), data[pos + 60 : pos + 60 + size]))
+        pos += 60 + size + size % 2
+    return out
+
+
 CONTROL = (b"Package: hostile\nVersion: 1.0\nArchitecture: amd64\n"
            b"Maintainer: Corpus <corpus@example.invalid>\nDescription: hostile test package\n")
 

@@ -1,8 +1,8 @@
 """A .deb with two control.tar members or two data.tar members is malformed (left over in the
 closing note of issues 14-16): which one is the package is ambiguous. dpkg-deb refuses two
 control members ("contains two control members"); ours refuses both kinds with one line naming
-the package and the second member, exit 2. The packages are made by the real tools: dpkg-deb
-builds one, binutils' ``ar`` puts its members together again with one of them twice."""
+the package and the second member, exit 2. dpkg-deb builds the package; its members are put
+together again with one of them twice (tests/hostile_corpus.py's ar writer and reader)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from conftest import run_cli
+from hostile_corpus import ar, ar_split
 from prereq import require_tool
 from recipes_kit import EPOCH, recipe_dict, write_recipe_dict
 
@@ -18,10 +19,9 @@ from pipeline.errors import INPUT, InputError
 from pipeline.formats.deb import read_deb
 
 
-def _members(directory: Path) -> Path:
+def _members(directory: Path) -> dict[str, bytes]:
     """debian-binary, control.tar.gz and data.tar.gz of a package dpkg-deb built."""
     require_tool("dpkg-deb", "dpkg")
-    require_tool("ar", "binutils")
     root = directory / "pkg"
     (root / "DEBIAN").mkdir(parents=True)
     (root / "usr/bin").mkdir(parents=True)
@@ -31,19 +31,14 @@ def _members(directory: Path) -> Path:
     deb = directory / "tool_1.0_amd64.deb"
     subprocess.run(["dpkg-deb", "--root-owner-group", "-Zgzip", "--build", str(root), str(deb)],
                    check=True, capture_output=True)
-    parts = directory / "parts"
-    parts.mkdir()
-    subprocess.run(["ar", "x", str(deb)], cwd=parts, check=True)
-    assert sorted(p.name for p in parts.iterdir()) == ["control.tar.gz", "data.tar.gz",
-                                                        "debian-binary"]
+    parts = dict(ar_split(deb))
+    assert sorted(parts) == ["control.tar.gz", "data.tar.gz", "debian-binary"]
     return parts
 
 
-def _deb(parts: Path, name: str, members: list[str]) -> Path:
-    out = parts.parent / name
-    subprocess.run(["ar", "qcD", str(out), *members], cwd=parts, check=True)
-    listed = subprocess.run(["ar", "t", str(out)], check=True, capture_output=True, text=True)
-    assert listed.stdout.split() == members
+def _deb(parts: dict[str, bytes], out: Path, members: list[str]) -> Path:
+    out.write_bytes(ar([(name, parts[name]) for name in members]))
+    assert [name for name, _ in ar_split(out)] == members
     return out
 
 
@@ -58,7 +53,7 @@ CASES = {
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_a_second_control_or_data_member_is_refused(tmp_path, case):
     members, says = CASES[case]
-    deb = _deb(_members(tmp_path), f"{case}.deb", members)
+    deb = _deb(_members(tmp_path), tmp_path / f"{case}.deb", members)
     if case == "two-control":  # the real dpkg-deb refuses it too
         proc = subprocess.run(["dpkg-deb", "-x", str(deb), str(tmp_path / "x")],
                               capture_output=True, text=True)
@@ -79,5 +74,5 @@ def test_a_second_control_or_data_member_is_refused(tmp_path, case):
 
 def test_the_package_as_built_is_read(tmp_path):
     parts = _members(tmp_path)
-    deb = _deb(parts, "once.deb", ["debian-binary", "control.tar.gz", "data.tar.gz"])
+    deb = _deb(parts, tmp_path / "once.deb", ["debian-binary", "control.tar.gz", "data.tar.gz"])
     assert "./usr/bin/tool" in {entry.path for entry in read_deb(deb)}

@@ -6,6 +6,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from hostile_corpus import ar, ar_split
 from pkgfactory import SAMPLE, build_deb, diff_snapshots, snapshot_dir, snapshot_entries, unpack_deb
 from prereq import require_tool
 
@@ -30,27 +31,6 @@ def debs(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def xz_deb(debs) -> Path:
     return debs["xz"]
-
-
-def ar_members(path: Path) -> list[tuple[str, bytes]]:
-    """Split an ar archive independently of the code under test."""
-    data = path.read_bytes()
-    assert data[:8] == b"!<arch>\n"
-    pos, out = 8, []
-    while pos < len(data):
-        head = data[pos : pos + 60]
-        size = int(head[48:58])
-        out.append((head[:16].decode().strip().rstrip("/"), data[pos + 60 : pos + 60 + size]))
-        pos += 60 + size + size % 2
-    return out
-
-
-def ar_pack(members: list[tuple[str, bytes]]) -> bytes:
-    out = [b"!<arch>\n"]
-    for name, body in members:
-        out.append(f"{name:<16}{0:<12}{0:<6}{0:<6}{0o100644:<8o}{len(body):<10}`\n".encode())
-        out.append(body + (b"\n" if len(body) % 2 else b""))
-    return b"".join(out)
 
 
 @pytest.mark.parametrize("compression", COMPRESSIONS)
@@ -120,10 +100,10 @@ def test_not_an_ar_archive(tmp_path):
 
 
 def test_future_format_version(xz_deb, tmp_path):
-    members = ar_members(xz_deb)
+    members = ar_split(xz_deb)
     assert members[0] == ("debian-binary", b"2.0\n")
     bad = tmp_path / "v3.deb"
-    bad.write_bytes(ar_pack([("debian-binary", b"3.0\n"), *members[1:]]))
+    bad.write_bytes(ar([("debian-binary", b"3.0\n"), *members[1:]]))
     with pytest.raises(InputError, match=r"^v3\.deb:debian-binary: unsupported format version"):
         list(read_deb(bad))
     with pytest.raises(InputError):
@@ -131,34 +111,34 @@ def test_future_format_version(xz_deb, tmp_path):
 
 
 def test_unsupported_data_compression(xz_deb, tmp_path):
-    members = ar_members(xz_deb)
+    members = ar_split(xz_deb)
     bad = tmp_path / "lz4.deb"
-    bad.write_bytes(ar_pack([*members[:2], ("data.tar.lz4", members[2][1])]))
+    bad.write_bytes(ar([*members[:2], ("data.tar.lz4", members[2][1])]))
     with pytest.raises(InputError, match=r"^lz4\.deb:data\.tar\.lz4: unsupported compression"):
         list(read_deb(bad))
 
 
 def test_missing_data_member(xz_deb, tmp_path):
     bad = tmp_path / "nodata.deb"
-    bad.write_bytes(ar_pack(ar_members(xz_deb)[:2]))
+    bad.write_bytes(ar(ar_split(xz_deb)[:2]))
     with pytest.raises(InputError, match=r"^nodata\.deb: no data\.tar member"):
         list(read_deb(bad))
 
 
 def test_data_member_with_wrong_magic(xz_deb, tmp_path):
-    members = ar_members(xz_deb)
+    members = ar_split(xz_deb)
     bad = tmp_path / "magic.deb"
-    bad.write_bytes(ar_pack([*members[:2], ("data.tar.xz", b"XXXXXX" + members[2][1][6:])]))
+    bad.write_bytes(ar([*members[:2], ("data.tar.xz", b"XXXXXX" + members[2][1][6:])]))
     with pytest.raises(InputError, match=r"^magic\.deb:data\.tar\.xz: not a xz stream"):
         list(read_deb(bad))
 
 
 def test_corrupt_compressed_data(xz_deb, tmp_path):
-    members = ar_members(xz_deb)
+    members = ar_split(xz_deb)
     body = bytearray(members[2][1])
     body[len(body) // 2] ^= 0xFF
     bad = tmp_path / "flip.deb"
-    bad.write_bytes(ar_pack([*members[:2], ("data.tar.xz", bytes(body))]))
+    bad.write_bytes(ar([*members[:2], ("data.tar.xz", bytes(body))]))
     with pytest.raises(InputError) as err:
         for e in read_deb(bad):
             if e.data:
@@ -167,8 +147,8 @@ def test_corrupt_compressed_data(xz_deb, tmp_path):
 
 
 def test_garbage_in_uncompressed_tar(debs, tmp_path):
-    members = ar_members(debs["none"])
+    members = ar_split(debs["none"])
     bad = tmp_path / "garbage.deb"
-    bad.write_bytes(ar_pack([*members[:2], ("data.tar", b"\x01" * 2048)]))
+    bad.write_bytes(ar([*members[:2], ("data.tar", b"\x01" * 2048)]))
     with pytest.raises(InputError, match=r"^garbage\.deb:data\.tar: "):
         list(read_deb(bad))
