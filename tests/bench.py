@@ -47,6 +47,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))  # bench_catalogue, also when imported by a test
+
+from bench_catalogue import settle  # noqa: E402  (one sync before every timed run)
 
 # pipeline modules are imported where used: ``--profile-run`` times the imports of a build
 
@@ -141,11 +144,13 @@ def compare(plain_cmd, ours_cmd, rounds: int, env: dict, before=None) -> dict:
     for _ in range(rounds):
         if before:
             before()
+        settle()
         took, out = timed_output(plain_cmd)
         plain.append(took)
         plain_phases.append(plain_marks(out, took))
         if before:
             before()
+        settle()
         took, out = timed_output(ours_cmd, env)
         ours.append(took)
         ours_phases.append(build_phases(out, took))
@@ -775,7 +780,10 @@ def quick(args) -> int:
 
     recipe = recipe_mod.load(args.recipe)
     cache = Cache(default_cache_dir(args.cache_dir))
-    fetched = fetch_all(recipe.sources, cache)  # warm the cache outside the measurement
+    from pipeline.sources.lock import expand_sources
+
+    # the recipe's lock names the packages; warm the cache outside the measurement
+    fetched = fetch_all(expand_sources(recipe), cache)
     work = Path(tempfile.mkdtemp(prefix="sysext-bench-"))
     try:
         ours_cmd = [sys.executable, "-m", "pipeline", "build", args.recipe, "-q", "-o",

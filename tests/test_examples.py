@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -84,3 +85,16 @@ def test_confext_example(tmp_path, cache_dir):
     assert result["extension_release"] == {"ID": "debian", "VERSION_ID": "12",
                                            "CONFEXT_LEVEL": "1", "CONFEXT_ID": "debug-config",
                                            "CONFEXT_VERSION_ID": "1.0.0"}
+
+
+@pytest.mark.network
+def test_the_quick_bench_runs_on_the_default_recipe(apt_cache):
+    """``nox -s bench -- --quick`` (the 9-package comparison) still runs: it broke unnoticed
+    when the default recipe moved to a lock (its packages come through expand_sources)."""
+    require_tool("mksquashfs", "squashfs-tools")
+    require_tool("dpkg-deb", "dpkg")
+    proc = subprocess.run([sys.executable, str(REPO / "tests/bench.py"), "--quick", "--rounds",
+                           "1", "--cache-dir", str(apt_cache)], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "ratio pipeline/baseline: time" in proc.stdout, proc.stdout
