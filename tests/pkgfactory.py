@@ -127,12 +127,13 @@ def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
 def build_deb(outdir: str | os.PathLike[str], name: str, version: str, files: Iterable[PkgFile],
               *, arch: str = "amd64", compression: str = "xz", conffiles: Iterable[str] = (),
               depends: str | None = None, fields: dict[str, str] | None = None,
-              md5sums: bool = True) -> Path:
+              md5sums: bool = True, scripts: dict[str, str] | None = None) -> Path:
     """Build ``name_version_arch.deb`` in ``outdir`` with ``dpkg-deb --build --root-owner-group``.
 
     Conffiles are the ``config`` entries plus ``conffiles``. ``compression`` is dpkg-deb's -Z.
     ``fields``: more control fields (Pre-Depends, Provides, Recommends, Conflicts, Multi-Arch…).
     ``md5sums``: write DEBIAN/md5sums as dh_md5sums does (every regular file but conffiles).
+    ``scripts``: maintainer scripts by name (``postinst``: its text), executable.
     """
     if compression not in DEB_COMPRESSIONS:
         raise ValueError(f"dpkg-deb cannot compress with {compression!r}")
@@ -151,6 +152,9 @@ def build_deb(outdir: str | os.PathLike[str], name: str, version: str, files: It
             fields.insert(3, f"Depends: {depends}")
         fields[3:3] = [f"{k}: {v}" for k, v in (extra or {}).items()]
         (control / "control").write_text("\n".join(fields) + "\n")
+        for script, text in (scripts or {}).items():
+            (control / script).write_text(text)
+            (control / script).chmod(0o755)
         conf = [f.path for f in files if f.config] + list(conffiles)
         if conf:
             (control / "conffiles").write_text("".join(f"{p}\n" for p in conf))

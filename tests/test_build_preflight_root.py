@@ -11,11 +11,11 @@ from __future__ import annotations
 import functools
 import hashlib
 import http.server
-import subprocess
 import threading
 from pathlib import Path
 
 import pytest
+from pkgfactory import build_deb, file
 from prereq import require_tool
 from recipes_kit import EPOCH, recipe_dict, write_recipe_dict
 
@@ -33,17 +33,9 @@ class _Counting(http.server.SimpleHTTPRequestHandler):
 
 def _deb(directory: Path) -> Path:
     require_tool("dpkg-deb", "dpkg")
-    root = directory / "pkg"
-    (root / "DEBIAN").mkdir(parents=True)
-    (root / "usr/bin").mkdir(parents=True)
-    (root / "usr/bin/tool").write_text("#!/bin/sh\necho tool\n")
-    (root / "usr/bin/tool").chmod(0o755)
-    (root / "DEBIAN/control").write_text("Package: tool\nVersion: 1.0\nArchitecture: amd64\n"
-                                         "Maintainer: t <t@example.org>\nDescription: t\n")
-    deb = directory / "tool_1.0_amd64.deb"
-    subprocess.run(["dpkg-deb", "--root-owner-group", "-Zgzip", "--build", str(root), str(deb)],
-                   check=True, capture_output=True)
-    return deb
+    return build_deb(directory, "tool", "1.0",
+                     [file("/usr/bin/tool", b"#!/bin/sh\necho tool\n", 0o755)],
+                     compression="gzip")
 
 
 @pytest.mark.root

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import run_cli
 from hostile_corpus import ar, ar_split
+from pkgfactory import build_deb, file
 from prereq import require_tool
 from recipes_kit import EPOCH, recipe_dict, write_recipe_dict
 
@@ -22,15 +23,8 @@ from pipeline.formats.deb import read_deb
 def _members(directory: Path) -> dict[str, bytes]:
     """debian-binary, control.tar.gz and data.tar.gz of a package dpkg-deb built."""
     require_tool("dpkg-deb", "dpkg")
-    root = directory / "pkg"
-    (root / "DEBIAN").mkdir(parents=True)
-    (root / "usr/bin").mkdir(parents=True)
-    (root / "usr/bin/tool").write_text("#!/bin/sh\necho tool\n")
-    (root / "DEBIAN/control").write_text("Package: tool\nVersion: 1.0\nArchitecture: amd64\n"
-                                         "Maintainer: t <t@example.org>\nDescription: t\n")
-    deb = directory / "tool_1.0_amd64.deb"
-    subprocess.run(["dpkg-deb", "--root-owner-group", "-Zgzip", "--build", str(root), str(deb)],
-                   check=True, capture_output=True)
+    deb = build_deb(directory, "tool", "1.0", [file("/usr/bin/tool", b"#!/bin/sh\necho tool\n")],
+                    compression="gzip")
     parts = dict(ar_split(deb))
     assert sorted(parts) == ["control.tar.gz", "data.tar.gz", "debian-binary"]
     return parts

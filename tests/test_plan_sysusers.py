@@ -7,10 +7,10 @@ plan (reading the package) and the next (replaying the list) say what build says
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 from conftest import run_cli
+from pkgfactory import build_deb, file
 from prereq import require_tool
 from recipes_kit import EPOCH, build_recipe, recipe_dict, write_recipe_dict
 
@@ -28,22 +28,10 @@ def _deb(directory: Path, *, sysusers: bool) -> Path:
     """pcapd 1.0, built by dpkg-deb: a postinst that adds the system user pcapd and, with
     ``sysusers``, usr/lib/sysusers.d/pcapd.conf defining it."""
     require_tool("dpkg-deb", "dpkg")
-    root = directory / "pkg"
-    (root / "DEBIAN").mkdir(parents=True)
-    (root / "usr/sbin").mkdir(parents=True)
-    (root / "usr/sbin/pcapd").write_text("#!/bin/sh\necho pcapd\n")
-    (root / "usr/sbin/pcapd").chmod(0o755)
+    files = [file("/usr/sbin/pcapd", b"#!/bin/sh\necho pcapd\n", 0o755)]
     if sysusers:
-        (root / "usr/lib/sysusers.d").mkdir(parents=True)
-        (root / "usr/lib/sysusers.d/pcapd.conf").write_text(SYSUSERS)
-    (root / "DEBIAN/control").write_text("Package: pcapd\nVersion: 1.0\nArchitecture: amd64\n"
-                                         "Maintainer: t <t@example.org>\nDescription: t\n")
-    (root / "DEBIAN/postinst").write_text(POSTINST)
-    (root / "DEBIAN/postinst").chmod(0o755)
-    deb = directory / "pcapd_1.0_amd64.deb"
-    subprocess.run(["dpkg-deb", "--root-owner-group", "-Zxz", "--build", str(root), str(deb)],
-                   check=True, capture_output=True)
-    return deb
+        files.append(file("/usr/lib/sysusers.d/pcapd.conf", SYSUSERS.encode()))
+    return build_deb(directory, "pcapd", "1.0", files, scripts={"postinst": POSTINST})
 
 
 def _plan_codes(recipe: Path, cache: Path) -> set[str]:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from conftest import run_cli
+from pkgfactory import build_deb, file
 from recipes_kit import EPOCH, build_cli, recipe_dict, write_recipe_dict
 
 from pipeline.commands import cli, clikit
@@ -160,17 +161,9 @@ def test_a_bad_timeout_is_refused_before_any_work(tmp_path, verb):
 
 
 def _deb(directory: Path) -> Path:
-    root = directory / "pkg"
-    (root / "DEBIAN").mkdir(parents=True)
-    (root / "usr/bin").mkdir(parents=True)
-    (root / "usr/bin/tool").write_text("#!/bin/sh\necho tool\n")
-    (root / "usr/bin/tool").chmod(0o755)
-    (root / "DEBIAN/control").write_text("Package: tool\nVersion: 1.0\nArchitecture: amd64\n"
-                                         "Maintainer: t <t@example.org>\nDescription: t\n")
-    deb = directory / "tool_1.0_amd64.deb"
-    subprocess.run(["dpkg-deb", "--root-owner-group", "-Zgzip", "--build", str(root), str(deb)],
-                   check=True, capture_output=True)
-    return deb
+    return build_deb(directory, "tool", "1.0",
+                     [file("/usr/bin/tool", b"#!/bin/sh\necho tool\n", 0o755)],
+                     compression="gzip")
 
 
 def test_verify_timeout_bounds_the_rebuilds_download(tmp_path, mirror):
