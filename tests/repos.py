@@ -238,7 +238,7 @@ ENDLESS_FAULTS = ("endless", "overlong", "huge-length")
 class Server:
     """Serve ``root`` on 127.0.0.1. ``faults[path]`` is a list consumed one per request:
     "404", "500", "reset" (half the body, then the connection dies), "wrong" (other bytes),
-    "stall" (half the body, a pause of ``stall`` seconds, the rest),
+    "stall" (half the body, a pause of ``stall`` seconds or until ``release`` is set, the rest),
     and the ENDLESS_FAULTS, which send the file and then zeros until the client hangs up."""
 
     def __init__(self, root: Path):
@@ -309,7 +309,7 @@ class Server:
                     self.wfile.flush()
                     with server.lock:
                         server.stalled += 1
-                    time.sleep(server.stall)
+                    server.release.wait(server.stall)
                     self.wfile.write(data[start + (len(data) - start) // 2:])
                     return
                 if fault == "reset":
@@ -347,7 +347,8 @@ class Server:
                     pass  # the client cut it off
 
         self.sent = 0  # bytes written by the endless faults, for the tests to bound
-        self.stall = 5.0  # seconds the "stall" fault waits mid-body
+        self.stall = 5.0  # seconds the "stall" fault waits mid-body (at most: see release)
+        self.release = threading.Event()  # set: stalled answers go on now
         self.stalled = 0  # how many responses have reached that pause
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
@@ -359,6 +360,7 @@ class Server:
         return [p for p, _ in self.requests]
 
     def close(self) -> None:
+        self.release.set()  # no handler thread stays in a stall past its test
         self.httpd.shutdown()
         self.httpd.server_close()
 

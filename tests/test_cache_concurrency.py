@@ -97,21 +97,30 @@ def test_kill_9_mid_download_then_the_next_fetch_succeeds(tmp_path, deb_archive,
 
 def test_a_live_download_is_never_swept(tmp_path, deb_archive, deb_recipe):
     """A second fetch sweeps tmp/ while the first is mid-download: the first's directory is
-    locked, so it stays, and the first completes."""
+    locked, so it stays, and the first completes.
+
+    The first download stays stalled until the second fetch is done (the server's release):
+    a fixed pause of a few seconds let the first finish before a slow second fetch swept."""
     recipe = _locked(tmp_path, deb_archive, deb_recipe, ["big"])
     other = deb_recipe(tmp_path / "o", deb_archive, ["prelib"])
     assert run_cli("lock", str(other), env={"SYSEXT_PIPELINE_CACHE": str(tmp_path / "meta")}
                    ).returncode == 0
     big = next((deb_archive.root / "pool" / "stable").glob("big_*.deb"))
     deb_archive.server.faults[f"/pool/stable/{big.name}"] = ["stall"]
-    deb_archive.server.stall = 4.0
+    deb_archive.server.stall = 240.0  # released below; the client's timeout is 300 s
     store = tmp_path / "store"
-    first = _start("fetch", str(recipe), "--store", str(store))
-    partial = _wait_for(lambda: _partial(store), "a partial download")
-    second = run_cli("fetch", str(other), "--store", str(store))
-    assert second.returncode == 0, second.stderr
-    assert partial.exists()
-    assert first.wait(timeout=60) == 0, first.communicate()[1]
+    first = _start("fetch", str(recipe), "--store", str(store),
+                   env={"SYSEXT_PIPELINE_TIMEOUT": "300"})
+    try:
+        partial = _wait_for(lambda: _partial(store), "a partial download")
+        _wait_for(lambda: deb_archive.server.stalled, "the stall")
+        second = run_cli("fetch", str(other), "--store", str(store))
+        assert second.returncode == 0, second.stderr
+        assert partial.exists()
+        assert first.poll() is None  # still mid-download when the second fetch swept
+    finally:
+        deb_archive.server.release.set()
+    assert first.wait(timeout=120) == 0, first.communicate()[1]
     assert hashlib.sha256(Cache(store).path_for(hashlib.sha256(big.read_bytes()).hexdigest())
                           .read_bytes()).hexdigest() == hashlib.sha256(big.read_bytes()).hexdigest()
     assert list((store / "tmp").iterdir()) == []

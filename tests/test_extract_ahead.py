@@ -47,24 +47,28 @@ def _read_all(reader) -> bytes:
     return bytes(got)
 
 
-def _quiet(budget: AheadBudget, timeout: float = 10.0) -> None:
-    """Until no piece decodes and the held bytes stop changing (the threads are blocked)."""
+def _quiet(budget: AheadBudget, *readers, timeout: float = 60.0) -> None:
+    """Until every reader's thread is blocked waiting for room in the budget (queued, no piece
+    decoding: nothing changes until a reader takes or closes) or has ended.
+
+    Not "the held bytes stopped changing for 0.1 s": a thread the loaded machine had not yet
+    run looked exactly like that, with nothing held."""
     end = time.monotonic() + timeout
-    last = -1
-    while time.monotonic() < end:
+    while True:
         with budget.lock:
-            held, running = budget.held, budget.running
-        if running == 0 and held == last:
-            return
-        last = held
-        time.sleep(0.1)
+            if budget.running == 0 and all(
+                    any(r._inner._pipe is q for q in budget._queued)
+                    or not r._inner._thread.is_alive() for r in readers):
+                return
+        assert time.monotonic() < end, "the read-ahead threads never came to rest"
+        time.sleep(0.02)
 
 
 def test_a_large_stream_ahead_stays_within_the_budget_and_the_current_one_flows():
     total = 4 * CHUNK
     budget = AheadBudget(total, workers=2)
     big = _open(budget, BIG_XZ, rank=-1)  # the most urgent: it would take everything
-    _quiet(budget)
+    _quiet(budget, big)
     assert total - AHEAD_PIECE <= budget.held <= total  # it ran ahead, then stopped
     small = _open(budget, SMALL_XZ, rank=5)
     assert _read_all(small) == SMALL  # not starved although the budget is full
@@ -80,7 +84,7 @@ def test_a_large_stream_ahead_stays_within_the_budget_and_the_current_one_flows(
 def test_one_stream_holds_at_most_the_cap():
     budget = AheadBudget(16 * CHUNK, cap=2 * CHUNK, workers=2)
     big = _open(budget, BIG_XZ, rank=0)
-    _quiet(budget)
+    _quiet(budget, big)
     assert 0 < budget.held <= 2 * CHUNK
     assert _read_all(big) == BIG
     big.close()
@@ -91,7 +95,7 @@ def test_closing_streams_midway_gives_their_bytes_back():
     budget = AheadBudget(8 * CHUNK, workers=2)
     readers = [_open(budget, data, rank) for rank, data in enumerate((BIG_XZ, SMALL_XZ, BIG_XZ))]
     assert read_upto(readers[1], 1000) == SMALL[:1000]
-    _quiet(budget)
+    _quiet(budget, *readers)
     assert budget.held > 0
     for reader in readers:
         reader.close()

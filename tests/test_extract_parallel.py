@@ -19,21 +19,26 @@ PLAIN = random.Random(7).randbytes(CHUNK) + bytes(2 * CHUNK)
 XZ = lzma.compress(PLAIN, preset=0)
 
 
-#: Decompression threads alive before the current test (other tests' are not ours to judge).
-_EARLIER: set[int | None] = set()
+#: Decompression threads alive before the current test (other tests' are not ours to judge),
+#: the Thread objects themselves: an ident is reused as soon as its thread has ended, so one of
+#: ours could carry the ident of an earlier one that ended meanwhile and go unseen.
+_EARLIER: list[threading.Thread] = []
 
 
 @pytest.fixture(autouse=True)
 def _baseline():
     _EARLIER.clear()
-    _EARLIER.update(t.ident for t in threading.enumerate() if t.name == "decompress")
+    _EARLIER.extend(t for t in threading.enumerate() if t.name == "decompress")
 
 
 def _decompress_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == "decompress" and t.ident not in _EARLIER]
+    return [t for t in threading.enumerate()
+            if t.name == "decompress" and not any(t is e for e in _EARLIER)]
 
 
-def _settle(timeout: float = 5.0) -> list[threading.Thread]:
+def _settle(timeout: float = 60.0) -> list[threading.Thread]:
+    """The decompression threads of this test still alive once they had ``timeout`` seconds to
+    end (a generous wait for a loaded machine: it returns as soon as they are gone)."""
     end = time.monotonic() + timeout
     while _decompress_threads() and time.monotonic() < end:
         gc.collect()

@@ -146,7 +146,7 @@ def test_corrupt_store_file_is_replaced(tmp_path, deb_archive, deb_recipe):
 
 
 def test_parallel_downloads_are_bounded(tmp_path, deb_archive, deb_recipe):
-    deb_archive.server.delay = 0.15
+    deb_archive.server.delay = 0.3  # long enough that two requests always overlap
     names = ["app", "tool", "libtool1", "less-alt", "more-alt", "gawk-t", "mawk-t", "py-t", "big"]
     sources = [_source(deb_archive, n) for n in names]
     got = fetch_all(sources, Cache(tmp_path / "store"))
@@ -157,7 +157,9 @@ def test_parallel_downloads_are_bounded(tmp_path, deb_archive, deb_recipe):
 def test_timeouts_are_retried_then_named(tmp_path, deb_archive, monkeypatch):
     monkeypatch.setattr(fetch, "TIMEOUT", 0.2)
     source = _source(deb_archive, "app")
-    deb_archive.server.delay = 0.6
+    # far beyond the timeout: a client thread the loaded machine ran late would otherwise find
+    # the answer there when its poll finally returned, and a try would succeed
+    deb_archive.server.delay = 5.0
     with pytest.raises(DownloadError) as exc:
         fetch_one(source, Cache(tmp_path / "store"))
     assert "after 4 tries" in exc.value.what and "timed out" in exc.value.what
