@@ -115,6 +115,14 @@ def _wait_for(predicate, what: str, proc: subprocess.Popen, seconds: float = 120
         time.sleep(0.01)
 
 
+def _state(pid: int) -> str | None:
+    """The state letter of ``pid`` in /proc (None: gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0]
+    except (OSError, IndexError):
+        return None
+
+
 def _kill(proc: subprocess.Popen) -> None:
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -155,19 +163,34 @@ def test_kill_during_packing_kills_the_packer_and_next_build_cleans_up(tmp_path,
            for arg in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
            if arg.startswith(b"/dev/shm/.sysext-pipeline-")}
     assert bool(shm) == (fmt == "erofs") and not shm & before
-    _kill(proc)
-    deadline = time.monotonic() + 2
-    while any(Path(f"/proc/{pid}").exists() for pid in packers) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    alive = []
+    # The packer is stopped (SIGSTOP) before the build is killed: it cannot finish on its own
+    # then, so only the SIGKILL the build's death sends it ends it, and the wait for that can
+    # be generous (2 s, with the packer running, was tight on a loaded machine and could be
+    # met by a packer that merely finished).
+    stopped = []
     for pid in packers:
         try:
-            state = Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0]
-        except OSError:
-            continue
-        if state != "Z":
-            alive.append(pid)
-    assert not alive, f"{tool} outlived the killed build by 2 s"
+            os.kill(pid, signal.SIGSTOP)
+            stopped.append(pid)
+        except ProcessLookupError:
+            pass
+    try:
+        _wait_for(lambda: all(_state(pid) in ("T", "Z", None) for pid in stopped),
+                  f"{tool} stopped", proc)
+        _kill(proc)
+        deadline = time.monotonic() + 60
+        while [pid for pid in stopped if _state(pid) not in ("Z", None)] and \
+                time.monotonic() < deadline:
+            time.sleep(0.02)
+        alive = [pid for pid in stopped if _state(pid) not in ("Z", None)]
+        assert not alive, f"{tool} outlived the killed build"
+    finally:  # a packer the test stopped never stays behind, whatever failed
+        for pid in stopped:
+            try:
+                if marker.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    os.kill(pid, signal.SIGKILL)
+            except OSError:  # gone (ProcessLookupError too)
+                pass
     # (the killed build's copy in /dev/shm is left with a free lock: any erofs build on this
     # machine may sweep it from here on, so only its absence after the next build is checked)
     _build(_recipe(tmp_path, deb, fmt, "2", compression=FAST), out, cache_dir)
