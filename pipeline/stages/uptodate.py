@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import platform
 from pathlib import Path
 
 from .. import __version__
@@ -46,6 +45,8 @@ def current_tool_versions(names) -> dict[str, str | None]:
         if name == "sysext-pipeline":
             found[name] = __version__
         elif name == "python":
+            import platform
+
             found[name] = platform.python_version()
         elif name in libraries or name.startswith("lib"):
             found[name] = libraries.get(name)
