@@ -250,13 +250,17 @@ def _row(path: str) -> dict:
 def cmd_catalogue(args, paths: list[str]) -> int:
     """Build several recipes: check them all, fetch the packages they need once (in parallel,
     into the shared sha256-keyed cache), then run up to ``-j`` builds at once."""
+    import contextlib
     import selectors
 
     from .. import recipe as recipe_mod
     from ..errors import InputError, PipelineError
+    from ..formats.compression import Limits
+    from ..outdir import locked_workdir, sweep
     from ..sources.fetch import Cache, default_cache_dir, describe_progress, fetch_all
     from ..sources.lock import expand_sources
     from ..stages.build import own_names
+    from ..stages.extract import DECODED_ENV
 
     output_dir = Path(args.output_dir)
     preflight(output_dir)
@@ -265,6 +269,7 @@ def cmd_catalogue(args, paths: list[str]) -> int:
     rows = [_row(p) for p in paths]
     owners: dict[str, str] = {}
     sources: dict[str, object] = {}  # one per sha256: each package fetched once
+    users: dict[str, list] = {}  # sha256 → the recipes (that may run) using it
     runnable = []
     failed: PipelineError | None = None
     for row in rows:
@@ -278,9 +283,13 @@ def cmd_catalogue(args, paths: list[str]) -> int:
                                      "recipes built into one -o directory need distinct names")
                 owners[name] = row["recipe"]
             _check_recipe(recipe, args.unsigned, args.offline)
+            mine = {}
             for source in expand_sources(recipe, offline=args.offline):
                 if source.sha256:
                     sources.setdefault(source.sha256, source)
+                    mine[source.sha256] = recipe
+            for sha256, user in mine.items():
+                users.setdefault(sha256, []).append(user)
         except PipelineError as exc:
             _failed(row, exc)
             failed = failed or exc
@@ -291,6 +300,7 @@ def cmd_catalogue(args, paths: list[str]) -> int:
     if failed is not None and not args.keep_going:
         runnable = []
     cache = Cache(default_cache_dir(args.cache_dir))
+    fetched = []
     if runnable:
         started = time.monotonic()
         try:
@@ -334,31 +344,146 @@ def cmd_catalogue(args, paths: list[str]) -> int:
     pending = list(runnable)
     running: list[_Child] = []
     stopping = failed is not None and not args.keep_going
-    selector = selectors.DefaultSelector()
-    try:
-        while running or (pending and not stopping):
-            while pending and not stopping and len(running) < jobs:
-                row = pending.pop(0)
-                child = _Child(row, argv(row), env, relay)
-                child.row["status"] = "running"
-                running.append(child)
-                selector.register(child.proc.stderr, selectors.EVENT_READ, child)
-            for key, _ in selector.select(timeout=1.0):
-                child = key.data
-                if not child.read():
-                    selector.unregister(key.fileobj)
-                    child.finish()
-                    running.remove(child)
-                    _report(child.row, log, width)
-                    if child.row["status"] == "failed" and not args.keep_going:
-                        stopping = True
-    finally:
-        for child in running:
-            child.stop()
-        for child in running:
-            child.proc.wait()
-        selector.close()
+    shared = [f for f in fetched if f.source.format == "deb" and len(users[f.sha256]) > 1] \
+        if runnable and len(runnable) > 1 else []
+    env.pop(DECODED_ENV, None)
+    with contextlib.ExitStack() as stack:
+        if shared:
+            output_dir.mkdir(parents=True, exist_ok=True)  # as each build would make it
+            sweep(output_dir, DECODED_PREFIX)  # a killed catalogue's
+            store = stack.enter_context(locked_workdir(output_dir, DECODED_PREFIX))
+            started = time.monotonic()
+            # within the most permissive unpacked budget and the strictest expansion ratio of
+            # the recipes using it: a package that passes here passes in each of them
+            budgets = {f.sha256: Limits(unpacked=max(r.unpacked_limit for r in users[f.sha256]),
+                                        ratio=min(r.ratio_limit for r in users[f.sha256]))
+                       for f in shared}
+            done = decode_shared(shared, budgets, store.path,
+                                 min(jobs, len(os.sched_getaffinity(0))))
+            if done:
+                env[DECODED_ENV] = str(store.path)
+            if log:
+                log(f"{'decode':<10}{len(done)} of {len(shared)} shared packages once, "
+                    f"{sum(done.values()) / 1048576:.1f} MiB "
+                    f"({time.monotonic() - started:.1f}s)")
+        selector = selectors.DefaultSelector()
+        try:
+            while running or (pending and not stopping):
+                while pending and not stopping and len(running) < jobs:
+                    row = pending.pop(0)
+                    child = _Child(row, argv(row), env, relay)
+                    child.row["status"] = "running"
+                    running.append(child)
+                    selector.register(child.proc.stderr, selectors.EVENT_READ, child)
+                for key, _ in selector.select(timeout=1.0):
+                    child = key.data
+                    if not child.read():
+                        selector.unregister(key.fileobj)
+                        child.finish()
+                        running.remove(child)
+                        _report(child.row, log, width)
+                        if child.row["status"] == "failed" and not args.keep_going:
+                            stopping = True
+        finally:
+            for child in running:
+                child.stop()
+            for child in running:
+                child.proc.wait()
+            selector.close()
     return _summary(args, rows, jobs, log)
+
+
+#: The catalogue's directory of shared payloads decoded once, in the output directory.
+DECODED_PREFIX = ".catalogue.decoded-"
+#: Free space the decoded payloads leave on the output directory's file system (the builds
+#: need theirs); below it the rest of the packages are decoded by each build, as alone.
+DECODED_RESERVE = 2 << 30
+#: How often (bytes written) the free space is looked at again.
+_SPACE_EVERY = 16 << 20
+
+
+class _NoRoom(Exception):
+    pass
+
+
+def decode_shared(shared: list, budgets: dict, store: Path, threads: int) -> dict[str, int]:
+    """Decode the data.tar of every .deb in ``shared`` (Fetched, used by several recipes) once
+    into ``store`` as the file named by its sha256, ``threads`` at a time (largest first:
+    lzma, zlib, bz2 and pyzstd release the GIL); sha256 → decoded size of those done.
+
+    Each is decoded within ``budgets[sha256]`` (Limits). One that fails here (corrupt, a bomb,
+    an uncompressed payload) is not stored: each build decodes it itself as it would alone,
+    and fails with its own message. The file exists under its name
+    only once complete (``.part``, then renamed); when the free space would drop below
+    :data:`DECODED_RESERVE`, the rest is left to the builds."""
+    import concurrent.futures
+    import errno
+    import threading
+
+    from ..errors import InputError
+    from ..formats.package import decode_payload
+
+    done: dict[str, int] = {}
+    full = threading.Event()
+    dir_fd = os.open(store, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+
+    def one(item) -> None:
+        if full.is_set():
+            return
+        part = f"{item.sha256}.part"
+        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600, dir_fd=dir_fd)
+        try:
+            with open(fd, "wb") as out:
+                size = decode_payload(item.path, item.sha256, _Roomy(out, dir_fd, full),
+                                      limits=budgets[item.sha256], name=item.filename)
+        except (InputError, _NoRoom):
+            size = None
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            full.set()
+            size = None
+        if size is None:
+            os.unlink(part, dir_fd=dir_fd)
+            return
+        os.rename(part, item.sha256, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        done[item.sha256] = size
+
+    try:
+        with concurrent.futures.ThreadPoolExecutor(max(1, threads), "decode") as pool:
+            futures = [pool.submit(one, item)
+                       for item in sorted(shared, key=lambda f: (-f.size, f.sha256))]
+            try:
+                for future in futures:
+                    future.result()
+            finally:  # ^C or a bug: what has not started does not
+                for future in futures:
+                    future.cancel()
+    finally:
+        os.close(dir_fd)
+    return done
+
+
+class _Roomy:
+    """A file written while the file system keeps :data:`DECODED_RESERVE` bytes free."""
+
+    def __init__(self, out, dir_fd: int, full):
+        self._out, self._fd, self._full = out, dir_fd, full
+        self._until = 0  # bytes that may be written before the next look
+
+    def write(self, data) -> None:
+        if self._full.is_set():
+            raise _NoRoom
+        if len(data) > self._until:
+            fs = os.fstatvfs(self._fd)
+            free = fs.f_bavail * fs.f_frsize - DECODED_RESERVE
+            if free < len(data) + _SPACE_EVERY:
+                self._full.set()
+                raise _NoRoom
+            self._until = _SPACE_EVERY
+        self._until -= len(data)
+        self._out.write(data)
 
 
 def _failed(row: dict, exc) -> None:

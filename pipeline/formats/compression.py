@@ -186,8 +186,18 @@ def open_decompressed(stream: BinaryIO, name_or_magic: str, where: str = "",
     if ahead is None:
         ahead = not (isinstance(stream, LimitedReader) and stream.left < THREAD_FROM)
     if not ahead:
-        return _Guarded(decoded, where, limits, src)  # a control.tar: a thread costs more
-    return _Guarded(_ReadAhead(decoded), where, limits, src)
+        guarded = _Guarded(decoded, where, limits, src)  # a control.tar: a thread costs more
+    else:
+        guarded = _Guarded(_ReadAhead(decoded), where, limits, src)
+    guarded.codec = codec
+    return guarded
+
+
+def open_plain(stream: BinaryIO, where: str, limits: Limits) -> BinaryIO:
+    """``stream`` holds bytes decoded before (a catalogue's shared payload): read as they are,
+    never sniffed for a codec, charged to ``limits`` and named ``where`` in errors as
+    :func:`open_decompressed`'s stream of the same member is."""
+    return _Guarded(io.BufferedReader(stream, CHUNK), where, limits, None)
 
 
 #: Compressed members smaller than this are decompressed without a read-ahead thread, unless
@@ -542,6 +552,9 @@ def _pump(inner: BinaryIO, pipe: _Pipe, budget: AheadBudget) -> None:
 class _Guarded(Stream):
     """Turns decoder exceptions raised while reading into InputError naming the member, and
     charges what comes out to the build's budget (``source`` counts the compressed bytes)."""
+
+    #: the codec decoding the stream ("none" when the bytes are read as they are)
+    codec = "none"
 
     def __init__(self, inner: BinaryIO, where: str, limits: Limits, source: _Prefixed | None):
         self._inner = inner

@@ -18,7 +18,7 @@ from typing import BinaryIO
 
 from ..errors import InputError
 from .ar import ArMember, read_ar
-from .compression import DigestCheck, Limits, open_decompressed, read_upto
+from .compression import CHUNK, DigestCheck, Limits, open_decompressed, open_plain, read_upto
 from .entry import FILE, HARDLINK, Entry, PackageInfo, shown
 from .tar import tar_entries
 
@@ -54,13 +54,20 @@ def deb_info(path: str | os.PathLike[str]) -> PackageInfo:
 
 class DebReader:
     """One pass over a .deb read from ``stream``: ``info`` once constructed, then
-    :meth:`entries` (once). ``name`` is the file name used in messages."""
+    :meth:`entries` (once). ``name`` is the file name used in messages.
 
-    def __init__(self, stream: BinaryIO, name: str, limits: Limits | None = None):
+    ``decoded``: this package's data.tar member decoded before, by a catalogue build that
+    decodes each shared package once (pipeline/commands/build.py): its bytes are parsed and
+    checked exactly as the decoder's would be, and the compressed member is read (and hashed,
+    for the package's sha256) without decoding it again."""
+
+    def __init__(self, stream: BinaryIO, name: str, limits: Limits | None = None, *,
+                 decoded: BinaryIO | None = None):
         self.name = name
         self.limits = limits if limits is not None else Limits()
         self.md5sums: dict[str, str] = {}
         self._data = None  # (data.tar member, its decompressed stream) once started
+        self._decoded = decoded
         self._members = read_ar(stream, name)
         first = next(self._members, None)
         if first is None or first.name != "debian-binary":
@@ -140,7 +147,27 @@ class DebReader:
             member = self._next_member("data.tar")
             if member is None:
                 raise InputError(self.name, "no data.tar member", "not a binary package?")
-            self._data = member, _decompressed(member, self.name, self.limits, ahead=True)
+            if self._decoded is not None:
+                self._data = member, open_plain(self._decoded, f"{self.name}:"
+                                                f"{shown(member.name)}", self.limits)
+            else:
+                self._data = member, _decompressed(member, self.name, self.limits, ahead=True)
+
+    def decode_data(self, out: BinaryIO) -> int | None:
+        """Write the decoded data.tar member to ``out`` (nothing is parsed: the build that
+        reads it back does that); its size, or None when the member is not compressed (it
+        is read as it is, and nothing is written)."""
+        member = self._next_member("data.tar")
+        if member is None:
+            raise InputError(self.name, "no data.tar member", "not a binary package?")
+        payload = _decompressed(member, self.name, self.limits, ahead=False)
+        if payload.codec == "none":
+            return None
+        size = 0
+        for chunk in iter(lambda: payload.read(CHUNK), b""):
+            out.write(chunk)
+            size += len(chunk)
+        return size
 
     def entries(self) -> Iterator[Entry]:
         self.start()

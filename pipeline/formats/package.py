@@ -12,6 +12,7 @@ import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from ..errors import InputError
 from .compression import HashingReader, Limits
@@ -21,9 +22,14 @@ from .rpm import RpmReader
 
 
 class Package:
+    """``decoded``: the .deb's data.tar member decoded before (see :class:`DebReader`); the
+    package owns it (closed with the package)."""
+
     def __init__(self, path: str | os.PathLike[str], fmt: str, *, sha256: str | None = None,
-                 limits: Limits | None = None, name: str | None = None):
+                 limits: Limits | None = None, name: str | None = None,
+                 decoded: BinaryIO | None = None):
         self.name = name or Path(path).name
+        self.decoded = decoded
         self.expected = sha256
         self.sha256: str | None = None  # of the bytes read, once entries() is through
         self.size = 0
@@ -31,10 +37,12 @@ class Package:
         self._hash = hashlib.sha256()
         self._stream = HashingReader(self._file, self._hash)
         try:
-            reader = DebReader if fmt == "deb" else RpmReader
-            self._reader = reader(self._stream, self.name, limits)
+            if fmt == "deb":
+                self._reader = DebReader(self._stream, self.name, limits, decoded=decoded)
+            else:
+                self._reader = RpmReader(self._stream, self.name, limits)
         except BaseException:
-            self._file.close()
+            self.close()
             raise
         self.info = self._reader.info
 
@@ -53,9 +61,31 @@ class Package:
 
     def close(self) -> None:
         self._file.close()
+        if self.decoded is not None:
+            self.decoded.close()
 
     def __enter__(self) -> Package:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def decode_payload(path: str | os.PathLike[str], sha256: str, out: BinaryIO, *,
+                   limits: Limits | None = None, name: str | None = None) -> int | None:
+    """The decoded data.tar member of the .deb at ``path`` written to ``out`` (for a catalogue
+    build's builds to read instead of decoding it each: :class:`DebReader`'s ``decoded``); its
+    size, or None when the member is not compressed. Every byte of the file is hashed while
+    read: a file whose sha256 is not ``sha256`` is an error, so the bytes written are the
+    decoding of that very file."""
+    name = name or Path(path).name
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        stream = HashingReader(file, digest)
+        size = DebReader(stream, name, limits).decode_data(out)
+        stream.drain()
+    if digest.hexdigest() != sha256:
+        raise InputError(name, f"the bytes read have sha256 {digest.hexdigest()}, not the "
+                         f"verified {sha256}",
+                         "the file changed while it was read (a shared cache?); build again")
+    return size

@@ -11,6 +11,7 @@ import hashlib
 import io
 import os
 import re
+import stat
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -89,8 +90,45 @@ def open_package(fetched: Fetched, limits: Limits | None = None) -> Package:
     opener = getattr(fetched, "open_package", None)
     if opener is not None:
         return opener(limits)
+    decoded = stored_payload(fetched) if fetched.source.format == "deb" else None
     return Package(fetched.path, fetched.source.format, sha256=fetched.sha256, limits=limits,
-                   name=fetched.filename)
+                   name=fetched.filename, decoded=decoded)
+
+
+#: A catalogue build (pipeline/commands/build.py) decodes each package its recipes share once,
+#: into a private directory of its own (mode 0700, in the output directory, removed when it
+#: ends), and names that directory to its builds in this environment variable: the data.tar
+#: member of the .deb whose sha256 is S is there as the file S, complete (written under
+#: another name, then renamed). A build without it (every build of one recipe) decodes all.
+DECODED_ENV = "SYSEXT_PIPELINE_DECODED"
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def stored_payload(fetched: Fetched):
+    """The catalogue's decoded data.tar of this package, open; None when there is none (not
+    shared, not decodable, or the directory is not a private one of this user's)."""
+    store = os.environ.get(DECODED_ENV)
+    if not store or not _SHA256.fullmatch(fetched.sha256 or ""):
+        return None
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        dir_fd = os.open(store, flags | os.O_DIRECTORY)
+    except OSError:
+        return None
+    try:
+        mine = os.fstat(dir_fd)
+        if mine.st_uid != os.geteuid() or mine.st_mode & 0o077:
+            return None
+        fd = os.open(fetched.sha256, flags, dir_fd=dir_fd)
+    except OSError:
+        return None
+    finally:
+        os.close(dir_fd)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+        os.close(fd)
+        return None
+    return os.fdopen(fd, "rb", buffering=0)
 
 
 def check_identity(item: Fetched, info) -> None:
