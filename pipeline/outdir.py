@@ -267,12 +267,48 @@ class WorkDir(os.PathLike):
     def __init__(self, path: Path):
         self.path = path
         self.keep = False
+        self._discarding: list[tuple[threading.Thread, list[BaseException]]] = []
 
     def __fspath__(self) -> str:
         return str(self.path)
 
     def __truediv__(self, other) -> Path:
         return self.path / other
+
+    def discard(self, name: str) -> None:
+        """Start removing the entry ``name`` of this tree (``REMOVE_THREADS`` threads, through
+        its own descriptor of the tree) while the caller goes on: a directory image's old tree,
+        moved aside by publishing, goes while the build finishes. The end of
+        :func:`locked_workdir` waits for it and raises its error."""
+        if not plain_name(name):
+            raise ValueError(f"not a plain name: {name!r}")
+        fd = open_dir(self.path)
+        errors: list[BaseException] = []
+
+        def remove() -> None:
+            try:
+                remove_at(fd, name, REMOVE_THREADS)
+            except BaseException as exc:  # noqa: BLE001 - raised by _finish_discarding
+                errors.append(exc)
+            finally:
+                os.close(fd)
+
+        thread = threading.Thread(target=remove, name="discard", daemon=True)
+        try:
+            thread.start()
+        except BaseException:
+            os.close(fd)
+            raise
+        self._discarding.append((thread, errors))
+
+    def _finish_discarding(self) -> list[BaseException]:
+        """Wait for every :meth:`discard`; their errors."""
+        errors: list[BaseException] = []
+        while self._discarding:
+            thread, errs = self._discarding.pop()
+            thread.join()
+            errors += errs
+        return errors
 
 
 @contextmanager
@@ -289,12 +325,17 @@ def locked_workdir(parent: str | os.PathLike, prefix: str) -> Iterator[WorkDir]:
             break
         os.close(fd)
     work = WorkDir(path)
+    failed = True
     try:
         yield work
+        failed = False
     finally:
         try:
+            errors = work._finish_discarding()
             if not work.keep:
-                remove_path(path, REMOVE_THREADS)
+                remove_path(path, REMOVE_THREADS)  # and what a failed discard left
+            if errors and not failed:  # the block's own error goes first
+                raise errors[0]
         finally:
             os.close(fd)
 

@@ -146,3 +146,54 @@ def test_a_forced_directory_rebuild_leaves_only_the_new_image(tmp_path, make_rec
     assert (out / "rm/usr/share/rm/f/9").read_text() == "f9\n"
     assert first.images[0].manifest["image"]["tree_sha256"] == \
         second.images[0].manifest["image"]["tree_sha256"]
+
+
+def test_a_discarded_entry_is_gone_when_the_work_tree_ends(tmp_path):
+    """WorkDir.discard removes in the background; the end of locked_workdir waits for it:
+    nothing is left, a link in the discarded tree was not followed, no thread outlives it."""
+    outside = tmp_path / "outside"
+    (outside / "d0").mkdir(parents=True)
+    (outside / "keep").write_text("keep")
+    out = tmp_path / "out"
+    out.mkdir()
+    threads, fds = threading.active_count(), _fds()
+    with outdir.locked_workdir(out, ".w-") as work:
+        _wide_tree(work.path / ".old", outside)
+        (work.path / "kept-until-the-end").write_text("x")
+        work.discard(".old")
+        work.discard("missing")  # nothing there: nothing to do, no error
+        with pytest.raises(ValueError):
+            work.discard("../outside")
+        assert (work.path / "kept-until-the-end").exists()
+    assert list(out.iterdir()) == []
+    assert (outside / "keep").read_text() == "keep" and (outside / "d0").is_dir()
+    assert threading.active_count() == threads and _fds() == fds
+
+
+def test_a_failed_discard_is_raised_at_the_end(tmp_path):
+    require_root()
+    chattr = require_tool("chattr", "e2fsprogs")
+    out = tmp_path / "out"
+    out.mkdir()
+    for block_fails in (False, True):
+        stuck = None
+        try:
+            with pytest.raises(PermissionError) as info:
+                with outdir.locked_workdir(out, ".w-") as work:
+                    _wide_tree(work.path / ".old", tmp_path)
+                    stuck = work.path / ".old/d1/d1/f"
+                    if subprocess.run([chattr, "+i", str(stuck)]).returncode != 0:
+                        missing("chattr +i is not supported on this file system")
+                    work.discard(".old")
+                    if block_fails:
+                        raise RuntimeError("the build failed")
+            assert info.value.filename == "f"
+            # a failed block: its error is the context of the removal's, as without discard
+            assert isinstance(info.value.__context__, RuntimeError) == block_fails
+            assert stuck.exists()  # left, in the work tree, for a later sweep (its lock is free)
+            assert [p.name for p in out.iterdir()] == [work.path.name]
+            assert outdir.sweep(out, ".w-") == []  # still immutable
+        finally:
+            if stuck is not None:
+                subprocess.run([chattr, "-i", str(stuck)], check=True)
+        assert outdir.sweep(out, ".w-") == [work.path.name]
