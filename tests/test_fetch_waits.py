@@ -80,7 +80,7 @@ def test_cli_timeout_option_and_retry_lines(tmp_path, silent_server):
     start = time.monotonic()
     proc = run_cli("fetch", str(recipe), "--store", str(tmp_path / "store"), "--timeout", "0.4",
                    env={"SYSEXT_PIPELINE_TIMEOUT": "600"})  # the option wins
-    assert time.monotonic() - start < 30
+    assert time.monotonic() - start < 120  # seconds, not 4 tries of 600 s
     assert proc.returncode == RETRY, proc.stderr
     retries = [line for line in proc.stderr.splitlines() if line.startswith("fetch ")]
     assert retries == [f"fetch tool_1.0_amd64.deb: try {n}/4 in {d} s (timed out after 0.4 s)"
@@ -110,7 +110,7 @@ def test_a_name_that_does_not_resolve_is_not_retried(tmp_path):
         http_download("http://no-such-mirror.invalid/pool/jq.deb", tmp_path / "f",
                       say=lines.append)
     assert lines == []  # one try
-    assert time.monotonic() - start < 10
+    assert time.monotonic() - start < 30  # one answer of the resolver, no retries
     assert "cannot resolve no-such-mirror.invalid" in info.value.line()
     assert "(check the host name and the DNS setup (not retried))" in info.value.line()
 

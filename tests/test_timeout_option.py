@@ -118,7 +118,7 @@ def test_build_timeout_bounds_a_silent_mirror(tmp_path, mirror):
     start = time.monotonic()
     proc = build_cli(recipe, tmp_path / "out", "--timeout", "0.4", cache_dir=tmp_path / "cache",
                      json_out=False, expect=RETRY, env={"SYSEXT_PIPELINE_TIMEOUT": "600"})
-    assert time.monotonic() - start < 30
+    assert time.monotonic() - start < 120  # seconds, not 4 tries of 600 s
     assert _retry_lines(proc.stderr, "0.4") == _expected("tool_1.0_amd64.deb", "0.4")
     assert "download failed after 4 tries: timed out after 0.4 s" in proc.stderr
 
@@ -136,7 +136,7 @@ def test_a_catalogue_passes_the_timeout_to_its_builds(tmp_path, mirror):
     proc = run_cli("build", *map(str, recipes), "-o", str(tmp_path / "out"), "--cache-dir",
                    str(tmp_path / "cache"), "--timeout", "0.3", "--keep-going", "-j", "2",
                    env={"SYSEXT_PIPELINE_TIMEOUT": "600"})
-    assert time.monotonic() - start < 60
+    assert time.monotonic() - start < 120  # seconds, not tries of 600 s
     assert proc.code == RETRY, proc.stderr
     assert proc.stderr.count("timed out after 0.3 s") >= 3 * 2 * 2, proc.stderr
     assert "timed out after 600" not in proc.stderr
@@ -185,7 +185,7 @@ def test_verify_timeout_bounds_the_rebuilds_download(tmp_path, mirror):
     proc = run_cli("verify", str(tmp_path / "out/tool.manifest.json"), "--recipe", str(recipe),
                    "--cache-dir", str(tmp_path / "cache2"), "--timeout", "0.4",
                    env={"SYSEXT_PIPELINE_TIMEOUT": "600"})
-    assert time.monotonic() - start < 30
+    assert time.monotonic() - start < 120  # seconds, not 4 tries of 600 s
     assert proc.code == RETRY, proc.stderr
     assert _retry_lines(proc.stderr, "0.4") == _expected(deb.name, "0.4")
 
