@@ -12,7 +12,6 @@ import hashlib
 import os
 import shutil
 import tempfile
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +19,6 @@ from .. import tools
 from ..errors import BuildError, InputError
 from ..outdir import locked_workdir, sweep
 from ..recipe import Recipe
-from .sorted_tree import run_sorted
 from .staging import StagingTree
 
 #: mksquashfs's cache budget: without it, mksquashfs takes a quarter of the machine's memory
@@ -155,6 +153,10 @@ def _erofs(recipe: Recipe, tree: StagingTree, out: Path, epoch: int, seed: bytes
     if recipe.mtime == "clamp":
         raise BuildError("image.mtime", "clamp is not reproducible with mkfs.erofs 1.5 "
                          "(-T sets every inode's time)", 'use mtime = "set" for erofs')
+    import uuid  # only erofs needs these two (uuid imports platform): imported here
+
+    from .sorted_tree import run_sorted
+
     fs_uuid = uuid.UUID(bytes=hashlib.sha256(b"erofs-uuid" + seed).digest()[:16], version=4)
     args = ["--quiet", "-T", str(epoch), "-U", str(fs_uuid)]
     if recipe.compression != "none":
