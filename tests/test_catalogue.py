@@ -188,7 +188,7 @@ def test_sigterm_stops_every_build(tmp_path, catalogue):
     proc.send_signal(signal.SIGTERM)
     rest = proc.stderr.read()
     assert proc.wait(timeout=60) == 143, first + rest
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60  # killed builds go within moments; room for a loaded machine
     while _processes_mentioning(str(out)) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not _processes_mentioning(str(out))

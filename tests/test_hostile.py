@@ -205,27 +205,64 @@ def _slow_recipe(tmp_path: Path) -> Path:
                                                          image={"compression": "xz"}))
 
 
-def _processes(name: str) -> list[str]:
-    """Command lines of running ``name`` processes."""
-    ps = subprocess.run(["ps", "-ww", "-eo", "args"], capture_output=True, text=True).stdout
-    return [line for line in ps.splitlines() if line.split(" ", 1)[0].endswith(name)]
+def _packers(out: Path) -> list[int]:
+    """Pids of running mksquashfs processes (exec'd: not the setpriv wrapper before it) whose
+    command line names ``out``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            args = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if args[0].endswith(b"mksquashfs") and any(str(out).encode() in a for a in args):
+            found.append(int(entry.name))
+    return found
+
+
+def _state(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0]
+    except (OSError, IndexError):
+        return None
 
 
 def test_sigterm_cleans_up_and_stops_the_packer(tmp_path, cache_dir):
+    """The packer is stopped (SIGSTOP) before the build gets SIGTERM: it cannot finish by
+    itself then, so its end can only be the build's doing, and the wait for it may be long."""
     recipe = _slow_recipe(tmp_path)
     out = tmp_path / "out"
     proc = subprocess.Popen(cli_argv("build", recipe, "-o", out, "--cache-dir", cache_dir),
                             env=cli_env(), stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
-    while not [p for p in _processes("mksquashfs") if str(out) in p]:
+    while not (packers := _packers(out)):
         assert time.monotonic() < deadline and proc.poll() is None, "mksquashfs never started"
         time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=30) == 143
-    assert "error: terminated" in proc.stderr.read()
-    assert list(out.iterdir()) == []  # no image, no work tree
-    time.sleep(0.2)
-    assert not [p for p in _processes("mksquashfs") if str(out) in p]
+    try:
+        for pid in packers:
+            os.kill(pid, signal.SIGSTOP)
+        while not all(_state(pid) in ("T", "Z", None) for pid in packers):
+            assert time.monotonic() < deadline, "mksquashfs did not stop"
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 143
+        assert "error: terminated" in proc.stderr.read()
+        assert list(out.iterdir()) == []  # no image, no work tree
+        deadline = time.monotonic() + 60
+        while [pid for pid in packers if _state(pid) not in ("Z", None)]:
+            assert time.monotonic() < deadline, "mksquashfs outlived the terminated build"
+            time.sleep(0.02)
+    finally:  # a packer the test stopped never stays behind, whatever failed
+        for pid in packers:
+            try:
+                if str(out).encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def test_work_tree_of_a_killed_build_is_removed_next_time(tmp_path, packages, cache_dir):
