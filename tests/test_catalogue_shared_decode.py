@@ -9,12 +9,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import hostile_corpus as H
 import pytest
-from conftest import run_cli, write_recipe
+from conftest import REPO, run_cli, write_recipe
 from pkgfactory import build_deb, file, hardlink
+from prereq import require_root, require_tool
+from recipes_kit import cli_env
 
 from pipeline.commands.build import DECODED_PREFIX, decode_shared
 from pipeline.errors import InputError
@@ -183,3 +187,28 @@ def test_the_stored_bytes_are_those_of_the_verified_file(tmp_path, shared):
     assert list(store.iterdir()) == []
     with open(tmp_path / "x", "wb") as out, pytest.raises(InputError, match="not the verified"):
         decode_payload(item.path, other.sha256, out)
+
+
+@pytest.mark.root
+def test_without_room_to_spare_each_build_decodes_its_own(tmp_path, shared):
+    """The output directory's file system has less than DECODED_RESERVE free (a 64 MiB tmpfs
+    in a private mount namespace): nothing is stored, and the builds decode as alone."""
+    require_root()
+    require_tool("unshare", "util-linux")
+    pkgs = tmp_path / "pkgs"
+    recipes = [_recipe(tmp_path / "recipes", name, [*shared, _tool(pkgs, name)])
+               for name in ("alpha", "beta")]
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    out = mnt / "out"
+    script = ('mount -t tmpfs -o size=64m tmpfs "$1" && shift && "$@"; rc=$?; '
+              'echo "left:$(ls -A "$OUT" | grep -c decoded)" >&2; exit $rc')
+    proc = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh", str(mnt),
+         sys.executable, "-m", "pipeline", "build", *map(str, recipes), "-o", str(out),
+         "--cache-dir", str(tmp_path / "cache"), "-j", "2"], capture_output=True, text=True,
+        env=cli_env({"OUT": str(out)}), cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "decode    0 of 3 shared packages once" in proc.stderr
+    assert "2 recipes, -j 2: 2 built" in proc.stderr
+    assert "left:0" in proc.stderr
