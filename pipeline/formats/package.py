@@ -33,7 +33,12 @@ class Package:
         self.expected = sha256
         self.sha256: str | None = None  # of the bytes read, once entries() is through
         self.size = 0
-        self._file = open(path, "rb")  # noqa: SIM115 - closed by close()/__exit__
+        try:
+            self._file = open(path, "rb")  # noqa: SIM115 - closed by close()/__exit__
+        except BaseException:
+            if decoded is not None:
+                decoded.close()
+            raise
         self._hash = hashlib.sha256()
         self._stream = HashingReader(self._file, self._hash)
         try:
