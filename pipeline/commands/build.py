@@ -361,7 +361,7 @@ def cmd_catalogue(args, paths: list[str]) -> int:
             done = decode_shared(shared, budgets, store.path,
                                  min(jobs, len(os.sched_getaffinity(0))))
             if done:
-                env[DECODED_ENV] = str(store.path)
+                env[DECODED_ENV] = os.path.abspath(store.path)
             if log:
                 log(f"{'decode':<10}{len(done)} of {len(shared)} shared packages once, "
                     f"{sum(done.values()) / 1048576:.1f} MiB "
