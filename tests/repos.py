@@ -266,7 +266,6 @@ class Server:
                 self._serve(path, fault)
 
             def _serve(self, path, fault):
-                import time
                 import urllib.parse
 
                 if server.delay:
@@ -276,7 +275,7 @@ class Server:
                     with server.lock:
                         server.active += 1
                         server.max_active = max(server.max_active, server.active)
-                    time.sleep(server.delay)
+                    server.release.wait(server.delay)  # cut short when the server closes
                     with server.lock:
                         server.active -= 1
                 local = server.root / urllib.parse.unquote(path).lstrip("/")
@@ -303,8 +302,6 @@ class Server:
                 self.send_header("Content-Length", str(len(data) - start))
                 self.end_headers()
                 if fault == "stall":  # half, a pause (server.stall seconds), the rest
-                    import time
-
                     self.wfile.write(data[start:start + (len(data) - start) // 2])
                     self.wfile.flush()
                     with server.lock:
@@ -348,7 +345,10 @@ class Server:
 
         self.sent = 0  # bytes written by the endless faults, for the tests to bound
         self.stall = 5.0  # seconds the "stall" fault waits mid-body (at most: see release)
-        self.release = threading.Event()  # set: stalled answers go on now
+        # set: stalled and delayed answers go on now; close() sets it, so that no handler
+        # thread sleeps on into later tests (a thread ending in the middle of another test
+        # changes what threading.active_count() says there)
+        self.release = threading.Event()
         self.stalled = 0  # how many responses have reached that pause
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
