@@ -265,9 +265,10 @@ class WorkDir(os.PathLike):
     """A locked work directory; ``keep = True`` leaves it in place (unlocked) at the end, for
     a later run to finish what it holds (a publish interrupted half way)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, fd: int | None = None):
         self.path = path
         self.keep = False
+        self._fd = fd  # the locked directory's own descriptor (locked_workdir's)
         self._discarding: list[tuple[threading.Thread, list[BaseException]]] = []
 
     def __fspath__(self) -> str:
@@ -278,12 +279,12 @@ class WorkDir(os.PathLike):
 
     def discard(self, name: str) -> None:
         """Start removing the entry ``name`` of this tree (``REMOVE_THREADS`` threads, through
-        its own descriptor of the tree) while the caller goes on: a directory image's old tree,
-        moved aside by publishing, goes while the build finishes. The end of
+        a copy of the locked tree's descriptor) while the caller goes on: a directory image's
+        old tree, moved aside by publishing, goes while the build finishes. The end of
         :func:`locked_workdir` waits for it and raises its error."""
         if not plain_name(name):
             raise ValueError(f"not a plain name: {name!r}")
-        fd = open_dir(self.path)
+        fd = os.dup(self._fd) if self._fd is not None else open_dir(self.path)
         errors: list[BaseException] = []
 
         def remove() -> None:
@@ -325,7 +326,7 @@ def locked_workdir(parent: str | os.PathLike, prefix: str) -> Iterator[WorkDir]:
         if _still_there(path, fd):
             break
         os.close(fd)
-    work = WorkDir(path)
+    work = WorkDir(path, fd)
     failed = True
     try:
         yield work
