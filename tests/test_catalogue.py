@@ -183,8 +183,9 @@ def test_sigterm_stops_every_build(tmp_path, catalogue):
                             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env, text=True)
     first = proc.stderr.readline()  # the first line a build wrote: one is running now
     assert first.startswith("fetch") or first.startswith("["), first
-    while not first.startswith("["):
+    while first and not first.startswith("["):  # "" at the end: the catalogue stopped
         first = proc.stderr.readline()
+    assert first.startswith("["), f"no build started: {first!r}"
     proc.send_signal(signal.SIGTERM)
     rest = proc.stderr.read()
     assert proc.wait(timeout=60) == 143, first + rest
