@@ -178,13 +178,28 @@ DEFAULT_TIMEOUT = 4 * 3600
 KEEP_TAIL = 1 << 20
 
 
-def _guard() -> list[str]:
-    """A prefix that makes the tool die with the thread that started it (PR_SET_PDEATHSIG,
-    set by util-linux ``setpriv`` between fork and exec: no preexec_fn, which is unsafe while
-    other threads run). A SIGKILLed build thus leaves no mksquashfs writing on; tools that fork
-    their own helpers (systemd-repart) pass the same signal on."""
-    path = shutil.which("setpriv", path="/usr/bin:/bin:/usr/sbin:/sbin")
-    return [path, "--pdeathsig", "KILL", "--"] if path else []
+#: Run between setpriv and the tool: a parent that died between the fork and setpriv's prctl
+#: never sends the death signal (it is armed too late), so the tool is not started at all.
+#: ``$1`` is the pid the parent had; ``$PPID`` is read after the signal was armed.
+_PARENT_CHECK = '[ "$PPID" = "$1" ] || exit 137; shift; exec "$@"'
+
+
+def die_with_parent(parent: int | None = None) -> list[str]:
+    """A prefix that makes the next program die with the thread that started it
+    (PR_SET_PDEATHSIG, set by util-linux ``setpriv`` between fork and exec: no preexec_fn,
+    which is unsafe while other threads run). A SIGKILLed build thus leaves no mksquashfs
+    writing on; tools that fork their own helpers (systemd-repart) pass the same signal on.
+
+    With ``parent`` (the pid of the process starting it), the program is started only if that
+    process is still its parent once the signal is armed: a build killed in that millisecond
+    leaves nothing running either. Empty without setpriv (an optional tool)."""
+    search = "/usr/bin:/bin:/usr/sbin:/sbin"
+    setpriv = shutil.which("setpriv", path=search)
+    if not setpriv:
+        return []
+    prefix = [setpriv, "--pdeathsig", "KILL", "--"]
+    sh = shutil.which("sh", path=search) if parent is not None else None
+    return [*prefix, sh, "-c", _PARENT_CHECK, "sh", str(parent)] if sh else prefix
 
 
 def _tail(fh, limit: int = KEEP_TAIL) -> bytes:
@@ -218,7 +233,7 @@ def run(
     limit = DEFAULT_TIMEOUT if timeout is None else timeout
     with tempfile.TemporaryFile() as out_f, tempfile.TemporaryFile() as err_f:
         with subprocess.Popen(
-            [*_guard(), *argv],
+            [*die_with_parent(os.getpid()), *argv],
             env=clean_env(env),
             cwd=cwd,
             stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,

@@ -362,7 +362,8 @@ def _mounted(fs: FileSystem) -> Iterator[Path | None]:
     options = "ro,loop," + ",".join(MOUNT_OPTIONS) + \
         (f",offset={fs.offset}" if fs.offset else "") + \
         (f",sizelimit={fs.size}" if fs.size is not None else "")
-    argv = [*_with_parent(), tools.find("unshare"), "-m", "--propagation", "private",
+    argv = [*tools.die_with_parent(os.getpid()), tools.find("unshare"), "-m",
+            "--propagation", "private",
             tools.find("sh"), "-c", _HOLD, "sh", tools.find("mount"), fs.type, options, os.path.abspath(fs.path)]
     with tempfile.TemporaryDirectory(prefix="sysext-mnt-") as mnt:
         mnt = os.path.realpath(mnt)  # as mountinfo will name it
@@ -375,13 +376,6 @@ def _mounted(fs: FileSystem) -> Iterator[Path | None]:
             yield Path(f"/proc/{holder.pid}/root", mnt.lstrip("/")) if ready else None
         finally:
             _release(holder)
-
-
-def _with_parent() -> list[str]:
-    """A prefix that makes the next program die with its parent (PR_SET_PDEATHSIG, set by
-    util-linux ``setpriv`` between fork and exec): a killed command leaves no holder, timeout
-    or unpacking tool behind, so the private namespace and its tmpfs go with it."""
-    return [tools.find("setpriv"), "--pdeathsig", "KILL", "--"] if tools.have("setpriv") else []
 
 
 def _release(holder: subprocess.Popen) -> None:
@@ -415,12 +409,12 @@ def _unpacked(fs: FileSystem, paths: list[str] | None = None) -> Iterator[tuple[
             variants = []
         for variant in variants:
             holder = subprocess.Popen(
-                [*_with_parent(), tools.find("unshare"), *variant, "-m",
+                [*tools.die_with_parent(os.getpid()), tools.find("unshare"), *variant, "-m",
                  "--propagation", "private", tools.find("sh"), "-c", _HOLD_UNPACK, "sh",
                  tools.find("mount"),
                  "size=" + _TMPFS_SIZE + ",mode=0700," + ",".join(MOUNT_OPTIONS), str(mnt),
-                 *_with_parent(), tools.find("timeout"), "-s", "KILL", str(UNPACK_TIMEOUT),
-                 *_with_parent(), *_unpack_argv(fs, image, mnt / "tree", paths)],
+                 *tools.die_with_parent(), tools.find("timeout"), "-s", "KILL", str(UNPACK_TIMEOUT),
+                 *tools.die_with_parent(), *_unpack_argv(fs, image, mnt / "tree", paths)],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                 env=tools.clean_env(), cwd="/")
             line = holder.stdout.readline()
