@@ -265,52 +265,15 @@ class WorkDir(os.PathLike):
     """A locked work directory; ``keep = True`` leaves it in place (unlocked) at the end, for
     a later run to finish what it holds (a publish interrupted half way)."""
 
-    def __init__(self, path: Path, fd: int | None = None):
+    def __init__(self, path: Path):
         self.path = path
         self.keep = False
-        self._fd = fd  # the locked directory's own descriptor (locked_workdir's)
-        self._discarding: list[tuple[threading.Thread, list[BaseException]]] = []
 
     def __fspath__(self) -> str:
         return str(self.path)
 
     def __truediv__(self, other) -> Path:
         return self.path / other
-
-    def discard(self, name: str) -> None:
-        """Start removing the entry ``name`` of this tree (``REMOVE_THREADS`` threads, through
-        a copy of the locked tree's descriptor) while the caller goes on: a directory image's
-        old tree, moved aside by publishing, goes while the build finishes. The end of
-        :func:`locked_workdir` waits for it and raises its error."""
-        if not plain_name(name):
-            raise ValueError(f"not a plain name: {name!r}")
-        fd = os.dup(self._fd) if self._fd is not None else open_dir(self.path)
-        errors: list[BaseException] = []
-
-        def remove() -> None:
-            try:
-                remove_at(fd, name, REMOVE_THREADS)
-            except BaseException as exc:  # noqa: BLE001 - raised by _finish_discarding
-                errors.append(exc)
-            finally:
-                os.close(fd)
-
-        thread = threading.Thread(target=remove, name="discard", daemon=True)
-        try:
-            thread.start()
-        except BaseException:
-            os.close(fd)
-            raise
-        self._discarding.append((thread, errors))
-
-    def _finish_discarding(self) -> list[BaseException]:
-        """Wait for every :meth:`discard`; their errors."""
-        errors: list[BaseException] = []
-        while self._discarding:
-            thread, errs = self._discarding.pop()
-            thread.join()
-            errors += errs
-        return errors
 
 
 @contextmanager
@@ -326,18 +289,13 @@ def locked_workdir(parent: str | os.PathLike, prefix: str) -> Iterator[WorkDir]:
         if _still_there(path, fd):
             break
         os.close(fd)
-    work = WorkDir(path, fd)
-    failed = True
+    work = WorkDir(path)
     try:
         yield work
-        failed = False
     finally:
         try:
-            errors = work._finish_discarding()
             if not work.keep:
-                remove_path(path, REMOVE_THREADS)  # and what a failed discard left
-            if errors and not failed:  # the block's own error goes first
-                raise errors[0]
+                remove_path(path, REMOVE_THREADS)
         finally:
             os.close(fd)
 

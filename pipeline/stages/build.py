@@ -637,7 +637,6 @@ def _package_all(recipe, staged: Staged, output_dir, work: WorkDir, log,
     steps += [["retire", stale] for stale in sorted(suffixes - extras)]  # an earlier kind's
     retire_warnings = _publish(output_dir, work, recipe.name, steps,
                                {img.name for img in staged.images})
-    work.discard(".old")  # what publishing moved aside goes while this finishes (outdir.py)
     images = []
     for img, result, final, _manifest_tmp, model, manifest in packed:
         manifest_final = output_dir / f"{img.name}.manifest.json"
