@@ -344,8 +344,9 @@ def cmd_catalogue(args, paths: list[str]) -> int:
     pending = list(runnable)
     running: list[_Child] = []
     stopping = failed is not None and not args.keep_going
-    shared = [f for f in fetched if f.source.format == "deb" and len(users[f.sha256]) > 1] \
-        if runnable and len(runnable) > 1 else []
+    # a failed recipe's sources may have been fetched: they are no runnable recipe's
+    shared = [f for f in fetched if f.source.format == "deb"
+              and len(users.get(f.sha256, ())) > 1] if len(runnable) > 1 else []
     env.pop(DECODED_ENV, None)
     with contextlib.ExitStack() as stack:
         if shared:
