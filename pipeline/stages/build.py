@@ -651,8 +651,9 @@ def _package_all(recipe, staged: Staged, output_dir, work: WorkDir, log,
     if report.unmapped_owners:
         warnings.append("owners kept by number (add them to [owners]): "
                         + ", ".join(sorted(report.unmapped_owners)))
-    for img in staged.images:  # compiled code for another architecture (pipeline/formats/elf.py)
-        elf = elfarch.warning(elfarch.mismatches(img.tree.records, img.tree.root,
+    for img, _, final, *_ in packed:  # compiled code for another architecture (formats/elf.py)
+        root = final if recipe.format == "directory" else img.tree.root  # a directory: published
+        elf = elfarch.warning(elfarch.mismatches(img.tree.records, root,
                                                  staged.architecture), staged.architecture)
         if elf:
             warnings.append(f"{img.name}: {elf}")
