@@ -667,6 +667,14 @@ class HashingReader(Stream):
             pass
 
 
+def check_read_sha256(name: str, got: str, expected: str, what: str = "the bytes read") -> None:
+    """The one verdict on a package file whose bytes, hashed while they were parsed, are not
+    the ones the fetch stage verified: it changed underneath (a cache shared with others)."""
+    if got != expected:
+        raise InputError(name, f"{what} have sha256 {got}, not the verified {expected}",
+                         "the file changed while it was read (a shared cache?); build again")
+
+
 #: Members at least this large are hashed in the digest thread (see DigestCheck) ...
 DIGEST_THREAD_FROM = 1 << 20
 #: ... at most this many pieces behind their reader.

@@ -14,8 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from ..errors import InputError
-from .compression import HashingReader, Limits
+from .compression import HashingReader, Limits, check_read_sha256
 from .deb import DebReader
 from .entry import Entry
 from .rpm import RpmReader
@@ -55,10 +54,8 @@ class Package:
         yield from self._reader.entries()
         self._stream.drain()
         self.sha256, self.size = self._hash.hexdigest(), self._stream.size
-        if self.expected is not None and self.sha256 != self.expected:
-            raise InputError(self.name, f"the bytes read have sha256 {self.sha256}, not the "
-                             f"verified {self.expected}",
-                             "the file changed while it was read (a shared cache?); build again")
+        if self.expected is not None:
+            check_read_sha256(self.name, self.sha256, self.expected)
 
     def start(self) -> None:
         """Start decompressing the payload ahead of entries(), where the reader can (deb)."""
@@ -89,8 +86,5 @@ def decode_payload(path: str | os.PathLike[str], sha256: str, out: BinaryIO, *,
         stream = HashingReader(file, digest)
         size = DebReader(stream, name, limits).decode_data(out)
         stream.drain()
-    if digest.hexdigest() != sha256:
-        raise InputError(name, f"the bytes read have sha256 {digest.hexdigest()}, not the "
-                         f"verified {sha256}",
-                         "the file changed while it was read (a shared cache?); build again")
+    check_read_sha256(name, digest.hexdigest(), sha256)
     return size

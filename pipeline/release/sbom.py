@@ -30,7 +30,14 @@ from pathlib import Path
 from .. import __version__, jsonout
 from ..errors import InputError
 from ..formats.ar import read_ar
-from ..formats.compression import HashingReader, Limits, open_decompressed, read_exact, read_upto
+from ..formats.compression import (
+    HashingReader,
+    Limits,
+    check_read_sha256,
+    open_decompressed,
+    read_exact,
+    read_upto,
+)
 from ..formats.deb import parse_control
 from ..formats.entry import FILE
 from ..formats.tar import tar_entries
@@ -90,10 +97,7 @@ def package_facts(path: Path, fmt: str, sha256: str, filename: str,
         facts = _deb_facts(stream, filename, copyright_text) if fmt == "deb" else \
             _rpm_facts(stream, filename)
         stream.drain()
-    if digest.hexdigest() != sha256:
-        raise InputError(filename, f"the bytes read for the SBOM have sha256 "
-                         f"{digest.hexdigest()}, not the verified {sha256}",
-                         "the file changed while it was read (a shared cache?); build again")
+    check_read_sha256(filename, digest.hexdigest(), sha256, "the bytes read for the SBOM")
     return facts
 
 
