@@ -9,30 +9,40 @@ from pathlib import Path
 from pipeline.outdir import remove_at, remove_path
 
 
-def test_deep_read_only_tree_with_links_out_is_removed_and_nothing_else(tmp_path):
+def deep_tree(tmp_path: Path, depth: int = 1100) -> tuple[Path, Path]:
+    """``tmp_path/tree``, ``depth`` levels deep (deeper than Python's recursion limit), every
+    third directory read-only, every 50th level holding a symlink and a symlink in a sibling
+    directory to ``tmp_path/outside`` (which holds ``keep``), and a read-only file."""
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "keep").write_text("keep")
-    tree = tmp_path / "tree"
     fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.mkdir("tree", dir_fd=fd)
         cur = os.open("tree", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
-        for depth in range(1100):  # deeper than Python's recursion limit
-            if depth % 50 == 0:
+        for level in range(depth):
+            if level % 50 == 0:
                 os.symlink(str(outside), "link", dir_fd=cur)
                 with open(os.open("f", os.O_WRONLY | os.O_CREAT, 0o444, dir_fd=cur), "w") as fh:
                     fh.write("x")
                 os.mkdir("sibling", dir_fd=cur)
+                sibling = os.open("sibling", os.O_RDONLY | os.O_DIRECTORY, dir_fd=cur)
+                os.symlink(str(outside), "x", dir_fd=sibling)
+                os.close(sibling)
             os.mkdir("d", dir_fd=cur)
             nxt = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=cur)
-            if depth % 3 == 0:
+            if level % 3 == 0:
                 os.fchmod(cur, 0o555)
             os.close(cur)
             cur = nxt
         os.close(cur)
     finally:
         os.close(fd)
+    return tmp_path / "tree", outside
+
+
+def test_deep_read_only_tree_with_links_out_is_removed_and_nothing_else(tmp_path):
+    tree, outside = deep_tree(tmp_path)
     assert remove_path(tree) is True
     assert not os.path.lexists(tree)
     assert (outside / "keep").read_text() == "keep"

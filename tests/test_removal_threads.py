@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from prereq import missing, require_root, require_tool
 from recipes_kit import EPOCH, recipe_dict
+from test_outputs_remove import deep_tree
 
 from pipeline import outdir
 from pipeline.outdir import remove_path
@@ -71,29 +72,9 @@ def test_a_wide_tree_with_links_out_goes_and_nothing_outside_it(tmp_path):
 
 def test_deeper_than_the_descriptor_budget_read_only_and_linked(tmp_path):
     """1,100 levels: past _MAX_OPEN held descriptors the rest goes the one-descriptor way."""
-    outside = tmp_path / "outside"
-    outside.mkdir()
-    (outside / "keep").write_text("keep")
-    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.mkdir("tree", dir_fd=fd)
-        cur = os.open("tree", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
-        for depth in range(1100):
-            if depth % 50 == 0:
-                os.symlink(str(outside), "link", dir_fd=cur)
-                os.mkdir("sibling", dir_fd=cur)
-                os.symlink(str(outside), "x", dir_fd=os.open("sibling", os.O_RDONLY, dir_fd=cur))
-            os.mkdir("d", dir_fd=cur)
-            nxt = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=cur)
-            if depth % 3 == 0:
-                os.fchmod(cur, 0o555)
-            os.close(cur)
-            cur = nxt
-        os.close(cur)
-    finally:
-        os.close(fd)
+    tree, outside = deep_tree(tmp_path, 1100)
     fds = _fds()
-    assert remove_path(tmp_path / "tree", threads=2) is True
+    assert remove_path(tree, threads=2) is True
     assert sorted(p.name for p in tmp_path.iterdir()) == ["outside"]
     assert (outside / "keep").read_text() == "keep"
     assert _left(fds) == (set(), [])
