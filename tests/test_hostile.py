@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from conftest import run_cli
 from recipes_kit import CliResult, build_cli, cli_argv, cli_env, recipe_dict, write_recipe_dict
+from test_tools import processes_with
 
 
 def _ar(members: list[tuple[str, bytes]]) -> bytes:
@@ -206,19 +207,9 @@ def _slow_recipe(tmp_path: Path) -> Path:
 
 
 def _packers(out: Path) -> list[int]:
-    """Pids of running mksquashfs processes (exec'd: not the setpriv wrapper before it) whose
-    command line names ``out``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            args = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if args[0].endswith(b"mksquashfs") and any(str(out).encode() in a for a in args):
-            found.append(int(entry.name))
-    return found
+    """Pids of running mksquashfs processes (exec'd: not the wrapper before it) whose command
+    line names ``out``."""
+    return processes_with(str(out), "mksquashfs")
 
 
 def _state(pid: int) -> str | None:

@@ -18,9 +18,9 @@ from pipeline.errors import BuildError
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _processes_with(marker: str, program: str | None = None) -> list[int]:
-    """Processes with ``marker`` among their arguments (and, given ``program``, running it:
-    the setpriv wrapper that execs the tool has the tool's arguments too)."""
+def processes_with(marker: str, program: str | None = None) -> list[int]:
+    """Processes with ``marker`` in one of their arguments (and, given ``program``, running
+    it: the setpriv wrapper that execs the tool has the tool's arguments too)."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -29,8 +29,8 @@ def _processes_with(marker: str, program: str | None = None) -> list[int]:
             cmdline = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if marker.encode() in cmdline and (program is None or
-                                           cmdline[0].endswith(b"/" + program.encode())):
+        if any(marker.encode() in arg for arg in cmdline) and \
+                (program is None or cmdline[0].endswith(b"/" + program.encode())):
             found.append(int(entry.name))
     return found
 
@@ -38,10 +38,10 @@ def _processes_with(marker: str, program: str | None = None) -> list[int]:
 def _gone_within(marker: str, seconds: float) -> bool:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        if not _processes_with(marker):
+        if not processes_with(marker):
             return True
         time.sleep(0.05)
-    return not _processes_with(marker)
+    return not processes_with(marker)
 
 
 def test_hanging_tool_is_stopped_by_its_timeout():
@@ -124,7 +124,7 @@ def test_tool_dies_when_the_build_is_killed():
     parent = subprocess.Popen([sys.executable, "-c", code])
     try:
         deadline = time.monotonic() + 60
-        while not _processes_with(marker, "sleep"):
+        while not processes_with(marker, "sleep"):
             assert time.monotonic() < deadline, "the tool never started"
             assert parent.poll() is None
             time.sleep(0.05)
@@ -135,7 +135,7 @@ def test_tool_dies_when_the_build_is_killed():
         if parent.poll() is None:
             parent.kill()
             parent.wait()
-        for pid in _processes_with(marker):
+        for pid in processes_with(marker):
             os.kill(pid, signal.SIGKILL)
 
 
